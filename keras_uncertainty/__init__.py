@@ -1,0 +1,28 @@
+"""keras_uncertainty: predictive uncertainty for Keras 3 models.
+
+MC dropout layers, the Gaussian NLL loss, and compiled Monte Carlo prediction
+that splits predictive uncertainty into aleatoric and epistemic parts.
+"""
+
+from keras_uncertainty import datasets, layers, losses, models
+from keras_uncertainty.sampling import (
+    ClassificationPrediction,
+    RegressionPrediction,
+    predict_classification,
+    predict_regression,
+    sample,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClassificationPrediction",
+    "RegressionPrediction",
+    "datasets",
+    "layers",
+    "losses",
+    "models",
+    "predict_classification",
+    "predict_regression",
+    "sample",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from keras_uncertainty.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,42 @@
+"""Argument checks shared by the public functions, with Keras-style messages."""
+
+import numbers
+
+
+def check_rate(rate):
+    """Checks a dropout rate: a real number in [0, 1)."""
+    if (
+        isinstance(rate, bool)
+        or not isinstance(rate, numbers.Real)
+        or not 0 <= rate < 1
+    ):
+        raise ValueError(
+            "Invalid value received for argument `rate`. Expected a float "
+            f"in the range [0, 1). Received: rate={rate!r}"
+        )
+    return float(rate)
+
+
+def check_positive_int(value, name, allow_none=False):
+    """Checks that `value` is an integer >= 1 (or None when allowed)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        expected = "a positive integer" + (" or None" if allow_none else "")
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected "
+            f"{expected}. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def check_seed(seed):
+    """Checks a random seed: None or a non-negative integer."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(
+            "Invalid value received for argument `seed`. Expected None or a "
+            f"non-negative integer. Received: seed={seed!r}"
+        )
+    return int(seed)

@@ -1,0 +1,1 @@
+"""The `keras-uncertainty` command line."""

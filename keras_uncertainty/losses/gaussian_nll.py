@@ -1,0 +1,173 @@
+"""Gaussian negative log-likelihood on (mean, log-variance) outputs.
+
+Heteroscedastic regression (Nix & Weigend 1994; Kendall & Gal 2017): the
+network predicts, for each of k targets, a mean `mu` and a log-variance
+`s = log sigma^2`; the last axis of `y_pred` holds the k means, then the k
+log-variances. Predicting `s` instead of `sigma^2` keeps the loss finite and
+its gradients well scaled without a positivity constraint.
+"""
+
+import math
+import numbers
+
+import keras
+from keras import ops
+
+_PACKAGE = "keras_uncertainty"
+_HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def split_mean_log_var(y_pred):
+    """Splits `y_pred` of last dimension 2k into (mean, log_var), each k wide.
+
+    The one place that defines the output layout shared by the loss and by
+    `ku.predict_regression`.
+    """
+    width = y_pred.shape[-1]
+    if width is not None and width % 2:
+        raise ValueError(
+            "Expected `y_pred` to hold k means followed by k log-variances, so "
+            "its last dimension must be 2*k for k targets. Received: y_pred "
+            f"with shape {tuple(y_pred.shape)} (last dimension {width} is odd)"
+        )
+    k = width // 2 if width is not None else ops.shape(y_pred)[-1] // 2
+    return y_pred[..., :k], y_pred[..., k:]
+
+
+def _align_targets(y_true, mean):
+    """Gives `y_true` the shape of `mean`, accepting `(N,)` for one target."""
+    y_true = ops.cast(y_true, mean.dtype)
+    if len(y_true.shape) == len(mean.shape) - 1:
+        y_true = ops.expand_dims(y_true, -1)
+    k_true, k_pred = y_true.shape[-1], mean.shape[-1]
+    if len(y_true.shape) != len(mean.shape) or (
+        k_true is not None and k_pred is not None and k_true != k_pred
+    ):
+        raise ValueError(
+            "Expected `y_pred` to have last dimension 2*k for `y_true` with k "
+            f"targets. Received: y_true with shape {tuple(y_true.shape)} and "
+            f"y_pred with {k_pred} means (2*{k_pred} columns)"
+        )
+    return y_true
+
+
+def _nll(y_true, y_pred, beta=0.0, min_log_var=None, include_constant=False):
+    mean, log_var = split_mean_log_var(y_pred)
+    y_true = _align_targets(y_true, mean)
+    if min_log_var is not None:
+        log_var = ops.maximum(log_var, min_log_var)
+    loss = 0.5 * (log_var + ops.square(y_true - mean) * ops.exp(-log_var))
+    if include_constant:
+        loss = loss + _HALF_LOG_TWO_PI
+    if beta:
+        # beta-NLL (Seitzer et al. 2022): weight each term by sigma^(2 beta),
+        # treated as a constant so that it rescales gradients only.
+        loss = loss * ops.stop_gradient(ops.exp(beta * log_var))
+    return ops.mean(loss, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+def gaussian_nll(y_true, y_pred):
+    """Gaussian negative log-likelihood of `y_true` under (mean, log-variance).
+
+    For each target: `0.5 * (log_var + (y - mu)^2 / exp(log_var))`, the NLL
+    without its constant `0.5 * log(2 pi)`, averaged over the k targets (as
+    Keras averages `mean_squared_error` over the last axis).
+
+    Args:
+        y_true: Targets, shape `(N, k)`, or `(N,)` when k = 1.
+        y_pred: Predictions, shape `(N, 2k)`: the k means, then the k
+            log-variances.
+
+    Returns:
+        Per-example loss, shape `(N,)`.
+
+    Example:
+
+    >>> model.compile(optimizer="adam", loss=ku.losses.gaussian_nll)
+    """
+    return _nll(y_true, y_pred)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GaussianNLL(keras.losses.Loss):
+    """Gaussian negative log-likelihood with the beta-NLL option.
+
+    Per target, with `s` the predicted log-variance (clipped from below at
+    `min_log_var` when given):
+
+        nll = 0.5 * (s + (y - mu)^2 * exp(-s))  [+ 0.5 * log(2 pi)]
+        loss = stop_gradient(exp(beta * s)) * nll
+
+    averaged over the k targets. `beta = 0` is the plain NLL; `beta = 0.5` is
+    the beta-NLL that Seitzer et al. (2022) recommend, which keeps the mean
+    fit from starving where the predicted variance is high; `beta = 1` gives
+    the mean the gradient of the squared error.
+
+    Args:
+        beta: Float in [0, 1], the beta-NLL exponent.
+        min_log_var: Optional float; log-variances below it are clipped to it
+            (a floor on the predicted variance). None: no clipping.
+        include_constant: Whether to add `0.5 * log(2 pi)`, making the value
+            the exact negative log density.
+        reduction: Keras loss reduction, default `"sum_over_batch_size"`.
+        name: Name of the loss.
+
+    Call arguments:
+        y_true: Targets, shape `(N, k)` or `(N,)`.
+        y_pred: Predictions, shape `(N, 2k)`: k means, then k log-variances.
+
+    Example:
+
+    >>> model.compile("adam", loss=ku.losses.GaussianNLL(beta=0.5))
+    """
+
+    def __init__(
+        self,
+        beta=0.0,
+        min_log_var=None,
+        include_constant=False,
+        reduction="sum_over_batch_size",
+        name="gaussian_nll",
+        **kwargs,
+    ):
+        super().__init__(reduction=reduction, name=name, **kwargs)
+        if (
+            isinstance(beta, bool)
+            or not isinstance(beta, numbers.Real)
+            or not 0 <= beta <= 1
+        ):
+            raise ValueError(
+                "Invalid value received for argument `beta`. Expected a float "
+                f"in the range [0, 1]. Received: beta={beta!r}"
+            )
+        if min_log_var is not None and (
+            isinstance(min_log_var, bool)
+            or not isinstance(min_log_var, numbers.Real)
+            or not math.isfinite(min_log_var)
+        ):
+            raise ValueError(
+                "Invalid value received for argument `min_log_var`. Expected "
+                f"None or a finite float. Received: min_log_var={min_log_var!r}"
+            )
+        self.beta = float(beta)
+        self.min_log_var = None if min_log_var is None else float(min_log_var)
+        self.include_constant = bool(include_constant)
+
+    def call(self, y_true, y_pred):
+        return _nll(
+            y_true,
+            y_pred,
+            beta=self.beta,
+            min_log_var=self.min_log_var,
+            include_constant=self.include_constant,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            beta=self.beta,
+            min_log_var=self.min_log_var,
+            include_constant=self.include_constant,
+        )
+        return config

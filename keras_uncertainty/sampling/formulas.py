@@ -1,0 +1,76 @@
+"""Per-chunk summaries of Monte Carlo samples, computed inside the compiled call.
+
+Each function reduces samples of shape `(t, n, ...)` (t samples of n inputs)
+to statistics that can be merged across chunks of samples, so that memory
+stays bounded whatever `num_samples` is. The final formulas that turn the
+merged statistics into predictions live in `predictions.py`.
+"""
+
+import tensorflow as tf
+from keras import ops
+
+from keras_uncertainty.losses.gaussian_nll import split_mean_log_var
+
+
+def entropy(probs, axis=-1):
+    """Shannon entropy `-sum_c p_c log p_c` in nats, with `0 log 0 = 0`."""
+    probs = tf.convert_to_tensor(probs)
+    return -tf.reduce_sum(tf.math.xlogy(probs, probs), axis=axis)
+
+
+def regression_moments(samples, variance_head):
+    """Summarises t regression samples for merging across chunks.
+
+    Args:
+        samples: `(t, n, ..., d)`; `d = 2k` (means then log-variances) when
+            `variance_head`, else `d = k` means.
+        variance_head: Whether the last axis carries log-variances.
+
+    Returns:
+        `(mean_mu, m2_mu, mean_var)`, each `(n, ..., k)`: the sample mean of
+        mu, the sum of squared deviations of mu from it (two-pass, so that a
+        large mean does not cancel a small spread), and the sample mean of
+        `sigma^2 = exp(log_var)` (zeros without a variance head).
+    """
+    samples = ops.cast(samples, "float32")
+    if variance_head:
+        mu, log_var = split_mean_log_var(samples)
+        mean_var = ops.mean(ops.exp(log_var), axis=0)
+    else:
+        mu = samples
+        mean_var = ops.zeros_like(mu[0])
+    mean_mu = ops.mean(mu, axis=0)
+    m2_mu = ops.sum(ops.square(mu - mean_mu), axis=0)
+    return mean_mu, m2_mu, mean_var
+
+
+def class_probabilities(samples, from_logits):
+    """Class probabilities of each sample; one sigmoid unit becomes 2 classes."""
+    samples = ops.cast(samples, "float32")
+    if samples.shape[-1] == 1:
+        positive = ops.sigmoid(samples) if from_logits else samples
+        return ops.concatenate([1.0 - positive, positive], axis=-1)
+    return ops.softmax(samples, axis=-1) if from_logits else samples
+
+
+def classification_moments(samples, from_logits):
+    """Summarises t classification samples for merging across chunks.
+
+    Args:
+        samples: `(t, n, ..., C)` probabilities (or logits when
+            `from_logits`).
+        from_logits: Whether `samples` are logits.
+
+    Returns:
+        `(sum_probs, sum_entropy, votes)`: the sums over the t samples of the
+        probability vectors `(n, ..., C)`, of their entropies `(n, ...)`, and
+        of the one-hot argmax of each sample `(n, ..., C)`, int32.
+    """
+    probs = class_probabilities(samples, from_logits)
+    num_classes = probs.shape[-1]
+    votes = ops.one_hot(ops.argmax(probs, axis=-1), num_classes, dtype="int32")
+    return (
+        ops.sum(probs, axis=0),
+        ops.sum(entropy(probs), axis=0),
+        ops.sum(votes, axis=0),
+    )

@@ -1,0 +1,432 @@
+"""Compiled, chunked Monte Carlo prediction: `sample` and `predict_*`.
+
+One `tf.function` per model, task and input signature (batch size and number
+of samples are dynamic, so neither retraces) draws a chunk of samples for a
+chunk of inputs in one call and, for `predict_*`, reduces them inside the
+graph to statistics that merge across chunks. Only the model's MC layers are
+random: the model runs with `training=False`, so BatchNormalization uses its
+moving statistics and never updates them.
+"""
+
+import warnings
+import weakref
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import tree
+
+from keras_uncertainty._validation import check_positive_int, check_seed
+from keras_uncertainty.losses.gaussian_nll import GaussianNLL, gaussian_nll
+from keras_uncertainty.sampling import formulas
+from keras_uncertainty.sampling.graph import (
+    floats_per_row,
+    graph_of,
+    make_tiled_forward,
+    stochastic_layers,
+)
+from keras_uncertainty.sampling.predictions import (
+    ClassificationPrediction,
+    RegressionPrediction,
+)
+
+# Rows (samples x inputs) per compiled call when `batch_size` is None: as many
+# as keep the activations of one call near this many bytes.
+_ROW_BUDGET_BYTES = 256 * 2**20
+_MIN_ROWS, _MAX_ROWS, _UNKNOWN_MODEL_ROWS = 1024, 2**18, 16384
+
+_COMPILED = weakref.WeakKeyDictionary()
+_WARNED_DETERMINISTIC = weakref.WeakSet()
+
+
+def _sample_moments(samples):
+    return samples
+
+
+def _regression_moments(samples, variance_head):
+    return formulas.regression_moments(samples, variance_head)
+
+
+def _classification_moments(samples, from_logits):
+    return formulas.classification_moments(samples, from_logits)
+
+
+_REDUCERS = {
+    "sample": _sample_moments,
+    "regression": _regression_moments,
+    "classification": _classification_moments,
+}
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected a "
+            f"keras.Model. Received: {type(model).__name__}"
+        )
+    graph = graph_of(model)
+    if graph is not None and len(graph.outputs) != 1:
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected a model "
+            f"with a single output tensor. Received: a model with "
+            f"{len(graph.outputs)} outputs"
+        )
+    if model not in _WARNED_DETERMINISTIC and not stochastic_layers(model):
+        _WARNED_DETERMINISTIC.add(model)
+        warnings.warn(
+            f"Model '{model.name}' has no layer that is stochastic at "
+            "inference, so every sample is identical and the epistemic "
+            "uncertainty is zero. Use `ku.layers.MCDropout` (or "
+            "`ku.layers.to_mc_dropout(model)`) to sample with dropout.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _prepare_inputs(model, x):
+    """Flattens `x` to numpy arrays of the model's input dtypes and checks it."""
+    if x is None:
+        raise ValueError(
+            "Invalid value received for argument `x`. Expected an array or a "
+            "structure of arrays. Received: x=None"
+        )
+    flat = [
+        np.asarray(keras.ops.convert_to_numpy(v) if tf.is_tensor(v) else v)
+        for v in tree.flatten(x)
+    ]
+    graph = graph_of(model)
+    specs = None
+    if graph is not None and len(graph.inputs) == len(flat) and not isinstance(x, dict):
+        specs = graph.inputs
+    for i, array in enumerate(flat):
+        name = "x" if len(flat) == 1 else f"x[{i}]"
+        if array.ndim == 0:
+            raise ValueError(
+                f"Invalid value received for argument `{name}`. Expected an "
+                f"array with a batch dimension. Received: a scalar {array!r}"
+            )
+        if specs is not None:
+            expected = tuple(specs[i].shape)
+            if len(expected) != array.ndim or any(
+                e is not None and e != r for e, r in zip(expected, array.shape)
+            ):
+                raise ValueError(
+                    f"Invalid value received for argument `{name}`. Expected "
+                    f"an array of rank {len(expected)} with shape {expected} "
+                    f"(None: any size). Received: shape {array.shape}"
+                )
+            dtype = specs[i].dtype
+        else:
+            floating = np.issubdtype(array.dtype, np.floating)
+            dtype = keras.config.floatx() if floating else array.dtype
+        flat[i] = array.astype(dtype, copy=False)
+        if np.issubdtype(flat[i].dtype, np.inexact) and not np.all(
+            np.isfinite(flat[i])
+        ):
+            bad = int(np.size(flat[i]) - np.count_nonzero(np.isfinite(flat[i])))
+            raise ValueError(
+                f"Invalid value received for argument `{name}`. Expected "
+                f"finite values. Received: {bad} NaN or infinite entries"
+            )
+    num_rows = {array.shape[0] for array in flat}
+    if len(num_rows) != 1:
+        raise ValueError(
+            "Invalid value received for argument `x`. Expected every input "
+            f"to have the same number of rows. Received: {sorted(num_rows)}"
+        )
+    n = num_rows.pop()
+    if n == 0:
+        raise ValueError(
+            "Invalid value received for argument `x`. Expected at least one "
+            "row. Received: 0 rows"
+        )
+    return flat, n
+
+
+def _rows_per_call(model, batch_size):
+    if batch_size is not None:
+        return batch_size
+    floats = floats_per_row(model)
+    if not floats:
+        return _UNKNOWN_MODEL_ROWS
+    rows = _ROW_BUDGET_BYTES // (4 * floats)
+    return int(min(max(rows, _MIN_ROWS), _MAX_ROWS))
+
+
+def _chunks(total, size):
+    return [(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+def _compiled_step(model, mode, option, structure, flat):
+    """The cached `tf.function(inputs, num_samples)` for this call signature."""
+    specs = tuple(
+        tf.TensorSpec((None,) + a.shape[1:], tf.as_dtype(a.dtype)) for a in flat
+    )
+    key = (mode, option, repr(structure), specs)
+    per_model = _COMPILED.setdefault(model, {})
+    if key not in per_model:
+        forward, _ = make_tiled_forward(model)
+        reduce_samples = _REDUCERS[mode]
+
+        def step(flat_inputs, num_samples):
+            inputs = tree.pack_sequence_as(structure, list(flat_inputs))
+            outputs = forward(inputs, num_samples)
+            if len(tree.flatten(outputs)) != 1:
+                raise ValueError(
+                    "Invalid value received for argument `model`. Expected a "
+                    "model with a single output tensor. Received: "
+                    f"{len(tree.flatten(outputs))} outputs"
+                )
+            outputs = tree.flatten(outputs)[0]
+            n = tf.shape(flat_inputs[0])[0]
+            by_sample = tf.reshape(
+                outputs, tf.concat([[num_samples, n], tf.shape(outputs)[1:]], 0)
+            )
+            if mode == "sample":
+                return by_sample
+            return reduce_samples(by_sample, option)
+
+        per_model[key] = tf.function(
+            step,
+            input_signature=(specs, tf.TensorSpec((), tf.int32)),
+        )
+    return per_model[key]
+
+
+def _reseed(model, seed):
+    """Restarts every stochastic layer's random stream from `seed`."""
+    generators = [
+        generator
+        for layer in stochastic_layers(model)
+        for generator in getattr(layer, "_seed_generators", [])
+    ]
+    # One independent key per generator; the counter half starts at 0 and
+    # advances by one per call. Keys stay below 2**31 - 1 because the
+    # TensorFlow backend reduces seeds modulo that before use.
+    keys = np.random.SeedSequence(seed).generate_state(len(generators), np.uint32)
+    for generator, key in zip(generators, keys):
+        state = np.array([int(key) % (2**31 - 1), 0], dtype=np.int64)
+        generator.state.assign(state.astype(generator.state.dtype))
+
+
+def _run(model, x, num_samples, batch_size, seed, mode, option):
+    """Yields `(input_slice, sample_slice, chunk_result)` over all chunks."""
+    _check_model(model)
+    num_samples = check_positive_int(num_samples, "num_samples")
+    batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
+    seed = check_seed(seed)
+    flat, n = _prepare_inputs(model, x)
+    structure = tree.map_structure(lambda _: 0, x)
+    step = _compiled_step(model, mode, option, structure, flat)
+    rows = _rows_per_call(model, batch_size)
+    inputs_per_call = max(1, rows // num_samples)
+    samples_per_call = min(num_samples, rows)
+    if seed is not None:
+        _reseed(model, seed)
+    for start, stop in _chunks(n, inputs_per_call):
+        chunk = [tf.convert_to_tensor(a[start:stop]) for a in flat]
+        for t_start, t_stop in _chunks(num_samples, samples_per_call):
+            result = step(tuple(chunk), tf.constant(t_stop - t_start, tf.int32))
+            yield slice(start, stop), slice(t_start, t_stop), result
+    return n
+
+
+def sample(model, x, num_samples=20, batch_size=None, seed=None):
+    """Draws Monte Carlo samples of a model's output.
+
+    The batch is tiled so that one compiled call draws many samples (no Python
+    loop over samples); only the model's stochastic layers (`ku.layers`) are
+    random, everything else runs in inference mode.
+
+    Args:
+        model: A `keras.Model` with a single output, usually with MC layers.
+            A model without any warns once: its samples are all identical.
+        x: Inputs: an array (or a structure of arrays for a multi-input
+            model) with N rows. Must be finite.
+        num_samples: Positive integer T, the number of samples per input.
+        batch_size: Rows (samples x inputs) per compiled call, which bounds
+            memory. None: chosen from the model's activation sizes (about
+            256 MiB of activations per call).
+        seed: Optional non-negative integer. The same seed (with the same
+            `x`, `num_samples` and `batch_size`) gives the same samples.
+
+    Returns:
+        numpy array of shape `(num_samples, N, *output_shape)`.
+
+    Example:
+
+    >>> samples = ku.sample(model, x_test, num_samples=50, seed=0)
+    >>> samples.std(axis=0)  # spread of the predictions
+    """
+    out = None
+    for rows, draws, result in _run(
+        model, x, num_samples, batch_size, seed, "sample", None
+    ):
+        result = result.numpy()
+        if out is None:
+            n = tree.flatten(x)[0].shape[0]
+            out = np.empty((num_samples, n) + result.shape[2:], result.dtype)
+        out[draws, rows] = result
+    _check_finite_output(out, model)
+    return out
+
+
+def _uses_gaussian_nll(loss):
+    return (
+        loss is gaussian_nll
+        or isinstance(loss, GaussianNLL)
+        or loss
+        in (
+            "gaussian_nll",
+            "keras_uncertainty>gaussian_nll",
+        )
+    )
+
+
+def _variance_head(model, variance_head, width):
+    if variance_head is None:
+        loss = getattr(model, "loss", None)
+        if loss is not None:
+            variance_head = _uses_gaussian_nll(loss)
+        else:
+            variance_head = width is not None and width % 2 == 0
+    elif not isinstance(variance_head, bool):
+        raise ValueError(
+            "Invalid value received for argument `variance_head`. Expected "
+            f"True, False or None. Received: variance_head={variance_head!r}"
+        )
+    if variance_head and width is not None and width % 2:
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected an output "
+            "whose last dimension is 2*k (k means, then k log-variances). "
+            f"Received: last dimension {width}"
+        )
+    return variance_head
+
+
+def _output_width(model):
+    graph = graph_of(model)
+    return graph.outputs[0].shape[-1] if graph is not None else None
+
+
+def predict_regression(
+    model, x, num_samples=20, batch_size=None, seed=None, variance_head=None
+):
+    """Predictive mean and its aleatoric and epistemic standard deviations.
+
+    Draws T samples of `(mu_t, log_var_t)` as `ku.sample` does and combines
+    them inside the compiled call (see `RegressionPrediction` for the
+    formulas); memory stays bounded whatever T and N are.
+
+    Args:
+        model: A `keras.Model` whose output is `(N, 2k)`, k means then k
+            log-variances (trained with `ku.losses.gaussian_nll`), or `(N, k)`
+            means only, in which case `aleatoric_std` is 0.
+        x: Inputs with N rows; must be finite.
+        num_samples: Positive integer T.
+        batch_size: Rows per compiled call; None picks one (see `ku.sample`).
+        seed: Optional non-negative integer for reproducible samples.
+        variance_head: Whether the output carries log-variances. None: yes
+            if the model is compiled with `ku.losses.gaussian_nll` or
+            `GaussianNLL`, no if compiled with another loss, and for an
+            uncompiled model yes exactly when the last dimension is even.
+
+    Returns:
+        A `RegressionPrediction` of `(N, k)` arrays.
+
+    Example:
+
+    >>> pred = ku.predict_regression(model, x_test, num_samples=100)
+    >>> pred.mean, pred.aleatoric_std, pred.epistemic_std
+    """
+    _check_model(model)
+    option = _variance_head(model, variance_head, _output_width(model))
+    parts = {}
+    for rows, draws, (mean_mu, m2_mu, mean_var) in _run(
+        model, x, num_samples, batch_size, seed, "regression", option
+    ):
+        mean_mu = mean_mu.numpy().astype(np.float64)
+        m2_mu, mean_var = m2_mu.numpy(), mean_var.numpy()
+        count = draws.stop - draws.start
+        if rows.start not in parts:
+            parts[rows.start] = [rows, count, mean_mu, m2_mu, mean_var * count]
+            continue
+        # Chan et al.'s pairwise update merges the sample chunks' moments.
+        part = parts[rows.start]
+        total = part[1] + count
+        delta = mean_mu - part[2]
+        part[3] = part[3] + m2_mu + delta**2 * part[1] * count / total
+        part[2] = part[2] + delta * count / total
+        part[4] = part[4] + mean_var * count
+        part[1] = total
+    ordered = [parts[key] for key in sorted(parts)]
+    prediction = RegressionPrediction.from_moments(
+        np.concatenate([p[2] for p in ordered]),
+        np.concatenate([p[3] for p in ordered]),
+        np.concatenate([p[4] for p in ordered]) / num_samples,
+        num_samples,
+    )
+    _check_finite_output(prediction.std, model)
+    return prediction
+
+
+def predict_classification(
+    model, x, num_samples=20, batch_size=None, seed=None, from_logits=False
+):
+    """Predictive class probabilities with total, aleatoric and epistemic parts.
+
+    Draws T samples of the class probabilities as `ku.sample` does and
+    combines them inside the compiled call (see `ClassificationPrediction`
+    for the formulas): predictive entropy, expected entropy, mutual
+    information and the argmax votes of the samples.
+
+    Args:
+        model: A `keras.Model` whose output is `(N, C)` probabilities (or
+            logits with `from_logits=True`); a single sigmoid unit `(N, 1)`
+            is read as two classes.
+        x: Inputs with N rows; must be finite.
+        num_samples: Positive integer T.
+        batch_size: Rows per compiled call; None picks one (see `ku.sample`).
+        seed: Optional non-negative integer for reproducible samples.
+        from_logits: Whether the model outputs logits.
+
+    Returns:
+        A `ClassificationPrediction`.
+
+    Example:
+
+    >>> pred = ku.predict_classification(model, x_test, num_samples=100)
+    >>> pred.votes[61]  # how many of the 100 samples chose each digit
+    """
+    if not isinstance(from_logits, bool):
+        raise ValueError(
+            "Invalid value received for argument `from_logits`. Expected True "
+            f"or False. Received: from_logits={from_logits!r}"
+        )
+    sums = {}
+    for rows, _, result in _run(
+        model, x, num_samples, batch_size, seed, "classification", from_logits
+    ):
+        result = [r.numpy() for r in result]
+        if rows.start in sums:
+            sums[rows.start] = [a + b for a, b in zip(sums[rows.start], result)]
+        else:
+            sums[rows.start] = [result[0].astype(np.float64), *result[1:]]
+    ordered = [sums[key] for key in sorted(sums)]
+    prediction = ClassificationPrediction.from_moments(
+        *(np.concatenate(column) for column in zip(*ordered)),
+        num_samples=num_samples,
+    )
+    _check_finite_output(prediction.probs, model)
+    return prediction
+
+
+def _check_finite_output(values, model):
+    if not np.all(np.isfinite(values)):
+        warnings.warn(
+            f"Model '{model.name}' produced NaN or infinite outputs for "
+            "finite inputs (for a log-variance head: exp(log_var) overflows "
+            "float32 above about 88). The returned values contain them.",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,163 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_uncertainty as ku
+
+MC_LAYERS = [
+    (ku.layers.MCDropout, (4, 6)),
+    (ku.layers.MCSpatialDropout1D, (4, 5, 6)),
+    (ku.layers.MCSpatialDropout2D, (4, 5, 5, 6)),
+    (ku.layers.MCSpatialDropout3D, (4, 3, 3, 3, 6)),
+    (ku.layers.MCGaussianDropout, (4, 6)),
+]
+
+
+@pytest.mark.parametrize("layer_class, shape", MC_LAYERS)
+def test_layer_is_stochastic_in_inference_mode(layer_class, shape):
+    layer = layer_class(0.5, seed=3)
+    x = np.ones(shape, dtype="float32")
+    first = keras.ops.convert_to_numpy(layer(x, training=False))
+    second = keras.ops.convert_to_numpy(layer(x))
+    assert not np.allclose(first, x)
+    assert not np.allclose(first, second)
+
+
+def test_mc_dropout_zeroes_and_rescales():
+    x = np.ones((2000, 50), dtype="float32")
+    y = keras.ops.convert_to_numpy(ku.layers.MCDropout(0.25, seed=1)(x))
+    assert set(np.unique(y)) <= {0.0, np.float32(1 / 0.75)}
+    assert abs((y == 0).mean() - 0.25) < 0.01
+
+
+def test_spatial_dropout_drops_whole_channels():
+    x = np.ones((64, 5, 5, 8), dtype="float32")
+    y = keras.ops.convert_to_numpy(ku.layers.MCSpatialDropout2D(0.5, seed=2)(x))
+    per_channel = y.reshape(64, 25, 8)
+    assert np.all(per_channel.min(axis=1) == per_channel.max(axis=1))
+    assert 0.4 < (per_channel[:, 0, :] == 0).mean() < 0.6
+
+
+def test_gaussian_dropout_noise_has_dropout_variance():
+    rate = 0.2
+    x = np.ones((20000, 10), dtype="float32")
+    y = keras.ops.convert_to_numpy(ku.layers.MCGaussianDropout(rate, seed=4)(x))
+    assert abs(y.mean() - 1.0) < 0.01
+    assert abs(y.var() - rate / (1 - rate)) < 0.01
+
+
+def test_rate_zero_is_identity():
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    y = keras.ops.convert_to_numpy(ku.layers.MCDropout(0.0)(x))
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("layer_class, _", MC_LAYERS)
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5, "0.5", None])
+def test_rate_outside_unit_interval_is_rejected(layer_class, _, rate):
+    with pytest.raises(ValueError, match=r"`rate`.*\[0, 1\).*Received: rate="):
+        layer_class(rate)
+
+
+def test_negative_seed_is_rejected():
+    with pytest.raises(ValueError, match="`seed`"):
+        ku.layers.MCDropout(0.1, seed=-1)
+
+
+@pytest.mark.parametrize("layer_class, shape", MC_LAYERS)
+def test_layer_config_round_trip(layer_class, shape):
+    layer = layer_class(0.3, seed=7, name="mc")
+    restored = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert type(restored) is layer_class
+    assert restored.get_config() == layer.get_config()
+
+
+def test_model_with_mc_layers_round_trips_through_keras_file(tmp_path):
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(2, 3)(inputs)
+    x = ku.layers.MCSpatialDropout2D(0.2)(x)
+    x = keras.layers.Flatten()(x)
+    x = ku.layers.MCGaussianDropout(0.1)(x)
+    x = ku.layers.MCDropout(0.2)(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    model.compile("adam", loss=ku.losses.GaussianNLL(beta=0.5))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)  # no custom_objects
+    assert [type(layer) for layer in loaded.layers] == [
+        type(layer) for layer in model.layers
+    ]
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert isinstance(loaded.loss, ku.losses.GaussianNLL)
+    assert loaded.loss.beta == 0.5
+    x = np.random.default_rng(0).normal(size=(5, 8, 8, 1)).astype("float32")
+    samples = ku.sample(loaded, x, num_samples=4, seed=0)
+    assert samples.shape == (4, 5, 2)
+    assert samples.std(axis=0).min() > 0
+
+
+def _model_with_keras_dropout():
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(8)(inputs)
+    x = keras.layers.Dropout(0.3, seed=1)(x)
+    x = keras.layers.Reshape((2, 4))(x)
+    x = keras.layers.SpatialDropout1D(0.2)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.GaussianDropout(0.1)(x)
+    inner = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dropout(0.5), keras.layers.Dense(3)]
+    )
+    return keras.Model(inputs, inner(x))
+
+
+def test_to_mc_dropout_swaps_every_dropout_and_keeps_weights():
+    model = _model_with_keras_dropout()
+    mc_model = ku.layers.to_mc_dropout(model)
+    kinds = [type(layer) for layer in mc_model._flatten_layers(recursive=True)]
+    assert ku.layers.MCDropout in kinds
+    assert ku.layers.MCSpatialDropout1D in kinds
+    assert ku.layers.MCGaussianDropout in kinds
+    assert not any(
+        type(layer)
+        in (
+            keras.layers.Dropout,
+            keras.layers.SpatialDropout1D,
+            keras.layers.GaussianDropout,
+        )
+        for layer in mc_model._flatten_layers(recursive=True)
+    )
+    # The nested model's dropout is converted too, and config is kept.
+    nested = [layer for layer in mc_model.layers if isinstance(layer, keras.Model)]
+    assert isinstance(nested[0].layers[0], ku.layers.MCDropout)
+    assert nested[0].layers[0].rate == 0.5
+    for a, b in zip(model.get_weights(), mc_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # The original is untouched and still deterministic at inference.
+    x = np.ones((3, 6), dtype="float32")
+    np.testing.assert_array_equal(model(x), model(x))
+    assert not np.allclose(mc_model(x), mc_model(x))
+
+
+def test_to_mc_dropout_keeps_sequential_models_sequential():
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dropout(0.2)]
+    )
+    mc_model = ku.layers.to_mc_dropout(model)
+    assert isinstance(mc_model, keras.Sequential)
+    assert isinstance(mc_model.layers[-1], ku.layers.MCDropout)
+
+
+def test_to_mc_dropout_rejects_subclassed_models_and_non_models():
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    with pytest.raises(ValueError, match="Functional or Sequential"):
+        ku.layers.to_mc_dropout(Subclassed())
+    with pytest.raises(ValueError, match="Received: Dense"):
+        ku.layers.to_mc_dropout(keras.layers.Dense(2))

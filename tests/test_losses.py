@@ -1,0 +1,121 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_uncertainty as ku
+
+
+def _numpy_nll(y, mu, log_var):
+    return 0.5 * (log_var + (y - mu) ** 2 / np.exp(log_var))
+
+
+@pytest.fixture
+def batch():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(6, 3)).astype("float32")
+    y_pred = rng.normal(size=(6, 6)).astype("float32")
+    return y, y_pred
+
+
+def test_gaussian_nll_matches_formula_per_example(batch):
+    y, y_pred = batch
+    loss = keras.ops.convert_to_numpy(ku.losses.gaussian_nll(y, y_pred))
+    expected = _numpy_nll(y, y_pred[:, :3], y_pred[:, 3:]).mean(axis=-1)
+    assert loss.shape == (6,)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_single_target_accepts_flat_labels():
+    y = np.array([0.5, -1.0], dtype="float32")
+    y_pred = np.array([[0.0, 0.2], [1.0, -0.3]], dtype="float32")
+    loss = keras.ops.convert_to_numpy(ku.losses.gaussian_nll(y, y_pred))
+    np.testing.assert_allclose(
+        loss, _numpy_nll(y, y_pred[:, 0], y_pred[:, 1]), rtol=1e-6
+    )
+
+
+def test_include_constant_gives_the_exact_negative_log_density(batch):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    y, y_pred = batch
+    loss = ku.losses.GaussianNLL(include_constant=True, reduction=None)(y, y_pred)
+    std = np.exp(0.5 * y_pred[:, 3:])
+    reference = -scipy_stats.norm.logpdf(y, loc=y_pred[:, :3], scale=std).mean(-1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss), reference, rtol=1e-5)
+
+
+def test_beta_nll_scales_gradients_by_detached_variance(batch):
+    y, y_pred = batch
+    beta = 0.5
+    pred = tf.Variable(y_pred)
+    with tf.GradientTape(persistent=True) as tape:
+        plain = tf.reduce_sum(ku.losses.GaussianNLL(reduction=None)(y, pred))
+        weighted = tf.reduce_sum(
+            ku.losses.GaussianNLL(beta=beta, reduction=None)(y, pred)
+        )
+    weight = np.exp(beta * y_pred[:, 3:])
+    g_plain = tape.gradient(plain, pred).numpy()
+    g_weighted = tape.gradient(weighted, pred).numpy()
+    np.testing.assert_allclose(g_weighted[:, :3], g_plain[:, :3] * weight, rtol=1e-4)
+    np.testing.assert_allclose(g_weighted[:, 3:], g_plain[:, 3:] * weight, rtol=1e-4)
+    values = ku.losses.GaussianNLL(beta=beta, reduction=None)(y, y_pred)
+    expected = (_numpy_nll(y, y_pred[:, :3], y_pred[:, 3:]) * weight).mean(-1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(values), expected, rtol=1e-5)
+
+
+def test_min_log_var_floors_the_variance():
+    y = np.zeros((1, 1), "float32")
+    y_pred = np.array([[1.0, -20.0]], "float32")
+    loss = ku.losses.GaussianNLL(min_log_var=-2.0, reduction=None)(y, y_pred)
+    expected = 0.5 * (-2.0 + 1.0 / math.exp(-2.0))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss), [expected], rtol=1e-6)
+
+
+def test_odd_prediction_width_is_rejected():
+    with pytest.raises(ValueError, match=r"2\*k.*last dimension 3 is odd"):
+        ku.losses.gaussian_nll(np.zeros((2, 1)), np.zeros((2, 3), "float32"))
+
+
+def test_prediction_width_must_match_targets():
+    with pytest.raises(ValueError, match=r"y_true with shape \(2, 3\)"):
+        ku.losses.gaussian_nll(np.zeros((2, 3)), np.zeros((2, 4), "float32"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"beta": -0.1}, "beta"),
+        ({"beta": 2}, "beta"),
+        ({"min_log_var": float("nan")}, "min_log_var"),
+    ],
+)
+def test_bad_loss_arguments_are_rejected(kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        ku.losses.GaussianNLL(**kwargs)
+
+
+def test_loss_trains_in_compile_and_survives_save(tmp_path, regression_data):
+    x, y = regression_data
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2)])
+    model.compile("adam", loss=ku.losses.gaussian_nll)
+    history = model.fit(x, y, epochs=2, batch_size=128, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.loss is ku.losses.gaussian_nll
+    np.testing.assert_allclose(
+        loaded.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0), rtol=1e-6
+    )
+
+
+def test_loss_config_round_trip():
+    loss = ku.losses.GaussianNLL(beta=0.5, min_log_var=-7.0, include_constant=True)
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(restored, ku.losses.GaussianNLL)
+    assert (restored.beta, restored.min_log_var, restored.include_constant) == (
+        0.5,
+        -7.0,
+        True,
+    )

@@ -1,0 +1,341 @@
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_uncertainty as ku
+from keras_uncertainty.sampling.sampler import _COMPILED
+
+
+def _numpy_regression(samples):
+    """The formulas of the issue, on samples of (mu, log_var)."""
+    mu, var = samples[..., :1].astype(np.float64), np.exp(samples[..., 1:])
+    mean = mu.mean(0)
+    total = (var + mu**2).mean(0) - mean**2
+    return mean, np.sqrt(total), np.sqrt(var.mean(0)), np.sqrt(mu.var(0))
+
+
+def _numpy_entropy(p):
+    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1)
+
+
+def test_sample_shape_and_spread(regression_model, regression_data):
+    x, _ = regression_data
+    samples = ku.sample(regression_model, x[:10], num_samples=7, seed=0)
+    assert samples.shape == (7, 10, 2)
+    assert samples.dtype == np.float32
+    assert np.all(samples.std(axis=0) > 0)
+
+
+@pytest.mark.parametrize("batch_size", [None, 64, 3])
+def test_regression_formulas_match_numpy_on_the_same_samples(
+    regression_model, regression_data, batch_size
+):
+    # batch_size=3 < num_samples also splits the samples of each input over
+    # several calls, whose moments are merged.
+    x, _ = regression_data
+    args = dict(num_samples=25, batch_size=batch_size, seed=11)
+    samples = ku.sample(regression_model, x, **args)
+    prediction = ku.predict_regression(regression_model, x, **args)
+    mean, std, aleatoric, epistemic = _numpy_regression(samples)
+    np.testing.assert_allclose(prediction.mean, mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(prediction.std, std, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(prediction.aleatoric_std, aleatoric, rtol=1e-5)
+    np.testing.assert_allclose(
+        prediction.epistemic_std, epistemic, rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        prediction.std**2,
+        prediction.aleatoric_std**2 + prediction.epistemic_std**2,
+        rtol=1e-10,
+    )
+    assert prediction.mean.shape == (len(x), 1)
+
+
+def test_prediction_is_a_frozen_dataclass(regression_model, regression_data):
+    prediction = ku.predict_regression(regression_model, regression_data[0][:5])
+    with pytest.raises(AttributeError):
+        prediction.mean = None
+    assert "aleatoric_std^2 = mean_t sigma_t^2" in ku.RegressionPrediction.__doc__
+
+
+def test_epistemic_variance_survives_a_large_mean():
+    # A mean of 1e4 with a spread of 1e-2: the naive E[mu^2] - E[mu]^2 in
+    # float32 loses the spread entirely; the two-pass moments keep it.
+    inputs = keras.Input((1,))
+    noisy = ku.layers.MCGaussianDropout(0.5, seed=0)(inputs)
+    outputs = keras.layers.Dense(
+        1, bias_initializer=keras.initializers.Constant(1e4), kernel_initializer="ones"
+    )(noisy)
+    model = keras.Model(inputs, outputs)
+    x = np.full((4, 1), 0.01, "float32")
+    prediction = ku.predict_regression(
+        model, x, num_samples=400, seed=0, batch_size=100
+    )
+    # noise std sqrt(0.5/0.5) = 1 on an input of 0.01
+    np.testing.assert_allclose(prediction.epistemic_std, 0.01, rtol=0.15)
+
+
+def test_model_without_variance_head_has_zero_aleatoric_std(regression_data):
+    model = ku.models.mlp(1, 1, hidden_units=(8,), dropout_rate=0.2)
+    model.compile("adam", "mse")
+    x = regression_data[0][:20]
+    prediction = ku.predict_regression(model, x, num_samples=10, seed=0)
+    samples = ku.sample(model, x, num_samples=10, seed=0)
+    np.testing.assert_array_equal(prediction.aleatoric_std, 0.0)
+    np.testing.assert_allclose(prediction.mean, samples.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(prediction.std, samples.std(0), rtol=1e-4, atol=1e-6)
+
+
+def test_variance_head_follows_the_compiled_loss(regression_data):
+    x = regression_data[0][:5]
+    model = ku.models.mlp(1, 2, hidden_units=(4,), dropout_rate=0.2)
+    model.compile("adam", "mse")  # two targets, no variance head
+    assert ku.predict_regression(model, x, num_samples=3).mean.shape == (5, 2)
+    model.compile("adam", ku.losses.GaussianNLL())
+    assert ku.predict_regression(model, x, num_samples=3).mean.shape == (5, 1)
+    assert ku.predict_regression(
+        model, x, num_samples=3, variance_head=False
+    ).mean.shape == (5, 2)
+    odd = ku.models.mlp(1, 3, hidden_units=(4,), dropout_rate=0.2)
+    with pytest.raises(ValueError, match="last dimension 3"):
+        ku.predict_regression(odd, x, variance_head=True)
+
+
+def test_classification_formulas_match_numpy_on_the_same_samples(
+    classifier, class_inputs
+):
+    args = dict(num_samples=30, seed=5)
+    samples = ku.sample(classifier, class_inputs, **args).astype(np.float64)
+    prediction = ku.predict_classification(classifier, class_inputs, **args)
+    probs = samples.mean(0)
+    total = _numpy_entropy(probs)
+    expected = _numpy_entropy(samples).mean(0)
+    np.testing.assert_allclose(prediction.probs, probs, rtol=1e-5)
+    np.testing.assert_array_equal(prediction.label, probs.argmax(-1))
+    np.testing.assert_allclose(prediction.entropy, total, rtol=1e-5)
+    np.testing.assert_allclose(prediction.expected_entropy, expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        prediction.mutual_information, total - expected, atol=1e-6
+    )
+    assert prediction.mutual_information.min() >= 0
+    votes = np.stack(
+        [np.bincount(s.argmax(-1), minlength=3) for s in samples.transpose(1, 0, 2)]
+    )
+    np.testing.assert_array_equal(prediction.votes, votes)
+    assert np.all(prediction.votes.sum(-1) == 30)
+
+
+def test_logits_and_sigmoid_outputs(class_inputs):
+    inputs = keras.Input((8,))
+    hidden = ku.layers.MCDropout(0.3)(keras.layers.Dense(8)(inputs))
+    logits_model = keras.Model(inputs, keras.layers.Dense(4)(hidden))
+    from_logits = ku.predict_classification(
+        logits_model, class_inputs, num_samples=9, seed=1, from_logits=True
+    )
+    samples = ku.sample(logits_model, class_inputs, num_samples=9, seed=1)
+    probs = keras.ops.convert_to_numpy(keras.ops.softmax(samples)).mean(0)
+    np.testing.assert_allclose(from_logits.probs, probs, rtol=1e-5)
+
+    sigmoid_model = keras.Model(
+        inputs, keras.layers.Dense(1, activation="sigmoid")(hidden)
+    )
+    binary = ku.predict_classification(sigmoid_model, class_inputs, num_samples=9)
+    assert binary.probs.shape == (len(class_inputs), 2)
+    np.testing.assert_allclose(binary.probs.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_seed_makes_sampling_reproducible(classifier, class_inputs):
+    first = ku.sample(classifier, class_inputs, num_samples=5, seed=3)
+    second = ku.sample(classifier, class_inputs, num_samples=5, seed=3)
+    other = ku.sample(classifier, class_inputs, num_samples=5, seed=4)
+    unseeded = ku.sample(classifier, class_inputs, num_samples=5)
+    np.testing.assert_array_equal(first, second)
+    assert not np.allclose(first, other)
+    assert not np.allclose(first, unseeded)
+
+
+def _bn_model():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(16)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = ku.layers.MCDropout(0.2)(x)
+    return keras.Model(inputs, keras.layers.Dense(2)(x))
+
+
+def test_batch_normalization_stays_in_inference_mode():
+    model = _bn_model()
+    bn = model.layers[2]
+    bn.moving_mean.assign(np.full(16, 3.0, "float32"))
+    bn.moving_variance.assign(np.full(16, 4.0, "float32"))
+    before = [w.copy() for w in bn.get_weights()]
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    api = ku.sample(model, x, num_samples=50, seed=0).mean(0)
+    # The article's loop: training=True also normalises with batch statistics.
+    loop = np.mean([model(x, training=True).numpy() for _ in range(50)], axis=0)
+    assert np.abs(api - loop).mean() > 0.5
+    # The loop moves the moving statistics (Keras updates them in training
+    # mode); reset them and check the API leaves them exactly as they were.
+    bn.set_weights(before)
+    ku.predict_regression(model, x, num_samples=50)
+    for expected, actual in zip(before, bn.get_weights()):
+        np.testing.assert_array_equal(expected, actual)
+    # The API's mean is the inference-mode network's output up to dropout
+    # noise (inverted dropout is unbiased).
+    dense_in, _, _, dense_out = model.layers[1:]
+    inference = dense_out(bn(dense_in(x), training=False)).numpy()
+    np.testing.assert_allclose(api, inference, atol=0.6)
+    assert np.abs(loop - inference).mean() > 0.5
+
+
+def test_compiled_once_per_signature(classifier):
+    _COMPILED.pop(classifier, None)
+    rng = np.random.default_rng(0)
+    for n, t in [(10, 5), (33, 7), (5, 20), (100, 3)]:
+        x = rng.normal(size=(n, 8)).astype("float32")
+        ku.predict_classification(classifier, x, num_samples=t, batch_size=64)
+    (step,) = _COMPILED[classifier].values()
+    assert step.experimental_get_tracing_count() == 1
+
+
+def test_deterministic_prefix_runs_once_per_input():
+    class RowCounter(keras.layers.Layer):
+        """Counts the rows it processes, to see where tiling starts."""
+
+        def build(self, input_shape):
+            self.rows = self.add_weight(
+                shape=(), initializer="zeros", trainable=False, dtype="int32"
+            )
+
+        def call(self, x):
+            self.rows.assign_add(keras.ops.shape(x)[0])
+            return x
+
+    inputs = keras.Input((3,))
+    before = RowCounter()
+    after = RowCounter()
+    hidden = before(keras.layers.Dense(4)(inputs))
+    dropped = ku.layers.MCDropout(0.5)(hidden)
+    # A skip connection from before the dropout is tiled where it is needed.
+    merged = keras.layers.Concatenate()([after(dropped), hidden])
+    model = keras.Model(inputs, keras.layers.Dense(2)(merged))
+    x = np.ones((10, 3), "float32")
+    samples = ku.sample(model, x, num_samples=6, seed=0)
+    assert samples.shape == (6, 10, 2)
+    assert int(before.rows.numpy()) == 10
+    assert int(after.rows.numpy()) == 60
+
+
+def test_split_graph_draws_the_same_samples_as_tiling_the_input():
+    inputs = keras.Input((5,))
+    hidden = keras.layers.Dense(6, activation="relu")(inputs)
+    outputs = keras.layers.Dense(2)(ku.layers.MCDropout(0.4)(hidden))
+    model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(1).normal(size=(7, 5)).astype("float32")
+    split = ku.sample(model, x, num_samples=4, seed=9)
+    from keras_uncertainty.sampling.sampler import _reseed
+
+    _reseed(model, 9)
+    tiled = model(np.tile(x, (4, 1)), training=False).numpy().reshape(4, 7, 2)
+    np.testing.assert_allclose(split, tiled, rtol=1e-6)
+
+
+def test_subclassed_model_is_sampled_by_tiling_its_inputs(class_inputs):
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden = keras.layers.Dense(8)
+            self.dropout = ku.layers.MCDropout(0.5)
+            self.out = keras.layers.Dense(3, activation="softmax")
+
+        def call(self, x, training=False):
+            return self.out(self.dropout(self.hidden(x)))
+
+    prediction = ku.predict_classification(Net(), class_inputs, num_samples=10)
+    assert prediction.probs.shape == (len(class_inputs), 3)
+    assert prediction.mutual_information.max() > 0
+
+
+def test_multi_input_model(class_inputs):
+    a, b = keras.Input((8,)), keras.Input((2,))
+    merged = keras.layers.Concatenate()([a, ku.layers.MCDropout(0.5)(b)])
+    model = keras.Model([a, b], keras.layers.Dense(2)(merged))
+    x = [class_inputs, np.ones((len(class_inputs), 2), "float32")]
+    samples = ku.sample(model, x, num_samples=3, seed=0)
+    assert samples.shape == (3, len(class_inputs), 2)
+
+
+def test_model_without_stochastic_layers_warns_once(class_inputs):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    with pytest.warns(UserWarning, match="every sample is identical"):
+        samples = ku.sample(model, class_inputs, num_samples=4)
+    assert np.all(samples == samples[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ku.sample(model, class_inputs, num_samples=4)
+
+
+def test_tensor_inputs_are_accepted(classifier, class_inputs):
+    from_tensor = ku.sample(classifier, tf.constant(class_inputs), 3, seed=1)
+    from_numpy = ku.sample(classifier, class_inputs, 3, seed=1)
+    np.testing.assert_array_equal(from_tensor, from_numpy)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, None, True])
+def test_bad_num_samples_is_rejected(classifier, class_inputs, value):
+    with pytest.raises(ValueError, match=r"`num_samples`.*positive integer.*Received"):
+        ku.predict_classification(classifier, class_inputs, num_samples=value)
+
+
+def test_bad_batch_size_and_seed_are_rejected(classifier, class_inputs):
+    with pytest.raises(ValueError, match="`batch_size`"):
+        ku.sample(classifier, class_inputs, batch_size=0)
+    with pytest.raises(ValueError, match="`seed`"):
+        ku.sample(classifier, class_inputs, seed=-2)
+    with pytest.raises(ValueError, match="`from_logits`"):
+        ku.predict_classification(classifier, class_inputs, from_logits="yes")
+
+
+def test_wrong_rank_is_rejected(classifier, class_inputs):
+    with pytest.raises(
+        ValueError, match=r"rank 2 with shape \(None, 8\).*\(40, 8, 1\)"
+    ):
+        ku.sample(classifier, class_inputs[..., None])
+    with pytest.raises(ValueError, match=r"Received: shape \(40, 4\)"):
+        ku.sample(classifier, class_inputs[:, :4])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_inputs_are_rejected(
+    classifier, regression_model, class_inputs, bad
+):
+    x = class_inputs.copy()
+    x[3, 2] = bad
+    with pytest.raises(ValueError, match="finite values. Received: 1 NaN"):
+        ku.predict_classification(classifier, x)
+    with pytest.raises(ValueError, match="finite"):
+        ku.predict_regression(regression_model, np.array([[bad]], "float32"))
+
+
+def test_empty_and_missing_inputs_are_rejected(classifier):
+    with pytest.raises(ValueError, match="at least one row"):
+        ku.sample(classifier, np.zeros((0, 8), "float32"))
+    with pytest.raises(ValueError, match="x=None"):
+        ku.sample(classifier, None)
+    with pytest.raises(ValueError, match="Expected a keras.Model"):
+        ku.sample(lambda x: x, np.zeros((2, 8)))
+
+
+def test_non_finite_outputs_are_reported_not_hidden():
+    inputs = keras.Input((1,))
+    head = keras.layers.Dense(
+        2,
+        kernel_initializer="ones",
+        bias_initializer=keras.initializers.Constant(200.0),
+    )
+    model = keras.Model(inputs, head(ku.layers.MCDropout(0.1)(inputs)))
+    with pytest.warns(RuntimeWarning, match="NaN or infinite"):
+        ku.predict_regression(model, np.ones((2, 1), "float32"), num_samples=2)
