@@ -131,9 +131,12 @@ def run(repeats):
         "mlp_regression",
         n,
         t,
-        loop=median_seconds(lambda: article_loop_regression(model, x, t), repeats),
-        ku=median_seconds(lambda: ku.predict_regression(model, x, t), repeats),
-        floor=median_seconds(floor(model, x, t), repeats),
+        **interleaved_medians(
+            repeats,
+            loop=lambda: article_loop_regression(model, x, t),
+            ku=lambda: ku.predict_regression(model, x, t),
+            floor=floor(model, x, t),
+        ),
     )
 
     n, t = 1000, 50
@@ -143,9 +146,12 @@ def run(repeats):
         "lenet5",
         n,
         t,
-        loop=median_seconds(lambda: article_loop_classification(model, x, t), repeats),
-        ku=median_seconds(lambda: ku.predict_classification(model, x, t), repeats),
-        floor=median_seconds(floor(model, x, t), repeats),
+        **interleaved_medians(
+            repeats,
+            loop=lambda: article_loop_classification(model, x, t),
+            ku=lambda: ku.predict_classification(model, x, t),
+            floor=floor(model, x, t),
+        ),
     )
 
     n, t = 500, 50
@@ -155,8 +161,11 @@ def run(repeats):
         "last_layer_cnn",
         n,
         t,
-        ku=median_seconds(lambda: ku.predict_classification(model, x, t), repeats),
-        floor=median_seconds(floor(model, x, t), repeats),
+        **interleaved_medians(
+            repeats,
+            ku=lambda: ku.predict_classification(model, x, t),
+            floor=floor(model, x, t),
+        ),
     )
 
     n, t = 1000, 100
