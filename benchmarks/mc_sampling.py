@@ -4,7 +4,8 @@ Run: python benchmarks/mc_sampling.py [--repeats 7] [--output FILE]
 
 Every figure is the median wall time of `--repeats` runs after one warm-up
 (which pays for tracing), all taken in one process so that the ratios compare
-like with like on a shared, noisy machine. Cases:
+like with like on a shared, noisy machine; the variants of a case are timed
+in rounds, in shuffled order (the slow eager loops in a block of their own). Cases:
 
 - mlp_regression: 8 inputs, MCDropout, Dense 50, MCDropout, Dense 2 (mean and
   log-variance), N=1000, T=100.
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import time
 
@@ -37,12 +39,20 @@ from keras_uncertainty.models import lenet5, mlp
 
 
 def interleaved_medians(repeats, **fns):
-    """Median seconds of each function, timed round-robin so drift hits all."""
+    """Median seconds of each function, timed in rounds so drift hits all.
+
+    The order within a round is shuffled (seeded), so no function always runs
+    right after another one that leaves the caches cold.
+    """
     for fn in fns.values():
         fn()  # warm-up: tracing and first-call costs
     times = {name: [] for name in fns}
+    order = random.Random(0)
+    names = list(fns)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        order.shuffle(names)
+        for name in names:
+            fn = fns[name]
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -132,8 +142,10 @@ def run(repeats):
         n,
         t,
         **interleaved_medians(
+            max(3, repeats // 3), loop=lambda: article_loop_regression(model, x, t)
+        ),
+        **interleaved_medians(
             repeats,
-            loop=lambda: article_loop_regression(model, x, t),
             ku=lambda: ku.predict_regression(model, x, t),
             floor=floor(model, x, t),
         ),
@@ -147,8 +159,11 @@ def run(repeats):
         n,
         t,
         **interleaved_medians(
-            repeats,
+            max(3, repeats // 3),
             loop=lambda: article_loop_classification(model, x, t),
+        ),
+        **interleaved_medians(
+            repeats,
             ku=lambda: ku.predict_classification(model, x, t),
             floor=floor(model, x, t),
         ),
@@ -228,7 +243,7 @@ def markdown(rows):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument(
         "--output", default=os.path.join("benchmarks", "results", "mc_sampling.json")
     )

@@ -191,14 +191,29 @@ def test_batch_normalization_stays_in_inference_mode():
     assert np.abs(loop - inference).mean() > 0.5
 
 
-def test_compiled_once_per_signature(classifier):
+def test_tracing_is_bounded_and_never_repeats_for_a_seen_signature(classifier):
     _COMPILED.pop(classifier, None)
     rng = np.random.default_rng(0)
-    for n, t in [(10, 5), (33, 7), (5, 20), (100, 3)]:
+
+    def predict(n, t):
         x = rng.normal(size=(n, 8)).astype("float32")
         ku.predict_classification(classifier, x, num_samples=t, batch_size=64)
+
+    predict(10, 5)
     (step,) = _COMPILED[classifier].values()
-    assert step.experimental_get_tracing_count() == 1
+    assert step.tracing_count() == 1
+    for _ in range(3):
+        predict(10, 5)
+    assert step.tracing_count() == 1
+    # Many batch sizes and sample counts (with chunks of samples and of
+    # inputs) trace a bounded number of times, then never again.
+    for n, t in [(33, 7), (5, 20), (100, 3), (7, 11), (64, 2), (1, 9), (50, 13)]:
+        predict(n, t)
+    settled = step.tracing_count()
+    assert settled <= 2 * step.max_static_sample_counts + 2
+    for n, t in [(21, 17), (3, 40), (90, 6), (11, 100), (33, 7), (64, 2)]:
+        predict(n, t)
+    assert step.tracing_count() == settled
 
 
 def test_deterministic_prefix_runs_once_per_input():

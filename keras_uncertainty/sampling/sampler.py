@@ -157,11 +157,40 @@ def _chunks(total, size):
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
+class _CompiledStep:
+    """A `tf.function(inputs, num_samples)` with a bounded number of traces.
+
+    Static shapes let TensorFlow's graph optimizer do more, so the first few
+    values of `num_samples` are passed as Python ints (one trace each) and
+    the batch shape is left to `reduce_retracing`, which traces the first
+    shape exactly and relaxes to an unknown batch size at the second. Later
+    values of `num_samples` share one trace with a tensor-valued T. A call
+    never retraces for a signature it has seen.
+    """
+
+    max_static_sample_counts = 4
+
+    def __init__(self, step):
+        self.function = tf.function(step, reduce_retracing=True)
+        self._static_counts = set()
+
+    def __call__(self, inputs, num_samples):
+        if (
+            num_samples in self._static_counts
+            or len(self._static_counts) < self.max_static_sample_counts
+        ):
+            self._static_counts.add(num_samples)
+        else:
+            num_samples = tf.constant(num_samples, tf.int32)
+        return self.function(inputs, num_samples)
+
+    def tracing_count(self):
+        return self.function.experimental_get_tracing_count()
+
+
 def _compiled_step(model, mode, option, structure, flat):
-    """The cached `tf.function(inputs, num_samples)` for this call signature."""
-    specs = tuple(
-        tf.TensorSpec((None,) + a.shape[1:], tf.as_dtype(a.dtype)) for a in flat
-    )
+    """The cached `_CompiledStep` for this model, task and input signature."""
+    specs = tuple((a.shape[1:], a.dtype.str) for a in flat)
     key = (mode, option, repr(structure), specs)
     per_model = _COMPILED.setdefault(model, {})
     if key not in per_model:
@@ -170,26 +199,28 @@ def _compiled_step(model, mode, option, structure, flat):
 
         def step(flat_inputs, num_samples):
             inputs = tree.pack_sequence_as(structure, list(flat_inputs))
-            outputs = forward(inputs, num_samples)
-            if len(tree.flatten(outputs)) != 1:
+            outputs = tree.flatten(forward(inputs, num_samples))
+            if len(outputs) != 1:
                 raise ValueError(
                     "Invalid value received for argument `model`. Expected a "
                     "model with a single output tensor. Received: "
-                    f"{len(tree.flatten(outputs))} outputs"
+                    f"{len(outputs)} outputs"
                 )
-            outputs = tree.flatten(outputs)[0]
-            n = tf.shape(flat_inputs[0])[0]
-            by_sample = tf.reshape(
-                outputs, tf.concat([[num_samples, n], tf.shape(outputs)[1:]], 0)
-            )
+            output = outputs[0]
+            # Static sizes where known, so the reshape keeps shape information.
+            dims = [
+                static if static is not None else tf.shape(output)[i + 1]
+                for i, static in enumerate(output.shape[1:])
+            ]
+            n = flat_inputs[0].shape[0]
+            if n is None:
+                n = tf.shape(flat_inputs[0])[0]
+            by_sample = tf.reshape(output, [num_samples, n, *dims])
             if mode == "sample":
                 return by_sample
             return reduce_samples(by_sample, option)
 
-        per_model[key] = tf.function(
-            step,
-            input_signature=(specs, tf.TensorSpec((), tf.int32)),
-        )
+        per_model[key] = _CompiledStep(step)
     return per_model[key]
 
 
@@ -226,7 +257,7 @@ def _run(model, x, num_samples, batch_size, seed, mode, option):
     for start, stop in _chunks(n, inputs_per_call):
         chunk = [tf.convert_to_tensor(a[start:stop]) for a in flat]
         for t_start, t_stop in _chunks(num_samples, samples_per_call):
-            result = step(tuple(chunk), tf.constant(t_stop - t_start, tf.int32))
+            result = step(tuple(chunk), t_stop - t_start)
             yield slice(start, stop), slice(t_start, t_stop), result
     return n
 
