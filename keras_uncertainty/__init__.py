@@ -5,6 +5,7 @@ that splits predictive uncertainty into aleatoric and epistemic parts.
 """
 
 from keras_uncertainty import datasets, layers, losses, models
+from keras_uncertainty.ensemble import Ensemble
 from keras_uncertainty.sampling import (
     ClassificationPrediction,
     RegressionPrediction,
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClassificationPrediction",
+    "Ensemble",
     "RegressionPrediction",
     "datasets",
     "layers",

@@ -61,8 +61,10 @@ def run_demo(epochs, num_samples, seed):
     where = ["data", "data", "gap", "data", "data", "outside"]
     pred = ku.predict_regression(model, points, num_samples=num_samples, seed=seed)
     print(f"Trained {epochs} epochs on {len(x)} points; T = {num_samples} samples.")
-    print(f"{'x':>6} {'where':>8} {'mean':>8} {'std':>8} {'aleatoric':>10} "
-          f"{'epistemic':>10}")
+    print(
+        f"{'x':>6} {'where':>8} {'mean':>8} {'std':>8} {'aleatoric':>10} "
+        f"{'epistemic':>10}"
+    )
     for i, label in enumerate(where):
         print(
             f"{points[i, 0]:6.2f} {label:>8} {pred.mean[i, 0]:8.3f} "

@@ -16,6 +16,8 @@ import keras
 import tensorflow as tf
 from keras import tree
 
+from keras_uncertainty.ensemble.model import Ensemble
+
 
 def is_stochastic(layer):
     """Whether `layer`, or a layer nested in it, samples at inference.
@@ -43,8 +45,20 @@ def stochastic_layers(model):
     ]
 
 
+def ensemble_members(model):
+    """The member networks of a `ku.Ensemble`, or None for other models."""
+    return list(model.members) if isinstance(model, Ensemble) else None
+
+
 def graph_of(model):
-    """The Functional graph that runs `model`, or None for subclassed models."""
+    """The Functional graph that runs `model`, or None for subclassed models.
+
+    For an ensemble, the graph of its first member (they share their input
+    and output shapes).
+    """
+    members = ensemble_members(model)
+    if members is not None:
+        return graph_of(members[0])
     if isinstance(model, keras.Sequential):
         return getattr(model, "_functional", None)
     if hasattr(model, "_run_through_graph") and hasattr(model, "_nodes_by_depth"):
@@ -75,6 +89,9 @@ def make_tiled_forward(model):
     hold sample s of input i at row `s * n + i`. The returned function holds
     the model weakly, so caching it does not keep the model alive.
     """
+    members = ensemble_members(model)
+    if members is not None:
+        return _make_ensemble_forward(members)
     model_ref = weakref.ref(model)
 
     def forward_tiled_inputs(inputs, num_samples):
@@ -121,6 +138,24 @@ def make_tiled_forward(model):
         return tree.map_structure(tile_once, outputs)
 
     return forward_split, True
+
+
+def _make_ensemble_forward(members):
+    forwards = [make_tiled_forward(member)[0] for member in members]
+
+    def forward_members(inputs, num_samples):
+        # Member-major rows: sample s of input i from member m is row
+        # (m * T + s) * n + i, so a reshape to (M * T, n, ...) lists samples.
+        stacked = tf.stack(
+            [tree.flatten(forward(inputs, num_samples))[0] for forward in forwards]
+        )
+        rest = [
+            size if size is not None else tf.shape(stacked)[i + 2]
+            for i, size in enumerate(stacked.shape[2:])
+        ]
+        return tf.reshape(stacked, [-1, *rest])
+
+    return forward_members, True
 
 
 def floats_per_row(model):

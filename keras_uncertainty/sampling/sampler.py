@@ -8,6 +8,7 @@ random: the model runs with `training=False`, so BatchNormalization uses its
 moving statistics and never updates them.
 """
 
+import dataclasses
 import warnings
 import weakref
 
@@ -20,6 +21,7 @@ from keras_uncertainty._validation import check_positive_int, check_seed
 from keras_uncertainty.losses.gaussian_nll import GaussianNLL, gaussian_nll
 from keras_uncertainty.sampling import formulas
 from keras_uncertainty.sampling.graph import (
+    ensemble_members,
     floats_per_row,
     graph_of,
     make_tiled_forward,
@@ -71,7 +73,11 @@ def _check_model(model):
             f"with a single output tensor. Received: a model with "
             f"{len(graph.outputs)} outputs"
         )
-    if model not in _WARNED_DETERMINISTIC and not stochastic_layers(model):
+    if (
+        model not in _WARNED_DETERMINISTIC
+        and ensemble_members(model) is None
+        and not stochastic_layers(model)
+    ):
         _WARNED_DETERMINISTIC.add(model)
         warnings.warn(
             f"Model '{model.name}' has no layer that is stochastic at "
@@ -196,6 +202,7 @@ def _compiled_step(model, mode, option, structure, flat):
     if key not in per_model:
         forward, _ = make_tiled_forward(model)
         reduce_samples = _REDUCERS[mode]
+        members = len(ensemble_members(model) or [model])
 
         def step(flat_inputs, num_samples):
             inputs = tree.pack_sequence_as(structure, list(flat_inputs))
@@ -215,7 +222,7 @@ def _compiled_step(model, mode, option, structure, flat):
             n = flat_inputs[0].shape[0]
             if n is None:
                 n = tf.shape(flat_inputs[0])[0]
-            by_sample = tf.reshape(output, [num_samples, n, *dims])
+            by_sample = tf.reshape(output, [members * num_samples, n, *dims])
             if mode == "sample":
                 return by_sample
             return reduce_samples(by_sample, option)
@@ -240,26 +247,55 @@ def _reseed(model, seed):
         generator.state.assign(state.astype(generator.state.dtype))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """How the samples of one call are arranged.
+
+    Each of `members` networks (1 unless the model is an `Ensemble`) gives
+    `per_member` samples for each of the `n` inputs: `num_samples` when the
+    model has a stochastic layer, else 1 (an ensemble of deterministic
+    networks gives one sample per member).
+    """
+
+    n: int
+    members: int
+    per_member: int
+
+    @property
+    def total(self):
+        return self.members * self.per_member
+
+
 def _run(model, x, num_samples, batch_size, seed, mode, option):
-    """Yields `(input_slice, sample_slice, chunk_result)` over all chunks."""
+    """Returns the `_Layout` and an iterator of `(rows, draws, result)`.
+
+    `rows` slices the inputs and `draws` the samples of each member that one
+    compiled call covered; `result` is that call's output.
+    """
     _check_model(model)
     num_samples = check_positive_int(num_samples, "num_samples")
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
     seed = check_seed(seed)
     flat, n = _prepare_inputs(model, x)
     structure = tree.map_structure(lambda _: 0, x)
+    members = len(ensemble_members(model) or [model])
+    stochastic = members == 1 or bool(stochastic_layers(model))
+    layout = _Layout(n, members, num_samples if stochastic else 1)
     step = _compiled_step(model, mode, option, structure, flat)
     rows = _rows_per_call(model, batch_size)
-    inputs_per_call = max(1, rows // num_samples)
-    samples_per_call = min(num_samples, rows)
+    inputs_per_call = max(1, rows // layout.total)
+    samples_per_call = max(1, min(layout.per_member, rows // members))
     if seed is not None:
         _reseed(model, seed)
-    for start, stop in _chunks(n, inputs_per_call):
-        chunk = [tf.convert_to_tensor(a[start:stop]) for a in flat]
-        for t_start, t_stop in _chunks(num_samples, samples_per_call):
-            result = step(tuple(chunk), t_stop - t_start)
-            yield slice(start, stop), slice(t_start, t_stop), result
-    return n
+
+    def chunks():
+        for start, stop in _chunks(n, inputs_per_call):
+            chunk = tuple(tf.convert_to_tensor(a[start:stop]) for a in flat)
+            for t_start, t_stop in _chunks(layout.per_member, samples_per_call):
+                result = step(chunk, t_stop - t_start)
+                yield slice(start, stop), slice(t_start, t_stop), result
+
+    return layout, chunks()
 
 
 def sample(model, x, num_samples=20, batch_size=None, seed=None):
@@ -289,15 +325,20 @@ def sample(model, x, num_samples=20, batch_size=None, seed=None):
     >>> samples = ku.sample(model, x_test, num_samples=50, seed=0)
     >>> samples.std(axis=0)  # spread of the predictions
     """
+    layout, chunks = _run(model, x, num_samples, batch_size, seed, "sample", None)
     out = None
-    for rows, draws, result in _run(
-        model, x, num_samples, batch_size, seed, "sample", None
-    ):
+    for rows, draws, result in chunks:
         result = result.numpy()
+        by_member = result.reshape(
+            (layout.members, -1, rows.stop - rows.start) + result.shape[2:]
+        )
         if out is None:
-            n = tree.flatten(x)[0].shape[0]
-            out = np.empty((num_samples, n) + result.shape[2:], result.dtype)
-        out[draws, rows] = result
+            out = np.empty(
+                (layout.members, layout.per_member, layout.n) + result.shape[2:],
+                result.dtype,
+            )
+        out[:, draws, rows] = by_member
+    out = out.reshape((layout.total, layout.n) + out.shape[3:])
     _check_finite_output(out, model)
     return out
 
@@ -373,12 +414,11 @@ def predict_regression(
     _check_model(model)
     option = _variance_head(model, variance_head, _output_width(model))
     parts = {}
-    for rows, draws, (mean_mu, m2_mu, mean_var) in _run(
-        model, x, num_samples, batch_size, seed, "regression", option
-    ):
+    layout, chunks = _run(model, x, num_samples, batch_size, seed, "regression", option)
+    for rows, draws, (mean_mu, m2_mu, mean_var) in chunks:
         mean_mu = mean_mu.numpy().astype(np.float64)
         m2_mu, mean_var = m2_mu.numpy(), mean_var.numpy()
-        count = draws.stop - draws.start
+        count = layout.members * (draws.stop - draws.start)
         if rows.start not in parts:
             parts[rows.start] = [rows, count, mean_mu, m2_mu, mean_var * count]
             continue
@@ -394,8 +434,8 @@ def predict_regression(
     prediction = RegressionPrediction.from_moments(
         np.concatenate([p[2] for p in ordered]),
         np.concatenate([p[3] for p in ordered]),
-        np.concatenate([p[4] for p in ordered]) / num_samples,
-        num_samples,
+        np.concatenate([p[4] for p in ordered]) / layout.total,
+        layout.total,
     )
     _check_finite_output(prediction.std, model)
     return prediction
@@ -435,9 +475,10 @@ def predict_classification(
             f"or False. Received: from_logits={from_logits!r}"
         )
     sums = {}
-    for rows, _, result in _run(
+    layout, chunks = _run(
         model, x, num_samples, batch_size, seed, "classification", from_logits
-    ):
+    )
+    for rows, _, result in chunks:
         result = [r.numpy() for r in result]
         if rows.start in sums:
             sums[rows.start] = [a + b for a, b in zip(sums[rows.start], result)]
@@ -446,7 +487,7 @@ def predict_classification(
     ordered = [sums[key] for key in sorted(sums)]
     prediction = ClassificationPrediction.from_moments(
         *(np.concatenate(column) for column in zip(*ordered)),
-        num_samples=num_samples,
+        num_samples=layout.total,
     )
     _check_finite_output(prediction.probs, model)
     return prediction

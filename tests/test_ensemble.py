@@ -1,0 +1,317 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_uncertainty as ku
+
+
+def _member(dropout_rate=0.0, hidden=16):
+    return ku.models.mlp(8, 2, hidden_units=(hidden,), dropout_rate=dropout_rate)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    y = (x[:, :1] - 0.5 * x[:, 1:2] + 0.1 * rng.normal(size=(256, 1))).astype("float32")
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    keras.utils.set_random_seed(0)
+    ens = ku.Ensemble(_member, num_members=3)
+    start = [m.get_weights() for m in ens.members]
+    ens.compile("adam", loss=ku.losses.gaussian_nll, metrics=["mae"])
+    history = ens.fit(*data, epochs=3, batch_size=64, validation_data=data, verbose=0)
+    return ens, start, history
+
+
+def test_members_start_different_and_end_different(trained, data):
+    ens, start, _ = trained
+    assert not np.allclose(start[0][0], start[1][0])
+    end = [m.get_weights() for m in ens.members]
+    assert not np.allclose(end[0][0], end[1][0])
+    assert not np.allclose(start[0][0], end[0][0])
+    outputs = ens(data[0][:10]).numpy()
+    assert outputs.shape == (10, 3, 2)
+    assert not np.allclose(outputs[:, 0], outputs[:, 1])
+    # Members are plain Keras models, usable on their own.
+    np.testing.assert_allclose(
+        ens.members[2](data[0][:10]).numpy(), outputs[:, 2], rtol=1e-6
+    )
+
+
+def test_history_has_total_and_member_losses(trained):
+    _, _, history = trained
+    logs = history.history
+    for key in ["loss", "mae", "val_loss", "val_mae"] + [
+        f"{prefix}member_{i}_loss" for prefix in ("", "val_") for i in range(3)
+    ]:
+        assert key in logs, key
+    total = np.sum([logs[f"member_{i}_loss"] for i in range(3)], axis=0)
+    np.testing.assert_allclose(logs["loss"], total, rtol=1e-5)
+
+
+def test_ensemble_of_one_trains_exactly_like_plain_keras(data):
+    keras.utils.set_random_seed(1)
+    plain = _member()
+    twin = keras.models.clone_model(plain)
+    twin.set_weights(plain.get_weights())
+    plain.compile(keras.optimizers.Adam(1e-2), loss=ku.losses.gaussian_nll)
+    ens = ku.Ensemble.from_models([twin])
+    ens.compile(keras.optimizers.Adam(1e-2), loss=ku.losses.gaussian_nll)
+    plain_history = plain.fit(*data, epochs=3, batch_size=32, shuffle=False, verbose=0)
+    ens_history = ens.fit(*data, epochs=3, batch_size=32, shuffle=False, verbose=0)
+    for a, b in zip(plain.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        plain_history.history["loss"], ens_history.history["loss"], rtol=1e-5
+    )
+
+
+def _identical_pair():
+    keras.utils.set_random_seed(2)
+    first = _member()
+    second = keras.models.clone_model(first)
+    second.set_weights(first.get_weights())
+    return [first, second]
+
+
+def test_identical_members_stay_identical_without_bootstrap(data):
+    ens = ku.Ensemble.from_models(_identical_pair())
+    ens.compile("adam", loss=ku.losses.gaussian_nll)
+    ens.fit(*data, epochs=2, batch_size=64, verbose=0)
+    for a, b in zip(ens.members[0].get_weights(), ens.members[1].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_bootstrap_gives_each_member_its_own_resample(data):
+    ens = ku.Ensemble.from_models(_identical_pair(), bootstrap=True, seed=0)
+    counts = ens._bootstrap_weights(256, None)
+    assert counts.shape == (256, 2)
+    np.testing.assert_array_equal(counts.sum(axis=0), [256, 256])
+    assert (counts == 0).mean() > 0.3  # about 1/e of the rows left out
+    assert not np.array_equal(counts[:, 0], counts[:, 1])
+    ens.compile("adam", loss=ku.losses.gaussian_nll)
+    ens.fit(*data, epochs=2, batch_size=64, verbose=0)
+    first, second = (m.get_weights()[0] for m in ens.members)
+    assert not np.allclose(first, second)
+
+
+def test_adversarial_loss_adds_the_fast_gradient_sign_perturbation(data):
+    x, y = data[0][:32], data[1][:32]
+    keras.utils.set_random_seed(3)
+    member = _member()
+    ens = ku.Ensemble.from_models([member], adversarial_epsilon=0.05)
+    ens.compile("adam", loss=ku.losses.gaussian_nll)
+    feature_range = np.ptp(data[0], axis=0)
+    ens._feature_range = tf.constant(feature_range)
+    total = float(ens.compute_loss(x, y, ens(x), training=True))
+
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        clean = tf.reduce_mean(ku.losses.gaussian_nll(y, member(xt)))
+    direction = np.sign(tape.gradient(clean, xt).numpy())
+    perturbed = x + 0.05 * feature_range * direction
+    adversarial = tf.reduce_mean(ku.losses.gaussian_nll(y, member(perturbed)))
+    np.testing.assert_allclose(total, float(clean + adversarial), rtol=1e-5)
+    assert float(adversarial) > float(clean)
+    # Without training (evaluation) the loss is the clean one.
+    evaluation = float(ens.compute_loss(x, y, ens(x), training=False))
+    np.testing.assert_allclose(evaluation, float(clean), rtol=1e-5)
+
+
+def test_adversarial_fit_uses_the_training_range(data):
+    ens = ku.Ensemble(_member, num_members=2, adversarial_epsilon=0.01)
+    ens.compile("adam", loss=ku.losses.gaussian_nll)
+    history = ens.fit(*data, epochs=1, batch_size=64, verbose=0)
+    np.testing.assert_allclose(ens._feature_range.numpy(), np.ptp(data[0], axis=0))
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_sampling_a_deterministic_ensemble_gives_one_sample_per_member(trained, data):
+    ens, _, _ = trained
+    x = data[0][:20]
+    samples = ku.sample(ens, x, num_samples=7)
+    assert samples.shape == (3, 20, 2)
+    np.testing.assert_allclose(samples, ens(x).numpy().transpose(1, 0, 2), rtol=1e-5)
+    prediction = ku.predict_regression(ens, x)
+    mu, var = samples[..., :1].astype(np.float64), np.exp(samples[..., 1:])
+    np.testing.assert_allclose(prediction.mean, mu.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(prediction.aleatoric_std**2, var.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(
+        prediction.epistemic_std**2, mu.var(0), rtol=1e-4, atol=1e-8
+    )
+
+
+@pytest.mark.parametrize("batch_size", [None, 8])
+def test_ensemble_of_mc_dropout_members_gives_t_samples_each(data, batch_size):
+    keras.utils.set_random_seed(4)
+    ens = ku.Ensemble(lambda: _member(dropout_rate=0.3), num_members=2)
+    x = data[0][:6]
+    args = dict(num_samples=5, seed=0, batch_size=batch_size)
+    samples = ku.sample(ens, x, **args)
+    assert samples.shape == (10, 6, 2)
+    # The first five samples come from member 0: all near member 0's own
+    # MC samples, and they differ from one another.
+    member_0 = ku.sample(ens.members[0], x, num_samples=200, seed=1)
+    assert (
+        np.abs(samples[:5].mean(0) - member_0.mean(0)).max()
+        < np.abs(samples[5:].mean(0) - member_0.mean(0)).max() + 1.0
+    )
+    assert samples[:5].std(0).min() > 0
+    prediction = ku.predict_regression(ens, x, **args)
+    np.testing.assert_allclose(
+        prediction.mean, samples[..., :1].mean(0), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_classification_ensemble(data):
+    x = data[0]
+    labels = (x[:, 0] > 0).astype("int32")
+    ens = ku.Ensemble(
+        lambda: ku.models.mlp(
+            8, 2, hidden_units=(8,), dropout_rate=0, output_activation="softmax"
+        ),
+        num_members=3,
+    )
+    ens.compile("adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = ens.fit(x, labels, epochs=2, batch_size=64, verbose=0)
+    assert "accuracy" in history.history
+    prediction = ku.predict_classification(ens, x[:10])
+    assert prediction.votes.sum(-1).tolist() == [3] * 10
+    np.testing.assert_allclose(prediction.probs, ens(x[:10]).numpy().mean(1), rtol=1e-5)
+
+
+def test_save_and_load_round_trip(trained, data, tmp_path):
+    ens, _, _ = trained
+    path = tmp_path / "e.keras"
+    ens.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, ku.Ensemble)
+    assert loaded.num_members == 3
+    x = data[0][:16]
+    np.testing.assert_allclose(loaded(x).numpy(), ens(x).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        ku.predict_regression(loaded, x).std,
+        ku.predict_regression(ens, x).std,
+        rtol=1e-6,
+    )
+    assert loaded.loss is ku.losses.gaussian_nll
+    history = loaded.fit(*data, epochs=1, batch_size=64, verbose=0)
+    assert "member_2_loss" in history.history
+
+
+def test_keras_callbacks_see_member_losses(data):
+    ens = ku.Ensemble(_member, num_members=2)
+    ens.compile("adam", loss=ku.losses.gaussian_nll)
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_member_1_loss", mode="min", patience=0, min_delta=1e9
+    )
+    history = ens.fit(
+        *data, epochs=5, validation_data=data, callbacks=[stopper], verbose=0
+    )
+    assert len(history.history["loss"]) == 2
+
+
+def test_member_with_nan_loss_is_named(data):
+    keras.utils.set_random_seed(5)
+    good = _member()
+    bad = _member()
+    weights = bad.get_weights()
+    weights[-1][:] = np.nan
+    bad.set_weights(weights)
+    ens = ku.Ensemble.from_models([good, bad])
+    ens.compile("adam", loss=ku.losses.gaussian_nll)
+    with pytest.warns(RuntimeWarning, match=rf"member 1 \('{bad.name}'\)"):
+        history = ens.fit(*data, epochs=3, batch_size=64, verbose=0)
+    assert len(history.history["loss"]) == 1
+    assert np.isfinite(history.history["member_0_loss"]).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(build_fn=_member, num_members=0),
+            "`num_members`.*Received: num_members=0",
+        ),
+        (dict(build_fn=_member, num_members=2.5), "`num_members`"),
+        (dict(build_fn=lambda: "model", num_members=2), "keras.Model.*Received: a str"),
+        (dict(build_fn=None, num_members=2), "`build_fn`.*callable"),
+        (dict(build_fn=_member, adversarial_epsilon=-1.0), "`adversarial_epsilon`"),
+    ],
+)
+def test_bad_ensemble_arguments_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ku.Ensemble(**kwargs)
+
+
+def test_bad_member_lists_are_rejected():
+    with pytest.raises(ValueError, match=r"non-empty list.*Received: \[\]"):
+        ku.Ensemble.from_models([])
+    with pytest.raises(ValueError, match="member 1.*Received: Dense"):
+        ku.Ensemble.from_models([_member(), keras.layers.Dense(2)])
+    wider = ku.models.mlp(9, 2, hidden_units=(4,), dropout_rate=0)
+    with pytest.raises(ValueError, match=r"same input and output shapes.*\(9,\)"):
+        ku.Ensemble.from_models([_member(), wider])
+    model = _member()
+    with pytest.raises(ValueError, match="same model object twice"):
+        ku.Ensemble(lambda: model, num_members=2)
+
+
+def test_compile_requires_a_loss():
+    with pytest.raises(ValueError, match="`loss`.*Received: loss=None"):
+        ku.Ensemble(_member, num_members=2).compile("adam")
+
+
+_MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+    import keras_uncertainty as ku
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 8)).astype("float32")
+    y = x[:, :1].copy()
+    with strategy.scope():
+        ens = ku.Ensemble(
+            lambda: ku.models.mlp(8, 2, hidden_units=(8,), dropout_rate=0.1),
+            num_members=2,
+        )
+        ens.compile("adam", loss=ku.losses.gaussian_nll)
+    history = ens.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert ens.predict(x, verbose=0).shape == (128, 2, 2)
+    pred = ku.predict_regression(ens, x, num_samples=4)
+    assert pred.mean.shape == (128, 1) and np.isfinite(pred.std).all()
+    print("mirrored ok")
+    """
+)
+
+
+@pytest.mark.slow
+def test_fit_and_predict_under_mirrored_strategy_on_two_cpus():
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mirrored ok" in result.stdout
