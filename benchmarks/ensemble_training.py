@@ -1,0 +1,160 @@
+"""Training and prediction speed of ku.Ensemble against one and M plain fits.
+
+Run: python benchmarks/ensemble_training.py [--repeats 3] [--output FILE]
+
+In one run, median of `--repeats` (each from fresh models, so every figure
+includes building, compiling and tracing, as a user pays them):
+
+- one member, plain Keras `fit`: MLP 8 -> 50 (relu) -> 2 (mean, log-variance),
+  `ku.losses.gaussian_nll`, Adam, N=1000, batch 128, 40 epochs;
+- `ku.Ensemble` of 5 such members, one `fit`;
+- the same 5 members trained one after another with plain `fit`;
+- prediction: `ku.predict_regression(ensemble, x)` on N=10,000 against one
+  compiled forward pass of the stacked model (`tf.function(ensemble)`).
+"""
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_uncertainty as ku
+from keras_uncertainty.models import mlp
+
+NUM_MEMBERS, N, BATCH, EPOCHS = 5, 1000, 128, 40
+
+
+def member():
+    return mlp(8, 2, hidden_units=(50,), dropout_rate=0.0)
+
+
+def data(rng, n):
+    x = rng.normal(size=(n, 8)).astype("float32")
+    y = (x @ rng.normal(size=(8, 1)) + 0.3 * rng.normal(size=(n, 1))).astype("float32")
+    return x, y
+
+
+def fit_one(x, y):
+    model = member()
+    model.compile("adam", loss=ku.losses.gaussian_nll)
+    model.fit(x, y, epochs=EPOCHS, batch_size=BATCH, verbose=0)
+
+
+def fit_ensemble(x, y):
+    ensemble = ku.Ensemble(member, num_members=NUM_MEMBERS)
+    ensemble.compile("adam", loss=ku.losses.gaussian_nll)
+    ensemble.fit(x, y, epochs=EPOCHS, batch_size=BATCH, verbose=0)
+
+
+def fit_sequential(x, y):
+    for _ in range(NUM_MEMBERS):
+        fit_one(x, y)
+
+
+def timed_rounds(repeats, **fns):
+    """Median seconds of each function over rounds in shuffled order."""
+    times = {name: [] for name in fns}
+    order = random.Random(0)
+    names = list(fns)
+    for _ in range(repeats):
+        order.shuffle(names)
+        for name in names:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def run(repeats):
+    rng = np.random.default_rng(0)
+    x, y = data(rng, N)
+    fit_one(x, y)  # warm-up: imports and first-use costs
+    training = timed_rounds(
+        repeats,
+        one_member=lambda: fit_one(x, y),
+        ensemble=lambda: fit_ensemble(x, y),
+        sequential=lambda: fit_sequential(x, y),
+    )
+    training["ensemble_over_one"] = training["ensemble"] / training["one_member"]
+    training["sequential_over_ensemble"] = training["sequential"] / training["ensemble"]
+    print(json.dumps(training), flush=True)
+
+    x_test, _ = data(rng, 10_000)
+    ensemble = ku.Ensemble(member, num_members=NUM_MEMBERS)
+    ensemble.compile("adam", loss=ku.losses.gaussian_nll)
+    ensemble.fit(x, y, epochs=1, batch_size=BATCH, verbose=0)
+    stacked = tf.function(lambda batch: ensemble(batch, training=False))
+    x_tensor = tf.constant(x_test)
+    for fn in (
+        lambda: stacked(x_tensor),
+        lambda: ku.predict_regression(ensemble, x_test),
+    ):
+        fn()
+    prediction = timed_rounds(
+        max(15, 5 * repeats),
+        predict_regression=lambda: ku.predict_regression(ensemble, x_test),
+        stacked_forward=lambda: stacked(x_tensor),
+    )
+    prediction["predict_over_forward"] = (
+        prediction["predict_regression"] / prediction["stacked_forward"]
+    )
+    print(json.dumps(prediction), flush=True)
+    return training, prediction
+
+
+def markdown(training, prediction):
+    return "\n".join(
+        [
+            "| measurement | seconds | ratio | target |",
+            "|---|---|---|---|",
+            f"| one member, plain `fit` | {training['one_member']:.2f} | 1.00x | |",
+            f"| `ku.Ensemble`, {NUM_MEMBERS} members, one `fit` "
+            f"| {training['ensemble']:.2f} | {training['ensemble_over_one']:.2f}x "
+            "of one member | <= 1.5x |",
+            f"| {NUM_MEMBERS} members one after another "
+            f"| {training['sequential']:.2f} "
+            f"| {training['sequential_over_ensemble']:.2f}x the ensemble | >= 3x |",
+            f"| `ku.predict_regression(ens, x)`, N=10,000 "
+            f"| {prediction['predict_regression'] * 1000:.1f} ms "
+            f"| {prediction['predict_over_forward']:.2f}x of the stacked forward "
+            "| <= 1.5x |",
+            f"| one compiled forward pass of the stacked model "
+            f"| {prediction['stacked_forward'] * 1000:.1f} ms | 1.00x | |",
+        ]
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--output",
+        default=os.path.join("benchmarks", "results", "ensemble_training.json"),
+    )
+    args = parser.parse_args()
+    training, prediction = run(args.repeats)
+    report = {
+        "machine": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "devices": [d.device_type for d in tf.config.list_physical_devices()],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "repeats": args.repeats,
+        "training": training,
+        "prediction": prediction,
+    }
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(report, f, indent=2)
+    print(markdown(training, prediction))
+
+
+if __name__ == "__main__":
+    main()
