@@ -16,14 +16,10 @@ includes building, compiling and tracing, as a user pays them):
 import argparse
 import json
 import os
-import platform
-import random
-import statistics
-import time
 
-import keras
 import numpy as np
 import tensorflow as tf
+from _timing import timed_rounds, write_report
 
 import keras_uncertainty as ku
 from keras_uncertainty.models import mlp
@@ -58,26 +54,13 @@ def fit_sequential(x, y):
         fit_one(x, y)
 
 
-def timed_rounds(repeats, **fns):
-    """Median seconds of each function over rounds in shuffled order."""
-    times = {name: [] for name in fns}
-    order = random.Random(0)
-    names = list(fns)
-    for _ in range(repeats):
-        order.shuffle(names)
-        for name in names:
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def run(repeats):
     rng = np.random.default_rng(0)
     x, y = data(rng, N)
     fit_one(x, y)  # warm-up: imports and first-use costs
     training = timed_rounds(
         repeats,
+        warmup=False,
         one_member=lambda: fit_one(x, y),
         ensemble=lambda: fit_ensemble(x, y),
         sequential=lambda: fit_sequential(x, y),
@@ -92,11 +75,6 @@ def run(repeats):
     ensemble.fit(x, y, epochs=1, batch_size=BATCH, verbose=0)
     stacked = tf.function(lambda batch: ensemble(batch, training=False))
     x_tensor = tf.constant(x_test)
-    for fn in (
-        lambda: stacked(x_tensor),
-        lambda: ku.predict_regression(ensemble, x_test),
-    ):
-        fn()
     prediction = timed_rounds(
         max(15, 5 * repeats),
         predict_regression=lambda: ku.predict_regression(ensemble, x_test),
@@ -140,19 +118,7 @@ def main():
     )
     args = parser.parse_args()
     training, prediction = run(args.repeats)
-    report = {
-        "machine": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "devices": [d.device_type for d in tf.config.list_physical_devices()],
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "repeats": args.repeats,
-        "training": training,
-        "prediction": prediction,
-    }
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_report(args.output, args.repeats, training=training, prediction=prediction)
     print(markdown(training, prediction))
 
 

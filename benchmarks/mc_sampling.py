@@ -25,38 +25,14 @@ combined in numpy; (b) `ku.predict_regression` / `ku.predict_classification`;
 import argparse
 import json
 import os
-import platform
-import random
-import statistics
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
+from _timing import timed_rounds, write_report
 
 import keras_uncertainty as ku
 from keras_uncertainty.models import lenet5, mlp
-
-
-def interleaved_medians(repeats, **fns):
-    """Median seconds of each function, timed in rounds so drift hits all.
-
-    The order within a round is shuffled (seeded), so no function always runs
-    right after another one that leaves the caches cold.
-    """
-    for fn in fns.values():
-        fn()  # warm-up: tracing and first-call costs
-    times = {name: [] for name in fns}
-    order = random.Random(0)
-    names = list(fns)
-    for _ in range(repeats):
-        order.shuffle(names)
-        for name in names:
-            fn = fns[name]
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def article_loop_regression(model, x, num_samples):
@@ -141,10 +117,10 @@ def run(repeats):
         "mlp_regression",
         n,
         t,
-        **interleaved_medians(
+        **timed_rounds(
             max(3, repeats // 3), loop=lambda: article_loop_regression(model, x, t)
         ),
-        **interleaved_medians(
+        **timed_rounds(
             repeats,
             ku=lambda: ku.predict_regression(model, x, t),
             floor=floor(model, x, t),
@@ -158,11 +134,11 @@ def run(repeats):
         "lenet5",
         n,
         t,
-        **interleaved_medians(
+        **timed_rounds(
             max(3, repeats // 3),
             loop=lambda: article_loop_classification(model, x, t),
         ),
-        **interleaved_medians(
+        **timed_rounds(
             repeats,
             ku=lambda: ku.predict_classification(model, x, t),
             floor=floor(model, x, t),
@@ -176,7 +152,7 @@ def run(repeats):
         "last_layer_cnn",
         n,
         t,
-        **interleaved_medians(
+        **timed_rounds(
             repeats,
             ku=lambda: ku.predict_classification(model, x, t),
             floor=floor(model, x, t),
@@ -211,7 +187,7 @@ def run(repeats):
         "mlp_classifier_mutual_information",
         n,
         t,
-        **interleaved_medians(repeats, **fns),
+        **timed_rounds(repeats, **fns),
     )
     return rows
 
@@ -249,19 +225,7 @@ def main():
     )
     args = parser.parse_args()
     rows = run(args.repeats)
-    devices = [d.device_type for d in tf.config.list_physical_devices()]
-    report = {
-        "machine": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "devices": devices,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "repeats": args.repeats,
-        "rows": rows,
-    }
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_report(args.output, args.repeats, rows=rows)
     print(markdown(rows))
 
 

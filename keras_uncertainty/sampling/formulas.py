@@ -68,9 +68,20 @@ def classification_moments(samples, from_logits):
     """
     probs = class_probabilities(samples, from_logits)
     num_classes = probs.shape[-1]
-    votes = ops.one_hot(ops.argmax(probs, axis=-1), num_classes, dtype="int32")
+    shape = tf.shape(probs)
+    cells = tf.reduce_prod(shape[1:-1])
+    # Votes by counting (cell, winning class) pairs: cheaper than summing a
+    # one-hot tensor of the samples' shape.
+    winners = tf.argmax(
+        tf.reshape(probs, [shape[0], cells, num_classes]), -1, output_type=tf.int32
+    )
+    pairs = tf.reshape(winners + num_classes * tf.range(cells)[None, :], [-1])
+    votes = tf.math.bincount(
+        pairs, minlength=cells * num_classes, maxlength=cells * num_classes
+    )
     return (
-        ops.sum(probs, axis=0),
-        ops.sum(entropy(probs), axis=0),
-        ops.sum(votes, axis=0),
+        tf.reduce_sum(probs, axis=0),
+        # Summed over the samples in the same reduction as over the classes.
+        entropy(probs, axis=(0, -1)),
+        tf.reshape(votes, shape[1:]),
     )

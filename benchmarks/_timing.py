@@ -1,0 +1,48 @@
+"""Timing and reporting shared by the benchmarks."""
+
+import json
+import os
+import platform
+import random
+import statistics
+import time
+
+import keras
+import tensorflow as tf
+
+
+def timed_rounds(repeats, warmup=True, **fns):
+    """Median seconds of each function, timed in rounds so drift hits all.
+
+    The order within a round is shuffled (seeded), so no function always runs
+    right after one that leaves the caches cold.
+    """
+    if warmup:
+        for fn in fns.values():
+            fn()  # tracing and first-call costs
+    times = {name: [] for name in fns}
+    order = random.Random(0)
+    names = list(fns)
+    for _ in range(repeats):
+        order.shuffle(names)
+        for name in names:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def write_report(path, repeats, **results):
+    """Writes the results with the machine and library versions as JSON."""
+    report = {
+        "machine": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "devices": [d.device_type for d in tf.config.list_physical_devices()],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "repeats": repeats,
+        **results,
+    }
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
