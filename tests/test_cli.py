@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -38,7 +39,7 @@ def test_usage_errors_exit_2_with_one_line(args, message):
     errors = [
         line
         for line in result.stderr.splitlines()
-        if line.startswith("keras-uncertainty: error:")
+        if re.match(r"keras-uncertainty( demo)?: error:", line)
     ]
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.stderr
