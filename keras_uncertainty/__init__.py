@@ -4,7 +4,16 @@ MC dropout layers, the Gaussian NLL loss, and compiled Monte Carlo prediction
 that splits predictive uncertainty into aleatoric and epistemic parts.
 """
 
-from keras_uncertainty import datasets, layers, losses, models
+from keras_uncertainty import (
+    calibration,
+    callbacks,
+    datasets,
+    layers,
+    losses,
+    metrics,
+    models,
+    plots,
+)
 from keras_uncertainty.ensemble import Ensemble
 from keras_uncertainty.sampling import (
     ClassificationPrediction,
@@ -20,10 +29,14 @@ __all__ = [
     "ClassificationPrediction",
     "Ensemble",
     "RegressionPrediction",
+    "calibration",
+    "callbacks",
     "datasets",
     "layers",
     "losses",
+    "metrics",
     "models",
+    "plots",
     "predict_classification",
     "predict_regression",
     "sample",

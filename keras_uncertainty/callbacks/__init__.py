@@ -1,0 +1,5 @@
+"""Keras callbacks that judge the uncertainty during training."""
+
+from keras_uncertainty.callbacks.uncertainty_metrics import UncertaintyMetrics
+
+__all__ = ["UncertaintyMetrics"]

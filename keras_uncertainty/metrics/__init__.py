@@ -1,0 +1,49 @@
+"""Metrics that say whether an uncertainty estimate is any good.
+
+Flat numpy functions, one formula each (given in the docstring): arrays (or
+Keras/TF tensors) in, floats or arrays out. They import no models.
+"""
+
+from keras_uncertainty.metrics.classification import (
+    accuracy,
+    auroc,
+    brier_score,
+    classification_nll,
+    expected_calibration_error,
+    max_calibration_error,
+    reliability_bins,
+)
+from keras_uncertainty.metrics.regression import (
+    crps_gaussian,
+    gaussian_log_density,
+    gaussian_nll,
+    interval_coverage,
+    interval_score,
+    mixture_nll,
+    regression_calibration_curve,
+    regression_calibration_error,
+    rmse,
+)
+from keras_uncertainty.metrics.selective import RetentionCurve, aurc, retention_curve
+
+__all__ = [
+    "RetentionCurve",
+    "accuracy",
+    "aurc",
+    "auroc",
+    "brier_score",
+    "classification_nll",
+    "crps_gaussian",
+    "expected_calibration_error",
+    "gaussian_log_density",
+    "gaussian_nll",
+    "interval_coverage",
+    "interval_score",
+    "max_calibration_error",
+    "mixture_nll",
+    "regression_calibration_curve",
+    "regression_calibration_error",
+    "reliability_bins",
+    "retention_curve",
+    "rmse",
+]

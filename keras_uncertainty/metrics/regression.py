@@ -1,0 +1,165 @@
+"""Regression metrics: accuracy of the mean and quality of the uncertainty.
+
+Arguments are arrays of one shape, `(N,)` or `(N, k)`, in the same units
+(`y_true` may be `(N,)` against `(N, 1)` predictions); Keras/TF tensors are
+accepted. Each function returns a Python float (or arrays where stated),
+averaged over every point and target.
+"""
+
+import math
+import statistics
+
+import numpy as np
+from keras import ops
+
+from keras_uncertainty.metrics._checks import (
+    as_array,
+    positive_int,
+    regression_inputs,
+    same_shape,
+    unit_interval,
+)
+
+_HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _standard_normal_cdf(z):
+    return 0.5 * (1.0 + ops.convert_to_numpy(ops.erf(z / math.sqrt(2.0))))
+
+
+def _central_z(level):
+    """z such that the central interval mean +- z*std holds `level` mass."""
+    return statistics.NormalDist().inv_cdf(0.5 + 0.5 * level)
+
+
+def gaussian_log_density(y, mean, std):
+    """`log N(y | mean, std^2) = -0.5 log(2 pi) - log std - (y-mean)^2 / 2std^2`."""
+    return -_HALF_LOG_TWO_PI - np.log(std) - 0.5 * np.square((y - mean) / std)
+
+
+def rmse(y_true, mean):
+    """Root mean squared error: `sqrt(mean((y - mean)^2))`."""
+    y_true, mean = regression_inputs(y_true, mean)
+    return float(np.sqrt(np.mean(np.square(y_true - mean))))
+
+
+def gaussian_nll(y_true, mean, std):
+    """Mean negative log-likelihood of a Gaussian predictive distribution.
+
+    `mean over points of -log N(y | mean, std^2)`, constant `0.5 log 2 pi`
+    included, in the units of `y` (lower is better).
+    """
+    y_true, mean, std = regression_inputs(y_true, mean, std)
+    return float(-np.mean(gaussian_log_density(y_true, mean, std)))
+
+
+def mixture_nll(y_true, sample_means, sample_stds):
+    """Mean NLL of the uniform mixture of T Gaussians (the papers' test LL).
+
+    `-mean over points of log((1/T) sum_t N(y | mu_t, sigma_t^2))`, computed
+    as `-(logsumexp_t log N(y | mu_t, sigma_t^2) - log T)`: the test
+    log-likelihood of the MC dropout and Deep Ensembles papers, negated.
+
+    Args:
+        y_true: `(N,)` or `(N, k)`.
+        sample_means: `(T, *y_true.shape)`, the means of the T samples.
+        sample_stds: Same shape, their standard deviations (> 0); a scalar
+            (a homoscedastic model's `1 / sqrt(tau)`) is broadcast.
+    """
+    sample_means = as_array(sample_means, "sample_means")
+    sample_stds = as_array(sample_stds, "sample_stds")
+    if sample_stds.ndim == 0:
+        sample_stds = np.full_like(sample_means, float(sample_stds))
+    same_shape(sample_means=sample_means, sample_stds=sample_stds)
+    y_true = as_array(y_true, "y_true")
+    if y_true.ndim == sample_means.ndim - 2 and sample_means.shape[-1] == 1:
+        y_true = y_true[..., None]
+    same_shape(y_true=y_true, sample_mean=sample_means[0])
+    if np.any(sample_stds <= 0):
+        raise ValueError(
+            "Invalid value received for argument `sample_stds`. Expected "
+            f"standard deviations > 0. Received: smallest {sample_stds.min()!r}"
+        )
+    log_densities = gaussian_log_density(y_true[None], sample_means, sample_stds)
+    peak = log_densities.max(axis=0)
+    log_mixture = peak + np.log(np.mean(np.exp(log_densities - peak), axis=0))
+    return float(-np.mean(log_mixture))
+
+
+def crps_gaussian(y_true, mean, std):
+    """Mean continuous ranked probability score of a Gaussian (closed form).
+
+    With `z = (y - mean) / std`:
+    `CRPS = std * (z (2 Phi(z) - 1) + 2 phi(z) - 1/sqrt(pi))`
+    (Gneiting & Raftery 2007); lower is better, in the units of `y`.
+    """
+    y_true, mean, std = regression_inputs(y_true, mean, std)
+    z = (y_true - mean) / std
+    pdf = np.exp(-0.5 * z**2) / math.sqrt(2.0 * math.pi)
+    crps = std * (
+        z * (2.0 * _standard_normal_cdf(z) - 1.0) + 2.0 * pdf - 1.0 / math.sqrt(math.pi)
+    )
+    return float(np.mean(crps))
+
+
+def interval_coverage(y_true, mean, std, level=0.95):
+    """Coverage and width of the central `level` interval `mean +- z std`.
+
+    Returns:
+        `(coverage, mean_width)`: the fraction of `y` inside the interval
+        (ideally `level`) and its mean width `2 z std`.
+    """
+    y_true, mean, std = regression_inputs(y_true, mean, std)
+    z = _central_z(unit_interval(level, "level"))
+    inside = np.abs(y_true - mean) <= z * std
+    return float(np.mean(inside)), float(np.mean(2.0 * z * std))
+
+
+def interval_score(y_true, mean, std, level=0.95):
+    """Mean interval score of the central `level` interval [l, u].
+
+    `(u - l) + (2/alpha)(l - y) 1{y < l} + (2/alpha)(y - u) 1{y > u}` with
+    `alpha = 1 - level` (Gneiting & Raftery 2007): a proper score that
+    rewards narrow intervals and penalises misses; lower is better.
+    """
+    y_true, mean, std = regression_inputs(y_true, mean, std)
+    alpha = 1.0 - unit_interval(level, "level")
+    half = _central_z(1.0 - alpha) * std
+    lower, upper = mean - half, mean + half
+    score = (
+        (upper - lower)
+        + (2.0 / alpha) * np.maximum(lower - y_true, 0.0)
+        + (2.0 / alpha) * np.maximum(y_true - upper, 0.0)
+    )
+    return float(np.mean(score))
+
+
+def regression_calibration_curve(y_true, mean, std, num_levels=20):
+    """Observed against expected coverage of central intervals.
+
+    For each nominal level p in `linspace(0, 1, num_levels)`, the observed
+    fraction of points inside `mean +- z_p std`, `z_p = Phi^-1((1 + p)/2)`
+    (Kuleshov et al. 2018). A calibrated model follows the diagonal.
+
+    Returns:
+        `(expected, observed)`, two arrays of length `num_levels`.
+    """
+    y_true, mean, std = regression_inputs(y_true, mean, std)
+    num_levels = positive_int(num_levels, "num_levels")
+    if num_levels < 2:
+        raise ValueError(
+            "Invalid value received for argument `num_levels`. Expected an "
+            f"integer >= 2. Received: num_levels={num_levels}"
+        )
+    # |z| of each point: inside the level-p interval iff 2 Phi(|z|) - 1 <= p.
+    needed = 2.0 * _standard_normal_cdf(np.abs(y_true - mean) / std) - 1.0
+    expected = np.linspace(0.0, 1.0, num_levels)
+    observed = np.array([np.mean(needed <= p) for p in expected])
+    observed[-1] = 1.0  # the level-1 interval is the whole line
+    return expected, observed
+
+
+def regression_calibration_error(y_true, mean, std, num_levels=20):
+    """Miscalibration area: mean `|observed - expected|` over the curve."""
+    expected, observed = regression_calibration_curve(y_true, mean, std, num_levels)
+    return float(np.mean(np.abs(observed - expected)))
