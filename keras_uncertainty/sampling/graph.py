@@ -99,7 +99,7 @@ def make_tiled_forward(model):
         return model_ref()(tiled, training=False)
 
     if graph_of(model) is None:
-        return forward_tiled_inputs, False
+        return forward_tiled_inputs
 
     def forward_split(inputs, num_samples):
         graph = graph_of(model_ref())
@@ -137,11 +137,11 @@ def make_tiled_forward(model):
         )
         return tree.map_structure(tile_once, outputs)
 
-    return forward_split, True
+    return forward_split
 
 
 def _make_ensemble_forward(members):
-    forwards = [make_tiled_forward(member)[0] for member in members]
+    forwards = [make_tiled_forward(member) for member in members]
 
     def forward_members(inputs, num_samples):
         # Member-major rows: sample s of input i from member m is row
@@ -155,7 +155,7 @@ def _make_ensemble_forward(members):
         ]
         return tf.reshape(stacked, [-1, *rest])
 
-    return forward_members, True
+    return forward_members
 
 
 def floats_per_row(model):

@@ -41,22 +41,12 @@ _COMPILED = weakref.WeakKeyDictionary()
 _WARNED_DETERMINISTIC = weakref.WeakSet()
 
 
-def _sample_moments(samples):
-    return samples
-
-
-def _regression_moments(samples, variance_head):
-    return formulas.regression_moments(samples, variance_head)
-
-
-def _classification_moments(samples, from_logits):
-    return formulas.classification_moments(samples, from_logits)
-
-
+# In-graph reductions of the `(samples, n, ...)` outputs for each task;
+# `sample` returns the samples themselves.
 _REDUCERS = {
-    "sample": _sample_moments,
-    "regression": _regression_moments,
-    "classification": _classification_moments,
+    "sample": lambda samples, _: samples,
+    "regression": formulas.regression_moments,
+    "classification": formulas.classification_moments,
 }
 
 
@@ -200,7 +190,7 @@ def _compiled_step(model, mode, option, structure, flat):
     key = (mode, option, repr(structure), specs)
     per_model = _COMPILED.setdefault(model, {})
     if key not in per_model:
-        forward, _ = make_tiled_forward(model)
+        forward = make_tiled_forward(model)
         reduce_samples = _REDUCERS[mode]
         members = len(ensemble_members(model) or [model])
 
@@ -223,8 +213,6 @@ def _compiled_step(model, mode, option, structure, flat):
             if n is None:
                 n = tf.shape(flat_inputs[0])[0]
             by_sample = tf.reshape(output, [members * num_samples, n, *dims])
-            if mode == "sample":
-                return by_sample
             return reduce_samples(by_sample, option)
 
         per_model[key] = _CompiledStep(step)
@@ -318,7 +306,9 @@ def sample(model, x, num_samples=20, batch_size=None, seed=None):
             `x`, `num_samples` and `batch_size`) gives the same samples.
 
     Returns:
-        numpy array of shape `(num_samples, N, *output_shape)`.
+        numpy array of shape `(num_samples, N, *output_shape)`; for a
+        `ku.Ensemble` of M members, `(M * num_samples, N, ...)` (member-major)
+        when the members are stochastic, else `(M, N, ...)`.
 
     Example:
 
