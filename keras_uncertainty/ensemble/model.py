@@ -19,6 +19,8 @@ from keras import ops, tree
 from keras.src.losses.losses import LossFunctionWrapper
 from keras.src.saving import serialization_lib
 
+from keras_uncertainty._validation import check_positive_int
+
 _PACKAGE = "keras_uncertainty"
 
 
@@ -195,17 +197,8 @@ class Ensemble(keras.Model):
                 "callable that returns a keras.Model. Received: "
                 f"build_fn={build_fn!r}"
             )
-        if (
-            isinstance(num_members, bool)
-            or not isinstance(num_members, numbers.Integral)
-            or num_members < 1
-        ):
-            raise ValueError(
-                "Invalid value received for argument `num_members`. Expected "
-                f"a positive integer. Received: num_members={num_members!r}"
-            )
         members = []
-        for i in range(num_members):
+        for i in range(check_positive_int(num_members, "num_members")):
             member = build_fn()
             if not isinstance(member, keras.Model):
                 raise ValueError(

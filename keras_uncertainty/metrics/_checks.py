@@ -106,12 +106,3 @@ def unit_interval(value, name, closed=False):
             f"in {interval}. Received: {name}={value!r}"
         )
     return float(value)
-
-
-def positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a "
-            f"positive integer. Received: {name}={value!r}"
-        )
-    return int(value)

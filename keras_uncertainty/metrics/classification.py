@@ -6,10 +6,10 @@
 
 import numpy as np
 
+from keras_uncertainty._validation import check_positive_int as positive_int
 from keras_uncertainty.metrics._checks import (
     as_array,
     classification_inputs,
-    positive_int,
 )
 
 # log(0) would make one confident mistake dominate everything; probabilities

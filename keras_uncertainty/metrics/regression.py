@@ -12,9 +12,9 @@ import statistics
 import numpy as np
 from keras import ops
 
+from keras_uncertainty._validation import check_positive_int as positive_int
 from keras_uncertainty.metrics._checks import (
     as_array,
-    positive_int,
     regression_inputs,
     same_shape,
     unit_interval,
