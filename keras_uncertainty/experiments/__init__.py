@@ -1,0 +1,1 @@
+"""Reproductions of published experiments (used by the command line)."""
