@@ -43,3 +43,79 @@ def test_usage_errors_exit_2_with_one_line(args, message):
     ]
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_uci_end_to_end_on_two_yacht_splits(tmp_path, capsys):
+    output = tmp_path / "results.json"
+    code = main(
+        [
+            "uci",
+            "--splits",
+            "0-1",
+            "--epochs-multiplier",
+            "0.1",
+            "--num-samples",
+            "20",
+            "--output",
+            str(output),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "0.67 ± 0.05" in out  # the published MC dropout RMSE beside ours
+    import json
+
+    records = json.loads(output.read_text())
+    assert [r["method"] for r in records] == [
+        "mc-dropout",
+        "hetero-mc-dropout",
+        "ensemble",
+    ]
+    for record in records:
+        assert set(record) == {
+            "dataset",
+            "method",
+            "num_splits",
+            "rmse_mean",
+            "rmse_se",
+            "nll_mean",
+            "nll_se",
+            "seconds",
+        }
+        assert record["dataset"] == "yacht" and record["num_splits"] == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["uci", "yaht"], "Expected one of bostonHousing"),
+        (["uci", "--splits", "0-25"], "split 25 is out of range for yacht"),
+        (["uci", "--splits", "a-b"], "expected splits like"),
+        (["uci", "--epochs-multiplier", "0"], "expected a positive number"),
+        (["uci", "--method", "bayes"], "invalid choice"),
+    ],
+)
+def test_uci_bad_inputs_exit_2_with_one_line(
+    args, message, capsys, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_uci_folder_missing_a_file_is_named(tmp_path, capsys):
+    import shutil
+
+    from keras_uncertainty.datasets import _files
+
+    folder = tmp_path / "boat"
+    shutil.copytree(f"{_files.PACKAGED_DIR}/yacht", folder)
+    (folder / "tau_values.txt").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["uci", str(folder)])
+    assert exit_info.value.code == 2
+    assert "missing the required file 'tau_values.txt'" in capsys.readouterr().err

@@ -25,6 +25,18 @@ def _positive_int(text):
     return value
 
 
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number, received {text!r}"
+        )
+    return value
+
+
 def build_parser():
     parser = _Parser(
         prog="keras-uncertainty",
@@ -43,6 +55,54 @@ def build_parser():
     demo.add_argument("--epochs", type=_positive_int, default=300)
     demo.add_argument("--num-samples", type=_positive_int, default=100)
     demo.add_argument("--seed", type=int, default=0)
+
+    uci = commands.add_parser(
+        "uci",
+        help="the UCI regression benchmark (work in progress)",
+        description=(
+            "Trains and evaluates MC dropout, heteroscedastic MC dropout and "
+            "deep ensembles on the UCI splits; prints RMSE and test NLL (mean "
+            "± standard error over splits, original units) beside the "
+            "published numbers."
+        ),
+    )
+    uci.add_argument(
+        "datasets",
+        nargs="*",
+        metavar="DATASET",
+        help="data set names or folders (default: yacht)",
+    )
+    uci.add_argument(
+        "--data-dir", default=None, help="folder holding one subfolder per data set"
+    )
+    uci.add_argument(
+        "--method",
+        default="all",
+        choices=["mc-dropout", "hetero-mc-dropout", "ensemble", "all"],
+    )
+    uci.add_argument(
+        "--splits", default=None, help="e.g. 0-19, 3 or 0,2,5 (default: all)"
+    )
+    uci.add_argument(
+        "--epochs-multiplier",
+        type=_positive_float,
+        default=10.0,
+        help="times n_epochs.txt (the MC dropout paper: 10)",
+    )
+    uci.add_argument(
+        "--num-samples",
+        type=_positive_int,
+        default=10000,
+        help="MC samples for the test NLL (the paper: 10,000)",
+    )
+    uci.add_argument(
+        "--adversarial-epsilon",
+        type=_positive_float,
+        default=None,
+        help="adversarial training of the ensemble (the paper: 0.01)",
+    )
+    uci.add_argument("--seed", type=int, default=0)
+    uci.add_argument("--output", default=None, help="write the results as JSON")
     return parser
 
 
@@ -74,11 +134,18 @@ def run_demo(epochs, num_samples, seed):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.command == "demo":
         run_demo(args.epochs, args.num_samples, args.seed)
-    return 0
+        return 0
+    from keras_uncertainty.cli.uci import run_uci
+
+    def error(message):
+        parser.exit(2, f"keras-uncertainty {args.command}: error: {message}\n")
+
+    return run_uci(args, error)
 
 
 if __name__ == "__main__":

@@ -250,18 +250,21 @@ def run(
     seed,
     adversarial=None,
     progress=None,
+    callbacks=(),
 ):
     """Runs `method` on the given splits of one data set; returns a `Result`.
 
     `load_split(k)` returns the `UCISplit` k. `progress(done, total)` is
-    called after each split.
+    called after each split; `callbacks` go to every `fit`.
     """
     start = time.perf_counter()
     rmses, nlls = [], []
     for done, k in enumerate(splits):
         data = load_split(k)
         epochs = max(1, int(round(data.n_epochs * epochs_multiplier)))
-        rmse, nll = run_split(method, data, epochs, num_samples, seed + k, adversarial)
+        rmse, nll = run_split(
+            method, data, epochs, num_samples, seed + k, adversarial, callbacks
+        )
         rmses.append(rmse)
         nlls.append(nll)
         if progress is not None:

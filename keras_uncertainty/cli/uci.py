@@ -1,0 +1,134 @@
+"""`keras-uncertainty uci`: the UCI regression benchmark against published numbers."""
+
+import json
+import math
+import sys
+
+import keras
+
+
+def parse_splits(text):
+    """'0-19', '3' or '0,2,5' -> sorted list of split indices."""
+    indices = set()
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                low, high = (int(v) for v in part.split("-", 1))
+                if low > high:
+                    raise ValueError
+                indices.update(range(low, high + 1))
+            else:
+                indices.add(int(part))
+    except ValueError:
+        raise ValueError(
+            f"expected splits like '0-19', '3' or '0,2,5', received {text!r}"
+        ) from None
+    if min(indices) < 0:
+        raise ValueError(f"expected non-negative split indices, received {text!r}")
+    return sorted(indices)
+
+
+class _Progress(keras.callbacks.Callback):
+    """One status line on stderr: data set, method, split, training progress."""
+
+    def __init__(self, label):
+        super().__init__()
+        self.label = label
+        self.split = ""
+
+    def show(self, text):
+        sys.stderr.write(f"\r{self.label} {self.split} {text}".ljust(79)[:79])
+        sys.stderr.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        steps = self.params.get("steps") or 0
+        if steps and batch % max(1, steps // 50) == 0:
+            self.show(f"training {100 * (batch + 1) // steps:3d}%")
+
+
+def _cell(value, spread):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.2f} ± {spread:.2f}"
+
+
+def table(results):
+    from keras_uncertainty.experiments.uci import PUBLISHED
+
+    header = (
+        f"{'data set':<27} {'method':<18} {'splits':>6} {'RMSE':>14} {'NLL':>14} "
+        f"{'MC dropout RMSE':>16} {'NLL':>13} {'Deep Ens. RMSE':>15} {'NLL':>13} "
+        f"{'seconds':>8}"
+    )
+    lines = [header]
+    for r in results:
+        published = PUBLISHED.get(r.dataset, {})
+        mc = published.get("mc-dropout")
+        de = published.get("ensemble")
+        lines.append(
+            f"{r.dataset:<27} {r.method:<18} {r.num_splits:>6} "
+            f"{_cell(r.rmse_mean, r.rmse_se):>14} {_cell(r.nll_mean, r.nll_se):>14} "
+            f"{_cell(*mc[:2]) if mc else '':>16} {_cell(*mc[2:]) if mc else '':>13} "
+            f"{_cell(*de[:2]) if de else '':>15} {_cell(*de[2:]) if de else '':>13} "
+            f"{r.seconds:8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def run_uci(args, error):
+    """Runs the command; `error(message)` exits with status 2."""
+    import dataclasses
+
+    from keras_uncertainty.datasets import load_uci
+    from keras_uncertainty.experiments import uci
+
+    datasets = args.datasets or ["yacht"]
+    methods = uci.METHODS if args.method == "all" else (args.method,)
+    try:
+        splits = parse_splits(args.splits) if args.splits else None
+        plans = []
+        for name in datasets:
+            first = load_uci(name, 0, args.data_dir)
+            chosen = splits if splits is not None else list(range(first.num_splits))
+            if chosen[-1] >= first.num_splits:
+                raise ValueError(
+                    f"split {chosen[-1]} is out of range for {first.name}: it has "
+                    f"splits 0-{first.num_splits - 1}"
+                )
+            plans.append((name, first.name, chosen))
+    except ValueError as exc:
+        error(str(exc))
+
+    results = []
+    try:
+        for name, label, chosen in plans:
+            for method in methods:
+                progress = _Progress(f"{label} {method}")
+
+                def on_split(done, total, progress=progress):
+                    progress.split = f"split {done}/{total}"
+                    progress.show("done")
+
+                progress.split = f"split 0/{len(chosen)}"
+                results.append(
+                    uci.run(
+                        label,
+                        method,
+                        lambda k, name=name: load_uci(name, k, args.data_dir),
+                        chosen,
+                        args.epochs_multiplier,
+                        args.num_samples,
+                        args.seed,
+                        adversarial=args.adversarial_epsilon,
+                        progress=on_split,
+                        callbacks=[progress],
+                    )
+                )
+                sys.stderr.write("\n")
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted: the finished data sets and methods follow\n")
+    print(table(results))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump([dataclasses.asdict(r) for r in results], f, indent=2)
+    return 0 if len(results) == len(plans) * len(methods) else 130
