@@ -119,3 +119,25 @@ def test_uci_folder_missing_a_file_is_named(tmp_path, capsys):
         main(["uci", str(folder)])
     assert exit_info.value.code == 2
     assert "missing the required file 'tau_values.txt'" in capsys.readouterr().err
+
+
+def test_uci_interrupt_keeps_what_was_finished(tmp_path, capsys, monkeypatch):
+    import json
+
+    from keras_uncertainty.experiments import uci
+
+    calls = []
+
+    def fake_run(dataset, method, *args, **kwargs):
+        calls.append(method)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return uci.Result(dataset, method, 2, 1.0, 0.1, 2.0, 0.2, 3.0)
+
+    monkeypatch.setattr(uci, "run", fake_run)
+    output = tmp_path / "partial.json"
+    assert main(["uci", "--splits", "0-1", "--output", str(output)]) == 130
+    captured = capsys.readouterr()
+    assert "interrupted" in captured.err
+    assert "mc-dropout" in captured.out
+    assert [r["method"] for r in json.loads(output.read_text())] == ["mc-dropout"]
