@@ -401,7 +401,7 @@ def predict_regression(
     >>> pred = ku.predict_regression(model, x_test, num_samples=100)
     >>> pred.mean, pred.aleatoric_std, pred.epistemic_std
     """
-    _check_model(model)
+    # `_run` checks the model; reading its loss and width first is safe.
     option = _variance_head(model, variance_head, _output_width(model))
     parts = {}
     layout, chunks = _run(model, x, num_samples, batch_size, seed, "regression", option)
