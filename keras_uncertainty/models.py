@@ -6,6 +6,7 @@ Each builder returns an uncompiled `keras.Model` with MC layers, so that
 
 import keras
 
+from keras_uncertainty._validation import check_rate
 from keras_uncertainty.layers import MCDropout, MCSpatialDropout2D
 
 
@@ -66,16 +67,23 @@ def lenet5(input_shape=(32, 32, 1), num_classes=10, dropout_rate=0.5):
 
     The network of the MNIST epistemic-uncertainty article: Conv 6@5x5 tanh,
     2D dropout, average pool 2; Conv 16@5x5 tanh, 2D dropout, average pool 2;
-    Dense 120 tanh, Dense 84 tanh, Dense `num_classes` softmax.
+    Dense 120 tanh, Dense 84 tanh, Dense `num_classes` softmax. With
+    `dropout_rate=0` the dropout layers are left out: a deterministic
+    network (an ensemble member, or the softmax-entropy baseline).
     """
+    check_rate(dropout_rate)
+
+    def dropout():
+        return [MCSpatialDropout2D(dropout_rate)] if dropout_rate else []
+
     return keras.Sequential(
         [
             keras.Input(input_shape),
             keras.layers.Conv2D(6, 5, activation="tanh"),
-            MCSpatialDropout2D(dropout_rate),
+            *dropout(),
             keras.layers.AveragePooling2D(2),
             keras.layers.Conv2D(16, 5, activation="tanh"),
-            MCSpatialDropout2D(dropout_rate),
+            *dropout(),
             keras.layers.AveragePooling2D(2),
             keras.layers.Flatten(),
             keras.layers.Dense(120, activation="tanh"),

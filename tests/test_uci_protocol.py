@@ -1,25 +1,32 @@
 import math
 
+import keras
 import numpy as np
 import pytest
 
 import keras_uncertainty as ku
 from keras_uncertainty.experiments import uci
+from keras_uncertainty.experiments.stacked import (
+    MaskedMemberLoss,
+    MemberDropout,
+    StackedNetwork,
+)
 
 
 @pytest.fixture(scope="module")
-def yacht():
-    return ku.datasets.load_uci("yacht", split=0)  # the packaged copy
+def yacht_splits():
+    return [ku.datasets.load_uci("yacht", split=k) for k in range(2)]  # packaged
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", uci.METHODS)
-def test_each_method_runs_a_split_and_scores_in_original_units(yacht, method):
-    rmse, nll = uci.run_split(method, yacht, epochs=3, num_samples=20, seed=0)
-    assert math.isfinite(rmse) and math.isfinite(nll)
+def test_each_method_scores_every_split_in_original_units(yacht_splits, method):
+    rmses, nlls = uci.run_splits(method, yacht_splits, epochs=3, num_samples=20, seed=0)
+    assert rmses.shape == nlls.shape == (2,)
+    assert np.all(np.isfinite(rmses)) and np.all(np.isfinite(nlls))
     # Scored in the target's units (std about 15), not standardized ones.
-    spread = np.std(yacht.y_test)
-    assert 0.1 * spread < rmse < 10 * spread
+    spread = np.std(yacht_splits[0].y_test)
+    assert np.all((0.1 * spread < rmses) & (rmses < 10 * spread))
 
 
 def test_result_is_mean_and_standard_error_over_splits():
@@ -27,3 +34,97 @@ def test_result_is_mean_and_standard_error_over_splits():
     assert result.rmse_mean == 2.0
     assert result.rmse_se == pytest.approx(1.0 / math.sqrt(3))
     assert result.nll_se == 0.0 and result.num_splits == 3
+
+
+def _single_network(stacked, member, num_inputs):
+    """Member `member` of a dropout-free StackedNetwork as a plain Keras MLP."""
+    inputs = keras.Input((num_inputs,))
+    hidden = keras.layers.Dense(stacked.hidden.units, activation="relu")
+    head = keras.layers.Dense(stacked.head.units)
+    model = keras.Model(inputs, head(hidden(inputs)))
+    hidden.set_weights(
+        [stacked.hidden.kernel.numpy()[member], stacked.hidden.bias.numpy()[member]]
+    )
+    head.set_weights(
+        [stacked.head.kernel.numpy()[member], stacked.head.bias.numpy()[member]]
+    )
+    return model
+
+
+def test_each_stacked_member_computes_its_own_network():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(7, 3)).astype("float32")
+    mean, std = rng.normal(size=(4, 3)), rng.uniform(0.5, 2, size=(4, 3))
+    stacked = StackedNetwork(mean, std, hidden=5, outputs=2)
+    out = stacked(x).numpy()  # shared rows
+    per_member_rows = stacked(np.repeat(x[:, None], 4, axis=1)).numpy()
+    assert out.shape == (7, 4, 2)
+    np.testing.assert_allclose(per_member_rows, out, rtol=1e-6)
+    for m in range(4):
+        single = _single_network(stacked, m, 3)
+        expected = single((x - mean[m]) / std[m]).numpy()
+        np.testing.assert_allclose(out[:, m], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_member_weight_decay_is_the_sum_of_each_members_l2():
+    stacked = StackedNetwork(
+        np.zeros((2, 3)), np.ones((2, 3)), 4, 1, decays=np.array([0.1, 0.0])
+    )
+    stacked(np.zeros((1, 3), "float32"))
+    hidden = stacked.hidden.kernel.numpy()
+    head = stacked.head.kernel.numpy()
+    expected = 0.1 * (np.sum(hidden[0] ** 2) + np.sum(head[0] ** 2))
+    assert float(sum(stacked.losses)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_masked_loss_is_each_members_mean_over_its_own_rows():
+    rng = np.random.default_rng(1)
+    target = rng.normal(size=(6, 2, 1)).astype("float32")
+    pred = rng.normal(size=(6, 2, 1)).astype("float32")
+    weight = np.array([[1, 1], [1, 0], [1, 1], [0, 1], [1, 0], [1, 0]], "float32")
+    y_true = np.concatenate([target, weight[..., None]], axis=-1)
+    loss = MaskedMemberLoss(keras.losses.mean_squared_error)(y_true, pred)
+    squared = (target - pred)[..., 0] ** 2
+    expected = sum(squared[weight[:, m] == 1, m].mean() for m in range(2))
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_member_dropout_uses_each_members_rate_and_stays_unbiased():
+    layer = MemberDropout([0.0, 0.5, 0.9], seed=3)
+    out = layer(np.ones((4000, 3, 10), "float32"), training=False).numpy()
+    dropped = (out == 0).mean(axis=(0, 2))
+    np.testing.assert_allclose(dropped, [0.0, 0.5, 0.9], atol=0.01)
+    np.testing.assert_allclose(out.mean(axis=(0, 2)), [1.0, 1.0, 1.0], atol=0.05)
+    assert ku.sampling.is_stochastic(layer)
+
+
+def test_training_stream_gives_each_member_every_own_row_once_per_epoch():
+    rows = [np.array([0, 1, 2, 3, 4]), np.array([5, 6, 7, 8, 9])]
+    x = np.arange(10, dtype="float32")[:, None]
+    targets = np.zeros((10, 2))
+    stream = uci._stream(x, targets, rows, epochs=2, batch_size=2, seed=0)
+    batches = list(stream.as_numpy_iterator())
+    assert len(batches) == 2 * 3  # ceil(5 / 2) batches per epoch
+    first_epoch = np.concatenate([b[0] for b in batches[:3]])[..., 0]
+    for m in range(2):
+        assert sorted(first_epoch[:, m].astype(int)) == list(rows[m])
+    assert np.all(np.concatenate([b[1] for b in batches])[..., 1] == 1)
+
+
+def test_unequal_member_rows_are_padded_with_zero_weight():
+    index, weight = uci._padded([np.array([4, 5, 6]), np.array([7])])
+    assert index.shape == weight.shape == (2, 3)
+    assert list(weight[1]) == [1, 0, 0] and list(index[1]) == [7, 7, 7]
+
+
+def test_chunked_mixture_density_equals_the_whole_mixture():
+    rng = np.random.default_rng(2)
+    y = rng.normal(size=(5, 2))
+    means = rng.normal(size=(9, 5, 2))
+    stds = rng.uniform(0.5, 1.5, size=(9, 5, 2))
+    whole = ku.metrics.mixture_log_density(y, means, stds)
+    parts = [
+        ku.metrics.mixture_log_density(y, means[a:b], stds[a:b])
+        for a, b in ((0, 4), (4, 9))
+    ]
+    np.testing.assert_allclose(uci._log_mean_exp(parts, [4, 5]), whole, rtol=1e-12)

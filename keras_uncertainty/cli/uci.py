@@ -29,21 +29,28 @@ def parse_splits(text):
 
 
 class _Progress(keras.callbacks.Callback):
-    """One status line on stderr: data set, method, split, training progress."""
+    """One status line on stderr: data set, method, which training and how far.
+
+    MC dropout trains twice (the grid on the validation rows, then the
+    chosen configurations); every split trains at once.
+    """
 
     def __init__(self, label):
         super().__init__()
         self.label = label
-        self.split = ""
+        self.fits = 0
 
     def show(self, text):
-        sys.stderr.write(f"\r{self.label} {self.split} {text}".ljust(79)[:79])
+        sys.stderr.write(f"\r{self.label} {text}".ljust(79)[:79])
         sys.stderr.flush()
+
+    def on_train_begin(self, logs=None):
+        self.fits += 1
 
     def on_train_batch_end(self, batch, logs=None):
         steps = self.params.get("steps") or 0
         if steps and batch % max(1, steps // 50) == 0:
-            self.show(f"training {100 * (batch + 1) // steps:3d}%")
+            self.show(f"training {self.fits}: {100 * (batch + 1) // steps:3d}%")
 
 
 def _cell(value, spread):
@@ -102,28 +109,22 @@ def run_uci(args, error):
     results = []
     try:
         for name, label, chosen in plans:
+            splits = [load_uci(name, k, args.data_dir) for k in chosen]
             for method in methods:
-                progress = _Progress(f"{label} {method}")
-
-                def on_split(done, total, progress=progress):
-                    progress.split = f"split {done}/{total}"
-                    progress.show("done")
-
-                progress.split = f"split 0/{len(chosen)}"
+                progress = _Progress(f"{label} {method}, {len(chosen)} splits:")
                 results.append(
                     uci.run(
                         label,
                         method,
-                        lambda k, name=name: load_uci(name, k, args.data_dir),
-                        chosen,
+                        splits,
                         args.epochs_multiplier,
                         args.num_samples,
                         args.seed,
                         adversarial=args.adversarial_epsilon,
-                        progress=on_split,
                         callbacks=[progress],
                     )
                 )
+                progress.show(f"done in {results[-1].seconds:.0f} s")
                 sys.stderr.write("\n")
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted: the finished data sets and methods follow\n")

@@ -41,6 +41,8 @@ class UCISplit:
         split: Index of the split.
         num_splits: How many splits the folder defines.
         x_train, y_train, x_test, y_test: float64 arrays, `(n, d)` and `(n,)`.
+        train_rows, test_rows: int64 arrays, the rows of `data.txt` that
+            make up `x_train` and `x_test` (`index_train_K.txt`, ...).
         n_hidden: Hidden units of the published one-hidden-layer network.
         n_epochs: Base number of epochs (the published runs multiply it).
         dropout_rates: The dropout rates of the published grid search.
@@ -55,6 +57,8 @@ class UCISplit:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    train_rows: np.ndarray
+    test_rows: np.ndarray
     n_hidden: int
     n_epochs: int
     dropout_rates: tuple
@@ -171,6 +175,8 @@ def load_uci(name, split=0, data_dir=None):
         y_train=data[train, target],
         x_test=data[test][:, features],
         y_test=data[test, target],
+        train_rows=train,
+        test_rows=test,
         n_hidden=int(_read_numbers(folder, "n_hidden.txt", int)[0]),
         n_epochs=int(_read_numbers(folder, "n_epochs.txt", int)[0]),
         dropout_rates=tuple(_read_numbers(folder, "dropout_rates.txt")),

@@ -53,18 +53,22 @@ def gaussian_nll(y_true, mean, std):
     return float(-np.mean(gaussian_log_density(y_true, mean, std)))
 
 
-def mixture_nll(y_true, sample_means, sample_stds):
-    """Mean NLL of the uniform mixture of T Gaussians (the papers' test LL).
+def mixture_log_density(y_true, sample_means, sample_stds):
+    """Per point, the log density of the uniform mixture of T Gaussians.
 
-    `-mean over points of log((1/T) sum_t N(y | mu_t, sigma_t^2))`, computed
-    as `-(logsumexp_t log N(y | mu_t, sigma_t^2) - log T)`: the test
-    log-likelihood of the MC dropout and Deep Ensembles papers, negated.
+    `log((1/T) sum_t N(y | mu_t, sigma_t^2))`, computed as
+    `logsumexp_t log N(y | mu_t, sigma_t^2) - log T` so that no density
+    underflows.
 
     Args:
         y_true: `(N,)` or `(N, k)`.
         sample_means: `(T, *y_true.shape)`, the means of the T samples.
         sample_stds: Same shape, their standard deviations (> 0); a scalar
             (a homoscedastic model's `1 / sqrt(tau)`) is broadcast.
+
+    Returns:
+        A float64 array of `y_true`'s shape (with a trailing 1 where
+        `sample_means` has one).
     """
     sample_means = as_array(sample_means, "sample_means")
     sample_stds = as_array(sample_stds, "sample_stds")
@@ -82,8 +86,17 @@ def mixture_nll(y_true, sample_means, sample_stds):
         )
     log_densities = gaussian_log_density(y_true[None], sample_means, sample_stds)
     peak = log_densities.max(axis=0)
-    log_mixture = peak + np.log(np.mean(np.exp(log_densities - peak), axis=0))
-    return float(-np.mean(log_mixture))
+    return peak + np.log(np.mean(np.exp(log_densities - peak), axis=0))
+
+
+def mixture_nll(y_true, sample_means, sample_stds):
+    """Mean NLL of the uniform mixture of T Gaussians (the papers' test LL).
+
+    `-mean over points of log((1/T) sum_t N(y | mu_t, sigma_t^2))` (see
+    `mixture_log_density`): the test log-likelihood of the MC dropout and
+    Deep Ensembles papers, negated. Arguments as in `mixture_log_density`.
+    """
+    return float(-np.mean(mixture_log_density(y_true, sample_means, sample_stds)))
 
 
 def crps_gaussian(y_true, mean, std):
