@@ -76,7 +76,7 @@ def test_report_text_and_figures(small_report, tmp_path):
 
     text = report_text(small_report, 8)
     assert "image  61 (label 8)" in text and "image 591 (label 8)" in text
-    assert "random referral" in text and "rotated by 60 degrees" in text
+    assert "random, MC dropout" in text and "rotated by 60 degrees" in text
     paths = write_figures(small_report, str(tmp_path))
     assert sorted(p.split("/")[-1] for p in paths) == [
         "reliability.png",

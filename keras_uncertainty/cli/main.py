@@ -37,6 +37,16 @@ def _positive_float(text):
     return value
 
 
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, received {text!r}")
+    return value
+
+
 def build_parser():
     parser = _Parser(
         prog="keras-uncertainty",
@@ -97,9 +107,12 @@ def build_parser():
     )
     uci.add_argument(
         "--adversarial-epsilon",
-        type=_positive_float,
-        default=None,
-        help="adversarial training of the ensemble (the paper: 0.01)",
+        type=_non_negative_float,
+        default=0.01,
+        help=(
+            "fast-gradient-sign step of the ensemble's adversarial training, "
+            "as a fraction of each feature's range (the paper: 0.01; 0: off)"
+        ),
     )
     uci.add_argument("--seed", type=int, default=0)
     uci.add_argument("--output", default=None, help="write the results as JSON")
@@ -126,7 +139,10 @@ def build_parser():
         help="where the PNG files go (default: ./mnist-figures)",
     )
     mnist.add_argument(
-        "--epochs", type=_positive_int, default=10, help="the article: 10"
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="epochs of every network (default: 30 for MC dropout, 10 else)",
     )
     mnist.add_argument(
         "--num-samples",

@@ -74,10 +74,14 @@ def report_text(report, num_samples):
                 f"  {_label(method):<22}"
                 + "".join(f"{100 * a:>8.2f}" for a in curve.accuracy)
             )
-        random = report.scores[methods[0], degrees].retention.random_accuracy
-        lines.append(
-            f"  {'random referral':<22}" + "".join(f"{100 * a:>8.2f}" for a in random)
-        )
+        for method in methods:
+            # Random referral keeps a method's overall accuracy at every
+            # fraction.
+            random = report.scores[method, degrees].retention.random_accuracy
+            lines.append(
+                f"  {'random, ' + _short(method):<22}"
+                + "".join(f"{100 * a:>8.2f}" for a in random)
+            )
     lines.append("")
     lines.append("Under rotation (Ovadia et al. 2019): accuracy / NLL / ECE")
     lines.append(f"  {'degrees':<22}" + "".join(f"{d:>24}" for d in mnist.ROTATIONS))
@@ -90,6 +94,12 @@ def report_text(report, num_samples):
     lines.append("")
     lines.append(f"T = {num_samples} MC dropout samples; {report.seconds:.0f} s.")
     return "\n".join(lines)
+
+
+def _short(method):
+    return {"mc-dropout": "MC dropout", "ensemble": "ensemble"}.get(
+        method, "deterministic"
+    )
 
 
 def _order(method):

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_uncertainty.layers._masks import _seed_pair
+from keras_uncertainty.layers import _masks
 
 
 class MemberStandardize(keras.layers.Layer):
@@ -38,21 +38,30 @@ class MemberStandardize(keras.layers.Layer):
 
 
 class MemberDropout(keras.layers.Layer):
-    """MC dropout with one rate per member along axis 1 (always on)."""
+    """MC dropout with one rate per member along axis 0 (always on).
+
+    The 16-bit masks of `ku.layers.MCDropout` (half the random-number work
+    of float draws; the realized rate is within 2**-17 of each `rate`, and
+    the scaling uses it, so each member stays unbiased).
+    """
 
     stochastic_at_inference = True
 
     def __init__(self, rates, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.rates = np.asarray(rates, "float32")
+        self.rates = np.asarray(rates, "float64")
+        thresholds = np.array([_masks.threshold(r) for r in self.rates])
+        self.thresholds = thresholds.astype("uint16")[:, None, None]
+        self.scales = _masks.keep_scale(thresholds).astype("float32")[:, None, None]
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs, training=None):
-        draws = tf.random.stateless_uniform(
-            tf.shape(inputs), seed=_seed_pair(self.seed_generator)
+        shape = tf.shape(inputs)
+        draws = _masks.random_bits16(
+            [shape[0], shape[1], inputs.shape[-1]], self.seed_generator
         )
-        rates = self.rates[:, None]
-        return inputs * ops.cast(draws >= rates, inputs.dtype) / (1.0 - rates)
+        keep = ops.cast(draws >= self.thresholds, inputs.dtype)
+        return inputs * keep * self.scales
 
 
 class MemberL2:
@@ -66,7 +75,12 @@ class MemberL2:
 
 
 class MemberDense(keras.layers.Layer):
-    """A Dense layer per member: `(B, M, k)` -> `(B, M, units)`."""
+    """A Dense layer per member, member-major: `(M, B, k)` -> `(M, B, units)`.
+
+    Member-major activations make the layer one batched matmul over the
+    member axis, with no transposes (and half the cost of an einsum over
+    `(B, M, k)` in the backward pass on CPU).
+    """
 
     def __init__(self, units, activation=None, decays=None, **kwargs):
         super().__init__(**kwargs)
@@ -75,7 +89,7 @@ class MemberDense(keras.layers.Layer):
         self.decays = decays
 
     def build(self, input_shape):
-        members, width = input_shape[1], input_shape[2]
+        members, width = input_shape[0], input_shape[2]
         # Glorot uniform per member, as keras.layers.Dense initializes.
         limit = float(np.sqrt(6.0 / (width + self.units)))
         self.kernel = self.add_weight(
@@ -89,9 +103,7 @@ class MemberDense(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        return self.activation(
-            ops.einsum("bmk,mku->bmu", inputs, self.kernel) + self.bias
-        )
+        return self.activation(ops.matmul(inputs, self.kernel) + self.bias[:, None, :])
 
 
 class StackedNetwork(keras.Model):
@@ -142,17 +154,18 @@ class StackedNetwork(keras.Model):
                 adversarial_epsilon * np.asarray(feature_range), "float32"
             )
 
+    def call(self, inputs, training=None):
+        return self.network(self.standardize(inputs))
+
     def network(self, standardized):
-        x = standardized
+        """`(B, M, d)` standardized inputs -> `(B, M, outputs)`."""
+        x = ops.transpose(standardized, (1, 0, 2))  # member-major
         if self.input_dropout is not None:
             x = self.input_dropout(x)
         x = self.hidden(x)
         if self.hidden_dropout is not None:
             x = self.hidden_dropout(x)
-        return self.head(x)
-
-    def call(self, inputs, training=None):
-        return self.network(self.standardize(inputs))
+        return ops.transpose(self.head(x), (1, 0, 2))
 
     def train_step(self, data):
         if self.adversarial_step is None:

@@ -29,6 +29,10 @@ BATCH_SIZE = 128  # the MC dropout experiments
 LEARNING_RATE = 1e-2
 ENSEMBLE_MEMBERS = 5  # Lakshminarayanan et al. (2017)
 ENSEMBLE_BATCH_SIZE = 32
+ENSEMBLE_CHECKS = 20  # validation scores per training, to choose the epochs
+# Lakshminarayanan et al. (2017): adversarial training with a fast-gradient-
+# sign step of 1% of each input feature's range.
+ADVERSARIAL_EPSILON = 0.01
 VALIDATION_FRACTION = 0.2  # the last 20% of each training split choose the grid
 VALIDATION_SAMPLES = 200  # MC samples per configuration when choosing
 # Samples x rows x members evaluated per chunk: bounds the memory of the
@@ -174,33 +178,59 @@ class _Trained:
     y_std: np.ndarray  # (M,)
 
 
+class _EveryEpochs(keras.callbacks.Callback):
+    """Calls `at_epoch(epoch)` after every `every`-th pass over the members'
+    rows (the stream is one Keras epoch, so passes are counted in steps)."""
+
+    def __init__(self, steps_per_pass, every, at_epoch):
+        super().__init__()
+        self.steps_per_pass, self.every, self.at_epoch = steps_per_pass, every, at_epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.steps_per_pass == 0:
+            epoch = (batch + 1) // self.steps_per_pass
+            if epoch % self.every == 0:
+                self.at_epoch(epoch)
+
+
 def _train(x, y, member_rows, outputs, hidden, epochs, batch_size, seed, **options):
     """Trains one network per entry of `member_rows` (the rows it trains on).
 
     `options`: `rates` and `decays` (one per member), `adversarial_epsilon`,
-    `callbacks`.
+    `callbacks`, and `every_epochs=(k, function(trained, epoch))` to look at
+    the networks after every k-th epoch.
     """
-    callbacks = options.pop("callbacks", ())
+    callbacks = list(options.pop("callbacks", ()))
+    every_epochs = options.pop("every_epochs", None)
     x_mean, x_std = _standardization(x, member_rows)
     y_mean, y_std = _standardization(y, member_rows)
-    if options.get("adversarial_epsilon") is not None:
+    if not options.get("adversarial_epsilon"):
+        options.pop("adversarial_epsilon", None)  # None or 0: no adversarial step
+    else:
         options["feature_range"] = (
             np.stack([np.ptp(x[rows], axis=0) for rows in member_rows]) / x_std
         )
     model = StackedNetwork(x_mean, x_std, hidden, outputs, seed=seed, **options)
+    trained = _Trained(model, y_mean, y_std)
     member_loss = gaussian_nll if outputs == 2 else keras.losses.mean_squared_error
     model.compile(
         keras.optimizers.Adam(LEARNING_RATE), loss=MaskedMemberLoss(member_loss)
     )
+    if every_epochs is not None:
+        every, function = every_epochs
+        steps_per_pass = math.ceil(max(len(r) for r in member_rows) / batch_size)
+        callbacks.append(
+            _EveryEpochs(steps_per_pass, every, lambda e: function(trained, e))
+        )
     targets = (y[:, None] - y_mean) / y_std
     model.fit(
         _stream(x, targets, member_rows, epochs, batch_size, seed),
         epochs=1,
         shuffle=False,  # the stream shuffles each member's rows itself
         verbose=0,
-        callbacks=list(callbacks),
+        callbacks=callbacks,
     )
-    return _Trained(model, y_mean, y_std)
+    return trained
 
 
 def _log_mean_exp(parts, counts):
@@ -233,7 +263,12 @@ def _evaluate(trained, x, y, member_rows, num_samples, seed, taus=None, group=1)
                 trained.model, inputs, count, seed=seed if not start else None
             )
         else:
-            samples = trained.model.predict(inputs, batch_size=4096, verbose=0)[None]
+            samples = np.concatenate(
+                [
+                    keras.ops.convert_to_numpy(trained.model(inputs[i : i + 4096]))
+                    for i in range(0, n, 4096)
+                ]
+            )[None]
         means = samples[..., 0] * trained.y_std + trained.y_mean  # (t, n, M)
         if taus is None:
             stds = np.exp(0.5 * samples[..., 1]) * trained.y_std
@@ -269,8 +304,73 @@ def _weight_decay(rate, tau, num_rows):
     return LENGTH_SCALE**2 * (1 - rate) / (2.0 * num_rows * tau)
 
 
+def _ensemble(
+    splits, x, y, fit_rows, validation_rows, epochs, seed, adversarial, callbacks
+):
+    """Deep Ensembles, each split's number of epochs chosen on its
+    validation rows (the last 20% of its training rows): the mixture's
+    validation NLL is scored every `epochs // ENSEMBLE_CHECKS` epochs, and
+    the retrain on all training rows keeps each split's members as they were
+    at that split's best epoch."""
+
+    def each_member(per_split):
+        return [rows for rows in per_split for _ in range(ENSEMBLE_MEMBERS)]
+
+    def train(member_rows, num_epochs, look):
+        return _train(
+            x,
+            y,
+            member_rows,
+            2,
+            splits[0].n_hidden,
+            num_epochs,
+            ENSEMBLE_BATCH_SIZE,
+            seed,
+            adversarial_epsilon=adversarial,
+            callbacks=callbacks,
+            every_epochs=(every, look),
+        )
+
+    every = max(1, epochs // ENSEMBLE_CHECKS)
+    scores = {}
+
+    def score(trained, epoch):
+        scores[epoch] = _evaluate(
+            trained, x, y, each_member(validation_rows), 1, seed, group=ENSEMBLE_MEMBERS
+        )[1]
+
+    train(each_member(fit_rows), epochs, score)
+    checked = np.array(sorted(scores))
+    table = np.stack([scores[e] for e in checked])  # (checks, splits)
+    table = np.where(np.isfinite(table), table, np.inf)
+    chosen = checked[table.argmin(axis=0)]
+    snapshots = {}
+
+    def keep(trained, epoch):
+        for s in np.flatnonzero(chosen == epoch):
+            members = slice(s * ENSEMBLE_MEMBERS, (s + 1) * ENSEMBLE_MEMBERS)
+            snapshots[s] = [
+                v.numpy()[members] for v in trained.model.trainable_variables
+            ]
+
+    train_rows = [s.train_rows for s in splits]
+    trained = train(each_member(train_rows), int(chosen.max()), keep)
+    for k, variable in enumerate(trained.model.trainable_variables):
+        variable.assign(np.concatenate([snapshots[s][k] for s in range(len(splits))]))
+    test_rows = [s.test_rows for s in splits]
+    return _evaluate(
+        trained, x, y, each_member(test_rows), 1, seed, group=ENSEMBLE_MEMBERS
+    )
+
+
 def run_splits(
-    method, splits, epochs, num_samples, seed, adversarial=None, callbacks=()
+    method,
+    splits,
+    epochs,
+    num_samples,
+    seed,
+    adversarial=ADVERSARIAL_EPSILON,
+    callbacks=(),
 ):
     """Trains `method` on every `UCISplit` of `splits` at once.
 
@@ -281,31 +381,18 @@ def run_splits(
     keras.utils.set_random_seed(seed)
     x, y = _table(splits)
     hidden = splits[0].n_hidden
+    fit_rows, validation_rows = zip(*(_split_validation(s.train_rows) for s in splits))
     if method == "ensemble":
-
-        def each_member(rows_of):
-            return [rows_of(s) for s in splits for _ in range(ENSEMBLE_MEMBERS)]
-
-        trained = _train(
+        return _ensemble(
+            splits,
             x,
             y,
-            each_member(lambda s: s.train_rows),
-            2,
-            hidden,
+            fit_rows,
+            validation_rows,
             epochs,
-            ENSEMBLE_BATCH_SIZE,
             seed,
-            adversarial_epsilon=adversarial,
-            callbacks=callbacks,
-        )
-        return _evaluate(
-            trained,
-            x,
-            y,
-            each_member(lambda s: s.test_rows),
-            1,
-            seed,
-            group=ENSEMBLE_MEMBERS,
+            adversarial,
+            callbacks,
         )
 
     heteroscedastic = method == "hetero-mc-dropout"
@@ -336,7 +423,6 @@ def run_splits(
         return None if heteroscedastic else np.array([t for _, t in configs])
 
     # Choose each split's (rate, tau) on the last 20% of its training rows...
-    fit_rows, validation_rows = zip(*(_split_validation(s.train_rows) for s in splits))
     configs = grid * len(splits)
     trained = fit_grid([r for r in fit_rows for _ in grid], configs, seed)
     _, scores = _evaluate(
@@ -369,10 +455,14 @@ def run(
     epochs_multiplier,
     num_samples,
     seed,
-    adversarial=None,
+    adversarial=ADVERSARIAL_EPSILON,
     callbacks=(),
 ):
-    """Runs `method` on `splits` (a list of `UCISplit`); returns a `Result`."""
+    """Runs `method` on `splits` (a list of `UCISplit`); returns a `Result`.
+
+    `adversarial` is the ensemble's fast-gradient-sign step (0 or None: no
+    adversarial training).
+    """
     start = time.perf_counter()
     epochs = max(1, int(round(splits[0].n_epochs * epochs_multiplier)))
     rmses, nlls = run_splits(

@@ -16,7 +16,7 @@ _LEVELS = 2**16
 
 def realized_rate(rate):
     """The drop probability the 16-bit mask actually uses for `rate`."""
-    return round(rate * _LEVELS) / _LEVELS
+    return threshold(rate) / _LEVELS
 
 
 def _seed_pair(seed_generator):
@@ -39,17 +39,11 @@ def _noise_dims(inputs, noise_shape):
     return dims
 
 
-def dropout(inputs, rate, noise_shape, seed_generator):
-    """Inverted dropout of `inputs` with a mask of `noise_shape` (broadcast)."""
-    threshold = round(rate * _LEVELS)
-    if threshold == 0:
-        return inputs
-    dims = _noise_dims(inputs, noise_shape)
+def random_bits16(dims, seed_generator):
+    """Uniform 16-bit draws (uint16) of shape `dims`: a list of ints or scalar
+    tensors (a tensor last entry is allowed for a 1-D shape)."""
     last = dims[-1]
-    if not isinstance(last, int):
-        # Unknown last dimension: draw for the flattened mask instead.
-        dims, last = [tf.reduce_prod(tf.stack(dims))], None
-    words_per_row = (last + 1) // 2 if last is not None else (dims[0] + 1) // 2
+    words_per_row = (last + 1) // 2
     words = tf.random.stateless_uniform(
         tf.stack(dims[:-1] + [words_per_row]),
         seed=_seed_pair(seed_generator),
@@ -61,11 +55,34 @@ def dropout(inputs, rate, noise_shape, seed_generator):
     draws = tf.reshape(
         tf.bitcast(words, tf.uint16), tf.stack(dims[:-1] + [2 * words_per_row])
     )
-    if last is None or last % 2:
-        draws = draws[..., : dims[-1] if last is None else last]
-    scale = _LEVELS / (_LEVELS - threshold)
-    mask = tf.cast(draws >= threshold, inputs.dtype) * tf.cast(scale, inputs.dtype)
-    if last is None:
+    if not isinstance(last, int) or last % 2:
+        draws = draws[..., :last]
+    return draws
+
+
+def threshold(rate):
+    """The 16-bit draw below which a unit is dropped at `rate`."""
+    return round(rate * _LEVELS)
+
+
+def keep_scale(thresholds):
+    """`1 / realized keep probability` for 16-bit `thresholds`."""
+    return _LEVELS / (_LEVELS - thresholds)
+
+
+def dropout(inputs, rate, noise_shape, seed_generator):
+    """Inverted dropout of `inputs` with a mask of `noise_shape` (broadcast)."""
+    cut = threshold(rate)
+    if cut == 0:
+        return inputs
+    dims = _noise_dims(inputs, noise_shape)
+    flattened = not isinstance(dims[-1], int)
+    if flattened:
+        # Unknown last dimension: draw for the flattened mask instead.
+        dims = [tf.reduce_prod(tf.stack(dims))]
+    draws = random_bits16(dims, seed_generator)
+    mask = tf.cast(draws >= cut, inputs.dtype) * tf.cast(keep_scale(cut), inputs.dtype)
+    if flattened:
         mask = tf.reshape(mask, _noise_dims_tensor(inputs, noise_shape))
     return inputs * mask
 
