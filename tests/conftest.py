@@ -1,7 +1,13 @@
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Tests never download: the data sets come from ../shared/data beside the
+# repository (tests that check the look-up order unset this themselves).
+_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if _SHARED.is_dir():
+    os.environ.setdefault("KERAS_UNCERTAINTY_DATA", str(_SHARED))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -50,9 +50,7 @@ def small_report():
 @pytest.mark.slow
 def test_report_scores_every_method_at_every_rotation(small_report):
     expected = {
-        (m, d)
-        for m in (*mnist.METHODS, mnist.DETERMINISTIC)
-        for d in mnist.ROTATIONS
+        (m, d) for m in (*mnist.METHODS, mnist.DETERMINISTIC) for d in mnist.ROTATIONS
     }
     assert set(small_report.scores) == expected
     assert small_report.labels.shape == (2000,)

@@ -17,6 +17,8 @@ class _Progress(keras.callbacks.Callback):
         self.fits += 1
 
     def on_epoch_end(self, epoch, logs=None):
+        if not sys.stderr.isatty():
+            return  # a status line only makes sense on a terminal
         loss = (logs or {}).get("loss", float("nan"))
         epochs = self.params.get("epochs")
         text = f"\rtraining network {self.fits}: epoch {epoch + 1}/{epochs}"
@@ -199,7 +201,8 @@ def run_mnist(args, error):
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted before the evaluation: nothing to report\n")
         return 130
-    sys.stderr.write("\n")
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
     print(report_text(report, args.num_samples))
     for path in write_figures(report, args.output_dir):
         print(f"wrote {path}")

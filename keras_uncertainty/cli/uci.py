@@ -40,8 +40,11 @@ class _Progress(keras.callbacks.Callback):
         self.label = label
         self.fits = 0
 
-    def show(self, text):
-        sys.stderr.write(f"\r{self.label} {text}".ljust(79)[:79])
+    def show(self, text, final=False):
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\r{self.label} {text}".ljust(79)[:79])
+        elif final:  # a log file or notebook gets one line per result
+            sys.stderr.write(f"{self.label} {text}")
         sys.stderr.flush()
 
     def on_train_begin(self, logs=None):
@@ -124,7 +127,7 @@ def run_uci(args, error):
                         callbacks=[progress],
                     )
                 )
-                progress.show(f"done in {results[-1].seconds:.0f} s")
+                progress.show(f"done in {results[-1].seconds:.0f} s", final=True)
                 sys.stderr.write("\n")
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted: the finished data sets and methods follow\n")

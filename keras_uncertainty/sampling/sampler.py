@@ -9,6 +9,7 @@ moving statistics and never updates them.
 """
 
 import dataclasses
+import logging
 import warnings
 import weakref
 
@@ -38,6 +39,19 @@ _ROW_BUDGET_BYTES = 256 * 2**20
 _MIN_ROWS, _MAX_ROWS, _UNKNOWN_MODEL_ROWS = 1024, 2**18, 16384
 
 _COMPILED = weakref.WeakKeyDictionary()
+
+
+class _BoundedTracingFilter(logging.Filter):
+    """Drops TensorFlow's "frequent retracing" warning about this module's
+    step function. TensorFlow counts traces per code object, so sampling a
+    few models in a row (each with its own compiled step, traced a bounded
+    number of times) looks to it like retracing in a loop."""
+
+    def filter(self, record):
+        return "_compiled_step.<locals>.step" not in record.getMessage()
+
+
+tf.get_logger().addFilter(_BoundedTracingFilter())
 _WARNED_DETERMINISTIC = weakref.WeakSet()
 
 
