@@ -128,3 +128,34 @@ def test_chunked_mixture_density_equals_the_whole_mixture():
         for a, b in ((0, 4), (4, 9))
     ]
     np.testing.assert_allclose(uci._log_mean_exp(parts, [4, 5]), whole, rtol=1e-12)
+
+
+def test_a_diverged_member_scores_nan_and_is_never_chosen():
+    splits = [ku.datasets.load_uci("yacht", split=k) for k in range(2)]
+    x, y = uci._table(splits)
+    rows = [s.test_rows for s in splits]
+    trained = uci._train(x, y, [s.train_rows for s in splits], 2, 4, 1, 128, 0)
+    kernel = trained.model.head.kernel
+    values = kernel.numpy()
+    values[1] = np.nan  # the second split's network has diverged
+    kernel.assign(values)
+    rmses, nlls = uci._evaluate(trained, x, y, rows, 1, 0)
+    assert np.isfinite(rmses[0]) and np.isfinite(nlls[0])
+    assert np.isnan(rmses[1]) and np.isnan(nlls[1])
+
+
+def test_run_warns_and_averages_the_splits_that_did_not_diverge(monkeypatch):
+    splits = [ku.datasets.load_uci("yacht", split=k) for k in range(3)]
+
+    def half_diverged(*args, **kwargs):
+        return np.array([1.0, np.nan, 3.0]), np.array([2.0, np.nan, 4.0])
+
+    monkeypatch.setattr(uci, "run_splits", half_diverged)
+    with pytest.warns(RuntimeWarning, match=r"diverged .* on splits \[1\]"):
+        result = uci.run("yacht", "ensemble", splits, 1, 1, 0)
+    assert result.num_splits == 2 and result.rmse_mean == 2.0
+    monkeypatch.setattr(
+        uci, "run_splits", lambda *a, **k: (np.full(3, np.nan), np.full(3, np.nan))
+    )
+    with pytest.raises(FloatingPointError, match="every split"):
+        uci.run("yacht", "ensemble", splits, 1, 1, 0)

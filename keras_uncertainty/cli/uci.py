@@ -109,14 +109,14 @@ def run_uci(args, error):
     except ValueError as exc:
         error(str(exc))
 
-    results = []
+    results, failed, interrupted = [], 0, False
     try:
         for name, label, chosen in plans:
             splits = [load_uci(name, k, args.data_dir) for k in chosen]
             for method in methods:
                 progress = _Progress(f"{label} {method}, {len(chosen)} splits:")
-                results.append(
-                    uci.run(
+                try:
+                    result = uci.run(
                         label,
                         method,
                         splits,
@@ -126,13 +126,21 @@ def run_uci(args, error):
                         adversarial=args.adversarial_epsilon,
                         callbacks=[progress],
                     )
-                )
+                except FloatingPointError as exc:  # diverged on every split
+                    failed += 1
+                    progress.show(f"failed: {exc}", final=True)
+                    sys.stderr.write("\n")
+                    continue
+                results.append(result)
                 progress.show(f"done in {results[-1].seconds:.0f} s", final=True)
                 sys.stderr.write("\n")
     except KeyboardInterrupt:
+        interrupted = True
         sys.stderr.write("\ninterrupted: the finished data sets and methods follow\n")
     print(table(results))
     if args.output:
         with open(args.output, "w") as f:
             json.dump([dataclasses.asdict(r) for r in results], f, indent=2)
-    return 0 if len(results) == len(plans) * len(methods) else 130
+    if interrupted:
+        return 130
+    return 1 if failed else 0
