@@ -141,3 +141,18 @@ def test_uci_interrupt_keeps_what_was_finished(tmp_path, capsys, monkeypatch):
     assert "interrupted" in captured.err
     assert "mc-dropout" in captured.out
     assert [r["method"] for r in json.loads(output.read_text())] == ["mc-dropout"]
+
+
+def test_uci_corrupt_split_file_exits_2_before_training(tmp_path, capsys):
+    import shutil
+
+    from keras_uncertainty.datasets import _files
+
+    folder = tmp_path / "boat"
+    shutil.copytree(f"{_files.PACKAGED_DIR}/yacht", folder)
+    (folder / "index_test_3.txt").write_text("1 2 three\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["uci", str(folder), "--splits", "0-3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "index_test_3.txt" in err[0] and "non-numeric" in err[0]

@@ -105,16 +105,17 @@ def run_uci(args, error):
                     f"split {chosen[-1]} is out of range for {first.name}: it has "
                     f"splits 0-{first.num_splits - 1}"
                 )
-            plans.append((name, first.name, chosen))
+            # Every split is read (and checked) before any training starts.
+            loaded = [load_uci(name, k, args.data_dir) for k in chosen]
+            plans.append((first.name, loaded))
     except ValueError as exc:
         error(str(exc))
 
     results, failed, interrupted = [], 0, False
     try:
-        for name, label, chosen in plans:
-            splits = [load_uci(name, k, args.data_dir) for k in chosen]
+        for label, splits in plans:
             for method in methods:
-                progress = _Progress(f"{label} {method}, {len(chosen)} splits:")
+                progress = _Progress(f"{label} {method}, {len(splits)} splits:")
                 try:
                     result = uci.run(
                         label,
