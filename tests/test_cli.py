@@ -93,6 +93,7 @@ def test_uci_end_to_end_on_two_yacht_splits(tmp_path, capsys):
         (["uci", "--splits", "0-25"], "split 25 is out of range for yacht"),
         (["uci", "--splits", "a-b"], "expected splits like"),
         (["uci", "--epochs-multiplier", "0"], "expected a positive number"),
+        (["uci", "--adversarial-epsilon", "-1"], "expected a number >= 0"),
         (["uci", "--method", "bayes"], "invalid choice"),
     ],
 )

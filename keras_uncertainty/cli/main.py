@@ -25,26 +25,25 @@ def _positive_int(text):
     return value
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(
-            f"expected a positive number, received {text!r}"
-        )
-    return value
+def _finite_float(zero_allowed):
+    """An argparse type: a finite float > 0 (or >= 0 when `zero_allowed`)."""
+    expected = "a number >= 0" if zero_allowed else "a positive number"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        low_ok = value >= 0 if zero_allowed else value > 0
+        if not low_ok or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, received {text!r}")
-    return value
+_positive_float = _finite_float(zero_allowed=False)
+_non_negative_float = _finite_float(zero_allowed=True)
 
 
 def build_parser():
