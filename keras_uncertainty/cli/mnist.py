@@ -26,17 +26,32 @@ class _Progress(keras.callbacks.Callback):
         sys.stderr.flush()
 
 
+# Each method's name in tables and figures, and its short name, in the
+# order the report lists them; the deterministic baseline comes last.
+_NAMES = {
+    "mc-dropout": ("MC dropout", "MC dropout"),
+    "ensemble": ("Deep Ensemble", "ensemble"),
+    "deterministic": ("deterministic softmax", "deterministic"),
+}
+
+
 def _label(method):
-    return {"mc-dropout": "MC dropout", "ensemble": "Deep Ensemble"}.get(
-        method, "deterministic softmax"
-    )
+    return _NAMES[method][0]
+
+
+def _short(method):
+    return _NAMES[method][1]
+
+
+def _methods(report):
+    return sorted({m for m, _ in report.scores}, key=list(_NAMES).index)
 
 
 def report_text(report, num_samples):
     """The printed report: accuracy, votes, referral and shift tables."""
     from keras_uncertainty.experiments import mnist
 
-    methods = sorted({m for m, _ in report.scores}, key=_order)
+    methods = _methods(report)
     lines = ["Test images 0-1999 (trained on 2000-9999):"]
     for method in methods:
         s = report.scores[method, 0]
@@ -98,24 +113,6 @@ def report_text(report, num_samples):
     return "\n".join(lines)
 
 
-def _short(method):
-    return {"mc-dropout": "MC dropout", "ensemble": "ensemble"}.get(
-        method, "deterministic"
-    )
-
-
-def _order(method):
-    return (
-        ["mc-dropout", "ensemble"].index(method)
-        if method
-        in (
-            "mc-dropout",
-            "ensemble",
-        )
-        else 2
-    )
-
-
 def write_figures(report, output_dir):
     """Vote histograms, retention curves and reliability diagrams as PNGs;
     returns the paths written."""
@@ -128,7 +125,7 @@ def write_figures(report, output_dir):
     from keras_uncertainty.experiments import mnist
 
     os.makedirs(output_dir, exist_ok=True)
-    methods = sorted({m for m, _ in report.scores}, key=_order)
+    methods = _methods(report)
     sampled = [m for m in methods if m != mnist.DETERMINISTIC]
     paths = []
 
