@@ -18,6 +18,7 @@ from keras_uncertainty.ensemble import Ensemble
 from keras_uncertainty.sampling import (
     ClassificationPrediction,
     RegressionPrediction,
+    has_variance_head,
     predict_classification,
     predict_regression,
     sample,
@@ -32,6 +33,7 @@ __all__ = [
     "calibration",
     "callbacks",
     "datasets",
+    "has_variance_head",
     "layers",
     "losses",
     "metrics",

@@ -109,7 +109,9 @@ def test_regression_plots(tmp_path, regression_model, regression_data):
 
 
 def test_vote_histogram(tmp_path, classifier, class_inputs):
-    prediction = ku.predict_classification(classifier, class_inputs, num_samples=30)
+    prediction = ku.predict_classification(
+        classifier, class_inputs, num_samples=30, votes=True
+    )
     ax = ku.plots.vote_histogram(prediction, 3)
     heights = [p.get_height() for p in ax.patches]
     assert len(heights) == 3 and sum(heights) == 30

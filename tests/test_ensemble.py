@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import keras_uncertainty as ku
+from keras_uncertainty.ensemble.training import bootstrap_counts
 
 
 def _member(dropout_rate=0.0, hidden=16):
@@ -94,7 +95,7 @@ def test_identical_members_stay_identical_without_bootstrap(data):
 
 def test_bootstrap_gives_each_member_its_own_resample(data):
     ens = ku.Ensemble.from_models(_identical_pair(), bootstrap=True, seed=0)
-    counts = ens._bootstrap_weights(256, None)
+    counts = bootstrap_counts(np.random.default_rng(0), 256, 2)
     assert counts.shape == (256, 2)
     np.testing.assert_array_equal(counts.sum(axis=0), [256, 256])
     assert (counts == 0).mean() > 0.3  # about 1/e of the rows left out
@@ -112,7 +113,7 @@ def test_adversarial_loss_adds_the_fast_gradient_sign_perturbation(data):
     ens = ku.Ensemble.from_models([member], adversarial_epsilon=0.05)
     ens.compile("adam", loss=ku.losses.gaussian_nll)
     feature_range = np.ptp(data[0], axis=0)
-    ens._feature_range = tf.constant(feature_range)
+    ens.adversarial_step = tf.constant(0.05 * feature_range)
     total = float(ens.compute_loss(x, y, ens(x), training=True))
 
     xt = tf.constant(x)
@@ -133,7 +134,9 @@ def test_adversarial_fit_uses_the_training_range(data):
     ens = ku.Ensemble(_member, num_members=2, adversarial_epsilon=0.01)
     ens.compile("adam", loss=ku.losses.gaussian_nll)
     history = ens.fit(*data, epochs=1, batch_size=64, verbose=0)
-    np.testing.assert_allclose(ens._feature_range.numpy(), np.ptp(data[0], axis=0))
+    np.testing.assert_allclose(
+        ens.adversarial_step.numpy(), 0.01 * np.ptp(data[0], axis=0), rtol=1e-6
+    )
     assert np.isfinite(history.history["loss"]).all()
 
 
@@ -186,7 +189,7 @@ def test_classification_ensemble(data):
     ens.compile("adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = ens.fit(x, labels, epochs=2, batch_size=64, verbose=0)
     assert "accuracy" in history.history
-    prediction = ku.predict_classification(ens, x[:10])
+    prediction = ku.predict_classification(ens, x[:10], votes=True)
     assert prediction.votes.sum(-1).tolist() == [3] * 10
     np.testing.assert_allclose(prediction.probs, ens(x[:10]).numpy().mean(1), rtol=1e-5)
 
@@ -332,9 +335,10 @@ def _clones(*hidden_sizes):
     "hidden_sizes, stacked", [((16, 16, 16), True), ((16, 8), False)]
 )
 def test_each_member_trains_as_it_would_alone(data, hidden_sizes, stacked):
-    # Same-shaped members are updated through stacked variables; members of
-    # different shapes one by one. Either way each member ends where plain
-    # Keras training on the same batches takes it.
+    # Same-shaped members are packed (one variable per kind, member axis
+    # first); members of different shapes keep their own variables. Either
+    # way each member ends where plain Keras training on the same batches
+    # takes it.
     alone, together = _clones(*hidden_sizes)
     for model in alone:
         model.compile(keras.optimizers.Adam(1e-2), loss=ku.losses.gaussian_nll)
@@ -342,7 +346,7 @@ def test_each_member_trains_as_it_would_alone(data, hidden_sizes, stacked):
     ens = ku.Ensemble.from_models(together)
     ens.compile(keras.optimizers.Adam(1e-2), loss=ku.losses.gaussian_nll)
     ens.fit(*data, epochs=2, batch_size=32, shuffle=False, verbose=0)
-    assert (ens._stacked_variables is not None) == stacked
+    assert ens.packed == stacked
     for reference, member in zip(alone, ens.members):
         for a, b in zip(reference.get_weights(), member.get_weights()):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)

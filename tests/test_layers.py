@@ -161,3 +161,86 @@ def test_to_mc_dropout_rejects_subclassed_models_and_non_models():
         ku.layers.to_mc_dropout(Subclassed())
     with pytest.raises(ValueError, match="Received: Dense"):
         ku.layers.to_mc_dropout(keras.layers.Dense(2))
+
+
+def test_packed_dropout_uses_each_members_rate_and_stays_unbiased():
+    layer = ku.layers.PackedDropout([0.0, 0.5, 0.9], seed=3)
+    out = layer(np.ones((3, 4000, 10), "float32"), training=False).numpy()
+    dropped = (out == 0).mean(axis=(1, 2))
+    np.testing.assert_allclose(dropped, [0.0, 0.5, 0.9], atol=0.01)
+    np.testing.assert_allclose(out.mean(axis=(1, 2)), [1.0, 1.0, 1.0], atol=0.05)
+    assert ku.sampling.is_stochastic(layer)
+
+
+def test_packed_dropout_without_monte_carlo_is_off_at_inference():
+    layer = ku.layers.PackedDropout(0.5, num_members=2, monte_carlo=False, seed=1)
+    x = np.ones((2, 50, 4), "float32")
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x)
+    assert (layer(x, training=True).numpy() == 0).any()
+    assert not ku.sampling.is_stochastic(layer)
+
+
+def test_packed_dense_member_computes_its_own_dense_layer():
+    rng = np.random.default_rng(0)
+    layer = ku.layers.PackedDense(4, num_members=3, activation="tanh")
+    x = rng.normal(size=(3, 5, 6)).astype("float32")
+    out = layer(x).numpy()
+    shared = layer(x[0]).numpy()  # (batch, k) rows shared by every member
+    assert out.shape == shared.shape == (3, 5, 4)
+    kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
+    for m in range(3):
+        dense = keras.layers.Dense(4, activation="tanh")
+        dense.build((None, 6))
+        dense.set_weights([kernel[m], bias[m]])
+        np.testing.assert_allclose(out[m], dense(x[m]).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            shared[m], dense(x[0]).numpy(), rtol=1e-5, atol=1e-6
+        )
+    # Each member's kernel is drawn on its own (Glorot for one (6, 4) kernel).
+    assert not np.allclose(kernel[0], kernel[1])
+    assert np.abs(kernel).max() <= np.sqrt(6.0 / (6 + 4))
+
+
+def test_packed_l2_is_the_sum_of_each_members_l2():
+    reg = ku.layers.PackedL2([0.1, 0.0, 2.0])
+    weights = np.random.default_rng(1).normal(size=(3, 4, 5)).astype("float32")
+    expected = 0.1 * np.sum(weights[0] ** 2) + 2.0 * np.sum(weights[2] ** 2)
+    assert float(reg(weights)) == pytest.approx(expected, rel=1e-5)
+    assert isinstance(reg, keras.regularizers.Regularizer)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        lambda: ku.layers.PackedDense(
+            3, 2, activation="relu", kernel_regularizer=ku.layers.PackedL2([1e-3, 0])
+        ),
+        lambda: ku.layers.PackedDropout([0.1, 0.3], seed=4),
+    ],
+)
+def test_packed_layers_round_trip_through_keras_file(layer, tmp_path):
+    inputs = keras.Input((2, 5))  # (M, batch) as the model's (batch, steps)
+    model = keras.Model(inputs, layer()(inputs))
+    model.save(tmp_path / "packed.keras")
+    loaded = keras.models.load_model(tmp_path / "packed.keras")
+    original, restored = model.layers[-1], loaded.layers[-1]
+    assert type(restored) is type(original)
+    assert restored.get_config() == original.get_config()
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ku.layers.PackedDropout([0.1, 1.0]), "rate"),
+        (lambda: ku.layers.PackedDropout(0.1), "num_members"),
+        (lambda: ku.layers.PackedDropout([]), "rates"),
+        (lambda: ku.layers.PackedDense(0, 2), "units"),
+        (lambda: ku.layers.PackedDense(3, 0), "num_members"),
+        (lambda: ku.layers.PackedL2([0.1, -1.0]), "l2"),
+    ],
+)
+def test_bad_packed_layer_arguments_are_rejected(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -109,7 +109,9 @@ def test_classification_formulas_match_numpy_on_the_same_samples(
 ):
     args = dict(num_samples=30, seed=5)
     samples = ku.sample(classifier, class_inputs, **args).astype(np.float64)
-    prediction = ku.predict_classification(classifier, class_inputs, **args)
+    prediction = ku.predict_classification(
+        classifier, class_inputs, votes=True, **args
+    )
     probs = samples.mean(0)
     total = _numpy_entropy(probs)
     expected = _numpy_entropy(samples).mean(0)

@@ -6,11 +6,7 @@ import pytest
 
 import keras_uncertainty as ku
 from keras_uncertainty.experiments import uci
-from keras_uncertainty.experiments.stacked import (
-    MaskedMemberLoss,
-    MemberDropout,
-    StackedNetwork,
-)
+from keras_uncertainty.experiments.stacked import MaskedMemberLoss, StackedNetwork
 
 
 @pytest.fixture(scope="module")
@@ -89,20 +85,11 @@ def test_masked_loss_is_each_members_mean_over_its_own_rows():
     assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
-def test_member_dropout_uses_each_members_rate_and_stays_unbiased():
-    layer = MemberDropout([0.0, 0.5, 0.9], seed=3)
-    out = layer(np.ones((3, 4000, 10), "float32"), training=False).numpy()
-    dropped = (out == 0).mean(axis=(1, 2))
-    np.testing.assert_allclose(dropped, [0.0, 0.5, 0.9], atol=0.01)
-    np.testing.assert_allclose(out.mean(axis=(1, 2)), [1.0, 1.0, 1.0], atol=0.05)
-    assert ku.sampling.is_stochastic(layer)
-
-
 def test_training_stream_gives_each_member_every_own_row_once_per_epoch():
     rows = [np.array([0, 1, 2, 3, 4]), np.array([5, 6, 7, 8, 9])]
     x = np.arange(10, dtype="float32")[:, None]
     targets = np.zeros((10, 2))
-    stream = uci._stream(x, targets, rows, epochs=2, batch_size=2, seed=0)
+    stream = uci.member_batches(x, targets, rows, epochs=2, batch_size=2, seed=0)
     batches = list(stream.as_numpy_iterator())
     assert len(batches) == 2 * 3  # ceil(5 / 2) batches per epoch
     first_epoch = np.concatenate([b[0] for b in batches[:3]])[..., 0]
@@ -112,7 +99,7 @@ def test_training_stream_gives_each_member_every_own_row_once_per_epoch():
 
 
 def test_unequal_member_rows_are_padded_with_zero_weight():
-    index, weight = uci._padded([np.array([4, 5, 6]), np.array([7])])
+    index, weight = uci.padded_rows([np.array([4, 5, 6]), np.array([7])])
     assert index.shape == weight.shape == (2, 3)
     assert list(weight[1]) == [1, 0, 0] and list(index[1]) == [7, 7, 7]
 
@@ -127,19 +114,19 @@ def test_chunked_mixture_density_equals_the_whole_mixture():
         ku.metrics.mixture_log_density(y, means[a:b], stds[a:b])
         for a, b in ((0, 4), (4, 9))
     ]
-    np.testing.assert_allclose(uci._log_mean_exp(parts, [4, 5]), whole, rtol=1e-12)
+    np.testing.assert_allclose(uci.combine_log_means(parts, [4, 5]), whole, rtol=1e-12)
 
 
 def test_a_diverged_member_scores_nan_and_is_never_chosen():
     splits = [ku.datasets.load_uci("yacht", split=k) for k in range(2)]
-    x, y = uci._table(splits)
+    x, y = uci.data_table(splits)
     rows = [s.test_rows for s in splits]
-    trained = uci._train(x, y, [s.train_rows for s in splits], 2, 4, 1, 128, 0)
+    trained = uci.train_members(x, y, [s.train_rows for s in splits], 2, 4, 1, 128, 0)
     kernel = trained.model.head.kernel
     values = kernel.numpy()
     values[1] = np.nan  # the second split's network has diverged
     kernel.assign(values)
-    rmses, nlls = uci._evaluate(trained, x, y, rows, 1, 0)
+    rmses, nlls = uci.evaluate_members(trained, x, y, rows, 1, 0)
     assert np.isfinite(rmses[0]) and np.isfinite(nlls[0])
     assert np.isnan(rmses[1]) and np.isnan(nlls[1])
 

@@ -1,5 +1,6 @@
 """Keras callbacks that judge the uncertainty during training."""
 
 from keras_uncertainty.callbacks.uncertainty_metrics import UncertaintyMetrics
+from keras_uncertainty.ensemble.callbacks import TerminateOnNonFiniteMember
 
-__all__ = ["UncertaintyMetrics"]
+__all__ = ["TerminateOnNonFiniteMember", "UncertaintyMetrics"]

@@ -5,7 +5,6 @@ import numpy as np
 
 from keras_uncertainty import metrics
 from keras_uncertainty._validation import check_positive_int
-from keras_uncertainty.losses.gaussian_nll import GaussianNLL, gaussian_nll
 from keras_uncertainty.sampling import sampler
 from keras_uncertainty.sampling.predictions import RegressionPrediction
 
@@ -71,8 +70,7 @@ class UncertaintyMetrics(keras.callbacks.Callback):
     def _resolved_task(self):
         if self.task != "auto":
             return self.task
-        loss = getattr(self.model, "loss", None)
-        if loss is gaussian_nll or isinstance(loss, GaussianNLL):
+        if sampler.has_variance_head(self.model):
             return "regression"
         if np.issubdtype(self.y_val.dtype, np.floating):
             return "regression"
@@ -87,9 +85,8 @@ class UncertaintyMetrics(keras.callbacks.Callback):
             logs.update(self._classification())
 
     def _regression(self):
-        variance_head = sampler._variance_head(
-            self.model, None, sampler._output_width(self.model)
-        )
+        # During `fit` the model is compiled, so its loss decides.
+        variance_head = bool(sampler.has_variance_head(self.model))
         samples = sampler.sample(
             self.model, self.x_val, self.num_samples, seed=self.seed
         ).astype(np.float64)

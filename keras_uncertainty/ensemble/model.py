@@ -1,25 +1,24 @@
-"""Deep Ensembles trained together in one compiled graph.
+"""Deep Ensembles: M networks of one architecture, predicted as a uniform mixture.
 
-Lakshminarayanan et al. (2017): M networks of one architecture, each from its
-own random initialization and trained with a proper scoring rule, combined at
-prediction time as a uniform mixture. Training them one after another costs M
-fits; here the members sit side by side in one Keras model, the loss of each
-member is computed on its own output and the losses are summed, so one `fit`
-updates every member with exactly the gradients it would get alone.
+Lakshminarayanan et al. (2017): M networks, each from its own random
+initialization and trained with a proper scoring rule, combined at prediction
+time as a uniform mixture. `Ensemble` is the container: its members, its call,
+its config and its compile. Members that pack (see `packing.py`) are held as
+one network of packed layers, so one `fit` costs little more than one member;
+others sit side by side with their own variables. Either way the loss of each
+member is computed on its own output and the losses are summed, so every
+member gets exactly the gradients it would get alone. How it trains lives in
+`training.py`, adversarial training in `adversarial.py`.
 """
-
-import math
-import numbers
-import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops, tree
-from keras.src.losses.losses import LossFunctionWrapper
-from keras.src.saving import serialization_lib
 
 from keras_uncertainty._validation import check_positive_int
+from keras_uncertainty.ensemble import adversarial, packing, training
+from keras_uncertainty.ensemble.callbacks import TerminateOnNonFiniteMember
 
 _PACKAGE = "keras_uncertainty"
 
@@ -68,41 +67,12 @@ def _check_members(members):
     return list(members)
 
 
-def _check_epsilon(value):
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(
-            "Invalid value received for argument `adversarial_epsilon`. "
-            "Expected None or a positive float (a fraction of each input "
-            f"feature's range). Received: adversarial_epsilon={value!r}"
-        )
-    return float(value)
+class _Untracked:
+    """Holds the member models of a packed ensemble out of Keras's tracking:
+    their weights are copies; the packed network's variables are the truth."""
 
-
-# Optimizers whose update of an entry uses only that entry's gradient and
-# state, so that updating a stack of the members' variables is exact.
-_ELEMENTWISE_OPTIMIZERS = tuple(
-    getattr(keras.optimizers, name)
-    for name in (
-        "SGD",
-        "Adam",
-        "AdamW",
-        "RMSprop",
-        "Adagrad",
-        "Adadelta",
-        "Adamax",
-        "Nadam",
-        "Lion",
-        "Ftrl",
-    )
-    if hasattr(keras.optimizers, name)
-)
+    def __init__(self, models):
+        self.models = models
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -118,6 +88,17 @@ class Ensemble(keras.Model):
     total `loss` and each member's `member_<i>_loss`; metrics given to
     `compile` are computed on the mean of the members' outputs (for
     probabilities, the ensemble's predictive distribution).
+
+    Members that are chains of `Dense`, dropout and activation layers on
+    vector inputs (the MLPs of the Deep Ensembles paper, `ku.models.mlp`)
+    are packed: their weights live in one network of `ku.layers.PackedDense`
+    / `PackedDropout` layers with a member axis, so the optimizer makes one
+    update per kind of variable instead of one per member (exact for the
+    element-wise optimizers: SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta,
+    Adamax, Nadam, Lion, Ftrl; compiling a packed ensemble with another
+    optimizer, or with `clipnorm`, raises an error that says to pass
+    `pack=False`). Other members (convolutions, BatchNormalization, ...)
+    train side by side with their own variables.
 
     `ku.sample`, `ku.predict_regression` and `ku.predict_classification`
     treat the members as samples of a uniform mixture; members with MC
@@ -143,6 +124,9 @@ class Ensemble(keras.Model):
         seed: Optional integer seed for the bootstrap resamples.
         members: Existing models, used instead of `build_fn` (see
             `Ensemble.from_models`).
+        pack: None (pack when the members allow it), True (require it: an
+            error if they do not) or False (never: each member keeps its own
+            variables).
         **kwargs: Base `keras.Model` arguments (`name`, ...).
 
     Call arguments:
@@ -167,27 +151,43 @@ class Ensemble(keras.Model):
         adversarial_epsilon=None,
         seed=None,
         members=None,
+        pack=None,
         **kwargs,
     ):
         kwargs.setdefault("name", "ensemble")
         super().__init__(**kwargs)
         if members is None:
             members = self._build_members(build_fn, num_members)
-        self.members = _check_members(members)
+        members = _check_members(members)
+        if pack not in (None, True, False):
+            raise ValueError(
+                "Invalid value received for argument `pack`. Expected None, "
+                f"True or False. Received: pack={pack!r}"
+            )
+        can_pack = packing.packable(members)
+        if pack and not can_pack:
+            raise ValueError(
+                "Invalid value received for argument `pack`. Expected members "
+                "that pack (chains of Dense, Dropout/MCDropout and activation "
+                "layers of one architecture on vector inputs). Received: "
+                f"pack=True with members such as '{members[0].name}' that do not"
+            )
+        self.packed = can_pack if pack is None else bool(pack)
+        self.member_names = [member.name for member in members]
         self.bootstrap = bool(bootstrap)
-        self.adversarial_epsilon = _check_epsilon(adversarial_epsilon)
+        self.adversarial_epsilon = adversarial.check_epsilon(adversarial_epsilon)
         self.seed = seed
-        self._member_loss_trackers = [
-            keras.metrics.Mean(name=f"member_{i}_loss")
-            for i in range(len(self.members))
+        if self.packed:
+            self.packed_network = packing.pack(members)
+            self.member_store = _Untracked(members)
+        else:
+            self.member_models = members
+        self.member_loss_trackers = [
+            keras.metrics.Mean(name=f"member_{i}_loss") for i in range(len(members))
         ]
-        self._member_loss = None
-        self._feature_range = None
-        # Stacked copies of the members' trainable variables, which the
-        # optimizer updates in one go (see `_stack_for_optimizer`); kept out
-        # of Keras's tracking, since the members' variables are the truth.
-        object.__setattr__(self, "_stacked_variables", None)
-        self._bootstrap_rng = np.random.default_rng(seed)
+        self.member_loss = None
+        self.adversarial_step = None
+        self.bootstrap_rng = np.random.default_rng(seed)
 
     @staticmethod
     def _build_members(build_fn, num_members):
@@ -222,20 +222,54 @@ class Ensemble(keras.Model):
         Args:
             models: Non-empty list of `keras.Model`; their weights are used
                 as they are (trained or not).
-            **kwargs: Other `Ensemble` arguments (`bootstrap`, ...).
+            **kwargs: Other `Ensemble` arguments (`bootstrap`, `pack`, ...).
         """
         return cls(members=_check_members(models), **kwargs)
 
     @property
     def num_members(self):
-        return len(self.members)
+        """M, the number of member networks."""
+        return len(self.member_names)
+
+    @property
+    def members(self):
+        """The member networks, as plain Keras models.
+
+        For a packed ensemble these are copies, refreshed from the packed
+        weights at every access: use them to inspect, save or serve one
+        member; changing them does not change the ensemble.
+        """
+        if not self.packed:
+            return list(self.member_models)
+        models = self.member_store.models
+        packing.store_members(self.packed_network, models)
+        return list(models)
+
+    @property
+    def member_template(self):
+        """Member 0 as built (its weights may be stale when packed): for
+        shapes and architecture only."""
+        return self.member_store.models[0] if self.packed else self.member_models[0]
 
     def call(self, inputs, training=None):
-        outputs = [member(inputs, training=training) for member in self.members]
+        if self.packed:
+            return self.packed_network(inputs, training=training)
+        outputs = [member(inputs, training=training) for member in self.member_models]
+        return ops.stack(outputs, axis=1)
+
+    def member_major(self, inputs, training=None):
+        """`(M, batch, ...)` inputs, one slice per member -> `(batch, M, ...)`."""
+        if self.packed:
+            outputs = self.packed_network.member_major(inputs, training=training)
+            return ops.transpose(outputs, (1, 0, *range(2, len(outputs.shape))))
+        outputs = [
+            member(inputs[m], training=training)
+            for m, member in enumerate(self.member_models)
+        ]
         return ops.stack(outputs, axis=1)
 
     def compute_output_shape(self, input_shape):
-        output = self.members[0].compute_output_shape(input_shape)
+        output = self.member_template.compute_output_shape(input_shape)
         return (output[0], self.num_members, *output[1:])
 
     # Training ---------------------------------------------------------------
@@ -263,68 +297,54 @@ class Ensemble(keras.Model):
                 "None: every member's loss has weight 1. Received: "
                 f"loss_weights={kwargs['loss_weights']!r}"
             )
-        loss_object = keras.losses.get(loss)
-        if not isinstance(loss_object, keras.losses.Loss):
-            loss_object = LossFunctionWrapper(loss_object)
-        self._member_loss = loss_object
+        member_loss = training.as_loss_object(loss)
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
-        # Keep the user's loss visible as `model.loss` and in the compile
-        # config, so that `load_model` compiles the ensemble the same way.
-        self.loss = loss
-        self._compile_config = serialization_lib.SerializableDict(
-            **{**self._compile_config.config, "loss": loss}
-        )
-
-    def _member_losses(self, y, y_pred, sample_weight):
-        losses = []
-        for i in range(self.num_members):
-            weight = sample_weight
-            if sample_weight is not None and len(sample_weight.shape) == 2:
-                weight = sample_weight[:, i]
-            losses.append(self._member_loss(y, y_pred[:, i], sample_weight=weight))
-        return losses
-
-    def _adversarial_losses(self, x, y, sample_weight):
-        """Each member's loss on its own fast-gradient-sign perturbation of x."""
-        copies = [tf.identity(x) for _ in self.members]
-        with tf.GradientTape() as tape:
-            tape.watch(copies)
-            clean = [
-                member(copy, training=True)
-                for member, copy in zip(self.members, copies)
-            ]
-            total = ops.sum(
-                ops.stack(self._member_losses(y, ops.stack(clean, 1), sample_weight))
+        if self.packed and not training.packed_update_is_exact(self.optimizer):
+            raise ValueError(
+                "Invalid value received for argument `optimizer`. A packed "
+                "ensemble updates its members through shared (M, ...) "
+                "variables, exact only for element-wise optimizers without "
+                "`clipnorm` (SGD, Adam, AdamW, RMSprop, ...). Received: "
+                f"{_describe(self.optimizer)} (clipnorm="
+                f"{self.optimizer.clipnorm}). Build the ensemble with "
+                "`pack=False` to train each member with its own variables."
             )
-        gradients = tape.gradient(total, copies)
-        step = ops.cast(self.adversarial_epsilon * self._feature_range, x.dtype)
-        perturbed = [
-            member(tf.stop_gradient(copy + step * ops.sign(grad)), training=True)
-            for member, copy, grad in zip(self.members, copies, gradients)
-        ]
-        return self._member_losses(y, ops.stack(perturbed, 1), sample_weight)
+        self.member_loss = member_loss
+        # `model.loss` shows the member loss (`ku.has_variance_head` reads it).
+        self.loss = loss
+        self.compiled_loss_config = keras.saving.serialize_keras_object(loss)
 
     def compute_loss(
-        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True, **kwargs
     ):
-        if self._member_loss is None:
+        if self.member_loss is None:
             raise ValueError(
                 "The ensemble has no loss: call `compile(optimizer, loss=...)` "
                 "before training or evaluating it."
             )
-        losses = self._member_losses(y, y_pred, sample_weight)
-        if training and self.adversarial_epsilon is not None:
-            adversarial = self._adversarial_losses(x, y, sample_weight)
-            losses = [a + b for a, b in zip(losses, adversarial)]
+        losses = self._losses_of_members(y, y_pred, sample_weight)
+        if training and self.adversarial_step is not None:
+            _, perturbed = adversarial.fast_gradient_sign_losses(
+                lambda inputs: self.member_major(inputs, training=True),
+                lambda outputs: self._losses_of_members(y, outputs, sample_weight),
+                ops.broadcast_to(
+                    ops.expand_dims(x, 0), (self.num_members, *ops.shape(x))
+                ),
+                self.adversarial_step,
+            )
+            losses = losses + perturbed
         # Weighted by batch size, as Keras weighs its `loss` tracker, so the
         # epoch's `loss` is the sum of the members' epoch losses.
         batch_size = ops.shape(y_pred)[0]
-        for tracker, value in zip(self._member_loss_trackers, losses):
-            tracker.update_state(value, sample_weight=batch_size)
-        total = ops.sum(ops.stack(losses))
+        for m, tracker in enumerate(self.member_loss_trackers):
+            tracker.update_state(losses[m], sample_weight=batch_size)
+        total = ops.sum(losses)
         if self.losses:
             total = total + ops.sum(ops.stack(self.losses))
         return total
+
+    def _losses_of_members(self, y, y_pred, sample_weight):
+        return training.member_losses(self.member_loss, y, y_pred, sample_weight)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if sample_weight is not None and len(sample_weight.shape) == 2:
@@ -333,133 +353,50 @@ class Ensemble(keras.Model):
             x, y, ops.mean(y_pred, axis=1), sample_weight=sample_weight
         )
 
-    def fit(self, x=None, y=None, sample_weight=None, callbacks=None, **kwargs):
+    def fit(
+        self,
+        x=None,
+        y=None,
+        sample_weight=None,
+        callbacks=None,
+        terminate_on_nan=True,
+        **kwargs,
+    ):
         """Trains every member at once; arguments as in `keras.Model.fit`.
 
         With `bootstrap=True` or `adversarial_epsilon`, `x` must be an array
         (the resample counts and the feature range are computed from it).
-        A member whose loss becomes NaN or infinite stops training with a
-        warning that names it.
+
+        Args:
+            terminate_on_nan: Whether to add a
+                `ku.callbacks.TerminateOnNonFiniteMember` (unless `callbacks`
+                holds one): a member whose loss becomes NaN or infinite stops
+                training with a warning that names it.
+            **kwargs: `keras.Model.fit` arguments.
         """
         if self.bootstrap or self.adversarial_epsilon is not None:
             x_array = self._array_inputs(x)
             if self.adversarial_epsilon is not None:
-                self._feature_range = tf.constant(
-                    np.ptp(x_array, axis=0).astype(keras.config.floatx())
+                self.adversarial_step = tf.constant(
+                    adversarial.feature_range_step(x_array, self.adversarial_epsilon)
                 )
             if self.bootstrap:
-                sample_weight = self._bootstrap_weights(len(x_array), sample_weight)
-        callbacks = list(callbacks or []) + [_MemberLossMonitor()]
-        self._stack_for_optimizer()
-        return super().fit(
+                sample_weight = training.bootstrap_counts(
+                    self.bootstrap_rng, len(x_array), self.num_members, sample_weight
+                )
+        callbacks = list(callbacks or [])
+        if terminate_on_nan and not any(
+            isinstance(c, TerminateOnNonFiniteMember) for c in callbacks
+        ):
+            callbacks.append(TerminateOnNonFiniteMember())
+        history = super().fit(
             x, y, sample_weight=sample_weight, callbacks=callbacks, **kwargs
         )
-
-    def _stackable(self):
-        """Whether one update of stacked variables equals M separate updates.
-
-        True for the optimizers whose update of each entry depends only on
-        that entry's gradient and state (and the shared step), when every
-        member has the same trainable variable shapes, no variable has a
-        constraint (a norm constraint would see the stack), and no
-        distribution strategy is active.
-        """
-        optimizer = getattr(self, "optimizer", None)
-        if type(optimizer) not in _ELEMENTWISE_OPTIMIZERS:
-            return False
-        if (
-            optimizer.clipnorm is not None
-            or getattr(optimizer, "_exclude_from_weight_decay", None)
-            or getattr(optimizer, "_exclude_from_weight_decay_pattern", None)
-        ):
-            return False
-        if tf.distribute.has_strategy() or getattr(self, "_distribute_strategy", None):
-            return False
-        lists = [member.trainable_variables for member in self.members]
-        signature = [(tuple(v.shape), v.dtype) for v in lists[0]]
-        return bool(signature) and all(
-            [(tuple(v.shape), v.dtype) for v in variables] == signature
-            and all(v.constraint is None for v in variables)
-            for variables in lists
-        )
-
-    def _stack_for_optimizer(self):
-        """Sets up stacked variables for the optimizer; returns whether it did.
-
-        The optimizer's per-variable work (Adam: about ten ops per variable)
-        dominates a training step of small members; updating one `(M, ...)`
-        stack per variable instead of M variables cuts it M-fold, in the
-        traced graph and at every step, with identical arithmetic.
-        """
-        if not self.built and all(member.built for member in self.members):
-            self.build()
-        if not self.built or not self._stackable():
-            object.__setattr__(self, "_stacked_variables", None)
-            return False
-        lists = [member.trainable_variables for member in self.members]
-        stacked = self._stacked_variables
-        if stacked is None:
-            stacked = [
-                keras.Variable(
-                    tf.stack([variables[k].value for variables in lists]),
-                    trainable=True,
-                    name=f"stacked_{lists[0][k].name}",
-                )
-                for k in range(len(lists[0]))
-            ]
-        else:
-            for k, variable in enumerate(stacked):
-                variable.assign(tf.stack([variables[k].value for variables in lists]))
-        if self.optimizer.built and (
-            [id(v) for v in self.optimizer._trainable_variables]
-            != [id(v) for v in stacked]
-        ):
-            # Built on the members' own variables already: keep that.
-            object.__setattr__(self, "_stacked_variables", None)
-            return False
-        if not self.optimizer.built:
-            self.optimizer.build(stacked)
-        object.__setattr__(self, "_stacked_variables", stacked)
-        return True
-
-    def train_step(self, data):
-        stacked = self._stacked_variables
-        if stacked is None:
-            return super().train_step(data)
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            loss = self._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            self._loss_tracker.update_state(
-                loss, sample_weight=tf.shape(tree.flatten(x)[0])[0]
-            )
-            loss = self.optimizer.scale_loss(loss)
-        member_variables = [member.trainable_variables for member in self.members]
-        gradients = tape.gradient(loss, member_variables)
-        stacked_gradients = []
-        for k, variable in enumerate(stacked):
-            column = [grads[k] for grads in gradients]
-            if all(g is None for g in column):
-                stacked_gradients.append(None)
-                continue
-            stacked_gradients.append(
-                tf.stack(
-                    [
-                        tf.zeros(variable.shape[1:], variable.dtype)
-                        if g is None
-                        else tf.convert_to_tensor(g)
-                        for g in column
-                    ]
-                )
-            )
-        self.optimizer.apply(stacked_gradients, stacked)
-        for k, variable in enumerate(stacked):
-            updated = tf.unstack(variable.value)
-            for variables, value in zip(member_variables, updated):
-                variables[k].assign(value)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        if self.packed:
+            # The member models given to the ensemble end where they would
+            # have, trained alone.
+            packing.store_members(self.packed_network, self.member_store.models)
+        return history
 
     def _array_inputs(self, x):
         if tf.is_tensor(x):
@@ -472,26 +409,18 @@ class Ensemble(keras.Model):
             )
         return x
 
-    def _bootstrap_weights(self, num_rows, sample_weight):
-        counts = self._bootstrap_rng.multinomial(
-            num_rows, np.full(num_rows, 1.0 / num_rows), size=self.num_members
-        ).T.astype(keras.config.floatx())
-        if sample_weight is not None:
-            counts = counts * np.asarray(sample_weight, counts.dtype).reshape(-1, 1)
-        return counts
-
     # Serialization ----------------------------------------------------------
 
     def get_config(self):
-        config = {
+        return {
             "name": self.name,
             "trainable": self.trainable,
             "members": [keras.saving.serialize_keras_object(m) for m in self.members],
             "bootstrap": self.bootstrap,
             "adversarial_epsilon": self.adversarial_epsilon,
             "seed": self.seed,
+            "pack": self.packed,
         }
-        return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -503,37 +432,20 @@ class Ensemble(keras.Model):
         return cls(members=members, **config)
 
     def get_compile_config(self):
-        # `compile` keeps the member loss in the config; see there.
-        return super().get_compile_config()
+        config = super().get_compile_config()
+        if config and self.member_loss is not None:
+            # `compile` passed loss=None to Keras; the member loss goes here
+            # so that `load_model` compiles the ensemble the same way.
+            config = {**config, "loss": self.compiled_loss_config}
+        return config
 
     def compile_from_config(self, config):
-        self.compile(**serialization_lib.deserialize_keras_object(config))
-        if self.built and not self._stack_for_optimizer():
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
             self.optimizer.build(self.trainable_variables)
 
     def build(self, input_shape=None):
-        for member in self.members:
+        for member in self.member_store.models if self.packed else self.member_models:
             if not member.built:
                 member.build(input_shape)
         self.built = True
-
-
-class _MemberLossMonitor(keras.callbacks.Callback):
-    """Stops training, naming the member, when a member's loss is not finite."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        bad = []
-        for key, value in (logs or {}).items():
-            if key.startswith("member_") and key.endswith("_loss"):
-                if not math.isfinite(float(value)):
-                    index = int(key[len("member_") : -len("_loss")])
-                    bad.append(f"member {index} ('{self.model.members[index].name}')")
-        if bad:
-            warnings.warn(
-                f"Ensemble '{self.model.name}': the loss of {', '.join(bad)} "
-                f"became NaN or infinite at batch {batch}; training stopped. "
-                "The other members' losses are finite.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self.model.stop_training = True

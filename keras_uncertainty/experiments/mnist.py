@@ -199,7 +199,7 @@ def run(
                 prediction = _from_probabilities(probs)
             else:
                 prediction = predict_classification(
-                    model, x, num_samples=num_samples, seed=seed
+                    model, x, num_samples=num_samples, seed=seed, votes=True
                 )
             predictions[method, degrees] = prediction
             scores[method, degrees] = _score(method, degrees, labels, prediction)

@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_uncertainty.layers import _masks
+from keras_uncertainty.ensemble.adversarial import fast_gradient_sign_losses
+from keras_uncertainty.layers.packed import PackedDense, PackedDropout, PackedL2
 
 
 class MemberStandardize(keras.layers.Layer):
@@ -28,86 +29,25 @@ class MemberStandardize(keras.layers.Layer):
 
     def __init__(self, mean, std, **kwargs):
         super().__init__(**kwargs)
-        self.mean = np.asarray(mean, "float32")
-        self.std = np.asarray(std, "float32")
+        self.mean = np.asarray(mean, "float32").tolist()
+        self.std = np.asarray(std, "float32").tolist()
 
     def call(self, inputs):
         if len(inputs.shape) == 2:
             inputs = inputs[:, None, :]
-        return (inputs - self.mean) / self.std
+        mean = np.asarray(self.mean, "float32")
+        return (inputs - mean) / np.asarray(self.std, "float32")
 
-
-class MemberDropout(keras.layers.Layer):
-    """MC dropout with one rate per member along axis 0 (always on).
-
-    The 16-bit masks of `ku.layers.MCDropout` (half the random-number work
-    of float draws; the realized rate is within 2**-17 of each `rate`, and
-    the scaling uses it, so each member stays unbiased).
-    """
-
-    stochastic_at_inference = True
-
-    def __init__(self, rates, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        self.rates = np.asarray(rates, "float64")
-        thresholds = np.array([_masks.threshold(r) for r in self.rates])
-        self.thresholds = thresholds.astype("uint16")[:, None, None]
-        self.scales = _masks.keep_scale(thresholds).astype("float32")[:, None, None]
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, inputs, training=None):
-        shape = tf.shape(inputs)
-        draws = _masks.random_bits16(
-            [shape[0], shape[1], inputs.shape[-1]], self.seed_generator
-        )
-        keep = ops.cast(draws >= self.thresholds, inputs.dtype)
-        return inputs * keep * self.scales
-
-
-class MemberL2:
-    """`sum_m decay_m * ||W_m||^2`: an L2 penalty with one factor per member."""
-
-    def __init__(self, decays):
-        self.decays = np.asarray(decays, "float32")
-
-    def __call__(self, kernel):
-        return ops.sum(self.decays * ops.sum(ops.square(kernel), axis=(1, 2)))
-
-
-class MemberDense(keras.layers.Layer):
-    """A Dense layer per member, member-major: `(M, B, k)` -> `(M, B, units)`.
-
-    Member-major activations make the layer one batched matmul over the
-    member axis, with no transposes (and half the cost of an einsum over
-    `(B, M, k)` in the backward pass on CPU).
-    """
-
-    def __init__(self, units, activation=None, decays=None, **kwargs):
-        super().__init__(**kwargs)
-        self.units = units
-        self.activation = keras.activations.get(activation)
-        self.decays = decays
-
-    def build(self, input_shape):
-        members, width = input_shape[0], input_shape[2]
-        # Glorot uniform per member, as keras.layers.Dense initializes.
-        limit = float(np.sqrt(6.0 / (width + self.units)))
-        self.kernel = self.add_weight(
-            shape=(members, width, self.units),
-            initializer=keras.initializers.RandomUniform(-limit, limit),
-            regularizer=None if self.decays is None else MemberL2(self.decays),
-            name="kernel",
-        )
-        self.bias = self.add_weight(
-            shape=(members, self.units), initializer="zeros", name="bias"
-        )
-
-    def call(self, inputs):
-        return self.activation(ops.matmul(inputs, self.kernel) + self.bias[:, None, :])
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
 class StackedNetwork(keras.Model):
     """M networks `d -> dropout -> hidden ReLU -> dropout -> outputs`.
+
+    Built of the packed layers of `ku.layers` (`PackedDropout` with each
+    member's rate, `PackedDense` with a `PackedL2` of each member's weight
+    decay), on member-major activations.
 
     Args:
         x_mean, x_std: `(M, d)`, each member's input standardization.
@@ -139,20 +79,40 @@ class StackedNetwork(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        members = len(x_mean)
+        self.network_config = {
+            "x_mean": np.asarray(x_mean).tolist(),
+            "x_std": np.asarray(x_std).tolist(),
+            "hidden": hidden,
+            "outputs": outputs,
+            "rates": None if rates is None else np.asarray(rates).tolist(),
+            "decays": None if decays is None else np.asarray(decays).tolist(),
+            "adversarial_epsilon": adversarial_epsilon,
+            "feature_range": None
+            if feature_range is None
+            else np.asarray(feature_range).tolist(),
+            "seed": seed,
+        }
         self.standardize = MemberStandardize(x_mean, x_std)
-        self.input_dropout = None if rates is None else MemberDropout(rates, seed)
-        self.hidden = MemberDense(hidden, "relu", decays)
-        self.hidden_dropout = (
-            None
-            if rates is None
-            else MemberDropout(rates, None if seed is None else seed + 1)
+        self.input_dropout = None
+        self.hidden_dropout = None
+        if rates is not None:
+            self.input_dropout = PackedDropout(list(rates), seed=seed)
+            self.hidden_dropout = PackedDropout(
+                list(rates), seed=None if seed is None else seed + 1
+            )
+        regularizer = None if decays is None else PackedL2(decays)
+        self.hidden = PackedDense(
+            hidden, members, "relu", kernel_regularizer=regularizer
         )
-        self.head = MemberDense(outputs, None, decays)
+        self.head = PackedDense(outputs, members, kernel_regularizer=regularizer)
         self.adversarial_step = None
         if adversarial_epsilon is not None:
             self.adversarial_step = np.asarray(
                 adversarial_epsilon * np.asarray(feature_range), "float32"
             )
+            # The adversarial step below reports its own loss.
+            self.loss_metric = keras.metrics.Mean(name="loss")
 
     def call(self, inputs, training=None):
         return self.network(self.standardize(inputs))
@@ -167,29 +127,35 @@ class StackedNetwork(keras.Model):
             x = self.hidden_dropout(x)
         return ops.transpose(self.head(x), (1, 0, 2))
 
+    @property
+    def metrics(self):
+        if self.adversarial_step is None:
+            return super().metrics
+        return [self.loss_metric]
+
     def train_step(self, data):
         if self.adversarial_step is None:
             return super().train_step(data)
         # Deep Ensembles' adversarial training: each member also trains on
         # its own fast-gradient-sign perturbation of its standardized inputs.
         x, y = data[0], data[1]
-        standardized = self.standardize(x)
-        with tf.GradientTape() as outer:
-            with tf.GradientTape() as inner:
-                inner.watch(standardized)
-                clean = self.network(standardized)
-                clean_loss = self.loss(y, clean)
-            direction = ops.sign(inner.gradient(clean_loss, standardized))
-            perturbed = tf.stop_gradient(
-                standardized + self.adversarial_step * direction
+        with tf.GradientTape() as tape:
+            clean, perturbed = fast_gradient_sign_losses(
+                self.network,
+                lambda outputs: self.loss(y, outputs),
+                self.standardize(x),
+                self.adversarial_step,
             )
-            loss = clean_loss + self.loss(y, self.network(perturbed))
+            loss = clean + perturbed
             if self.losses:
                 loss = loss + ops.sum(self.losses)
-        gradients = outer.gradient(loss, self.trainable_variables)
+        gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
-        self._loss_tracker.update_state(loss)
-        return {"loss": self._loss_tracker.result()}
+        self.loss_metric.update_state(loss)
+        return {"loss": self.loss_metric.result()}
+
+    def get_config(self):
+        return {**super().get_config(), **self.network_config}
 
 
 class MaskedMemberLoss(keras.losses.Loss):

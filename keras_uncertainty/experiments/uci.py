@@ -114,7 +114,7 @@ class Result:
         )
 
 
-def _table(splits):
+def data_table(splits):
     """The rows of `data.txt` that the splits use: `x (R, d)`, `y (R,)`."""
     num_rows = 1 + max(max(s.train_rows.max(), s.test_rows.max()) for s in splits)
     x = np.zeros((num_rows, splits[0].x_train.shape[1]))
@@ -125,7 +125,7 @@ def _table(splits):
     return x, y
 
 
-def _padded(member_rows):
+def padded_rows(member_rows):
     """`(M, n)` row indices (a shorter list repeats its rows) and 0/1 weights
     that mark each member's real rows."""
     n = max(len(rows) for rows in member_rows)
@@ -141,11 +141,11 @@ def _standardization(values, member_rows):
     return mean, np.where(std > 0, std, 1.0)  # a constant column stays 0
 
 
-def _stream(x, targets, member_rows, epochs, batch_size, seed):
+def member_batches(x, targets, member_rows, epochs, batch_size, seed):
     """`epochs` passes in which every member draws shuffled batches of its own
     rows: inputs `(b, M, d)`, targets `(b, M, 2)` (standardized target, 0/1
     weight). `targets` is `(R, M)`, every row standardized per member."""
-    index, weight = _padded(member_rows)
+    index, weight = padded_rows(member_rows)
     members, n = index.shape
     x, targets = tf.constant(x, tf.float32), tf.constant(targets, tf.float32)
     index, weight = tf.constant(index), tf.constant(weight)
@@ -199,7 +199,7 @@ class _EveryEpochs(keras.callbacks.Callback):
                 self.at_epoch(epoch)
 
 
-def _train(x, y, member_rows, outputs, hidden, epochs, batch_size, seed, **options):
+def train_members(x, y, member_rows, outputs, hidden, epochs, batch_size, seed, **options):
     """Trains one network per entry of `member_rows` (the rows it trains on).
 
     `options`: `rates` and `decays` (one per member), `adversarial_epsilon`,
@@ -234,7 +234,7 @@ def _train(x, y, member_rows, outputs, hidden, epochs, batch_size, seed, **optio
         )
     targets = (y[:, None] - y_mean) / y_std
     model.fit(
-        _stream(x, targets, member_rows, epochs, batch_size, seed),
+        member_batches(x, targets, member_rows, epochs, batch_size, seed),
         epochs=1,
         shuffle=False,  # the stream shuffles each member's rows itself
         verbose=0,
@@ -243,14 +243,14 @@ def _train(x, y, member_rows, outputs, hidden, epochs, batch_size, seed, **optio
     return trained
 
 
-def _log_mean_exp(parts, counts):
+def combine_log_means(parts, counts):
     """Combines per-chunk log mean densities into the log mean over all."""
     weighted = np.stack(parts) + np.log(np.asarray(counts, np.float64))[:, None, None]
     peak = weighted.max(axis=0)
     return peak + np.log(np.exp(weighted - peak).sum(axis=0)) - math.log(sum(counts))
 
 
-def _evaluate(trained, x, y, member_rows, num_samples, seed, taus=None, group=1):
+def evaluate_members(trained, x, y, member_rows, num_samples, seed, taus=None, group=1):
     """RMSE and NLL, in the target's units, of every group of `group`
     consecutive members on their rows (the same for the whole group).
 
@@ -259,7 +259,7 @@ def _evaluate(trained, x, y, member_rows, num_samples, seed, taus=None, group=1)
     the network predicts (mean, log-variance). A group with a non-finite
     sample (a member that diverged) scores NaN.
     """
-    index, _ = _padded(member_rows)
+    index, _ = padded_rows(member_rows)
     inputs = x[index.T].astype("float32")  # (n, M, d)
     n, members = index.shape[1], index.shape[0]
     y_true = y[index.T][:, ::group]  # (n, S)
@@ -299,7 +299,7 @@ def _evaluate(trained, x, y, member_rows, num_samples, seed, taus=None, group=1)
         parts.append(metrics.mixture_log_density(y_true, means, stds))
         counts.append(len(means))
         mean_sum = mean_sum + means.sum(axis=0)
-    log_density = _log_mean_exp(parts, counts)  # (n, S)
+    log_density = combine_log_means(parts, counts)  # (n, S)
     squared_error = (y_true - mean_sum / sum(counts)) ** 2
     sizes = [len(rows) for rows in member_rows[::group]]
     rmses = np.array(
@@ -333,7 +333,7 @@ def _ensemble(
         return [rows for rows in per_split for _ in range(ENSEMBLE_MEMBERS)]
 
     def train(member_rows, num_epochs, look):
-        return _train(
+        return train_members(
             x,
             y,
             member_rows,
@@ -351,7 +351,7 @@ def _ensemble(
     scores = {}
 
     def score(trained, epoch):
-        scores[epoch] = _evaluate(
+        scores[epoch] = evaluate_members(
             trained, x, y, each_member(validation_rows), 1, seed, group=ENSEMBLE_MEMBERS
         )[1]
 
@@ -374,7 +374,7 @@ def _ensemble(
     for k, variable in enumerate(trained.model.trainable_variables):
         variable.assign(np.concatenate([snapshots[s][k] for s in range(len(splits))]))
     test_rows = [s.test_rows for s in splits]
-    return _evaluate(
+    return evaluate_members(
         trained, x, y, each_member(test_rows), 1, seed, group=ENSEMBLE_MEMBERS
     )
 
@@ -395,7 +395,7 @@ def run_splits(
         the target's original units.
     """
     keras.utils.set_random_seed(seed)
-    x, y = _table(splits)
+    x, y = data_table(splits)
     hidden = splits[0].n_hidden
     fit_rows, validation_rows = zip(*(_split_validation(s.train_rows) for s in splits))
     if method == "ensemble":
@@ -419,7 +419,7 @@ def run_splits(
     grid = [(p, tau) for p in splits[0].dropout_rates for tau in taus]
 
     def fit_grid(member_rows, configs, epoch_seed):
-        return _train(
+        return train_members(
             x,
             y,
             member_rows,
@@ -441,7 +441,7 @@ def run_splits(
     # Choose each split's (rate, tau) on the last 20% of its training rows...
     configs = grid * len(splits)
     trained = fit_grid([r for r in fit_rows for _ in grid], configs, seed)
-    _, scores = _evaluate(
+    _, scores = evaluate_members(
         trained,
         x,
         y,
@@ -454,7 +454,7 @@ def run_splits(
     chosen = [grid[i] for i in scores.reshape(len(splits), len(grid)).argmin(axis=1)]
     # ... then retrain with it on all of them.
     trained = fit_grid([s.train_rows for s in splits], chosen, seed + 1)
-    return _evaluate(
+    return evaluate_members(
         trained,
         x,
         y,

@@ -1,4 +1,5 @@
-"""Layers that keep Monte Carlo sampling on at inference."""
+"""Layers that keep Monte Carlo sampling on at inference, and packed layers
+that hold many member networks' weights on a leading member axis."""
 
 from keras_uncertainty.layers.conversion import to_mc_dropout
 from keras_uncertainty.layers.mc_dropout import (
@@ -8,6 +9,7 @@ from keras_uncertainty.layers.mc_dropout import (
     MCSpatialDropout2D,
     MCSpatialDropout3D,
 )
+from keras_uncertainty.layers.packed import PackedDense, PackedDropout, PackedL2
 
 __all__ = [
     "MCDropout",
@@ -15,5 +17,8 @@ __all__ = [
     "MCSpatialDropout1D",
     "MCSpatialDropout2D",
     "MCSpatialDropout3D",
+    "PackedDense",
+    "PackedDropout",
+    "PackedL2",
     "to_mc_dropout",
 ]

@@ -26,7 +26,7 @@ def _seed_pair(seed_generator):
     return tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
 
 
-def _noise_dims(inputs, noise_shape):
+def noise_dims(inputs, noise_shape=None):
     """The mask's dimensions: Python ints where known statically, else tensors."""
     dynamic = tf.shape(inputs)
     dims = []
@@ -75,7 +75,7 @@ def dropout(inputs, rate, noise_shape, seed_generator):
     cut = threshold(rate)
     if cut == 0:
         return inputs
-    dims = _noise_dims(inputs, noise_shape)
+    dims = noise_dims(inputs, noise_shape)
     flattened = not isinstance(dims[-1], int)
     if flattened:
         # Unknown last dimension: draw for the flattened mask instead.
@@ -88,4 +88,4 @@ def dropout(inputs, rate, noise_shape, seed_generator):
 
 
 def _noise_dims_tensor(inputs, noise_shape):
-    return tf.stack(_noise_dims(inputs, noise_shape))
+    return tf.stack(noise_dims(inputs, noise_shape))

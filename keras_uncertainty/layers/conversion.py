@@ -62,8 +62,10 @@ def to_mc_dropout(model):
             "Invalid value received for argument `model`. Expected a "
             f"Functional or Sequential keras.Model. Received: {type(model).__name__}"
         )
-    is_graph_model = isinstance(model, keras.Sequential) or hasattr(
-        model, "_nodes_by_depth"
+    # Functional and Sequential models have symbolic inputs and outputs;
+    # subclassed ones do not.
+    is_graph_model = isinstance(model, keras.Sequential) or (
+        hasattr(model, "inputs") and hasattr(model, "outputs")
     )
     if not is_graph_model:
         raise ValueError(

@@ -45,8 +45,18 @@ class _AlwaysOnBernoulli(_AlwaysOn):
 
 
 class _SpatialNoiseShape:
+    """One mask entry per row and channel: whole feature maps are dropped.
+
+    `None` entries take the input's size (see `_masks.dropout`), so the mask
+    is `(batch, 1, ..., 1, channels)` for channels-last inputs.
+    """
+
     def _noise_shape_of(self, inputs):
-        return self._get_noise_shape(inputs)
+        rank = len(inputs.shape)
+        spatial = [1] * (rank - 2)
+        if getattr(self, "data_format", "channels_last") == "channels_first":
+            return (None, None, *spatial)
+        return (None, *spatial, None)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

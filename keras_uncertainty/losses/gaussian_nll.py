@@ -89,6 +89,11 @@ def gaussian_nll(y_true, y_pred):
     return _nll(y_true, y_pred)
 
 
+# Read by `ku.has_variance_head`: a model trained with this loss outputs
+# (means, log-variances). Custom heteroscedastic losses can declare the same.
+gaussian_nll.variance_head = True
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class GaussianNLL(keras.losses.Loss):
     """Gaussian negative log-likelihood with the beta-NLL option.
@@ -113,6 +118,10 @@ class GaussianNLL(keras.losses.Loss):
         reduction: Keras loss reduction, default `"sum_over_batch_size"`.
         name: Name of the loss.
 
+    Attributes:
+        variance_head: True: a model trained with this loss outputs means
+            and log-variances (read by `ku.has_variance_head`).
+
     Call arguments:
         y_true: Targets, shape `(N, k)` or `(N,)`.
         y_pred: Predictions, shape `(N, 2k)`: k means, then k log-variances.
@@ -121,6 +130,8 @@ class GaussianNLL(keras.losses.Loss):
 
     >>> model.compile("adam", loss=ku.losses.GaussianNLL(beta=0.5))
     """
+
+    variance_head = True
 
     def __init__(
         self,

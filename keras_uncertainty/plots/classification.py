@@ -67,6 +67,12 @@ def vote_histogram(prediction, index, class_names=None, ax=None):
     Returns:
         The Axes.
     """
+    if prediction.votes is None:
+        raise ValueError(
+            "Invalid value received for argument `prediction`. Expected a "
+            "prediction with votes. Received: votes=None (call "
+            "`ku.predict_classification(..., votes=True)`)"
+        )
     votes = np.asarray(prediction.votes)
     if not 0 <= index < len(votes):
         raise ValueError(

@@ -53,20 +53,29 @@ def class_probabilities(samples, from_logits):
     return ops.softmax(samples, axis=-1) if from_logits else samples
 
 
-def classification_moments(samples, from_logits):
+def classification_moments(samples, from_logits, votes=True):
     """Summarises t classification samples for merging across chunks.
 
     Args:
         samples: `(t, n, ..., C)` probabilities (or logits when
             `from_logits`).
         from_logits: Whether `samples` are logits.
+        votes: Whether to count the argmax votes too.
 
     Returns:
-        `(sum_probs, sum_entropy, votes)`: the sums over the t samples of the
-        probability vectors `(n, ..., C)`, of their entropies `(n, ...)`, and
-        of the one-hot argmax of each sample `(n, ..., C)`, int32.
+        `(sum_probs, sum_entropy[, votes])`: the sums over the t samples of
+        the probability vectors `(n, ..., C)`, of their entropies `(n, ...)`,
+        and (when `votes`) of the one-hot argmax of each sample
+        `(n, ..., C)`, int32.
     """
     probs = class_probabilities(samples, from_logits)
+    sums = (
+        tf.reduce_sum(probs, axis=0),
+        # Summed over the samples in the same reduction as over the classes.
+        entropy(probs, axis=(0, -1)),
+    )
+    if not votes:
+        return sums
     num_classes = probs.shape[-1]
     shape = tf.shape(probs)
     cells = tf.reduce_prod(shape[1:-1])
@@ -76,12 +85,7 @@ def classification_moments(samples, from_logits):
         tf.reshape(probs, [shape[0], cells, num_classes]), -1, output_type=tf.int32
     )
     pairs = tf.reshape(winners + num_classes * tf.range(cells)[None, :], [-1])
-    votes = tf.math.bincount(
+    counts = tf.math.bincount(
         pairs, minlength=cells * num_classes, maxlength=cells * num_classes
     )
-    return (
-        tf.reduce_sum(probs, axis=0),
-        # Summed over the samples in the same reduction as over the classes.
-        entropy(probs, axis=(0, -1)),
-        tf.reshape(votes, shape[1:]),
-    )
+    return (*sums, tf.reshape(counts, shape[1:]))

@@ -3,11 +3,12 @@
 The batch is tiled T times (sample-major: rows `[s * n + i]` are sample s of
 input i), so one compiled call computes every sample. Layers before the first
 stochastic layer return the same value for each copy of a row, so for
-Functional and Sequential models the graph is walked node by node and a
-tensor is tiled only where it first meets a stochastic layer (or a tensor
-that is already tiled): the deterministic prefix, often most of the cost
-(a CNN with MC dropout before its head), runs once per input instead of T
-times. Other models (subclassed ones) get their inputs tiled.
+Functional and Sequential models a weight-sharing twin is built with
+`keras.models.clone_model` (every layer reused as it is) in which a tensor is
+tiled only where it first meets a stochastic layer (or a tensor that is
+already tiled): the deterministic prefix, often most of the cost (a CNN with
+MC dropout before its head), runs once per input instead of T times.
+Subclassed models get their inputs tiled.
 """
 
 import weakref
@@ -16,54 +17,61 @@ import keras
 import tensorflow as tf
 from keras import tree
 
+from keras_uncertainty import _keras_compat
 from keras_uncertainty.ensemble.model import Ensemble
 
 
 def is_stochastic(layer):
     """Whether `layer`, or a layer nested in it, samples at inference.
 
-    A layer is stochastic when it has the class attribute
+    A layer is stochastic when it has the attribute
     `stochastic_at_inference = True`, as every `ku.layers` MC layer does;
     custom layers can declare themselves the same way.
+
+    Args:
+        layer: A `keras.layers.Layer` (a model included).
+
+    Returns:
+        bool.
     """
-    if getattr(layer, "stochastic_at_inference", False):
-        return True
-    if isinstance(layer, keras.layers.Layer):
-        return any(
-            getattr(sub, "stochastic_at_inference", False)
-            for sub in layer._flatten_layers(include_self=False, recursive=True)
-        )
-    return False
+    if not isinstance(layer, keras.layers.Layer):
+        return bool(getattr(layer, "stochastic_at_inference", False))
+    return any(
+        getattr(sub, "stochastic_at_inference", False)
+        for sub in _keras_compat.flatten_layers(layer)
+    )
 
 
 def stochastic_layers(model):
     """The layers of `model` (itself included) that sample at inference."""
     return [
         layer
-        for layer in model._flatten_layers(include_self=True, recursive=True)
+        for layer in _keras_compat.flatten_layers(model)
         if getattr(layer, "stochastic_at_inference", False)
     ]
 
 
-def ensemble_members(model):
-    """The member networks of a `ku.Ensemble`, or None for other models."""
-    return list(model.members) if isinstance(model, Ensemble) else None
+def num_members(model):
+    """M for a `ku.Ensemble`, None for other models."""
+    return model.num_members if isinstance(model, Ensemble) else None
 
 
-def graph_of(model):
-    """The Functional graph that runs `model`, or None for subclassed models.
+def functional_view(model):
+    """A Functional model computing `model` with its layers, or None.
 
-    For an ensemble, the graph of its first member (they share their input
-    and output shapes).
+    A Functional model is its own view; a built Sequential model gets a
+    Functional model over its graph (same layers and weights); a subclassed
+    model, or a Sequential model without a known input, has none. For an
+    ensemble, the view of its first member (they share their input and
+    output shapes).
     """
-    members = ensemble_members(model)
-    if members is not None:
-        return graph_of(members[0])
+    if isinstance(model, Ensemble):
+        return functional_view(model.member_template)
+    if not (hasattr(model, "inputs") and hasattr(model, "outputs")):
+        return None
     if isinstance(model, keras.Sequential):
-        return getattr(model, "_functional", None)
-    if hasattr(model, "_run_through_graph") and hasattr(model, "_nodes_by_depth"):
-        return model
-    return None
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    return model
 
 
 def tile_rows(tensor, num_samples):
@@ -75,106 +83,147 @@ def tile_rows(tensor, num_samples):
     return tf.tile(tensor, multiples)
 
 
-def _accepts_training(operation):
-    # Keras >= 3.10 lists call-context arguments; earlier 3.x has a flag.
-    if "training" in getattr(operation, "_call_context_args", ()):
-        return True
-    return bool(getattr(operation, "_call_has_training_arg", False))
+class _SampleCount:
+    """The T of the call being traced; read by the twin's tiling layers."""
+
+    value = 1
+
+
+class _TileRows(keras.layers.Layer):
+    """Tiles the batch `count.value` times; the count is set per trace."""
+
+    def __init__(self, count, **kwargs):
+        super().__init__(**kwargs)
+        self.count = count
+
+    def call(self, inputs):
+        return tile_rows(inputs, self.count.value)
+
+    def compute_output_shape(self, input_shape):
+        return (None, *input_shape[1:])
+
+
+class TiledTwin:
+    """A weight-sharing twin of a Functional model that tiles its batch.
+
+    `twin(inputs, num_samples)` returns the model's outputs for T copies of
+    the batch (sample-major), tiling each tensor where it first meets a
+    stochastic layer. `floats_per_row` estimates the activations of one
+    input row (None when a shape is unknown), used to bound memory.
+    """
+
+    def __init__(self, model):
+        count = _SampleCount()
+        tiled = set()
+        keep_alive = []  # keeps the tiled tensors alive so that ids stay unique
+        sizes = []
+
+        def tile_once(value):
+            if not isinstance(value, keras.KerasTensor) or id(value) in tiled:
+                return value
+            result = _TileRows(count)(value)
+            tiled.add(id(result))
+            keep_alive.append(result)
+            return result
+
+        def call_layer(layer, *args, **kwargs):
+            arguments = tree.flatten((args, kwargs))
+            if is_stochastic(layer) or any(id(v) in tiled for v in arguments):
+                args, kwargs = tree.map_structure(tile_once, (args, kwargs))
+                outputs = layer(*args, **kwargs)
+                for value in tree.flatten(outputs):
+                    tiled.add(id(value))
+                    keep_alive.append(value)
+            else:
+                outputs = layer(*args, **kwargs)
+            for value in tree.flatten(outputs):
+                if isinstance(value, keras.KerasTensor):
+                    sizes.append(value.shape[1:])
+            return outputs
+
+        clone = keras.models.clone_model(
+            model, clone_function=lambda layer: layer, call_function=call_layer
+        )
+        outputs = [tile_once(value) for value in clone.outputs]
+        self.model = keras.Model(clone.inputs, outputs, name=f"{model.name}_tiled")
+        self.count = count
+        self.floats_per_row = _total_size(sizes)
+
+    def __call__(self, inputs, num_samples):
+        self.count.value = num_samples
+        return self.model(inputs, training=False)
+
+
+def _total_size(shapes):
+    total = 0
+    for shape in shapes:
+        size = 1
+        for dim in shape:
+            if dim is None:
+                return None
+            size *= dim
+        total += size
+    return total
 
 
 def make_tiled_forward(model):
-    """Returns `forward(inputs, num_samples) -> outputs` of `T * n` rows.
+    """Returns `(forward, floats_per_row)`.
 
-    `inputs` has the structure the model accepts, n rows each; the outputs
-    hold sample s of input i at row `s * n + i`. The returned function holds
-    the model weakly, so caching it does not keep the model alive.
+    `forward(inputs, num_samples)` gives the model's output for `T * n` rows,
+    sample s of input i at row `s * n + i` (for an ensemble of M members,
+    `M * T * n` rows, member-major). `inputs` has the structure the model
+    accepts, n rows each. The forward holds the model weakly, so caching it
+    does not keep the model alive.
     """
-    members = ensemble_members(model)
-    if members is not None:
-        return _make_ensemble_forward(members)
+    if isinstance(model, Ensemble):
+        return _ensemble_forward(model)
+    view = functional_view(model)
+    if view is not None:
+        twin = TiledTwin(view)
+        return twin, twin.floats_per_row
     model_ref = weakref.ref(model)
 
     def forward_tiled_inputs(inputs, num_samples):
         tiled = tree.map_structure(lambda t: tile_rows(t, num_samples), inputs)
         return model_ref()(tiled, training=False)
 
-    if graph_of(model) is None:
-        return forward_tiled_inputs
-
-    def forward_split(inputs, num_samples):
-        graph = graph_of(model_ref())
-        tiled_ids = set()
-        # Keeps the tiled tensors alive so that their ids stay unique.
-        keep_alive = []
-
-        def tile_once(value):
-            if not tf.is_tensor(value) or id(value) in tiled_ids:
-                return value
-            tiled = tile_rows(value, num_samples)
-            tiled_ids.add(id(tiled))
-            keep_alive.append(tiled)
-            return tiled
-
-        def call_node(operation, *args, **kwargs):
-            if _accepts_training(operation):
-                kwargs["training"] = False
-            arguments = tree.flatten((args, kwargs))
-            if is_stochastic(operation) or any(
-                id(value) in tiled_ids for value in arguments
-            ):
-                args, kwargs = tree.map_structure(tile_once, (args, kwargs))
-                outputs = operation(*args, **kwargs)
-                for value in tree.flatten(outputs):
-                    tiled_ids.add(id(value))
-                    keep_alive.append(value)
-                return outputs
-            return operation(*args, **kwargs)
-
-        outputs = graph._run_through_graph(
-            graph._standardize_inputs(inputs),
-            operation_fn=lambda operation: operation,
-            call_fn=call_node,
-        )
-        return tree.map_structure(tile_once, outputs)
-
-    return forward_split
+    return forward_tiled_inputs, None
 
 
-def _make_ensemble_forward(members):
-    forwards = [make_tiled_forward(member) for member in members]
+def _member_major(stacked):
+    """`(rows, M, ...)` -> `(M * rows, ...)`, member-major."""
+    perm = [1, 0, *range(2, len(stacked.shape))]
+    by_member = tf.transpose(stacked, perm)
+    rest = [
+        size if size is not None else tf.shape(by_member)[i + 2]
+        for i, size in enumerate(by_member.shape[2:])
+    ]
+    return tf.reshape(by_member, [-1, *rest])
+
+
+def _ensemble_forward(ensemble):
+    ensemble_ref = weakref.ref(ensemble)
+    if ensemble.packed:
+        # Packed members are one network of batched matmuls: tiling its
+        # inputs is all there is to it.
+        def forward_packed(inputs, num_samples):
+            tiled = tree.map_structure(lambda t: tile_rows(t, num_samples), inputs)
+            return _member_major(ensemble_ref()(tiled, training=False))
+
+        view = functional_view(ensemble.member_template)
+        floats = None
+        if view is not None:
+            floats = TiledTwin(view).floats_per_row
+        return forward_packed, None if floats is None else floats * ensemble.num_members
+
+    parts = [make_tiled_forward(member) for member in ensemble.members]
+    forwards = [forward for forward, _ in parts]
 
     def forward_members(inputs, num_samples):
         # Member-major rows: sample s of input i from member m is row
         # (m * T + s) * n + i, so a reshape to (M * T, n, ...) lists samples.
-        stacked = tf.stack(
-            [tree.flatten(forward(inputs, num_samples))[0] for forward in forwards]
-        )
-        rest = [
-            size if size is not None else tf.shape(stacked)[i + 2]
-            for i, size in enumerate(stacked.shape[2:])
-        ]
-        return tf.reshape(stacked, [-1, *rest])
+        outputs = [tree.flatten(f(inputs, num_samples))[0] for f in forwards]
+        return _member_major(tf.stack(outputs, axis=1))
 
-    return forward_members
-
-
-def floats_per_row(model):
-    """Estimated float activations per input row, or None when unknown.
-
-    Sums the sizes of every intermediate output of the graph; used to pick a
-    chunk size that bounds memory.
-    """
-    graph = graph_of(model)
-    if graph is None:
-        return None
-    total = 0
-    for nodes in graph._nodes_by_depth.values():
-        for node in nodes:
-            for tensor in node.outputs:
-                size = 1
-                for dim in tensor.shape[1:]:
-                    if dim is None:
-                        return None
-                    size *= dim
-                total += size
-    return total
+    sizes = [floats for _, floats in parts]
+    return forward_members, None if None in sizes else sum(sizes)

@@ -63,7 +63,8 @@ class ClassificationPrediction:
     - `mutual_information = H[probs] - mean_t H[p_t]`, the epistemic part
       (BALD); it is >= 0 by Jensen's inequality, and float rounding below 0 is
       clipped to 0;
-    - `votes[:, c]`: how many of the T samples put their argmax on class c.
+    - `votes[:, c]`: how many of the T samples put their argmax on class c
+      (only when asked for with `votes=True`; else None).
 
     Attributes:
         probs: `(N, C)` float64.
@@ -71,7 +72,7 @@ class ClassificationPrediction:
         entropy: `(N,)` float64.
         expected_entropy: `(N,)` float64.
         mutual_information: `(N,)` float64.
-        votes: `(N, C)` int64, each row sums to T.
+        votes: `(N, C)` int64, each row sums to T; None unless requested.
     """
 
     probs: np.ndarray
@@ -93,5 +94,5 @@ class ClassificationPrediction:
             entropy=total,
             expected_entropy=expected,
             mutual_information=np.maximum(total - expected, 0.0),
-            votes=np.asarray(votes, np.int64),
+            votes=None if votes is None else np.asarray(votes, np.int64),
         )

@@ -8,6 +8,7 @@ random: the model runs with `training=False`, so BatchNormalization uses its
 moving statistics and never updates them.
 """
 
+import contextlib
 import dataclasses
 import logging
 import warnings
@@ -19,18 +20,17 @@ import tensorflow as tf
 from keras import tree
 
 from keras_uncertainty._validation import check_positive_int, check_seed
-from keras_uncertainty.losses.gaussian_nll import GaussianNLL, gaussian_nll
-from keras_uncertainty.sampling import formulas
 from keras_uncertainty.sampling.graph import (
-    ensemble_members,
-    floats_per_row,
-    graph_of,
+    functional_view,
     make_tiled_forward,
+    num_members,
     stochastic_layers,
 )
-from keras_uncertainty.sampling.predictions import (
-    ClassificationPrediction,
-    RegressionPrediction,
+from keras_uncertainty.sampling.reducers import (
+    ClassificationSummary,
+    RawSamples,
+    RegressionMoments,
+    Reducer,
 )
 
 # Rows (samples x inputs) per compiled call when `batch_size` is None: as many
@@ -42,26 +42,28 @@ _COMPILED = weakref.WeakKeyDictionary()
 
 
 class _BoundedTracingFilter(logging.Filter):
-    """Drops TensorFlow's "frequent retracing" warning about this module's
-    step function. TensorFlow counts traces per code object, so sampling a
-    few models in a row (each with its own compiled step, traced a bounded
+    """Drops TensorFlow's "frequent retracing" warning about our step
+    function. TensorFlow counts traces per code object, so sampling a few
+    models in a row (each with its own compiled step, traced a bounded
     number of times) looks to it like retracing in a loop."""
 
     def filter(self, record):
         return "_compiled_step.<locals>.step" not in record.getMessage()
 
 
-tf.get_logger().addFilter(_BoundedTracingFilter())
+@contextlib.contextmanager
+def _bounded_tracing_quiet():
+    """Installs the filter on TensorFlow's logger for one sampling call."""
+    logger = tf.get_logger()
+    log_filter = _BoundedTracingFilter()
+    logger.addFilter(log_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(log_filter)
+
+
 _WARNED_DETERMINISTIC = weakref.WeakSet()
-
-
-# In-graph reductions of the `(samples, n, ...)` outputs for each task;
-# `sample` returns the samples themselves.
-_REDUCERS = {
-    "sample": lambda samples, _: samples,
-    "regression": formulas.regression_moments,
-    "classification": formulas.classification_moments,
-}
 
 
 def _check_model(model):
@@ -70,16 +72,16 @@ def _check_model(model):
             "Invalid value received for argument `model`. Expected a "
             f"keras.Model. Received: {type(model).__name__}"
         )
-    graph = graph_of(model)
-    if graph is not None and len(graph.outputs) != 1:
+    view = functional_view(model)
+    if view is not None and len(view.outputs) != 1:
         raise ValueError(
             "Invalid value received for argument `model`. Expected a model "
             f"with a single output tensor. Received: a model with "
-            f"{len(graph.outputs)} outputs"
+            f"{len(view.outputs)} outputs"
         )
     if (
         model not in _WARNED_DETERMINISTIC
-        and ensemble_members(model) is None
+        and num_members(model) is None
         and not stochastic_layers(model)
     ):
         _WARNED_DETERMINISTIC.add(model)
@@ -89,11 +91,12 @@ def _check_model(model):
             "uncertainty is zero. Use `ku.layers.MCDropout` (or "
             "`ku.layers.to_mc_dropout(model)`) to sample with dropout.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
+    return view
 
 
-def _prepare_inputs(model, x):
+def _prepare_inputs(view, x):
     """Flattens `x` to numpy arrays of the model's input dtypes and checks it."""
     if x is None:
         raise ValueError(
@@ -104,10 +107,9 @@ def _prepare_inputs(model, x):
         np.asarray(keras.ops.convert_to_numpy(v) if tf.is_tensor(v) else v)
         for v in tree.flatten(x)
     ]
-    graph = graph_of(model)
     specs = None
-    if graph is not None and len(graph.inputs) == len(flat) and not isinstance(x, dict):
-        specs = graph.inputs
+    if view is not None and len(view.inputs) == len(flat) and not isinstance(x, dict):
+        specs = view.inputs
     for i, array in enumerate(flat):
         name = "x" if len(flat) == 1 else f"x[{i}]"
         if array.ndim == 0:
@@ -153,16 +155,6 @@ def _prepare_inputs(model, x):
     return flat, n
 
 
-def _rows_per_call(model, batch_size):
-    if batch_size is not None:
-        return batch_size
-    floats = floats_per_row(model)
-    if not floats:
-        return _UNKNOWN_MODEL_ROWS
-    rows = _ROW_BUDGET_BYTES // (4 * floats)
-    return int(min(max(rows, _MIN_ROWS), _MAX_ROWS))
-
-
 def _chunks(total, size):
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
@@ -180,16 +172,17 @@ class _CompiledStep:
 
     max_static_sample_counts = 4
 
-    def __init__(self, step):
+    def __init__(self, step, floats_per_row):
         self.function = tf.function(step, reduce_retracing=True)
-        self._static_counts = set()
+        self.floats_per_row = floats_per_row
+        self.static_counts = set()
 
     def __call__(self, inputs, num_samples):
         if (
-            num_samples in self._static_counts
-            or len(self._static_counts) < self.max_static_sample_counts
+            num_samples in self.static_counts
+            or len(self.static_counts) < self.max_static_sample_counts
         ):
-            self._static_counts.add(num_samples)
+            self.static_counts.add(num_samples)
         else:
             num_samples = tf.constant(num_samples, tf.int32)
         return self.function(inputs, num_samples)
@@ -198,15 +191,14 @@ class _CompiledStep:
         return self.function.experimental_get_tracing_count()
 
 
-def _compiled_step(model, mode, option, structure, flat):
-    """The cached `_CompiledStep` for this model, task and input signature."""
+def _compiled_step(model, reducer, structure, flat):
+    """The cached `_CompiledStep` for this model, reducer and input signature."""
     specs = tuple((a.shape[1:], a.dtype.str) for a in flat)
-    key = (mode, option, repr(structure), specs)
+    key = (reducer.key, repr(structure), specs)
     per_model = _COMPILED.setdefault(model, {})
     if key not in per_model:
-        forward = make_tiled_forward(model)
-        reduce_samples = _REDUCERS[mode]
-        members = len(ensemble_members(model) or [model])
+        forward, floats_per_row = make_tiled_forward(model)
+        members = num_members(model) or 1
 
         def step(flat_inputs, num_samples):
             inputs = tree.pack_sequence_as(structure, list(flat_inputs))
@@ -227,19 +219,34 @@ def _compiled_step(model, mode, option, structure, flat):
             if n is None:
                 n = tf.shape(flat_inputs[0])[0]
             by_sample = tf.reshape(output, [members * num_samples, n, *dims])
-            return reduce_samples(by_sample, option)
+            return reducer.reduce(by_sample)
 
-        per_model[key] = _CompiledStep(step)
+        per_model[key] = _CompiledStep(step, floats_per_row)
     return per_model[key]
+
+
+def _seed_generators(model):
+    """The seed generator of every stochastic layer; an error for a
+    stochastic layer without one (a seed could not reach it)."""
+    generators = []
+    for layer in stochastic_layers(model):
+        generator = getattr(layer, "seed_generator", None)
+        if not isinstance(generator, keras.random.SeedGenerator):
+            raise ValueError(
+                "Invalid value received for argument `seed`. Expected every "
+                "stochastic layer to draw from a `seed_generator` attribute "
+                "(a keras.random.SeedGenerator) so that the seed reaches it. "
+                f"Received: layer '{layer.name}' ({type(layer).__name__}) "
+                "without one. Give it a `self.seed_generator`, or sample "
+                "with seed=None."
+            )
+        generators.append(generator)
+    return generators
 
 
 def _reseed(model, seed):
     """Restarts every stochastic layer's random stream from `seed`."""
-    generators = [
-        generator
-        for layer in stochastic_layers(model)
-        for generator in getattr(layer, "_seed_generators", [])
-    ]
+    generators = _seed_generators(model)
     # One independent key per generator; the counter half starts at 0 and
     # advances by one per call. Keys stay below 2**31 - 1 because the
     # TensorFlow backend reduces seeds modulo that before use.
@@ -268,36 +275,75 @@ class _Layout:
         return self.members * self.per_member
 
 
-def _run(model, x, num_samples, batch_size, seed, mode, option):
-    """Returns the `_Layout` and an iterator of `(rows, draws, result)`.
+def _rows_per_call(step, batch_size):
+    if batch_size is not None:
+        return batch_size
+    if not step.floats_per_row:
+        return _UNKNOWN_MODEL_ROWS
+    rows = _ROW_BUDGET_BYTES // (4 * step.floats_per_row)
+    return int(min(max(rows, _MIN_ROWS), _MAX_ROWS))
 
-    `rows` slices the inputs and `draws` the samples of each member that one
-    compiled call covered; `result` is that call's output.
+
+def reduce_samples(model, x, reducer, num_samples=20, batch_size=None, seed=None):
+    """Draws Monte Carlo samples and reduces them with `reducer`.
+
+    The engine under `ku.sample` and `ku.predict_*`: inputs and samples are
+    cut into chunks that bound memory, each chunk is drawn and reduced by one
+    compiled call (`reducer.reduce`), chunks of samples of the same inputs
+    are merged (`reducer.merge`) and the result is built by
+    `reducer.finalize`.
+
+    Args:
+        model: A `keras.Model` with a single output (see `ku.sample`).
+        x: Inputs with N rows.
+        reducer: A `ku.sampling.Reducer`.
+        num_samples: Positive integer T.
+        batch_size: Rows (samples x inputs) per compiled call; None picks it
+            from the model's activation sizes.
+        seed: Optional non-negative integer for reproducible samples.
+
+    Returns:
+        What `reducer.finalize` returns.
     """
-    _check_model(model)
+    if not isinstance(reducer, Reducer):
+        raise ValueError(
+            "Invalid value received for argument `reducer`. Expected a "
+            f"ku.sampling.Reducer. Received: {type(reducer).__name__}"
+        )
+    view = _check_model(model)
     num_samples = check_positive_int(num_samples, "num_samples")
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
     seed = check_seed(seed)
-    flat, n = _prepare_inputs(model, x)
+    flat, n = _prepare_inputs(view, x)
     structure = tree.map_structure(lambda _: 0, x)
-    members = len(ensemble_members(model) or [model])
+    members = num_members(model) or 1
     stochastic = members == 1 or bool(stochastic_layers(model))
     layout = _Layout(n, members, num_samples if stochastic else 1)
-    step = _compiled_step(model, mode, option, structure, flat)
-    rows = _rows_per_call(model, batch_size)
-    inputs_per_call = max(1, rows // layout.total)
-    samples_per_call = max(1, min(layout.per_member, rows // members))
     if seed is not None:
         _reseed(model, seed)
-
-    def chunks():
+    with _bounded_tracing_quiet():
+        step = _compiled_step(model, reducer, structure, flat)
+        rows = _rows_per_call(step, batch_size)
+        inputs_per_call = max(1, rows // layout.total)
+        samples_per_call = max(1, min(layout.per_member, rows // members))
+        states = []
         for start, stop in _chunks(n, inputs_per_call):
             chunk = tuple(tf.convert_to_tensor(a[start:stop]) for a in flat)
+            state, count = None, 0
             for t_start, t_stop in _chunks(layout.per_member, samples_per_call):
-                result = step(chunk, t_stop - t_start)
-                yield slice(start, stop), slice(t_start, t_stop), result
-
-    return layout, chunks()
+                part = tuple(
+                    np.asarray(v) for v in step(chunk, t_stop - t_start)
+                )
+                part_count = members * (t_stop - t_start)
+                state = (
+                    part if state is None else reducer.merge(state, count, part, part_count)
+                )
+                count += part_count
+            states.append(state)
+    merged = tuple(
+        np.concatenate(column, axis=reducer.row_axis) for column in zip(*states)
+    )
+    return reducer.finalize(merged, layout.total)
 
 
 def sample(model, x, num_samples=20, batch_size=None, seed=None):
@@ -329,42 +375,53 @@ def sample(model, x, num_samples=20, batch_size=None, seed=None):
     >>> samples = ku.sample(model, x_test, num_samples=50, seed=0)
     >>> samples.std(axis=0)  # spread of the predictions
     """
-    layout, chunks = _run(model, x, num_samples, batch_size, seed, "sample", None)
-    out = None
-    for rows, draws, result in chunks:
-        result = result.numpy()
-        by_member = result.reshape(
-            (layout.members, -1, rows.stop - rows.start) + result.shape[2:]
-        )
-        if out is None:
-            out = np.empty(
-                (layout.members, layout.per_member, layout.n) + result.shape[2:],
-                result.dtype,
-            )
-        out[:, draws, rows] = by_member
-    out = out.reshape((layout.total, layout.n) + out.shape[3:])
+    reducer = RawSamples(num_members(model) or 1)
+    out = reduce_samples(model, x, reducer, num_samples, batch_size, seed)
     _check_finite_output(out, model)
     return out
 
 
-def _uses_gaussian_nll(loss):
-    return (
-        loss is gaussian_nll
-        or isinstance(loss, GaussianNLL)
-        or loss
-        in (
-            "gaussian_nll",
-            "keras_uncertainty>gaussian_nll",
-        )
-    )
+def has_variance_head(model):
+    """Whether `model`'s output is `(means, log-variances)`.
+
+    True when the model (or, for a `ku.Ensemble`, its member loss) is
+    compiled with a loss that declares `variance_head = True`, as
+    `ku.losses.gaussian_nll` and `ku.losses.GaussianNLL` do (a custom
+    heteroscedastic loss can declare it too); False when compiled with any
+    other loss. An uncompiled model gives None: the caller decides.
+
+    Args:
+        model: A `keras.Model`.
+
+    Returns:
+        True, False, or None when the model has no loss.
+
+    Example:
+
+    >>> model.compile("adam", loss=ku.losses.gaussian_nll)
+    >>> ku.has_variance_head(model)
+    True
+    """
+    loss = getattr(model, "loss", None)
+    if loss is None:
+        return None
+    if isinstance(loss, str):
+        try:
+            loss = keras.losses.get(loss)
+        except ValueError:
+            return False
+    return bool(getattr(loss, "variance_head", False))
 
 
-def _variance_head(model, variance_head, width):
+def _output_width(view):
+    return view.outputs[0].shape[-1] if view is not None else None
+
+
+def _resolve_variance_head(model, variance_head):
+    width = _output_width(functional_view(model)) if isinstance(model, keras.Model) else None
     if variance_head is None:
-        loss = getattr(model, "loss", None)
-        if loss is not None:
-            variance_head = _uses_gaussian_nll(loss)
-        else:
+        variance_head = has_variance_head(model) if isinstance(model, keras.Model) else None
+        if variance_head is None:
             variance_head = width is not None and width % 2 == 0
     elif not isinstance(variance_head, bool):
         raise ValueError(
@@ -378,11 +435,6 @@ def _variance_head(model, variance_head, width):
             f"Received: last dimension {width}"
         )
     return variance_head
-
-
-def _output_width(model):
-    graph = graph_of(model)
-    return graph.outputs[0].shape[-1] if graph is not None else None
 
 
 def predict_regression(
@@ -402,9 +454,8 @@ def predict_regression(
         num_samples: Positive integer T.
         batch_size: Rows per compiled call; None picks one (see `ku.sample`).
         seed: Optional non-negative integer for reproducible samples.
-        variance_head: Whether the output carries log-variances. None: yes
-            if the model is compiled with `ku.losses.gaussian_nll` or
-            `GaussianNLL`, no if compiled with another loss, and for an
+        variance_head: Whether the output carries log-variances. None:
+            `ku.has_variance_head(model)` (the compiled loss), and for an
             uncompiled model yes exactly when the last dimension is even.
 
     Returns:
@@ -415,45 +466,21 @@ def predict_regression(
     >>> pred = ku.predict_regression(model, x_test, num_samples=100)
     >>> pred.mean, pred.aleatoric_std, pred.epistemic_std
     """
-    # `_run` checks the model; reading its loss and width first is safe.
-    option = _variance_head(model, variance_head, _output_width(model))
-    parts = {}
-    layout, chunks = _run(model, x, num_samples, batch_size, seed, "regression", option)
-    for rows, draws, (mean_mu, m2_mu, mean_var) in chunks:
-        mean_mu = mean_mu.numpy().astype(np.float64)
-        m2_mu, mean_var = m2_mu.numpy(), mean_var.numpy()
-        count = layout.members * (draws.stop - draws.start)
-        if rows.start not in parts:
-            parts[rows.start] = [rows, count, mean_mu, m2_mu, mean_var * count]
-            continue
-        # Chan et al.'s pairwise update merges the sample chunks' moments.
-        part = parts[rows.start]
-        total = part[1] + count
-        delta = mean_mu - part[2]
-        part[3] = part[3] + m2_mu + delta**2 * part[1] * count / total
-        part[2] = part[2] + delta * count / total
-        part[4] = part[4] + mean_var * count
-        part[1] = total
-    ordered = [parts[key] for key in sorted(parts)]
-    prediction = RegressionPrediction.from_moments(
-        np.concatenate([p[2] for p in ordered]),
-        np.concatenate([p[3] for p in ordered]),
-        np.concatenate([p[4] for p in ordered]) / layout.total,
-        layout.total,
-    )
+    reducer = RegressionMoments(_resolve_variance_head(model, variance_head))
+    prediction = reduce_samples(model, x, reducer, num_samples, batch_size, seed)
     _check_finite_output(prediction.std, model)
     return prediction
 
 
 def predict_classification(
-    model, x, num_samples=20, batch_size=None, seed=None, from_logits=False
+    model, x, num_samples=20, batch_size=None, seed=None, from_logits=False, votes=False
 ):
     """Predictive class probabilities with total, aleatoric and epistemic parts.
 
     Draws T samples of the class probabilities as `ku.sample` does and
     combines them inside the compiled call (see `ClassificationPrediction`
     for the formulas): predictive entropy, expected entropy, mutual
-    information and the argmax votes of the samples.
+    information and, when asked for, the argmax votes of the samples.
 
     Args:
         model: A `keras.Model` whose output is `(N, C)` probabilities (or
@@ -464,35 +491,26 @@ def predict_classification(
         batch_size: Rows per compiled call; None picks one (see `ku.sample`).
         seed: Optional non-negative integer for reproducible samples.
         from_logits: Whether the model outputs logits.
+        votes: Whether to count how many samples choose each class
+            (`prediction.votes`; None otherwise). It costs an argmax per
+            sample, so it is off by default.
 
     Returns:
         A `ClassificationPrediction`.
 
     Example:
 
-    >>> pred = ku.predict_classification(model, x_test, num_samples=100)
+    >>> pred = ku.predict_classification(model, x_test, num_samples=100, votes=True)
     >>> pred.votes[61]  # how many of the 100 samples chose each digit
     """
-    if not isinstance(from_logits, bool):
-        raise ValueError(
-            "Invalid value received for argument `from_logits`. Expected True "
-            f"or False. Received: from_logits={from_logits!r}"
-        )
-    sums = {}
-    layout, chunks = _run(
-        model, x, num_samples, batch_size, seed, "classification", from_logits
-    )
-    for rows, _, result in chunks:
-        result = [r.numpy() for r in result]
-        if rows.start in sums:
-            sums[rows.start] = [a + b for a, b in zip(sums[rows.start], result)]
-        else:
-            sums[rows.start] = [result[0].astype(np.float64), *result[1:]]
-    ordered = [sums[key] for key in sorted(sums)]
-    prediction = ClassificationPrediction.from_moments(
-        *(np.concatenate(column) for column in zip(*ordered)),
-        num_samples=layout.total,
-    )
+    for name, value in (("from_logits", from_logits), ("votes", votes)):
+        if not isinstance(value, bool):
+            raise ValueError(
+                f"Invalid value received for argument `{name}`. Expected True "
+                f"or False. Received: {name}={value!r}"
+            )
+    reducer = ClassificationSummary(from_logits, votes)
+    prediction = reduce_samples(model, x, reducer, num_samples, batch_size, seed)
     _check_finite_output(prediction.probs, model)
     return prediction
 

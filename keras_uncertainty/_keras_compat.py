@@ -1,0 +1,39 @@
+"""The one place where keras_uncertainty reaches past Keras's public API.
+
+Keras has no public way to list the layers nested inside an arbitrary layer
+(`keras.Model.layers` lists a model's direct layers only, and a plain
+`keras.layers.Layer` that holds sublayers exposes none). Sampling must find
+every layer that stays random at inference, however deeply it is nested, so
+this module reads `Layer._flatten_layers`, which every Keras 3 release has.
+It checks on first use that what it reads exists and raises an error naming
+the installed Keras version if not, instead of silently finding no layers.
+
+No other module of the package imports `keras.src` or reads a private
+attribute of a Keras or TensorFlow object; `tests/test_public_api.py`
+enforces it.
+"""
+
+import keras
+
+_CHECKED = False
+
+
+def _require():
+    global _CHECKED
+    if _CHECKED:
+        return
+    if not callable(getattr(keras.layers.Layer, "_flatten_layers", None)):
+        raise RuntimeError(
+            "keras_uncertainty needs `keras.layers.Layer._flatten_layers` to "
+            "find the layers nested in a model, and Keras "
+            f"{keras.__version__} does not have it. Please report this, with "
+            "your Keras version, to keras_uncertainty's issue tracker; the "
+            "Keras versions it is tested on are listed in its README."
+        )
+    _CHECKED = True
+
+
+def flatten_layers(layer):
+    """`layer` and every layer nested in it, at any depth, each once."""
+    _require()
+    return list(layer._flatten_layers(include_self=True, recursive=True))
