@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -362,7 +363,9 @@ def test_optimizer_state_survives_save_and_load(data, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         loaded = keras.models.load_model(tmp_path / "e.keras")
-    assert int(loaded.optimizer.iterations) == int(ens.optimizer.iterations)
+    assert int(loaded.optimizer.iterations.numpy()) == int(
+        ens.optimizer.iterations.numpy()
+    )
     for a, b in zip(ens.optimizer.variables, loaded.optimizer.variables):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
     # Continuing training from the loaded file matches continuing the original.
@@ -370,3 +373,50 @@ def test_optimizer_state_survives_save_and_load(data, tmp_path):
     loaded.fit(*data, epochs=1, batch_size=64, shuffle=False, verbose=0)
     for a, b in zip(ens.get_weights(), loaded.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_members_that_do_not_pack_keep_their_own_variables(data):
+    def conv_member():
+        inputs = keras.Input((8,))
+        x = keras.layers.Reshape((8, 1))(inputs)
+        x = keras.layers.Conv1D(2, 3)(x)
+        return keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+
+    ens = ku.Ensemble(conv_member, num_members=2)
+    assert not ens.packed
+    with pytest.raises(ValueError, match="pack"):
+        ku.Ensemble(conv_member, num_members=2, pack=True)
+    assert ku.Ensemble(_member, num_members=2).packed
+    assert not ku.Ensemble(_member, num_members=2, pack=False).packed
+
+
+def test_packed_ensemble_refuses_an_optimizer_it_would_not_follow_exactly():
+    ens = ku.Ensemble(_member, num_members=2)
+    with pytest.raises(ValueError, match="pack=False"):
+        ens.compile(keras.optimizers.Adam(clipnorm=1.0), loss=ku.losses.gaussian_nll)
+    per_member = ku.Ensemble(_member, num_members=2, pack=False)
+    per_member.compile(keras.optimizers.Adam(clipnorm=1.0), loss=ku.losses.gaussian_nll)
+
+
+def test_nan_stop_is_a_visible_callback_that_can_be_left_out(data):
+    x, y = data
+    bad = y.copy()
+    bad[:] = np.nan
+    ens = ku.Ensemble(_member, num_members=2)
+    ens.compile("adam", loss=ku.losses.gaussian_nll)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        history = ens.fit(
+            x, bad, epochs=3, batch_size=64, verbose=0, terminate_on_nan=False
+        )
+    assert len(history.history["loss"]) == 3  # not stopped
+    with pytest.warns(RuntimeWarning, match="member 0"):
+        ens.fit(
+            x,
+            bad,
+            epochs=3,
+            batch_size=64,
+            verbose=0,
+            callbacks=[ku.callbacks.TerminateOnNonFiniteMember()],
+            terminate_on_nan=False,
+        )

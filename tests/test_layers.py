@@ -193,9 +193,7 @@ def test_packed_dense_member_computes_its_own_dense_layer():
         dense.build((None, 6))
         dense.set_weights([kernel[m], bias[m]])
         np.testing.assert_allclose(out[m], dense(x[m]).numpy(), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(
-            shared[m], dense(x[0]).numpy(), rtol=1e-5, atol=1e-6
-        )
+        np.testing.assert_allclose(shared[m], dense(x[0]).numpy(), rtol=1e-5, atol=1e-6)
     # Each member's kernel is drawn on its own (Glorot for one (6, 4) kernel).
     assert not np.allclose(kernel[0], kernel[1])
     assert np.abs(kernel).max() <= np.sqrt(6.0 / (6 + 4))

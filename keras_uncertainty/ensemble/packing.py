@@ -34,7 +34,9 @@ def _chain(member):
     if len(member.inputs[0].shape) != 2:
         return None
     layers = [
-        layer for layer in member.layers if not isinstance(layer, keras.layers.InputLayer)
+        layer
+        for layer in member.layers
+        if not isinstance(layer, keras.layers.InputLayer)
     ]
     if not layers:
         return None

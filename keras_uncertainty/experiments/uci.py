@@ -199,7 +199,9 @@ class _EveryEpochs(keras.callbacks.Callback):
                 self.at_epoch(epoch)
 
 
-def train_members(x, y, member_rows, outputs, hidden, epochs, batch_size, seed, **options):
+def train_members(
+    x, y, member_rows, outputs, hidden, epochs, batch_size, seed, **options
+):
     """Trains one network per entry of `member_rows` (the rows it trains on).
 
     `options`: `rates` and `decays` (one per member), `adversarial_epsilon`,

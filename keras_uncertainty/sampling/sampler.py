@@ -29,8 +29,8 @@ from keras_uncertainty.sampling.graph import (
 from keras_uncertainty.sampling.reducers import (
     ClassificationSummary,
     RawSamples,
-    RegressionMoments,
     Reducer,
+    RegressionMoments,
 )
 
 # Rows (samples x inputs) per compiled call when `batch_size` is None: as many
@@ -331,12 +331,12 @@ def reduce_samples(model, x, reducer, num_samples=20, batch_size=None, seed=None
             chunk = tuple(tf.convert_to_tensor(a[start:stop]) for a in flat)
             state, count = None, 0
             for t_start, t_stop in _chunks(layout.per_member, samples_per_call):
-                part = tuple(
-                    np.asarray(v) for v in step(chunk, t_stop - t_start)
-                )
+                part = tuple(np.asarray(v) for v in step(chunk, t_stop - t_start))
                 part_count = members * (t_stop - t_start)
                 state = (
-                    part if state is None else reducer.merge(state, count, part, part_count)
+                    part
+                    if state is None
+                    else reducer.merge(state, count, part, part_count)
                 )
                 count += part_count
             states.append(state)
@@ -406,10 +406,13 @@ def has_variance_head(model):
     if loss is None:
         return None
     if isinstance(loss, str):
-        try:
-            loss = keras.losses.get(loss)
-        except ValueError:
-            return False
+        resolved = keras.saving.get_registered_object(loss)
+        if resolved is None:
+            try:
+                resolved = keras.losses.get(loss)
+            except ValueError:
+                return False
+        loss = resolved
     return bool(getattr(loss, "variance_head", False))
 
 
@@ -418,9 +421,15 @@ def _output_width(view):
 
 
 def _resolve_variance_head(model, variance_head):
-    width = _output_width(functional_view(model)) if isinstance(model, keras.Model) else None
+    width = (
+        _output_width(functional_view(model))
+        if isinstance(model, keras.Model)
+        else None
+    )
     if variance_head is None:
-        variance_head = has_variance_head(model) if isinstance(model, keras.Model) else None
+        variance_head = (
+            has_variance_head(model) if isinstance(model, keras.Model) else None
+        )
         if variance_head is None:
             variance_head = width is not None and width % 2 == 0
     elif not isinstance(variance_head, bool):

@@ -1,0 +1,123 @@
+"""The package stands on Keras's and TensorFlow's public API.
+
+Only `keras_uncertainty/_keras_compat.py` may import `keras.src` (or
+TensorFlow's internals) or read a private attribute of a Keras or TensorFlow
+object, so that a Keras upgrade breaks one checked place, loudly.
+"""
+
+import ast
+from pathlib import Path
+
+import keras
+import pytest
+import tensorflow as tf
+
+import keras_uncertainty as ku
+
+PACKAGE = Path(ku.__file__).parent
+COMPAT = PACKAGE / "_keras_compat.py"
+PRIVATE_MODULES = ("keras.src", "tensorflow.python", "tensorflow.core", "tf_keras")
+
+
+def _keras_private_names():
+    """Private attribute names of the Keras and TensorFlow objects we subclass
+    or hold: a `self._name` among them reads Keras's internals."""
+    compiled = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    compiled.compile("adam", "mse")
+    objects = [
+        compiled,
+        keras.Model(),
+        keras.layers.Dense(2),
+        keras.layers.Dropout(0.1),
+        keras.optimizers.Adam(),
+        keras.losses.MeanSquaredError(),
+        keras.metrics.Mean(),
+        keras.callbacks.Callback(),
+        keras.regularizers.L2(),
+        keras.random.SeedGenerator(0),
+        keras.Variable(0.0),
+        tf.Variable(0.0),
+    ]
+    names = set()
+    for obj in objects:
+        names.update(dir(obj))
+        names.update(vars(obj) if hasattr(obj, "__dict__") else ())
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def _violations(path, keras_private):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith(PRIVATE_MODULES):
+                found.append((node.lineno, f"from {node.module} import"))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith(PRIVATE_MODULES):
+                    found.append((node.lineno, f"import {alias.name}"))
+        elif isinstance(node, ast.Attribute):
+            name = node.attr
+            if not name.startswith("_") or name.startswith("__"):
+                continue
+            owner = node.value
+            own = isinstance(owner, ast.Name) and owner.id in ("self", "cls")
+            is_module = isinstance(owner, ast.Name) and owner.id in _module_aliases(
+                tree
+            )
+            if is_module:
+                continue  # our own modules' private helpers
+            if not own or name in keras_private:
+                found.append((node.lineno, f".{name}"))
+    return found
+
+
+def _module_aliases(tree):
+    """Names bound to our own modules (`from keras_uncertainty.x import y`)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+            "keras_uncertainty"
+        ):
+            names.update(alias.asname or alias.name for alias in node.names)
+    return names
+
+
+def test_no_private_keras_access_outside_the_compat_module():
+    keras_private = _keras_private_names()
+    report = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == COMPAT:
+            continue
+        for line, what in _violations(path, keras_private):
+            report.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {what}")
+    assert not report, "private Keras/TensorFlow access:\n" + "\n".join(report)
+
+
+def test_the_scan_catches_private_access(tmp_path):
+    # The scanner itself: each of these lines must be reported.
+    source = tmp_path / "bad.py"
+    source.write_text(
+        "from keras.src.saving import serialization_lib\n"
+        "import tensorflow.python.ops\n"
+        "x = model._compile_config\n"
+        "class M:\n"
+        "    def f(self):\n"
+        "        return self._loss_tracker\n"
+    )
+    lines = [line for line, _ in _violations(source, _keras_private_names())]
+    assert lines == [1, 2, 3, 6]
+
+
+def test_compat_module_names_the_keras_version_when_it_cannot_work(monkeypatch):
+    from keras_uncertainty import _keras_compat
+
+    monkeypatch.setattr(_keras_compat, "_CHECKED", False)
+    monkeypatch.delattr(keras.layers.Layer, "_flatten_layers")
+    with pytest.raises(RuntimeError, match=keras.__version__):
+        _keras_compat.flatten_layers(keras.layers.Dense(2))
+
+
+def test_importing_the_package_leaves_tensorflows_logger_alone():
+    # The "frequent retracing" filter is installed only during a sampling call.
+    assert not tf.get_logger().filters
