@@ -111,10 +111,20 @@ def _model_with_keras_dropout():
     return keras.Model(inputs, inner(x))
 
 
+def _all_layers(model):
+    """Every layer of `model`, nested models' layers included (public API)."""
+    layers = []
+    for layer in model.layers:
+        layers.append(layer)
+        if isinstance(layer, keras.Model):
+            layers.extend(_all_layers(layer))
+    return layers
+
+
 def test_to_mc_dropout_swaps_every_dropout_and_keeps_weights():
     model = _model_with_keras_dropout()
     mc_model = ku.layers.to_mc_dropout(model)
-    kinds = [type(layer) for layer in mc_model._flatten_layers(recursive=True)]
+    kinds = [type(layer) for layer in _all_layers(mc_model)]
     assert ku.layers.MCDropout in kinds
     assert ku.layers.MCSpatialDropout1D in kinds
     assert ku.layers.MCGaussianDropout in kinds
@@ -125,7 +135,7 @@ def test_to_mc_dropout_swaps_every_dropout_and_keeps_weights():
             keras.layers.SpatialDropout1D,
             keras.layers.GaussianDropout,
         )
-        for layer in mc_model._flatten_layers(recursive=True)
+        for layer in _all_layers(mc_model)
     )
     # The nested model's dropout is converted too, and config is kept.
     nested = [layer for layer in mc_model.layers if isinstance(layer, keras.Model)]

@@ -182,9 +182,7 @@ class Ensemble(keras.Model):
             self.member_store = _Untracked(members)
         else:
             self.member_models = members
-        self.member_loss_trackers = [
-            keras.metrics.Mean(name=f"member_{i}_loss") for i in range(len(members))
-        ]
+        self.member_loss_tracker = training.MemberMeans(len(members))
         self.member_loss = None
         self.adversarial_step = None
         self.bootstrap_rng = np.random.default_rng(seed)
@@ -336,8 +334,7 @@ class Ensemble(keras.Model):
         # Weighted by batch size, as Keras weighs its `loss` tracker, so the
         # epoch's `loss` is the sum of the members' epoch losses.
         batch_size = ops.shape(y_pred)[0]
-        for m, tracker in enumerate(self.member_loss_trackers):
-            tracker.update_state(losses[m], sample_weight=batch_size)
+        self.member_loss_tracker.update_state(losses, sample_weight=batch_size)
         total = ops.sum(losses)
         if self.losses:
             total = total + ops.sum(ops.stack(self.losses))

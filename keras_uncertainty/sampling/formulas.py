@@ -6,6 +6,7 @@ stays bounded whatever `num_samples` is. The final formulas that turn the
 merged statistics into predictions live in `predictions.py`.
 """
 
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -13,7 +14,14 @@ from keras_uncertainty.losses.gaussian_nll import split_mean_log_var
 
 
 def entropy(probs, axis=-1):
-    """Shannon entropy `-sum_c p_c log p_c` in nats, with `0 log 0 = 0`."""
+    """Shannon entropy `-sum_c p_c log p_c` in nats, with `0 log 0 = 0`.
+
+    A numpy array gives a numpy result (no round trip through TensorFlow for
+    the final `(N, C)` summaries); anything else runs as TensorFlow ops.
+    """
+    if isinstance(probs, np.ndarray):
+        safe = np.where(probs > 0, probs, 1.0)
+        return -np.sum(probs * np.log(safe), axis=axis)
     probs = tf.convert_to_tensor(probs)
     return -tf.reduce_sum(tf.math.xlogy(probs, probs), axis=axis)
 

@@ -77,6 +77,8 @@ def functional_view(model):
 def tile_rows(tensor, num_samples):
     """Repeats a batch `num_samples` times along axis 0, sample-major."""
     tensor = tf.convert_to_tensor(tensor)
+    if isinstance(num_samples, int) and num_samples == 1:
+        return tensor  # one sample per member: nothing to copy
     multiples = tf.concat(
         [[num_samples], tf.ones([tf.rank(tensor) - 1], tf.int32)], axis=0
     )

@@ -3,7 +3,6 @@
 import dataclasses
 
 import numpy as np
-from keras import ops
 
 from keras_uncertainty.sampling.formulas import entropy
 
@@ -86,7 +85,7 @@ class ClassificationPrediction:
     def from_moments(cls, sum_probs, sum_entropy, votes, num_samples):
         """Builds the prediction from summed `classification_moments` output."""
         probs = np.asarray(sum_probs, np.float64) / num_samples
-        total = ops.convert_to_numpy(entropy(probs)).astype(np.float64)
+        total = entropy(probs)
         expected = np.asarray(sum_entropy, np.float64) / num_samples
         return cls(
             probs=probs,
