@@ -209,8 +209,18 @@ def _ensemble_forward(ensemble):
         # Packed members are one network of batched matmuls: tiling its
         # inputs is all there is to it.
         def forward_packed(inputs, num_samples):
-            tiled = tree.map_structure(lambda t: tile_rows(t, num_samples), inputs)
-            return _member_major(ensemble_ref()(tiled, training=False))
+            tiled = tile_rows(tree.flatten(inputs)[0], num_samples)
+            network = ensemble_ref().packed_network
+            shared = tf.broadcast_to(
+                tiled[None], tf.concat([[network.num_members], tf.shape(tiled)], 0)
+            )
+            # (M, T * n, ...) is member-major already: no transposes.
+            by_member = network.member_major(shared, training=False)
+            rest = [
+                size if size is not None else tf.shape(by_member)[i + 2]
+                for i, size in enumerate(by_member.shape[2:])
+            ]
+            return tf.reshape(by_member, [-1, *rest])
 
         view = functional_view(ensemble.member_template)
         floats = None
