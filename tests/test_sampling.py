@@ -439,3 +439,13 @@ def test_votes_are_computed_only_when_asked_for(classifier, class_inputs):
     assert plain.votes is None
     with pytest.raises(ValueError, match="votes"):
         ku.predict_classification(classifier, class_inputs, votes="yes")
+
+
+def test_a_sequential_model_that_gains_a_layer_is_sampled_as_it_is_now():
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3), ku.layers.MCDropout(0.2)]
+    )
+    x = np.ones((5, 4), "float32")
+    assert ku.sample(model, x, num_samples=2).shape == (2, 5, 3)
+    model.add(keras.layers.Dense(6))
+    assert ku.sample(model, x, num_samples=2).shape == (2, 5, 6)

@@ -74,6 +74,35 @@ def functional_view(model):
     return model
 
 
+class ModelStructure:
+    """What sampling needs to know of a model, computed once per model.
+
+    Attributes:
+        view: `functional_view(model)`, or None.
+        stochastic_layers: `stochastic_layers(model)`.
+        num_members: M for a `ku.Ensemble`, else None.
+    """
+
+    def __init__(self, model):
+        self.view = functional_view(model)
+        self.stochastic_layers = stochastic_layers(model)
+        self.num_members = num_members(model)
+
+
+_STRUCTURES = weakref.WeakKeyDictionary()
+
+
+def structure_of(model):
+    """The cached `ModelStructure` of `model`; recomputed when its list of
+    layers changes (a Sequential model that gained a layer)."""
+    layers = tuple(id(layer) for layer in model.layers)
+    cached = _STRUCTURES.get(model)
+    if cached is None or cached[0] != layers:
+        cached = (layers, ModelStructure(model))
+        _STRUCTURES[model] = cached
+    return cached[1]
+
+
 def tile_rows(tensor, num_samples):
     """Repeats a batch `num_samples` times along axis 0, sample-major."""
     tensor = tf.convert_to_tensor(tensor)

@@ -21,10 +21,9 @@ from keras import tree
 
 from keras_uncertainty._validation import check_positive_int, check_seed
 from keras_uncertainty.sampling.graph import (
-    functional_view,
     make_tiled_forward,
     num_members,
-    stochastic_layers,
+    structure_of,
 )
 from keras_uncertainty.sampling.reducers import (
     ClassificationSummary,
@@ -72,7 +71,8 @@ def _check_model(model):
             "Invalid value received for argument `model`. Expected a "
             f"keras.Model. Received: {type(model).__name__}"
         )
-    view = functional_view(model)
+    structure = structure_of(model)
+    view = structure.view
     if view is not None and len(view.outputs) != 1:
         raise ValueError(
             "Invalid value received for argument `model`. Expected a model "
@@ -81,8 +81,8 @@ def _check_model(model):
         )
     if (
         model not in _WARNED_DETERMINISTIC
-        and num_members(model) is None
-        and not stochastic_layers(model)
+        and structure.num_members is None
+        and not structure.stochastic_layers
     ):
         _WARNED_DETERMINISTIC.add(model)
         warnings.warn(
@@ -93,7 +93,7 @@ def _check_model(model):
             UserWarning,
             stacklevel=4,
         )
-    return view
+    return structure
 
 
 def _prepare_inputs(view, x):
@@ -194,7 +194,10 @@ class _CompiledStep:
 def _compiled_step(model, reducer, structure, flat):
     """The cached `_CompiledStep` for this model, reducer and input signature."""
     specs = tuple((a.shape[1:], a.dtype.str) for a in flat)
-    key = (reducer.key, repr(structure), specs)
+    # The layers are part of the key: a Sequential model that gained a layer
+    # gets a new twin.
+    layers = tuple(id(layer) for layer in model.layers)
+    key = (reducer.key, repr(structure), specs, layers)
     per_model = _COMPILED.setdefault(model, {})
     if key not in per_model:
         forward, floats_per_row = make_tiled_forward(model)
@@ -229,7 +232,7 @@ def _seed_generators(model):
     """The seed generator of every stochastic layer; an error for a
     stochastic layer without one (a seed could not reach it)."""
     generators = []
-    for layer in stochastic_layers(model):
+    for layer in structure_of(model).stochastic_layers:
         generator = getattr(layer, "seed_generator", None)
         if not isinstance(generator, keras.random.SeedGenerator):
             raise ValueError(
@@ -310,14 +313,14 @@ def reduce_samples(model, x, reducer, num_samples=20, batch_size=None, seed=None
             "Invalid value received for argument `reducer`. Expected a "
             f"ku.sampling.Reducer. Received: {type(reducer).__name__}"
         )
-    view = _check_model(model)
+    model_structure = _check_model(model)
     num_samples = check_positive_int(num_samples, "num_samples")
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
     seed = check_seed(seed)
-    flat, n = _prepare_inputs(view, x)
+    flat, n = _prepare_inputs(model_structure.view, x)
     structure = tree.map_structure(lambda _: 0, x)
-    members = num_members(model) or 1
-    stochastic = members == 1 or bool(stochastic_layers(model))
+    members = model_structure.num_members or 1
+    stochastic = members == 1 or bool(model_structure.stochastic_layers)
     layout = _Layout(n, members, num_samples if stochastic else 1)
     if seed is not None:
         _reseed(model, seed)
@@ -422,7 +425,7 @@ def _output_width(view):
 
 def _resolve_variance_head(model, variance_head):
     width = (
-        _output_width(functional_view(model))
+        _output_width(structure_of(model).view)
         if isinstance(model, keras.Model)
         else None
     )
