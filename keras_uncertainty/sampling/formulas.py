@@ -13,17 +13,24 @@ from keras import ops
 from keras_uncertainty.losses.gaussian_nll import split_mean_log_var
 
 
-def entropy(probs, axis=-1):
-    """Shannon entropy `-sum_c p_c log p_c` in nats, with `0 log 0 = 0`.
+def plogp(probs):
+    """`p log p` element-wise, with `0 log 0 = 0`: the terms of an entropy.
 
     A numpy array gives a numpy result (no round trip through TensorFlow for
     the final `(N, C)` summaries); anything else runs as TensorFlow ops.
     """
     if isinstance(probs, np.ndarray):
-        safe = np.where(probs > 0, probs, 1.0)
-        return -np.sum(probs * np.log(safe), axis=axis)
+        return probs * np.log(np.where(probs > 0, probs, 1.0))
     probs = tf.convert_to_tensor(probs)
-    return -tf.reduce_sum(tf.math.xlogy(probs, probs), axis=axis)
+    return tf.math.xlogy(probs, probs)
+
+
+def entropy(probs, axis=-1):
+    """Shannon entropy `-sum_c p_c log p_c` in nats (see `plogp`)."""
+    terms = plogp(probs)
+    if isinstance(terms, np.ndarray):
+        return -np.sum(terms, axis=axis)
+    return -tf.reduce_sum(terms, axis=axis)
 
 
 def regression_moments(samples, variance_head):
@@ -77,15 +84,16 @@ def classification_moments(samples, from_logits, votes=True):
         `(n, ..., C)`, int32.
     """
     probs = class_probabilities(samples, from_logits)
-    sums = (
-        tf.reduce_sum(probs, axis=0),
-        # Summed over the samples in the same reduction as over the classes.
-        entropy(probs, axis=(0, -1)),
-    )
+    shape = tf.shape(probs)
+    # Sums over the samples of a (t, cells * C) view reduce contiguous rows,
+    # a quarter faster on CPU than reducing axes 0 and -1 of (t, n, ..., C).
+    flat = tf.reshape(probs, [shape[0], -1])
+    sum_probs = tf.reshape(tf.reduce_sum(flat, axis=0), shape[1:])
+    sum_plogp = tf.reshape(tf.reduce_sum(plogp(flat), axis=0), shape[1:])
+    sums = (sum_probs, -tf.reduce_sum(sum_plogp, axis=-1))
     if not votes:
         return sums
     num_classes = probs.shape[-1]
-    shape = tf.shape(probs)
     cells = tf.reduce_prod(shape[1:-1])
     # Votes by counting (cell, winning class) pairs: cheaper than summing a
     # one-hot tensor of the samples' shape.
