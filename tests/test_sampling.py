@@ -449,3 +449,20 @@ def test_a_sequential_model_that_gains_a_layer_is_sampled_as_it_is_now():
     assert ku.sample(model, x, num_samples=2).shape == (2, 5, 3)
     model.add(keras.layers.Dense(6))
     assert ku.sample(model, x, num_samples=2).shape == (2, 5, 6)
+
+
+def test_a_custom_mc_layer_with_a_seed_generator_samples_reproducibly():
+    # The README's "new MC layer" recipe.
+    class MCGaussianNoise(keras.layers.GaussianNoise):
+        stochastic_at_inference = True
+
+        def call(self, inputs, training=None):
+            return super().call(inputs, training=True)
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(MCGaussianNoise(0.5)(inputs)))
+    x = np.ones((4, 3), "float32")
+    first = ku.sample(model, x, num_samples=5, seed=3)
+    again = ku.sample(model, x, num_samples=5, seed=3)
+    np.testing.assert_array_equal(first, again)
+    assert first.std(axis=0).min() > 0

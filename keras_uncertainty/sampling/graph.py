@@ -221,10 +221,8 @@ def make_tiled_forward(model):
     return forward_tiled_inputs, None
 
 
-def _member_major(stacked):
-    """`(rows, M, ...)` -> `(M * rows, ...)`, member-major."""
-    perm = [1, 0, *range(2, len(stacked.shape))]
-    by_member = tf.transpose(stacked, perm)
+def _merge_member_axis(by_member):
+    """`(M, rows, ...)` -> `(M * rows, ...)`: member-major rows."""
     rest = [
         size if size is not None else tf.shape(by_member)[i + 2]
         for i, size in enumerate(by_member.shape[2:])
@@ -244,12 +242,7 @@ def _ensemble_forward(ensemble):
                 tiled[None], tf.concat([[network.num_members], tf.shape(tiled)], 0)
             )
             # (M, T * n, ...) is member-major already: no transposes.
-            by_member = network.member_major(shared, training=False)
-            rest = [
-                size if size is not None else tf.shape(by_member)[i + 2]
-                for i, size in enumerate(by_member.shape[2:])
-            ]
-            return tf.reshape(by_member, [-1, *rest])
+            return _merge_member_axis(network.member_major(shared, training=False))
 
         view = functional_view(ensemble.member_template)
         floats = None
@@ -264,7 +257,7 @@ def _ensemble_forward(ensemble):
         # Member-major rows: sample s of input i from member m is row
         # (m * T + s) * n + i, so a reshape to (M * T, n, ...) lists samples.
         outputs = [tree.flatten(f(inputs, num_samples))[0] for f in forwards]
-        return _member_major(tf.stack(outputs, axis=1))
+        return _merge_member_axis(tf.stack(outputs))
 
     sizes = [floats for _, floats in parts]
     return forward_members, None if None in sizes else sum(sizes)
