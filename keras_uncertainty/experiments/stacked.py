@@ -3,9 +3,10 @@
 The UCI protocol trains the same small network many times: for every split,
 every cell of the (dropout rate, tau) grid, every ensemble member. Trained one
 after another, each network pays Keras's per-step and per-trace overhead for
-a few thousand multiply-adds. Here they share one model instead: every weight
-has a leading member axis (a kernel is `(M, inputs, units)`) and one `einsum`
-computes all members, so M networks cost one trace and one optimizer step.
+a few thousand multiply-adds. Here they share one model of the packed layers
+of `ku.layers` instead: every weight has a leading member axis (a kernel is
+`(M, inputs, units)`) and one batched matmul computes all members, so M
+networks cost one trace and one optimizer step.
 
 Members differ in what the protocol varies: their dropout rate, their weight
 decay, the standardization of their split, and the rows they train on. A
