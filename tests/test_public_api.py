@@ -56,6 +56,17 @@ def _violations(path, keras_private):
             for alias in node.names:
                 if alias.name.startswith(PRIVATE_MODULES):
                     found.append((node.lineno, f"import {alias.name}"))
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr", "setattr", "delattr")
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and node.args[1].value.startswith("_")
+            and not node.args[1].value.startswith("__")
+        ):
+            found.append((node.lineno, f"{node.func.id}(..., {node.args[1].value!r})"))
         elif isinstance(node, ast.Attribute):
             name = node.attr
             if not name.startswith("_") or name.startswith("__"):
@@ -104,9 +115,10 @@ def test_the_scan_catches_private_access(tmp_path):
         "class M:\n"
         "    def f(self):\n"
         "        return self._loss_tracker\n"
+        "y = getattr(layer, '_seed_generators', [])\n"
     )
-    lines = [line for line, _ in _violations(source, _keras_private_names())]
-    assert lines == [1, 2, 3, 6]
+    lines = sorted(line for line, _ in _violations(source, _keras_private_names()))
+    assert lines == [1, 2, 3, 6, 7]
 
 
 def test_compat_module_names_the_keras_version_when_it_cannot_work(monkeypatch):
