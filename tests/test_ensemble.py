@@ -420,3 +420,21 @@ def test_nan_stop_is_a_visible_callback_that_can_be_left_out(data):
             callbacks=[ku.callbacks.TerminateOnNonFiniteMember()],
             terminate_on_nan=False,
         )
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_both_layouts_round_trip_and_give_members_their_weights(data, pack, tmp_path):
+    keras.utils.set_random_seed(7)
+    ens = ku.Ensemble(_member, num_members=2, pack=pack)
+    ens.compile("adam", loss=ku.losses.gaussian_nll)
+    ens.fit(*data, epochs=1, batch_size=64, verbose=0)
+    ens.save(tmp_path / "e.keras")
+    loaded = keras.models.load_model(tmp_path / "e.keras")
+    assert loaded.packed == pack
+    x = data[0][:8]
+    np.testing.assert_allclose(loaded(x).numpy(), ens(x).numpy(), rtol=1e-6)
+    # Each member, used on its own, computes its slice of the ensemble.
+    for m, member in enumerate(loaded.members):
+        np.testing.assert_allclose(
+            member(x).numpy(), loaded(x).numpy()[:, m], rtol=1e-5, atol=1e-6
+        )
