@@ -343,9 +343,12 @@ def reduce_samples(model, x, reducer, num_samples=20, batch_size=None, seed=None
                 )
                 count += part_count
             states.append(state)
-    merged = tuple(
-        np.concatenate(column, axis=reducer.row_axis) for column in zip(*states)
-    )
+    if len(states) == 1:
+        merged = states[0]
+    else:
+        merged = tuple(
+            np.concatenate(column, axis=reducer.row_axis) for column in zip(*states)
+        )
     return reducer.finalize(merged, layout.total)
 
 
