@@ -247,7 +247,7 @@ class Ensemble(keras.Model):
     def member_template(self):
         """Member 0 as built (its weights may be stale when packed): for
         shapes and architecture only."""
-        return self.member_store.models[0] if self.packed else self.member_models[0]
+        return self._member_models()[0]
 
     def call(self, inputs, training=None):
         if self.packed:
@@ -412,7 +412,11 @@ class Ensemble(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "members": [keras.saving.serialize_keras_object(m) for m in self.members],
+            # Architectures only (weights are saved with the variables), so
+            # the packed weights need not be copied into the members here.
+            "members": [
+                keras.saving.serialize_keras_object(m) for m in self._member_models()
+            ],
             "bootstrap": self.bootstrap,
             "adversarial_epsilon": self.adversarial_epsilon,
             "seed": self.seed,
@@ -441,8 +445,12 @@ class Ensemble(keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def _member_models(self):
+        """The member models as held, without refreshing packed weights."""
+        return self.member_store.models if self.packed else list(self.member_models)
+
     def build(self, input_shape=None):
-        for member in self.member_store.models if self.packed else self.member_models:
+        for member in self._member_models():
             if not member.built:
                 member.build(input_shape)
         self.built = True
