@@ -147,7 +147,6 @@ class TiledTwin:
         count = _SampleCount()
         tiled = set()
         keep_alive = []  # keeps the tiled tensors alive so that ids stay unique
-        sizes = []
 
         def tile_once(value):
             if not isinstance(value, keras.KerasTensor) or id(value) in tiled:
@@ -167,9 +166,6 @@ class TiledTwin:
                     keep_alive.append(value)
             else:
                 outputs = layer(*args, **kwargs)
-            for value in tree.flatten(outputs):
-                if isinstance(value, keras.KerasTensor):
-                    sizes.append(value.shape[1:])
             return outputs
 
         clone = keras.models.clone_model(
@@ -178,22 +174,26 @@ class TiledTwin:
         outputs = [tile_once(value) for value in clone.outputs]
         self.model = keras.Model(clone.inputs, outputs, name=f"{model.name}_tiled")
         self.count = count
-        self.floats_per_row = _total_size(sizes)
+        self.floats_per_row = floats_per_row(model)
 
     def __call__(self, inputs, num_samples):
         self.count.value = num_samples
         return self.model(inputs, training=False)
 
 
-def _total_size(shapes):
+def floats_per_row(view):
+    """Activations of one input row in a Functional model: the sizes of every
+    layer's outputs, summed; None when a size is unknown. Used to pick a
+    chunk size that bounds memory."""
     total = 0
-    for shape in shapes:
-        size = 1
-        for dim in shape:
-            if dim is None:
-                return None
-            size *= dim
-        total += size
+    for layer in view.layers:
+        for value in tree.flatten(layer.output):
+            size = 1
+            for dim in value.shape[1:]:
+                if dim is None:
+                    return None
+                size *= dim
+            total += size
     return total
 
 
@@ -245,9 +245,7 @@ def _ensemble_forward(ensemble):
             return _merge_member_axis(network.member_major(shared, training=False))
 
         view = functional_view(ensemble.member_template)
-        floats = None
-        if view is not None:
-            floats = TiledTwin(view).floats_per_row
+        floats = None if view is None else floats_per_row(view)
         return forward_packed, None if floats is None else floats * ensemble.num_members
 
     parts = [make_tiled_forward(member) for member in ensemble.members]
