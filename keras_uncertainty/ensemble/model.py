@@ -19,6 +19,7 @@ from keras import ops, tree
 from keras_uncertainty._validation import check_positive_int
 from keras_uncertainty.ensemble import adversarial, packing, training
 from keras_uncertainty.ensemble.callbacks import TerminateOnNonFiniteMember
+from keras_uncertainty.layers.packed import share_across_members
 
 _PACKAGE = "keras_uncertainty"
 
@@ -325,9 +326,7 @@ class Ensemble(keras.Model):
             _, perturbed = adversarial.fast_gradient_sign_losses(
                 lambda inputs: self.member_major(inputs, training=True),
                 lambda outputs: self._losses_of_members(y, outputs, sample_weight),
-                ops.broadcast_to(
-                    ops.expand_dims(x, 0), (self.num_members, *ops.shape(x))
-                ),
+                share_across_members(x, self.num_members),
                 self.adversarial_step,
             )
             losses = losses + perturbed

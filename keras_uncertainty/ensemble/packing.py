@@ -15,7 +15,12 @@ import numpy as np
 from keras import ops
 
 from keras_uncertainty.layers.mc_dropout import MCDropout
-from keras_uncertainty.layers.packed import PackedDense, PackedDropout, PackedL2
+from keras_uncertainty.layers.packed import (
+    PackedDense,
+    PackedDropout,
+    PackedL2,
+    share_across_members,
+)
 
 _ELEMENTWISE = (
     keras.layers.Activation,
@@ -132,9 +137,7 @@ class PackedNetwork(keras.Model):
         return x
 
     def call(self, inputs, training=None):
-        shared = ops.broadcast_to(
-            ops.expand_dims(inputs, 0), (self.num_members, *ops.shape(inputs))
-        )
+        shared = share_across_members(inputs, self.num_members)
         return ops.transpose(self.member_major(shared, training), (1, 0, 2))
 
 

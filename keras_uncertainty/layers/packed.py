@@ -90,8 +90,9 @@ class _PerMemberInitializer(keras.initializers.Initializer):
         return ops.stack([init(shape[1:], dtype=dtype) for init in self.initializers])
 
 
-def _member_major(inputs, num_members):
-    """`(batch, k)` rows shared by every member -> `(M, batch, k)`."""
+def share_across_members(inputs, num_members):
+    """Rows shared by every member, `(batch, ...)` -> `(M, batch, ...)`,
+    the member-major layout of the packed layers."""
     return ops.broadcast_to(
         ops.expand_dims(inputs, 0), (num_members, *ops.shape(inputs))
     )
@@ -184,7 +185,7 @@ class PackedDense(keras.layers.Layer):
 
     def call(self, inputs):
         if len(inputs.shape) == 2:
-            inputs = _member_major(inputs, self.num_members)
+            inputs = share_across_members(inputs, self.num_members)
         outputs = ops.matmul(inputs, self.kernel)
         if self.bias is not None:
             outputs = outputs + ops.expand_dims(self.bias, 1)

@@ -19,6 +19,7 @@ from keras import tree
 
 from keras_uncertainty import _keras_compat
 from keras_uncertainty.ensemble.model import Ensemble
+from keras_uncertainty.layers.packed import share_across_members
 
 
 def is_stochastic(layer):
@@ -238,9 +239,7 @@ def _ensemble_forward(ensemble):
         def forward_packed(inputs, num_samples):
             tiled = tile_rows(tree.flatten(inputs)[0], num_samples)
             network = ensemble_ref().packed_network
-            shared = tf.broadcast_to(
-                tiled[None], tf.concat([[network.num_members], tf.shape(tiled)], 0)
-            )
+            shared = share_across_members(tiled, network.num_members)
             # (M, T * n, ...) is member-major already: no transposes.
             return _merge_member_axis(network.member_major(shared, training=False))
 
