@@ -252,6 +252,7 @@ def test_member_with_nan_loss_is_named(data):
         (dict(build_fn=lambda: "model", num_members=2), "keras.Model.*Received: a str"),
         (dict(build_fn=None, num_members=2), "`build_fn`.*callable"),
         (dict(build_fn=_member, adversarial_epsilon=-1.0), "`adversarial_epsilon`"),
+        (dict(build_fn=_member, num_members=2, pack="yes"), "`pack`.*pack='yes'"),
     ],
 )
 def test_bad_ensemble_arguments_are_rejected(kwargs, message):
