@@ -25,6 +25,8 @@ from keras_uncertainty.sampling.graph import (
     num_members,
     structure_of,
 )
+from keras_uncertainty.sampling.inputs import InputStream
+from keras_uncertainty.sampling.progress import Progress, check_verbose
 from keras_uncertainty.sampling.reducers import (
     ClassificationSummary,
     RawSamples,
@@ -94,65 +96,6 @@ def _check_model(model):
             stacklevel=4,
         )
     return structure
-
-
-def _prepare_inputs(view, x):
-    """Flattens `x` to numpy arrays of the model's input dtypes and checks it."""
-    if x is None:
-        raise ValueError(
-            "Invalid value received for argument `x`. Expected an array or a "
-            "structure of arrays. Received: x=None"
-        )
-    flat = [
-        np.asarray(keras.ops.convert_to_numpy(v) if tf.is_tensor(v) else v)
-        for v in tree.flatten(x)
-    ]
-    specs = None
-    if view is not None and len(view.inputs) == len(flat) and not isinstance(x, dict):
-        specs = view.inputs
-    for i, array in enumerate(flat):
-        name = "x" if len(flat) == 1 else f"x[{i}]"
-        if array.ndim == 0:
-            raise ValueError(
-                f"Invalid value received for argument `{name}`. Expected an "
-                f"array with a batch dimension. Received: a scalar {array!r}"
-            )
-        if specs is not None:
-            expected = tuple(specs[i].shape)
-            if len(expected) != array.ndim or any(
-                e is not None and e != r for e, r in zip(expected, array.shape)
-            ):
-                raise ValueError(
-                    f"Invalid value received for argument `{name}`. Expected "
-                    f"an array of rank {len(expected)} with shape {expected} "
-                    f"(None: any size). Received: shape {array.shape}"
-                )
-            dtype = specs[i].dtype
-        else:
-            floating = np.issubdtype(array.dtype, np.floating)
-            dtype = keras.config.floatx() if floating else array.dtype
-        flat[i] = array.astype(dtype, copy=False)
-        if np.issubdtype(flat[i].dtype, np.inexact) and not np.all(
-            np.isfinite(flat[i])
-        ):
-            bad = int(np.size(flat[i]) - np.count_nonzero(np.isfinite(flat[i])))
-            raise ValueError(
-                f"Invalid value received for argument `{name}`. Expected "
-                f"finite values. Received: {bad} NaN or infinite entries"
-            )
-    num_rows = {array.shape[0] for array in flat}
-    if len(num_rows) != 1:
-        raise ValueError(
-            "Invalid value received for argument `x`. Expected every input "
-            f"to have the same number of rows. Received: {sorted(num_rows)}"
-        )
-    n = num_rows.pop()
-    if n == 0:
-        raise ValueError(
-            "Invalid value received for argument `x`. Expected at least one "
-            "row. Received: 0 rows"
-        )
-    return flat, n
 
 
 def _chunks(total, size):
@@ -264,12 +207,11 @@ class _Layout:
     """How the samples of one call are arranged.
 
     Each of `members` networks (1 unless the model is an `Ensemble`) gives
-    `per_member` samples for each of the `n` inputs: `num_samples` when the
+    `per_member` samples for each input: `num_samples` when the
     model has a stochastic layer, else 1 (an ensemble of deterministic
     networks gives one sample per member).
     """
 
-    n: int
     members: int
     per_member: int
 
@@ -287,23 +229,29 @@ def _rows_per_call(step, batch_size):
     return int(min(max(rows, _MIN_ROWS), _MAX_ROWS))
 
 
-def reduce_samples(model, x, reducer, num_samples=20, batch_size=None, seed=None):
+def reduce_samples(
+    model, x, reducer, num_samples=20, batch_size=None, seed=None, verbose="auto"
+):
     """Draws Monte Carlo samples and reduces them with `reducer`.
 
     The engine under `ku.sample` and `ku.predict_*`: inputs and samples are
     cut into chunks that bound memory, each chunk is drawn and reduced by one
     compiled call (`reducer.reduce`), chunks of samples of the same inputs
     are merged (`reducer.merge`) and the result is built by
-    `reducer.finalize`.
+    `reducer.finalize`. A dataset is streamed through the same chunks as the
+    arrays it holds would be, so the results are the same.
 
     Args:
         model: A `keras.Model` with a single output (see `ku.sample`).
-        x: Inputs with N rows.
+        x: Inputs with N rows: anything `model.predict` takes.
         reducer: A `ku.sampling.Reducer`.
         num_samples: Positive integer T.
         batch_size: Rows (samples x inputs) per compiled call; None picks it
             from the model's activation sizes.
         seed: Optional non-negative integer for reproducible samples.
+        verbose: "auto", 0, 1 or 2, as in `model.predict`: a progress bar
+            over the compiled calls ("auto": only on an interactive display,
+            and only for work that lasts more than a second).
 
     Returns:
         What `reducer.finalize` returns.
@@ -317,23 +265,28 @@ def reduce_samples(model, x, reducer, num_samples=20, batch_size=None, seed=None
     num_samples = check_positive_int(num_samples, "num_samples")
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
     seed = check_seed(seed)
-    flat, n = _prepare_inputs(model_structure.view, x)
-    structure = tree.map_structure(lambda _: 0, x)
+    check_verbose(verbose)
+    stream = x if isinstance(x, InputStream) else InputStream(model_structure.view, x)
     members = model_structure.num_members or 1
     stochastic = members == 1 or bool(model_structure.stochastic_layers)
-    layout = _Layout(n, members, num_samples if stochastic else 1)
+    layout = _Layout(members, num_samples if stochastic else 1)
     if seed is not None:
         _reseed(model, seed)
     with _bounded_tracing_quiet():
-        step = _compiled_step(model, reducer, structure, flat)
+        step = _compiled_step(model, reducer, stream.structure, stream.first)
         rows = _rows_per_call(step, batch_size)
         inputs_per_call = max(1, rows // layout.total)
         samples_per_call = max(1, min(layout.per_member, rows // members))
-        states = []
-        for start, stop in _chunks(n, inputs_per_call):
-            chunk = tuple(tf.convert_to_tensor(a[start:stop]) for a in flat)
+        sample_chunks = _chunks(layout.per_member, samples_per_call)
+        target = None
+        if stream.num_rows is not None:
+            target = -(-stream.num_rows // inputs_per_call) * len(sample_chunks)
+        progress = Progress(verbose, target)
+        states, calls = [], 0
+        for chunk in stream.chunks(inputs_per_call):
+            chunk = tuple(tf.convert_to_tensor(a) for a in chunk)
             state, count = None, 0
-            for t_start, t_stop in _chunks(layout.per_member, samples_per_call):
+            for t_start, t_stop in sample_chunks:
                 part = tuple(np.asarray(v) for v in step(chunk, t_stop - t_start))
                 part_count = members * (t_stop - t_start)
                 state = (
@@ -342,7 +295,10 @@ def reduce_samples(model, x, reducer, num_samples=20, batch_size=None, seed=None
                     else reducer.merge(state, count, part, part_count)
                 )
                 count += part_count
+                calls += 1
+                progress.update(calls)
             states.append(state)
+        progress.finish(calls)
     if len(states) == 1:
         merged = states[0]
     else:
@@ -352,7 +308,7 @@ def reduce_samples(model, x, reducer, num_samples=20, batch_size=None, seed=None
     return reducer.finalize(merged, layout.total)
 
 
-def sample(model, x, num_samples=20, batch_size=None, seed=None):
+def sample(model, x, num_samples=20, batch_size=None, seed=None, verbose="auto"):
     """Draws Monte Carlo samples of a model's output.
 
     The batch is tiled so that one compiled call draws many samples (no Python
@@ -362,14 +318,22 @@ def sample(model, x, num_samples=20, batch_size=None, seed=None):
     Args:
         model: A `keras.Model` with a single output, usually with MC layers.
             A model without any warns once: its samples are all identical.
-        x: Inputs: an array (or a structure of arrays for a multi-input
-            model) with N rows. Must be finite.
+        x: Inputs with N rows, anything `model.predict` takes: an array, a
+            tensor, a list of rows, a structure of arrays for a multi-input
+            model, a batched `tf.data.Dataset` (elements `x`, `(x,)`,
+            `(x, y)` or `(x, y, w)`; targets are ignored), a
+            `keras.utils.PyDataset` or a generator of batches. Datasets are
+            streamed. Must be finite.
         num_samples: Positive integer T, the number of samples per input.
         batch_size: Rows (samples x inputs) per compiled call, which bounds
             memory. None: chosen from the model's activation sizes (about
             256 MiB of activations per call).
         seed: Optional non-negative integer. The same seed (with the same
-            `x`, `num_samples` and `batch_size`) gives the same samples.
+            `x`, `num_samples` and `batch_size`) gives the same samples,
+            whether `x` is in memory or streamed.
+        verbose: "auto", 0, 1 or 2, as in `model.predict`. "auto" shows a
+            progress bar only on a terminal or notebook, and only once the
+            call has lasted a second.
 
     Returns:
         numpy array of shape `(num_samples, N, *output_shape)`; for a
@@ -382,8 +346,8 @@ def sample(model, x, num_samples=20, batch_size=None, seed=None):
     >>> samples.std(axis=0)  # spread of the predictions
     """
     reducer = RawSamples(num_members(model) or 1)
-    out = reduce_samples(model, x, reducer, num_samples, batch_size, seed)
-    _check_finite_output(out, model)
+    out = reduce_samples(model, x, reducer, num_samples, batch_size, seed, verbose)
+    _check_finite_output(model, samples=out)
     return out
 
 
@@ -453,7 +417,13 @@ def _resolve_variance_head(model, variance_head):
 
 
 def predict_regression(
-    model, x, num_samples=20, batch_size=None, seed=None, variance_head=None
+    model,
+    x,
+    num_samples=20,
+    batch_size=None,
+    seed=None,
+    variance_head=None,
+    verbose="auto",
 ):
     """Predictive mean and its aleatoric and epistemic standard deviations.
 
@@ -465,13 +435,15 @@ def predict_regression(
         model: A `keras.Model` whose output is `(N, 2k)`, k means then k
             log-variances (trained with `ku.losses.gaussian_nll`), or `(N, k)`
             means only, in which case `aleatoric_std` is 0.
-        x: Inputs with N rows; must be finite.
+        x: Inputs with N rows, anything `model.predict` takes (see
+            `ku.sample`); must be finite.
         num_samples: Positive integer T.
         batch_size: Rows per compiled call; None picks one (see `ku.sample`).
         seed: Optional non-negative integer for reproducible samples.
         variance_head: Whether the output carries log-variances. None:
             `ku.has_variance_head(model)` (the compiled loss), and for an
             uncompiled model yes exactly when the last dimension is even.
+        verbose: "auto", 0, 1 or 2 (see `ku.sample`).
 
     Returns:
         A `RegressionPrediction` of `(N, k)` arrays.
@@ -482,13 +454,22 @@ def predict_regression(
     >>> pred.mean, pred.aleatoric_std, pred.epistemic_std
     """
     reducer = RegressionMoments(_resolve_variance_head(model, variance_head))
-    prediction = reduce_samples(model, x, reducer, num_samples, batch_size, seed)
-    _check_finite_output(prediction.std, model)
+    prediction = reduce_samples(
+        model, x, reducer, num_samples, batch_size, seed, verbose
+    )
+    _check_finite_output(model, **dataclasses.asdict(prediction))
     return prediction
 
 
 def predict_classification(
-    model, x, num_samples=20, batch_size=None, seed=None, from_logits=False, votes=False
+    model,
+    x,
+    num_samples=20,
+    batch_size=None,
+    seed=None,
+    from_logits=False,
+    votes=False,
+    verbose="auto",
 ):
     """Predictive class probabilities with total, aleatoric and epistemic parts.
 
@@ -501,14 +482,18 @@ def predict_classification(
         model: A `keras.Model` whose output is `(N, C)` probabilities (or
             logits with `from_logits=True`); a single sigmoid unit `(N, 1)`
             is read as two classes.
-        x: Inputs with N rows; must be finite.
+        x: Inputs with N rows, anything `model.predict` takes (see
+            `ku.sample`); must be finite.
         num_samples: Positive integer T.
         batch_size: Rows per compiled call; None picks one (see `ku.sample`).
         seed: Optional non-negative integer for reproducible samples.
-        from_logits: Whether the model outputs logits.
+        from_logits: Whether the model outputs logits. Without it the
+            outputs must be probabilities (in [0, 1], each row summing to
+            1), else a ValueError suggests `from_logits=True`.
         votes: Whether to count how many samples choose each class
             (`prediction.votes`; None otherwise). It costs an argmax per
             sample, so it is off by default.
+        verbose: "auto", 0, 1 or 2 (see `ku.sample`).
 
     Returns:
         A `ClassificationPrediction`.
@@ -525,17 +510,55 @@ def predict_classification(
                 f"or False. Received: {name}={value!r}"
             )
     reducer = ClassificationSummary(from_logits, votes)
-    prediction = reduce_samples(model, x, reducer, num_samples, batch_size, seed)
-    _check_finite_output(prediction.probs, model)
+    prediction = reduce_samples(
+        model, x, reducer, num_samples, batch_size, seed, verbose
+    )
+    _check_probabilities(prediction, from_logits)
+    _check_finite_output(model, **dataclasses.asdict(prediction))
     return prediction
 
 
-def _check_finite_output(values, model):
-    if not np.all(np.isfinite(values)):
+# How far the mean of T probability vectors may stray from [0, 1] and from
+# summing to 1 before it is taken for something else (float16 softmax rounds
+# to about 1e-3 per row).
+_PROBABILITY_TOLERANCE = 5e-3
+
+
+def _check_probabilities(prediction, from_logits):
+    if from_logits:
+        return
+    probs = prediction.probs
+    finite = np.isfinite(probs).all(axis=-1)
+    low = float(np.min(probs[finite], initial=0.0))
+    high = float(np.max(probs[finite], initial=1.0))
+    off_by = np.abs(probs[finite].sum(axis=-1) - 1.0)
+    worst = float(np.max(off_by, initial=0.0))
+    if low < -_PROBABILITY_TOLERANCE or high > 1 + _PROBABILITY_TOLERANCE or (
+        worst > _PROBABILITY_TOLERANCE
+    ):
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected outputs "
+            "that are probabilities (in [0, 1], each row summing to 1). "
+            f"Received: values in [{low:.3g}, {high:.3g}] with rows summing "
+            f"up to {worst:.3g} away from 1. If the model outputs logits, "
+            "pass from_logits=True."
+        )
+
+
+def _check_finite_output(model, **fields):
+    bad = [
+        name
+        for name, values in fields.items()
+        if values is not None
+        and np.issubdtype(np.asarray(values).dtype, np.inexact)
+        and not np.all(np.isfinite(values))
+    ]
+    if bad:
         warnings.warn(
-            f"Model '{model.name}' produced NaN or infinite outputs for "
-            "finite inputs (for a log-variance head: exp(log_var) overflows "
-            "float32 above about 88). The returned values contain them.",
+            f"Model '{model.name}' produced NaN or infinite values in "
+            f"{', '.join(bad)} for finite inputs (for a log-variance head: "
+            "exp(log_var) overflows float32 above about 88). The returned "
+            "values contain them.",
             RuntimeWarning,
             stacklevel=3,
         )

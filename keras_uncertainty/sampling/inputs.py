@@ -1,0 +1,261 @@
+"""What sampling accepts as inputs, cut into the chunks one compiled call takes.
+
+Everything `model.predict` takes is accepted: numpy arrays, tensors, Python
+lists, structures (dicts, tuples) for multi-input models, a batched
+`tf.data.Dataset`, a `keras.utils.PyDataset` and a Python generator of
+batches. In-memory inputs are sliced; the others are streamed and re-cut
+into chunks of the same size as the in-memory path uses, so the compiled
+step sees the same shapes (no retracing per batch) and, with a seed, draws
+the same samples. Memory is bounded by one chunk plus one batch.
+"""
+
+import collections.abc
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import tree
+
+
+def _is_streamed(x):
+    if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)):
+        return True
+    return isinstance(x, collections.abc.Iterator) and not isinstance(
+        x, (np.ndarray, str, bytes)
+    )
+
+
+def _is_array(value):
+    return tf.is_tensor(value) or isinstance(value, np.ndarray)
+
+
+def _as_arrays(view, x):
+    """Reads a list or tuple as `model.predict` does.
+
+    For a multi-input model it is the list of inputs. For a single-input
+    model it is the rows of the one input (`[[0.1, 0.2], [0.3, 0.4]]`), or
+    a one-element list around that input's array.
+    """
+    if not isinstance(x, (list, tuple)) or (view is not None and len(view.inputs) > 1):
+        return x
+    if not x:
+        raise ValueError(
+            "Invalid value received for argument `x`. Expected at least one "
+            "row. Received: an empty list"
+        )
+    if view is not None and len(x) == 1 and _is_array(x[0]):
+        if len(np.shape(x[0])) == len(view.inputs[0].shape):
+            return x[0]
+    if view is None and all(_is_array(v) for v in x):
+        return x  # a subclassed model's list of inputs
+    try:
+        return np.asarray(
+            [keras.ops.convert_to_numpy(v) if tf.is_tensor(v) else v for v in x]
+        )
+    except ValueError as error:
+        raise ValueError(
+            "Invalid value received for argument `x`. Expected a list of rows "
+            "of the same shape (one input) or a list of arrays (one per "
+            f"model input). Received: a list that is neither ({error})"
+        ) from None
+
+
+def flatten_inputs(view, x, where="x"):
+    """Flattens `x` to numpy arrays of the model's input dtypes and checks it.
+
+    Returns:
+        `(flat, n)`: a list of arrays and their common number of rows.
+    """
+    if x is None:
+        raise ValueError(
+            f"Invalid value received for argument `{where}`. Expected an "
+            "array, a structure of arrays or a dataset. Received: "
+            f"{where}=None"
+        )
+    flat = [
+        np.asarray(keras.ops.convert_to_numpy(v) if tf.is_tensor(v) else v)
+        for v in tree.flatten(_as_arrays(view, x))
+    ]
+    specs = None
+    if view is not None and len(view.inputs) == len(flat) and not isinstance(x, dict):
+        specs = view.inputs
+    for i, array in enumerate(flat):
+        name = where if len(flat) == 1 else f"{where}[{i}]"
+        if array.ndim == 0:
+            raise ValueError(
+                f"Invalid value received for argument `{name}`. Expected an "
+                f"array with a batch dimension. Received: a scalar {array!r}"
+            )
+        if array.dtype == object or array.dtype.kind in "USV":
+            raise ValueError(
+                f"Invalid value received for argument `{name}`. Expected "
+                f"numbers. Received: an array of dtype {array.dtype}"
+            )
+        if specs is not None:
+            expected = tuple(specs[i].shape)
+            if len(expected) != array.ndim or any(
+                e is not None and e != r for e, r in zip(expected, array.shape)
+            ):
+                hint = (
+                    " (a tf.data.Dataset must be batched: `dataset.batch(n)`)"
+                    if where != "x" and array.ndim == len(expected) - 1
+                    else ""
+                )
+                raise ValueError(
+                    f"Invalid value received for argument `{name}`. Expected "
+                    f"an array of rank {len(expected)} with shape {expected} "
+                    f"(None: any size). Received: shape {array.shape}{hint}"
+                )
+            dtype = specs[i].dtype
+        else:
+            floating = np.issubdtype(array.dtype, np.floating)
+            dtype = keras.config.floatx() if floating else array.dtype
+        flat[i] = array.astype(dtype, copy=False)
+        if np.issubdtype(flat[i].dtype, np.inexact) and not np.all(
+            np.isfinite(flat[i])
+        ):
+            bad = int(np.size(flat[i]) - np.count_nonzero(np.isfinite(flat[i])))
+            raise ValueError(
+                f"Invalid value received for argument `{name}`. Expected "
+                f"finite values. Received: {bad} NaN or infinite entries"
+            )
+    num_rows = {array.shape[0] for array in flat}
+    if len(num_rows) != 1:
+        raise ValueError(
+            f"Invalid value received for argument `{where}`. Expected every "
+            f"input to have the same number of rows. Received: {sorted(num_rows)}"
+        )
+    n = num_rows.pop()
+    if n == 0 and where == "x":
+        raise ValueError(
+            "Invalid value received for argument `x`. Expected at least one "
+            "row. Received: 0 rows"
+        )
+    return flat, n
+
+
+def _dataset_batches(dataset):
+    cardinality = int(dataset.cardinality())
+    if cardinality == int(tf.data.INFINITE_CARDINALITY):
+        raise ValueError(
+            "Invalid value received for argument `x`. Expected a finite "
+            "tf.data.Dataset. Received: an infinite one (`repeat()` without "
+            "a count); use `dataset.take(num_batches)`"
+        )
+    return dataset.as_numpy_iterator()
+
+
+def _py_dataset_batches(dataset):
+    count = dataset.num_batches
+    if count is None:
+        raise ValueError(
+            "Invalid value received for argument `x`. Expected a "
+            "keras.utils.PyDataset with a finite `num_batches`. Received: "
+            f"{type(dataset).__name__} with num_batches=None"
+        )
+    return (dataset[i] for i in range(count))
+
+
+class InputStream:
+    """Inputs as chunks of rows, from memory or streamed.
+
+    Args:
+        view: The model's Functional view (`sampling.graph.functional_view`),
+            or None; its input specs check shapes and set dtypes.
+        x: Anything `model.predict` takes (see the module docstring). The
+            elements of a dataset or generator may be `x`, `(x,)`, `(x, y)`
+            or `(x, y, sample_weight)`; targets and weights are not used
+            for prediction.
+        keep_targets: Whether to collect the targets of a streamed input as
+            it goes (`targets()`, for callbacks that score predictions).
+
+    Attributes:
+        structure: The structure of one batch of inputs (a tree of 0s).
+        first: The flat arrays of the first batch (their shapes and dtypes
+            name the compiled step).
+        num_rows: N for in-memory inputs; None for streamed ones.
+    """
+
+    def __init__(self, view, x, keep_targets=False):
+        self._view = view
+        self._keep_targets = keep_targets
+        self._targets = []
+        if _is_streamed(x):
+            if isinstance(x, tf.data.Dataset):
+                batches = _dataset_batches(x)
+            elif isinstance(x, keras.utils.PyDataset):
+                batches = _py_dataset_batches(x)
+            else:
+                batches = iter(x)
+            self._batches = self._checked(batches)
+            try:
+                first = next(self._batches)
+            except StopIteration:
+                raise ValueError(
+                    "Invalid value received for argument `x`. Expected at "
+                    "least one batch. Received: an empty "
+                    f"{type(x).__name__}"
+                ) from None
+            self._pending = [first]
+            self.num_rows = None
+        else:
+            x = _as_arrays(view, x)
+            first = flatten_inputs(view, x)[0]
+            self._batches = None
+            self._pending = [first]
+            self.num_rows = first[0].shape[0]
+            self._structure_source = x
+        self.first = tuple(first)
+        self.structure = tree.map_structure(lambda _: 0, self._structure_source)
+
+    def _checked(self, batches):
+        for index, element in enumerate(batches):
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(element)
+            x = _as_arrays(self._view, x)
+            flat, n = flatten_inputs(self._view, x, where=f"x (batch {index})")
+            if index == 0:
+                self._structure_source = x
+                self._trailing = [(a.shape[1:], a.dtype) for a in flat]
+            elif [(a.shape[1:], a.dtype) for a in flat] != self._trailing:
+                raise ValueError(
+                    f"Invalid value received for argument `x`. Expected every "
+                    "batch to have the shapes (after the batch axis) and "
+                    f"dtypes of the first, {self._trailing}. Received: batch "
+                    f"{index} with {[(a.shape[1:], a.dtype) for a in flat]}"
+                )
+            if self._keep_targets:
+                if y is None:
+                    raise ValueError(
+                        "Invalid value received for argument "
+                        "`validation_data`. Expected batches `(x, y)` or "
+                        f"`(x, y, sample_weight)`. Received: batch {index} "
+                        "without targets"
+                    )
+                self._targets.append(np.asarray(y))
+            if n:
+                yield flat
+
+    def chunks(self, rows):
+        """Yields flat tuples of `rows` rows each (the last may be shorter)."""
+        if self._batches is None:
+            flat = self._pending[0]
+            for start in range(0, self.num_rows, rows):
+                yield tuple(a[start : start + rows] for a in flat)
+            return
+        buffered, count = list(self._pending), self._pending[0][0].shape[0]
+        self._pending = []
+        for batch in self._batches:
+            buffered.append(batch)
+            count += batch[0].shape[0]
+            while count >= rows:
+                joined = [np.concatenate(parts) for parts in zip(*buffered)]
+                yield tuple(a[:rows] for a in joined)
+                rest = tuple(a[rows:] for a in joined)
+                count -= rows
+                buffered = [rest] if count else []
+        if count:
+            yield tuple(np.concatenate(parts) for parts in zip(*buffered))
+
+    def targets(self):
+        """The targets of every streamed batch, concatenated (after `chunks`)."""
+        return np.concatenate(self._targets) if self._targets else None
