@@ -4,7 +4,19 @@ MC dropout layers, the Gaussian NLL loss, and compiled Monte Carlo prediction
 that splits predictive uncertainty into aleatoric and epistemic parts.
 """
 
-from keras_uncertainty import (
+import keras
+
+if keras.backend.backend() != "tensorflow":
+    # Sampling, packed ensembles and export are built on TensorFlow ops;
+    # failing here beats an unrelated error from deep inside a later call.
+    raise ImportError(
+        "keras_uncertainty needs Keras's TensorFlow backend. Received: the "
+        f"'{keras.backend.backend()}' backend. Set the environment variable "
+        "KERAS_BACKEND=tensorflow before Python starts (or \"backend\": "
+        "\"tensorflow\" in ~/.keras/keras.json)."
+    )
+
+from keras_uncertainty import (  # noqa: E402
     calibration,
     callbacks,
     datasets,
@@ -14,8 +26,8 @@ from keras_uncertainty import (
     models,
     plots,
 )
-from keras_uncertainty.ensemble import Ensemble
-from keras_uncertainty.sampling import (
+from keras_uncertainty.ensemble import Ensemble  # noqa: E402
+from keras_uncertainty.sampling import (  # noqa: E402
     ClassificationPrediction,
     RegressionPrediction,
     has_variance_head,

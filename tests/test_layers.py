@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -252,3 +254,16 @@ def test_packed_layers_round_trip_through_keras_file(layer, tmp_path):
 def test_bad_packed_layer_arguments_are_rejected(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_to_mc_dropout_warns_when_there_is_nothing_to_convert():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    with pytest.warns(UserWarning, match=r"no layer to convert.*SpatialDropout1D.*Dropout"):
+        copy = ku.layers.to_mc_dropout(model)
+    x = np.ones((2, 4), "float32")
+    np.testing.assert_array_equal(copy(x), model(x))
+    # A model that is already MC converts nothing and needs no warning.
+    mc = keras.Sequential([keras.Input((4,)), ku.layers.MCDropout(0.2)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ku.layers.to_mc_dropout(mc)

@@ -6,6 +6,9 @@ object, so that a Keras upgrade breaks one checked place, loudly.
 """
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -133,3 +136,23 @@ def test_compat_module_names_the_keras_version_when_it_cannot_work(monkeypatch):
 def test_importing_the_package_leaves_tensorflows_logger_alone():
     # The "frequent retracing" filter is installed only during a sampling call.
     assert not tf.get_logger().filters
+
+
+def test_importing_with_another_keras_backend_names_it_and_the_fix():
+    # Keras's other backends need their own frameworks (JAX, torch), which
+    # the test machines lack, so the process reports "jax" as its backend.
+    script = (
+        "import keras; keras.backend.backend = lambda: 'jax'; "
+        "import keras_uncertainty"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        timeout=120,
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError:")
+    assert "'jax' backend" in last and "KERAS_BACKEND=tensorflow" in last

@@ -1,7 +1,10 @@
 """Turn a trained model's inference-off dropout into MC dropout."""
 
+import warnings
+
 import keras
 
+from keras_uncertainty import _keras_compat
 from keras_uncertainty.layers.mc_dropout import (
     MCDropout,
     MCGaussianDropout,
@@ -31,9 +34,15 @@ def _mc_twin(layer):
 
 def _clone_layer(layer):
     if isinstance(layer, keras.Model):
-        return to_mc_dropout(layer)
+        return _converted(layer)
     layer_class = _mc_twin(layer) or layer.__class__
     return layer_class.from_config(layer.get_config())
+
+
+def _converted(model):
+    clone = keras.models.clone_model(model, clone_function=_clone_layer)
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def to_mc_dropout(model):
@@ -50,7 +59,10 @@ def to_mc_dropout(model):
         model: A Functional or Sequential `keras.Model`.
 
     Returns:
-        A new `keras.Model` of the same kind, with the same weights.
+        A new `keras.Model` of the same kind, with the same weights. When
+        the model has no dropout layer to convert (and no MC layer already),
+        the copy is deterministic and a warning names the layer types
+        looked for.
 
     Example:
 
@@ -74,6 +86,18 @@ def to_mc_dropout(model):
             "cannot be swapped from outside; build it with "
             f"`ku.layers.MCDropout` instead). Received: {type(model).__name__}"
         )
-    clone = keras.models.clone_model(model, clone_function=_clone_layer)
-    clone.set_weights(model.get_weights())
+    clone = _converted(model)
+    if not any(
+        getattr(layer, "stochastic_at_inference", False)
+        for layer in _keras_compat.flatten_layers(clone)
+    ):
+        looked_for = ", ".join(keras_class.__name__ for keras_class, _ in _MC_TWIN)
+        warnings.warn(
+            f"`to_mc_dropout` found no layer to convert in model "
+            f"'{model.name}' (it looks for {looked_for}), so the copy is "
+            "deterministic and its epistemic uncertainty will be zero. Add "
+            "`ku.layers.MCDropout` layers where dropout belongs.",
+            UserWarning,
+            stacklevel=2,
+        )
     return clone
