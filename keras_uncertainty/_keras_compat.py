@@ -8,10 +8,19 @@ this module reads `Layer._flatten_layers`, which every Keras 3 release has.
 It checks on first use that what it reads exists and raises an error naming
 the installed Keras version if not, instead of silently finding no layers.
 
+Keras also has no public way for a callback to see the list it runs in.
+`UncertaintyMetrics` must write its values before the other callbacks'
+`on_epoch_end` (TensorBoard and CSVLogger read `logs` there), so
+`running_callback_list` finds the `keras.callbacks.CallbackList` that is
+calling a hook, from the calling frame; when it cannot (a Keras that calls
+hooks differently), it returns None and the callback says so.
+
 No other module of the package imports `keras.src` or reads a private
 attribute of a Keras or TensorFlow object; `tests/test_public_api.py`
 enforces it.
 """
+
+import inspect
 
 import keras
 
@@ -37,3 +46,26 @@ def flatten_layers(layer):
     """`layer` and every layer nested in it, at any depth, each once."""
     _require()
     return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def running_callback_list(max_depth=4):
+    """The `keras.callbacks.CallbackList` calling the running callback hook.
+
+    Keras calls every callback's hooks from the `CallbackList`'s own methods
+    (`for callback in self.callbacks: ...`), so the list is the `self` of a
+    frame a few levels up. None when no such frame is found.
+    """
+    frame = inspect.currentframe()
+    try:
+        for _ in range(max_depth + 1):
+            frame = frame.f_back
+            if frame is None:
+                return None
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, keras.callbacks.CallbackList) and isinstance(
+                getattr(owner, "callbacks", None), list
+            ):
+                return owner
+        return None
+    finally:
+        del frame

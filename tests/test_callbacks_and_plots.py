@@ -1,3 +1,5 @@
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -6,6 +8,7 @@ import keras  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import keras_uncertainty as ku  # noqa: E402
 
@@ -47,9 +50,81 @@ def test_classification_callback_every_other_epoch(classifier, class_inputs):
         assert len(history.history[key]) == 2  # epochs 2 and 4
 
 
+def _small_regression_fit(callbacks, x, y, **fit_args):
+    keras.utils.set_random_seed(7)
+    model = ku.models.article_regression_mlp()
+    model.compile("adam", loss=ku.losses.gaussian_nll)
+    return model.fit(x, y, epochs=2, verbose=0, callbacks=callbacks, **fit_args)
+
+
+def _tensorboard_tags(log_dir):
+    tags = set()
+    for event_file in log_dir.rglob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(event_file)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_values_reach_csv_logger_and_tensorboard_listed_before_the_callback(
+    regression_data, tmp_path
+):
+    x, y = regression_data
+    csv_path = tmp_path / "log.csv"
+    callbacks = [
+        keras.callbacks.CSVLogger(str(csv_path)),
+        keras.callbacks.TensorBoard(str(tmp_path / "tb")),
+        ku.callbacks.UncertaintyMetrics((x[:64], y[:64]), num_samples=4),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        history = _small_regression_fit(callbacks, x, y, batch_size=64)
+    assert [type(c) for c in callbacks][0] is keras.callbacks.CSVLogger
+    header, *rows = csv_path.read_text().splitlines()
+    assert "val_mc_nll" in header.split(",") and len(rows) == 2
+    column = header.split(",").index("val_mc_nll")
+    np.testing.assert_allclose(
+        [float(row.split(",")[column]) for row in rows],
+        history.history["val_mc_nll"],
+        rtol=1e-6,
+    )
+    # TensorBoard writes "val_" keys to its validation run, without the prefix.
+    assert "epoch_mc_nll" in _tensorboard_tags(tmp_path / "tb" / "validation")
+
+
+def test_outside_a_callback_list_it_warns_that_order_matters(regression_data):
+    x, y = regression_data
+    callback = ku.callbacks.UncertaintyMetrics((x[:64], y[:64]), num_samples=4)
+    with pytest.warns(UserWarning, match="List it first"):
+        callback.on_train_begin()
+
+
+def test_dataset_validation_data_gives_the_array_figures(regression_data):
+    x, y = regression_data
+    model = ku.models.article_regression_mlp()
+    model.compile("adam", loss=ku.losses.gaussian_nll)
+    figures = []
+    for data in (
+        (x[:100], y[:100]),
+        tf.data.Dataset.from_tensor_slices((x[:100], y[:100])).batch(30),
+    ):
+        callback = ku.callbacks.UncertaintyMetrics(data, num_samples=6, seed=3)
+        callback.set_model(model)
+        logs = {}
+        callback.on_epoch_end(0, logs)
+        figures.append(logs)
+    assert figures[0].keys() == figures[1].keys()
+    for key in figures[0]:
+        np.testing.assert_allclose(figures[1][key], figures[0][key], rtol=1e-6)
+
+
 def test_callback_rejects_bad_arguments():
     with pytest.raises(ValueError, match="`validation_data`"):
         ku.callbacks.UncertaintyMetrics(np.zeros(3))
+    with pytest.raises(ValueError, match="`validation_data`"):
+        ku.callbacks.UncertaintyMetrics(iter([(np.zeros(3), np.zeros(3))]))
+    with pytest.warns(UserWarning, match="ignores the sample weights"):
+        ku.callbacks.UncertaintyMetrics((np.zeros(3), np.zeros(3), np.ones(3)))
     with pytest.raises(ValueError, match="`task`"):
         ku.callbacks.UncertaintyMetrics((np.zeros(3), np.zeros(3)), task="x")
     with pytest.raises(ValueError, match="`every`"):

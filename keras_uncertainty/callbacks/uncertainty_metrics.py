@@ -1,9 +1,12 @@
 """Monte Carlo validation metrics written into Keras `logs`."""
 
+import warnings
+
 import keras
 import numpy as np
+import tensorflow as tf
 
-from keras_uncertainty import metrics
+from keras_uncertainty import _keras_compat, metrics
 from keras_uncertainty._validation import check_positive_int
 from keras_uncertainty.sampling import sampler
 from keras_uncertainty.sampling.predictions import RegressionPrediction
@@ -14,9 +17,12 @@ _TASKS = ("auto", "regression", "classification")
 class UncertaintyMetrics(keras.callbacks.Callback):
     """Draws MC (or ensemble) samples on validation data after an epoch.
 
-    The figures go into `logs`, so the History, `EarlyStopping(monitor=...)`,
-    `ModelCheckpoint` and TensorBoard see them (put this callback before
-    those in the `callbacks` list). Keys:
+    The figures go into the epoch's `logs`, so the History,
+    `EarlyStopping(monitor=...)`, `ModelCheckpoint`, `CSVLogger` and
+    TensorBoard see them wherever this callback sits in the list: at the
+    start of training it moves itself to the front of the running list (the
+    list you passed is not changed), so its `on_epoch_end` runs before
+    theirs. Keys:
 
     - regression: `val_mc_nll` (the mixture NLL of the samples, or the
       Gaussian NLL of the predictive mean and std for a model without a
@@ -28,7 +34,10 @@ class UncertaintyMetrics(keras.callbacks.Callback):
     It uses the compiled sampling of `ku.sample`, traced once and reused.
 
     Args:
-        validation_data: `(x_val, y_val)`.
+        validation_data: `(x_val, y_val)` (a third entry, sample weights, is
+            ignored with a warning), or a batched `tf.data.Dataset` or
+            `keras.utils.PyDataset` of `(x, y)` or `(x, y, w)` batches,
+            streamed each time the metrics are computed.
         num_samples: Samples per input (members contribute one each, or
             `num_samples` each when they are stochastic).
         every: Compute every `every` epochs (and not in between).
@@ -40,6 +49,7 @@ class UncertaintyMetrics(keras.callbacks.Callback):
     Example:
 
     >>> model.fit(x, y, epochs=50, callbacks=[
+    ...     keras.callbacks.CSVLogger("log.csv"),
     ...     ku.callbacks.UncertaintyMetrics((x_val, y_val), num_samples=20),
     ...     keras.callbacks.EarlyStopping(monitor="val_mc_nll", mode="min"),
     ... ])
@@ -49,10 +59,28 @@ class UncertaintyMetrics(keras.callbacks.Callback):
         self, validation_data, num_samples=20, every=1, task="auto", seed=None
     ):
         super().__init__()
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        self._streamed = isinstance(
+            validation_data, (tf.data.Dataset, keras.utils.PyDataset)
+        )
+        if self._streamed:
+            self.x_val, self.y_val = validation_data, None
+        elif isinstance(validation_data, (tuple, list)) and len(validation_data) in (
+            2,
+            3,
+        ):
+            if len(validation_data) == 3:
+                warnings.warn(
+                    "UncertaintyMetrics ignores the sample weights in "
+                    "`validation_data`: every validation row counts once.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            self.x_val, self.y_val = validation_data[0], np.asarray(validation_data[1])
+        else:
             raise ValueError(
                 "Invalid value received for argument `validation_data`. "
-                "Expected a tuple (x_val, y_val). Received: "
+                "Expected a tuple (x_val, y_val), a tf.data.Dataset or a "
+                "keras.utils.PyDataset of (x, y) batches. Received: "
                 f"{type(validation_data).__name__}"
             )
         if task not in _TASKS:
@@ -60,21 +88,31 @@ class UncertaintyMetrics(keras.callbacks.Callback):
                 "Invalid value received for argument `task`. Expected one of "
                 f"{_TASKS}. Received: task={task!r}"
             )
-        self.x_val, y_val = validation_data
-        self.y_val = np.asarray(y_val)
         self.num_samples = check_positive_int(num_samples, "num_samples")
         self.every = check_positive_int(every, "every")
         self.task = task
         self.seed = seed
 
-    def _resolved_task(self):
-        if self.task != "auto":
-            return self.task
-        if sampler.has_variance_head(self.model):
-            return "regression"
-        if np.issubdtype(self.y_val.dtype, np.floating):
-            return "regression"
-        return "classification"
+    def on_train_begin(self, logs=None):
+        # TensorBoard, CSVLogger and EarlyStopping read `logs` in their own
+        # `on_epoch_end`, so this callback runs first. Moving it to the front
+        # of the running list during this loop calls no hook twice: the
+        # callbacks before it have had theirs and stay before the next one.
+        callback_list = _keras_compat.running_callback_list()
+        if callback_list is None:
+            warnings.warn(
+                "UncertaintyMetrics cannot find the list of callbacks it runs "
+                "in, so only the callbacks listed after it (not TensorBoard "
+                "or CSVLogger listed before it) will see its val_mc_* "
+                "values. List it first in `callbacks`.",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
+        callbacks = callback_list.callbacks
+        if callbacks and callbacks[0] is not self:
+            callbacks.remove(self)
+            callbacks.insert(0, self)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or (epoch + 1) % self.every:
@@ -84,13 +122,43 @@ class UncertaintyMetrics(keras.callbacks.Callback):
         else:
             logs.update(self._classification())
 
+    def _target_dtype(self):
+        if not self._streamed:
+            return self.y_val.dtype
+        if isinstance(self.x_val, tf.data.Dataset):
+            spec = self.x_val.element_spec
+            if isinstance(spec, tuple) and len(spec) >= 2:
+                return spec[1].dtype.as_numpy_dtype
+            return None
+        element = keras.utils.unpack_x_y_sample_weight(self.x_val[0])
+        return None if element[1] is None else np.asarray(element[1]).dtype
+
+    def _resolved_task(self):
+        if self.task != "auto":
+            return self.task
+        if sampler.has_variance_head(self.model):
+            return "regression"
+        dtype = self._target_dtype()
+        if dtype is not None and np.issubdtype(dtype, np.floating):
+            return "regression"
+        return "classification"
+
+    def _inputs(self):
+        """The validation inputs, and a function that gives their targets
+        once the inputs have been read."""
+        if not self._streamed:
+            return self.x_val, lambda: self.y_val
+        stream = sampler.input_stream(self.model, self.x_val, keep_targets=True)
+        return stream, stream.targets
+
     def _regression(self):
         # During `fit` the model is compiled, so its loss decides.
         variance_head = bool(sampler.has_variance_head(self.model))
+        x, targets = self._inputs()
         samples = sampler.sample(
-            self.model, self.x_val, self.num_samples, seed=self.seed
+            self.model, x, self.num_samples, seed=self.seed, verbose=0
         ).astype(np.float64)
-        y = self.y_val.reshape(samples.shape[1], -1)
+        y = targets().reshape(samples.shape[1], -1)
         if variance_head:
             k = samples.shape[-1] // 2
             means, variances = samples[..., :k], np.exp(samples[..., k:])
@@ -118,10 +186,11 @@ class UncertaintyMetrics(keras.callbacks.Callback):
         }
 
     def _classification(self):
+        x, targets = self._inputs()
         prediction = sampler.predict_classification(
-            self.model, self.x_val, self.num_samples, seed=self.seed
+            self.model, x, self.num_samples, seed=self.seed, verbose=0
         )
-        labels = self.y_val.reshape(-1).astype(np.int64)
+        labels = targets().reshape(-1).astype(np.int64)
         probs = prediction.probs / prediction.probs.sum(-1, keepdims=True)
         return {
             "val_mc_nll": metrics.classification_nll(labels, probs),

@@ -98,6 +98,11 @@ def _check_model(model):
     return structure
 
 
+def input_stream(model, x, keep_targets=False):
+    """`x` as the `InputStream` sampling `model` reads (see `inputs.py`)."""
+    return InputStream(structure_of(model).view, x, keep_targets=keep_targets)
+
+
 def _chunks(total, size):
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
