@@ -12,8 +12,8 @@ if keras.backend.backend() != "tensorflow":
     raise ImportError(
         "keras_uncertainty needs Keras's TensorFlow backend. Received: the "
         f"'{keras.backend.backend()}' backend. Set the environment variable "
-        "KERAS_BACKEND=tensorflow before Python starts (or \"backend\": "
-        "\"tensorflow\" in ~/.keras/keras.json)."
+        'KERAS_BACKEND=tensorflow before Python starts (or "backend": '
+        '"tensorflow" in ~/.keras/keras.json).'
     )
 
 from keras_uncertainty import (  # noqa: E402

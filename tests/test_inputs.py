@@ -82,7 +82,9 @@ def test_streamed_inputs_give_exactly_the_in_memory_result(counted_model, rows, 
         model, make(x, y), num_samples=20, batch_size=640, seed=5
     )
     for field in ("mean", "std", "aleatoric_std", "epistemic_std"):
-        np.testing.assert_array_equal(getattr(streamed, field), getattr(expected, field))
+        np.testing.assert_array_equal(
+            getattr(streamed, field), getattr(expected, field)
+        )
     # Five batches of 50 (re-cut into 32s and a last 6) trace nothing new.
     assert counter.calls == traces
 
@@ -131,14 +133,26 @@ def test_dict_inputs_reach_a_multi_input_model(class_inputs):
 @pytest.mark.parametrize(
     "x, message",
     [
-        (tf.data.Dataset.from_tensor_slices(np.zeros((0, 8), "float32")).batch(4),
-         "at least one batch"),
-        (tf.data.Dataset.from_tensor_slices(np.zeros((4, 8), "float32")),
-         r"rank 2.*must be batched"),
-        (tf.data.Dataset.from_tensor_slices(np.zeros((4, 8), "float32")).batch(2).repeat(),
-         "infinite"),
-        (tf.data.Dataset.from_tensor_slices(np.full((4, 8), np.nan, "float32")).batch(2),
-         r"batch 0.*finite"),
+        (
+            tf.data.Dataset.from_tensor_slices(np.zeros((0, 8), "float32")).batch(4),
+            "at least one batch",
+        ),
+        (
+            tf.data.Dataset.from_tensor_slices(np.zeros((4, 8), "float32")),
+            r"rank 2.*must be batched",
+        ),
+        (
+            tf.data.Dataset.from_tensor_slices(np.zeros((4, 8), "float32"))
+            .batch(2)
+            .repeat(),
+            "infinite",
+        ),
+        (
+            tf.data.Dataset.from_tensor_slices(
+                np.full((4, 8), np.nan, "float32")
+            ).batch(2),
+            r"batch 0.*finite",
+        ),
         ([[1.0, 2.0], [3.0]], "list of rows of the same shape"),
         ([], "at least one row"),
         (np.array(["a"] * 8).reshape(1, 8), "Expected numbers"),

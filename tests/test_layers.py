@@ -258,7 +258,9 @@ def test_bad_packed_layer_arguments_are_rejected(make, message):
 
 def test_to_mc_dropout_warns_when_there_is_nothing_to_convert():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    with pytest.warns(UserWarning, match=r"no layer to convert.*SpatialDropout1D.*Dropout"):
+    with pytest.warns(
+        UserWarning, match=r"no layer to convert.*SpatialDropout1D.*Dropout"
+    ):
         copy = ku.layers.to_mc_dropout(model)
     x = np.ones((2, 4), "float32")
     np.testing.assert_array_equal(copy(x), model(x))

@@ -142,8 +142,7 @@ def test_importing_with_another_keras_backend_names_it_and_the_fix():
     # Keras's other backends need their own frameworks (JAX, torch), which
     # the test machines lack, so the process reports "jax" as its backend.
     script = (
-        "import keras; keras.backend.backend = lambda: 'jax'; "
-        "import keras_uncertainty"
+        "import keras; keras.backend.backend = lambda: 'jax'; import keras_uncertainty"
     )
     result = subprocess.run(
         [sys.executable, "-c", script],

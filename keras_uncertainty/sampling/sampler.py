@@ -538,8 +538,10 @@ def _check_probabilities(prediction, from_logits):
     high = float(np.max(probs[finite], initial=1.0))
     off_by = np.abs(probs[finite].sum(axis=-1) - 1.0)
     worst = float(np.max(off_by, initial=0.0))
-    if low < -_PROBABILITY_TOLERANCE or high > 1 + _PROBABILITY_TOLERANCE or (
-        worst > _PROBABILITY_TOLERANCE
+    if (
+        low < -_PROBABILITY_TOLERANCE
+        or high > 1 + _PROBABILITY_TOLERANCE
+        or (worst > _PROBABILITY_TOLERANCE)
     ):
         raise ValueError(
             "Invalid value received for argument `model`. Expected outputs "
