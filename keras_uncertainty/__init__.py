@@ -35,6 +35,7 @@ from keras_uncertainty.sampling import (  # noqa: E402
     predict_regression,
     sample,
 )
+from keras_uncertainty.serving import export  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "calibration",
     "callbacks",
     "datasets",
+    "export",
     "has_variance_head",
     "layers",
     "losses",

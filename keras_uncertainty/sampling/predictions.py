@@ -3,8 +3,60 @@
 import dataclasses
 
 import numpy as np
+import tensorflow as tf
 
 from keras_uncertainty.sampling.formulas import entropy
+
+
+def _math(value):
+    """numpy for numpy arrays, TensorFlow otherwise: the summaries below are
+    computed in numpy by `ku.predict_*` and in-graph by `ku.export`."""
+    return np if isinstance(value, np.ndarray) else tf.math
+
+
+def regression_summary(mean_mu, m2_mu, mean_var, num_samples):
+    """The fields of a `RegressionPrediction` from merged moments.
+
+    Args:
+        mean_mu, m2_mu, mean_var: `formulas.regression_moments` output,
+            merged over all T samples (numpy arrays or tensors).
+        num_samples: T.
+
+    Returns:
+        A dict with `mean`, `std`, `aleatoric_std` and `epistemic_std`.
+    """
+    math = _math(mean_var)
+    epistemic_var = m2_mu / num_samples
+    return {
+        "mean": mean_mu,
+        "std": math.sqrt(mean_var + epistemic_var),
+        "aleatoric_std": math.sqrt(mean_var),
+        "epistemic_std": math.sqrt(epistemic_var),
+    }
+
+
+def classification_summary(sum_probs, sum_entropy, num_samples):
+    """The fields of a `ClassificationPrediction` from summed samples.
+
+    Args:
+        sum_probs, sum_entropy: `formulas.classification_moments` output,
+            summed over all T samples (numpy arrays or tensors).
+        num_samples: T.
+
+    Returns:
+        A dict with `probs`, `entropy`, `expected_entropy` and
+        `mutual_information`.
+    """
+    probs = sum_probs / num_samples
+    total = entropy(probs)
+    expected = sum_entropy / num_samples
+    return {
+        "probs": probs,
+        "entropy": total,
+        "expected_entropy": expected,
+        # >= 0 by Jensen's inequality; float rounding below 0 is clipped.
+        "mutual_information": _math(total).maximum(total - expected, 0.0),
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,14 +90,8 @@ class RegressionPrediction:
     @classmethod
     def from_moments(cls, mean_mu, m2_mu, mean_var, num_samples):
         """Builds the prediction from `formulas.regression_moments` output."""
-        epistemic_var = np.asarray(m2_mu, np.float64) / num_samples
-        aleatoric_var = np.asarray(mean_var, np.float64)
-        return cls(
-            mean=np.asarray(mean_mu, np.float64),
-            std=np.sqrt(aleatoric_var + epistemic_var),
-            aleatoric_std=np.sqrt(aleatoric_var),
-            epistemic_std=np.sqrt(epistemic_var),
-        )
+        moments = (np.asarray(v, np.float64) for v in (mean_mu, m2_mu, mean_var))
+        return cls(**regression_summary(*moments, num_samples))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,14 +130,10 @@ class ClassificationPrediction:
     @classmethod
     def from_moments(cls, sum_probs, sum_entropy, votes, num_samples):
         """Builds the prediction from summed `classification_moments` output."""
-        probs = np.asarray(sum_probs, np.float64) / num_samples
-        total = entropy(probs)
-        expected = np.asarray(sum_entropy, np.float64) / num_samples
+        sums = (np.asarray(v, np.float64) for v in (sum_probs, sum_entropy))
+        fields = classification_summary(*sums, num_samples)
         return cls(
-            probs=probs,
-            label=np.argmax(probs, axis=-1),
-            entropy=total,
-            expected_entropy=expected,
-            mutual_information=np.maximum(total - expected, 0.0),
+            **fields,
+            label=np.argmax(fields["probs"], axis=-1),
             votes=None if votes is None else np.asarray(votes, np.int64),
         )

@@ -10,7 +10,9 @@ one chunk and how chunks combine:
   chunks of samples of the same inputs, exactly;
 - `finalize(state, num_samples)`: the merged reduction of every input
   (chunks of inputs concatenated on axis `row_axis` of each entry, 0 unless
-  the reducer says otherwise) -> the result.
+  the reducer says otherwise) -> the result;
+- `summary(state, num_samples)` (optional): the result as a dict of
+  tensors, computed in-graph, for `ku.export`.
 
 `key` names the compiled graph: two reducers with the same key share it.
 To add a summary, subclass `Reducer` and pass it to `ku.sampling.run`.
@@ -22,6 +24,8 @@ from keras_uncertainty.sampling import formulas
 from keras_uncertainty.sampling.predictions import (
     ClassificationPrediction,
     RegressionPrediction,
+    classification_summary,
+    regression_summary,
 )
 
 
@@ -42,6 +46,11 @@ class Reducer:
 
     def finalize(self, state, num_samples):
         raise NotImplementedError
+
+    def summary(self, state, num_samples):
+        raise NotImplementedError(
+            f"{type(self).__name__} has no in-graph summary to export."
+        )
 
 
 class RawSamples(Reducer):
@@ -108,6 +117,9 @@ class RegressionMoments(Reducer):
             mean_mu.astype(np.float64), m2_mu, mean_var, num_samples
         )
 
+    def summary(self, state, num_samples):
+        return regression_summary(*state, num_samples)
+
 
 class ClassificationSummary(Reducer):
     """Summed probabilities and entropies (and votes, when asked for).
@@ -142,3 +154,10 @@ class ClassificationSummary(Reducer):
             votes[0] if votes else None,
             num_samples=num_samples,
         )
+
+    def summary(self, state, num_samples):
+        sum_probs, sum_entropy, *votes = state
+        fields = classification_summary(sum_probs, sum_entropy, num_samples)
+        if votes:
+            fields["votes"] = votes[0]
+        return fields

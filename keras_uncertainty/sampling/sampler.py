@@ -67,7 +67,8 @@ def _bounded_tracing_quiet():
 _WARNED_DETERMINISTIC = weakref.WeakSet()
 
 
-def _check_model(model):
+def check_model(model):
+    """Checks `model` for sampling and returns its `ModelStructure`."""
     if not isinstance(model, keras.Model):
         raise ValueError(
             "Invalid value received for argument `model`. Expected a "
@@ -139,6 +140,42 @@ class _CompiledStep:
         return self.function.experimental_get_tracing_count()
 
 
+def reducing_forward(model, reducer, structure):
+    """A function `(flat_inputs, num_samples) -> reducer.reduce(samples)`.
+
+    Not compiled: `_compiled_step` wraps it in a `tf.function`, and
+    `ku.export` traces it into a SavedModel.
+
+    Returns:
+        `(function, floats_per_row)`, the second for sizing chunks.
+    """
+    forward, floats_per_row = make_tiled_forward(model)
+    members = num_members(model) or 1
+
+    def step(flat_inputs, num_samples):
+        inputs = tree.pack_sequence_as(structure, list(flat_inputs))
+        outputs = tree.flatten(forward(inputs, num_samples))
+        if len(outputs) != 1:
+            raise ValueError(
+                "Invalid value received for argument `model`. Expected a "
+                "model with a single output tensor. Received: "
+                f"{len(outputs)} outputs"
+            )
+        output = outputs[0]
+        # Static sizes where known, so the reshape keeps shape information.
+        dims = [
+            static if static is not None else tf.shape(output)[i + 1]
+            for i, static in enumerate(output.shape[1:])
+        ]
+        n = flat_inputs[0].shape[0]
+        if n is None:
+            n = tf.shape(flat_inputs[0])[0]
+        by_sample = tf.reshape(output, [members * num_samples, n, *dims])
+        return reducer.reduce(by_sample)
+
+    return step, floats_per_row
+
+
 def _compiled_step(model, reducer, structure, flat):
     """The cached `_CompiledStep` for this model, reducer and input signature."""
     specs = tuple((a.shape[1:], a.dtype.str) for a in flat)
@@ -148,35 +185,11 @@ def _compiled_step(model, reducer, structure, flat):
     key = (reducer.key, repr(structure), specs, layers)
     per_model = _COMPILED.setdefault(model, {})
     if key not in per_model:
-        forward, floats_per_row = make_tiled_forward(model)
-        members = num_members(model) or 1
-
-        def step(flat_inputs, num_samples):
-            inputs = tree.pack_sequence_as(structure, list(flat_inputs))
-            outputs = tree.flatten(forward(inputs, num_samples))
-            if len(outputs) != 1:
-                raise ValueError(
-                    "Invalid value received for argument `model`. Expected a "
-                    "model with a single output tensor. Received: "
-                    f"{len(outputs)} outputs"
-                )
-            output = outputs[0]
-            # Static sizes where known, so the reshape keeps shape information.
-            dims = [
-                static if static is not None else tf.shape(output)[i + 1]
-                for i, static in enumerate(output.shape[1:])
-            ]
-            n = flat_inputs[0].shape[0]
-            if n is None:
-                n = tf.shape(flat_inputs[0])[0]
-            by_sample = tf.reshape(output, [members * num_samples, n, *dims])
-            return reducer.reduce(by_sample)
-
-        per_model[key] = _CompiledStep(step, floats_per_row)
+        per_model[key] = _CompiledStep(*reducing_forward(model, reducer, structure))
     return per_model[key]
 
 
-def _seed_generators(model):
+def seed_generators(model):
     """The seed generator of every stochastic layer; an error for a
     stochastic layer without one (a seed could not reach it)."""
     generators = []
@@ -197,7 +210,7 @@ def _seed_generators(model):
 
 def _reseed(model, seed):
     """Restarts every stochastic layer's random stream from `seed`."""
-    generators = _seed_generators(model)
+    generators = seed_generators(model)
     # One independent key per generator; the counter half starts at 0 and
     # advances by one per call. Keys stay below 2**31 - 1 because the
     # TensorFlow backend reduces seeds modulo that before use.
@@ -266,7 +279,7 @@ def reduce_samples(
             "Invalid value received for argument `reducer`. Expected a "
             f"ku.sampling.Reducer. Received: {type(reducer).__name__}"
         )
-    model_structure = _check_model(model)
+    model_structure = check_model(model)
     num_samples = check_positive_int(num_samples, "num_samples")
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
     seed = check_seed(seed)
@@ -395,7 +408,9 @@ def _output_width(view):
     return view.outputs[0].shape[-1] if view is not None else None
 
 
-def _resolve_variance_head(model, variance_head):
+def resolve_variance_head(model, variance_head):
+    """`variance_head` as given, or read from the compiled loss (see
+    `predict_regression`), checked against the output width."""
     width = (
         _output_width(structure_of(model).view)
         if isinstance(model, keras.Model)
@@ -458,7 +473,7 @@ def predict_regression(
     >>> pred = ku.predict_regression(model, x_test, num_samples=100)
     >>> pred.mean, pred.aleatoric_std, pred.epistemic_std
     """
-    reducer = RegressionMoments(_resolve_variance_head(model, variance_head))
+    reducer = RegressionMoments(resolve_variance_head(model, variance_head))
     prediction = reduce_samples(
         model, x, reducer, num_samples, batch_size, seed, verbose
     )
