@@ -1,6 +1,7 @@
 import gzip
 import os
 import shutil
+import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ def test_download_fills_the_cache_and_checks_sha256(no_env, monkeypatch):
     def fake_fetch(url, path):
         fetched.append(url)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        shutil.copy(SHARED / "uci" / "energy" / os.path.basename(path), path)
+        shutil.copy(SHARED / "uci" / "energy" / os.path.basename(url), path)
 
     monkeypatch.setattr(_files, "fetch", fake_fetch)
     data = ku.datasets.load_uci("energy", split=1)
@@ -102,6 +103,76 @@ def test_download_with_a_wrong_checksum_is_refused(no_env, monkeypatch):
     monkeypatch.setattr(_files, "fetch", bad_fetch)
     with pytest.raises(ValueError, match="does not match its recorded SHA-256"):
         ku.datasets.load_uci("concrete")
+    # Nothing is left in the cache: not the bad file, not a temporary one.
+    assert os.listdir(os.path.join(_files.cache_dir("uci"), "concrete")) == []
+
+
+def test_offline_download_says_how_to_provide_the_data_and_leaves_nothing(
+    no_env, monkeypatch
+):
+    def no_network(url, path):
+        Path(path).write_text("partial")
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(_files, "fetch", no_network)
+    with pytest.raises(_files.DownloadError) as caught:
+        ku.datasets.load_uci("concrete")
+    message = str(caught.value)
+    assert "\n" not in message and "name resolution" in message
+    assert "--data-dir" in message and "KERAS_UNCERTAINTY_DATA" in message
+    assert os.listdir(os.path.join(_files.cache_dir("uci"), "concrete")) == []
+
+
+def _copy_of_yacht(tmp_path):
+    folder = tmp_path / "mine"
+    shutil.copytree(os.path.join(_files.PACKAGED_DIR, "yacht"), folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda f: (f / "n_splits.txt").write_text("0\n"), r"n_splits.txt' holds 0"),
+        (
+            lambda f: (f / "index_target.txt").write_text("9\n"),
+            r"index_target.txt' names columns outside \[0, 6\]",
+        ),
+        (
+            lambda f: (f / "index_features.txt").write_text("0 1 -2\n"),
+            r"index_features.txt' names columns outside",
+        ),
+        (
+            lambda f: (f / "index_test_0.txt").write_text("0 1 400\n"),
+            r"index_test_0.txt' .* outside \[0, 307\]",
+        ),
+        (
+            lambda f: shutil.copy(f / "index_train_0.txt", f / "index_test_0.txt"),
+            r"share \d+ rows.*disjoint",
+        ),
+        (
+            lambda f: (f / "data.txt").write_text(
+                (f / "data.txt").read_text().replace("-2.3 0.568", "-2.3 nan", 1)
+            ),
+            r"data.txt' holds 1 NaN or infinite values.*row 0",
+        ),
+    ],
+    ids=["no-splits", "target-column", "feature-column", "test-row", "overlap", "nan"],
+)
+def test_bad_uci_data_is_refused_before_training_with_the_file_named(
+    no_env, offline, tmp_path, change, message
+):
+    folder = _copy_of_yacht(tmp_path)
+    change(folder)
+    with pytest.raises(ValueError, match=message):
+        ku.datasets.load_uci(str(folder))
+
+
+def test_rows_repeated_inside_a_split_warn(no_env, offline, tmp_path):
+    folder = _copy_of_yacht(tmp_path)
+    rows = (folder / "index_train_0.txt").read_text().split()
+    (folder / "index_train_0.txt").write_text(" ".join(rows + rows[:3]))
+    with pytest.warns(UserWarning, match="lists 3 rows more than once"):
+        ku.datasets.load_uci(str(folder))
 
 
 def test_bad_uci_inputs(no_env, offline, tmp_path):
@@ -144,4 +215,22 @@ def test_truncated_and_corrupt_mnist_files_are_named(tmp_path, offline):
         ku.datasets.load_mnist(data_dir=str(tmp_path))
     os.remove(tmp_path / images.name)
     with pytest.raises(ValueError, match="missing the file 't10k-images"):
+        ku.datasets.load_mnist(data_dir=str(tmp_path))
+
+
+def test_mnist_labels_outside_the_digits_are_refused(tmp_path, offline):
+    images = np.zeros((3, 28, 28), np.uint8)
+    labels = np.array([1, 255, 7], np.uint8)
+    for name, magic, array in (
+        ("t10k-images-idx3-ubyte.gz", 2051, images),
+        ("t10k-labels-idx1-ubyte.gz", 2049, labels),
+    ):
+        header = magic.to_bytes(4, "big") + b"".join(
+            d.to_bytes(4, "big") for d in array.shape
+        )
+        with gzip.open(tmp_path / name, "wb") as f:
+            f.write(header + array.tobytes())
+    with pytest.raises(
+        ValueError, match=r"1 labels outside 0-9 \(first: 255 at index 1\)"
+    ):
         ku.datasets.load_mnist(data_dir=str(tmp_path))

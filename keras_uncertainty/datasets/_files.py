@@ -39,29 +39,65 @@ def sha256(path):
     return digest.hexdigest()
 
 
+class DownloadError(OSError):
+    """A data file could not be downloaded (no network, server error)."""
+
+
 def fetch(url, path):
-    """Downloads `url` to `path` (atomically). Tests replace this function."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), delete=False) as tmp:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, tmp)
-    os.replace(tmp.name, path)
+    """Downloads `url` into the file `path`. Tests replace this function."""
+    with open(path, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+        shutil.copyfileobj(response, out)
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def download(kind, name, files, url_of, target):
-    """Fetches `files` into `target`, checking each against its SHA-256."""
+    """Fetches `files` into `target`, checking each against its SHA-256.
+
+    Each file goes to a temporary file in `target`, which is checked and only
+    then renamed into place; a failed or interrupted download leaves nothing
+    behind.
+
+    Raises:
+        DownloadError: a file could not be downloaded; the message says how
+            to provide the data locally instead.
+        ValueError: a downloaded file does not match its SHA-256.
+    """
     expected = CHECKSUMS[kind] if name is None else CHECKSUMS[kind][name]
+    os.makedirs(target, exist_ok=True)
     for file in files:
         path = os.path.join(target, file)
         if os.path.exists(path) and sha256(path) == expected[file]:
             continue
-        fetch(url_of(file), path)
-        actual = sha256(path)
-        if actual != expected[file]:
-            os.remove(path)
-            raise ValueError(
-                f"Downloaded file '{file}' from {url_of(file)} does not match "
-                f"its recorded SHA-256 (expected {expected[file]}, received "
-                f"{actual}); it was deleted."
-            )
+        url = url_of(file)
+        handle, partial = tempfile.mkstemp(
+            dir=target, prefix=f".{file}.", suffix=".part"
+        )
+        os.close(handle)
+        try:
+            try:
+                fetch(url, partial)
+            except OSError as error:
+                reason = getattr(error, "reason", None) or error
+                raise DownloadError(
+                    f"Could not download '{file}' from {url} ({reason}). Provide "
+                    "the data locally instead: pass a folder holding it as "
+                    "`--data-dir` (`data_dir=`), set KERAS_UNCERTAINTY_DATA to a "
+                    f"folder holding {kind}/, or put the files in '{target}'."
+                ) from None
+            actual = sha256(partial)
+            if actual != expected[file]:
+                raise ValueError(
+                    f"Downloaded file '{file}' from {url} does not match its "
+                    f"recorded SHA-256 (expected {expected[file]}, received "
+                    f"{actual}); it was deleted."
+                )
+            os.replace(partial, path)
+        finally:
+            _remove_quietly(partial)
     return target

@@ -100,4 +100,11 @@ def load_mnist(data_dir=None):
             f"MNIST files in '{folder}' do not match: images of shape "
             f"{images.shape} and labels of shape {labels.shape}."
         )
+    if labels.size and labels.max() > 9:
+        bad = int(np.count_nonzero(labels > 9))
+        raise ValueError(
+            f"MNIST file '{paths[1]}' holds {bad} labels outside 0-9 (first: "
+            f"{int(labels[labels > 9][0])} at index "
+            f"{int(np.argmax(labels > 9))}); expected digits 0-9."
+        )
     return MNIST(images=images, labels=labels.astype(np.int64), folder=folder)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 
@@ -139,6 +140,11 @@ def load_uci(name, split=0, data_dir=None):
     if not os.path.isdir(folder):
         raise ValueError(f"Data folder '{folder}' does not exist.")
     num_splits = int(_read_numbers(folder, "n_splits.txt", int)[0])
+    if num_splits < 1:
+        raise ValueError(
+            f"File '{os.path.join(folder, 'n_splits.txt')}' holds {num_splits}; "
+            "expected a positive number of splits."
+        )
     if (
         isinstance(split, bool)
         or not isinstance(split, (int, np.integer))
@@ -159,13 +165,48 @@ def load_uci(name, split=0, data_dir=None):
         raise ValueError(f"File '{path}' holds non-numeric values.") from None
     features = _read_numbers(folder, "index_features.txt", int)
     target = int(_read_numbers(folder, "index_target.txt", int)[0])
+    columns = data.shape[1]
+    for file, index in (("index_features.txt", features), ("index_target.txt", target)):
+        if np.min(index) < 0 or np.max(index) >= columns:
+            raise ValueError(
+                f"File '{os.path.join(folder, file)}' names columns outside "
+                f"[0, {columns - 1}] (data.txt has {columns} columns). "
+                f"Received: {np.atleast_1d(index).tolist()}"
+            )
     train = _read_numbers(folder, f"index_train_{split}.txt", int)
     test = _read_numbers(folder, f"index_test_{split}.txt", int)
     for file, index in (("index_train", train), ("index_test", test)):
         if index.min() < 0 or index.max() >= len(data):
             raise ValueError(
                 f"File '{file}_{split}.txt' in '{folder}' has row indices "
-                f"outside [0, {len(data) - 1}]."
+                f"outside [0, {len(data) - 1}] (data.txt has {len(data)} rows)."
+            )
+    shared = np.intersect1d(train, test)
+    if shared.size:
+        raise ValueError(
+            f"Files 'index_train_{split}.txt' and 'index_test_{split}.txt' in "
+            f"'{folder}' share {shared.size} rows (e.g. row {shared[0]}); "
+            "expected disjoint train and test rows."
+        )
+    used = data[np.concatenate([train, test])][:, np.append(features, target)]
+    if not np.all(np.isfinite(used)):
+        rows, cols = np.nonzero(~np.isfinite(used))
+        all_rows = np.concatenate([train, test])
+        column = np.append(features, target)[cols[0]]
+        raise ValueError(
+            f"File '{path}' holds {rows.size} NaN or infinite values in the "
+            f"rows and columns split {split} uses (first: row {all_rows[rows[0]]}, "
+            f"column {column}); expected finite numbers."
+        )
+    for file, index in (("index_train", train), ("index_test", test)):
+        repeated = index.size - np.unique(index).size
+        if repeated:
+            warnings.warn(
+                f"File '{file}_{split}.txt' in '{folder}' lists {repeated} rows "
+                "more than once; they count more than once in training or "
+                "evaluation.",
+                UserWarning,
+                stacklevel=2,
             )
     return UCISplit(
         name=os.path.basename(os.path.normpath(folder)),
