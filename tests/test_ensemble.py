@@ -439,3 +439,29 @@ def test_both_layouts_round_trip_and_give_members_their_weights(data, pack, tmp_
         np.testing.assert_allclose(
             member(x).numpy(), loaded(x).numpy()[:, m], rtol=1e-5, atol=1e-6
         )
+
+
+def test_the_same_model_twice_or_shared_weights_warn():
+    model = _member()
+    with pytest.warns(UserWarning, match="Members 0 and 1 .* are the same model"):
+        ku.Ensemble.from_models([model, model])
+    shared_dense = keras.layers.Dense(2)
+    twins = []
+    for _ in range(2):
+        inputs = keras.Input((8,))
+        twins.append(keras.Model(inputs, shared_dense(inputs)))
+    with pytest.warns(UserWarning, match="share weights"):
+        ku.Ensemble.from_models(twins)
+    with pytest.raises(ValueError, match="`build_fn`.*the same model object"):
+        ku.Ensemble(lambda: model, num_members=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ku.Ensemble.from_models([_member(), _member()])
+
+
+def test_saving_to_h5_fails_before_writing_and_names_keras(trained, tmp_path):
+    ens, _, _ = trained
+    for name in ("ens.h5", "ens.hdf5"):
+        with pytest.raises(ValueError, match=r"`\.keras`.*HDF5"):
+            ens.save(tmp_path / name)
+    assert list(tmp_path.iterdir()) == []

@@ -119,3 +119,29 @@ def test_loss_config_round_trip():
         -7.0,
         True,
     )
+
+
+def test_loss_and_gradients_are_finite_for_every_finite_log_variance():
+    log_vars = np.array(
+        [-1e30, -1e4, -150.0, -100.0, -88.0, -80.0, -10.0, 0.0, 50.0, 1e4]
+    )
+    residuals = np.array([0.0, 1e-3, 1.0, 1e3])
+    s, r = (a.ravel() for a in np.meshgrid(log_vars, residuals))
+    y_true = tf.constant(r[:, None], tf.float32)
+    y_pred = tf.Variable(np.stack([np.zeros_like(s), s], -1), dtype=tf.float32)
+    for loss_fn in (ku.losses.gaussian_nll, ku.losses.GaussianNLL(reduction=None)):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y_true, y_pred)
+        grad = tape.gradient(loss, y_pred).numpy()
+        assert np.all(np.isfinite(loss.numpy())), loss.numpy()
+        assert np.all(np.isfinite(grad)), grad
+        # Where the seed's formula is comfortably finite, it is the value.
+        with np.errstate(over="ignore"):
+            scaled = r**2 * np.exp(np.minimum(-s, 700))
+        exact = (s >= -80) & (scaled <= np.exp(80))
+        expected = 0.5 * (s + scaled)
+        np.testing.assert_allclose(loss.numpy()[exact], expected[exact], rtol=1e-5)
+        # Below the threshold the loss keeps growing as the variance shrinks,
+        # and the gradient asks for a larger variance.
+        mask = (r == 1.0) & (s <= -100) & (s >= -150)
+        assert np.all(grad[mask, 1] < 0)

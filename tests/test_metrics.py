@@ -192,6 +192,11 @@ def test_aurc():
         ),
         (lambda: metrics.auroc([1, 1], [0.1, 0.2]), "both classes"),
         (
+            lambda: metrics.auroc([0, 2, 5], [0.1, 0.2, 0.3]),
+            r"`is_positive`.*all 0 or 1.*\[0, 2, 5\]",
+        ),
+        (lambda: metrics.auroc(["yes", "no"], [0.1, 0.2]), r"all 0 or 1.*'no', 'yes'"),
+        (
             lambda: metrics.expected_calibration_error([0], [[1.0, 0.0]], 0),
             "`num_bins`",
         ),

@@ -11,6 +11,8 @@ member gets exactly the gradients it would get alone. How it trains lives in
 `training.py`, adversarial training in `adversarial.py`.
 """
 
+import warnings
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -32,6 +34,28 @@ def _io_shapes(model):
     inputs = tuple(tuple(t.shape[1:]) for t in tree.flatten(model.inputs))
     outputs = tuple(tuple(t.shape[1:]) for t in tree.flatten(model.outputs))
     return inputs, outputs
+
+
+def _warn_if_shared(members):
+    """Members that are one object, or share variables, always agree: their
+    disagreement, the epistemic uncertainty, is zero by construction."""
+    owner = {}
+    for i, member in enumerate(members):
+        for variable in member.weights:
+            first = owner.setdefault(id(variable), i)
+            if first != i:
+                same = member is members[first]
+                warnings.warn(
+                    f"Members {first} and {i} ('{member.name}') "
+                    + ("are the same model" if same else "share weights")
+                    + ", so they always agree and the ensemble's epistemic "
+                    "uncertainty between them is zero. Pass separately built "
+                    "models (e.g. `keras.models.clone_model(m)` for a fresh "
+                    "initialization).",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                return
 
 
 def _check_members(members):
@@ -57,6 +81,7 @@ def _check_members(members):
                 "Functional or Sequential model with an Input). Received: a "
                 "model without defined inputs"
             ) from None
+    _warn_if_shared(members)
     for i, (member, shape) in enumerate(zip(members, shapes)):
         if shape != shapes[0]:
             raise ValueError(
@@ -224,6 +249,22 @@ class Ensemble(keras.Model):
             **kwargs: Other `Ensemble` arguments (`bootstrap`, `pack`, ...).
         """
         return cls(members=_check_members(models), **kwargs)
+
+    def save(self, filepath, *args, **kwargs):
+        """Saves the ensemble; only the `.keras` format can hold it.
+
+        Raises:
+            ValueError: for a legacy `.h5` / `.hdf5` path, before anything is
+                written.
+        """
+        if str(filepath).lower().endswith((".h5", ".hdf5")):
+            raise ValueError(
+                "Invalid value received for argument `filepath`. Expected a "
+                "path ending in `.keras`: an Ensemble (its members and packed "
+                "layers) cannot be stored in the legacy HDF5 format. "
+                f"Received: filepath={str(filepath)!r}"
+            )
+        return super().save(filepath, *args, **kwargs)
 
     @property
     def num_members(self):

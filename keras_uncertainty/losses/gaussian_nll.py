@@ -15,6 +15,14 @@ from keras import ops
 
 _PACKAGE = "keras_uncertainty"
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
+# The scaled squared error (y - mu)^2 * exp(-s) is computed exactly while it
+# is at most exp(_LOG_LIMIT) and s >= -_LOG_LIMIT, which keeps it, its
+# gradients and a batch's sum far below float32's maximum (about exp(88.7)).
+_LOG_LIMIT = 80.0
+# Below that, exp(-s) continues along its tangent for at most this many
+# nats; further down the loss stops growing (its gradient in s is then 0.5,
+# as for a perfect fit).
+_TANGENT_SPAN = 1000.0
 
 
 def split_mean_log_var(y_pred):
@@ -51,12 +59,39 @@ def _align_targets(y_true, mean):
     return y_true
 
 
+def scaled_squared_error(squared_error, log_var):
+    """`squared_error * exp(-log_var)`, finite with finite gradients.
+
+    Exactly the product wherever it is at most `exp(80)` and
+    `log_var >= -80`, so wherever the loss is below about 1e34. Beyond
+    (a variance head driven far down on a batch without outliers, or an
+    outlier under a tiny variance), `exp(-s)` is continued by its tangent at
+    the threshold `s0`, `exp(-s0) * (1 + s0 - s)`, for up to 1,000 nats
+    and is constant below that. The loss then grows linearly instead of
+    overflowing to inf (and inf * 0 to NaN), and its gradient still pushes
+    the variance up. Both branches are finite everywhere, so neither
+    poisons the other's gradient through the `where`.
+    """
+    # The threshold s0: where squared_error * exp(-s) reaches exp(80), and
+    # never below -80 (exp(80) times a small residual stays finite).
+    threshold = ops.stop_gradient(
+        ops.maximum(
+            ops.log(ops.maximum(squared_error, 1e-30)) - _LOG_LIMIT, -_LOG_LIMIT
+        )
+    )
+    exact_region = log_var >= threshold
+    exact = squared_error * ops.exp(-ops.where(exact_region, log_var, threshold))
+    below = ops.maximum(log_var, threshold - _TANGENT_SPAN)
+    tangent = squared_error * ops.exp(-threshold) * (1.0 + threshold - below)
+    return ops.where(exact_region, exact, tangent)
+
+
 def _nll(y_true, y_pred, beta=0.0, min_log_var=None, include_constant=False):
     mean, log_var = split_mean_log_var(y_pred)
     y_true = _align_targets(y_true, mean)
     if min_log_var is not None:
         log_var = ops.maximum(log_var, min_log_var)
-    loss = 0.5 * (log_var + ops.square(y_true - mean) * ops.exp(-log_var))
+    loss = 0.5 * (log_var + scaled_squared_error(ops.square(y_true - mean), log_var))
     if include_constant:
         loss = loss + _HALF_LOG_TWO_PI
     if beta:
@@ -72,7 +107,11 @@ def gaussian_nll(y_true, y_pred):
 
     For each target: `0.5 * (log_var + (y - mu)^2 / exp(log_var))`, the NLL
     without its constant `0.5 * log(2 pi)`, averaged over the k targets (as
-    Keras averages `mean_squared_error` over the last axis).
+    Keras averages `mean_squared_error` over the last axis). The loss and
+    its gradients are finite for every finite log-variance: where
+    `(y - mu)^2 / exp(log_var)` would exceed `exp(80)` (or `log_var < -80`)
+    the exponential is continued by its tangent (see
+    `scaled_squared_error`); everywhere else the value is the formula's.
 
     Args:
         y_true: Targets, shape `(N, k)`, or `(N,)` when k = 1.

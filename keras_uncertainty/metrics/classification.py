@@ -94,6 +94,13 @@ def auroc(is_positive, scores):
     Computed from ranks (Mann-Whitney U), ties counted half. Use it for
     misclassification detection (`is_positive = errors`, `scores =
     uncertainty`) or out-of-distribution detection.
+
+    Args:
+        is_positive: `(N,)` booleans, or integers that are all 0 or 1.
+        scores: `(N,)` finite scores; higher should mean positive.
+
+    Returns:
+        float in [0, 1]; 0.5 is chance.
     """
     is_positive = as_array(is_positive, "is_positive", dtype=None)
     scores = as_array(scores, "scores")
@@ -102,6 +109,17 @@ def auroc(is_positive, scores):
             "Expected `is_positive` and `scores` to be 1-D of the same length. "
             f"Received: shapes {is_positive.shape} and {scores.shape}"
         )
+    if is_positive.dtype != bool:
+        binary = np.issubdtype(is_positive.dtype, np.number) and np.all(
+            (is_positive == 0) | (is_positive == 1)
+        )
+        if not binary:
+            shown = np.unique(is_positive)[:5].tolist()
+            raise ValueError(
+                "Invalid value received for argument `is_positive`. Expected "
+                "booleans, or numbers that are all 0 or 1. Received: values "
+                f"{shown} (dtype {is_positive.dtype})"
+            )
     positive = is_positive.astype(bool)
     num_pos, num_neg = int(positive.sum()), int((~positive).sum())
     if num_pos == 0 or num_neg == 0:
