@@ -1,10 +1,19 @@
+import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from keras_uncertainty.cli.main import main
+from keras_uncertainty_cli import write_json_atomic
+
+# The console script pip installed beside this Python.
+COMMAND = Path(sys.executable).parent / "keras-uncertainty"
 
 
 def test_demo_prints_the_uncertainty_table(capsys):
@@ -26,23 +35,26 @@ def test_demo_prints_the_uncertainty_table(capsys):
         (["demo", "--num-samples", "x"], "received 'x'"),
         (["nonsense"], "invalid choice"),
         ([], "required"),
+        (["uci", "--seed", "-1"], "expected an integer in [0, 4294967295]"),
+        (["uci", "--seed", "99999999999"], "received '99999999999'"),
+        (["mnist", "--seed", "x"], "received 'x'"),
+        (["uci", "--resume"], "--resume needs --output"),
+        (["uci", "--output", "/proc/none/r.json"], "cannot create the folder"),
+        (["mnist", "--output-dir", "/proc/none"], "cannot create --output-dir"),
     ],
 )
-def test_usage_errors_exit_2_with_one_line(args, message):
+def test_usage_errors_exit_2_with_one_line_before_tensorflow_loads(args, message):
+    start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "keras_uncertainty", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [str(COMMAND), *args], capture_output=True, text=True, timeout=120
     )
+    elapsed = time.perf_counter() - start
     assert result.returncode == 2
-    errors = [
-        line
-        for line in result.stderr.splitlines()
-        if re.match(r"keras-uncertainty( demo)?: error:", line)
-    ]
-    assert len(errors) == 1 and message in errors[0], result.stderr
-    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # nothing from TensorFlow
+    assert re.match(r"keras-uncertainty( demo| uci| mnist)?: error:", lines[0])
+    assert message in lines[0]
+    assert elapsed < 1.5
 
 
 @pytest.mark.slow
@@ -64,9 +76,9 @@ def test_uci_end_to_end_on_two_yacht_splits(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "0.67 ± 0.05" in out  # the published MC dropout RMSE beside ours
-    import json
-
-    records = json.loads(output.read_text())
+    written = json.loads(output.read_text())
+    assert written["status"] == "complete" and written["failures"] == []
+    records = written["results"]
     assert [r["method"] for r in records] == [
         "mc-dropout",
         "hetero-mc-dropout",
@@ -123,8 +135,6 @@ def test_uci_folder_missing_a_file_is_named(tmp_path, capsys):
 
 
 def test_uci_interrupt_keeps_what_was_finished(tmp_path, capsys, monkeypatch):
-    import json
-
     from keras_uncertainty.experiments import uci
 
     calls = []
@@ -141,7 +151,9 @@ def test_uci_interrupt_keeps_what_was_finished(tmp_path, capsys, monkeypatch):
     captured = capsys.readouterr()
     assert "interrupted" in captured.err
     assert "mc-dropout" in captured.out
-    assert [r["method"] for r in json.loads(output.read_text())] == ["mc-dropout"]
+    written = json.loads(output.read_text())
+    assert written["status"] == "interrupted"
+    assert [r["method"] for r in written["results"]] == ["mc-dropout"]
 
 
 def test_uci_corrupt_split_file_exits_2_before_training(tmp_path, capsys):
@@ -157,3 +169,230 @@ def test_uci_corrupt_split_file_exits_2_before_training(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "index_test_3.txt" in err[0] and "non-numeric" in err[0]
+
+
+def _fake_runs(monkeypatch, outcome):
+    """Replaces the training of a unit: `outcome(method, call_index)` returns
+    a number (the unit's RMSE) or raises."""
+    from keras_uncertainty.experiments import uci
+
+    calls = []
+
+    def fake_run(dataset, method, *args, **kwargs):
+        calls.append(method)
+        rmse = outcome(method, len(calls))
+        return uci.Result(dataset, method, 2, rmse, 0.1, 2.0, 0.2, 3.0)
+
+    monkeypatch.setattr(uci, "run", fake_run)
+    return calls
+
+
+def test_missing_output_folders_are_created_and_written_after_each_unit(
+    tmp_path, monkeypatch, capsys
+):
+    output = tmp_path / "new" / "deeper" / "results.json"
+    seen = []
+
+    def outcome(method, call):
+        # The file on disk already holds every earlier unit.
+        if output.exists():
+            seen.append(len(json.loads(output.read_text())["results"]))
+        return 1.0
+
+    _fake_runs(monkeypatch, outcome)
+    assert main(["uci", "--splits", "0-1", "--output", str(output)]) == 0
+    assert seen == [1, 2]
+    assert json.loads(output.read_text())["status"] == "complete"
+
+
+def test_output_path_problems_exit_2_before_any_data_or_training(
+    tmp_path, monkeypatch, capsys
+):
+    calls = _fake_runs(monkeypatch, lambda method, call: 1.0)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for args in (
+        ["uci", "--output", str(blocker / "results.json")],
+        ["uci", "--output", str(tmp_path)],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--output" in err[0], err
+    assert calls == []
+
+
+def test_a_failed_run_records_its_status_but_never_wipes_earlier_results(
+    tmp_path, monkeypatch, capsys
+):
+    def diverge(method, call):
+        raise FloatingPointError(f"{method} diverged on every split of yacht")
+
+    _fake_runs(monkeypatch, diverge)
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text('{"kept": true}')
+    assert main(["uci", "--splits", "0", "--output", str(earlier)]) == 1
+    assert json.loads(earlier.read_text()) == {"kept": True}
+    assert "left as it was" in capsys.readouterr().err
+    fresh = tmp_path / "fresh.json"
+    assert main(["uci", "--splits", "0", "--output", str(fresh)]) == 1
+    written = json.loads(fresh.read_text())
+    assert written["status"].startswith("failed: ") and written["results"] == []
+    assert len(written["failures"]) == 3
+    assert "diverged on every split" in written["failures"][0]["reason"]
+
+
+def test_resume_skips_finished_units_and_refuses_other_settings(
+    tmp_path, monkeypatch, capsys
+):
+    output = tmp_path / "results.json"
+    calls = _fake_runs(monkeypatch, lambda method, call: float(call))
+    args = ["uci", "--splits", "0-1", "--method", "mc-dropout", "--output", str(output)]
+    assert main(args) == 0
+    assert main(["uci", "--splits", "0-1", "--output", str(output), "--resume"]) == 0
+    # mc-dropout was in the file: only the other two methods ran again.
+    assert calls == ["mc-dropout", "hetero-mc-dropout", "ensemble"]
+    written = json.loads(output.read_text())
+    assert [r["method"] for r in written["results"]] == calls
+    assert written["results"][0]["rmse_mean"] == 1.0
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--resume", "--seed", "3"])
+    assert exit_info.value.code == 2
+    assert "other settings (seed=0; this run has seed=3)" in capsys.readouterr().err
+
+
+def test_offline_download_exits_3_with_one_line_saying_how_to_provide_data(
+    tmp_path, monkeypatch, capsys
+):
+    import urllib.error
+
+    from keras_uncertainty.datasets import _files
+
+    def no_network(url, path):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(_files, "fetch", no_network)
+    monkeypatch.delenv(_files.ENV_VAR, raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert main(["uci", "concrete"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "KERAS_UNCERTAINTY_DATA" in err[0], err
+    assert (
+        os.listdir(tmp_path / "datasets" / "keras_uncertainty" / "uci" / "concrete")
+        == []
+    )
+
+
+def test_nan_in_the_data_exits_2_before_training(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from keras_uncertainty.datasets import _files
+
+    calls = _fake_runs(monkeypatch, lambda method, call: 1.0)
+    folder = tmp_path / "boat"
+    shutil.copytree(f"{_files.PACKAGED_DIR}/yacht", folder)
+    data = (folder / "data.txt").read_text()
+    (folder / "data.txt").write_text(data.replace("-2.3 0.568", "-2.3 nan", 1))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["uci", str(folder)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NaN or infinite" in err[0] and "data.txt" in err[0]
+    assert calls == []
+
+
+def test_concurrent_writers_never_show_a_reader_an_empty_or_partial_file(tmp_path):
+    path = tmp_path / "shared.json"
+    write_json_atomic(path, {"writer": "none", "rows": []})
+    writer = (
+        "import sys\n"
+        "from keras_uncertainty_cli import write_json_atomic\n"
+        "rows = list(range(2000))\n"
+        "for i in range(300):\n"
+        "    write_json_atomic(sys.argv[1], {'writer': sys.argv[2], 'rows': rows})\n"
+    )
+    writers = [
+        subprocess.Popen([sys.executable, "-c", writer, str(path), name])
+        for name in ("a", "b")
+    ]
+    reads = 0
+    while any(w.poll() is None for w in writers):
+        content = json.loads(path.read_text())  # never empty, never cut
+        assert content["writer"] in ("none", "a", "b")
+        reads += 1
+    assert all(w.returncode == 0 for w in writers)
+    assert reads > 10
+    assert not [p for p in tmp_path.iterdir() if p.name != "shared.json"]
+
+
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback():
+    process = subprocess.Popen(
+        [str(COMMAND), "demo", "--epochs", "2"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    time.sleep(1.0)  # TensorFlow's import takes longer than this
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "Traceback" not in err and "interrupted" in err
+
+
+_SMALL_RUN = [
+    "uci",
+    "--splits",
+    "0",
+    "--epochs-multiplier",
+    "0.5",
+    "--num-samples",
+    "20",
+]
+
+
+def _records(path):
+    return [
+        {k: v for k, v in r.items() if k != "seconds"}
+        for r in json.loads(Path(path).read_text())["results"]
+    ]
+
+
+@pytest.mark.slow
+def test_a_killed_run_keeps_its_finished_units_and_resumes_to_the_same_table(
+    tmp_path,
+):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    whole = tmp_path / "whole.json"
+    subprocess.run(
+        [str(COMMAND), *_SMALL_RUN, "--output", str(whole)],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
+    killed = tmp_path / "killed.json"
+    process = subprocess.Popen(
+        [str(COMMAND), *_SMALL_RUN, "--output", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.monotonic() + 300
+    while not killed.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    on_disk = json.loads(killed.read_text())  # valid JSON after SIGKILL
+    assert on_disk["status"] == "running"
+    assert 1 <= len(on_disk["results"]) < 3
+    subprocess.run(
+        [str(COMMAND), *_SMALL_RUN, "--output", str(killed), "--resume"],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
+    assert json.loads(killed.read_text())["status"] == "complete"
+    assert _records(killed) == _records(whole)

@@ -1,6 +1,5 @@
 """`keras-uncertainty uci`: the UCI regression benchmark against published numbers."""
 
-import json
 import math
 import sys
 
@@ -86,14 +85,23 @@ def table(results):
 
 
 def run_uci(args, error):
-    """Runs the command; `error(message)` exits with status 2."""
+    """Runs the command; `error(message)` exits with status 2.
+
+    Every finished (data set, method) unit is written to `--output` at once
+    (see `keras_uncertainty_cli.ResultsFile`), so a kill loses at most the
+    unit in progress, and `--resume` continues from the file.
+    """
     import dataclasses
 
     from keras_uncertainty.datasets import load_uci
     from keras_uncertainty.experiments import uci
+    from keras_uncertainty_cli import ResultsFile, uci_settings
 
     datasets = args.datasets or ["yacht"]
     methods = uci.METHODS if args.method == "all" else (args.method,)
+    output = getattr(args, "results_file", None) or ResultsFile(
+        args.output, uci_settings(args), resume=args.resume
+    )
     try:
         splits = parse_splits(args.splits) if args.splits else None
         plans = []
@@ -111,10 +119,13 @@ def run_uci(args, error):
     except ValueError as exc:
         error(str(exc))
 
-    results, failed, interrupted = [], 0, False
+    failed, interrupted = [], False
     try:
         for label, splits in plans:
             for method in methods:
+                if output.finished(label, method):
+                    sys.stderr.write(f"{label} {method}: in {args.output}, skipped\n")
+                    continue
                 progress = _Progress(f"{label} {method}, {len(splits)} splits:")
                 try:
                     result = uci.run(
@@ -128,20 +139,29 @@ def run_uci(args, error):
                         callbacks=[progress],
                     )
                 except FloatingPointError as exc:  # diverged on every split
-                    failed += 1
+                    failed.append(f"{label} {method}")
+                    output.fail(label, method, str(exc))
                     progress.show(f"failed: {exc}", final=True)
                     sys.stderr.write("\n")
                     continue
-                results.append(result)
-                progress.show(f"done in {results[-1].seconds:.0f} s", final=True)
+                output.add(dataclasses.asdict(result))
+                progress.show(f"done in {result.seconds:.0f} s", final=True)
                 sys.stderr.write("\n")
     except KeyboardInterrupt:
         interrupted = True
         sys.stderr.write("\ninterrupted: the finished data sets and methods follow\n")
-    print(table(results))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump([dataclasses.asdict(r) for r in results], f, indent=2)
+    if interrupted:
+        status = "interrupted"
+    elif failed:
+        status = f"failed: {', '.join(failed)} diverged on every split"
+    else:
+        status = "complete"
+    print(table([uci.Result(**record) for record in output.results]))
+    if args.output and not output.close(status):
+        sys.stderr.write(
+            f"no data set and method finished; the earlier {args.output} was "
+            "left as it was\n"
+        )
     if interrupted:
         return 130
     return 1 if failed else 0
