@@ -232,11 +232,48 @@ def test_variance_scaling_maximises_the_likelihood():
     rng = np.random.default_rng(6)
     mean, std = rng.normal(size=2000), rng.uniform(0.5, 1.5, size=2000)
     y = mean + 3.0 * std * rng.normal(size=2000)  # the model is 3x too sure
-    scaler = ku.calibration.VarianceScaling().fit(y, mean, std)
+    scaler = ku.calibration.VarianceScaling().fit((mean, std), y)
     assert scaler.scale_ == pytest.approx(3.0, rel=0.05)
+    prediction = ku.RegressionPrediction(mean, std, std, 0 * std)
+    assert ku.calibration.VarianceScaling().fit(prediction, y).scale_ == scaler.scale_
+    with pytest.warns(DeprecationWarning, match=r"fit\(\(mean, std\), y_true\)"):
+        old_order = ku.calibration.VarianceScaling().fit(y, mean, std)
+    assert old_order.scale_ == scaler.scale_
     best = metrics.gaussian_nll(y, mean, scaler.transform(std))
     for factor in (0.9, 1.1):
         assert best < metrics.gaussian_nll(y, mean, factor * scaler.transform(std))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tol": -1}, "`tol`.*> 0"),
+        ({"tol": float("nan")}, "`tol`"),
+        ({"tol": 0}, "`tol`"),
+        ({"bounds": (0.01, float("inf"))}, "`bounds`.*finite"),
+        ({"bounds": (1.0, 0.5)}, "`bounds`"),
+        ({"bounds": "wide"}, "`bounds`"),
+        ({"max_iter": 0}, "`max_iter`"),
+    ],
+)
+def test_temperature_scaling_options_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ku.calibration.TemperatureScaling(**kwargs)
+
+
+def test_a_temperature_on_a_bound_warns():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(200, 3))
+    right = logits.argmax(-1)  # every prediction right: T -> 0
+    with pytest.warns(UserWarning, match="sits on the bound 0.01"):
+        ku.calibration.TemperatureScaling().fit(logits, right)
+    with pytest.warns(UserWarning, match="sits on the bound 100"):
+        ku.calibration.TemperatureScaling().fit(logits * 50, rng.integers(0, 3, 200))
+
+
+def test_variance_scaling_refuses_a_prediction_it_cannot_read():
+    with pytest.raises(ValueError, match="`prediction`.*pair"):
+        ku.calibration.VarianceScaling().fit(np.ones(3), np.ones(3))
 
 
 def test_calibrators_must_be_fitted_first():

@@ -1,6 +1,8 @@
 """One-parameter recalibration of classifiers and regressors."""
 
 import math
+import numbers
+import warnings
 
 import numpy as np
 
@@ -28,8 +30,16 @@ class TemperatureScaling:
 
     `fit` chooses the one temperature `T > 0` that minimises the NLL of the
     labels on validation data; the argmax, and so the accuracy, is unchanged.
-    The NLL is convex in `1/T`, so a bracketing search on `log T` finds the
-    optimum to `tol`.
+    The NLL is convex in `1/T`, so a golden-section search on `log T` finds
+    the optimum to `tol` (at most `max_iter` steps). A temperature at a bound
+    warns: the optimum may lie beyond it (every label the same, every
+    prediction right, or bounds too narrow).
+
+    Args:
+        bounds: `(low, high)`, finite, `0 < low < high`: the range of T.
+        tol: Finite number > 0: the width in `log T` at which the search
+            stops.
+        max_iter: Positive integer: a cap on the search's steps.
 
     Attributes:
         temperature_: The fitted temperature (T > 1 softens over-confident
@@ -41,15 +51,37 @@ class TemperatureScaling:
     >>> probs = scaler.transform(test_logits)
     """
 
-    def __init__(self, bounds=(1e-2, 1e2), tol=1e-6):
-        low, high = bounds
-        if not 0 < low < high:
+    def __init__(self, bounds=(1e-2, 1e2), tol=1e-6, max_iter=200):
+        try:
+            low, high = (float(b) for b in bounds)
+        except (TypeError, ValueError):
+            low = high = float("nan")
+        if not (math.isfinite(low) and math.isfinite(high) and 0 < low < high):
             raise ValueError(
-                "Invalid value received for argument `bounds`. Expected "
-                f"0 < low < high. Received: bounds={bounds!r}"
+                "Invalid value received for argument `bounds`. Expected two "
+                f"finite numbers 0 < low < high. Received: bounds={bounds!r}"
             )
-        self.bounds = (float(low), float(high))
+        if (
+            isinstance(tol, bool)
+            or not isinstance(tol, numbers.Real)
+            or not (math.isfinite(tol) and tol > 0)
+        ):
+            raise ValueError(
+                "Invalid value received for argument `tol`. Expected a finite "
+                f"number > 0. Received: tol={tol!r}"
+            )
+        if (
+            isinstance(max_iter, bool)
+            or not isinstance(max_iter, numbers.Integral)
+            or (max_iter < 1)
+        ):
+            raise ValueError(
+                "Invalid value received for argument `max_iter`. Expected a "
+                f"positive integer. Received: max_iter={max_iter!r}"
+            )
+        self.bounds = (low, high)
         self.tol = float(tol)
+        self.max_iter = int(max_iter)
 
     def _logits(self, values, from_probs):
         if from_probs:
@@ -88,7 +120,9 @@ class TemperatureScaling:
         ratio = (math.sqrt(5.0) - 1.0) / 2.0
         a, b = high - ratio * (high - low), low + ratio * (high - low)
         fa, fb = nll(a), nll(b)
-        while high - low > self.tol:
+        for _ in range(self.max_iter):
+            if high - low <= self.tol:
+                break
             if fa < fb:
                 high, b, fb = b, a, fa
                 a = high - ratio * (high - low)
@@ -98,6 +132,17 @@ class TemperatureScaling:
                 b = low + ratio * (high - low)
                 fb = nll(b)
         self.temperature_ = math.exp(0.5 * (low + high))
+        near = max(2 * self.tol, 1e-3)  # in log T
+        for bound in self.bounds:
+            if abs(math.log(self.temperature_) - math.log(bound)) <= near:
+                warnings.warn(
+                    f"TemperatureScaling: the fitted temperature "
+                    f"{self.temperature_:.4g} sits on the bound {bound:g}, so the "
+                    "NLL's optimum may lie beyond it (validation labels all "
+                    "the same, every prediction right, or bounds too narrow).",
+                    UserWarning,
+                    stacklevel=2,
+                )
         return self
 
     def transform(self, logits, from_probs=False):
@@ -117,17 +162,56 @@ class VarianceScaling:
     over-confident (Levi et al. 2019; Kuleshov et al. 2018 recalibrate the
     whole CDF instead).
 
+    Like `TemperatureScaling.fit(logits, labels)`, `fit` takes the
+    predictions first and the targets last.
+
     Attributes:
         scale_: The fitted factor s.
 
     Example:
 
-    >>> scaler = ku.calibration.VarianceScaling().fit(y_val, pred.mean, pred.std)
+    >>> pred = ku.predict_regression(model, x_val)
+    >>> scaler = ku.calibration.VarianceScaling().fit(pred, y_val)
     >>> std = scaler.transform(test_pred.std)
     """
 
-    def fit(self, y_true, mean, std):
-        """Fits the factor on validation targets, means and stds; returns self."""
+    def fit(self, prediction, y_true, *deprecated):
+        """Fits the factor on validation predictions and targets.
+
+        Args:
+            prediction: A `ku.RegressionPrediction` (or anything with `mean`
+                and `std` attributes), or a `(mean, std)` pair of arrays.
+            y_true: The validation targets, shaped like `mean`.
+            *deprecated: The order of 0.1, `fit(y_true, mean, std)`, still
+                works for one release, with a DeprecationWarning.
+
+        Returns:
+            self.
+        """
+        if deprecated:
+            warnings.warn(
+                "VarianceScaling.fit(y_true, mean, std) is deprecated and will "
+                "be removed in 0.3: call fit((mean, std), y_true) or "
+                "fit(prediction, y_true), predictions first as in "
+                "TemperatureScaling.fit(logits, labels).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            y_true, mean, std = prediction, y_true, deprecated[0]
+        elif (
+            hasattr(prediction, "mean")
+            and hasattr(prediction, "std")
+            and not (isinstance(prediction, np.ndarray))
+        ):
+            mean, std = prediction.mean, prediction.std
+        elif isinstance(prediction, (tuple, list)) and len(prediction) == 2:
+            mean, std = prediction
+        else:
+            raise ValueError(
+                "Invalid value received for argument `prediction`. Expected a "
+                "RegressionPrediction or a (mean, std) pair. Received: "
+                f"{type(prediction).__name__}"
+            )
         y_true, mean, std = regression_inputs(y_true, mean, std)
         self.scale_ = float(np.sqrt(np.mean(np.square((y_true - mean) / std))))
         return self
