@@ -249,33 +249,29 @@ def _cannot_write_in(folder):
     return None
 
 
-def check_output_file(path):
-    """Creates `path`'s folder if missing and checks that it can be written."""
-    if os.path.isdir(path):
-        raise UsageError(f"--output {path!r} is a folder; expected a file path")
-    folder = os.path.dirname(os.path.abspath(path))
+def _prepare_folder(folder, name):
+    """Creates `folder` if missing and checks that files can be made in it."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
         raise UsageError(
-            f"cannot create the folder of --output {path!r}: {error.strerror}"
+            f"cannot create the folder of {name}: {error.strerror}"
         ) from None
     problem = _cannot_write_in(folder)
     if problem:
-        raise UsageError(f"cannot write --output {path!r}: {problem}")
+        raise UsageError(f"cannot write {name}: {problem}")
+
+
+def check_output_file(path):
+    """Creates `path`'s folder if missing and checks that it can be written."""
+    if os.path.isdir(path):
+        raise UsageError(f"--output {path!r} is a folder; expected a file path")
+    _prepare_folder(os.path.dirname(os.path.abspath(path)), f"--output {path!r}")
 
 
 def check_output_dir(path):
     """Creates the folder `path` if missing and checks that it can be written."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as error:
-        raise UsageError(
-            f"cannot create --output-dir {path!r}: {error.strerror}"
-        ) from None
-    problem = _cannot_write_in(path)
-    if problem:
-        raise UsageError(f"cannot write into --output-dir {path!r}: {problem}")
+    _prepare_folder(path, f"--output-dir {path!r}")
 
 
 def uci_settings(args):

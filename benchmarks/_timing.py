@@ -1,6 +1,5 @@
 """Timing and reporting shared by the benchmarks."""
 
-import json
 import os
 import platform
 import random
@@ -9,6 +8,8 @@ import time
 
 import keras
 import tensorflow as tf
+
+from keras_uncertainty_cli import write_json_atomic
 
 
 def timed_rounds(repeats, warmup=True, **fns):
@@ -44,5 +45,20 @@ def write_report(path, repeats, **results):
         **results,
     }
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json_atomic(path, report)  # an interrupted run keeps the old report
+
+
+def benchmark_main(doc, name, run, markdown):
+    """The command line every benchmark shares: `--repeats`, `--output`
+    (default `benchmarks/results/<name>.json`); prints the markdown table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--output", default=os.path.join("benchmarks", "results", f"{name}.json")
+    )
+    args = parser.parse_args()
+    rows = run(args.repeats)
+    write_report(args.output, args.repeats, rows=rows)
+    print(markdown(rows))

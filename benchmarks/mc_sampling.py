@@ -22,14 +22,12 @@ combined in numpy; (b) `ku.predict_regression` / `ku.predict_classification`;
 (c) the floor, one compiled plain forward pass over the pre-tiled T*N rows.
 """
 
-import argparse
 import json
-import os
 
 import keras
 import numpy as np
 import tensorflow as tf
-from _timing import timed_rounds, write_report
+from _timing import benchmark_main, timed_rounds
 
 import keras_uncertainty as ku
 from keras_uncertainty.models import lenet5, mlp
@@ -218,15 +216,7 @@ def markdown(rows):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument(
-        "--output", default=os.path.join("benchmarks", "results", "mc_sampling.json")
-    )
-    args = parser.parse_args()
-    rows = run(args.repeats)
-    write_report(args.output, args.repeats, rows=rows)
-    print(markdown(rows))
+    benchmark_main(__doc__, "mc_sampling", run, markdown)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,13 @@ MCDropout, Dense 2: mean and log-variance).
   1.3x.
 """
 
-import argparse
 import json
 import os
 import tempfile
 
 import numpy as np
 import tensorflow as tf
-from _timing import timed_rounds, write_report
+from _timing import benchmark_main, timed_rounds
 
 import keras_uncertainty as ku
 from keras_uncertainty.models import mlp
@@ -106,15 +105,7 @@ def markdown(rows):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument(
-        "--output", default=os.path.join("benchmarks", "results", "serving.json")
-    )
-    args = parser.parse_args()
-    rows = run(args.repeats)
-    write_report(args.output, args.repeats, rows=rows)
-    print(markdown(rows))
+    benchmark_main(__doc__, "serving", run, markdown)
 
 
 if __name__ == "__main__":

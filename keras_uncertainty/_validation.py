@@ -1,5 +1,6 @@
 """Argument checks shared by the public functions, with Keras-style messages."""
 
+import math
 import numbers
 
 
@@ -28,6 +29,20 @@ def check_positive_int(value, name, allow_none=False):
             f"{expected}. Received: {name}={value!r}"
         )
     return int(value)
+
+
+def check_positive_finite(value, name):
+    """Checks that `value` is a finite real number > 0."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a finite "
+            f"number > 0. Received: {name}={value!r}"
+        )
+    return float(value)
 
 
 def check_seed(seed):

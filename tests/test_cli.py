@@ -40,7 +40,7 @@ def test_demo_prints_the_uncertainty_table(capsys):
         (["mnist", "--seed", "x"], "received 'x'"),
         (["uci", "--resume"], "--resume needs --output"),
         (["uci", "--output", "/proc/none/r.json"], "cannot create the folder"),
-        (["mnist", "--output-dir", "/proc/none"], "cannot create --output-dir"),
+        (["mnist", "--output-dir", "/proc/none"], "folder of --output-dir"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line_before_tensorflow_loads(args, message):

@@ -1,11 +1,11 @@
 """One-parameter recalibration of classifiers and regressors."""
 
 import math
-import numbers
 import warnings
 
 import numpy as np
 
+from keras_uncertainty._validation import check_positive_finite, check_positive_int
 from keras_uncertainty.metrics._checks import (
     as_array,
     classification_inputs,
@@ -61,27 +61,9 @@ class TemperatureScaling:
                 "Invalid value received for argument `bounds`. Expected two "
                 f"finite numbers 0 < low < high. Received: bounds={bounds!r}"
             )
-        if (
-            isinstance(tol, bool)
-            or not isinstance(tol, numbers.Real)
-            or not (math.isfinite(tol) and tol > 0)
-        ):
-            raise ValueError(
-                "Invalid value received for argument `tol`. Expected a finite "
-                f"number > 0. Received: tol={tol!r}"
-            )
-        if (
-            isinstance(max_iter, bool)
-            or not isinstance(max_iter, numbers.Integral)
-            or (max_iter < 1)
-        ):
-            raise ValueError(
-                "Invalid value received for argument `max_iter`. Expected a "
-                f"positive integer. Received: max_iter={max_iter!r}"
-            )
         self.bounds = (low, high)
-        self.tol = float(tol)
-        self.max_iter = int(max_iter)
+        self.tol = check_positive_finite(tol, "tol")
+        self.max_iter = check_positive_int(max_iter, "max_iter")
 
     def _logits(self, values, from_probs):
         if from_probs:

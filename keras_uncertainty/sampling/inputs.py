@@ -142,7 +142,8 @@ def _dataset_batches(dataset):
             "tf.data.Dataset. Received: an infinite one (`repeat()` without "
             "a count); use `dataset.take(num_batches)`"
         )
-    return dataset.as_numpy_iterator()
+    # Prefetching reads the next batches while the compiled step runs.
+    return dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 def _py_dataset_batches(dataset):
