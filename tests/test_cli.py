@@ -39,6 +39,14 @@ def test_demo_prints_the_uncertainty_table(capsys):
         (["uci", "--seed", "99999999999"], "received '99999999999'"),
         (["mnist", "--seed", "x"], "received 'x'"),
         (["uci", "--resume"], "--resume needs --output"),
+        (
+            ["uci", "--protocol", "published", "--method", "ensemble"],
+            "runs mc-dropout only; received --method ensemble",
+        ),
+        (
+            ["uci", "--protocol", "published", "--epochs-multiplier", "10"],
+            "trains 100x epochs; received --epochs-multiplier 10",
+        ),
         (["uci", "--output", "/proc/none/r.json"], "cannot create the folder"),
         (["mnist", "--output-dir", "/proc/none"], "folder of --output-dir"),
     ],
@@ -396,3 +404,24 @@ def test_a_killed_run_keeps_its_finished_units_and_resumes_to_the_same_table(
     )
     assert json.loads(killed.read_text())["status"] == "complete"
     assert _records(killed) == _records(whole)
+
+
+def test_the_published_protocol_is_one_flag_away(tmp_path, monkeypatch, capsys):
+    from keras_uncertainty.experiments import uci
+    from keras_uncertainty_cli import PROTOCOLS
+
+    seen = []
+
+    def fake_run(dataset, method, splits, multiplier, *args, **kwargs):
+        seen.append((method, multiplier, kwargs["learning_rate"]))
+        return uci.Result(dataset, method, 1, 1.0, 0.0, 1.0, 0.0, 1.0)
+
+    monkeypatch.setattr(uci, "run", fake_run)
+    output = tmp_path / "published.json"
+    assert main(["uci", "--protocol", "published", "--output", str(output)]) == 0
+    assert seen == [("mc-dropout", 100.0, 1e-3)]
+    settings = json.loads(output.read_text())["settings"]
+    assert settings["protocol"] == "published" and settings["learning_rate"] == 1e-3
+    assert main(["uci", "--splits", "0", "--method", "ensemble"]) == 0
+    assert seen[-1] == ("ensemble", 10.0, uci.LEARNING_RATE)
+    assert PROTOCOLS["default"]["learning_rate"] == uci.LEARNING_RATE

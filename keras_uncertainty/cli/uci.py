@@ -137,6 +137,7 @@ def run_uci(args, error):
                         args.seed,
                         adversarial=args.adversarial_epsilon,
                         callbacks=[progress],
+                        learning_rate=args.learning_rate,
                     )
                 except FloatingPointError as exc:  # diverged on every split
                     failed.append(f"{label} {method}")

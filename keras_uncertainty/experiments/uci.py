@@ -205,10 +205,12 @@ def train_members(
     """Trains one network per entry of `member_rows` (the rows it trains on).
 
     `options`: `rates` and `decays` (one per member), `adversarial_epsilon`,
-    `callbacks`, and `every_epochs=(k, function(trained, epoch))` to look at
-    the networks after every k-th epoch.
+    `callbacks`, `learning_rate` (Adam's step, default `LEARNING_RATE`), and
+    `every_epochs=(k, function(trained, epoch))` to look at the networks
+    after every k-th epoch.
     """
     callbacks = list(options.pop("callbacks", ()))
+    learning_rate = options.pop("learning_rate", LEARNING_RATE)
     every_epochs = options.pop("every_epochs", None)
     x_mean, x_std = _standardization(x, member_rows)
     y_mean, y_std = _standardization(y, member_rows)
@@ -226,7 +228,7 @@ def train_members(
         else keras.losses.mean_squared_error
     )
     model.compile(
-        keras.optimizers.Adam(LEARNING_RATE), loss=MaskedMemberLoss(member_loss)
+        keras.optimizers.Adam(learning_rate), loss=MaskedMemberLoss(member_loss)
     )
     if every_epochs is not None:
         every, function = every_epochs
@@ -323,7 +325,16 @@ def _weight_decay(rate, tau, num_rows):
 
 
 def _ensemble(
-    splits, x, y, fit_rows, validation_rows, epochs, seed, adversarial, callbacks
+    splits,
+    x,
+    y,
+    fit_rows,
+    validation_rows,
+    epochs,
+    seed,
+    adversarial,
+    callbacks,
+    learning_rate,
 ):
     """Deep Ensembles, each split's number of epochs chosen on its
     validation rows (the last 20% of its training rows): the mixture's
@@ -347,6 +358,7 @@ def _ensemble(
             adversarial_epsilon=adversarial,
             callbacks=callbacks,
             every_epochs=(every, look),
+            learning_rate=learning_rate,
         )
 
     every = max(1, epochs // ENSEMBLE_CHECKS)
@@ -389,6 +401,7 @@ def run_splits(
     seed,
     adversarial=ADVERSARIAL_EPSILON,
     callbacks=(),
+    learning_rate=LEARNING_RATE,
 ):
     """Trains `method` on every `UCISplit` of `splits` at once.
 
@@ -411,6 +424,7 @@ def run_splits(
             seed,
             adversarial,
             callbacks,
+            learning_rate,
         )
 
     heteroscedastic = method == "hetero-mc-dropout"
@@ -435,6 +449,7 @@ def run_splits(
                 [_weight_decay(p, t, len(r)) for r, (p, t) in zip(member_rows, configs)]
             ),
             callbacks=callbacks,
+            learning_rate=learning_rate,
         )
 
     def member_taus(configs):
@@ -476,16 +491,17 @@ def run(
     seed,
     adversarial=ADVERSARIAL_EPSILON,
     callbacks=(),
+    learning_rate=LEARNING_RATE,
 ):
     """Runs `method` on `splits` (a list of `UCISplit`); returns a `Result`.
 
     `adversarial` is the ensemble's fast-gradient-sign step (0 or None: no
-    adversarial training).
+    adversarial training); `learning_rate` is Adam's step.
     """
     start = time.perf_counter()
     epochs = max(1, int(round(splits[0].n_epochs * epochs_multiplier)))
     rmses, nlls = run_splits(
-        method, splits, epochs, num_samples, seed, adversarial, callbacks
+        method, splits, epochs, num_samples, seed, adversarial, callbacks, learning_rate
     )
     failed = [s.split for s, v in zip(splits, nlls) if not np.isfinite(v)]
     if failed:
