@@ -1,3 +1,4 @@
+import logging
 import warnings
 
 import keras
@@ -466,3 +467,16 @@ def test_a_custom_mc_layer_with_a_seed_generator_samples_reproducibly():
     again = ku.sample(model, x, num_samples=5, seed=3)
     np.testing.assert_array_equal(first, again)
     assert first.std(axis=0).min() > 0
+
+
+def test_sampling_many_models_in_a_row_logs_no_retracing_warning(class_inputs, caplog):
+    # TensorFlow counts traces per code object, so a compiled step per model
+    # looks to it like retracing in a loop; the engine silences that (each
+    # model's own traces stay bounded, see the test above).
+    caplog.set_level(logging.WARNING, logger="tensorflow")
+    for seed in range(8):
+        keras.utils.set_random_seed(seed)
+        model = ku.models.mlp(8, 2, hidden_units=(4,), dropout_rate=0.2)
+        ku.predict_regression(model, class_inputs[: 5 + seed], num_samples=3 + seed)
+    retracing = [r for r in caplog.records if "retracing" in r.getMessage()]
+    assert retracing == []

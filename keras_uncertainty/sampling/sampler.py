@@ -49,7 +49,7 @@ class _BoundedTracingFilter(logging.Filter):
     number of times) looks to it like retracing in a loop."""
 
     def filter(self, record):
-        return "_compiled_step.<locals>.step" not in record.getMessage()
+        return f"{reducing_forward.__name__}.<locals>.step" not in record.getMessage()
 
 
 @contextlib.contextmanager
