@@ -3,6 +3,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Tests never touch the network (those that test downloads fake them).
+os.environ.setdefault("KERAS_UNCERTAINTY_OFFLINE", "1")
 # Tests never download: the data sets come from ../shared/data beside the
 # repository (tests that check the look-up order unset this themselves).
 _SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -282,6 +282,7 @@ def test_offline_download_exits_3_with_one_line_saying_how_to_provide_data(
 
     monkeypatch.setattr(_files, "fetch", no_network)
     monkeypatch.delenv(_files.ENV_VAR, raising=False)
+    monkeypatch.delenv(_files.OFFLINE_VAR, raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     assert main(["uci", "concrete"]) == 3
     err = capsys.readouterr().err.strip().splitlines()

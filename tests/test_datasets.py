@@ -20,6 +20,7 @@ needs_shared = pytest.mark.skipif(
 def no_env(monkeypatch, tmp_path):
     """No KERAS_UNCERTAINTY_DATA and an empty cache under tmp_path."""
     monkeypatch.delenv(_files.ENV_VAR, raising=False)
+    monkeypatch.delenv(_files.OFFLINE_VAR, raising=False)  # fetch is faked
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     return tmp_path
 
@@ -218,19 +219,76 @@ def test_truncated_and_corrupt_mnist_files_are_named(tmp_path, offline):
         ku.datasets.load_mnist(data_dir=str(tmp_path))
 
 
-def test_mnist_labels_outside_the_digits_are_refused(tmp_path, offline):
-    images = np.zeros((3, 28, 28), np.uint8)
-    labels = np.array([1, 255, 7], np.uint8)
-    for name, magic, array in (
-        ("t10k-images-idx3-ubyte.gz", 2051, images),
-        ("t10k-labels-idx1-ubyte.gz", 2049, labels),
+def write_idx(folder, split, images, labels):
+    """Writes MNIST IDX files of `split` ("train" or "t10k") into `folder`."""
+    images, labels = np.asarray(images, np.uint8), np.asarray(labels, np.uint8)
+    for kind, magic, array in (
+        ("images-idx3", 2051, images),
+        ("labels-idx1", 2049, labels),
     ):
         header = magic.to_bytes(4, "big") + b"".join(
             d.to_bytes(4, "big") for d in array.shape
         )
-        with gzip.open(tmp_path / name, "wb") as f:
-            f.write(header + array.tobytes())
+        with gzip.open(Path(folder) / f"{split}-{kind}-ubyte.gz", "wb") as f:
+            f.write(header + np.asarray(array, np.uint8).tobytes())
+
+
+def test_mnist_labels_outside_the_digits_are_refused(tmp_path, offline):
+    images = np.zeros((3, 28, 28), np.uint8)
+    labels = np.array([1, 255, 7], np.uint8)
+    write_idx(tmp_path, "t10k", images, labels)
     with pytest.raises(
         ValueError, match=r"1 labels outside 0-9 \(first: 255 at index 1\)"
     ):
         ku.datasets.load_mnist(data_dir=str(tmp_path))
+
+
+def test_mnist_training_set_from_a_folder_of_idx_files(tmp_path, no_env, offline):
+    images = np.arange(5 * 28 * 28).reshape(5, 28, 28) % 256
+    write_idx(tmp_path, "train", images, [3, 1, 4, 1, 5])
+    train = ku.datasets.load_mnist(str(tmp_path), split="train")
+    assert train.split == "train" and train.images.shape == (5, 28, 28)
+    np.testing.assert_array_equal(train.labels, [3, 1, 4, 1, 5])
+    np.testing.assert_array_equal(train.images, images)
+
+
+def test_mnist_training_set_from_the_keras_cache(no_env, offline):
+    datasets = no_env / "keras_home" / "datasets"
+    datasets.mkdir(parents=True)
+    x = np.zeros((4, 28, 28), np.uint8)
+    np.savez(
+        datasets / "mnist.npz",
+        x_train=x,
+        y_train=[0, 1, 2, 3],
+        x_test=x[:2],
+        y_test=[7, 9],
+    )
+    train = ku.datasets.load_mnist(split="train")
+    assert train.folder == str(datasets / "mnist.npz") and len(train.labels) == 4
+    test = ku.datasets.load_mnist(split="test")
+    np.testing.assert_array_equal(test.labels, [7, 9])
+
+
+def test_mnist_training_set_download_goes_through_keras(no_env, monkeypatch, offline):
+    from keras_uncertainty.datasets import mnist as mnist_files
+
+    def fake_keras_download():
+        path = no_env / "keras_home" / "datasets" / "mnist.npz"
+        path.parent.mkdir(parents=True)
+        x = np.zeros((2, 28, 28), np.uint8)
+        np.savez(path, x_train=x, y_train=[5, 6], x_test=x, y_test=[1, 2])
+        return str(path)
+
+    monkeypatch.setattr(mnist_files, "_download_keras_npz", fake_keras_download)
+    assert list(ku.datasets.load_mnist(split="train").labels) == [5, 6]
+
+
+def test_mnist_training_set_offline_says_how_to_provide_it(monkeypatch, tmp_path):
+    monkeypatch.delenv(_files.ENV_VAR, raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(
+        _files.DownloadError, match=r"train-images-idx3-ubyte.gz.*mnist.npz"
+    ):
+        ku.datasets.load_mnist(split="train")
+    with pytest.raises(ValueError, match="`split`"):
+        ku.datasets.load_mnist(split="validation")

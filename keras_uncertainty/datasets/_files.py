@@ -16,6 +16,9 @@ import tempfile
 import urllib.request
 
 ENV_VAR = "KERAS_UNCERTAINTY_DATA"
+# Set to 1 to never touch the network (the tests do): a missing data set
+# then fails at once with the message on how to provide it.
+OFFLINE_VAR = "KERAS_UNCERTAINTY_OFFLINE"
 _HERE = os.path.dirname(__file__)
 PACKAGED_DIR = os.path.join(_HERE, "data")
 
@@ -49,6 +52,15 @@ def fetch(url, path):
         shutil.copyfileobj(response, out)
 
 
+def check_online(what, how):
+    """Raises `DownloadError` at once when downloads are off."""
+    if os.environ.get(OFFLINE_VAR, "") not in ("", "0"):
+        raise DownloadError(
+            f"{what} is not available locally and downloads are off "
+            f"({OFFLINE_VAR} is set). Provide it locally: {how}."
+        )
+
+
 def _remove_quietly(path):
     try:
         os.remove(path)
@@ -69,6 +81,12 @@ def download(kind, name, files, url_of, target):
         ValueError: a downloaded file does not match its SHA-256.
     """
     expected = CHECKSUMS[kind] if name is None else CHECKSUMS[kind][name]
+    check_online(
+        f"{kind} data{'' if name is None else f' {name!r}'}",
+        f"a folder holding it as `--data-dir` (`data_dir=`), "
+        f"KERAS_UNCERTAINTY_DATA set to a folder holding {kind}/, or the files "
+        f"in '{target}'",
+    )
     os.makedirs(target, exist_ok=True)
     for file in files:
         path = os.path.join(target, file)
