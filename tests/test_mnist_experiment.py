@@ -103,7 +103,10 @@ def test_mnist_command_end_to_end(tmp_path, capsys, monkeypatch):
         ]
     )
     assert code == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "test-only protocol runs" in captured.err  # no training set here
+    assert "MNIST, test-only protocol: trained on test images 2000-2499" in out
     assert "MC dropout" in out and "Deep Ensemble" not in out
     assert "deterministic softmax" in out  # trained on its own without one
     assert (tmp_path / "figures" / "retention.png").exists()
@@ -150,3 +153,53 @@ def test_mnist_missing_folder_exits_2(tmp_path, capsys):
 
 def mnist_files():
     return ku.datasets.mnist.TEST_FILES
+
+
+def _write_idx(folder, prefix, images, labels):
+    for kind, magic, array in (
+        ("images-idx3", 2051, np.asarray(images, np.uint8)),
+        ("labels-idx1", 2049, np.asarray(labels, np.uint8)),
+    ):
+        header = magic.to_bytes(4, "big") + b"".join(
+            d.to_bytes(4, "big") for d in array.shape
+        )
+        with gzip.open(folder / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
+            f.write(header + array.tobytes())
+
+
+@pytest.mark.slow
+def test_with_a_training_set_the_command_runs_the_articles_protocol(tmp_path, capsys):
+    # Small IDX files stand in for the 60,000 training and 10,000 test
+    # images; the test set holds images 61 and 591, like the real one.
+    rng = np.random.default_rng(0)
+    data = tmp_path / "mnist"
+    data.mkdir()
+    _write_idx(
+        data, "train", rng.integers(0, 256, (96, 28, 28)), rng.integers(0, 10, 96)
+    )
+    test_labels = rng.integers(0, 10, 600)
+    test_labels[[61, 591]] = 8
+    _write_idx(data, "t10k", rng.integers(0, 256, (600, 28, 28)), test_labels)
+    code = main(
+        [
+            "mnist",
+            "--data-dir",
+            str(data),
+            "--method",
+            "mc-dropout",
+            "--epochs",
+            "1",
+            "--num-samples",
+            "2",
+            "--output-dir",
+            str(tmp_path / "figures"),
+        ]
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "test-only" not in captured.err
+    expected = (
+        "article protocol: trained on the 96 training images, evaluated on the 600"
+    )
+    assert expected in captured.out
+    assert "image 591 (label 8)" in captured.out

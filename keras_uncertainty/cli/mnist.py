@@ -52,7 +52,7 @@ def report_text(report, num_samples):
     from keras_uncertainty.experiments import mnist
 
     methods = _methods(report)
-    lines = ["Test images 0-1999 (trained on 2000-9999):"]
+    lines = [f"MNIST, {report.protocol}:"]
     for method in methods:
         s = report.scores[method, 0]
         lines.append(
@@ -178,11 +178,19 @@ def write_figures(report, output_dir):
 
 def run_mnist(args, error):
     """Runs the command; `error(message)` exits with status 2."""
-    from keras_uncertainty.datasets import load_mnist
+    from keras_uncertainty.datasets import DownloadError, load_mnist
     from keras_uncertainty.experiments import mnist
 
     try:
-        data = load_mnist(args.data_dir)
+        data = load_mnist(args.data_dir, split="test")
+        try:
+            train = load_mnist(args.data_dir, split="train")
+        except DownloadError as exc:
+            train = None
+            sys.stderr.write(
+                "The MNIST training set is not available, so the test-only "
+                f"protocol runs. ({exc})\n"
+            )
     except ValueError as exc:
         error(str(exc))
     methods = mnist.METHODS if args.method == "all" else (args.method,)
@@ -194,6 +202,7 @@ def run_mnist(args, error):
             num_samples=args.num_samples,
             seed=args.seed,
             callbacks=[_Progress()],
+            train=train,
         )
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted before the evaluation: nothing to report\n")
