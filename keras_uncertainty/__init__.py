@@ -37,7 +37,7 @@ from keras_uncertainty.sampling import (  # noqa: E402
 )
 from keras_uncertainty.serving import export  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ClassificationPrediction",

@@ -155,3 +155,13 @@ def test_importing_with_another_keras_backend_names_it_and_the_fix():
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError:")
     assert "'jax' backend" in last and "KERAS_BACKEND=tensorflow" in last
+
+
+def test_the_version_is_the_package_metadatas_and_has_a_changelog_entry():
+    import importlib.metadata
+    import re
+
+    assert importlib.metadata.version("keras-uncertainty") == ku.__version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+", ku.__version__)
+    changelog = (PACKAGE.parent / "CHANGELOG.md").read_text()
+    assert f"## [{ku.__version__}]" in changelog
