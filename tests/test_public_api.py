@@ -165,3 +165,14 @@ def test_the_version_is_the_package_metadatas_and_has_a_changelog_entry():
     assert re.fullmatch(r"\d+\.\d+\.\d+", ku.__version__)
     changelog = (PACKAGE.parent / "CHANGELOG.md").read_text()
     assert f"## [{ku.__version__}]" in changelog
+
+
+def test_every_public_name_has_a_docstring_with_its_sections():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "docs_hooks", PACKAGE.parent / "docs" / "hooks.py"
+    )
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    assert hooks.docstring_problems() == []

@@ -10,6 +10,13 @@ def toy_regression(num_points=400, gap=(-1.0, 1.0), noise=0.3, seed=0):
     uniform on [-3, 3] except the interval `gap`: the noise (aleatoric) grows
     with |x|, and the model has no data in the gap (epistemic).
 
+    Args:
+        num_points: How many points.
+        gap: `(low, high)`, the interval of x without training points, or
+            None for none.
+        noise: The noise scale.
+        seed: Seed of the draw.
+
     Returns:
         `(x, y)`, float32 arrays of shape `(num_points, 1)`.
     """

@@ -30,6 +30,13 @@ def split_mean_log_var(y_pred):
 
     The one place that defines the output layout shared by the loss and by
     `ku.predict_regression`.
+
+    Args:
+        y_pred: A tensor whose last dimension is 2k: k means, then k
+            log-variances.
+
+    Returns:
+        `(mean, log_var)`, two tensors with last dimension k.
     """
     width = y_pred.shape[-1]
     if width is not None and width % 2:

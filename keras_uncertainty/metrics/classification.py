@@ -18,7 +18,15 @@ _PROB_FLOOR = np.finfo(np.float64).tiny
 
 
 def accuracy(labels, probs):
-    """Fraction of points whose most probable class is the label."""
+    """Fraction of points whose most probable class is the label.
+
+    Args:
+        labels: `(N,)` integer labels in `[0, C)`.
+        probs: `(N, C)` predictive probabilities (rows summing to 1).
+
+    Returns:
+        float in [0, 1].
+    """
     labels, probs = classification_inputs(labels, probs)
     return float(np.mean(np.argmax(probs, axis=-1) == labels))
 
@@ -27,6 +35,13 @@ def classification_nll(labels, probs):
     """Mean negative log-likelihood `-mean log p[label]` (nats).
 
     Probabilities are floored at the smallest normal float64 before the log.
+
+    Args:
+        labels: `(N,)` integer labels in `[0, C)`.
+        probs: `(N, C)` predictive probabilities (rows summing to 1).
+
+    Returns:
+        float, nats per point.
     """
     labels, probs = classification_inputs(labels, probs)
     chosen = probs[np.arange(len(labels)), labels]
@@ -34,7 +49,15 @@ def classification_nll(labels, probs):
 
 
 def brier_score(labels, probs):
-    """Mean over points of `sum_c (p_c - 1{c = label})^2` (in [0, 2])."""
+    """Mean over points of `sum_c (p_c - 1{c = label})^2` (in [0, 2]).
+
+    Args:
+        labels: `(N,)` integer labels in `[0, C)`.
+        probs: `(N, C)` predictive probabilities (rows summing to 1).
+
+    Returns:
+        float in [0, 2].
+    """
     labels, probs = classification_inputs(labels, probs)
     onehot = np.zeros_like(probs)
     onehot[np.arange(len(labels)), labels] = 1.0
@@ -72,19 +95,49 @@ def expected_calibration_error(labels, probs, num_bins=15, adaptive=False):
     Confidence is the top probability; bins are `num_bins` equal-width
     intervals of [0, 1] (Guo et al. 2017) or, with `adaptive=True`,
     equal-mass bins.
+
+    Args:
+        labels: `(N,)` integer labels in `[0, C)`.
+        probs: `(N, C)` predictive probabilities (rows summing to 1).
+        num_bins: Positive integer, the number of bins.
+        adaptive: Equal-mass bins instead of equal-width ones.
+
+    Returns:
+        float in [0, 1].
     """
     weight, acc, conf = _calibration_bins(labels, probs, num_bins, adaptive)
     return float(np.sum(weight * np.abs(acc - conf)))
 
 
 def max_calibration_error(labels, probs, num_bins=15, adaptive=False):
-    """MCE: `max_b |accuracy_b - confidence_b|` over non-empty bins."""
+    """MCE: `max_b |accuracy_b - confidence_b|` over non-empty bins.
+
+    Args:
+        labels: `(N,)` integer labels in `[0, C)`.
+        probs: `(N, C)` predictive probabilities (rows summing to 1).
+        num_bins: Positive integer, the number of bins.
+        adaptive: Equal-mass bins instead of equal-width ones.
+
+    Returns:
+        float in [0, 1].
+    """
     _, acc, conf = _calibration_bins(labels, probs, num_bins, adaptive)
     return float(np.max(np.abs(acc - conf)))
 
 
 def reliability_bins(labels, probs, num_bins=15, adaptive=False):
-    """The bins behind the ECE: `(weight, accuracy, confidence)` arrays."""
+    """The bins behind the ECE: `(weight, accuracy, confidence)` arrays.
+
+    Args:
+        labels: `(N,)` integer labels in `[0, C)`.
+        probs: `(N, C)` predictive probabilities (rows summing to 1).
+        num_bins: Positive integer, the number of bins.
+        adaptive: Equal-mass bins instead of equal-width ones.
+
+    Returns:
+        `(weight, accuracy, confidence)`, three arrays with one entry per
+        non-empty bin; the weights sum to 1.
+    """
     return _calibration_bins(labels, probs, num_bins, adaptive)
 
 

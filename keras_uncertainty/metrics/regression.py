@@ -33,12 +33,29 @@ def _central_z(level):
 
 
 def gaussian_log_density(y, mean, std):
-    """`log N(y | mean, std^2) = -0.5 log(2 pi) - log std - (y-mean)^2 / 2std^2`."""
+    """`log N(y | mean, std^2) = -0.5 log(2 pi) - log std - (y-mean)^2 / 2std^2`.
+
+    Args:
+        y: Values.
+        mean: Means, broadcastable with `y`.
+        std: Standard deviations (> 0), broadcastable with `y`.
+
+    Returns:
+        float64 array, the log densities, element-wise.
+    """
     return -_HALF_LOG_TWO_PI - np.log(std) - 0.5 * np.square((y - mean) / std)
 
 
 def rmse(y_true, mean):
-    """Root mean squared error: `sqrt(mean((y - mean)^2))`."""
+    """Root mean squared error: `sqrt(mean((y - mean)^2))`.
+
+    Args:
+        y_true: `(N,)` or `(N, k)` targets.
+        mean: Predictions, shaped like `y_true`.
+
+    Returns:
+        float, in the units of `y`.
+    """
     y_true, mean = regression_inputs(y_true, mean)
     return float(np.sqrt(np.mean(np.square(y_true - mean))))
 
@@ -48,6 +65,14 @@ def gaussian_nll(y_true, mean, std):
 
     `mean over points of -log N(y | mean, std^2)`, constant `0.5 log 2 pi`
     included, in the units of `y` (lower is better).
+
+    Args:
+        y_true: `(N,)` or `(N, k)` targets.
+        mean: Predictive means, shaped like `y_true`.
+        std: Predictive standard deviations (> 0), shaped like `y_true`.
+
+    Returns:
+        float, in nats per point.
     """
     y_true, mean, std = regression_inputs(y_true, mean, std)
     return float(-np.mean(gaussian_log_density(y_true, mean, std)))
@@ -95,6 +120,14 @@ def mixture_nll(y_true, sample_means, sample_stds):
     `-mean over points of log((1/T) sum_t N(y | mu_t, sigma_t^2))` (see
     `mixture_log_density`): the test log-likelihood of the MC dropout and
     Deep Ensembles papers, negated. Arguments as in `mixture_log_density`.
+
+    Args:
+        y_true: `(N,)` or `(N, k)`.
+        sample_means: `(T, *y_true.shape)`, the means of the T samples.
+        sample_stds: Same shape (or a scalar), their standard deviations (> 0).
+
+    Returns:
+        float, in nats per point.
     """
     return float(-np.mean(mixture_log_density(y_true, sample_means, sample_stds)))
 
@@ -105,6 +138,14 @@ def crps_gaussian(y_true, mean, std):
     With `z = (y - mean) / std`:
     `CRPS = std * (z (2 Phi(z) - 1) + 2 phi(z) - 1/sqrt(pi))`
     (Gneiting & Raftery 2007); lower is better, in the units of `y`.
+
+    Args:
+        y_true: `(N,)` or `(N, k)` targets.
+        mean: Predictive means, shaped like `y_true`.
+        std: Predictive standard deviations (> 0), shaped like `y_true`.
+
+    Returns:
+        float, in the units of `y`.
     """
     y_true, mean, std = regression_inputs(y_true, mean, std)
     z = (y_true - mean) / std
@@ -121,6 +162,12 @@ def interval_coverage(y_true, mean, std, level=0.95):
     Returns:
         `(coverage, mean_width)`: the fraction of `y` inside the interval
         (ideally `level`) and its mean width `2 z std`.
+
+    Args:
+        y_true: `(N,)` or `(N, k)` targets.
+        mean: Predictive means, shaped like `y_true`.
+        std: Predictive standard deviations (> 0), shaped like `y_true`.
+        level: The interval's nominal coverage, in (0, 1).
     """
     y_true, mean, std = regression_inputs(y_true, mean, std)
     z = _central_z(unit_interval(level, "level"))
@@ -134,6 +181,15 @@ def interval_score(y_true, mean, std, level=0.95):
     `(u - l) + (2/alpha)(l - y) 1{y < l} + (2/alpha)(y - u) 1{y > u}` with
     `alpha = 1 - level` (Gneiting & Raftery 2007): a proper score that
     rewards narrow intervals and penalises misses; lower is better.
+
+    Args:
+        y_true: `(N,)` or `(N, k)` targets.
+        mean: Predictive means, shaped like `y_true`.
+        std: Predictive standard deviations (> 0), shaped like `y_true`.
+        level: The interval's nominal coverage, in (0, 1).
+
+    Returns:
+        float, in the units of `y`.
     """
     y_true, mean, std = regression_inputs(y_true, mean, std)
     alpha = 1.0 - unit_interval(level, "level")
@@ -156,6 +212,12 @@ def regression_calibration_curve(y_true, mean, std, num_levels=20):
 
     Returns:
         `(expected, observed)`, two arrays of length `num_levels`.
+
+    Args:
+        y_true: `(N,)` or `(N, k)` targets.
+        mean: Predictive means, shaped like `y_true`.
+        std: Predictive standard deviations (> 0), shaped like `y_true`.
+        num_levels: Integer >= 2, the number of nominal levels.
     """
     y_true, mean, std = regression_inputs(y_true, mean, std)
     num_levels = positive_int(num_levels, "num_levels")
@@ -173,6 +235,16 @@ def regression_calibration_curve(y_true, mean, std, num_levels=20):
 
 
 def regression_calibration_error(y_true, mean, std, num_levels=20):
-    """Miscalibration area: mean `|observed - expected|` over the curve."""
+    """Miscalibration area: mean `|observed - expected|` over the curve.
+
+    Args:
+        y_true: `(N,)` or `(N, k)` targets.
+        mean: Predictive means, shaped like `y_true`.
+        std: Predictive standard deviations (> 0), shaped like `y_true`.
+        num_levels: Integer >= 2, the number of nominal levels.
+
+    Returns:
+        float in [0, 1]; 0 is calibrated.
+    """
     expected, observed = regression_calibration_curve(y_true, mean, std, num_levels)
     return float(np.mean(np.abs(observed - expected)))

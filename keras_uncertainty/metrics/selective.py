@@ -96,6 +96,14 @@ def aurc(labels, probs, uncertainty):
 
     Keep the k most certain cases for k = 1..N; the risk at coverage k/N is
     their error rate; AURC is the mean of those risks (lower is better).
+
+    Args:
+        labels: `(N,)` integer labels.
+        probs: `(N, C)` predictive probabilities.
+        uncertainty: `(N,)` scores where larger means less certain.
+
+    Returns:
+        float in [0, 1].
     """
     correct = _certainty_order(labels, probs, uncertainty)
     kept = np.arange(1, len(correct) + 1)

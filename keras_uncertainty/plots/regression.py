@@ -77,6 +77,16 @@ def regression_uncertainty(x, y, prediction, ax=None, num_std=2.0, target=0):
 def regression_calibration(y_true, mean, std, num_levels=20, ax=None):
     """Observed against expected coverage of central intervals.
 
+    The curve of `ku.metrics.regression_calibration_curve`, the diagonal of
+    perfect calibration and, shaded, the miscalibration area between them.
+
+    Args:
+        y_true: `(N,)` or `(N, k)` targets.
+        mean: Predictive means, shaped like `y_true`.
+        std: Predictive standard deviations (> 0), shaped like `y_true`.
+        num_levels: Integer >= 2, the number of nominal levels.
+        ax: Matplotlib Axes; None makes a new figure.
+
     Returns:
         The Axes.
     """
