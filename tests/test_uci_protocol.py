@@ -146,3 +146,40 @@ def test_run_warns_and_averages_the_splits_that_did_not_diverge(monkeypatch):
     )
     with pytest.raises(FloatingPointError, match="every split"):
         uci.run("yacht", "ensemble", splits, 1, 1, 0)
+
+
+def _small_training(every_epochs=None):
+    splits = [ku.datasets.load_uci("yacht", k) for k in range(2)]
+    x, y = uci.data_table(splits)
+    rows = [s.train_rows for s in splits]
+    return uci.train_members(
+        x,
+        y,
+        rows,
+        1,
+        8,
+        6,
+        uci.BATCH_SIZE,
+        0,
+        rates=np.array([0.05, 0.05]),
+        decays=np.array([1e-4, 1e-4]),
+        every_epochs=every_epochs,
+    )
+
+
+def test_several_steps_per_call_make_the_same_updates_as_one(monkeypatch):
+    keras.utils.set_random_seed(0)
+    batched = [v.numpy() for v in _small_training().model.trainable_variables]
+    monkeypatch.setattr(uci, "MAX_STEPS_PER_CALL", 1)
+    keras.utils.set_random_seed(0)
+    single = [v.numpy() for v in _small_training().model.trainable_variables]
+    for a, b in zip(batched, single):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_every_epochs_sees_the_networks_at_each_chosen_epoch():
+    seen = []
+    _small_training(every_epochs=(2, lambda trained, epoch: seen.append(epoch)))
+    assert seen == [2, 4, 6]
+    assert uci.steps_per_call(4000 * 2) == 32
+    assert uci.steps_per_call(6 * 2, align=2) == 2
