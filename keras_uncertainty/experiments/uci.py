@@ -44,9 +44,8 @@ MIN_LOG_VAR = -20.0
 # Samples x rows x members evaluated per chunk: bounds the memory of the
 # test NLL at T = 10,000 on the larger data sets.
 _EVALUATION_CHUNK = 2**22
-# The stacked networks' steps are small (a few thousand multiply-adds per
-# member), so Keras's per-call overhead dominates a step; running up to this
-# many steps per compiled call halves the training time on 2 cores (see the
+# Steps per compiled call: saves Keras's per-call overhead between steps
+# (about 4% of yacht's grid training on a quiet 2-core machine; see the
 # README's "Where the time goes").
 MAX_STEPS_PER_CALL = 32
 
