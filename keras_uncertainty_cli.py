@@ -20,6 +20,7 @@ method, atomically, with their status; see `ResultsFile`.
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 
@@ -462,6 +463,24 @@ def main(argv=None):
         return 130
 
 
+def _exit_interrupted(signum, frame):
+    """Ctrl-C while TensorFlow loads: nothing has started, so leave at once
+    (a library that catches KeyboardInterrupt during its import would
+    otherwise swallow it)."""
+    sys.stderr.write("\nkeras-uncertainty: interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def _import_the_package():
+    """Imports `keras_uncertainty` (and so TensorFlow), Ctrl-C exiting 130."""
+    previous = signal.signal(signal.SIGINT, _exit_interrupted)
+    try:
+        import keras_uncertainty  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -484,6 +503,7 @@ def _main(argv):
     except UsageError as exc:
         error(str(exc))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _import_the_package()
     if args.command == "demo":
         run_demo(args.epochs, args.num_samples, args.seed)
         return 0
