@@ -104,18 +104,29 @@ def test_dataset_validation_data_gives_the_array_figures(regression_data):
     model = ku.models.article_regression_mlp()
     model.compile("adam", loss=ku.losses.gaussian_nll)
     figures = []
+
+    class Rows(keras.utils.PyDataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            part = slice(30 * index, min(30 * (index + 1), 100))
+            return x[part], y[part]
+
     for data in (
         (x[:100], y[:100]),
         tf.data.Dataset.from_tensor_slices((x[:100], y[:100])).batch(30),
+        Rows(),
     ):
         callback = ku.callbacks.UncertaintyMetrics(data, num_samples=6, seed=3)
         callback.set_model(model)
         logs = {}
         callback.on_epoch_end(0, logs)
         figures.append(logs)
-    assert figures[0].keys() == figures[1].keys()
-    for key in figures[0]:
-        np.testing.assert_allclose(figures[1][key], figures[0][key], rtol=1e-6)
+    for streamed in figures[1:]:
+        assert streamed.keys() == figures[0].keys()
+        for key in figures[0]:
+            np.testing.assert_allclose(streamed[key], figures[0][key], rtol=1e-6)
 
 
 def test_callback_rejects_bad_arguments():
