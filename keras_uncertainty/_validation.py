@@ -18,6 +18,16 @@ def check_rate(rate):
     return float(rate)
 
 
+def check_bool(value, name):
+    """Checks that `value` is True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected True or "
+            f"False. Received: {name}={value!r}"
+        )
+    return value
+
+
 def check_positive_int(value, name, allow_none=False):
     """Checks that `value` is an integer >= 1 (or None when allowed)."""
     if value is None and allow_none:

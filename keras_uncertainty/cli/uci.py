@@ -95,13 +95,10 @@ def run_uci(args, error):
 
     from keras_uncertainty.datasets import load_uci
     from keras_uncertainty.experiments import uci
-    from keras_uncertainty_cli import ResultsFile, uci_settings
 
     datasets = args.datasets or ["yacht"]
     methods = uci.METHODS if args.method == "all" else (args.method,)
-    output = getattr(args, "results_file", None) or ResultsFile(
-        args.output, uci_settings(args), resume=args.resume
-    )
+    output = args.results_file  # built, and --resume checked, by the launcher
     try:
         splits = parse_splits(args.splits) if args.splits else None
         plans = []

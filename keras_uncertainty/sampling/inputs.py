@@ -200,12 +200,11 @@ class InputStream:
             self._pending = [first]
             self.num_rows = None
         else:
-            x = _as_arrays(view, x)
             first = flatten_inputs(view, x)[0]
             self._batches = None
             self._pending = [first]
             self.num_rows = first[0].shape[0]
-            self._structure_source = x
+            self._structure_source = _as_arrays(view, x)
         self.first = tuple(first)
         self.structure = tree.map_structure(lambda _: 0, self._structure_source)
 
@@ -248,12 +247,15 @@ class InputStream:
         for batch in self._batches:
             buffered.append(batch)
             count += batch[0].shape[0]
-            while count >= rows:
-                joined = [np.concatenate(parts) for parts in zip(*buffered)]
-                yield tuple(a[:rows] for a in joined)
-                rest = tuple(a[rows:] for a in joined)
-                count -= rows
-                buffered = [rest] if count else []
+            if count < rows:
+                continue
+            # One join per batch that completes chunks, however many it does.
+            joined = [np.concatenate(parts) for parts in zip(*buffered)]
+            full = count - count % rows
+            for start in range(0, full, rows):
+                yield tuple(a[start : start + rows] for a in joined)
+            count -= full
+            buffered = [tuple(a[full:] for a in joined)] if count else []
         if count:
             yield tuple(np.concatenate(parts) for parts in zip(*buffered))
 

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from keras import tree
 
-from keras_uncertainty._validation import check_positive_int, check_seed
+from keras_uncertainty._validation import check_bool, check_positive_int, check_seed
 from keras_uncertainty.sampling.graph import (
     make_tiled_forward,
     num_members,
@@ -238,6 +238,14 @@ class _Layout:
         return self.members * self.per_member
 
 
+def sample_layout(structure, num_samples):
+    """The `_Layout` of T samples of a model with `ModelStructure` `structure`:
+    an ensemble of deterministic members gives one sample per member."""
+    members = structure.num_members or 1
+    stochastic = members == 1 or bool(structure.stochastic_layers)
+    return _Layout(members, num_samples if stochastic else 1)
+
+
 def _rows_per_call(step, batch_size):
     if batch_size is not None:
         return batch_size
@@ -285,9 +293,8 @@ def reduce_samples(
     seed = check_seed(seed)
     check_verbose(verbose)
     stream = x if isinstance(x, InputStream) else InputStream(model_structure.view, x)
-    members = model_structure.num_members or 1
-    stochastic = members == 1 or bool(model_structure.stochastic_layers)
-    layout = _Layout(members, num_samples if stochastic else 1)
+    layout = sample_layout(model_structure, num_samples)
+    members = layout.members
     if seed is not None:
         _reseed(model, seed)
     with _bounded_tracing_quiet():
@@ -523,12 +530,8 @@ def predict_classification(
     >>> pred = ku.predict_classification(model, x_test, num_samples=100, votes=True)
     >>> pred.votes[61]  # how many of the 100 samples chose each digit
     """
-    for name, value in (("from_logits", from_logits), ("votes", votes)):
-        if not isinstance(value, bool):
-            raise ValueError(
-                f"Invalid value received for argument `{name}`. Expected True "
-                f"or False. Received: {name}={value!r}"
-            )
+    check_bool(from_logits, "from_logits")
+    check_bool(votes, "votes")
     reducer = ClassificationSummary(from_logits, votes)
     prediction = reduce_samples(
         model, x, reducer, num_samples, batch_size, seed, verbose

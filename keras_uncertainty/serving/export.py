@@ -10,9 +10,9 @@ import keras
 import tensorflow as tf
 from keras import tree
 
-from keras_uncertainty._validation import check_positive_int
+from keras_uncertainty._validation import check_bool, check_positive_int
 from keras_uncertainty.sampling import sampler
-from keras_uncertainty.sampling.graph import num_members, structure_of
+from keras_uncertainty.sampling.graph import structure_of
 from keras_uncertainty.sampling.reducers import (
     ClassificationSummary,
     RegressionMoments,
@@ -156,25 +156,19 @@ def export(
         ("votes", votes),
         ("verbose", verbose),
     ):
-        if not isinstance(value, bool):
-            raise ValueError(
-                f"Invalid value received for argument `{name}`. Expected True "
-                f"or False. Received: {name}={value!r}"
-            )
+        check_bool(value, name)
     sampler.check_model(model)
     reducer = _reducer(model, task, from_logits, votes, variance_head)
     structure, specs = _input_specs(model)
     generators = sampler.seed_generators(model)
     step, _ = sampler.reducing_forward(model, reducer, structure)
-    members = num_members(model) or 1
-    stochastic = members == 1 or bool(structure_of(model).stochastic_layers)
-    per_member = num_samples if stochastic else 1
+    layout = sampler.sample_layout(structure_of(model), num_samples)
 
     def summarize(flat_inputs, keys):
         for index, generator in enumerate(generators):
             state = tf.stack([keys[index], tf.constant(0, tf.int64)])
             generator.state.assign(tf.cast(state, generator.state.dtype))
-        return reducer.summary(step(flat_inputs, per_member), members * per_member)
+        return reducer.summary(step(flat_inputs, layout.per_member), layout.total)
 
     def fresh_keys():
         # seed=0, seed2=0: the kernel takes its seed from the operating
