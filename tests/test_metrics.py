@@ -213,19 +213,24 @@ def test_temperature_scaling_recovers_a_known_temperature():
     probs = np.exp(true_logits) / np.exp(true_logits).sum(-1, keepdims=True)
     labels = np.array([rng.choice(5, p=p) for p in probs])
     overconfident = true_logits * 2.5  # the right temperature is 2.5
-    scaler = ku.calibration.TemperatureScaling().fit(overconfident, labels)
+    with pytest.warns(DeprecationWarning, match="removed in 0.4"):
+        scaler = ku.calibration.TemperatureScaling().fit(overconfident, labels)
     assert scaler.temperature_ == pytest.approx(2.5, rel=0.05)
     raw = np.exp(overconfident) / np.exp(overconfident).sum(-1, keepdims=True)
-    calibrated = scaler.transform(overconfident)
+    with pytest.warns(DeprecationWarning, match="removed in 0.4"):
+        calibrated = scaler.transform(overconfident)
     assert metrics.classification_nll(labels, calibrated) < metrics.classification_nll(
         labels, raw
     )
     np.testing.assert_array_equal(calibrated.argmax(-1), raw.argmax(-1))
-    from_probs = ku.calibration.TemperatureScaling().fit(raw, labels, from_probs=True)
+    with pytest.warns(DeprecationWarning, match="removed in 0.4"):
+        from_probs = ku.calibration.TemperatureScaling().fit(
+            raw, labels, from_probs=True
+        )
     assert from_probs.temperature_ == pytest.approx(scaler.temperature_, rel=1e-3)
-    np.testing.assert_allclose(
-        from_probs.transform(raw, from_probs=True), calibrated, atol=1e-3
-    )
+    with pytest.warns(DeprecationWarning, match="removed in 0.4"):
+        recalibrated = from_probs.transform(raw, from_probs=True)
+    np.testing.assert_allclose(recalibrated, calibrated, atol=1e-3)
 
 
 def test_variance_scaling_maximises_the_likelihood():
@@ -239,9 +244,11 @@ def test_variance_scaling_maximises_the_likelihood():
     with pytest.warns(DeprecationWarning, match=r"fit\(\(mean, std\), y_true\)"):
         old_order = ku.calibration.VarianceScaling().fit(y, mean, std)
     assert old_order.scale_ == scaler.scale_
-    best = metrics.gaussian_nll(y, mean, scaler.transform(std))
+    with pytest.warns(DeprecationWarning, match="removed in 0.4"):
+        scaled = scaler.transform(std)
+    best = metrics.gaussian_nll(y, mean, scaled)
     for factor in (0.9, 1.1):
-        assert best < metrics.gaussian_nll(y, mean, factor * scaler.transform(std))
+        assert best < metrics.gaussian_nll(y, mean, factor * scaled)
 
 
 @pytest.mark.parametrize(
@@ -265,9 +272,15 @@ def test_a_temperature_on_a_bound_warns():
     rng = np.random.default_rng(2)
     logits = rng.normal(size=(200, 3))
     right = logits.argmax(-1)  # every prediction right: T -> 0
-    with pytest.warns(UserWarning, match="sits on the bound 0.01"):
+    with (
+        pytest.warns(DeprecationWarning, match="removed in 0.4"),
+        pytest.warns(UserWarning, match="sits on the bound 0.01"),
+    ):
         ku.calibration.TemperatureScaling().fit(logits, right)
-    with pytest.warns(UserWarning, match="sits on the bound 100"):
+    with (
+        pytest.warns(DeprecationWarning, match="removed in 0.4"),
+        pytest.warns(UserWarning, match="sits on the bound 100"),
+    ):
         ku.calibration.TemperatureScaling().fit(logits * 50, rng.integers(0, 3, 200))
 
 
