@@ -1,4 +1,5 @@
-"""Post-hoc calibration, scikit-learn style: `fit` on validation data, `transform`."""
+"""Post-hoc calibration on `ku.posthoc.PostHocMethod`, scikit-learn style: `fit` on
+held-out predictions, `transform` new ones."""
 
 from keras_uncertainty.calibration.scaling import TemperatureScaling, VarianceScaling
 
