@@ -9,7 +9,7 @@ import time
 import keras
 import tensorflow as tf
 
-from keras_uncertainty_cli import write_json_atomic
+from keras_uncertainty.cli.results import write_json_atomic
 
 
 def timed_rounds(repeats, warmup=True, **fns):

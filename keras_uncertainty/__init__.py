@@ -2,42 +2,44 @@
 
 MC dropout layers, the Gaussian NLL loss, and compiled Monte Carlo prediction
 that splits predictive uncertainty into aleatoric and epistemic parts.
+
+Importing the package loads neither Keras nor TensorFlow: each public name
+is imported on first use (PEP 562), so `keras-uncertainty` checks its
+arguments in a fraction of a second. The first part that loads Keras checks
+that Keras runs on TensorFlow (see `keras_uncertainty._backend`).
 """
 
-import keras
+import importlib
+import typing
 
-if keras.backend.backend() != "tensorflow":
-    # Sampling, packed ensembles and export are built on TensorFlow ops;
-    # failing here beats an unrelated error from deep inside a later call.
-    raise ImportError(
-        "keras_uncertainty needs Keras's TensorFlow backend. Received: the "
-        f"'{keras.backend.backend()}' backend. Set the environment variable "
-        'KERAS_BACKEND=tensorflow before Python starts (or "backend": '
-        '"tensorflow" in ~/.keras/keras.json).'
-    )
-
-from keras_uncertainty import (  # noqa: E402
-    calibration,
-    callbacks,
-    datasets,
-    layers,
-    losses,
-    metrics,
-    models,
-    plots,
-)
-from keras_uncertainty.ensemble import Ensemble  # noqa: E402
-from keras_uncertainty.sampling import (  # noqa: E402
-    ClassificationPrediction,
-    RegressionPrediction,
-    has_variance_head,
-    predict_classification,
-    predict_regression,
-    sample,
-)
-from keras_uncertainty.serving import export  # noqa: E402
+from keras_uncertainty import _backend
 
 __version__ = "0.2.0"
+
+# Public name -> the module that defines it; a name equal to its module's
+# last part is the submodule itself.
+_LAZY = {
+    "calibration": "keras_uncertainty.calibration",
+    "callbacks": "keras_uncertainty.callbacks",
+    "datasets": "keras_uncertainty.datasets",
+    "layers": "keras_uncertainty.layers",
+    "losses": "keras_uncertainty.losses",
+    "metrics": "keras_uncertainty.metrics",
+    "models": "keras_uncertainty.models",
+    "plots": "keras_uncertainty.plots",
+    "posthoc": "keras_uncertainty.posthoc",
+    "sampling": "keras_uncertainty.sampling",
+    "serving": "keras_uncertainty.serving",
+    "testing": "keras_uncertainty.testing",
+    "Ensemble": "keras_uncertainty.ensemble",
+    "ClassificationPrediction": "keras_uncertainty.sampling",
+    "RegressionPrediction": "keras_uncertainty.sampling",
+    "has_variance_head": "keras_uncertainty.sampling",
+    "predict_classification": "keras_uncertainty.sampling",
+    "predict_regression": "keras_uncertainty.sampling",
+    "sample": "keras_uncertainty.sampling",
+    "export": "keras_uncertainty.serving",
+}
 
 __all__ = [
     "ClassificationPrediction",
@@ -53,7 +55,63 @@ __all__ = [
     "metrics",
     "models",
     "plots",
+    "posthoc",
     "predict_classification",
     "predict_regression",
     "sample",
+    "testing",
 ]
+
+if typing.TYPE_CHECKING:  # what IDEs and type checkers see
+    from keras_uncertainty import (
+        calibration,
+        callbacks,
+        datasets,
+        layers,
+        losses,
+        metrics,
+        models,
+        plots,
+        posthoc,
+        testing,
+    )
+    from keras_uncertainty import sampling as sampling
+    from keras_uncertainty import serving as serving
+    from keras_uncertainty.ensemble import Ensemble
+    from keras_uncertainty.sampling import (
+        ClassificationPrediction,
+        RegressionPrediction,
+        has_variance_head,
+        predict_classification,
+        predict_regression,
+        sample,
+    )
+    from keras_uncertainty.serving import export
+
+# Any import of a part that loads Keras checks the backend first.
+_backend.install()
+
+
+def __getattr__(name):
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _backend.check()
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise
+        # A name listed ahead of its module (hasattr() answers False).
+        raise AttributeError(
+            f"module {__name__!r} has no attribute {name!r} ({module_name} is "
+            "not installed)"
+        ) from None
+    is_the_module = module_name.rpartition(".")[2] == name
+    value = module if is_the_module else getattr(module, name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

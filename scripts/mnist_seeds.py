@@ -23,8 +23,8 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_uncertainty as ku  # noqa: E402
+from keras_uncertainty.cli.results import write_json_atomic  # noqa: E402
 from keras_uncertainty.experiments import mnist  # noqa: E402
-from keras_uncertainty_cli import write_json_atomic  # noqa: E402
 
 
 def seeds_of(text):

@@ -36,9 +36,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_uncertainty as ku  # noqa: E402
-from keras_uncertainty.cli.uci import parse_splits  # noqa: E402
+from keras_uncertainty.cli.results import write_json_atomic  # noqa: E402
+from keras_uncertainty.cli.usage import parse_splits  # noqa: E402
 from keras_uncertainty.experiments import uci  # noqa: E402
-from keras_uncertainty_cli import write_json_atomic  # noqa: E402
 
 PUBLIC_CODE_LEARNING_RATE = 1e-3  # Keras's Adam default, as the public code
 SAMPLES = 10_000

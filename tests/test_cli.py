@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import re
@@ -10,10 +11,37 @@ from pathlib import Path
 import pytest
 
 from keras_uncertainty.cli.main import main
-from keras_uncertainty_cli import write_json_atomic
+from keras_uncertainty.cli.results import ResultsFile, write_json_atomic
 
 # The console script pip installed beside this Python.
 COMMAND = Path(sys.executable).parent / "keras-uncertainty"
+# Runs the command line like the console script, then says on stderr whether
+# Keras or TensorFlow was imported by the time the process exits.
+_REPORTING_LAUNCHER = (
+    "import atexit, sys\n"
+    "def report():\n"
+    "    loaded = sorted({m.split('.')[0] for m in sys.modules} & "
+    "{'keras', 'tensorflow'})\n"
+    "    if loaded:\n"
+    "        sys.stderr.write(f'imported: {loaded}\\n')\n"
+    "atexit.register(report)\n"
+    "from keras_uncertainty.cli.main import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+# A usage error must return well within this (it takes about 0.1 s); one
+# retry absorbs a moment of load on a shared machine.
+_FAST = 1.0
+
+
+def _run_timed(command):
+    """Runs `command`; returns (result, seconds), retrying once when slow."""
+    for _attempt in range(2):
+        start = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        elapsed = time.perf_counter() - start
+        if elapsed < _FAST:
+            break
+    return result, elapsed
 
 
 def test_demo_prints_the_uncertainty_table(capsys):
@@ -49,20 +77,42 @@ def test_demo_prints_the_uncertainty_table(capsys):
         ),
         (["uci", "--output", "/proc/none/r.json"], "cannot create the folder"),
         (["mnist", "--output-dir", "/proc/none"], "folder of --output-dir"),
+        (["uci", "--splits", "x"], "expected splits like '0-19', '3' or '0,2,5'"),
+        (["uci", "--splits", "3-1"], "received '3-1'"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line_before_tensorflow_loads(args, message):
-    start = time.perf_counter()
-    result = subprocess.run(
-        [str(COMMAND), *args], capture_output=True, text=True, timeout=120
-    )
-    elapsed = time.perf_counter() - start
+    result, elapsed = _run_timed([sys.executable, "-c", _REPORTING_LAUNCHER, *args])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr  # nothing from TensorFlow
+    # One line: nothing from TensorFlow, and no "imported: [...]" report.
+    assert len(lines) == 1, result.stderr
     assert re.match(r"keras-uncertainty( demo| uci| mnist)?: error:", lines[0])
     assert message in lines[0]
-    assert elapsed < 1.5
+    assert elapsed < _FAST
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        [str(COMMAND)],
+        [sys.executable, "-m", "keras_uncertainty"],
+        [sys.executable, "-m", "keras_uncertainty.cli"],
+    ],
+    ids=["console-script", "python-m-package", "python-m-cli"],
+)
+def test_every_launcher_gives_a_usage_error_fast(launcher):
+    result, elapsed = _run_timed([*launcher, "uci", "--splits", "x"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "keras-uncertainty uci: error: argument --splits: expected splits like "
+        "'0-19', '3' or '0,2,5', received 'x'"
+    ]
+    assert elapsed < _FAST
+    help_ = subprocess.run(
+        [*launcher, "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert help_.returncode == 0 and "{demo,uci,mnist}" in help_.stdout
 
 
 @pytest.mark.slow
@@ -195,6 +245,39 @@ def _fake_runs(monkeypatch, outcome):
     return calls
 
 
+def test_run_uci_writes_to_the_results_file_it_is_given(tmp_path, capsys):
+    import argparse
+
+    from keras_uncertainty.cli.uci import run_uci
+    from keras_uncertainty.experiments import uci
+
+    path = tmp_path / "given.json"
+    results_file = ResultsFile(str(path), {"seed": 0})
+    finished = uci.Result("yacht", "mc-dropout", 1, 1.0, 0.1, 2.0, 0.2, 3.0)
+    results_file.add(dataclasses.asdict(finished))
+    args = argparse.Namespace(
+        datasets=[],
+        data_dir=None,
+        method="mc-dropout",
+        splits="0",
+        epochs_multiplier=1.0,
+        num_samples=2,
+        adversarial_epsilon=0.0,
+        seed=0,
+        learning_rate=1e-2,
+        output="not-this-one.json",  # run_uci writes `results_file`, not this
+    )
+
+    def error(message):
+        raise AssertionError(message)
+
+    assert run_uci(args, results_file, error) == 0  # finished: nothing trains
+    assert f"in {path}, skipped" in capsys.readouterr().err
+    assert json.loads(path.read_text())["status"] == "complete"
+    assert not (tmp_path / "not-this-one.json").exists()
+    assert not os.path.exists("not-this-one.json")
+
+
 def test_missing_output_folders_are_created_and_written_after_each_unit(
     tmp_path, monkeypatch, capsys
 ):
@@ -316,7 +399,7 @@ def test_concurrent_writers_never_show_a_reader_an_empty_or_partial_file(tmp_pat
     write_json_atomic(path, {"writer": "none", "rows": []})
     writer = (
         "import sys\n"
-        "from keras_uncertainty_cli import write_json_atomic\n"
+        "from keras_uncertainty.cli.results import write_json_atomic\n"
         "rows = list(range(2000))\n"
         "for i in range(300):\n"
         "    write_json_atomic(sys.argv[1], {'writer': sys.argv[2], 'rows': rows})\n"
@@ -409,7 +492,7 @@ def test_a_killed_run_keeps_its_finished_units_and_resumes_to_the_same_table(
 
 def test_the_published_protocol_is_one_flag_away(tmp_path, monkeypatch, capsys):
     from keras_uncertainty.experiments import uci
-    from keras_uncertainty_cli import PROTOCOLS
+    from keras_uncertainty.experiments.protocols import PROTOCOLS
 
     seen = []
 

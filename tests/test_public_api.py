@@ -6,6 +6,7 @@ object, so that a Keras upgrade breaks one checked place, loudly.
 """
 
 import ast
+import inspect
 import os
 import subprocess
 import sys
@@ -87,13 +88,19 @@ def _violations(path, keras_private):
 
 
 def _module_aliases(tree):
-    """Names bound to our own modules (`from keras_uncertainty.x import y`)."""
+    """Names bound to our own modules (`from keras_uncertainty.x import y`)
+    and to other libraries' modules that are not Keras or TensorFlow
+    (`import os`: `os._exit` is no Keras internal)."""
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
             "keras_uncertainty"
         ):
             names.update(alias.asname or alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if not alias.name.startswith(("keras", "tensorflow", "tf_keras")):
+                    names.add(alias.asname or alias.name.split(".")[0])
     return names
 
 
@@ -119,9 +126,13 @@ def test_the_scan_catches_private_access(tmp_path):
         "    def f(self):\n"
         "        return self._loss_tracker\n"
         "y = getattr(layer, '_seed_generators', [])\n"
+        "import os\n"
+        "os._exit(0)\n"
+        "import keras\n"
+        "keras._tf_keras\n"
     )
     lines = sorted(line for line, _ in _violations(source, _keras_private_names()))
-    assert lines == [1, 2, 3, 6, 7]
+    assert lines == [1, 2, 3, 6, 7, 11]
 
 
 def test_compat_module_names_the_keras_version_when_it_cannot_work(monkeypatch):
@@ -135,26 +146,90 @@ def test_compat_module_names_the_keras_version_when_it_cannot_work(monkeypatch):
 
 def test_importing_the_package_leaves_tensorflows_logger_alone():
     # The "frequent retracing" filter is installed only during a sampling call.
+    for name in ku.__all__:
+        getattr(ku, name, None)  # every public part loaded
     assert not tf.get_logger().filters
 
 
-def test_importing_with_another_keras_backend_names_it_and_the_fix():
-    # Keras's other backends need their own frameworks (JAX, torch), which
-    # the test machines lack, so the process reports "jax" as its backend.
-    script = (
-        "import keras; keras.backend.backend = lambda: 'jax'; import keras_uncertainty"
-    )
-    result = subprocess.run(
+def _run(script):
+    return subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
         timeout=120,
     )
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import keras_uncertainty as ku; ku.layers",
+        "from keras_uncertainty import Ensemble",
+        "import keras_uncertainty.layers",
+        "from keras_uncertainty.sampling import predict_regression",
+    ],
+)
+def test_importing_with_another_keras_backend_names_it_and_the_fix(statement):
+    # Keras's other backends need their own frameworks (JAX, torch), which
+    # the test machines lack, so the process reports "jax" as its backend.
+    # `import keras_uncertainty` alone loads no Keras; the first part that
+    # does checks the backend, however it is reached.
+    result = _run(
+        "import keras; keras.backend.backend = lambda: 'jax'\n"
+        "import keras_uncertainty\n"
+        "print('package imported')\n" + statement
+    )
     assert result.returncode == 1
+    assert result.stdout.strip() == "package imported"
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError:")
     assert "'jax' backend" in last and "KERAS_BACKEND=tensorflow" in last
+
+
+def test_importing_the_package_and_its_command_line_loads_no_keras():
+    from keras_uncertainty import _backend
+
+    keras_free = sorted(m for m in _backend.KERAS_FREE if not m.endswith("__main__"))
+    result = _run(
+        "import sys\n"
+        "import keras_uncertainty as ku\n"
+        f"for name in {keras_free!r}:\n"
+        "    __import__(name)\n"
+        "assert isinstance(ku.__version__, str)\n"
+        "assert set(ku.__all__) <= set(dir(ku))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'keras', 'tensorflow', 'numpy'}))\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_public_names_load_on_first_use():
+    import importlib
+
+    for name in ku.__all__:
+        module_name = ku._LAZY[name]
+        try:
+            importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            # Listed ahead of its module: absent, not an import error.
+            assert not hasattr(ku, name)
+            continue
+        value = getattr(ku, name)
+        if inspect.ismodule(value):
+            assert value.__name__ == module_name == f"keras_uncertainty.{name}"
+        else:
+            assert value is getattr(sys.modules[module_name], name)
+    from keras_uncertainty import predict_regression, sample
+
+    assert sample is ku.sampling.sample
+    assert predict_regression is ku.sampling.predict_regression
+    assert set(ku.__all__) <= set(ku._LAZY) and set(ku.__all__) <= set(dir(ku))
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        ku.nonsense  # noqa: B018
 
 
 def test_the_version_is_the_package_metadatas_and_has_a_changelog_entry():

@@ -5,26 +5,8 @@ import sys
 
 import keras
 
-
-def parse_splits(text):
-    """'0-19', '3' or '0,2,5' -> sorted list of split indices."""
-    indices = set()
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                low, high = (int(v) for v in part.split("-", 1))
-                if low > high:
-                    raise ValueError
-                indices.update(range(low, high + 1))
-            else:
-                indices.add(int(part))
-    except ValueError:
-        raise ValueError(
-            f"expected splits like '0-19', '3' or '0,2,5', received {text!r}"
-        ) from None
-    if min(indices) < 0:
-        raise ValueError(f"expected non-negative split indices, received {text!r}")
-    return sorted(indices)
+from keras_uncertainty.cli.usage import parse_splits
+from keras_uncertainty.experiments.protocols import METHODS
 
 
 class _Progress(keras.callbacks.Callback):
@@ -84,12 +66,24 @@ def table(results):
     return "\n".join(lines)
 
 
-def run_uci(args, error):
-    """Runs the command; `error(message)` exits with status 2.
+def run_uci(args, results_file, error):
+    """Runs the command.
 
-    Every finished (data set, method) unit is written to `--output` at once
-    (see `keras_uncertainty_cli.ResultsFile`), so a kill loses at most the
-    unit in progress, and `--resume` continues from the file.
+    Every finished (data set, method) unit is added to `results_file` at once, so
+    a kill loses at most the unit in progress, and `--resume` continues from
+    the file.
+
+    Args:
+        args: The parsed `uci` arguments, after
+            `keras_uncertainty.cli.main.resolve_protocol`.
+        results_file: The `keras_uncertainty.cli.results.ResultsFile` of
+            `--output` (with its path None when there is none); units it
+            already holds are skipped.
+        error: `error(message)` prints one line and exits with status 2.
+
+    Returns:
+        The exit status: 0, 1 when a data set and method diverged on every
+        split, 130 when interrupted.
     """
     import dataclasses
 
@@ -97,8 +91,7 @@ def run_uci(args, error):
     from keras_uncertainty.experiments import uci
 
     datasets = args.datasets or ["yacht"]
-    methods = uci.METHODS if args.method == "all" else (args.method,)
-    output = args.results_file  # built, and --resume checked, by the launcher
+    methods = METHODS if args.method == "all" else (args.method,)
     try:
         splits = parse_splits(args.splits) if args.splits else None
         plans = []
@@ -120,8 +113,10 @@ def run_uci(args, error):
     try:
         for label, splits in plans:
             for method in methods:
-                if output.finished(label, method):
-                    sys.stderr.write(f"{label} {method}: in {args.output}, skipped\n")
+                if results_file.finished(label, method):
+                    sys.stderr.write(
+                        f"{label} {method}: in {results_file.path}, skipped\n"
+                    )
                     continue
                 progress = _Progress(f"{label} {method}, {len(splits)} splits:")
                 try:
@@ -138,11 +133,11 @@ def run_uci(args, error):
                     )
                 except FloatingPointError as exc:  # diverged on every split
                     failed.append(f"{label} {method}")
-                    output.fail(label, method, str(exc))
+                    results_file.fail(label, method, str(exc))
                     progress.show(f"failed: {exc}", final=True)
                     sys.stderr.write("\n")
                     continue
-                output.add(dataclasses.asdict(result))
+                results_file.add(dataclasses.asdict(result))
                 progress.show(f"done in {result.seconds:.0f} s", final=True)
                 sys.stderr.write("\n")
     except KeyboardInterrupt:
@@ -154,10 +149,10 @@ def run_uci(args, error):
         status = f"failed: {', '.join(failed)} diverged on every split"
     else:
         status = "complete"
-    print(table([uci.Result(**record) for record in output.results]))
-    if args.output and not output.close(status):
+    print(table([uci.Result(**record) for record in results_file.results]))
+    if results_file.path and not results_file.close(status):
         sys.stderr.write(
-            f"no data set and method finished; the earlier {args.output} was "
+            f"no data set and method finished; the earlier {results_file.path} was "
             "left as it was\n"
         )
     if interrupted:

@@ -1,0 +1,7 @@
+"""`python -m keras_uncertainty.cli`: the `keras-uncertainty` command."""
+
+import sys
+
+from keras_uncertainty.cli.main import main
+
+sys.exit(main())

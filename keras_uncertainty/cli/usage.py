@@ -1,0 +1,175 @@
+"""Checks of the command line's arguments and output paths.
+
+Everything here runs before TensorFlow is imported; a problem is a
+`UsageError` (or an `argparse` type error): one line, exit status 2.
+"""
+
+import argparse
+import os
+import tempfile
+
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
+
+class UsageError(Exception):
+    """A problem with the arguments or files: one line, exit status 2."""
+
+
+def positive_int(text):
+    """An argparse type: an integer >= 1.
+
+    Args:
+        text: The argument as typed.
+
+    Returns:
+        The integer.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, received {text!r}"
+        )
+    return value
+
+
+def _finite_float(zero_allowed):
+    """An argparse type: a finite float > 0 (or >= 0 when `zero_allowed`)."""
+    expected = "a number >= 0" if zero_allowed else "a positive number"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        low_ok = value >= 0 if zero_allowed else value > 0
+        if not low_ok or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}")
+        return value
+
+    return parse
+
+
+positive_float = _finite_float(zero_allowed=False)
+non_negative_float = _finite_float(zero_allowed=True)
+
+
+def seed(text):
+    """An argparse type: an integer seed in [0, 2**32 - 1] (numpy's range).
+
+    Args:
+        text: The argument as typed.
+
+    Returns:
+        The integer.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer in [0, {MAX_SEED}], received {text!r}"
+        )
+    return value
+
+
+def parse_splits(text):
+    """Split indices from '0-19', '3' or '0,2,5'.
+
+    Args:
+        text: The `--splits` argument.
+
+    Returns:
+        The sorted list of split indices.
+
+    Raises:
+        ValueError: `text` is not such a list, or names a negative index.
+    """
+    indices = set()
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                low, high = (int(v) for v in part.split("-", 1))
+                if low > high:
+                    raise ValueError
+                indices.update(range(low, high + 1))
+            else:
+                indices.add(int(part))
+    except ValueError:
+        raise ValueError(
+            f"expected splits like '0-19', '3' or '0,2,5', received {text!r}"
+        ) from None
+    if min(indices) < 0:
+        raise ValueError(f"expected non-negative split indices, received {text!r}")
+    return sorted(indices)
+
+
+def splits(text):
+    """An argparse type: a `--splits` list that `parse_splits` accepts.
+
+    Args:
+        text: The argument as typed.
+
+    Returns:
+        `text` itself (the results file records it as typed).
+    """
+    try:
+        parse_splits(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _cannot_write_in(folder):
+    """Why a file cannot be created in `folder`, or None. It tries, because
+    permission bits do not tell (root, read-only mounts, quotas)."""
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.")
+    except OSError as error:
+        return error.strerror or str(error)
+    os.close(handle)
+    os.remove(probe)
+    return None
+
+
+def _prepare_folder(folder, name):
+    """Creates `folder` if missing and checks that files can be made in it."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise UsageError(
+            f"cannot create the folder of {name}: {error.strerror}"
+        ) from None
+    problem = _cannot_write_in(folder)
+    if problem:
+        raise UsageError(f"cannot write {name}: {problem}")
+
+
+def check_output_file(path):
+    """Creates `path`'s folder if missing and checks that it can be written.
+
+    Args:
+        path: The `--output` file.
+
+    Raises:
+        UsageError: `path` is a folder, or its folder cannot be made or
+            written.
+    """
+    if os.path.isdir(path):
+        raise UsageError(f"--output {path!r} is a folder; expected a file path")
+    _prepare_folder(os.path.dirname(os.path.abspath(path)), f"--output {path!r}")
+
+
+def check_output_dir(path):
+    """Creates the folder `path` if missing and checks that it can be written.
+
+    Args:
+        path: The `--output-dir` folder.
+
+    Raises:
+        UsageError: The folder cannot be made or written.
+    """
+    _prepare_folder(path, f"--output-dir {path!r}")

@@ -1,0 +1,41 @@
+"""The UCI benchmark's protocols and defaults, in one place.
+
+`keras_uncertainty.experiments.uci` trains with these defaults and
+`keras-uncertainty uci` offers them as flags. This module imports neither
+Keras nor TensorFlow, so the command line reads it before TensorFlow loads.
+"""
+
+# The methods, in the order they run and are reported.
+METHODS = ("mc-dropout", "hetero-mc-dropout", "ensemble")
+# Adam's step size. The papers' code uses Keras's default 1e-3; see the
+# README's "UCI benchmark" section for the runs that chose these defaults.
+LEARNING_RATE = 1e-2
+# Training epochs: this times each data set's n_epochs.txt.
+EPOCHS_MULTIPLIER = 10.0
+# Lakshminarayanan et al. (2017): adversarial training with a fast-gradient-
+# sign step of 1% of each input feature's range.
+ADVERSARIAL_EPSILON = 0.01
+# MC samples for the test NLL (the MC dropout paper: 10,000).
+NUM_SAMPLES = 10000
+
+# The MC dropout paper's published grid results, from its public code: 100x
+# base epochs, Keras's default Adam step, MC dropout only.
+PUBLISHED_EPOCHS_MULTIPLIER = 100.0
+PUBLISHED_LEARNING_RATE = 1e-3
+PUBLISHED_METHODS = ("mc-dropout",)
+
+DEFAULT_PROTOCOL = "default"
+# `uci --protocol NAME`: its epochs multiplier, Adam step, and the methods it
+# runs (None: every method).
+PROTOCOLS = {
+    DEFAULT_PROTOCOL: {
+        "epochs_multiplier": EPOCHS_MULTIPLIER,
+        "learning_rate": LEARNING_RATE,
+        "methods": None,
+    },
+    "published": {
+        "epochs_multiplier": PUBLISHED_EPOCHS_MULTIPLIER,
+        "learning_rate": PUBLISHED_LEARNING_RATE,
+        "methods": PUBLISHED_METHODS,
+    },
+}
