@@ -8,8 +8,13 @@ import tensorflow as tf
 
 from keras_uncertainty import _keras_compat, metrics
 from keras_uncertainty._validation import check_positive_int
-from keras_uncertainty.sampling import sampler
-from keras_uncertainty.sampling.predictions import RegressionPrediction
+from keras_uncertainty.sampling import (
+    MixtureNLL,
+    has_variance_head,
+    input_stream,
+    reduce_samples,
+    task_reducer,
+)
 
 _TASKS = ("auto", "regression", "classification")
 
@@ -136,7 +141,7 @@ class UncertaintyMetrics(keras.callbacks.Callback):
     def _resolved_task(self):
         if self.task != "auto":
             return self.task
-        if sampler.has_variance_head(self.model):
+        if has_variance_head(self.model):
             return "regression"
         dtype = self._target_dtype()
         if dtype is not None and np.issubdtype(dtype, np.floating):
@@ -148,32 +153,35 @@ class UncertaintyMetrics(keras.callbacks.Callback):
         once the inputs have been read."""
         if not self._streamed:
             return self.x_val, lambda: self.y_val
-        stream = sampler.input_stream(self.model, self.x_val, keep_targets=True)
+        stream = input_stream(self.model, self.x_val, keep_targets=True)
         return stream, stream.targets
 
     def _regression(self):
         # During `fit` the model is compiled, so its loss decides.
-        variance_head = bool(sampler.has_variance_head(self.model))
-        x, targets = self._inputs()
-        samples = sampler.sample(
-            self.model, x, self.num_samples, seed=self.seed, verbose=0
-        ).astype(np.float64)
-        y = targets().reshape(samples.shape[1], -1)
+        variance_head = bool(has_variance_head(self.model))
         if variance_head:
-            k = samples.shape[-1] // 2
-            means, variances = samples[..., :k], np.exp(samples[..., k:])
+            # One streamed pass: the prediction and the mixture's NLL.
+            x, targets = self._inputs()
+            score = reduce_samples(
+                self.model,
+                x,
+                MixtureNLL(variance_head=True),
+                self.num_samples,
+                seed=self.seed,
+                verbose=0,
+                y=None if self._streamed else self.y_val,
+            )
+            prediction, nll = score.prediction, score.nll
+            y = self._targets_like(prediction.mean, targets())
+            mean, std = prediction.mean, prediction.std
         else:
-            means, variances = samples, np.zeros_like(samples)
-        prediction = RegressionPrediction.from_moments(
-            means.mean(0),
-            np.sum(np.square(means - means.mean(0)), axis=0),
-            variances.mean(0),
-            len(samples),
-        )
-        mean, std = prediction.mean, prediction.std
-        if variance_head:
-            nll = metrics.mixture_nll(y, means, np.sqrt(variances))
-        else:
+            x, targets = self._inputs()
+            reducer = task_reducer(self.model, "regression", variance_head=False)
+            prediction = reduce_samples(
+                self.model, x, reducer, self.num_samples, seed=self.seed, verbose=0
+            )
+            y = self._targets_like(prediction.mean, targets())
+            mean, std = prediction.mean, prediction.std
             # No variance head: the moment-matched Gaussian, with a floor so
             # that identical samples do not give std = 0.
             std = np.maximum(std, 1e-6 * (1.0 + np.abs(mean)))
@@ -185,10 +193,15 @@ class UncertaintyMetrics(keras.callbacks.Callback):
             "val_mc_coverage95": coverage,
         }
 
+    @staticmethod
+    def _targets_like(mean, y):
+        return np.asarray(y, np.float64).reshape(mean.shape)
+
     def _classification(self):
         x, targets = self._inputs()
-        prediction = sampler.predict_classification(
-            self.model, x, self.num_samples, seed=self.seed, verbose=0
+        reducer = task_reducer(self.model, "classification")
+        prediction = reduce_samples(
+            self.model, x, reducer, self.num_samples, seed=self.seed, verbose=0
         )
         labels = targets().reshape(-1).astype(np.int64)
         probs = prediction.probs / prediction.probs.sum(-1, keepdims=True)

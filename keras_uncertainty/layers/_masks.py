@@ -11,19 +11,14 @@ probability, so the layer's expected output equals its input exactly.
 
 import tensorflow as tf
 
+from keras_uncertainty.sampling import keys
+
 _LEVELS = 2**16
 
 
 def realized_rate(rate):
     """The drop probability the 16-bit mask actually uses for `rate`."""
     return threshold(rate) / _LEVELS
-
-
-def _seed_pair(seed_generator):
-    # Stateless TF ops (and XLA) want int32 seeds; the generator's state is
-    # int64, reduced the way Keras's TensorFlow backend reduces it.
-    seed = seed_generator.next()
-    return tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
 
 
 def noise_dims(inputs, noise_shape=None):
@@ -39,25 +34,12 @@ def noise_dims(inputs, noise_shape=None):
     return dims
 
 
-def random_bits16(dims, seed_generator):
-    """Uniform 16-bit draws (uint16) of shape `dims`: a list of ints or scalar
-    tensors (a tensor last entry is allowed for a 1-D shape)."""
-    last = dims[-1]
-    words_per_row = (last + 1) // 2
-    words = tf.random.stateless_uniform(
-        tf.stack(dims[:-1] + [words_per_row]),
-        seed=_seed_pair(seed_generator),
-        dtype=tf.uint32,
-        minval=None,
-        maxval=None,
-    )
-    # Each 32-bit word holds the 16-bit draws of two neighbouring units.
-    draws = tf.reshape(
-        tf.bitcast(words, tf.uint16), tf.stack(dims[:-1] + [2 * words_per_row])
-    )
-    if not isinstance(last, int) or last % 2:
-        draws = draws[..., :last]
-    return draws
+def random_bits16(dims, seed_generator, row_axis=0):
+    """Uniform 16-bit draws (uint16) of shape `dims`: from the sampling
+    call's key inside `ku.sample` / `ku.predict_*` / an export, else from
+    `seed_generator` (see `keras_uncertainty.sampling.keys`). `row_axis` is
+    the axis of the rows (samples x inputs); axes before it are members."""
+    return keys.random_bits16(dims, seed_generator, row_axis=row_axis)
 
 
 def threshold(rate):
@@ -70,22 +52,12 @@ def keep_scale(thresholds):
     return _LEVELS / (_LEVELS - thresholds)
 
 
-def dropout(inputs, rate, noise_shape, seed_generator):
+def dropout(inputs, rate, noise_shape, seed_generator, row_axis=0):
     """Inverted dropout of `inputs` with a mask of `noise_shape` (broadcast)."""
     cut = threshold(rate)
     if cut == 0:
         return inputs
     dims = noise_dims(inputs, noise_shape)
-    flattened = not isinstance(dims[-1], int)
-    if flattened:
-        # Unknown last dimension: draw for the flattened mask instead.
-        dims = [tf.reduce_prod(tf.stack(dims))]
-    draws = random_bits16(dims, seed_generator)
+    draws = random_bits16(dims, seed_generator, row_axis=row_axis)
     mask = tf.cast(draws >= cut, inputs.dtype) * tf.cast(keep_scale(cut), inputs.dtype)
-    if flattened:
-        mask = tf.reshape(mask, _noise_dims_tensor(inputs, noise_shape))
     return inputs * mask
-
-
-def _noise_dims_tensor(inputs, noise_shape):
-    return tf.stack(noise_dims(inputs, noise_shape))

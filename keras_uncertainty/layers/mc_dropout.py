@@ -8,30 +8,21 @@ any other training-dependent layer) into training mode. These layers ignore
 (`training=False`) and only the dropout stays random.
 """
 
+import math
+
 import keras
 
-from keras_uncertainty._validation import check_rate, check_seed
+from keras_uncertainty._validation import check_rate
 from keras_uncertainty.layers import _masks
+from keras_uncertainty.layers.mc_layer import MCLayer
 
 _PACKAGE = "keras_uncertainty"
 
 
-class _AlwaysOn:
-    """Mixin: forwards every call to the parent in training mode.
-
-    `stochastic_at_inference` is how `ku.sample` recognises layers whose output
-    differs from call to call at inference; custom layers can set it too.
-    """
-
-    stochastic_at_inference = True
-
-    def call(self, inputs, training=None):
-        # `training` is accepted for API compatibility and deliberately ignored.
-        return super().call(inputs, training=True)
-
-
-class _AlwaysOnBernoulli(_AlwaysOn):
-    """Mixin for the Bernoulli dropouts: the fast 16-bit mask of `_masks`."""
+class _AlwaysOnBernoulli:
+    """Mixin for the Bernoulli dropouts: the fast 16-bit mask of `_masks`,
+    drawn whatever `training` says (it is accepted for API compatibility
+    and deliberately ignored)."""
 
     def _noise_shape_of(self, inputs):
         return self.noise_shape
@@ -60,7 +51,7 @@ class _SpatialNoiseShape:
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class MCDropout(_AlwaysOnBernoulli, keras.layers.Dropout):
+class MCDropout(_AlwaysOnBernoulli, MCLayer, keras.layers.Dropout):
     """Dropout that is applied at training and at inference time.
 
     Each call zeroes a fraction `rate` of the inputs at random and scales the
@@ -92,13 +83,13 @@ class MCDropout(_AlwaysOnBernoulli, keras.layers.Dropout):
 
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         super().__init__(
-            check_rate(rate), noise_shape=noise_shape, seed=check_seed(seed), **kwargs
+            check_rate(rate), noise_shape=noise_shape, seed=seed, **kwargs
         )
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MCSpatialDropout1D(
-    _SpatialNoiseShape, _AlwaysOnBernoulli, keras.layers.SpatialDropout1D
+    _SpatialNoiseShape, _AlwaysOnBernoulli, MCLayer, keras.layers.SpatialDropout1D
 ):
     """Spatial 1D dropout (whole channels) at training and inference time.
 
@@ -121,12 +112,12 @@ class MCSpatialDropout1D(
     """
 
     def __init__(self, rate, seed=None, **kwargs):
-        super().__init__(check_rate(rate), seed=check_seed(seed), **kwargs)
+        super().__init__(check_rate(rate), seed=seed, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MCSpatialDropout2D(
-    _SpatialNoiseShape, _AlwaysOnBernoulli, keras.layers.SpatialDropout2D
+    _SpatialNoiseShape, _AlwaysOnBernoulli, MCLayer, keras.layers.SpatialDropout2D
 ):
     """Spatial 2D dropout (whole channels) at training and inference time.
 
@@ -152,13 +143,13 @@ class MCSpatialDropout2D(
 
     def __init__(self, rate, data_format=None, seed=None, **kwargs):
         super().__init__(
-            check_rate(rate), data_format=data_format, seed=check_seed(seed), **kwargs
+            check_rate(rate), data_format=data_format, seed=seed, **kwargs
         )
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MCSpatialDropout3D(
-    _SpatialNoiseShape, _AlwaysOnBernoulli, keras.layers.SpatialDropout3D
+    _SpatialNoiseShape, _AlwaysOnBernoulli, MCLayer, keras.layers.SpatialDropout3D
 ):
     """Spatial 3D dropout (whole channels) at training and inference time.
 
@@ -181,12 +172,12 @@ class MCSpatialDropout3D(
 
     def __init__(self, rate, data_format=None, seed=None, **kwargs):
         super().__init__(
-            check_rate(rate), data_format=data_format, seed=check_seed(seed), **kwargs
+            check_rate(rate), data_format=data_format, seed=seed, **kwargs
         )
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class MCGaussianDropout(_AlwaysOn, keras.layers.GaussianDropout):
+class MCGaussianDropout(MCLayer, keras.layers.GaussianDropout):
     """Multiplicative Gaussian noise at training and inference time.
 
     Multiplies the inputs by noise drawn from `N(1, rate / (1 - rate))`, the
@@ -209,4 +200,11 @@ class MCGaussianDropout(_AlwaysOn, keras.layers.GaussianDropout):
     """
 
     def __init__(self, rate, seed=None, **kwargs):
-        super().__init__(check_rate(rate), seed=check_seed(seed), **kwargs)
+        super().__init__(check_rate(rate), seed=seed, **kwargs)
+
+    def call(self, inputs, training=None):
+        if self.rate == 0:
+            return inputs
+        stddev = math.sqrt(self.rate / (1.0 - self.rate))
+        noise = self.random_normal(keras.ops.shape(inputs), dtype=inputs.dtype)
+        return inputs * (1.0 + stddev * noise)

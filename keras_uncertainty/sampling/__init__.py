@@ -1,12 +1,28 @@
-"""Compiled Monte Carlo sampling and the combination of samples."""
+"""Compiled Monte Carlo sampling and the combination of samples.
 
-from keras_uncertainty.sampling.graph import is_stochastic
+The contracts a method is built on: `SampledModel` (how a model is
+sampled), `Reducer` (what a call computes from the samples), the per-call
+random draws (`random_bits16`, `random_uniform`, `random_normal`) and the
+engine call `reduce_samples`.
+"""
+
+from keras_uncertainty.sampling.contract import (
+    SampledModel,
+    TiledInputsModel,
+    TiledTwinModel,
+    sampled_model,
+)
+from keras_uncertainty.sampling.engine import input_stream, reduce_samples
+from keras_uncertainty.sampling.graph import is_stochastic, tile_rows
+from keras_uncertainty.sampling.keys import random_bits16, random_normal, random_uniform
 from keras_uncertainty.sampling.predictions import (
     ClassificationPrediction,
+    MixtureScore,
     RegressionPrediction,
 )
 from keras_uncertainty.sampling.reducers import (
     ClassificationSummary,
+    MixtureNLL,
     RawSamples,
     Reducer,
     RegressionMoments,
@@ -15,21 +31,33 @@ from keras_uncertainty.sampling.sampler import (
     has_variance_head,
     predict_classification,
     predict_regression,
-    reduce_samples,
     sample,
+    task_reducer,
 )
 
 __all__ = [
     "ClassificationPrediction",
     "ClassificationSummary",
+    "MixtureNLL",
+    "MixtureScore",
     "RawSamples",
     "Reducer",
     "RegressionMoments",
     "RegressionPrediction",
+    "SampledModel",
+    "TiledInputsModel",
+    "TiledTwinModel",
     "has_variance_head",
+    "input_stream",
     "is_stochastic",
     "predict_classification",
     "predict_regression",
+    "random_bits16",
+    "random_normal",
+    "random_uniform",
     "reduce_samples",
     "sample",
+    "sampled_model",
+    "task_reducer",
+    "tile_rows",
 ]

@@ -12,6 +12,8 @@ from keras import ops
 
 from keras_uncertainty.losses.gaussian_nll import split_mean_log_var
 
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
 
 def plogp(probs):
     """`p log p` element-wise, with `0 log 0 = 0`: the terms of an entropy.
@@ -105,3 +107,9 @@ def classification_moments(samples, from_logits, votes=True):
         pairs, minlength=cells * num_classes, maxlength=cells * num_classes
     )
     return (*sums, tf.reshape(counts, shape[1:]))
+
+
+def gaussian_log_density(y, mu, log_var):
+    """In-graph `log N(y | mu, exp(log_var))`, elementwise:
+    `-0.5 * (log(2 pi) + log_var + (y - mu)^2 * exp(-log_var))`."""
+    return -0.5 * (_LOG_2PI + log_var + tf.square(y - mu) * tf.exp(-log_var))

@@ -18,8 +18,7 @@ import tensorflow as tf
 from keras import tree
 
 from keras_uncertainty import _keras_compat
-from keras_uncertainty.ensemble.model import Ensemble
-from keras_uncertainty.layers.packed import share_across_members
+from keras_uncertainty.sampling import keys
 
 
 def is_stochastic(layer):
@@ -52,56 +51,18 @@ def stochastic_layers(model):
     ]
 
 
-def num_members(model):
-    """M for a `ku.Ensemble`, None for other models."""
-    return model.num_members if isinstance(model, Ensemble) else None
-
-
 def functional_view(model):
     """A Functional model computing `model` with its layers, or None.
 
     A Functional model is its own view; a built Sequential model gets a
     Functional model over its graph (same layers and weights); a subclassed
-    model, or a Sequential model without a known input, has none. For an
-    ensemble, the view of its first member (they share their input and
-    output shapes).
+    model, or a Sequential model without a known input, has none.
     """
-    if isinstance(model, Ensemble):
-        return functional_view(model.member_template)
     if not (hasattr(model, "inputs") and hasattr(model, "outputs")):
         return None
     if isinstance(model, keras.Sequential):
         return keras.Model(model.inputs, model.outputs, name=model.name)
     return model
-
-
-class ModelStructure:
-    """What sampling needs to know of a model, computed once per model.
-
-    Attributes:
-        view: `functional_view(model)`, or None.
-        stochastic_layers: `stochastic_layers(model)`.
-        num_members: M for a `ku.Ensemble`, else None.
-    """
-
-    def __init__(self, model):
-        self.view = functional_view(model)
-        self.stochastic_layers = stochastic_layers(model)
-        self.num_members = num_members(model)
-
-
-_STRUCTURES = weakref.WeakKeyDictionary()
-
-
-def structure_of(model):
-    """The cached `ModelStructure` of `model`; recomputed when its list of
-    layers changes (a Sequential model that gained a layer)."""
-    layers = tuple(id(layer) for layer in model.layers)
-    cached = _STRUCTURES.get(model)
-    if cached is None or cached[0] != layers:
-        cached = (layers, ModelStructure(model))
-        _STRUCTURES[model] = cached
-    return cached[1]
 
 
 def tile_rows(tensor, num_samples):
@@ -115,21 +76,11 @@ def tile_rows(tensor, num_samples):
     return tf.tile(tensor, multiples)
 
 
-class _SampleCount:
-    """The T of the call being traced; read by the twin's tiling layers."""
-
-    value = 1
-
-
 class _TileRows(keras.layers.Layer):
-    """Tiles the batch `count.value` times; the count is set per trace."""
-
-    def __init__(self, count, **kwargs):
-        super().__init__(**kwargs)
-        self.count = count
+    """Tiles the batch T times; T is the current sampling call's."""
 
     def call(self, inputs):
-        return tile_rows(inputs, self.count.value)
+        return tile_rows(inputs, keys.current().num_samples)
 
     def compute_output_shape(self, input_shape):
         return (None, *input_shape[1:])
@@ -138,21 +89,21 @@ class _TileRows(keras.layers.Layer):
 class TiledTwin:
     """A weight-sharing twin of a Functional model that tiles its batch.
 
-    `twin(inputs, num_samples)` returns the model's outputs for T copies of
-    the batch (sample-major), tiling each tensor where it first meets a
-    stochastic layer. `floats_per_row` estimates the activations of one
+    Called inside a sampling call (`keys.sampling_call`), `twin(inputs)`
+    returns the model's outputs for the call's T copies of the batch
+    (sample-major), tiling each tensor where it first meets a stochastic
+    layer. `floats_per_row` estimates the activations of one
     input row (None when a shape is unknown), used to bound memory.
     """
 
     def __init__(self, model):
-        count = _SampleCount()
         tiled = set()
         keep_alive = []  # keeps the tiled tensors alive so that ids stay unique
 
         def tile_once(value):
             if not isinstance(value, keras.KerasTensor) or id(value) in tiled:
                 return value
-            result = _TileRows(count)(value)
+            result = _TileRows()(value)
             tiled.add(id(result))
             keep_alive.append(result)
             return result
@@ -174,11 +125,10 @@ class TiledTwin:
         )
         outputs = [tile_once(value) for value in clone.outputs]
         self.model = keras.Model(clone.inputs, outputs, name=f"{model.name}_tiled")
-        self.count = count
         self.floats_per_row = floats_per_row(model)
 
-    def __call__(self, inputs, num_samples):
-        self.count.value = num_samples
+    def __call__(self, inputs):
+        """The outputs for the T copies of `inputs`, T of the current call."""
         return self.model(inputs, training=False)
 
 
@@ -196,65 +146,3 @@ def floats_per_row(view):
                 size *= dim
             total += size
     return total
-
-
-def make_tiled_forward(model):
-    """Returns `(forward, floats_per_row)`.
-
-    `forward(inputs, num_samples)` gives the model's output for `T * n` rows,
-    sample s of input i at row `s * n + i` (for an ensemble of M members,
-    `M * T * n` rows, member-major). `inputs` has the structure the model
-    accepts, n rows each. The forward holds the model weakly, so caching it
-    does not keep the model alive.
-    """
-    if isinstance(model, Ensemble):
-        return _ensemble_forward(model)
-    view = functional_view(model)
-    if view is not None:
-        twin = TiledTwin(view)
-        return twin, twin.floats_per_row
-    model_ref = weakref.ref(model)
-
-    def forward_tiled_inputs(inputs, num_samples):
-        tiled = tree.map_structure(lambda t: tile_rows(t, num_samples), inputs)
-        return model_ref()(tiled, training=False)
-
-    return forward_tiled_inputs, None
-
-
-def _merge_member_axis(by_member):
-    """`(M, rows, ...)` -> `(M * rows, ...)`: member-major rows."""
-    rest = [
-        size if size is not None else tf.shape(by_member)[i + 2]
-        for i, size in enumerate(by_member.shape[2:])
-    ]
-    return tf.reshape(by_member, [-1, *rest])
-
-
-def _ensemble_forward(ensemble):
-    ensemble_ref = weakref.ref(ensemble)
-    if ensemble.packed:
-        # Packed members are one network of batched matmuls: tiling its
-        # inputs is all there is to it.
-        def forward_packed(inputs, num_samples):
-            tiled = tile_rows(tree.flatten(inputs)[0], num_samples)
-            network = ensemble_ref().packed_network
-            shared = share_across_members(tiled, network.num_members)
-            # (M, T * n, ...) is member-major already: no transposes.
-            return _merge_member_axis(network.member_major(shared, training=False))
-
-        view = functional_view(ensemble.member_template)
-        floats = None if view is None else floats_per_row(view)
-        return forward_packed, None if floats is None else floats * ensemble.num_members
-
-    parts = [make_tiled_forward(member) for member in ensemble.members]
-    forwards = [forward for forward, _ in parts]
-
-    def forward_members(inputs, num_samples):
-        # Member-major rows: sample s of input i from member m is row
-        # (m * T + s) * n + i, so a reshape to (M * T, n, ...) lists samples.
-        outputs = [tree.flatten(f(inputs, num_samples))[0] for f in forwards]
-        return _merge_member_axis(tf.stack(outputs))
-
-    sizes = [floats for _, floats in parts]
-    return forward_members, None if None in sizes else sum(sizes)

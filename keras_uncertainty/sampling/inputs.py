@@ -262,3 +262,23 @@ class InputStream:
     def targets(self):
         """The targets of every streamed batch, concatenated (after `chunks`)."""
         return np.concatenate(self._targets) if self._targets else None
+
+    def target_rows(self, start, stop):
+        """Targets `start:stop` of a streamed input, read so far (the rows of
+        a chunk, once `chunks` has yielded it)."""
+        parts, position = [], 0
+        for part in self._targets:
+            end = position + len(part)
+            if end > start and position < stop:
+                parts.append(part[max(start - position, 0) : stop - position])
+            position = end
+            if position >= stop:
+                break
+        rows = np.concatenate(parts) if parts else np.zeros((0,))
+        if len(rows) != stop - start:
+            raise ValueError(
+                "Invalid value received for argument `x`. Expected every "
+                "batch to carry targets `(x, y)`. Received: batches without "
+                "them"
+            )
+        return rows

@@ -137,3 +137,25 @@ class ClassificationPrediction:
             label=np.argmax(fields["probs"], axis=-1),
             votes=None if votes is None else np.asarray(votes, np.int64),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureScore:
+    """A regression prediction and its test log-likelihood, per input.
+
+    `log_likelihood = log((1/T) sum_t N(y | mu_t, sigma_t^2))`, the test
+    log-likelihood of the uniform mixture of the T samples' Gaussians (the
+    MC dropout and Deep Ensembles papers' figure), in the units of `y`.
+
+    Attributes:
+        prediction: The `RegressionPrediction` of the same samples.
+        log_likelihood: `(N, k)` float64.
+    """
+
+    prediction: RegressionPrediction
+    log_likelihood: np.ndarray
+
+    @property
+    def nll(self):
+        """Mean negative log-likelihood per point and target (nats)."""
+        return float(-np.mean(self.log_likelihood))

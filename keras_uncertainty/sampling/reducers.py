@@ -2,10 +2,13 @@
 
 Sampling runs in chunks (of inputs, and of samples for the same inputs) so
 that memory stays bounded. A `Reducer` says what to do with the samples of
-one chunk and how chunks combine:
+one chunk and how chunks combine; each reducer owns its four steps, and the
+formulas they use live in `formulas.py` and `predictions.py`:
 
 - `reduce(samples)`, inside the compiled call: `(t, n, ...)` samples (t
   samples of n inputs, member-major for an ensemble) -> a tuple of tensors;
+  a reducer with `needs_targets = True` gets `reduce(samples, targets)`,
+  the n targets of the chunk;
 - `merge(a, count_a, b, count_b)`, in numpy: combines the reductions of two
   chunks of samples of the same inputs, exactly;
 - `finalize(state, num_samples)`: the merged reduction of every input
@@ -14,15 +17,22 @@ one chunk and how chunks combine:
 - `summary(state, num_samples)` (optional): the result as a dict of
   tensors, computed in-graph, for `ku.export`.
 
-`key` names the compiled graph: two reducers with the same key share it.
-To add a summary, subclass `Reducer` and pass it to `ku.sampling.run`.
+The compiled graph is cached by the reducer's class (qualified name) and
+`get_config()`, so two reducers with different parameters never share one.
+`get_config` returns the public attributes by default: a reducer that keeps
+its parameters in attributes needs nothing more. Run one with
+`ku.sampling.reduce_samples(model, x, reducer, num_samples)`.
 """
 
+import math
+
 import numpy as np
+import tensorflow as tf
 
 from keras_uncertainty.sampling import formulas
 from keras_uncertainty.sampling.predictions import (
     ClassificationPrediction,
+    MixtureScore,
     RegressionPrediction,
     classification_summary,
     regression_summary,
@@ -30,13 +40,30 @@ from keras_uncertainty.sampling.predictions import (
 
 
 class Reducer:
-    """Base class; see the module docstring for the three steps."""
+    """Base class of reductions of samples; see the module docstring.
+
+    Attributes:
+        row_axis: The axis of each state entry that lists the inputs.
+        needs_targets: Whether `reduce` takes the chunk's targets.
+
+    Example:
+
+    >>> class Quantile(ku.sampling.Reducer):
+    ...     def __init__(self, q):
+    ...         self.q = q  # in get_config(), so Quantile(0.1) has its own graph
+    """
 
     row_axis = 0
+    needs_targets = False
 
-    @property
-    def key(self):
-        return (type(self).__name__,)
+    def get_config(self):
+        """The reducer's parameters (its public attributes by default)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    @classmethod
+    def from_config(cls, config):
+        """A reducer from `get_config()` output."""
+        return cls(**config)
 
     def reduce(self, samples):
         raise NotImplementedError
@@ -51,6 +78,10 @@ class Reducer:
         raise NotImplementedError(
             f"{type(self).__name__} has no in-graph summary to export."
         )
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
 
 
 class RawSamples(Reducer):
@@ -94,15 +125,11 @@ class RegressionMoments(Reducer):
     def __init__(self, variance_head):
         self.variance_head = bool(variance_head)
 
-    @property
-    def key(self):
-        return (type(self).__name__, self.variance_head)
-
     def reduce(self, samples):
         return formulas.regression_moments(samples, self.variance_head)
 
     def merge(self, a, count_a, b, count_b):
-        (mean_a, m2_a, var_a), (mean_b, m2_b, var_b) = a, b
+        (mean_a, m2_a, var_a), (mean_b, m2_b, var_b) = a[:3], b[:3]
         total = count_a + count_b
         delta = mean_b.astype(np.float64) - mean_a
         return (
@@ -136,10 +163,6 @@ class ClassificationSummary(Reducer):
         self.from_logits = bool(from_logits)
         self.votes = bool(votes)
 
-    @property
-    def key(self):
-        return (type(self).__name__, self.from_logits, self.votes)
-
     def reduce(self, samples):
         return formulas.classification_moments(samples, self.from_logits, self.votes)
 
@@ -161,3 +184,81 @@ class ClassificationSummary(Reducer):
         if votes:
             fields["votes"] = votes[0]
         return fields
+
+
+class MixtureNLL(RegressionMoments):
+    """The test log-likelihood of the samples' uniform Gaussian mixture.
+
+    For each input and target, `log((1/T) sum_t N(y | mu_t, sigma_t^2))`,
+    the test log-likelihood of the MC dropout and Deep Ensembles papers,
+    streamed: each chunk keeps `logsumexp_t log N(y | mu_t, sigma_t^2)`
+    (chunks merge by `logaddexp`), so memory stays bounded whatever T is.
+    It also keeps the moments of `RegressionMoments`, so one pass gives the
+    prediction and its score. Needs the targets (`y=` of
+    `reduce_samples`, or a dataset of `(x, y)` batches).
+
+    Args:
+        variance_head: Whether the outputs are `(means, log-variances)`.
+        noise_std: Without a variance head, the standard deviation of every
+            sample's Gaussian (a homoscedastic model's `1 / sqrt(tau)`): a
+            float, or one per output. Ignored with a variance head.
+        min_log_var: Optional floor of each sample's log-variance (None: no
+            floor). Documented clipping: the papers use none.
+
+    Returns (from `finalize`):
+        A `MixtureScore`: the `RegressionPrediction` and the per-input
+        `log_likelihood` `(N, k)`.
+
+    Example:
+
+    >>> score = ku.sampling.reduce_samples(
+    ...     model, x_test, ku.sampling.MixtureNLL(True), 100, y=y_test)
+    >>> score.nll  # mean negative log-likelihood per point
+    """
+
+    needs_targets = True
+
+    def __init__(self, variance_head=True, noise_std=None, min_log_var=None):
+        super().__init__(variance_head)
+        if not self.variance_head:
+            values = np.asarray(
+                1.0 if noise_std is None else noise_std, np.float64
+            ).reshape(-1)
+            if values.size == 0 or not np.all(np.isfinite(values) & (values > 0)):
+                raise ValueError(
+                    "Invalid value received for argument `noise_std`. "
+                    "Expected a finite number > 0 or a list of them (one per "
+                    f"output). Received: noise_std={noise_std!r}"
+                )
+            noise_std = values.tolist()
+        else:
+            noise_std = None
+        self.noise_std = noise_std
+        self.min_log_var = None if min_log_var is None else float(min_log_var)
+
+    def reduce(self, samples, targets):
+        moments = formulas.regression_moments(samples, self.variance_head)
+        samples = tf.cast(samples, tf.float32)
+        if self.variance_head:
+            mu, log_var = formulas.split_mean_log_var(samples)
+        else:
+            mu = samples
+            std = tf.constant(self.noise_std, tf.float32)
+            log_var = tf.broadcast_to(2.0 * tf.math.log(std), tf.shape(mu))
+        if self.min_log_var is not None:
+            log_var = tf.maximum(log_var, self.min_log_var)
+        y = tf.reshape(tf.cast(targets, tf.float32), tf.shape(mu)[1:])
+        log_density = formulas.gaussian_log_density(y[None], mu, log_var)
+        return (*moments, tf.reduce_logsumexp(log_density, axis=0))
+
+    def merge(self, a, count_a, b, count_b):
+        merged = super().merge(a, count_a, b, count_b)
+        return (*merged, np.logaddexp(a[3].astype(np.float64), b[3]))
+
+    def finalize(self, state, num_samples):
+        prediction = super().finalize(state[:3], num_samples)
+        log_likelihood = state[3].astype(np.float64) - math.log(num_samples)
+        return MixtureScore(prediction=prediction, log_likelihood=log_likelihood)
+
+    def summary(self, state, num_samples):
+        raise NotImplementedError("MixtureNLL scores targets: it is not exported.")

@@ -1,336 +1,67 @@
-"""Compiled, chunked Monte Carlo prediction: `sample` and `predict_*`.
+"""The public front of sampling: `ku.sample` and `ku.predict_*`.
 
-One `tf.function` per model, task and input signature (batch size and number
-of samples are dynamic, so neither retraces) draws a chunk of samples for a
-chunk of inputs in one call and, for `predict_*`, reduces them inside the
-graph to statistics that merge across chunks. Only the model's MC layers are
-random: the model runs with `training=False`, so BatchNormalization uses its
-moving statistics and never updates them.
+Each function checks its arguments, picks the reducer of its task from one
+table (`task_reducer`, also used by `ku.export` and the callbacks) and runs
+the engine (`engine.reduce_samples`); the engine knows nothing of tasks.
 """
 
-import contextlib
 import dataclasses
-import logging
 import warnings
-import weakref
 
 import keras
 import numpy as np
-import tensorflow as tf
-from keras import tree
 
-from keras_uncertainty._validation import check_bool, check_positive_int, check_seed
-from keras_uncertainty.sampling.graph import (
-    make_tiled_forward,
-    num_members,
-    structure_of,
-)
-from keras_uncertainty.sampling.inputs import InputStream
-from keras_uncertainty.sampling.progress import Progress, check_verbose
+from keras_uncertainty._validation import check_bool
+from keras_uncertainty.sampling.contract import sampled_model
+from keras_uncertainty.sampling.engine import reduce_samples
 from keras_uncertainty.sampling.reducers import (
     ClassificationSummary,
     RawSamples,
-    Reducer,
     RegressionMoments,
 )
 
-# Rows (samples x inputs) per compiled call when `batch_size` is None: as many
-# as keep the activations of one call near this many bytes.
-_ROW_BUDGET_BYTES = 256 * 2**20
-_MIN_ROWS, _MAX_ROWS, _UNKNOWN_MODEL_ROWS = 1024, 2**18, 16384
-
-_COMPILED = weakref.WeakKeyDictionary()
+TASKS = ("regression", "classification")
 
 
-class _BoundedTracingFilter(logging.Filter):
-    """Drops TensorFlow's "frequent retracing" warning about our step
-    function. TensorFlow counts traces per code object, so sampling a few
-    models in a row (each with its own compiled step, traced a bounded
-    number of times) looks to it like retracing in a loop."""
-
-    def filter(self, record):
-        return f"{reducing_forward.__name__}.<locals>.step" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _bounded_tracing_quiet():
-    """Installs the filter on TensorFlow's logger for one sampling call."""
-    logger = tf.get_logger()
-    log_filter = _BoundedTracingFilter()
-    logger.addFilter(log_filter)
-    try:
-        yield
-    finally:
-        logger.removeFilter(log_filter)
-
-
-_WARNED_DETERMINISTIC = weakref.WeakSet()
-
-
-def check_model(model):
-    """Checks `model` for sampling and returns its `ModelStructure`."""
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            "Invalid value received for argument `model`. Expected a "
-            f"keras.Model. Received: {type(model).__name__}"
-        )
-    structure = structure_of(model)
-    view = structure.view
-    if view is not None and len(view.outputs) != 1:
-        raise ValueError(
-            "Invalid value received for argument `model`. Expected a model "
-            f"with a single output tensor. Received: a model with "
-            f"{len(view.outputs)} outputs"
-        )
-    if (
-        model not in _WARNED_DETERMINISTIC
-        and structure.num_members is None
-        and not structure.stochastic_layers
-    ):
-        _WARNED_DETERMINISTIC.add(model)
-        warnings.warn(
-            f"Model '{model.name}' has no layer that is stochastic at "
-            "inference, so every sample is identical and the epistemic "
-            "uncertainty is zero. Use `ku.layers.MCDropout` (or "
-            "`ku.layers.to_mc_dropout(model)`) to sample with dropout.",
-            UserWarning,
-            stacklevel=4,
-        )
-    return structure
-
-
-def input_stream(model, x, keep_targets=False):
-    """`x` as the `InputStream` sampling `model` reads (see `inputs.py`)."""
-    return InputStream(structure_of(model).view, x, keep_targets=keep_targets)
-
-
-def _chunks(total, size):
-    return [(start, min(start + size, total)) for start in range(0, total, size)]
-
-
-class _CompiledStep:
-    """A `tf.function(inputs, num_samples)` with a bounded number of traces.
-
-    Static shapes let TensorFlow's graph optimizer do more, so the first few
-    values of `num_samples` are passed as Python ints (one trace each) and
-    the batch shape is left to `reduce_retracing`, which traces the first
-    shape exactly and relaxes to an unknown batch size at the second. Later
-    values of `num_samples` share one trace with a tensor-valued T. A call
-    never retraces for a signature it has seen.
-    """
-
-    max_static_sample_counts = 4
-
-    def __init__(self, step, floats_per_row):
-        self.function = tf.function(step, reduce_retracing=True)
-        self.floats_per_row = floats_per_row
-        self.static_counts = set()
-
-    def __call__(self, inputs, num_samples):
-        if (
-            num_samples in self.static_counts
-            or len(self.static_counts) < self.max_static_sample_counts
-        ):
-            self.static_counts.add(num_samples)
-        else:
-            num_samples = tf.constant(num_samples, tf.int32)
-        return self.function(inputs, num_samples)
-
-    def tracing_count(self):
-        return self.function.experimental_get_tracing_count()
-
-
-def reducing_forward(model, reducer, structure):
-    """A function `(flat_inputs, num_samples) -> reducer.reduce(samples)`.
-
-    Not compiled: `_compiled_step` wraps it in a `tf.function`, and
-    `ku.export` traces it into a SavedModel.
-
-    Returns:
-        `(function, floats_per_row)`, the second for sizing chunks.
-    """
-    forward, floats_per_row = make_tiled_forward(model)
-    members = num_members(model) or 1
-
-    def step(flat_inputs, num_samples):
-        inputs = tree.pack_sequence_as(structure, list(flat_inputs))
-        outputs = tree.flatten(forward(inputs, num_samples))
-        if len(outputs) != 1:
-            raise ValueError(
-                "Invalid value received for argument `model`. Expected a "
-                "model with a single output tensor. Received: "
-                f"{len(outputs)} outputs"
-            )
-        output = outputs[0]
-        # Static sizes where known, so the reshape keeps shape information.
-        dims = [
-            static if static is not None else tf.shape(output)[i + 1]
-            for i, static in enumerate(output.shape[1:])
-        ]
-        n = flat_inputs[0].shape[0]
-        if n is None:
-            n = tf.shape(flat_inputs[0])[0]
-        by_sample = tf.reshape(output, [members * num_samples, n, *dims])
-        return reducer.reduce(by_sample)
-
-    return step, floats_per_row
-
-
-def _compiled_step(model, reducer, structure, flat):
-    """The cached `_CompiledStep` for this model, reducer and input signature."""
-    specs = tuple((a.shape[1:], a.dtype.str) for a in flat)
-    # The layers are part of the key: a Sequential model that gained a layer
-    # gets a new twin.
-    layers = tuple(id(layer) for layer in model.layers)
-    key = (reducer.key, repr(structure), specs, layers)
-    per_model = _COMPILED.setdefault(model, {})
-    if key not in per_model:
-        per_model[key] = _CompiledStep(*reducing_forward(model, reducer, structure))
-    return per_model[key]
-
-
-def seed_generators(model):
-    """The seed generator of every stochastic layer; an error for a
-    stochastic layer without one (a seed could not reach it)."""
-    generators = []
-    for layer in structure_of(model).stochastic_layers:
-        generator = getattr(layer, "seed_generator", None)
-        if not isinstance(generator, keras.random.SeedGenerator):
-            raise ValueError(
-                "Invalid value received for argument `seed`. Expected every "
-                "stochastic layer to draw from a `seed_generator` attribute "
-                "(a keras.random.SeedGenerator) so that the seed reaches it. "
-                f"Received: layer '{layer.name}' ({type(layer).__name__}) "
-                "without one. Give it a `self.seed_generator`, or sample "
-                "with seed=None."
-            )
-        generators.append(generator)
-    return generators
-
-
-def _reseed(model, seed):
-    """Restarts every stochastic layer's random stream from `seed`."""
-    generators = seed_generators(model)
-    # One independent key per generator; the counter half starts at 0 and
-    # advances by one per call. Keys stay below 2**31 - 1 because the
-    # TensorFlow backend reduces seeds modulo that before use.
-    keys = np.random.SeedSequence(seed).generate_state(len(generators), np.uint32)
-    for generator, key in zip(generators, keys):
-        state = np.array([int(key) % (2**31 - 1), 0], dtype=np.int64)
-        generator.state.assign(state.astype(generator.state.dtype))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Layout:
-    """How the samples of one call are arranged.
-
-    Each of `members` networks (1 unless the model is an `Ensemble`) gives
-    `per_member` samples for each input: `num_samples` when the
-    model has a stochastic layer, else 1 (an ensemble of deterministic
-    networks gives one sample per member).
-    """
-
-    members: int
-    per_member: int
-
-    @property
-    def total(self):
-        return self.members * self.per_member
-
-
-def sample_layout(structure, num_samples):
-    """The `_Layout` of T samples of a model with `ModelStructure` `structure`:
-    an ensemble of deterministic members gives one sample per member."""
-    members = structure.num_members or 1
-    stochastic = members == 1 or bool(structure.stochastic_layers)
-    return _Layout(members, num_samples if stochastic else 1)
-
-
-def _rows_per_call(step, batch_size):
-    if batch_size is not None:
-        return batch_size
-    if not step.floats_per_row:
-        return _UNKNOWN_MODEL_ROWS
-    rows = _ROW_BUDGET_BYTES // (4 * step.floats_per_row)
-    return int(min(max(rows, _MIN_ROWS), _MAX_ROWS))
-
-
-def reduce_samples(
-    model, x, reducer, num_samples=20, batch_size=None, seed=None, verbose="auto"
-):
-    """Draws Monte Carlo samples and reduces them with `reducer`.
-
-    The engine under `ku.sample` and `ku.predict_*`: inputs and samples are
-    cut into chunks that bound memory, each chunk is drawn and reduced by one
-    compiled call (`reducer.reduce`), chunks of samples of the same inputs
-    are merged (`reducer.merge`) and the result is built by
-    `reducer.finalize`. A dataset is streamed through the same chunks as the
-    arrays it holds would be, so the results are the same.
+def task_reducer(model, task, from_logits=False, votes=False, variance_head=None):
+    """The reducer of `task`: the one table of tasks and their reducers.
 
     Args:
-        model: A `keras.Model` with a single output (see `ku.sample`).
-        x: Inputs with N rows: anything `model.predict` takes.
-        reducer: A `ku.sampling.Reducer`.
-        num_samples: Positive integer T.
-        batch_size: Rows (samples x inputs) per compiled call; None picks it
-            from the model's activation sizes.
-        seed: Optional non-negative integer for reproducible samples.
-        verbose: "auto", 0, 1 or 2, as in `model.predict`: a progress bar
-            over the compiled calls ("auto": only on an interactive display,
-            and only for work that lasts more than a second).
+        model: The `keras.Model` sampled (its loss and output width decide
+            `variance_head` when it is None).
+        task: `"regression"` (`RegressionMoments`) or `"classification"`
+            (`ClassificationSummary`).
+        from_logits: Classification: whether the model outputs logits.
+        votes: Classification: whether to count argmax votes.
+        variance_head: Regression: whether the output is `(means,
+            log-variances)`; None reads the model (see `predict_regression`).
 
     Returns:
-        What `reducer.finalize` returns.
+        A `ku.sampling.Reducer`.
     """
-    if not isinstance(reducer, Reducer):
+    if task not in TASKS:
         raise ValueError(
-            "Invalid value received for argument `reducer`. Expected a "
-            f"ku.sampling.Reducer. Received: {type(reducer).__name__}"
+            "Invalid value received for argument `task`. Expected one of "
+            f"{TASKS}. Received: task={task!r}"
         )
-    model_structure = check_model(model)
-    num_samples = check_positive_int(num_samples, "num_samples")
-    batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
-    seed = check_seed(seed)
-    check_verbose(verbose)
-    stream = x if isinstance(x, InputStream) else InputStream(model_structure.view, x)
-    layout = sample_layout(model_structure, num_samples)
-    members = layout.members
-    if seed is not None:
-        _reseed(model, seed)
-    with _bounded_tracing_quiet():
-        step = _compiled_step(model, reducer, stream.structure, stream.first)
-        rows = _rows_per_call(step, batch_size)
-        inputs_per_call = max(1, rows // layout.total)
-        samples_per_call = max(1, min(layout.per_member, rows // members))
-        sample_chunks = _chunks(layout.per_member, samples_per_call)
-        target = None
-        if stream.num_rows is not None:
-            target = -(-stream.num_rows // inputs_per_call) * len(sample_chunks)
-        progress = Progress(verbose, target)
-        states, calls = [], 0
-        for chunk in stream.chunks(inputs_per_call):
-            chunk = tuple(tf.convert_to_tensor(a) for a in chunk)
-            state, count = None, 0
-            for t_start, t_stop in sample_chunks:
-                part = tuple(np.asarray(v) for v in step(chunk, t_stop - t_start))
-                part_count = members * (t_stop - t_start)
-                state = (
-                    part
-                    if state is None
-                    else reducer.merge(state, count, part, part_count)
-                )
-                count += part_count
-                calls += 1
-                progress.update(calls)
-            states.append(state)
-        progress.finish(calls)
-    if len(states) == 1:
-        merged = states[0]
-    else:
-        merged = tuple(
-            np.concatenate(column, axis=reducer.row_axis) for column in zip(*states)
+    check_bool(from_logits, "from_logits")
+    check_bool(votes, "votes")
+    if task == "regression":
+        if from_logits or votes:
+            raise ValueError(
+                "Invalid value received for argument `task`. `from_logits` and "
+                "`votes` apply to task='classification'. Received: "
+                f"task='regression' with from_logits={from_logits}, "
+                f"votes={votes}"
+            )
+        return RegressionMoments(resolve_variance_head(model, variance_head))
+    if variance_head is not None:
+        raise ValueError(
+            "Invalid value received for argument `variance_head`. It applies "
+            "to task='regression'. Received: task='classification' with "
+            f"variance_head={variance_head}"
         )
-    return reducer.finalize(merged, layout.total)
+    return ClassificationSummary(from_logits, votes)
 
 
 def sample(model, x, num_samples=20, batch_size=None, seed=None, verbose="auto"):
@@ -353,9 +84,11 @@ def sample(model, x, num_samples=20, batch_size=None, seed=None, verbose="auto")
         batch_size: Rows (samples x inputs) per compiled call, which bounds
             memory. None: chosen from the model's activation sizes (about
             256 MiB of activations per call).
-        seed: Optional non-negative integer. The same seed (with the same
-            `x`, `num_samples` and `batch_size`) gives the same samples,
-            whether `x` is in memory or streamed.
+        seed: Optional non-negative integer. The same seed gives the same
+            samples in any thread or process, whatever `batch_size`, the
+            chunking, or whether `x` is in memory or streamed (sample s of
+            input i depends only on the seed, s and i). None: a fresh key
+            from the operating system, so no two calls share masks.
         verbose: "auto", 0, 1 or 2, as in `model.predict`. "auto" shows a
             progress bar only on a terminal or notebook, and only once the
             call has lasted a second.
@@ -370,7 +103,7 @@ def sample(model, x, num_samples=20, batch_size=None, seed=None, verbose="auto")
     >>> samples = ku.sample(model, x_test, num_samples=50, seed=0)
     >>> samples.std(axis=0)  # spread of the predictions
     """
-    reducer = RawSamples(num_members(model) or 1)
+    reducer = RawSamples(sampled_model(model).num_members)
     out = reduce_samples(model, x, reducer, num_samples, batch_size, seed, verbose)
     _check_finite_output(model, samples=out)
     return out
@@ -419,7 +152,7 @@ def resolve_variance_head(model, variance_head):
     """`variance_head` as given, or read from the compiled loss (see
     `predict_regression`), checked against the output width."""
     width = (
-        _output_width(structure_of(model).view)
+        _output_width(sampled_model(model).input_view)
         if isinstance(model, keras.Model)
         else None
     )
@@ -480,7 +213,7 @@ def predict_regression(
     >>> pred = ku.predict_regression(model, x_test, num_samples=100)
     >>> pred.mean, pred.aleatoric_std, pred.epistemic_std
     """
-    reducer = RegressionMoments(resolve_variance_head(model, variance_head))
+    reducer = task_reducer(model, "regression", variance_head=variance_head)
     prediction = reduce_samples(
         model, x, reducer, num_samples, batch_size, seed, verbose
     )
@@ -530,9 +263,9 @@ def predict_classification(
     >>> pred = ku.predict_classification(model, x_test, num_samples=100, votes=True)
     >>> pred.votes[61]  # how many of the 100 samples chose each digit
     """
-    check_bool(from_logits, "from_logits")
-    check_bool(votes, "votes")
-    reducer = ClassificationSummary(from_logits, votes)
+    reducer = task_reducer(
+        model, "classification", from_logits=from_logits, votes=votes
+    )
     prediction = reduce_samples(
         model, x, reducer, num_samples, batch_size, seed, verbose
     )

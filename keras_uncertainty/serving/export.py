@@ -11,16 +11,7 @@ import tensorflow as tf
 from keras import tree
 
 from keras_uncertainty._validation import check_bool, check_positive_int
-from keras_uncertainty.sampling import sampler
-from keras_uncertainty.sampling.graph import structure_of
-from keras_uncertainty.sampling.reducers import (
-    ClassificationSummary,
-    RegressionMoments,
-)
-
-_TASKS = ("regression", "classification")
-# The TensorFlow backend reduces seeds modulo 2**31 - 1 before use.
-_KEY_RANGE = 2**31 - 1
+from keras_uncertainty.sampling import engine, keys, sampler
 
 
 def _signature_name(tensor, index, count):
@@ -33,7 +24,7 @@ def _signature_name(tensor, index, count):
 
 
 def _input_specs(model):
-    view = structure_of(model).view
+    view = engine.check_model(model).input_view
     if view is None:
         raise ValueError(
             "Invalid value received for argument `model`. Expected a "
@@ -60,25 +51,6 @@ def _input_specs(model):
     return tree.map_structure(lambda _: 0, inputs), specs
 
 
-def _reducer(model, task, from_logits, votes, variance_head):
-    if task == "regression":
-        if from_logits or votes:
-            raise ValueError(
-                "Invalid value received for argument `task`. `from_logits` and "
-                "`votes` apply to task='classification'. Received: "
-                f"task='regression' with from_logits={from_logits}, "
-                f"votes={votes}"
-            )
-        return RegressionMoments(sampler.resolve_variance_head(model, variance_head))
-    if variance_head is not None:
-        raise ValueError(
-            "Invalid value received for argument `variance_head`. It applies "
-            "to task='regression'. Received: task='classification' with "
-            f"variance_head={variance_head}"
-        )
-    return ClassificationSummary(from_logits, votes)
-
-
 def export(
     model,
     filepath,
@@ -98,12 +70,13 @@ def export(
       or every member of a `ku.Ensemble`) of a batch of inputs and returns
       their summary, computed in-graph with the same formulas as
       `ku.predict_regression` / `ku.predict_classification`. Every call
-      draws fresh masks, in every process: a call's random keys come from
-      an unseeded random op, seeded anew by the operating system each time
-      the SavedModel is loaded, so no two loads (server replicas) replay the
-      same sequence.
+      draws fresh masks: its key comes from an unseeded random op, seeded
+      by the operating system when the SavedModel is loaded, and no state
+      is shared between calls, so concurrent requests never share masks and
+      no two loads (server replicas) replay the same sequence.
     - `serve_seeded(inputs, seed)`: the same with an int64 scalar seed; the
-      same seed and inputs give the same summary, in any process.
+      same seed gives each input row the same samples, in any process and
+      whatever else is in the batch (row i of a batch counts as input i).
 
     The outputs are a dict: `mean`, `std`, `aleatoric_std`, `epistemic_std`
     (float32, `(batch, k)`) for regression; `probs` (float32,
@@ -145,11 +118,6 @@ def export(
             "Invalid value received for argument `filepath`. Expected a path "
             f"(str or os.PathLike). Received: {type(filepath).__name__}"
         )
-    if task not in _TASKS:
-        raise ValueError(
-            "Invalid value received for argument `task`. Expected one of "
-            f"{_TASKS}. Received: task={task!r}"
-        )
     num_samples = check_positive_int(num_samples, "num_samples")
     for name, value in (
         ("from_logits", from_logits),
@@ -157,46 +125,39 @@ def export(
         ("verbose", verbose),
     ):
         check_bool(value, name)
-    sampler.check_model(model)
-    reducer = _reducer(model, task, from_logits, votes, variance_head)
+    reducer = sampler.task_reducer(model, task, from_logits, votes, variance_head)
+    adapter = engine.check_model(model)
     structure, specs = _input_specs(model)
-    generators = sampler.seed_generators(model)
-    step, _ = sampler.reducing_forward(model, reducer, structure)
-    layout = sampler.sample_layout(structure_of(model), num_samples)
+    step, _ = engine.reducing_forward(model, reducer, structure)
+    per_member = adapter.samples_per_member(num_samples)
+    total = adapter.num_members * per_member
+    zero = tf.constant(0, tf.int32)
 
-    def summarize(flat_inputs, keys):
-        for index, generator in enumerate(generators):
-            state = tf.stack([keys[index], tf.constant(0, tf.int64)])
-            generator.state.assign(tf.cast(state, generator.state.dtype))
-        return reducer.summary(step(flat_inputs, layout.per_member), layout.total)
+    def summarize(flat_inputs, key):
+        state = step(flat_inputs, per_member, key, zero, zero)
+        return reducer.summary(state, total)
 
-    def fresh_keys():
+    def fresh_key():
         # seed=0, seed2=0: the kernel takes its seed from the operating
         # system when the graph is loaded, whatever the global seed was at
-        # export time.
+        # export time; each call draws a new key.
         return tf.raw_ops.RandomUniformInt(
-            shape=[len(generators)],
+            shape=[2],
             minval=tf.constant(0, tf.int64),
-            maxval=tf.constant(_KEY_RANGE, tf.int64),
+            maxval=tf.constant(2**32, tf.int64),
             seed=0,
             seed2=0,
         )
 
-    def seeded_keys(seed):
-        return tf.random.stateless_uniform(
-            [len(generators)],
-            seed=tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)]),
-            minval=0,
-            maxval=_KEY_RANGE,
-            dtype=tf.int64,
-        )
+    def seeded_key(seed):
+        return keys.key_tensor_from_seed(seed)
 
     def serve(*flat_inputs):
-        return summarize(flat_inputs, fresh_keys())
+        return summarize(flat_inputs, fresh_key())
 
     def serve_seeded(*args):
         *flat_inputs, seed = args
-        return summarize(flat_inputs, seeded_keys(seed))
+        return summarize(flat_inputs, seeded_key(seed))
 
     if not model.built:
         # Keras exports only built models; one call on a row of zeros builds

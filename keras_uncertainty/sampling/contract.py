@@ -1,0 +1,174 @@
+"""The sampling contract: what the engine needs of a model to sample it.
+
+The engine (`engine.py`) never looks at a model's class. It asks
+`sampled_model(model)` for a `SampledModel`, which says how many members the
+model has, which layers draw randomness and what one compiled forward of `t`
+samples of a chunk of `n` inputs returns: `(M * t * n, ...)` rows,
+member-major, then sample-major (row `(m * t + s) * n + i` is sample `s` of
+input `i` from member `m`).
+
+- A model that knows how it is sampled says so with a method
+  `as_sampled_model()` returning its `SampledModel` (`ku.Ensemble` does;
+  so can a new method: a Laplace approximation, SWAG, BatchEnsemble).
+- A Functional or Sequential model gets `TiledTwinModel`: a weight-sharing
+  twin that tiles each tensor where it first meets a stochastic layer.
+- A subclassed model gets `TiledInputsModel`: its inputs tiled T times.
+
+Randomness comes from the call key (`keys.py`): `forward` runs inside
+`keys.sampling_call`, and the draws made while it is traced (through
+`ku.layers.MCLayer`, or `keys.random_*` for a custom method) become
+functions of the key, the sample and the input.
+"""
+
+import threading
+import weakref
+
+import keras
+from keras import tree
+
+from keras_uncertainty.sampling import graph
+
+
+class SampledModel:
+    """How the engine samples one model (see the module docstring).
+
+    Subclass it for a new method and return an instance from the model's
+    `as_sampled_model()`; override `forward` (and the attributes that
+    differ from the defaults). The instance is cached per model, and
+    `forward` is traced into the compiled steps of every sampling call.
+
+    Args:
+        model: The `keras.Model` sampled (held weakly).
+
+    Attributes:
+        num_members: M, the networks of a mixture (1 by default); each
+            gives its own samples.
+        stochastic: Whether a member's samples differ from one another.
+            False for an ensemble of deterministic members, which then gives
+            one sample per member whatever `num_samples` asks.
+        input_view: A Functional model with the inputs of `model` (and its
+            output shape for one member), used to read and check inputs and
+            to write an export's signature; None when unknown (subclassed
+            models: inputs are taken as they come).
+        floats_per_row: Activations of one input row of one sample, to size
+            chunks; None when unknown.
+
+    Example:
+
+    >>> class Perturbed(ku.sampling.SampledModel):  # one weight draw a sample
+    ...     def forward(self, inputs, num_samples):
+    ...         x = ku.sampling.tile_rows(inputs, num_samples)
+    ...         noise = ku.sampling.random_normal(
+    ...             (keras.ops.shape(x)[0], 1), None, per_sample=True)
+    ...         return self.model(x) * (1.0 + 0.1 * noise)
+    """
+
+    num_members = 1
+    stochastic = True
+    floats_per_row = None
+
+    def __init__(self, model):
+        self._model_ref = weakref.ref(model)
+        self.input_view = graph.functional_view(model)
+
+    @property
+    def model(self):
+        """The sampled model."""
+        return self._model_ref()
+
+    def stochastic_layers(self):
+        """The layers that draw randomness at inference (for checks and
+        warnings); every `stochastic_at_inference` layer by default."""
+        return graph.stochastic_layers(self.model)
+
+    def samples_per_member(self, num_samples):
+        """How many samples each member gives for `num_samples` asked."""
+        return num_samples if self.stochastic else 1
+
+    def forward(self, inputs, num_samples):
+        """Outputs of `num_samples` samples of `inputs` (n rows each).
+
+        Runs while the compiled step is traced, inside a sampling call: draw
+        randomness with `ku.sampling.random_*` or `ku.layers.MCLayer`.
+
+        Args:
+            inputs: The model's input structure, n rows each.
+            num_samples: t, samples per member (Python int or scalar tensor).
+
+        Returns:
+            A tensor of `M * t * n` rows (member-major, sample-major) or a
+            structure holding one such tensor.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `forward(inputs, num_samples)`."
+        )
+
+
+class TiledTwinModel(SampledModel):
+    """A Functional or Sequential model, sampled through its tiled twin."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.twin = graph.TiledTwin(self.input_view)
+        self.floats_per_row = self.twin.floats_per_row
+        self.stochastic = bool(self.stochastic_layers())
+
+    def forward(self, inputs, num_samples):
+        return self.twin(inputs)
+
+
+class TiledInputsModel(SampledModel):
+    """A subclassed model, sampled by tiling its inputs T times."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.stochastic = bool(self.stochastic_layers())
+
+    def forward(self, inputs, num_samples):
+        tiled = tree.map_structure(lambda t: graph.tile_rows(t, num_samples), inputs)
+        return self.model(tiled, training=False)
+
+
+_CACHE = weakref.WeakKeyDictionary()
+_CACHE_LOCK = threading.Lock()
+
+
+def _layer_ids(model):
+    return tuple(id(layer) for layer in getattr(model, "layers", ()))
+
+
+def sampled_model(model):
+    """The `SampledModel` of `model`, cached while its layers stay the same.
+
+    Args:
+        model: A `keras.Model`.
+
+    Returns:
+        `model.as_sampled_model()` when the model defines it, else a
+        `TiledTwinModel` (Functional, Sequential) or a `TiledInputsModel`.
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected a "
+            f"keras.Model. Received: {type(model).__name__}"
+        )
+    layers = _layer_ids(model)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(model)
+        if cached is not None and cached[0] == layers:
+            return cached[1]
+        hook = getattr(model, "as_sampled_model", None)
+        if callable(hook):
+            adapter = hook()
+            if not isinstance(adapter, SampledModel):
+                raise ValueError(
+                    "Invalid value received for argument `model`. Expected "
+                    "`as_sampled_model()` to return a ku.sampling.SampledModel. "
+                    f"Received: {type(adapter).__name__}"
+                )
+        elif graph.functional_view(model) is not None:
+            adapter = TiledTwinModel(model)
+        else:
+            adapter = TiledInputsModel(model)
+        _CACHE[model] = (layers, adapter)
+        return adapter

@@ -1,0 +1,272 @@
+"""Per-call random keys: stateless, thread-safe, chunk-invariant draws.
+
+A sampling call (`ku.sample`, `ku.predict_*`, an exported `serve`) takes one
+key: the seed given, or fresh entropy from the operating system. The key
+enters the compiled step as a tensor, with the offset of the chunk's first
+sample and first input, so no generator state is shared between calls, and
+two threads (or two requests to one SavedModel) never touch the same state.
+
+Every random draw during the call is a hash of (key, draw, member, sample,
+input, unit): sample `s` of input `i` gets the same mask whatever chunk of
+samples or inputs it falls in, whatever `batch_size`, on any device or
+replica. `draw` numbers the random draws of the traced forward pass in the
+order the layers run, so each layer (and each call of a shared layer) has
+its own stream.
+
+The hash is Wellons' `lowbias32` (xor-shift-multiply, full avalanche), a
+counter-based generator in the spirit of Salmon et al.'s Philox: on a 2-core
+CPU it draws 2.5M 32-bit words in 11.6 ms against 15.3 ms for TensorFlow's
+stateless Philox. Outside a sampling call (training, or calling a model
+directly) the same functions draw from the layer's `keras.random.SeedGenerator`
+as Keras layers do.
+
+Layers use these draws through `ku.layers.MCLayer` (or the functions below);
+custom sampled methods (`ku.sampling.SampledModel`) use them directly.
+"""
+
+import contextlib
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+_LOCAL = threading.local()
+# Odd constants of the hash (Wellons' lowbias32) and of the counter steps.
+_MIX_1, _MIX_2 = 0x7FEB352D, 0x846CA68B
+_GOLDEN, _WORD_STEP, _MEMBER_STEP = 0x9E3779B9, 0x85EBCA6B, 0xC2B2AE35
+
+
+class CallKey:
+    """The randomness of one compiled sampling call, read while tracing.
+
+    Attributes:
+        key: uint32 tensor `(2,)`, the call's key.
+        sample_offset: int32 scalar tensor, the global index of the chunk's
+            first sample (per member).
+        row_offset: int32 scalar tensor, the global index of the chunk's
+            first input row.
+        num_samples: T of the chunk (Python int or int32 scalar tensor).
+        num_rows: n, inputs in the chunk (int32 scalar tensor).
+    """
+
+    def __init__(self, key, sample_offset, row_offset, num_samples, num_rows):
+        self.key = tf.cast(key, tf.uint32)
+        self.sample_offset = sample_offset
+        self.row_offset = row_offset
+        self.num_samples = num_samples
+        self.num_rows = num_rows
+        self.draws = 0
+
+    def next_draw(self):
+        """The index of the next random draw of this trace."""
+        self.draws += 1
+        return self.draws
+
+
+def current():
+    """The `CallKey` of the sampling call being traced in this thread, or None."""
+    return getattr(_LOCAL, "call_key", None)
+
+
+@contextlib.contextmanager
+def sampling_call(call_key):
+    """Makes `call_key` the current key of this thread while tracing."""
+    previous = current()
+    _LOCAL.call_key = call_key
+    try:
+        yield call_key
+    finally:
+        _LOCAL.call_key = previous
+
+
+_SEED_SALT_1, _SEED_SALT_2 = 0x6A09E667, 0xBB67AE85
+
+
+def _mix_numpy(x):
+    x = np.asarray(x, np.uint32)
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(_MIX_1)
+        x = x ^ (x >> np.uint32(15))
+        x = x * np.uint32(_MIX_2)
+        return x ^ (x >> np.uint32(16))
+
+
+def key_from_seed(seed):
+    """A `(2,)` uint32 numpy key: a hash of `seed` (reproducible; the same
+    as `key_tensor_from_seed` computes in a graph), or the operating
+    system's entropy when `seed` is None (a new key per call)."""
+    if seed is None:
+        return np.random.SeedSequence().generate_state(2, np.uint32)
+    seed = int(seed)
+    low = np.uint32(seed & 0xFFFFFFFF)
+    high = np.uint32((seed >> 32) & 0xFFFFFFFF)
+    with np.errstate(over="ignore"):
+        first = _mix_numpy(low + _mix_numpy(high ^ np.uint32(_SEED_SALT_1)))
+    second = _mix_numpy(first ^ np.uint32(_SEED_SALT_2))
+    return np.array([first, second], np.uint32)
+
+
+def key_tensor_from_seed(seed):
+    """`key_from_seed` of an int64 scalar tensor, in a graph."""
+    seed = tf.cast(seed, tf.int64)
+    low = tf.cast(tf.bitwise.bitwise_and(seed, 0xFFFFFFFF), tf.uint32)
+    high = tf.cast(
+        tf.bitwise.bitwise_and(tf.bitwise.right_shift(seed, 32), 0xFFFFFFFF),
+        tf.uint32,
+    )
+    first = mix(low + mix(high ^ _u32(_SEED_SALT_1)))
+    second = mix(first ^ _u32(_SEED_SALT_2))
+    return tf.stack([first, second])
+
+
+def _u32(value):
+    return tf.constant(value & 0xFFFFFFFF, tf.uint32)
+
+
+def mix(x):
+    """Wellons' lowbias32 hash of uint32 `x`, elementwise."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(16)))
+    x = x * _u32(_MIX_1)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(15)))
+    x = x * _u32(_MIX_2)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(16)))
+
+
+def _as_u32(value):
+    return tf.cast(value, tf.uint32)
+
+
+def _draw_key(call_key):
+    draw = call_key.next_draw()
+    return mix(call_key.key[0] ^ mix(call_key.key[1] + _u32(draw * _GOLDEN)))
+
+
+def _row_keys(call_key, dims, row_axis, per_sample):
+    """uint32 keys of shape `dims[: row_axis + 1]`: one per (member, row).
+
+    Rows are sample-major: with T samples in the chunk and R rows on the row
+    axis, row `r` is sample `r // (R // T)`; within a sample, rows count from
+    `row_offset * (R // T) / n` so that a layer that folds time steps into
+    the batch (R = T * n * steps) still numbers them globally.
+    """
+    draw = _draw_key(call_key)
+    rows = dims[row_axis]
+    rows = tf.cast(rows, tf.int32)
+    per_sample_rows = rows // tf.cast(call_key.num_samples, tf.int32)
+    index = tf.range(rows, dtype=tf.int32)
+    sample = _as_u32(call_key.sample_offset + index // per_sample_rows)
+    keys = mix(draw + sample * _u32(_GOLDEN))
+    if not per_sample:
+        scale = per_sample_rows // tf.maximum(tf.cast(call_key.num_rows, tf.int32), 1)
+        row = _as_u32(call_key.row_offset * scale + index % per_sample_rows)
+        keys = mix(keys ^ mix(row + _u32(_MEMBER_STEP)))
+    # Member axes (before the row axis) are folded in one at a time.
+    for axis in range(row_axis - 1, -1, -1):
+        member = _as_u32(tf.range(tf.cast(dims[axis], tf.int32)))
+        shape = [-1] + [1] * (keys.shape.rank)
+        keys = mix(keys[None] + tf.reshape(member * _u32(_MEMBER_STEP), shape))
+    return keys
+
+
+def _words(call_key, dims, row_axis, count, per_sample=False):
+    """uint32 words `(*dims[: row_axis + 1], count)` for the rows of `dims`."""
+    keys = _row_keys(call_key, dims, row_axis, per_sample)
+    steps = _as_u32(tf.range(count)) * _u32(_WORD_STEP)
+    return mix(keys[..., None] + steps)
+
+
+def _unit_count(dims, row_axis):
+    size = 1
+    for dim in dims[row_axis + 1 :]:
+        size = size * dim
+    return size
+
+
+def _static_or_tensor_dims(dims):
+    return [d if isinstance(d, int) else tf.cast(d, tf.int32) for d in dims]
+
+
+def random_bits16(dims, seed_generator, row_axis=0):
+    """Uniform 16-bit draws (uint16) of shape `dims`.
+
+    In a sampling call, a hash of the call key and each entry's (member,
+    sample, input, unit) position; otherwise drawn from `seed_generator`.
+
+    Args:
+        dims: The shape: a list of Python ints or scalar int tensors.
+        seed_generator: The layer's `keras.random.SeedGenerator` (used
+            outside a sampling call).
+        row_axis: The axis of `dims` that lists the rows (samples x inputs,
+            sample-major); axes before it are member axes.
+    """
+    dims = _static_or_tensor_dims(list(dims))
+    call_key = current()
+    if call_key is None:
+        return _generator_bits16(dims, seed_generator)
+    units = _unit_count(dims, row_axis)
+    words = _words(call_key, dims, row_axis, (units + 1) // 2)
+    draws = tf.bitcast(words, tf.uint16)  # (..., words, 2)
+    lead = dims[: row_axis + 1]
+    draws = tf.reshape(draws, tf.stack([*lead, -1]))
+    if not isinstance(units, int) or units % 2:
+        draws = draws[..., :units]
+    return tf.reshape(draws, tf.stack(dims))
+
+
+def _generator_bits16(dims, seed_generator):
+    last = dims[-1]
+    words_per_row = (last + 1) // 2
+    seed = tf.cast(tf.math.floormod(seed_generator.next(), tf.int32.max - 1), tf.int32)
+    words = tf.random.stateless_uniform(
+        tf.stack(dims[:-1] + [words_per_row]),
+        seed=seed,
+        dtype=tf.uint32,
+        minval=None,
+        maxval=None,
+    )
+    # Each 32-bit word holds the 16-bit draws of two neighbouring units.
+    draws = tf.reshape(
+        tf.bitcast(words, tf.uint16), tf.stack(dims[:-1] + [2 * words_per_row])
+    )
+    if not isinstance(last, int) or last % 2:
+        draws = draws[..., :last]
+    return draws
+
+
+def random_uniform(shape, seed_generator, row_axis=0, per_sample=False, dtype="float32"):
+    """Uniform draws in (0, 1) of `shape`, 24 bits of resolution.
+
+    Args:
+        shape: The shape (ints or scalar tensors).
+        seed_generator: Used outside a sampling call.
+        row_axis: As in `random_bits16`.
+        per_sample: Whether the draw depends on the sample only (one value
+            per sample shared by all inputs: a weight perturbation), not on
+            the input. `shape[row_axis]` is then the number of rows all the
+            same and each row gets its sample's value.
+        dtype: Float dtype of the result.
+    """
+    dims = _static_or_tensor_dims(list(shape))
+    call_key = current()
+    if call_key is None:
+        import keras
+
+        return keras.random.uniform(
+            tf.stack(dims) if not all(isinstance(d, int) for d in dims) else dims,
+            minval=2.0**-25,
+            maxval=1.0,
+            dtype=dtype,
+            seed=seed_generator,
+        )
+    units = _unit_count(dims, row_axis)
+    words = _words(call_key, dims, row_axis, units, per_sample=per_sample)
+    top = tf.cast(tf.bitwise.right_shift(words, _u32(8)), tf.float32)
+    uniform = (top + 0.5) * (2.0**-24)
+    return tf.cast(tf.reshape(uniform, tf.stack(dims)), dtype)
+
+
+def random_normal(shape, seed_generator, row_axis=0, per_sample=False, dtype="float32"):
+    """Standard normal draws of `shape` (inverse CDF of `random_uniform`)."""
+    uniform = random_uniform(shape, seed_generator, row_axis, per_sample, "float32")
+    return tf.cast(tf.math.ndtri(uniform), dtype)
