@@ -28,10 +28,42 @@ def check_epsilon(value, name="adversarial_epsilon"):
     return float(value)
 
 
-def feature_range_step(x, epsilon):
+def feature_range_step(x, epsilon, sample_weight=None, per_member_inputs=False):
     """`epsilon * (max - min)` of each input feature over the rows of `x`:
-    the paper's step, 1% of each feature's range for epsilon = 0.01."""
-    return (epsilon * np.ptp(np.asarray(x), axis=0)).astype("float32")
+    the paper's step, 1% of each feature's range for epsilon = 0.01.
+
+    Args:
+        x: Training inputs `(N, ...)`, or with `per_member_inputs`
+            `(N, M, ...)`, member m's inputs in column m.
+        epsilon: The step as a fraction of the range.
+        sample_weight: Optional `(N, M)` per-member weights when
+            `per_member_inputs`: each member's range is taken over its rows
+            of positive weight (its own rows under a row mask).
+        per_member_inputs: Whether `x` has a member axis.
+
+    Returns:
+        float32 step broadcastable to the member-major inputs `(M, batch,
+        ...)` of the fast gradient sign method: the feature shape, or with
+        `per_member_inputs` `(M, 1, ...)`, each member's own.
+    """
+    x = np.asarray(x)
+    if not per_member_inputs:
+        return (epsilon * np.ptp(x, axis=0)).astype("float32")
+    weight = None if sample_weight is None else np.asarray(sample_weight)
+    if weight is not None and weight.shape != x.shape[:2]:
+        weight = None  # a weight shared by the members leaves every row in
+    ranges = []
+    for m in range(x.shape[1]):
+        rows = x[:, m] if weight is None else x[weight[:, m] > 0, m]
+        ranges.append(np.ptp(rows, axis=0) if len(rows) else np.zeros(x.shape[2:]))
+    return member_range_step(np.stack(ranges), epsilon)
+
+
+def member_range_step(feature_range, epsilon):
+    """`epsilon * feature_range` for a range `(M, ...)` with a member axis,
+    as `(M, 1, ...)`, broadcastable to member-major inputs `(M, batch, ...)`."""
+    step = epsilon * np.asarray(feature_range, "float64")
+    return np.expand_dims(step, 1).astype("float32")
 
 
 def fast_gradient_sign_losses(forward, member_losses, inputs, step):

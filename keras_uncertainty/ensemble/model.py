@@ -93,6 +93,11 @@ def _check_members(members):
     return list(members)
 
 
+def _member_axis_first(tensor):
+    """`(batch, M, ...)` -> `(M, batch, ...)`."""
+    return ops.transpose(tensor, (1, 0, *range(2, len(tensor.shape))))
+
+
 class _Untracked:
     """Holds the member models of a packed ensemble out of Keras's tracking:
     their weights are copies; the packed network's variables are the truth."""
@@ -148,6 +153,26 @@ class Ensemble(keras.Model):
             `fit` call, and the member's loss is the sum of its loss on the
             clean and on the perturbed batch. The paper uses 0.01.
         seed: Optional integer seed for the bootstrap resamples.
+        per_member_inputs: Whether each member has its own rows. Then `x`
+            is `(batch, M, ...)` and member m reads `x[:, m]`; `y` is
+            `(batch, M, ...)` and member m's targets are `y[:, m]`; and a
+            `(batch, M)` `sample_weight` weighs member m's rows by its
+            column m (0/1 masks of each member's own rows, or resample
+            counts). The call returns `(batch, M, ...)` as always; compiled
+            metrics compare each member's outputs with its own targets, and
+            `weighted_metrics` weigh its rows by its weights. For
+            protocols that train many networks at once on different data
+            (every split of a benchmark, every cell of a grid), each with its
+            own standardization (a `keras.layers.Normalization` with the
+            member's statistics), rates and weight decay. Default False:
+            every member reads the same `x` and fits the same `y`.
+        weighted_mean: Whether each member's loss is its weighted mean,
+            `sum(w * loss) / sum(w)` over the batch, instead of Keras's
+            default `sum(w * loss) / batch`. With 0/1 row masks that is the
+            mean over the member's own rows of the batch, the loss it would
+            have trained alone on those rows; a member with no row in a batch
+            has loss 0 there. A loss with Keras's
+            `reduction="mean_with_sample_weight"` implies it. Default False.
         members: Existing models, used instead of `build_fn` (see
             `Ensemble.from_models`).
         pack: None (pack when the members allow it), True (require it: an
@@ -167,6 +192,21 @@ class Ensemble(keras.Model):
     >>> ens.compile("adam", loss=ku.losses.gaussian_nll)
     >>> ens.fit(x, y, epochs=40, batch_size=128)
     >>> pred = ku.predict_regression(ens, x_test)
+
+    Many networks on their own rows (for example one per data split), each
+    with its own input standardization and dropout rate:
+
+    >>> def member(mean, variance, rate):
+    ...     inputs = keras.Input((d,))
+    ...     h = keras.layers.Normalization(mean=mean, variance=variance)(inputs)
+    ...     h = ku.layers.MCDropout(rate)(h)
+    ...     h = keras.layers.Dense(50, activation="relu")(h)
+    ...     return keras.Model(inputs, keras.layers.Dense(1)(h))
+    >>> ens = ku.Ensemble.from_models(
+    ...     [member(*stats) for stats in per_split], per_member_inputs=True,
+    ...     weighted_mean=True)
+    >>> ens.compile("adam", loss="mse")
+    >>> ens.fit(x_rows, y_rows, sample_weight=row_masks)  # (N, M, d), (N, M, 1), (N, M)
     """
 
     def __init__(
@@ -178,6 +218,8 @@ class Ensemble(keras.Model):
         seed=None,
         members=None,
         pack=None,
+        per_member_inputs=False,
+        weighted_mean=False,
         **kwargs,
     ):
         kwargs.setdefault("name", "ensemble")
@@ -203,6 +245,8 @@ class Ensemble(keras.Model):
         self.bootstrap = bool(bootstrap)
         self.adversarial_epsilon = adversarial.check_epsilon(adversarial_epsilon)
         self.seed = seed
+        self.per_member_inputs = bool(per_member_inputs)
+        self.weighted_mean = bool(weighted_mean)
         if self.packed:
             self.packed_network = packing.pack(members)
             self.member_store = _Untracked(members)
@@ -292,10 +336,18 @@ class Ensemble(keras.Model):
         return self._member_models()[0]
 
     def call(self, inputs, training=None):
+        if self.per_member_inputs:
+            return self.member_major(_member_axis_first(inputs), training=training)
         if self.packed:
             return self.packed_network(inputs, training=training)
         outputs = [member(inputs, training=training) for member in self.member_models]
         return ops.stack(outputs, axis=1)
+
+    def _member_major_inputs(self, x):
+        """The batch as `(M, batch, ...)`, one slice per member."""
+        if self.per_member_inputs:
+            return _member_axis_first(x)
+        return share_across_members(x, self.num_members)
 
     def member_major(self, inputs, training=None):
         """`(M, batch, ...)` inputs, one slice per member -> `(batch, M, ...)`."""
@@ -308,8 +360,22 @@ class Ensemble(keras.Model):
         ]
         return ops.stack(outputs, axis=1)
 
+    def as_sampled_model(self):
+        """How `ku.sample` and `ku.predict_*` sample the ensemble: the
+        members as a uniform mixture, member-major (see
+        `ku.sampling.SampledModel`).
+
+        Returns:
+            An `EnsembleSampledModel`.
+        """
+        from keras_uncertainty.ensemble.sampled import EnsembleSampledModel
+
+        return EnsembleSampledModel(self)
+
     def compute_output_shape(self, input_shape):
-        output = self.member_template.compute_output_shape(input_shape)
+        output = self.member_template.compute_output_shape(
+            self._member_input_shape(input_shape)
+        )
         return (output[0], self.num_members, *output[1:])
 
     # Training ---------------------------------------------------------------
@@ -367,7 +433,7 @@ class Ensemble(keras.Model):
             _, perturbed = adversarial.fast_gradient_sign_losses(
                 lambda inputs: self.member_major(inputs, training=True),
                 lambda outputs: self._losses_of_members(y, outputs, sample_weight),
-                share_across_members(x, self.num_members),
+                self._member_major_inputs(x),
                 self.adversarial_step,
             )
             losses = losses + perturbed
@@ -381,9 +447,30 @@ class Ensemble(keras.Model):
         return total
 
     def _losses_of_members(self, y, y_pred, sample_weight):
-        return training.member_losses(self.member_loss, y, y_pred, sample_weight)
+        return training.member_losses(
+            self.member_loss,
+            y,
+            y_pred,
+            sample_weight,
+            per_member_targets=self.per_member_inputs,
+            weighted_mean=self.weighted_mean,
+        )
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if self.per_member_inputs:
+            # Every member's outputs against its own targets: the member axis
+            # folded into the batch (`weighted_metrics` weigh each member's
+            # rows by its column of the sample weights).
+            def fold(tensor):
+                return ops.reshape(tensor, (-1, *tensor.shape[2:]))
+
+            if sample_weight is not None:
+                sample_weight = (
+                    fold(sample_weight) if len(sample_weight.shape) == 2 else None
+                )
+            return super().compute_metrics(
+                x, fold(y), fold(y_pred), sample_weight=sample_weight
+            )
         if sample_weight is not None and len(sample_weight.shape) == 2:
             sample_weight = None  # bootstrap counts weigh the loss only
         return super().compute_metrics(
@@ -397,30 +484,42 @@ class Ensemble(keras.Model):
         sample_weight=None,
         callbacks=None,
         terminate_on_nan=True,
+        feature_range=None,
         **kwargs,
     ):
         """Trains every member at once; arguments as in `keras.Model.fit`.
 
-        With `bootstrap=True` or `adversarial_epsilon`, `x` must be an array
-        (the resample counts and the feature range are computed from it).
+        With `bootstrap=True`, or `adversarial_epsilon` without
+        `feature_range`, `x` must be an array (the resample counts and the
+        feature range are computed from it).
 
         Args:
             terminate_on_nan: Whether to add a
                 `ku.callbacks.TerminateOnNonFiniteMember` (unless `callbacks`
                 holds one): a member whose loss becomes NaN or infinite stops
                 training with a warning that names it.
+            feature_range: Optional per-feature range of the inputs for the
+                adversarial step (`epsilon * feature_range`), for inputs that
+                are not an array (a `tf.data.Dataset`, ...): one input's
+                shape, or with `per_member_inputs` `(M, ...)`, each member's
+                own. Default: the range over the rows of `x` (with
+                `per_member_inputs`, over each member's rows of positive
+                `sample_weight`).
             **kwargs: `keras.Model.fit` arguments.
         """
-        if self.bootstrap or self.adversarial_epsilon is not None:
+        if self.adversarial_epsilon is not None:
+            self._set_adversarial_step(x, sample_weight, feature_range)
+        elif feature_range is not None:
+            raise ValueError(
+                "Invalid value received for argument `feature_range`. Expected "
+                "None: it sets the adversarial step, and the ensemble has no "
+                "`adversarial_epsilon`. Received: an array"
+            )
+        if self.bootstrap:
             x_array = self._array_inputs(x)
-            if self.adversarial_epsilon is not None:
-                self.adversarial_step = tf.constant(
-                    adversarial.feature_range_step(x_array, self.adversarial_epsilon)
-                )
-            if self.bootstrap:
-                sample_weight = training.bootstrap_counts(
-                    self.bootstrap_rng, len(x_array), self.num_members, sample_weight
-                )
+            sample_weight = training.bootstrap_counts(
+                self.bootstrap_rng, len(x_array), self.num_members, sample_weight
+            )
         callbacks = list(callbacks or [])
         if terminate_on_nan and not any(
             isinstance(c, TerminateOnNonFiniteMember) for c in callbacks
@@ -435,14 +534,46 @@ class Ensemble(keras.Model):
             packing.store_members(self.packed_network, self.member_store.models)
         return history
 
+    def _set_adversarial_step(self, x, sample_weight, feature_range):
+        epsilon = self.adversarial_epsilon
+        if feature_range is None:
+            if sample_weight is not None and tf.is_tensor(sample_weight):
+                sample_weight = sample_weight.numpy()
+            step = adversarial.feature_range_step(
+                self._array_inputs(x),
+                epsilon,
+                sample_weight,
+                per_member_inputs=self.per_member_inputs,
+            )
+        elif self.per_member_inputs:
+            feature_range = np.asarray(feature_range)
+            if feature_range.ndim < 2 or feature_range.shape[0] != self.num_members:
+                raise ValueError(
+                    "Invalid value received for argument `feature_range`. "
+                    f"Expected one range per member, shape ({self.num_members}, "
+                    "*features), with `per_member_inputs`. Received: shape "
+                    f"{feature_range.shape}"
+                )
+            step = adversarial.member_range_step(feature_range, epsilon)
+        else:
+            step = (epsilon * np.asarray(feature_range)).astype("float32")
+        previous = self.adversarial_step
+        if previous is not None and not (
+            previous.shape == step.shape and np.array_equal(previous.numpy(), step)
+        ):
+            # The compiled step holds the previous step as a constant.
+            self.train_function = None
+        self.adversarial_step = tf.constant(step)
+
     def _array_inputs(self, x):
         if tf.is_tensor(x):
             x = x.numpy()
         if not isinstance(x, np.ndarray):
             raise ValueError(
                 "Invalid value received for argument `x`. Expected a numpy "
-                "array or tensor when `bootstrap` or `adversarial_epsilon` is "
-                f"set. Received: {_describe(x)}"
+                "array or tensor when `bootstrap` is set or "
+                "`adversarial_epsilon` is set without `feature_range`. "
+                f"Received: {_describe(x)}"
             )
         return x
 
@@ -461,6 +592,8 @@ class Ensemble(keras.Model):
             "adversarial_epsilon": self.adversarial_epsilon,
             "seed": self.seed,
             "pack": self.packed,
+            "per_member_inputs": self.per_member_inputs,
+            "weighted_mean": self.weighted_mean,
         }
 
     @classmethod
@@ -489,8 +622,16 @@ class Ensemble(keras.Model):
         """The member models as held, without refreshing packed weights."""
         return self.member_store.models if self.packed else list(self.member_models)
 
+    def _member_input_shape(self, input_shape):
+        """One member's input shape: with `per_member_inputs`, the member
+        axis (axis 1) left out."""
+        if self.per_member_inputs and input_shape is not None:
+            input_shape = tuple(input_shape)
+            return (input_shape[0], *input_shape[2:])
+        return input_shape
+
     def build(self, input_shape=None):
         for member in self._member_models():
             if not member.built:
-                member.build(input_shape)
+                member.build(self._member_input_shape(input_shape))
         self.built = True

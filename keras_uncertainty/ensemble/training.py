@@ -62,51 +62,93 @@ def as_loss_object(loss):
     return FunctionLoss(loss)
 
 
-def _folded_member_losses(loss, y, y_pred, sample_weight):
+# Reductions that `member_losses` computes itself, once for all members.
+_FOLDED_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight", "sum")
+
+
+def _member_axis_first(tensor):
+    """`(batch, M, ...)` -> `(M, batch, ...)`."""
+    return ops.transpose(tensor, (1, 0, *range(2, len(tensor.shape))))
+
+
+def member_weights(sample_weight, num_members, batch):
+    """Sample weights as `(M, batch)`, or None: a `(batch, M)` weight gives
+    member m the column `[:, m]`; any other weight is shared."""
+    if sample_weight is None:
+        return None
+    weight = ops.convert_to_tensor(sample_weight)
+    if len(weight.shape) == 2 and weight.shape[1] == num_members:
+        return ops.transpose(weight)  # a column per member
+    return ops.broadcast_to(ops.reshape(weight, (1, batch)), (num_members, batch))
+
+
+def _folded_member_losses(loss, y, y_pred, sample_weight, per_member_targets, mean):
     """All members' losses from one call of `loss.call` on the members folded
     into the batch (member-major), reduced per member as Keras reduces one
-    model's loss: the weighted sum, divided by the number of loss entries for
-    `"sum_over_batch_size"`."""
+    model's loss: the weighted sum, divided by the number of loss entries
+    (`"sum_over_batch_size"`), by the member's sum of weights over them
+    (`mean`), or by nothing (`"sum"`)."""
     num_members = y_pred.shape[1]
-    rank = len(y_pred.shape)
-    by_member = ops.transpose(y_pred, (1, 0, *range(2, rank)))
     batch = ops.shape(y_pred)[0]
+    by_member = _member_axis_first(y_pred)
     folded = ops.reshape(by_member, (-1, *by_member.shape[2:]))
-    y = ops.convert_to_tensor(y)
-    y = ops.cast(y, y_pred.dtype)
-    tiled_y = ops.tile(y, (num_members, *([1] * (len(y.shape) - 1))))
-    values = ops.convert_to_tensor(loss.call(tiled_y, folded))
+    y = ops.cast(ops.convert_to_tensor(y), y_pred.dtype)
+    if per_member_targets:  # (batch, M, ...): member m's targets are [:, m]
+        y = _member_axis_first(y)
+        folded_y = ops.reshape(y, (-1, *y.shape[2:]))
+    else:
+        folded_y = ops.tile(y, (num_members, *([1] * (len(y.shape) - 1))))
+    values = ops.convert_to_tensor(loss.call(folded_y, folded))
     values = ops.reshape(values, (num_members, batch, -1))  # (M, batch, rest)
-    if sample_weight is not None:
-        weight = ops.cast(ops.convert_to_tensor(sample_weight), values.dtype)
-        if len(weight.shape) == 2 and weight.shape[1] == num_members:
-            weight = ops.transpose(weight)  # (M, batch): a column per member
-        else:
-            weight = ops.reshape(weight, (1, batch))
-        values = values * ops.expand_dims(weight, -1)
+    weight = member_weights(sample_weight, num_members, batch)
+    if weight is not None:
+        weight = ops.expand_dims(ops.cast(weight, values.dtype), -1)
+        values = values * weight
     total = ops.sum(values, axis=(1, 2))
     if loss.reduction == "sum":
         return total
-    entries = ops.cast(batch * ops.shape(values)[2], total.dtype)
-    return total / entries
+    entries = ops.cast(ops.shape(values)[2], total.dtype)
+    if mean and weight is not None:
+        # Each member's weighted mean over its own rows; a member with no
+        # row of weight in the batch has loss 0 (Keras's divide_no_nan).
+        divisor = ops.sum(weight, axis=(1, 2)) * entries
+    else:
+        divisor = ops.cast(batch, total.dtype) * entries
+    return ops.divide_no_nan(total, divisor)
 
 
-def member_losses(loss, y, y_pred, sample_weight):
+def member_losses(
+    loss, y, y_pred, sample_weight, per_member_targets=False, weighted_mean=False
+):
     """`(M,)` losses: `loss` on each member's output `y_pred[:, m]`.
 
     A `(batch, M)` `sample_weight` gives member m the column `[:, m]`
-    (bootstrap resample counts); any other weight is shared. Losses with
-    Keras's `"sum_over_batch_size"` or `"sum"` reduction run once on the
-    members folded into the batch; others once per member.
+    (bootstrap resample counts, 0/1 row masks); any other weight is shared.
+    With `per_member_targets`, `y` is `(batch, M, ...)` and member m's
+    targets are `y[:, m]`; otherwise every member has the targets `y`.
+
+    Each member's loss is reduced as Keras reduces one model's loss: the
+    weighted sum divided by the number of rows (`"sum_over_batch_size"`,
+    `"mean"`), not divided (`"sum"`), or, with `weighted_mean=True` or a
+    loss of reduction `"mean_with_sample_weight"`, divided by the member's
+    own sum of weights: with 0/1 row masks, the mean over the member's own
+    rows of the batch, the loss it would get trained alone on those rows.
+    Losses of these reductions run once on the members folded into the
+    batch; others (`"none"`) once per member.
     """
-    if getattr(loss, "reduction", None) in ("sum_over_batch_size", "sum"):
-        return _folded_member_losses(loss, y, y_pred, sample_weight)
+    reduction = getattr(loss, "reduction", None)
+    mean = weighted_mean or reduction == "mean_with_sample_weight"
+    if reduction in _FOLDED_REDUCTIONS:
+        return _folded_member_losses(
+            loss, y, y_pred, sample_weight, per_member_targets, mean
+        )
     values = []
     for m in range(y_pred.shape[1]):
         weight = sample_weight
         if sample_weight is not None and len(sample_weight.shape) == 2:
             weight = sample_weight[:, m]
-        values.append(loss(y, y_pred[:, m], sample_weight=weight))
+        target = y[:, m] if per_member_targets else y
+        values.append(loss(target, y_pred[:, m], sample_weight=weight))
     return ops.stack(values)
 
 
@@ -141,10 +183,14 @@ class MemberMeans(keras.metrics.Metric):
 
 def bootstrap_counts(rng, num_rows, num_members, sample_weight=None):
     """`(num_rows, M)` multinomial resample counts, one column per member,
-    times `sample_weight` when given."""
+    times `sample_weight` when given: `(num_rows,)` shared by the members,
+    or `(num_rows, M)`, one column per member (row masks)."""
     counts = rng.multinomial(
         num_rows, np.full(num_rows, 1.0 / num_rows), size=num_members
     ).T.astype(keras.config.floatx())
     if sample_weight is not None:
-        counts = counts * np.asarray(sample_weight, counts.dtype).reshape(-1, 1)
+        weight = np.asarray(sample_weight, counts.dtype)
+        if weight.shape != counts.shape:
+            weight = weight.reshape(-1, 1)
+        counts = counts * weight
     return counts
