@@ -69,3 +69,25 @@ def running_callback_list(max_depth=4):
         return None
     finally:
         del frame
+
+
+def set_state_after_build(layer, name, value):
+    """`setattr(layer, name, value)` for state (a seed generator) that a
+    layer must own although Keras already locked it: `keras.layers.Dropout`
+    with rate 0 builds itself in `__init__`, and a built layer refuses new
+    state. Keras has no public way to add it, so this lifts the layer's
+    tracker lock (`Layer._tracker.locked`) for the one assignment."""
+    tracker = getattr(layer, "_tracker", None)
+    if tracker is None or not isinstance(getattr(tracker, "locked", None), bool):
+        raise RuntimeError(
+            "keras_uncertainty needs `keras.layers.Layer._tracker.locked` to "
+            f"give a built layer its seed generator, and Keras {keras.__version__} "
+            "does not have it. Please report this, with your Keras version, "
+            "to keras_uncertainty's issue tracker."
+        )
+    locked = tracker.locked
+    tracker.locked = False
+    try:
+        setattr(layer, name, value)
+    finally:
+        tracker.locked = locked

@@ -4,6 +4,7 @@ import inspect
 
 import keras
 
+from keras_uncertainty import _keras_compat
 from keras_uncertainty._validation import check_seed
 from keras_uncertainty.sampling import keys
 
@@ -74,7 +75,11 @@ class MCLayer(keras.layers.Layer):
         self.seed = seed
         generator = getattr(self, "seed_generator", None)
         if not isinstance(generator, keras.random.SeedGenerator):
-            self.seed_generator = keras.random.SeedGenerator(seed)
+            # Whatever the rate: Keras's Dropout makes one only when rate > 0
+            # (and builds, locking its state, when rate == 0).
+            _keras_compat.set_state_after_build(
+                self, "seed_generator", keras.random.SeedGenerator(seed)
+            )
 
     def random_bits16(self, shape, row_axis=0):
         """Uniform uint16 draws of `shape` (ints or scalar tensors).
