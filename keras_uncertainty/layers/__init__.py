@@ -9,16 +9,32 @@ from keras_uncertainty.layers.mc_dropout import (
     MCSpatialDropout2D,
     MCSpatialDropout3D,
 )
-from keras_uncertainty.layers.packed import PackedDense, PackedDropout, PackedL2
+from keras_uncertainty.layers.mc_layer import MCLayer
+from keras_uncertainty.layers.packed import (
+    PackedConv1D,
+    PackedConv2D,
+    PackedDense,
+    PackedDropout,
+    PackedFlatten,
+    PackedL2,
+    PackedNormalization,
+    PackedPooling,
+)
 
 __all__ = [
     "MCDropout",
     "MCGaussianDropout",
+    "MCLayer",
     "MCSpatialDropout1D",
     "MCSpatialDropout2D",
     "MCSpatialDropout3D",
+    "PackedConv1D",
+    "PackedConv2D",
     "PackedDense",
     "PackedDropout",
+    "PackedFlatten",
     "PackedL2",
+    "PackedNormalization",
+    "PackedPooling",
     "to_mc_dropout",
 ]
