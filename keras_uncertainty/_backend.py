@@ -12,7 +12,6 @@ trigger it, so the command line checks its arguments before TensorFlow loads.
 This module imports neither Keras nor TensorFlow at import time.
 """
 
-import importlib.abc
 import sys
 
 PACKAGE = "keras_uncertainty"
@@ -61,9 +60,10 @@ def check():
     _remove_finder()
 
 
-class _CheckFirst(importlib.abc.MetaPathFinder):
-    """Runs `check()` before the first part of the package that may load
-    Keras; finds nothing itself (the ordinary finders load the module)."""
+class _CheckFirst:
+    """A `sys.meta_path` finder that runs `check()` before the first part of
+    the package that may load Keras; it finds nothing itself (the ordinary
+    finders load the module)."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname.startswith(f"{PACKAGE}.") and fullname not in KERAS_FREE:
