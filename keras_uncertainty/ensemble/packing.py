@@ -1,33 +1,319 @@
 """Packing M member networks of one architecture into one network of packed layers.
 
 A member network packs when it is a chain of layers (Sequential, or a
-Functional model whose layers each feed the next) on rank-2 inputs, made of
-`Dense` (no constraint; no regularizer, or L2), `Dropout` / `MCDropout`
-(without `noise_shape`) and weight-free element-wise layers (`Activation`,
-`ReLU`, `LeakyReLU`, `ELU`). Every member must have the same sequence of
-layers with the same widths and activations; dropout rates and L2 factors
-may differ. Members that do not pack train through plain Keras, each with
-its own variables.
+Functional model whose layers each feed the next) on rank-2, rank-3 or
+rank-4 inputs (vectors, channels-last sequences or images), every layer of a
+registered kind:
+
+- `Dense`, `Conv1D`, `Conv2D` (no constraint; no regularizer, or L2;
+  channels last, `groups=1`, no causal padding);
+- `Dropout` / `MCDropout` (without `noise_shape`), `SpatialDropout1D` /
+  `SpatialDropout2D` / `MCSpatialDropout1D` / `MCSpatialDropout2D`;
+- `AveragePooling1D/2D`, `MaxPooling1D/2D`, `Flatten` (channels last);
+- `Normalization` with its mean and variance (given or adapted);
+- weight-free element-wise layers (`Activation`, `ReLU`, `LeakyReLU`, `ELU`).
+
+Every member must have the same sequence of layers with the same shapes and
+activations; dropout rates, L2 factors and normalization statistics may
+differ. Members that do not pack train through plain Keras, each with its
+own variables.
+
+The registry: `register(layer_type, signature, twin, weights)` makes a Keras
+layer type packable. `signature(layer)` is what must agree across members
+(None: this layer cannot pack); `twin(layers, index)` builds the packed layer
+standing for the members' `layers`; `weights(packed, layer)` lists the
+`(packed variable, member value)` pairs that `load_members` stacks into the
+packed variable and `store_members` copies back (where the member's value is
+a variable).
 """
+
+import dataclasses
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_uncertainty.layers.mc_dropout import MCDropout
+from keras_uncertainty.layers.mc_dropout import (
+    MCDropout,
+    MCSpatialDropout1D,
+    MCSpatialDropout2D,
+)
 from keras_uncertainty.layers.packed import (
+    PackedConv1D,
+    PackedConv2D,
     PackedDense,
     PackedDropout,
+    PackedFlatten,
     PackedL2,
-    share_across_members,
+    PackedNormalization,
+    PackedPooling,
+    to_member_major,
 )
 
-_ELEMENTWISE = (
+
+@dataclasses.dataclass(frozen=True)
+class Packing:
+    """How one Keras layer type packs (see the module docstring)."""
+
+    signature: object
+    twin: object
+    weights: object = None
+
+
+_REGISTRY = {}
+
+
+def register(layer_type, signature, twin, weights=None):
+    """Makes `layer_type` (exactly that class) packable."""
+    _REGISTRY[layer_type] = Packing(signature, twin, weights)
+
+
+def _l2_factor(regularizer):
+    """The factor of an L2 regularizer, 0 for None, None for other kinds."""
+    if regularizer is None:
+        return 0.0
+    if type(regularizer) is keras.regularizers.L2:
+        return float(regularizer.get_config()["l2"])
+    return None
+
+
+def _weighted_signature(layer):
+    """What a Dense or convolution needs to pack (None: it cannot)."""
+    if layer.kernel_constraint is not None or layer.bias_constraint is not None:
+        return None
+    if layer.activity_regularizer is not None:
+        return None
+    if _l2_factor(layer.kernel_regularizer) is None:
+        return None
+    if _l2_factor(layer.bias_regularizer) is None:
+        return None
+    if getattr(layer, "lora_rank", None):
+        return None
+    return (layer.use_bias, repr(keras.activations.serialize(layer.activation)))
+
+
+def _regularizers(layers):
+    kernel_l2 = [_l2_factor(layer.kernel_regularizer) for layer in layers]
+    bias_l2 = [_l2_factor(layer.bias_regularizer) for layer in layers]
+    return {
+        "kernel_regularizer": PackedL2(kernel_l2) if any(kernel_l2) else None,
+        "bias_regularizer": PackedL2(bias_l2) if any(bias_l2) else None,
+    }
+
+
+def _kernel_and_bias(packed, layer):
+    pairs = [(packed.kernel, layer.kernel)]
+    if packed.use_bias:
+        pairs.append((packed.bias, layer.bias))
+    return pairs
+
+
+def _name(layers):
+    return f"packed_{layers[0].name}"
+
+
+# Dense -------------------------------------------------------------------
+
+
+def _dense_signature(layer):
+    common = _weighted_signature(layer)
+    return None if common is None else ("dense", layer.units, *common)
+
+
+def _dense_twin(layers, index):
+    first = layers[0]
+    return PackedDense(
+        first.units,
+        len(layers),
+        activation=first.activation,
+        use_bias=first.use_bias,
+        dtype=first.dtype_policy,
+        name=_name(layers),
+        **_regularizers(layers),
+    )
+
+
+register(keras.layers.Dense, _dense_signature, _dense_twin, _kernel_and_bias)
+
+
+# Convolutions ------------------------------------------------------------
+
+
+def _conv_signature(layer):
+    common = _weighted_signature(layer)
+    if common is None or layer.data_format != "channels_last":
+        return None
+    if layer.groups != 1 or layer.padding not in ("valid", "same"):
+        return None
+    return (
+        type(layer).__name__,
+        layer.filters,
+        tuple(layer.kernel_size),
+        tuple(layer.strides),
+        layer.padding,
+        tuple(layer.dilation_rate),
+        *common,
+    )
+
+
+def _conv_twin(packed_type):
+    def twin(layers, index):
+        first = layers[0]
+        return packed_type(
+            first.filters,
+            first.kernel_size,
+            len(layers),
+            strides=first.strides,
+            padding=first.padding,
+            dilation_rate=first.dilation_rate,
+            activation=first.activation,
+            use_bias=first.use_bias,
+            dtype=first.dtype_policy,
+            name=_name(layers),
+            **_regularizers(layers),
+        )
+
+    return twin
+
+
+register(
+    keras.layers.Conv1D, _conv_signature, _conv_twin(PackedConv1D), _kernel_and_bias
+)
+register(
+    keras.layers.Conv2D, _conv_signature, _conv_twin(PackedConv2D), _kernel_and_bias
+)
+
+
+# Dropout -----------------------------------------------------------------
+
+_MONTE_CARLO = (MCDropout, MCSpatialDropout1D, MCSpatialDropout2D)
+_SPATIAL = (
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    MCSpatialDropout1D,
+    MCSpatialDropout2D,
+)
+
+
+def _dropout_signature(layer):
+    if type(layer) in _SPATIAL:
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            return None
+    elif layer.noise_shape is not None:
+        return None
+    return ("dropout", type(layer) in _MONTE_CARLO, type(layer) in _SPATIAL)
+
+
+def _dropout_twin(layers, index):
+    first = layers[0]
+    seed = first.seed
+    return PackedDropout(
+        [layer.rate for layer in layers],
+        monte_carlo=type(first) in _MONTE_CARLO,
+        seed=None if seed is None else seed + index,
+        spatial=type(first) in _SPATIAL,
+        name=_name(layers),
+    )
+
+
+for _kind in (keras.layers.Dropout, MCDropout, *_SPATIAL):
+    register(_kind, _dropout_signature, _dropout_twin)
+
+
+# Weight-free layers ------------------------------------------------------
+
+
+def _config_signature(layer):
+    config = dict(layer.get_config())
+    config.pop("name", None)
+    return (type(layer).__name__, repr(sorted(config.items())))
+
+
+def _channels_last_signature(layer):
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        return None
+    return _config_signature(layer)
+
+
+def _pooling_twin(layers, index):
+    first = layers[0]
+    return PackedPooling(
+        type(first).from_config(first.get_config()), len(layers), name=_name(layers)
+    )
+
+
+for _kind in (
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+):
+    register(_kind, _channels_last_signature, _pooling_twin)
+
+register(
+    keras.layers.Flatten,
+    _channels_last_signature,
+    lambda layers, index: PackedFlatten(len(layers), name=_name(layers)),
+)
+
+
+def _copy(layers, index):
+    first = layers[0]
+    return type(first).from_config(first.get_config())
+
+
+for _kind in (
     keras.layers.Activation,
     keras.layers.ReLU,
     keras.layers.LeakyReLU,
     keras.layers.ELU,
+):
+    register(_kind, _config_signature, _copy)
+
+
+# Normalization -----------------------------------------------------------
+
+
+def _normalization_signature(layer):
+    if not layer.built or layer.mean is None:
+        return None
+    rank = len(layer.mean.shape)
+    if tuple(a % rank for a in layer.axis) != (rank - 1,):
+        return None  # statistics per feature of the last axis only
+    return ("normalization", layer.invert, tuple(layer.mean.shape))
+
+
+def _statistics(layer):
+    # The built statistics broadcast against a batch: drop the batch axis.
+    mean = ops.convert_to_numpy(layer.mean)[0]
+    variance = ops.convert_to_numpy(layer.variance)[0]
+    return mean, variance
+
+
+def _normalization_twin(layers, index):
+    mean, variance = zip(*(_statistics(layer) for layer in layers))
+    return PackedNormalization(
+        np.stack(mean),
+        np.stack(variance),
+        invert=layers[0].invert,
+        name=_name(layers),
+    )
+
+
+def _normalization_weights(packed, layer):
+    mean, variance = _statistics(layer)
+    return [(packed.mean, mean), (packed.variance, variance)]
+
+
+register(
+    keras.layers.Normalization,
+    _normalization_signature,
+    _normalization_twin,
+    _normalization_weights,
 )
+
+
+# Packing -----------------------------------------------------------------
 
 
 def _chain(member):
@@ -36,7 +322,7 @@ def _chain(member):
         return None  # subclassed
     if len(member.inputs) != 1 or len(member.outputs) != 1:
         return None
-    if len(member.inputs[0].shape) != 2:
+    if len(member.inputs[0].shape) not in (2, 3, 4):
         return None
     layers = [
         layer
@@ -59,44 +345,19 @@ def _chain(member):
     return layers
 
 
-def _l2_factor(regularizer):
-    """The factor of an L2 regularizer, 0 for None, None for other kinds."""
-    if regularizer is None:
-        return 0.0
-    if type(regularizer) is keras.regularizers.L2:
-        return float(regularizer.get_config()["l2"])
-    return None
-
-
-def _dense_signature(layer):
-    if layer.kernel_constraint is not None or layer.bias_constraint is not None:
-        return None
-    if layer.activity_regularizer is not None:
-        return None
-    if _l2_factor(layer.kernel_regularizer) is None:
-        return None
-    if _l2_factor(layer.bias_regularizer) is None:
-        return None
-    if getattr(layer, "lora_rank", None):
-        return None
-    activation = keras.activations.serialize(layer.activation)
-    return ("dense", layer.units, layer.use_bias, repr(activation))
-
-
 def _signature(layer):
     """What must agree across members for `layer` to pack, or None."""
-    kind = type(layer)
-    if kind is keras.layers.Dense:
-        return _dense_signature(layer)
-    if kind in (keras.layers.Dropout, MCDropout):
-        if layer.noise_shape is not None:
-            return None
-        return ("dropout", kind is MCDropout)
-    if kind in _ELEMENTWISE:
-        config = dict(layer.get_config())
-        config.pop("name", None)
-        return ("elementwise", kind.__name__, repr(sorted(config.items())))
-    return None
+    packing = _REGISTRY.get(type(layer))
+    if packing is None:
+        return None
+    signature = packing.signature(layer)
+    if signature is None:
+        return None
+    try:
+        shape = tuple(layer.input.shape[1:])
+    except (AttributeError, ValueError):
+        return None
+    return (signature, shape)
 
 
 def packable(members):
@@ -116,9 +377,13 @@ def packable(members):
 class PackedNetwork(keras.Model):
     """M chain networks of one architecture as one network of packed layers.
 
-    Built by `pack(members)`; call it on `(batch, d)` rows shared by every
-    member to get `(batch, M, outputs)`, or use `member_major` on `(M, batch,
-    d)` inputs, one slice per member.
+    Built by `pack(members)`; call it on `(batch, ...)` rows shared by every
+    member to get `(batch, M, ...outputs)`, or use `member_major` on `(M,
+    batch, ...)` inputs, one slice per member. Between layers the activations
+    are in one of three layouts (see `keras_uncertainty.layers.packed`):
+    "shared" rows (before the first layer that differs per member),
+    "member"-major, or "folded" channels on the convolution path; each
+    packed layer's `packed_call` converts only when it must.
     """
 
     def __init__(self, packed_layers, num_members, **kwargs):
@@ -126,48 +391,21 @@ class PackedNetwork(keras.Model):
         self.packed_layers = list(packed_layers)
         self.num_members = num_members
 
-    def member_major(self, inputs, training=None):
-        """`(M, batch, d)` -> `(M, batch, outputs)`."""
-        x = inputs
+    def _run(self, x, layout, training):
         for layer in self.packed_layers:
-            if isinstance(layer, PackedDropout):
-                x = layer(x, training=training)
-            else:
+            if hasattr(layer, "packed_call"):
+                x, layout = layer.packed_call(x, layout, training=training)
+            else:  # element-wise: any layout
                 x = layer(x)
-        return x
+        return to_member_major(x, layout, self.num_members)
+
+    def member_major(self, inputs, training=None):
+        """`(M, batch, ...)` -> `(M, batch, ...outputs)`."""
+        return self._run(inputs, "member", training)
 
     def call(self, inputs, training=None):
-        shared = share_across_members(inputs, self.num_members)
-        return ops.transpose(self.member_major(shared, training), (1, 0, 2))
-
-
-def _packed_twin(layers, index):
-    """The packed layer standing for `layers` (one per member)."""
-    first = layers[0]
-    num_members = len(layers)
-    name = f"packed_{first.name}"
-    if type(first) is keras.layers.Dense:
-        kernel_l2 = [_l2_factor(layer.kernel_regularizer) for layer in layers]
-        bias_l2 = [_l2_factor(layer.bias_regularizer) for layer in layers]
-        return PackedDense(
-            first.units,
-            num_members,
-            activation=first.activation,
-            use_bias=first.use_bias,
-            kernel_regularizer=PackedL2(kernel_l2) if any(kernel_l2) else None,
-            bias_regularizer=PackedL2(bias_l2) if any(bias_l2) else None,
-            dtype=first.dtype_policy,
-            name=name,
-        )
-    if type(first) in (keras.layers.Dropout, MCDropout):
-        seed = first.seed
-        return PackedDropout(
-            [layer.rate for layer in layers],
-            monte_carlo=isinstance(first, MCDropout),
-            seed=None if seed is None else seed + index,
-            name=name,
-        )
-    return type(first).from_config(first.get_config())
+        outputs = self._run(inputs, "shared", training)
+        return ops.transpose(outputs, (1, 0, *range(2, len(outputs.shape))))
 
 
 def pack(members):
@@ -177,36 +415,49 @@ def pack(members):
         members: Built models for which `packable(members)` is True.
     """
     chains = [_chain(member) for member in members]
-    packed = [_packed_twin(layers, i) for i, layers in enumerate(zip(*chains))]
-    network = PackedNetwork(packed, len(members), name="packed_members")
-    width = members[0].inputs[0].shape[-1]
-    network(np.zeros((1, width), members[0].inputs[0].dtype))  # builds
+    num_members = len(members)
+    packed = []
+    for index, layers in enumerate(zip(*chains)):
+        twin = _REGISTRY[type(layers[0])].twin(layers, index)
+        if not twin.built:
+            twin.build((num_members, *layers[0].input.shape))
+        packed.append(twin)
+    network = PackedNetwork(packed, num_members, name="packed_members")
+    example = members[0].inputs[0]
+    network(np.zeros((1, *example.shape[1:]), example.dtype))  # builds
     load_members(network, members)
     return network
 
 
-def _dense_pairs(network, members):
-    """`(packed layer, [member layers])` for every packed Dense."""
+def _weight_pairs(network, members):
+    """`(packed variable, [member values])` for every packed weight."""
     chains = [_chain(member) for member in members]
     for packed, layers in zip(network.packed_layers, zip(*chains)):
-        if isinstance(packed, PackedDense):
-            yield packed, layers
+        weights = _REGISTRY[type(layers[0])].weights
+        if weights is None:
+            continue
+        per_member = [weights(packed, layer) for layer in layers]
+        for i, (variable, _) in enumerate(per_member[0]):
+            yield variable, [pairs[i][1] for pairs in per_member]
+
+
+def _numpy(value):
+    if isinstance(value, keras.Variable):
+        return value.numpy()
+    return ops.convert_to_numpy(value)
 
 
 def load_members(network, members):
-    """Copies each member's Dense weights into the packed network."""
-    for packed, layers in _dense_pairs(network, members):
-        packed.kernel.assign(np.stack([layer.kernel.numpy() for layer in layers]))
-        if packed.use_bias:
-            packed.bias.assign(np.stack([layer.bias.numpy() for layer in layers]))
+    """Copies each member's weights into the packed network."""
+    for variable, values in _weight_pairs(network, members):
+        variable.assign(np.stack([_numpy(v) for v in values]))
 
 
 def store_members(network, members):
-    """Copies the packed weights back into each member's Dense layers."""
-    for packed, layers in _dense_pairs(network, members):
-        kernels = packed.kernel.numpy()
-        biases = packed.bias.numpy() if packed.use_bias else None
-        for m, layer in enumerate(layers):
-            layer.kernel.assign(kernels[m])
-            if biases is not None:
-                layer.bias.assign(biases[m])
+    """Copies the packed weights back into each member's layers."""
+    for variable, targets in _weight_pairs(network, members):
+        if not all(isinstance(t, keras.Variable) for t in targets):
+            continue  # constants (a given normalization's statistics)
+        values = variable.numpy()
+        for m, target in enumerate(targets):
+            target.assign(values[m])
