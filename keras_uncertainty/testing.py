@@ -60,7 +60,9 @@ def check_mc_layer(layer, input_shape=(4,), num_samples=8, seed=3):
             "`draws_from_call_key` is not True: subclass ku.layers.MCLayer and "
             "draw with self.random_bits16 / random_uniform / random_normal",
         )
-    if not isinstance(getattr(layer, "seed_generator", None), keras.random.SeedGenerator):
+    if not isinstance(
+        getattr(layer, "seed_generator", None), keras.random.SeedGenerator
+    ):
         _fail(layer, 4, "it has no `seed_generator` (a keras.random.SeedGenerator)")
     inputs = keras.Input(tuple(input_shape))
     model = keras.Model(inputs, layer(inputs))

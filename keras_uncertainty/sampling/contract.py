@@ -105,7 +105,11 @@ class SampledModel:
 
 
 class TiledTwinModel(SampledModel):
-    """A Functional or Sequential model, sampled through its tiled twin."""
+    """A Functional or Sequential model, sampled through its tiled twin.
+
+    Args:
+        model: A Functional or built Sequential `keras.Model`.
+    """
 
     def __init__(self, model):
         super().__init__(model)
@@ -118,7 +122,11 @@ class TiledTwinModel(SampledModel):
 
 
 class TiledInputsModel(SampledModel):
-    """A subclassed model, sampled by tiling its inputs T times."""
+    """A subclassed model, sampled by tiling its inputs T times.
+
+    Args:
+        model: A subclassed `keras.Model`.
+    """
 
     def __init__(self, model):
         super().__init__(model)

@@ -130,12 +130,12 @@ class _CompiledStep:
         self.function = tf.function(step, reduce_retracing=True)
         self.floats_per_row = floats_per_row
         self.static_counts = set()
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
 
     def sample_count(self, num_samples):
         """`num_samples` as the step takes it: a Python int for the first
         few values seen, then a tensor."""
-        with self._lock:
+        with self.lock:
             if (
                 num_samples in self.static_counts
                 or len(self.static_counts) < self.max_static_sample_counts
@@ -285,9 +285,7 @@ def _legacy_randomness(model, layers, seed):
     with _LEGACY_LOCK:
         # One independent key per generator, below 2**31 - 1 (the TensorFlow
         # backend reduces seeds modulo that before use).
-        states = np.random.SeedSequence(seed).generate_state(
-            len(generators), np.uint32
-        )
+        states = np.random.SeedSequence(seed).generate_state(len(generators), np.uint32)
         for generator, state in zip(generators, states):
             value = np.array([int(state) % (2**31 - 1), 0], dtype=np.int64)
             generator.state.assign(value.astype(generator.state.dtype))
@@ -478,7 +476,9 @@ def reduce_samples(
         first_targets = None
         if reducer.needs_targets:
             first_targets = y[:1] if y is not None else stream.target_rows(0, 1)
-        step = _compiled_step(model, reducer, stream.structure, stream.first, first_targets)
+        step = _compiled_step(
+            model, reducer, stream.structure, stream.first, first_targets
+        )
         rows = _rows_per_call(step, batch_size)
         inputs_per_call = max(1, rows // total)
         samples_per_call = max(1, min(per_member, rows // members))

@@ -11,7 +11,6 @@ MC dropout before its head), runs once per input instead of T times.
 Subclassed models get their inputs tiled.
 """
 
-import weakref
 
 import keras
 import tensorflow as tf
@@ -66,7 +65,15 @@ def functional_view(model):
 
 
 def tile_rows(tensor, num_samples):
-    """Repeats a batch `num_samples` times along axis 0, sample-major."""
+    """Repeats a batch `num_samples` times along axis 0, sample-major.
+
+    Args:
+        tensor: A tensor with n rows.
+        num_samples: T, a Python int or a scalar int tensor.
+
+    Returns:
+        A tensor of `T * n` rows: row `s * n + i` is row i.
+    """
     tensor = tf.convert_to_tensor(tensor)
     if isinstance(num_samples, int) and num_samples == 1:
         return tensor  # one sample per member: nothing to copy

@@ -199,6 +199,9 @@ def random_bits16(dims, seed_generator, row_axis=0):
             outside a sampling call).
         row_axis: The axis of `dims` that lists the rows (samples x inputs,
             sample-major); axes before it are member axes.
+
+    Returns:
+        A uint16 tensor of shape `dims`.
     """
     dims = _static_or_tensor_dims(list(dims))
     call_key = current()
@@ -234,7 +237,9 @@ def _generator_bits16(dims, seed_generator):
     return draws
 
 
-def random_uniform(shape, seed_generator, row_axis=0, per_sample=False, dtype="float32"):
+def random_uniform(
+    shape, seed_generator, row_axis=0, per_sample=False, dtype="float32"
+):
     """Uniform draws in (0, 1) of `shape`, 24 bits of resolution.
 
     Args:
@@ -246,6 +251,9 @@ def random_uniform(shape, seed_generator, row_axis=0, per_sample=False, dtype="f
             the input. `shape[row_axis]` is then the number of rows all the
             same and each row gets its sample's value.
         dtype: Float dtype of the result.
+
+    Returns:
+        A tensor of `shape`, uniform on (0, 1) (never exactly 0 or 1).
     """
     dims = _static_or_tensor_dims(list(shape))
     call_key = current()
@@ -267,6 +275,17 @@ def random_uniform(shape, seed_generator, row_axis=0, per_sample=False, dtype="f
 
 
 def random_normal(shape, seed_generator, row_axis=0, per_sample=False, dtype="float32"):
-    """Standard normal draws of `shape` (inverse CDF of `random_uniform`)."""
+    """Standard normal draws of `shape` (inverse CDF of `random_uniform`).
+
+    Args:
+        shape: The shape (ints or scalar tensors).
+        seed_generator: Used outside a sampling call.
+        row_axis: As in `random_bits16`.
+        per_sample: As in `random_uniform`.
+        dtype: Float dtype of the result.
+
+    Returns:
+        A tensor of `shape` of standard normal draws.
+    """
     uniform = random_uniform(shape, seed_generator, row_axis, per_sample, "float32")
     return tf.cast(tf.math.ndtri(uniform), dtype)
