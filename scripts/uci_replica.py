@@ -16,10 +16,10 @@ retrained on all training rows; the test RMSE of the MC mean and the test
 log-likelihood with tau, with T = 10,000 samples.
 
 Our engine runs the same splits with `experiments.uci.run` (every split and
-grid cell stacked in one network) and Adam 1e-3, so that the only difference
-left is the implementation. Each (multiplier, implementation) unit is written
-to the JSON file when it finishes (atomically); a rerun skips the units
-already there.
+grid cell a member of one packed `ku.Ensemble`) and Adam 1e-3, so that the
+only difference left is the implementation. Each (multiplier,
+implementation) unit is written to the JSON file when it finishes
+(atomically); a rerun skips the units already there.
 """
 
 import argparse

@@ -3,7 +3,8 @@
 Run: python scripts/uci_time_probe.py [DATASET] [--epochs 400]
 
 Trains MC dropout's grid networks the way `experiments.uci` does (every split
-and grid cell stacked in one network), and times, in one process:
+and grid cell a member of one packed `ku.Ensemble`), and times, in one
+process:
 
 - the whole training at 1 and at `MAX_STEPS_PER_CALL` steps per compiled
   call (what Keras's per-call overhead costs);

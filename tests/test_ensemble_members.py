@@ -73,8 +73,7 @@ def test_each_member_trains_on_its_own_rows_as_it_would_alone(rows, normalize, p
         together, per_member_inputs=True, weighted_mean=True, pack=pack
     )
     assert ens.per_member_inputs and ens.weighted_mean
-    if pack is None and not normalize:
-        assert ens.packed
+    assert ens.packed == (pack is None)  # Normalization packs too
     ens.compile(keras.optimizers.SGD(0.02), loss="mse")
     ens.fit(
         x, y, sample_weight=mask, batch_size=BATCH, epochs=3, shuffle=False, verbose=0
@@ -91,13 +90,13 @@ def test_each_member_trains_on_its_own_rows_as_it_would_alone(rows, normalize, p
         )
 
 
-def test_normalization_members_pack_when_the_packing_engine_allows(rows):
-    """Members that differ only in their Normalization statistics pack once
-    `Normalization` is a packable layer; until then they train unpacked (the
-    test above checks both give each member its own updates)."""
+def test_members_with_their_own_normalization_pack(rows):
+    """Members that differ in their Normalization statistics pack, each
+    member standardizing with its own."""
     own = rows[0]
     members = [_member(0.0, stats) for stats in _statistics(own)]
     ens = ku.Ensemble.from_models(members, per_member_inputs=True)
+    assert ens.packed
     x = rows[1][:4]
     expected = np.stack([m(x[:, i]).numpy() for i, m in enumerate(members)], 1)
     np.testing.assert_allclose(ens(x).numpy(), expected, rtol=1e-5, atol=1e-6)
@@ -185,7 +184,10 @@ def test_adversarial_step_is_each_members_own_fast_gradient_sign_step(
     alone = [_member(1e-2, seed=m) for m in range(len(ROWS))]
     together = [_copy(model) for model in alone]
     ens = ku.Ensemble.from_models(
-        together, per_member_inputs=True, weighted_mean=True, adversarial_epsilon=epsilon
+        together,
+        per_member_inputs=True,
+        weighted_mean=True,
+        adversarial_epsilon=epsilon,
     )
     ens.compile(keras.optimizers.SGD(learning_rate), loss="mse")
     ranges = np.stack([np.ptp(xm, axis=0) for xm, _ in own])

@@ -6,7 +6,6 @@ import pytest
 
 import keras_uncertainty as ku
 from keras_uncertainty.experiments import uci
-from keras_uncertainty.experiments.stacked import MaskedMemberLoss, StackedNetwork
 
 
 @pytest.fixture(scope="module")
@@ -32,57 +31,89 @@ def test_result_is_mean_and_standard_error_over_splits():
     assert result.nll_se == 0.0 and result.num_splits == 3
 
 
-def _single_network(stacked, member, num_inputs):
-    """Member `member` of a dropout-free StackedNetwork as a plain Keras MLP."""
-    inputs = keras.Input((num_inputs,))
-    hidden = keras.layers.Dense(stacked.hidden.units, activation="relu")
-    head = keras.layers.Dense(stacked.head.units)
-    model = keras.Model(inputs, head(hidden(inputs)))
-    hidden.set_weights(
-        [stacked.hidden.kernel.numpy()[member], stacked.hidden.bias.numpy()[member]]
+def _protocol_members(monkeypatch):
+    """Records each member network `train_members` builds, with a copy of
+    its initial weights."""
+    built = []
+    build = uci.member_network
+
+    def recording(*args, **kwargs):
+        model = build(*args, **kwargs)
+        built.append((model, [w.copy() for w in model.get_weights()]))
+        return model
+
+    monkeypatch.setattr(uci, "member_network", recording)
+    return built
+
+
+def test_the_protocol_trains_a_packed_ensemble_of_plain_keras_networks(monkeypatch):
+    splits = [ku.datasets.load_uci("yacht", split=k) for k in range(2)]
+    x, y = uci.data_table(splits)
+    rows = [s.train_rows for s in splits]
+    built = _protocol_members(monkeypatch)
+    trained = uci.train_members(
+        x, y, rows, 1, 5, 1, 128, 0, rates=np.array([0.1, 0.2]), decays=[0.1, 0.0]
     )
-    head.set_weights(
-        [stacked.head.kernel.numpy()[member], stacked.head.bias.numpy()[member]]
-    )
-    return model
+    ens = trained.model
+    assert isinstance(ens, ku.Ensemble)
+    assert ens.packed and ens.per_member_inputs and ens.weighted_mean
+    layers = [type(layer).__name__ for layer in built[0][0].layers[1:]]
+    assert layers == ["Normalization", "MCDropout", "Dense", "MCDropout", "Dense"]
+    for m, (member, _) in enumerate(built):
+        # Each member standardizes with its own split's training rows.
+        normalization = member.layers[1]
+        np.testing.assert_allclose(
+            np.ravel(normalization.mean), x[rows[m]].mean(0), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            np.sqrt(np.ravel(normalization.variance)),
+            x[rows[m]].std(0),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        assert [layer.rate for layer in member.layers if hasattr(layer, "rate")] == [
+            pytest.approx(0.1 * (m + 1))
+        ] * 2
+    # The weight decay is the sum of each member's L2 of its kernels.
+    kernels = [v.numpy() for v in ens.trainable_variables if len(v.shape) == 3]
+    expected = 0.1 * sum(np.sum(k[0] ** 2) for k in kernels)
+    assert float(sum(ens.losses)) == pytest.approx(expected, rel=1e-5)
 
 
-def test_each_stacked_member_computes_its_own_network():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(7, 3)).astype("float32")
-    mean, std = rng.normal(size=(4, 3)), rng.uniform(0.5, 2, size=(4, 3))
-    stacked = StackedNetwork(mean, std, hidden=5, outputs=2)
-    out = stacked(x).numpy()  # shared rows
-    per_member_rows = stacked(np.repeat(x[:, None], 4, axis=1)).numpy()
-    assert out.shape == (7, 4, 2)
-    np.testing.assert_allclose(per_member_rows, out, rtol=1e-6)
-    for m in range(4):
-        single = _single_network(stacked, m, 3)
-        expected = single((x - mean[m]) / std[m]).numpy()
-        np.testing.assert_allclose(out[:, m], expected, rtol=1e-5, atol=1e-6)
+def test_each_member_makes_exactly_the_updates_it_makes_trained_alone(monkeypatch):
+    """Adam on each member's own rows of every batch of the stream, member by
+    member in plain Keras, against the protocol's packed training."""
+    splits = [ku.datasets.load_uci("yacht", split=k) for k in range(2)]
+    x, y = uci.data_table(splits)
+    rows = [splits[0].train_rows[:40], splits[1].train_rows[:37]]  # 3 padded
+    decays = [1e-3, 1e-2]
+    built = _protocol_members(monkeypatch)
+    keras.utils.set_random_seed(0)
+    trained = uci.train_members(x, y, rows, 1, 8, 3, 16, 0, decays=decays)
+    targets = (y[:, None] - trained.y_mean) / trained.y_std
+    stream = uci.member_batches(x, targets, rows, 3, 16, 0)
+    for m, ((member, initial), packed) in enumerate(zip(built, trained.model.members)):
+        alone = keras.models.clone_model(member)
+        alone.set_weights(initial)
+        alone.compile(keras.optimizers.Adam(uci.LEARNING_RATE), loss="mse")
+        for inputs, target, weight in stream.as_numpy_iterator():
+            own = weight[:, m] > 0
+            alone.train_on_batch(inputs[own, m], target[own, m])
+        for a, b in zip(alone.get_weights(), packed.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_member_weight_decay_is_the_sum_of_each_members_l2():
-    stacked = StackedNetwork(
-        np.zeros((2, 3)), np.ones((2, 3)), 4, 1, decays=np.array([0.1, 0.0])
-    )
-    stacked(np.zeros((1, 3), "float32"))
-    hidden = stacked.hidden.kernel.numpy()
-    head = stacked.head.kernel.numpy()
-    expected = 0.1 * (np.sum(hidden[0] ** 2) + np.sum(head[0] ** 2))
-    assert float(sum(stacked.losses)) == pytest.approx(expected, rel=1e-5)
-
-
-def test_masked_loss_is_each_members_mean_over_its_own_rows():
-    rng = np.random.default_rng(1)
-    target = rng.normal(size=(6, 2, 1)).astype("float32")
-    pred = rng.normal(size=(6, 2, 1)).astype("float32")
-    weight = np.array([[1, 1], [1, 0], [1, 1], [0, 1], [1, 0], [1, 0]], "float32")
-    y_true = np.concatenate([target, weight[..., None]], axis=-1)
-    loss = MaskedMemberLoss(keras.losses.mean_squared_error)(y_true, pred)
-    squared = (target - pred)[..., 0] ** 2
-    expected = sum(squared[weight[:, m] == 1, m].mean() for m in range(2))
-    assert float(loss) == pytest.approx(expected, rel=1e-5)
+def test_each_members_adversarial_step_is_over_its_own_feature_range():
+    splits = [ku.datasets.load_uci("yacht", split=k) for k in range(2)]
+    x, y = uci.data_table(splits)
+    rows = [s.train_rows for s in splits]
+    trained = uci.train_members(x, y, rows, 2, 4, 1, 128, 0, adversarial_epsilon=0.01)
+    step = trained.model.adversarial_step.numpy()
+    assert step.shape == (2, 1, x.shape[1])
+    for m, member_rows in enumerate(rows):
+        np.testing.assert_allclose(
+            step[m, 0], 0.01 * np.ptp(x[member_rows], axis=0), rtol=1e-6
+        )
 
 
 def test_training_stream_gives_each_member_every_own_row_once_per_epoch():
@@ -95,7 +126,8 @@ def test_training_stream_gives_each_member_every_own_row_once_per_epoch():
     first_epoch = np.concatenate([b[0] for b in batches[:3]])[..., 0]
     for m in range(2):
         assert sorted(first_epoch[:, m].astype(int)) == list(rows[m])
-    assert np.all(np.concatenate([b[1] for b in batches])[..., 1] == 1)
+    assert batches[0][1].shape == (2, 2, 1)  # (batch, member, target)
+    assert np.all(np.concatenate([b[2] for b in batches]) == 1)
 
 
 def test_unequal_member_rows_are_padded_with_zero_weight():
@@ -104,17 +136,44 @@ def test_unequal_member_rows_are_padded_with_zero_weight():
     assert list(weight[1]) == [1, 0, 0] and list(index[1]) == [7, 7, 7]
 
 
-def test_chunked_mixture_density_equals_the_whole_mixture():
-    rng = np.random.default_rng(2)
-    y = rng.normal(size=(5, 2))
-    means = rng.normal(size=(9, 5, 2))
-    stds = rng.uniform(0.5, 1.5, size=(9, 5, 2))
-    whole = ku.metrics.mixture_log_density(y, means, stds)
-    parts = [
-        ku.metrics.mixture_log_density(y, means[a:b], stds[a:b])
-        for a, b in ((0, 4), (4, 9))
-    ]
-    np.testing.assert_allclose(uci.combine_log_means(parts, [4, 5]), whole, rtol=1e-12)
+@pytest.mark.parametrize("taus", [None, (2.0, 4.0, 0.5, 1.0)])
+def test_split_mixtures_are_each_groups_mixture_in_target_units(taus):
+    """The streamed `SplitMixtureNLL` (chunked: a small `batch_size`) against
+    the whole mixture of each group's samples, computed in numpy."""
+    splits = [ku.datasets.load_uci("yacht", split=k) for k in range(2)]
+    x, y = uci.data_table(splits)
+    group = 2
+    train_rows = [s.train_rows for s in splits for _ in range(group)]
+    test_rows = [s.test_rows for s in splits for _ in range(group)]
+    outputs = 1 if taus else 2
+    trained = uci.train_members(
+        x, y, train_rows, outputs, 8, 1, 128, 0, rates=np.full(4, 0.1)
+    )
+    taus = None if taus is None else np.array(taus)
+    rmses, nlls = uci.evaluate_members(
+        trained, x, y, test_rows, 30, 0, taus=taus, group=group, batch_size=256
+    )
+    index, _ = uci.padded_rows(test_rows)
+    inputs = x[index.T].astype("float32")
+    samples = ku.sampling.reduce_samples(
+        trained.model, inputs, ku.sampling.RawSamples(4), 30, seed=0, verbose=0
+    ).reshape(4, 30, len(inputs), outputs)
+    means = (
+        samples[..., 0] * trained.y_std[:, None, None] + trained.y_mean[:, None, None]
+    )
+    if taus is None:
+        stds = np.exp(0.5 * samples[..., 1]) * trained.y_std[:, None, None]
+    else:
+        stds = np.broadcast_to(1 / np.sqrt(taus)[:, None, None], means.shape)
+    for s, split in enumerate(splits):
+        members = slice(s * group, (s + 1) * group)
+        k = len(split.test_rows)
+        mu = means[members, :, :k].reshape(-1, k)
+        sigma = stds[members, :, :k].reshape(-1, k)
+        log_density = ku.metrics.mixture_log_density(split.y_test, mu, sigma)
+        np.testing.assert_allclose(nlls[s], -log_density.mean(), rtol=1e-4)
+        rmse = np.sqrt(np.mean((split.y_test - mu.mean(0)) ** 2))
+        np.testing.assert_allclose(rmses[s], rmse, rtol=1e-4)
 
 
 def test_a_diverged_member_scores_nan_and_is_never_chosen():
@@ -122,7 +181,7 @@ def test_a_diverged_member_scores_nan_and_is_never_chosen():
     x, y = uci.data_table(splits)
     rows = [s.test_rows for s in splits]
     trained = uci.train_members(x, y, [s.train_rows for s in splits], 2, 4, 1, 128, 0)
-    kernel = trained.model.head.kernel
+    kernel = trained.model.packed_network.packed_layers[-1].kernel
     values = kernel.numpy()
     values[1] = np.nan  # the second split's network has diverged
     kernel.assign(values)

@@ -3,9 +3,15 @@
 For each split: standardize inputs and targets with the training rows'
 statistics, train, and evaluate RMSE and test NLL in the target's original
 units. All splits of a data set, and for MC dropout every cell of the
-(dropout rate, tau) grid, train at once as the members of one
-`StackedNetwork`: each member draws its own shuffled batches from its own
-rows, so it makes exactly the updates it would make trained alone.
+(dropout rate, tau) grid, train at once as the members of one `ku.Ensemble`
+with `per_member_inputs` and `weighted_mean`: every member is a plain Keras
+network (`keras.layers.Normalization` with its split's statistics,
+`MCDropout` with its rate, `Dense` layers with its L2), the ensemble packs
+them into one network, and each member draws its own shuffled batches from
+its own rows with a 0/1 row mask, so its loss is the mean over its own rows
+and it makes exactly the updates it would make trained alone. The test
+log-likelihood is `ku.sampling.MixtureNLL`'s, streamed over the samples,
+with each split's members as one mixture.
 """
 
 import dataclasses
@@ -17,23 +23,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_uncertainty import metrics
-from keras_uncertainty.experiments.stacked import MaskedMemberLoss, StackedNetwork
+from keras_uncertainty.ensemble.model import Ensemble
+from keras_uncertainty.experiments.protocols import (  # noqa: F401 (re-exported)
+    ADVERSARIAL_EPSILON,
+    LEARNING_RATE,
+    METHODS,
+)
+from keras_uncertainty.layers.mc_dropout import MCDropout
 from keras_uncertainty.losses import GaussianNLL
-from keras_uncertainty.sampling import sample
+from keras_uncertainty.sampling import MixtureNLL, reduce_samples
 
-METHODS = ("mc-dropout", "hetero-mc-dropout", "ensemble")
 LENGTH_SCALE = 1e-2  # Gal & Ghahramani's UCI experiments
 BATCH_SIZE = 128  # the MC dropout experiments
-# Adam's step size. The papers' code uses Keras's default 1e-3; see the
-# README's "UCI benchmark" section for the runs that chose these defaults.
-LEARNING_RATE = 1e-2
 ENSEMBLE_MEMBERS = 5  # Lakshminarayanan et al. (2017)
 ENSEMBLE_BATCH_SIZE = 32
 ENSEMBLE_CHECKS = 20  # validation scores per training, to choose the epochs
-# Lakshminarayanan et al. (2017): adversarial training with a fast-gradient-
-# sign step of 1% of each input feature's range.
-ADVERSARIAL_EPSILON = 0.01
 VALIDATION_FRACTION = 0.2  # the last 20% of each training split choose the grid
 VALIDATION_SAMPLES = 200  # MC samples per configuration when choosing
 # Floor of the standardized log-variance in the Gaussian NLL while training
@@ -41,9 +45,6 @@ VALIDATION_SAMPLES = 200  # MC samples per configuration when choosing
 # on a reasonable fit; it stops exp(-log_var) from overflowing when a member
 # drives its variance to zero on nearly noise-free data (naval).
 MIN_LOG_VAR = -20.0
-# Samples x rows x members evaluated per chunk: bounds the memory of the
-# test NLL at T = 10,000 on the larger data sets.
-_EVALUATION_CHUNK = 2**22
 # Steps per compiled call: saves Keras's per-call overhead between steps
 # (about 4% of yacht's grid training on a quiet 2-core machine; see the
 # README's "Where the time goes").
@@ -147,8 +148,10 @@ def _standardization(values, member_rows):
 
 def member_batches(x, targets, member_rows, epochs, batch_size, seed):
     """`epochs` passes in which every member draws shuffled batches of its own
-    rows: inputs `(b, M, d)`, targets `(b, M, 2)` (standardized target, 0/1
-    weight). `targets` is `(R, M)`, every row standardized per member."""
+    rows: `(inputs (b, M, d), targets (b, M, 1), weights (b, M))`, the 0/1
+    weights marking each member's real rows (a shorter member's padding has
+    weight 0), as a `ku.Ensemble` with `per_member_inputs` trains on them.
+    `targets` is `(R, M)`, every row standardized per member."""
     index, weight = padded_rows(member_rows)
     members, n = index.shape
     x, targets = tf.constant(x, tf.float32), tf.constant(targets, tf.float32)
@@ -165,8 +168,8 @@ def member_batches(x, targets, member_rows, epochs, batch_size, seed):
 
     def batch(rows, weights):
         pairs = tf.stack([rows, tf.broadcast_to(member_ids, tf.shape(rows))], -1)
-        y = tf.stack([tf.gather_nd(targets, pairs), weights], -1)
-        return tf.gather(x, rows), y
+        y = tf.gather_nd(targets, pairs)[..., None]
+        return tf.gather(x, rows), y, weights
 
     steps = epochs * math.ceil(n / batch_size)
     return (
@@ -183,7 +186,7 @@ def member_batches(x, targets, member_rows, epochs, batch_size, seed):
 
 @dataclasses.dataclass
 class _Trained:
-    model: StackedNetwork
+    model: Ensemble  # per_member_inputs: member m reads column m
     y_mean: np.ndarray  # (M,)
     y_std: np.ndarray  # (M,)
 
@@ -220,38 +223,73 @@ def steps_per_call(total_steps, align=None):
     return 1
 
 
+def member_network(num_inputs, hidden, outputs, x_mean, x_std, rate, decay, seed):
+    """One network of the protocol, as plain Keras: its split's input
+    standardization, dropout of `rate` (None: none) on the inputs and the
+    hidden layer, one hidden ReLU layer, an L2 of `decay` on the kernels."""
+    inputs = keras.Input((num_inputs,))
+    h = keras.layers.Normalization(mean=x_mean, variance=np.square(x_std))(inputs)
+    if rate is not None:
+        h = MCDropout(rate, seed=seed)(h)
+    regularizer = keras.regularizers.L2(decay) if decay else None
+    h = keras.layers.Dense(hidden, activation="relu", kernel_regularizer=regularizer)(h)
+    if rate is not None:
+        h = MCDropout(rate, seed=None if seed is None else seed + 1)(h)
+    return keras.Model(
+        inputs, keras.layers.Dense(outputs, kernel_regularizer=regularizer)(h)
+    )
+
+
 def train_members(
     x, y, member_rows, outputs, hidden, epochs, batch_size, seed, **options
 ):
     """Trains one network per entry of `member_rows` (the rows it trains on).
 
-    `options`: `rates` and `decays` (one per member), `adversarial_epsilon`,
-    `callbacks`, `learning_rate` (Adam's step, default `LEARNING_RATE`), and
-    `every_epochs=(k, function(trained, epoch))` to look at the networks
-    after every k-th epoch.
+    The networks are the members of one packed `ku.Ensemble` with
+    `per_member_inputs` and `weighted_mean`, fed by `member_batches`.
+
+    `options`: `rates` and `decays` (one per member), `adversarial_epsilon`
+    (the ensemble's fast-gradient-sign step, over each member's own feature
+    range), `callbacks`, `learning_rate` (Adam's step, default
+    `LEARNING_RATE`), and `every_epochs=(k, function(trained, epoch))` to
+    look at the networks after every k-th epoch.
     """
     callbacks = list(options.pop("callbacks", ()))
     learning_rate = options.pop("learning_rate", LEARNING_RATE)
     every_epochs = options.pop("every_epochs", None)
+    rates = options.pop("rates", None)
+    decays = options.pop("decays", None)
+    epsilon = options.pop("adversarial_epsilon", None) or None  # 0: none
+    if options:
+        raise TypeError(f"Unexpected options: {sorted(options)}")
     x_mean, x_std = _standardization(x, member_rows)
     y_mean, y_std = _standardization(y, member_rows)
-    if not options.get("adversarial_epsilon"):
-        options.pop("adversarial_epsilon", None)  # None or 0: no adversarial step
-    else:
-        options["feature_range"] = (
-            np.stack([np.ptp(x[rows], axis=0) for rows in member_rows]) / x_std
+    members = [
+        member_network(
+            x.shape[1],
+            hidden,
+            outputs,
+            x_mean[m],
+            x_std[m],
+            None if rates is None else float(rates[m]),
+            0.0 if decays is None else float(decays[m]),
+            seed,
         )
-    model = StackedNetwork(x_mean, x_std, hidden, outputs, seed=seed, **options)
-    trained = _Trained(model, y_mean, y_std)
-    member_loss = (
-        GaussianNLL(min_log_var=MIN_LOG_VAR).call  # unreduced: per row and member
-        if outputs == 2
-        else keras.losses.mean_squared_error
+        for m in range(len(member_rows))
+    ]
+    model = Ensemble.from_models(
+        members,
+        per_member_inputs=True,
+        weighted_mean=True,  # each member: the mean over its own rows
+        adversarial_epsilon=epsilon,
+        pack=True,
     )
+    trained = _Trained(model, y_mean, y_std)
+    loss = GaussianNLL(min_log_var=MIN_LOG_VAR) if outputs == 2 else "mse"
     steps_per_pass = math.ceil(max(len(r) for r in member_rows) / batch_size)
     model.compile(
         keras.optimizers.Adam(learning_rate),
-        loss=MaskedMemberLoss(member_loss),
+        loss=loss,
         steps_per_execution=steps_per_call(
             epochs * steps_per_pass,
             steps_per_pass if every_epochs is not None else None,
@@ -262,6 +300,12 @@ def train_members(
         callbacks.append(
             _EveryEpochs(steps_per_pass, every, lambda e: function(trained, e))
         )
+    feature_range = None
+    if epsilon is not None:
+        # Each member's range over its own rows (the ensemble's step is
+        # `epsilon * range` in the inputs' units: the same step as
+        # `epsilon * range / std` on its standardized inputs).
+        feature_range = np.stack([np.ptp(x[rows], axis=0) for rows in member_rows])
     targets = (y[:, None] - y_mean) / y_std
     model.fit(
         member_batches(x, targets, member_rows, epochs, batch_size, seed),
@@ -269,68 +313,117 @@ def train_members(
         shuffle=False,  # the stream shuffles each member's rows itself
         verbose=0,
         callbacks=callbacks,
+        # A diverged member (a split's network) must not stop the others:
+        # it scores NaN and its split is left out, with a warning.
+        terminate_on_nan=False,
+        feature_range=feature_range,
     )
     return trained
 
 
-def combine_log_means(parts, counts):
-    """Combines per-chunk log mean densities into the log mean over all."""
-    weighted = np.stack(parts) + np.log(np.asarray(counts, np.float64))[:, None, None]
-    peak = weighted.max(axis=0)
-    return peak + np.log(np.exp(weighted - peak).sum(axis=0)) - math.log(sum(counts))
+class SplitMixtureNLL(MixtureNLL):
+    """`ku.sampling.MixtureNLL` of every group of `group` consecutive members
+    of a per-member-inputs ensemble, each in its own target's units.
+
+    The ensemble's samples arrive member-major, `(M * t, n, outputs)`,
+    member m's on its own n rows. Member m's outputs are taken to target
+    units (`mean * y_std[m] + y_mean[m]`; its log-variance plus
+    `2 log y_std[m]`, or a homoscedastic precision `taus[m]`), and the
+    `group` members of each group become the components of one mixture on
+    the group's rows: the S = M / group mixtures are scored as S targets of
+    one `MixtureNLL`. A non-finite sample (a diverged member) is counted per
+    group and leaves the mixture (the group scores NaN).
+
+    Finalizes to `(MixtureScore, diverged (S,) bool)`: `score.prediction.mean`
+    `(n, S)` is each group's mixture mean, `score.log_likelihood` `(n, S)`.
+    """
+
+    def __init__(self, num_members, group, y_mean, y_std, taus=None):
+        super().__init__(variance_head=True)
+        self.num_members = int(num_members)
+        self.group = int(group)
+        self.y_mean = [float(v) for v in y_mean]
+        self.y_std = [float(v) for v in y_std]
+        self.taus = None if taus is None else [float(v) for v in taus]
+
+    def get_config(self):
+        return {
+            "num_members": self.num_members,
+            "group": self.group,
+            "y_mean": self.y_mean,
+            "y_std": self.y_std,
+            "taus": self.taus,
+        }
+
+    def reduce(self, samples, targets):
+        members, group = self.num_members, self.group
+        samples = tf.cast(samples, tf.float32)
+        n = tf.shape(samples)[1]
+        by_member = tf.reshape(samples, [members, -1, n, samples.shape[-1]])
+        y_mean = tf.constant(self.y_mean, tf.float32)[:, None, None]
+        y_std = tf.constant(self.y_std, tf.float32)[:, None, None]
+        mu = by_member[..., 0] * y_std + y_mean  # (M, t, n)
+        if self.taus is None:
+            log_var = by_member[..., 1] + 2.0 * tf.math.log(y_std)
+        else:
+            taus = tf.constant(self.taus, tf.float32)[:, None, None]
+            log_var = tf.broadcast_to(-tf.math.log(taus), tf.shape(mu))
+        finite = tf.math.is_finite(mu) & tf.math.is_finite(log_var)
+        mu = tf.where(finite, mu, 0.0)
+        log_var = tf.where(finite, log_var, 0.0)
+
+        def by_group(values):  # (M, t, n) -> (group * t, n, S)
+            values = tf.reshape(values, [members // group, group, -1, n])
+            values = tf.transpose(values, (1, 2, 3, 0))
+            return tf.reshape(values, [-1, n, members // group])
+
+        mixture = tf.concat([by_group(mu), by_group(log_var)], axis=-1)
+        # (n, S): the non-finite samples of each input of each group.
+        non_finite = tf.reduce_sum(by_group(1.0 - tf.cast(finite, tf.float32)), 0)
+        return (*super().reduce(mixture, targets), non_finite)
+
+    def merge(self, a, count_a, b, count_b):
+        merged = super().merge(a[:4], count_a, b[:4], count_b)
+        return (*merged, a[4] + b[4])
+
+    def finalize(self, state, num_samples):
+        # The mixtures have `group` of the ensemble's members each.
+        per_group = num_samples * self.group // self.num_members
+        score = super().finalize(state[:4], per_group)
+        return score, np.asarray(state[4]).sum(axis=0) > 0
 
 
-def evaluate_members(trained, x, y, member_rows, num_samples, seed, taus=None, group=1):
+def evaluate_members(
+    trained, x, y, member_rows, num_samples, seed, taus=None, group=1, batch_size=None
+):
     """RMSE and NLL, in the target's units, of every group of `group`
     consecutive members on their rows (the same for the whole group).
 
     A group's prediction is the uniform mixture of its members' MC samples
-    (`num_samples` each); `taus` `(M,)` are homoscedastic precisions, else
-    the network predicts (mean, log-variance). A group with a non-finite
-    sample (a member that diverged) scores NaN.
+    (`num_samples` each; one for members without dropout), scored by
+    `SplitMixtureNLL` (`ku.sampling.MixtureNLL`, streamed); `taus` `(M,)`
+    are homoscedastic precisions, else the network predicts (mean,
+    log-variance). A group with a non-finite sample (a member that
+    diverged) scores NaN. `batch_size`: rows (samples x inputs x members)
+    per compiled sampling call, None: the sampling engine's choice.
     """
     index, _ = padded_rows(member_rows)
-    inputs = x[index.T].astype("float32")  # (n, M, d)
-    n, members = index.shape[1], index.shape[0]
+    inputs = x[index.T].astype("float32")  # (n, M, d): member m's rows
+    members = index.shape[0]
     y_true = y[index.T][:, ::group]  # (n, S)
-    stochastic = trained.model.input_dropout is not None
-    per_chunk = max(1, _EVALUATION_CHUNK // (n * members)) if stochastic else 1
-    parts, counts, mean_sum = [], [], 0.0
-    diverged = np.zeros(members // group, bool)
-    for start in range(0, num_samples if stochastic else 1, per_chunk):
-        if stochastic:
-            count = min(per_chunk, num_samples - start)
-            # One seed for the first chunk; later chunks continue its stream.
-            samples = sample(
-                trained.model, inputs, count, seed=seed if not start else None
-            )
-        else:
-            samples = np.concatenate(
-                [
-                    keras.ops.convert_to_numpy(trained.model(inputs[i : i + 4096]))
-                    for i in range(0, n, 4096)
-                ]
-            )[None]
-        means = samples[..., 0] * trained.y_std + trained.y_mean  # (t, n, M)
-        if taus is None:
-            stds = np.exp(0.5 * samples[..., 1]) * trained.y_std
-        else:
-            stds = np.broadcast_to(1.0 / np.sqrt(taus), means.shape)
-
-        def by_group(values):  # (t, n, S * group) -> (t * group, n, S)
-            t = values.shape[0]
-            grouped = values.reshape(t, n, -1, group).transpose(0, 3, 1, 2)
-            return grouped.reshape(t * group, n, -1)
-
-        means, stds = by_group(means), by_group(stds)
-        finite = np.isfinite(means) & np.isfinite(stds) & (stds > 0)
-        diverged |= ~finite.all(axis=(0, 1))
-        means, stds = np.where(finite, means, 0.0), np.where(finite, stds, 1.0)
-        parts.append(metrics.mixture_log_density(y_true, means, stds))
-        counts.append(len(means))
-        mean_sum = mean_sum + means.sum(axis=0)
-    log_density = combine_log_means(parts, counts)  # (n, S)
-    squared_error = (y_true - mean_sum / sum(counts)) ** 2
+    reducer = SplitMixtureNLL(members, group, trained.y_mean, trained.y_std, taus)
+    score, diverged = reduce_samples(
+        trained.model,
+        inputs,
+        reducer,
+        num_samples,
+        batch_size=batch_size,
+        seed=seed,
+        verbose=0,
+        y=y_true,
+    )
+    squared_error = (y_true - score.prediction.mean) ** 2
+    log_density = score.log_likelihood
     sizes = [len(rows) for rows in member_rows[::group]]
     rmses = np.array(
         [math.sqrt(squared_error[:k, s].mean()) for s, k in enumerate(sizes)]
