@@ -340,3 +340,20 @@ def test_sampling_across_two_devices_equals_one_device():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "replicas 2" in result.stdout
+
+
+def test_concurrent_requests_on_an_export_never_share_masks(mc_model, inputs, tmp_path):
+    path = ku.export(mc_model, str(tmp_path / "mc"), "regression", num_samples=20)
+    served = tf.saved_model.load(path)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(
+            pool.map(lambda _: served.serve(inputs)["mean"].numpy(), range(8))
+        )
+    for i in range(len(results)):
+        for j in range(i):
+            assert not np.array_equal(results[i], results[j])
+    # A seed served is the seed of ku.predict_regression: the same samples.
+    seeded = served.serve_seeded(inputs, tf.constant(9, tf.int64))
+    expected = ku.predict_regression(mc_model, inputs, 20, seed=9)
+    np.testing.assert_allclose(seeded["mean"], expected.mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(seeded["std"], expected.std, rtol=1e-4, atol=1e-6)
