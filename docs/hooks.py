@@ -21,12 +21,14 @@ MODULES = (
     "keras_uncertainty.sampling",
     "keras_uncertainty.ensemble",
     "keras_uncertainty.metrics",
+    "keras_uncertainty.posthoc",
     "keras_uncertainty.calibration",
     "keras_uncertainty.callbacks",
     "keras_uncertainty.plots",
     "keras_uncertainty.datasets",
     "keras_uncertainty.models",
     "keras_uncertainty.serving",
+    "keras_uncertainty.testing",
 )
 
 log = logging.getLogger("mkdocs.plugins.keras_uncertainty")

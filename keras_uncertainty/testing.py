@@ -13,6 +13,8 @@ import numpy as np
 
 from keras_uncertainty.sampling import sample
 
+__all__ = ["ContractError", "check_mc_layer"]
+
 
 class ContractError(AssertionError):
     """A layer or method breaks the contract it is checked against."""
