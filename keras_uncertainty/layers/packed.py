@@ -327,6 +327,8 @@ class PackedDropout(keras.layers.Layer):
         self.monte_carlo = bool(monte_carlo)
         # `ku.sample` recognises layers that stay random at inference by this.
         self.stochastic_at_inference = self.monte_carlo
+        # Its masks go through `_masks`, so they follow the sampling call's key.
+        self.draws_from_call_key = True
         self.seed = check_seed(seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         cuts = np.array([_masks.threshold(r) for r in self.rates])

@@ -12,7 +12,12 @@ from keras_uncertainty.sampling.contract import (
     TiledTwinModel,
     sampled_model,
 )
-from keras_uncertainty.sampling.engine import input_stream, reduce_samples
+from keras_uncertainty.sampling.engine import (
+    check_model,
+    input_stream,
+    reduce_samples,
+    reducing_step,
+)
 from keras_uncertainty.sampling.graph import is_stochastic, tile_rows
 from keras_uncertainty.sampling.keys import random_bits16, random_normal, random_uniform
 from keras_uncertainty.sampling.predictions import (
@@ -47,6 +52,7 @@ __all__ = [
     "SampledModel",
     "TiledInputsModel",
     "TiledTwinModel",
+    "check_model",
     "has_variance_head",
     "input_stream",
     "is_stochastic",
@@ -56,6 +62,7 @@ __all__ = [
     "random_normal",
     "random_uniform",
     "reduce_samples",
+    "reducing_step",
     "sample",
     "sampled_model",
     "task_reducer",

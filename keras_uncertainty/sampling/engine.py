@@ -55,7 +55,7 @@ class _BoundedTracingFilter(logging.Filter):
     number of times) looks to it like retracing in a loop."""
 
     def filter(self, record):
-        return f"{reducing_forward.__name__}.<locals>.step" not in record.getMessage()
+        return f"{reducing_step.__name__}.<locals>.step" not in record.getMessage()
 
 
 @contextlib.contextmanager
@@ -158,7 +158,7 @@ class _CompiledStep:
         return self.function.experimental_get_tracing_count()
 
 
-def reducing_forward(model, reducer, structure):
+def reducing_step(model, reducer, structure):
     """The engine's step for `model` and `reducer`, not compiled.
 
     `step(flat_inputs, num_samples, key, sample_offset, row_offset,
@@ -229,7 +229,7 @@ def _compiled_step(model, reducer, structure, flat, targets):
     with _COMPILED_LOCK:
         per_model = _COMPILED.setdefault(model, {})
         if key not in per_model:
-            per_model[key] = _CompiledStep(*reducing_forward(model, reducer, structure))
+            per_model[key] = _CompiledStep(*reducing_step(model, reducer, structure))
         return per_model[key]
 
 

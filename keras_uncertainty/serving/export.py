@@ -11,7 +11,12 @@ import tensorflow as tf
 from keras import tree
 
 from keras_uncertainty._validation import check_bool, check_positive_int
-from keras_uncertainty.sampling import engine, keys, sampler
+from keras_uncertainty.sampling import (
+    check_model,
+    keys,
+    reducing_step,
+    task_reducer,
+)
 
 
 def _signature_name(tensor, index, count):
@@ -24,7 +29,7 @@ def _signature_name(tensor, index, count):
 
 
 def _input_specs(model):
-    view = engine.check_model(model).input_view
+    view = check_model(model).input_view
     if view is None:
         raise ValueError(
             "Invalid value received for argument `model`. Expected a "
@@ -125,10 +130,10 @@ def export(
         ("verbose", verbose),
     ):
         check_bool(value, name)
-    reducer = sampler.task_reducer(model, task, from_logits, votes, variance_head)
-    adapter = engine.check_model(model)
+    reducer = task_reducer(model, task, from_logits, votes, variance_head)
+    adapter = check_model(model)
     structure, specs = _input_specs(model)
-    step, _ = engine.reducing_forward(model, reducer, structure)
+    step, _ = reducing_step(model, reducer, structure)
     per_member = adapter.samples_per_member(num_samples)
     total = adapter.num_members * per_member
     zero = tf.constant(0, tf.int32)
