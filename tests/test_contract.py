@@ -357,3 +357,33 @@ def test_concurrent_requests_on_an_export_never_share_masks(mc_model, inputs, tm
     expected = ku.predict_regression(mc_model, inputs, 20, seed=9)
     np.testing.assert_allclose(seeded["mean"], expected.mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(seeded["std"], expected.std, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_seeded_ensemble_samples_are_chunk_invariant_and_members_differ(pack, inputs):
+    keras.utils.set_random_seed(0)
+
+    def build():
+        return ku.models.mlp(3, 2, hidden_units=(8,), dropout_rate=0.2)
+
+    ensemble = ku.Ensemble(build, num_members=3, pack=pack)
+    ensemble(inputs[:1])
+    reference = ku.sample(ensemble, inputs, num_samples=6, seed=4)
+    assert reference.shape == (18, 37, 2)
+    for batch_size in (5, 40):
+        np.testing.assert_array_equal(
+            ku.sample(ensemble, inputs, 6, seed=4, batch_size=batch_size), reference
+        )
+    by_member = reference.reshape(3, 6, 37, 2)
+    assert not np.array_equal(by_member[0], by_member[1])
+    assert not np.array_equal(by_member[0, 0], by_member[0, 1])
+
+
+def test_unseeded_calls_follow_the_global_seed(mc_model, inputs):
+    keras.utils.set_random_seed(5)
+    first = [ku.sample(mc_model, inputs, 4) for _ in range(2)]
+    keras.utils.set_random_seed(5)
+    again = [ku.sample(mc_model, inputs, 4) for _ in range(2)]
+    assert not np.array_equal(first[0], first[1])  # a new key every call
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)

@@ -1,7 +1,8 @@
 """Per-call random keys: stateless, thread-safe, chunk-invariant draws.
 
 A sampling call (`ku.sample`, `ku.predict_*`, an exported `serve`) takes one
-key: the seed given, or fresh entropy from the operating system. The key
+key: a hash of the seed given, or a fresh draw (from numpy's global
+generator in Python, from the operating system's entropy in an export). The key
 enters the compiled step as a tensor, with the offset of the chunk's first
 sample and first input, so no generator state is shared between calls, and
 two threads (or two requests to one SavedModel) never touch the same state.
@@ -94,10 +95,12 @@ def _mix_numpy(x):
 
 def key_from_seed(seed):
     """A `(2,)` uint32 numpy key: a hash of `seed` (reproducible; the same
-    as `key_tensor_from_seed` computes in a graph), or the operating
-    system's entropy when `seed` is None (a new key per call)."""
+    as `key_tensor_from_seed` computes in a graph), or, when `seed` is None,
+    a new key drawn from numpy's global generator: a different key every
+    call, and the same sequence of keys after `keras.utils.set_random_seed`
+    (which seeds numpy), as Keras's own unseeded layers do."""
     if seed is None:
-        return np.random.SeedSequence().generate_state(2, np.uint32)
+        return np.random.randint(0, 2**32, size=2, dtype=np.uint64).astype(np.uint32)
     seed = int(seed)
     low = np.uint32(seed & 0xFFFFFFFF)
     high = np.uint32((seed >> 32) & 0xFFFFFFFF)

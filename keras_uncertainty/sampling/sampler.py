@@ -88,7 +88,8 @@ def sample(model, x, num_samples=20, batch_size=None, seed=None, verbose="auto")
             samples in any thread or process, whatever `batch_size`, the
             chunking, or whether `x` is in memory or streamed (sample s of
             input i depends only on the seed, s and i). None: a fresh key
-            from the operating system, so no two calls share masks.
+            per call, drawn from numpy's global generator (so
+            `keras.utils.set_random_seed` makes a script repeatable).
         verbose: "auto", 0, 1 or 2, as in `model.predict`. "auto" shows a
             progress bar only on a terminal or notebook, and only once the
             call has lasted a second.
