@@ -10,12 +10,19 @@ includes building, compiling and tracing, as a user pays them):
 - `ku.Ensemble` of 5 such members, one `fit`;
 - the same 5 members trained one after another with plain `fit`;
 - prediction: `ku.predict_regression(ensemble, x)` on N=10,000 against one
-  compiled forward pass of the stacked model (`tf.function(ensemble)`).
+  compiled forward pass of the stacked model (`tf.function(ensemble)`);
+- LeNet-5 (`ku.models.lenet5(dropout_rate=0)`, the deterministic ensemble
+  member): one member's plain `fit`, the packed 5-member `ku.Ensemble` fit
+  (packed convolutions) and the 5 members one after another, on 512 MNIST
+  test digits padded to 32x32x1 (`--mnist-dir`, default ../shared/data/mnist;
+  random images of that shape when absent), batch 64, 2 epochs, Adam,
+  sparse categorical cross-entropy.
 """
 
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +32,7 @@ import keras_uncertainty as ku
 from keras_uncertainty.models import mlp
 
 NUM_MEMBERS, N, BATCH, EPOCHS = 5, 1000, 128, 40
+LENET_N, LENET_BATCH, LENET_EPOCHS = 512, 64, 2
 
 
 def member():
@@ -52,6 +60,71 @@ def fit_ensemble(x, y):
 def fit_sequential(x, y):
     for _ in range(NUM_MEMBERS):
         fit_one(x, y)
+
+
+def mnist_images(folder, n):
+    """`n` MNIST test digits as `(n, 32, 32, 1)` floats in [0, 1], and labels;
+    random images of that shape (and labels) when `folder` has no MNIST."""
+    try:
+        digits = ku.datasets.load_mnist(folder, split="test")
+        images = digits.images[:n].astype("float32") / 255.0
+        images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[..., None]
+        return images, digits.labels[:n].astype("int32"), "mnist"
+    except Exception as error:  # any failure: the timing needs only shapes
+        print(f"MNIST not read ({error}); random images", file=sys.stderr)
+        rng = np.random.default_rng(0)
+        images = rng.uniform(size=(n, 32, 32, 1)).astype("float32")
+        return images, rng.integers(0, 10, size=n).astype("int32"), "random"
+
+
+def lenet_member():
+    return ku.models.lenet5(dropout_rate=0.0)
+
+
+def fit_lenet_one(x, y):
+    model = lenet_member()
+    model.compile("adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=LENET_EPOCHS, batch_size=LENET_BATCH, verbose=0)
+
+
+def fit_lenet_ensemble(x, y):
+    ensemble = ku.Ensemble(lenet_member, num_members=NUM_MEMBERS, pack=True)
+    ensemble.compile("adam", loss="sparse_categorical_crossentropy")
+    ensemble.fit(x, y, epochs=LENET_EPOCHS, batch_size=LENET_BATCH, verbose=0)
+
+
+def fit_lenet_sequential(x, y):
+    for _ in range(NUM_MEMBERS):
+        fit_lenet_one(x, y)
+
+
+def run_lenet(repeats, mnist_dir):
+    x, y, source = mnist_images(mnist_dir, LENET_N)
+    fit_lenet_one(x, y)  # warm-up: first-use costs of the convolutions
+    lenet = timed_rounds(
+        repeats,
+        warmup=False,
+        one_member=lambda: fit_lenet_one(x, y),
+        ensemble=lambda: fit_lenet_ensemble(x, y),
+        sequential=lambda: fit_lenet_sequential(x, y),
+    )
+    # Steady state, tracing excluded: one training step on one batch.
+    one, ensemble = lenet_member(), ku.Ensemble(lenet_member, NUM_MEMBERS, pack=True)
+    for model in (one, ensemble):
+        model.compile("adam", loss="sparse_categorical_crossentropy")
+    batch = (x[:LENET_BATCH], y[:LENET_BATCH])
+    steps = timed_rounds(
+        max(20, 10 * repeats),
+        step_one_member=lambda: one.train_on_batch(*batch),
+        step_ensemble=lambda: ensemble.train_on_batch(*batch),
+    )
+    lenet.update(steps)
+    lenet["step_ensemble_over_one"] = steps["step_ensemble"] / steps["step_one_member"]
+    lenet["ensemble_over_one"] = lenet["ensemble"] / lenet["one_member"]
+    lenet["sequential_over_ensemble"] = lenet["sequential"] / lenet["ensemble"]
+    lenet["data"] = source
+    print(json.dumps(lenet), flush=True)
+    return lenet
 
 
 def run(repeats):
@@ -87,7 +160,7 @@ def run(repeats):
     return training, prediction
 
 
-def markdown(training, prediction):
+def markdown(training, prediction, lenet):
     return "\n".join(
         [
             "| measurement | seconds | ratio | target |",
@@ -105,6 +178,18 @@ def markdown(training, prediction):
             "| <= 1.5x |",
             f"| one compiled forward pass of the stacked model "
             f"| {prediction['stacked_forward'] * 1000:.1f} ms | 1.00x | |",
+            f"| LeNet-5, one member, plain `fit` | {lenet['one_member']:.2f} "
+            "| 1.00x | |",
+            f"| LeNet-5 `ku.Ensemble`, {NUM_MEMBERS} members (packed "
+            f"convolutions), one `fit` | {lenet['ensemble']:.2f} "
+            f"| {lenet['ensemble_over_one']:.2f}x of one member | <= 2x |",
+            f"| LeNet-5, {NUM_MEMBERS} members one after another "
+            f"| {lenet['sequential']:.2f} "
+            f"| {lenet['sequential_over_ensemble']:.2f}x the ensemble | >= 2.5x |",
+            f"| LeNet-5, one training step (batch 64, after tracing): one member "
+            f"/ packed ensemble | {lenet['step_one_member'] * 1000:.1f} ms / "
+            f"{lenet['step_ensemble'] * 1000:.1f} ms "
+            f"| {lenet['step_ensemble_over_one']:.2f}x | |",
         ]
     )
 
@@ -116,10 +201,22 @@ def main():
         "--output",
         default=os.path.join("benchmarks", "results", "ensemble_training.json"),
     )
+    parser.add_argument(
+        "--mnist-dir",
+        default=os.path.join("..", "shared", "data", "mnist"),
+        help="folder of the MNIST test IDX files (LeNet-5 case)",
+    )
     args = parser.parse_args()
     training, prediction = run(args.repeats)
-    write_report(args.output, args.repeats, training=training, prediction=prediction)
-    print(markdown(training, prediction))
+    lenet = run_lenet(args.repeats, args.mnist_dir)
+    write_report(
+        args.output,
+        args.repeats,
+        training=training,
+        prediction=prediction,
+        lenet5_training=lenet,
+    )
+    print(markdown(training, prediction, lenet))
 
 
 if __name__ == "__main__":

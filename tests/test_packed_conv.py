@@ -1,5 +1,7 @@
 """Packed convolutions, pooling, flatten, normalization and the packing registry."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -385,3 +387,16 @@ def test_one_registration_makes_a_layer_type_packable():
             )
     finally:
         packing._REGISTRY.pop(Scale)
+
+
+def test_seeded_samples_of_a_packed_lenet5_do_not_depend_on_batch_size():
+    keras.utils.set_random_seed(6)
+    ens = ku.Ensemble(lambda: ku.models.lenet5(dropout_rate=0.3), num_members=2)
+    x = _images((32, 32, 1), n=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        a = np.asarray(ku.sample(ens, x, num_samples=6, seed=3))
+        b = np.asarray(ku.sample(ens, x, num_samples=6, seed=3, batch_size=4))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    c = np.asarray(ku.sample(ens, x, num_samples=6, seed=4))
+    assert not np.allclose(a, c)
