@@ -219,7 +219,7 @@ def test_per_member_dropout_rates_on_feature_maps(kind, spatial):
         assert abs((drawn[m] == 0).mean() - rate) < 0.03
 
 
-def test_normalization_members_pack_with_their_own_statistics():
+def test_normalization_members_pack_with_their_own_statistics(tmp_path):
     rng = np.random.default_rng(5)
     data = [rng.normal(loc=m, scale=m + 1, size=(50, 3)) for m in range(3)]
 
@@ -253,6 +253,15 @@ def test_normalization_members_pack_with_their_own_statistics():
         ens.compile("adam", loss=ku.losses.gaussian_nll)
         ens.fit(x, x[:, :1], epochs=1, verbose=0)
         for m, model in enumerate(ens.members):
+            np.testing.assert_allclose(
+                model(x).numpy(), ens(x).numpy()[:, m], atol=1e-5
+            )
+        # A loaded ensemble's members get their statistics back too (adapted
+        # members are rebuilt unadapted from their configs).
+        ens.save(tmp_path / "norm.keras")
+        loaded = keras.models.load_model(tmp_path / "norm.keras")
+        np.testing.assert_allclose(loaded(x).numpy(), ens(x).numpy(), atol=1e-6)
+        for m, model in enumerate(loaded.members):
             np.testing.assert_allclose(
                 model(x).numpy(), ens(x).numpy()[:, m], atol=1e-5
             )

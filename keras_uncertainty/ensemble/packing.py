@@ -18,13 +18,12 @@ activations; dropout rates, L2 factors and normalization statistics may
 differ. Members that do not pack train through plain Keras, each with its
 own variables.
 
-The registry: `register(layer_type, signature, twin, weights)` makes a Keras
-layer type packable. `signature(layer)` is what must agree across members
-(None: this layer cannot pack); `twin(layers, index)` builds the packed layer
-standing for the members' `layers`; `weights(packed, layer)` lists the
-`(packed variable, member value)` pairs that `load_members` stacks into the
-packed variable and `store_members` copies back (where the member's value is
-a variable).
+The registry: `register(layer_type, signature, twin, load, store)` makes a
+Keras layer type packable. `signature(layer)` is what must agree across
+members (None: this layer cannot pack); `twin(layers, index)` builds the
+packed layer standing for the members' `layers` (one per member);
+`load(packed, layers)` copies the members' weights into it and
+`store(packed, layers)` copies them back (both None for weight-free layers).
 """
 
 import dataclasses
@@ -57,15 +56,16 @@ class Packing:
 
     signature: object
     twin: object
-    weights: object = None
+    load: object = None
+    store: object = None
 
 
 _REGISTRY = {}
 
 
-def register(layer_type, signature, twin, weights=None):
-    """Makes `layer_type` (exactly that class) packable."""
-    _REGISTRY[layer_type] = Packing(signature, twin, weights)
+def register(layer_type, signature, twin, load=None, store=None):
+    """Makes `layer_type` (exactly that class) packable (see the module)."""
+    _REGISTRY[layer_type] = Packing(signature, twin, load, store)
 
 
 def _l2_factor(regularizer):
@@ -101,11 +101,32 @@ def _regularizers(layers):
     }
 
 
-def _kernel_and_bias(packed, layer):
-    pairs = [(packed.kernel, layer.kernel)]
-    if packed.use_bias:
-        pairs.append((packed.bias, layer.bias))
-    return pairs
+def _numpy(value):
+    if isinstance(value, keras.Variable):
+        return value.numpy()
+    return ops.convert_to_numpy(value)
+
+
+def _weight_names(packed):
+    return ["kernel", "bias"] if packed.use_bias else ["kernel"]
+
+
+def _load_weights(packed, layers):
+    """Stacks each member's kernel (and bias) on the packed member axis."""
+    for name in _weight_names(packed):
+        stacked = np.stack([_numpy(getattr(layer, name)) for layer in layers])
+        getattr(packed, name).assign(stacked)
+
+
+def _store_weights(packed, layers):
+    """Member m's kernel (and bias) from slice m of the packed ones."""
+    for name in _weight_names(packed):
+        values = getattr(packed, name).numpy()
+        for m, layer in enumerate(layers):
+            getattr(layer, name).assign(values[m])
+
+
+_WEIGHTS = {"load": _load_weights, "store": _store_weights}
 
 
 def _name(layers):
@@ -133,7 +154,7 @@ def _dense_twin(layers, index):
     )
 
 
-register(keras.layers.Dense, _dense_signature, _dense_twin, _kernel_and_bias)
+register(keras.layers.Dense, _dense_signature, _dense_twin, **_WEIGHTS)
 
 
 # Convolutions ------------------------------------------------------------
@@ -176,12 +197,8 @@ def _conv_twin(packed_type):
     return twin
 
 
-register(
-    keras.layers.Conv1D, _conv_signature, _conv_twin(PackedConv1D), _kernel_and_bias
-)
-register(
-    keras.layers.Conv2D, _conv_signature, _conv_twin(PackedConv2D), _kernel_and_bias
-)
+register(keras.layers.Conv1D, _conv_signature, _conv_twin(PackedConv1D), **_WEIGHTS)
+register(keras.layers.Conv2D, _conv_signature, _conv_twin(PackedConv2D), **_WEIGHTS)
 
 
 # Dropout -----------------------------------------------------------------
@@ -300,16 +317,31 @@ def _normalization_twin(layers, index):
     )
 
 
-def _normalization_weights(packed, layer):
-    mean, variance = _statistics(layer)
-    return [(packed.mean, mean), (packed.variance, variance)]
+def _load_statistics(packed, layers):
+    mean, variance = zip(*(_statistics(layer) for layer in layers))
+    packed.mean.assign(np.stack(mean))
+    packed.variance.assign(np.stack(variance))
+
+
+def _store_statistics(packed, layers):
+    """Adapted members get the packed statistics back (a loaded ensemble's
+    members are rebuilt unadapted); given statistics are constants."""
+    means, variances = packed.mean.numpy(), packed.variance.numpy()
+    for m, layer in enumerate(layers):
+        if layer.input_mean is None:
+            layer.adapt_mean.assign(means[m].reshape(layer.adapt_mean.shape))
+            layer.adapt_variance.assign(
+                variances[m].reshape(layer.adapt_variance.shape)
+            )
+            layer.finalize_state()
 
 
 register(
     keras.layers.Normalization,
     _normalization_signature,
     _normalization_twin,
-    _normalization_weights,
+    load=_load_statistics,
+    store=_store_statistics,
 )
 
 
@@ -429,35 +461,22 @@ def pack(members):
     return network
 
 
-def _weight_pairs(network, members):
-    """`(packed variable, [member values])` for every packed weight."""
+def _entries(network, members):
+    """`(packing, packed layer, [member layers])` along the chain."""
     chains = [_chain(member) for member in members]
     for packed, layers in zip(network.packed_layers, zip(*chains)):
-        weights = _REGISTRY[type(layers[0])].weights
-        if weights is None:
-            continue
-        per_member = [weights(packed, layer) for layer in layers]
-        for i, (variable, _) in enumerate(per_member[0]):
-            yield variable, [pairs[i][1] for pairs in per_member]
-
-
-def _numpy(value):
-    if isinstance(value, keras.Variable):
-        return value.numpy()
-    return ops.convert_to_numpy(value)
+        yield _REGISTRY[type(layers[0])], packed, layers
 
 
 def load_members(network, members):
     """Copies each member's weights into the packed network."""
-    for variable, values in _weight_pairs(network, members):
-        variable.assign(np.stack([_numpy(v) for v in values]))
+    for packing, packed, layers in _entries(network, members):
+        if packing.load is not None:
+            packing.load(packed, layers)
 
 
 def store_members(network, members):
     """Copies the packed weights back into each member's layers."""
-    for variable, targets in _weight_pairs(network, members):
-        if not all(isinstance(t, keras.Variable) for t in targets):
-            continue  # constants (a given normalization's statistics)
-        values = variable.numpy()
-        for m, target in enumerate(targets):
-            target.assign(values[m])
+    for packing, packed, layers in _entries(network, members):
+        if packing.store is not None:
+            packing.store(packed, layers)

@@ -327,10 +327,8 @@ class PackedDropout(keras.layers.Layer):
         self.monte_carlo = bool(monte_carlo)
         # `ku.sample` recognises layers that stay random at inference by this.
         self.stochastic_at_inference = self.monte_carlo
-        # Every draw goes through `_masks` with the rows' axis (1 member-major,
-        # 0 folded): inside a sampling call it follows the call's key.
-        self.draws_from_call_key = True
-        # Its masks go through `_masks`, so they follow the sampling call's key.
+        # Its masks go through `_masks` with the rows' axis (1 member-major,
+        # 0 folded), so they follow the sampling call's key.
         self.draws_from_call_key = True
         self.seed = check_seed(seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
