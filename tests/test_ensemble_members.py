@@ -263,3 +263,16 @@ def test_per_member_options_round_trip(rows, tmp_path):
     loaded = keras.models.load_model(path)
     assert loaded.per_member_inputs and loaded.weighted_mean
     np.testing.assert_allclose(loaded(x[:4]).numpy(), ens(x[:4]).numpy(), rtol=1e-6)
+
+
+def test_member_logs_can_be_left_out(rows):
+    _, x, y, mask = rows
+    ens = ku.Ensemble.from_models(
+        [_member(0.0, seed=m) for m in range(3)],
+        per_member_inputs=True,
+        member_logs=False,
+    )
+    ens.compile("sgd", loss="mse")
+    history = ens.fit(x, y, sample_weight=mask, batch_size=8, verbose=0)
+    assert sorted(history.history) == ["loss"]
+    assert ens.get_config()["member_logs"] is False

@@ -173,6 +173,11 @@ class Ensemble(keras.Model):
             have trained alone on those rows; a member with no row in a batch
             has loss 0 there. A loss with Keras's
             `reduction="mean_with_sample_weight"` implies it. Default False.
+        member_logs: Whether the logs hold each member's `member_<i>_loss`
+            (default True). With hundreds of members (a benchmark's every
+            split and grid cell) the M logs cost more than the training step
+            itself; False logs the total `loss` only, and `fit` then adds no
+            `TerminateOnNonFiniteMember` (it reads the member logs).
         members: Existing models, used instead of `build_fn` (see
             `Ensemble.from_models`).
         pack: None (pack when the members allow it), True (require it: an
@@ -220,6 +225,7 @@ class Ensemble(keras.Model):
         pack=None,
         per_member_inputs=False,
         weighted_mean=False,
+        member_logs=True,
         **kwargs,
     ):
         kwargs.setdefault("name", "ensemble")
@@ -252,7 +258,10 @@ class Ensemble(keras.Model):
             self.member_store = _Untracked(members)
         else:
             self.member_models = members
-        self.member_loss_tracker = training.MemberMeans(len(members))
+        self.member_logs = bool(member_logs)
+        self.member_loss_tracker = (
+            training.MemberMeans(len(members)) if self.member_logs else None
+        )
         self.member_loss = None
         self.adversarial_step = None
         self.bootstrap_rng = np.random.default_rng(seed)
@@ -440,7 +449,8 @@ class Ensemble(keras.Model):
         # Weighted by batch size, as Keras weighs its `loss` tracker, so the
         # epoch's `loss` is the sum of the members' epoch losses.
         batch_size = ops.shape(y_pred)[0]
-        self.member_loss_tracker.update_state(losses, sample_weight=batch_size)
+        if self.member_loss_tracker is not None:
+            self.member_loss_tracker.update_state(losses, sample_weight=batch_size)
         total = ops.sum(losses)
         if self.losses:
             total = total + ops.sum(ops.stack(self.losses))
@@ -496,8 +506,9 @@ class Ensemble(keras.Model):
         Args:
             terminate_on_nan: Whether to add a
                 `ku.callbacks.TerminateOnNonFiniteMember` (unless `callbacks`
-                holds one): a member whose loss becomes NaN or infinite stops
-                training with a warning that names it.
+                holds one, or `member_logs=False`): a member whose loss
+                becomes NaN or infinite stops training with a warning that
+                names it.
             feature_range: Optional per-feature range of the inputs for the
                 adversarial step (`epsilon * feature_range`), for inputs that
                 are not an array (a `tf.data.Dataset`, ...): one input's
@@ -521,8 +532,10 @@ class Ensemble(keras.Model):
                 self.bootstrap_rng, len(x_array), self.num_members, sample_weight
             )
         callbacks = list(callbacks or [])
-        if terminate_on_nan and not any(
-            isinstance(c, TerminateOnNonFiniteMember) for c in callbacks
+        if (
+            terminate_on_nan
+            and self.member_logs
+            and not any(isinstance(c, TerminateOnNonFiniteMember) for c in callbacks)
         ):
             callbacks.append(TerminateOnNonFiniteMember())
         history = super().fit(
@@ -594,6 +607,7 @@ class Ensemble(keras.Model):
             "pack": self.packed,
             "per_member_inputs": self.per_member_inputs,
             "weighted_mean": self.weighted_mean,
+            "member_logs": self.member_logs,
         }
 
     @classmethod
