@@ -138,7 +138,7 @@ class TiledInputsModel(SampledModel):
 
 
 _CACHE = weakref.WeakKeyDictionary()
-_CACHE_LOCK = threading.Lock()
+_CACHE_LOCK = threading.RLock()  # reentrant: an adapter may adapt its members
 
 
 def _layer_ids(model):
