@@ -409,3 +409,23 @@ def test_seeded_samples_of_a_packed_lenet5_do_not_depend_on_batch_size():
     np.testing.assert_allclose(a, b, atol=1e-6)
     c = np.asarray(ku.sample(ens, x, num_samples=6, seed=4))
     assert not np.allclose(a, c)
+
+
+def test_spatial_dropout_on_conv1d_feature_maps_drops_whole_channels():
+    members = [
+        keras.Sequential(
+            [
+                keras.Input((6, 1)),
+                keras.layers.Conv1D(32, 1, use_bias=False, kernel_initializer="ones"),
+                ku.layers.MCSpatialDropout1D(rate),
+            ]
+        )
+        for rate in (0.25, 0.75)
+    ]
+    ens = ku.Ensemble.from_models(members, pack=True)
+    assert ens.packed_network.packed_layers[1].spatial
+    outputs = ens(np.ones((300, 6, 1), "float32")).numpy()  # (300, 2, 6, 32)
+    for m, rate in enumerate((0.25, 0.75)):
+        kept = outputs[:, m] != 0
+        assert (kept == kept[:, :1]).all()
+        assert abs(1 - kept.mean() - rate) < 0.03
