@@ -156,7 +156,9 @@ def _row_keys(call_key, dims, row_axis, per_sample):
     draw = _draw_key(call_key)
     rows = dims[row_axis]
     rows = tf.cast(rows, tf.int32)
-    per_sample_rows = rows // tf.cast(call_key.num_samples, tf.int32)
+    # At least 1: a mask broadcast over the batch (one row) is one row of
+    # sample 0, not a division by zero.
+    per_sample_rows = tf.maximum(rows // tf.cast(call_key.num_samples, tf.int32), 1)
     index = tf.range(rows, dtype=tf.int32)
     sample = _as_u32(call_key.sample_offset + index // per_sample_rows)
     keys = mix(draw + sample * _u32(_GOLDEN))
