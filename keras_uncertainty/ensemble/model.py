@@ -120,16 +120,17 @@ class Ensemble(keras.Model):
     `compile` are computed on the mean of the members' outputs (for
     probabilities, the ensemble's predictive distribution).
 
-    Members that are chains of `Dense`, dropout and activation layers on
-    vector inputs (the MLPs of the Deep Ensembles paper, `ku.models.mlp`)
-    are packed: their weights live in one network of `ku.layers.PackedDense`
-    / `PackedDropout` layers with a member axis, so the optimizer makes one
-    update per kind of variable instead of one per member (exact for the
-    element-wise optimizers: SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta,
-    Adamax, Nadam, Lion, Ftrl; compiling a packed ensemble with another
-    optimizer, or with `clipnorm`, raises an error that says to pass
-    `pack=False`). Other members (convolutions, BatchNormalization, ...)
-    train side by side with their own variables.
+    Members that are chains of layers with a packed twin (`Dense`,
+    `Conv1D` / `Conv2D`, pooling, `Flatten`, `Normalization`, dropout and
+    activation layers: the MLPs of the Deep Ensembles paper, `ku.models.mlp`,
+    and CNNs such as `ku.models.lenet5`) are packed: their weights live in
+    one network of `ku.layers.Packed*` layers with a member axis, so the
+    optimizer makes one update per kind of variable instead of one per
+    member (exact for the element-wise optimizers: SGD, Adam, AdamW,
+    RMSprop, Adagrad, Adadelta, Adamax, Nadam, Lion, Ftrl; compiling a
+    packed ensemble with another optimizer, or with `clipnorm`, raises an
+    error that says to pass `pack=False`). Other members (BatchNormalization,
+    ...) train side by side with their own variables.
 
     `ku.sample`, `ku.predict_regression` and `ku.predict_classification`
     treat the members as samples of a uniform mixture; members with MC
@@ -242,8 +243,9 @@ class Ensemble(keras.Model):
         if pack and not can_pack:
             raise ValueError(
                 "Invalid value received for argument `pack`. Expected members "
-                "that pack (chains of Dense, Dropout/MCDropout and activation "
-                "layers of one architecture on vector inputs). Received: "
+                "that pack (chains of one architecture made of layers with a "
+                "packed twin: Dense, Conv1D/Conv2D, pooling, Flatten, "
+                "Normalization, dropout, activations). Received: "
                 f"pack=True with members such as '{members[0].name}' that do not"
             )
         self.packed = can_pack if pack is None else bool(pack)
