@@ -144,15 +144,8 @@ class _CompiledStep:
                 return num_samples
         return tf.constant(num_samples, tf.int32)
 
-    def __call__(self, inputs, num_samples, key, sample_offset, row_offset, targets):
-        return self.function(
-            inputs,
-            self.sample_count(num_samples),
-            key,
-            sample_offset,
-            row_offset,
-            targets,
-        )
+    def __call__(self, inputs, num_samples, position, targets):
+        return self.function(inputs, self.sample_count(num_samples), position, targets)
 
     def tracing_count(self):
         return self.function.experimental_get_tracing_count()
@@ -161,10 +154,11 @@ class _CompiledStep:
 def reducing_step(model, reducer, structure):
     """The engine's step for `model` and `reducer`, not compiled.
 
-    `step(flat_inputs, num_samples, key, sample_offset, row_offset,
-    targets)` draws `num_samples` samples per member of the n inputs
-    `flat_inputs` (flat, in `structure`), with the randomness of the uint32
-    `key` `(2,)` at the chunk's global offsets, and returns
+    `step(flat_inputs, num_samples, position, targets)` draws `num_samples`
+    samples per member of the n inputs `flat_inputs` (flat, in `structure`)
+    with the randomness of `position`, a uint32 tensor `(key_0, key_1,
+    sample_offset, row_offset)`: the call's key and the global index of the
+    chunk's first sample and first input (see `call_position`). It returns
     `reducer.reduce(samples)` (or `reducer.reduce(samples, targets)` for a
     reducer with `needs_targets`). `ku.export` traces it into a SavedModel.
 
@@ -179,12 +173,19 @@ def reducing_step(model, reducer, structure):
     adapter = sampled_model(model)
     members = adapter.num_members
 
-    def step(flat_inputs, num_samples, key, sample_offset, row_offset, targets=None):
+    def step(flat_inputs, num_samples, position, targets=None):
         inputs = tree.pack_sequence_as(structure, list(flat_inputs))
         n = flat_inputs[0].shape[0]
         if n is None:
             n = tf.shape(flat_inputs[0])[0]
-        call_key = keys.CallKey(key, sample_offset, row_offset, num_samples, n)
+        position = tf.convert_to_tensor(position, tf.uint32)
+        call_key = keys.CallKey(
+            position[:2],
+            tf.cast(position[2], tf.int32),
+            tf.cast(position[3], tf.int32),
+            num_samples,
+            n,
+        )
         with keys.sampling_call(call_key):
             outputs = tree.flatten(adapter.forward(inputs, num_samples))
         if len(outputs) != 1:
@@ -315,6 +316,21 @@ def _strategy(model):
     return strategy
 
 
+def call_position(key, sample_offset, row_offset):
+    """The step's `position` argument: the uint32 tensor `(key_0, key_1,
+    sample_offset, row_offset)`.
+
+    Args:
+        key: `(2,)` uint32 key (`keys.key_from_seed`).
+        sample_offset: Global index of the chunk's first sample.
+        row_offset: Global index of the chunk's first input.
+
+    Returns:
+        A `(4,)` uint32 tensor.
+    """
+    return tf.constant(np.array([key[0], key[1], sample_offset, row_offset], np.uint32))
+
+
 class _Runner:
     """Runs the compiled step on one chunk, on one device or across the
     replicas of a strategy (each replica a contiguous part of the rows)."""
@@ -322,54 +338,45 @@ class _Runner:
     def __init__(self, step, strategy, key):
         self.step = step
         self.strategy = strategy
-        self.key = tf.constant(key, tf.uint32)
+        self.key = key
 
     def __call__(self, chunk, targets, num_samples, sample_offset, row_offset):
         replicas = 1 if self.strategy is None else self.strategy.num_replicas_in_sync
         rows = chunk[0].shape[0]
         if replicas == 1 or rows < replicas:
-            return self._one(chunk, targets, num_samples, sample_offset, row_offset)
+            result = self.step(
+                tuple(tf.convert_to_tensor(a) for a in chunk),
+                num_samples,
+                call_position(self.key, sample_offset, row_offset),
+                None if targets is None else tf.convert_to_tensor(targets),
+            )
+            return [tuple(np.asarray(v) for v in result)]
         bounds = np.linspace(0, rows, replicas + 1).astype(int)
         parts = [
             (
                 tuple(tf.convert_to_tensor(a[lo:hi]) for a in chunk),
                 None if targets is None else tf.convert_to_tensor(targets[lo:hi]),
-                tf.constant(row_offset + int(lo), tf.int32),
+                call_position(self.key, sample_offset, row_offset + int(lo)),
             )
             for lo, hi in zip(bounds[:-1], bounds[1:])
         ]
         values = self.strategy.experimental_distribute_values_from_function(
             lambda context: parts[context.replica_id_in_sync_group]
         )
-        sample_offset = tf.constant(sample_offset, tf.int32)
         num_samples = self.step.sample_count(num_samples)
 
         def replica_step(part):
-            inputs, part_targets, offset = part
-            return self.step.function(
-                inputs, num_samples, self.key, sample_offset, offset, part_targets
-            )
+            inputs, part_targets, position = part
+            return self.step.function(inputs, num_samples, position, part_targets)
 
         with _bounded_tracing_quiet():
             outputs = self.strategy.run(replica_step, args=(values,))
-        local = [
+        return [
             tuple(np.asarray(v) for v in tree.flatten(result))
             for result in zip(
                 *[self.strategy.experimental_local_results(o) for o in outputs]
             )
         ]
-        return local
-
-    def _one(self, chunk, targets, num_samples, sample_offset, row_offset):
-        result = self.step(
-            tuple(tf.convert_to_tensor(a) for a in chunk),
-            num_samples,
-            self.key,
-            tf.constant(sample_offset, tf.int32),
-            tf.constant(row_offset, tf.int32),
-            None if targets is None else tf.convert_to_tensor(targets),
-        )
-        return [tuple(np.asarray(v) for v in result)]
 
 
 def _join(parts, axis):

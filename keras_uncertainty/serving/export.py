@@ -136,10 +136,11 @@ def export(
     step, _ = reducing_step(model, reducer, structure)
     per_member = adapter.samples_per_member(num_samples)
     total = adapter.num_members * per_member
-    zero = tf.constant(0, tf.int32)
 
     def summarize(flat_inputs, key):
-        state = step(flat_inputs, per_member, key, zero, zero)
+        # The key, then sample and row offsets 0: one chunk holds the call.
+        position = tf.concat([tf.cast(key, tf.uint32), tf.zeros([2], tf.uint32)], 0)
+        state = step(flat_inputs, per_member, position)
         return reducer.summary(state, total)
 
     def fresh_key():
