@@ -109,6 +109,26 @@ class _PerMemberInitializer(keras.initializers.Initializer):
         return ops.stack([init(shape[1:], dtype=dtype) for init in self.initializers])
 
 
+def _add_member_weights(layer, kernel_shape, units):
+    """Creates `layer.kernel` `(M, *kernel_shape)` and `layer.bias` `(M,
+    units)` (None without `use_bias`), each member drawn on its own."""
+    members = layer.num_members
+    layer.kernel = layer.add_weight(
+        shape=(members, *kernel_shape),
+        initializer=_PerMemberInitializer(layer.kernel_initializer, members),
+        regularizer=layer.kernel_regularizer,
+        name="kernel",
+    )
+    layer.bias = None
+    if layer.use_bias:
+        layer.bias = layer.add_weight(
+            shape=(members, units),
+            initializer=_PerMemberInitializer(layer.bias_initializer, members),
+            regularizer=layer.bias_regularizer,
+            name="bias",
+        )
+
+
 def share_across_members(inputs, num_members):
     """Rows shared by every member, `(batch, ...)` -> `(M, batch, ...)`,
     the member-major layout of the packed layers."""
@@ -215,24 +235,7 @@ class PackedDense(keras.layers.Layer):
                 f"member-major inputs (M={self.num_members}, batch, k). "
                 f"Received: input_shape={input_shape}"
             )
-        self.kernel = self.add_weight(
-            shape=(self.num_members, width, self.units),
-            initializer=_PerMemberInitializer(
-                self.kernel_initializer, self.num_members
-            ),
-            regularizer=self.kernel_regularizer,
-            name="kernel",
-        )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                shape=(self.num_members, self.units),
-                initializer=_PerMemberInitializer(
-                    self.bias_initializer, self.num_members
-                ),
-                regularizer=self.bias_regularizer,
-                name="bias",
-            )
+        _add_member_weights(self, (width, self.units), self.units)
 
     def call(self, inputs):
         if len(inputs.shape) == 2:
@@ -474,24 +477,9 @@ class _PackedConv(keras.layers.Layer):
                 f"{self.num_members} members on axis 0. Received: "
                 f"input_shape={input_shape}"
             )
-        self.kernel = self.add_weight(
-            shape=(self.num_members, *self.kernel_size, channels, self.filters),
-            initializer=_PerMemberInitializer(
-                self.kernel_initializer, self.num_members
-            ),
-            regularizer=self.kernel_regularizer,
-            name="kernel",
+        _add_member_weights(
+            self, (*self.kernel_size, channels, self.filters), self.filters
         )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                shape=(self.num_members, self.filters),
-                initializer=_PerMemberInitializer(
-                    self.bias_initializer, self.num_members
-                ),
-                regularizer=self.bias_regularizer,
-                name="bias",
-            )
 
     def _folded_kernel(self):
         """`(M, *k, in, out)` -> `(*k, in, M * out)`: the members' kernels
