@@ -165,8 +165,13 @@ class Ensemble(keras.Model):
             protocols that train many networks at once on different data
             (every split of a benchmark, every cell of a grid), each with its
             own standardization (a `keras.layers.Normalization` with the
-            member's statistics), rates and weight decay. Default False:
-            every member reads the same `x` and fits the same `y`.
+            member's statistics), rates and weight decay. `ku.sample` then
+            takes `(n, M, ...)` inputs and returns every member's samples of
+            its own column, member-major; `ku.predict_*` pools all members
+            into one mixture, which is meaningful only when the members
+            share their targets (score groups with a reducer of your own, as
+            the UCI protocol does). Default False: every member reads the
+            same `x` and fits the same `y`.
         weighted_mean: Whether each member's loss is its weighted mean,
             `sum(w * loss) / sum(w)` over the batch, instead of Keras's
             default `sum(w * loss) / batch`. With 0/1 row masks that is the
