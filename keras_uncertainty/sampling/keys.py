@@ -154,18 +154,23 @@ def _row_keys(call_key, dims, row_axis, per_sample):
     the batch (R = T * n * steps) still numbers them globally.
     """
     draw = _draw_key(call_key)
-    rows = dims[row_axis]
-    rows = tf.cast(rows, tf.int32)
+    rows = tf.cast(dims[row_axis], tf.int32)
     # At least 1: a mask broadcast over the batch (one row) is one row of
     # sample 0, not a division by zero.
     per_sample_rows = tf.maximum(rows // tf.cast(call_key.num_samples, tf.int32), 1)
-    index = tf.range(rows, dtype=tf.int32)
-    sample = _as_u32(call_key.sample_offset + index // per_sample_rows)
-    keys = mix(draw + sample * _u32(_GOLDEN))
-    if not per_sample:
+    samples = (rows + per_sample_rows - 1) // per_sample_rows
+    # The key of row (s, j) is mix(A_s ^ B_j): A over the samples and B over
+    # the rows of one sample are hashed apart (t + n hashes, not t * n), and
+    # only their combination runs over every row.
+    sample = _as_u32(call_key.sample_offset + tf.range(samples, dtype=tf.int32))
+    by_sample = mix(draw + sample * _u32(_GOLDEN))  # (t,)
+    if per_sample:
+        keys = tf.repeat(by_sample, per_sample_rows)[:rows]
+    else:
         scale = per_sample_rows // tf.maximum(tf.cast(call_key.num_rows, tf.int32), 1)
-        row = _as_u32(call_key.row_offset * scale + index % per_sample_rows)
-        keys = mix(keys ^ mix(row + _u32(_MEMBER_STEP)))
+        row = _as_u32(call_key.row_offset * scale + tf.range(per_sample_rows))
+        by_row = mix(row + _u32(_MEMBER_STEP))  # (n,)
+        keys = tf.reshape(mix(by_sample[:, None] ^ by_row[None, :]), [-1])[:rows]
     # Member axes (before the row axis) are folded in one at a time.
     for axis in range(row_axis - 1, -1, -1):
         member = _as_u32(tf.range(tf.cast(dims[axis], tf.int32)))
