@@ -218,7 +218,7 @@ def predict_regression(
     prediction = reduce_samples(
         model, x, reducer, num_samples, batch_size, seed, verbose
     )
-    _check_finite_output(model, **dataclasses.asdict(prediction))
+    _check_finite_output(model, **_fields(prediction))
     return prediction
 
 
@@ -271,7 +271,7 @@ def predict_classification(
         model, x, reducer, num_samples, batch_size, seed, verbose
     )
     _check_probabilities(prediction, from_logits)
-    _check_finite_output(model, **dataclasses.asdict(prediction))
+    _check_finite_output(model, **_fields(prediction))
     return prediction
 
 
@@ -302,6 +302,12 @@ def _check_probabilities(prediction, from_logits):
             f"up to {worst:.3g} away from 1. If the model outputs logits, "
             "pass from_logits=True."
         )
+
+
+def _fields(prediction):
+    """A result's fields by name, without copying them (`dataclasses.asdict`
+    deep-copies every array)."""
+    return {f.name: getattr(prediction, f.name) for f in dataclasses.fields(prediction)}
 
 
 def _check_finite_output(model, **fields):
