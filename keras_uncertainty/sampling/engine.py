@@ -243,7 +243,7 @@ def _legacy_layers(adapter):
     ]
 
 
-def _legacy_generators(model, layers):
+def _legacy_generators(layers):
     generators = []
     for layer in layers:
         generator = getattr(layer, "seed_generator", None)
@@ -282,7 +282,7 @@ def _legacy_randomness(model, layers, seed):
     if seed is None:
         yield
         return
-    generators = _legacy_generators(model, layers)
+    generators = _legacy_generators(layers)
     with _LEGACY_LOCK:
         # One independent key per generator, below 2**31 - 1 (the TensorFlow
         # backend reduces seeds modulo that before use).

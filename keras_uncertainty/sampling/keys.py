@@ -28,6 +28,7 @@ custom sampled methods (`ku.sampling.SampledModel`) use them directly.
 import contextlib
 import threading
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -83,16 +84,6 @@ def sampling_call(call_key):
 _SEED_SALT_1, _SEED_SALT_2 = 0x6A09E667, 0xBB67AE85
 
 
-def _mix_numpy(x):
-    x = np.asarray(x, np.uint32)
-    with np.errstate(over="ignore"):
-        x = x ^ (x >> np.uint32(16))
-        x = x * np.uint32(_MIX_1)
-        x = x ^ (x >> np.uint32(15))
-        x = x * np.uint32(_MIX_2)
-        return x ^ (x >> np.uint32(16))
-
-
 def key_from_seed(seed):
     """A `(2,)` uint32 numpy key: a hash of `seed` (reproducible; the same
     as `key_tensor_from_seed` computes in a graph), or, when `seed` is None,
@@ -101,13 +92,8 @@ def key_from_seed(seed):
     (which seeds numpy), as Keras's own unseeded layers do."""
     if seed is None:
         return np.random.randint(0, 2**32, size=2, dtype=np.uint64).astype(np.uint32)
-    seed = int(seed)
-    low = np.uint32(seed & 0xFFFFFFFF)
-    high = np.uint32((seed >> 32) & 0xFFFFFFFF)
-    with np.errstate(over="ignore"):
-        first = _mix_numpy(low + _mix_numpy(high ^ np.uint32(_SEED_SALT_1)))
-    second = _mix_numpy(first ^ np.uint32(_SEED_SALT_2))
-    return np.array([first, second], np.uint32)
+    # One formula for both: the graph's, run eagerly.
+    return key_tensor_from_seed(tf.constant(int(seed), tf.int64)).numpy()
 
 
 def key_tensor_from_seed(seed):
@@ -268,8 +254,6 @@ def random_uniform(
     dims = _static_or_tensor_dims(list(shape))
     call_key = current()
     if call_key is None:
-        import keras
-
         return keras.random.uniform(
             tf.stack(dims) if not all(isinstance(d, int) for d in dims) else dims,
             minval=2.0**-25,
