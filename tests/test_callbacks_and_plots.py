@@ -205,3 +205,24 @@ def test_vote_histogram(tmp_path, classifier, class_inputs):
     ax.figure.savefig(tmp_path / "votes.png")
     with pytest.raises(ValueError, match="`index`"):
         ku.plots.vote_histogram(prediction, 999)
+
+
+def test_regression_callback_figures_equal_the_metrics_on_the_same_samples(
+    regression_data,
+):
+    x, y = regression_data
+    model = ku.models.article_regression_mlp()
+    model.compile("adam", loss=ku.losses.gaussian_nll)
+    callback = ku.callbacks.UncertaintyMetrics((x[:80], y[:80]), num_samples=12, seed=4)
+    callback.set_model(model)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    samples = ku.sample(model, x[:80], 12, seed=4).astype(np.float64)
+    means, stds = samples[..., :1], np.exp(0.5 * samples[..., 1:])
+    target = np.asarray(y[:80], np.float64).reshape(-1, 1)
+    np.testing.assert_allclose(
+        logs["val_mc_nll"], ku.metrics.mixture_nll(target, means, stds), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        logs["val_mc_rmse"], ku.metrics.rmse(target, means.mean(0)), rtol=1e-5
+    )

@@ -159,9 +159,9 @@ class UncertaintyMetrics(keras.callbacks.Callback):
     def _regression(self):
         # During `fit` the model is compiled, so its loss decides.
         variance_head = bool(has_variance_head(self.model))
+        x, targets = self._inputs()
         if variance_head:
             # One streamed pass: the prediction and the mixture's NLL.
-            x, targets = self._inputs()
             score = reduce_samples(
                 self.model,
                 x,
@@ -171,17 +171,17 @@ class UncertaintyMetrics(keras.callbacks.Callback):
                 verbose=0,
                 y=None if self._streamed else self.y_val,
             )
-            prediction, nll = score.prediction, score.nll
-            y = self._targets_like(prediction.mean, targets())
-            mean, std = prediction.mean, prediction.std
+            prediction = score.prediction
         else:
-            x, targets = self._inputs()
             reducer = task_reducer(self.model, "regression", variance_head=False)
             prediction = reduce_samples(
                 self.model, x, reducer, self.num_samples, seed=self.seed, verbose=0
             )
-            y = self._targets_like(prediction.mean, targets())
-            mean, std = prediction.mean, prediction.std
+        mean, std = prediction.mean, prediction.std
+        y = np.asarray(targets(), np.float64).reshape(mean.shape)
+        if variance_head:
+            nll = score.nll
+        else:
             # No variance head: the moment-matched Gaussian, with a floor so
             # that identical samples do not give std = 0.
             std = np.maximum(std, 1e-6 * (1.0 + np.abs(mean)))
@@ -192,10 +192,6 @@ class UncertaintyMetrics(keras.callbacks.Callback):
             "val_mc_rmse": metrics.rmse(y, mean),
             "val_mc_coverage95": coverage,
         }
-
-    @staticmethod
-    def _targets_like(mean, y):
-        return np.asarray(y, np.float64).reshape(mean.shape)
 
     def _classification(self):
         x, targets = self._inputs()
