@@ -387,3 +387,25 @@ def test_unseeded_calls_follow_the_global_seed(mc_model, inputs):
     assert not np.array_equal(first[0], first[1])  # a new key every call
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
+
+
+def test_bad_sampled_models_and_targets_are_refused(mc_model, inputs):
+    class Wrong(keras.Model):
+        def call(self, x):
+            return x
+
+        def as_sampled_model(self):
+            return object()
+
+    with pytest.raises(ValueError, match="as_sampled_model"):
+        ku.sample(Wrong(), inputs, 2)
+    with pytest.raises(ValueError, match="`y`.*does not use targets"):
+        ku.sampling.reduce_samples(
+            mc_model, inputs, ku.sampling.RawSamples(), 2, y=np.zeros(37)
+        )
+    y = np.zeros((37, 1))
+    y[3] = np.nan
+    with pytest.raises(ValueError, match="`y`.*finite"):
+        ku.sampling.reduce_samples(
+            mc_model, inputs, ku.sampling.MixtureNLL(True), 2, y=y
+        )
