@@ -4,16 +4,16 @@ import math
 import numbers
 
 
-def check_rate(rate):
-    """Checks a dropout rate: a real number in [0, 1)."""
+def check_rate(rate, name="rate"):
+    """Checks a dropout rate (argument `name`): a real number in [0, 1)."""
     if (
         isinstance(rate, bool)
         or not isinstance(rate, numbers.Real)
         or not 0 <= rate < 1
     ):
         raise ValueError(
-            "Invalid value received for argument `rate`. Expected a float "
-            f"in the range [0, 1). Received: rate={rate!r}"
+            f"Invalid value received for argument `{name}`. Expected a float "
+            f"in the range [0, 1). Received: {name}={rate!r}"
         )
     return float(rate)
 
