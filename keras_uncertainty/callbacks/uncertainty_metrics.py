@@ -5,18 +5,111 @@ import warnings
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import tree
 
 from keras_uncertainty import _keras_compat, metrics
 from keras_uncertainty._validation import check_positive_int
 from keras_uncertainty.sampling import (
+    ClassificationScores,
     MixtureNLL,
     has_variance_head,
     input_stream,
     reduce_samples,
+    sampled_model,
     task_reducer,
 )
 
 _TASKS = ("auto", "regression", "classification")
+_ARG = "Invalid value received for argument `validation_data`. "
+_NUM_BINS = 15
+# Losses that make a model a classifier (names as strings, functions or
+# `keras.losses.Loss` classes, compared in lower case without underscores).
+_CLASSIFICATION_LOSSES = (
+    "sparsecategoricalcrossentropy",
+    "categoricalcrossentropy",
+    "binarycrossentropy",
+    "categoricalfocalcrossentropy",
+    "binaryfocalcrossentropy",
+)
+_REGRESSION_LOSSES = (
+    "mse",
+    "mae",
+    "meansquarederror",
+    "meanabsoluteerror",
+    "huber",
+    "logcosh",
+    "meansquaredlogarithmicerror",
+    "meanabsolutepercentageerror",
+)
+
+
+def _loss_name(loss):
+    if isinstance(loss, str):
+        name = loss
+    elif isinstance(loss, keras.losses.Loss):
+        fn = getattr(loss, "fn", None)
+        name = getattr(fn, "__name__", None) or type(loss).__name__
+    else:
+        name = getattr(loss, "__name__", "")
+    return name.lower().replace("_", "")
+
+
+def task_of_loss(model):
+    """What the compiled loss says: `(task, from_logits)`, None where it
+    does not say (no loss, a custom loss, several losses)."""
+    if has_variance_head(model):
+        return "regression", None
+    loss = getattr(model, "loss", None)
+    if loss is None or isinstance(loss, (dict, list, tuple)):
+        return None, None
+    name = _loss_name(loss)
+    if name in _CLASSIFICATION_LOSSES:
+        from_logits = getattr(loss, "from_logits", None)
+        if from_logits is None:
+            # A name or a function: Keras's default, probabilities.
+            kwargs = getattr(loss, "_fn_kwargs", None) or {}
+            from_logits = kwargs.get("from_logits", False)
+        return "classification", bool(from_logits)
+    if name in _REGRESSION_LOSSES:
+        return "regression", None
+    return None, None
+
+
+def _output_shape(model):
+    """The shape of one member's output, `(N, ...)`; None when unknown."""
+    try:
+        view = sampled_model(model).input_view
+    except (ValueError, AttributeError, TypeError):
+        return None
+    if view is None or len(view.outputs) != 1:
+        return None
+    return tuple(view.outputs[0].shape)
+
+
+def _output_is_logits(model):
+    """Guesses logits from the last layer's activation: linear -> True,
+    softmax / sigmoid -> False, anything else -> None."""
+    template = getattr(model, "member_template", model)
+    layers = getattr(template, "layers", None)
+    if not layers:
+        return None
+    last = layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return False
+    name = getattr(getattr(last, "activation", None), "__name__", None)
+    if name == "linear":
+        return True
+    if name in ("softmax", "sigmoid"):
+        return False
+    return None
+
+
+def _is_probability_rows(y):
+    return (
+        np.issubdtype(y.dtype, np.floating)
+        and np.all((y >= 0) & (y <= 1))
+        and np.allclose(y.sum(-1), 1.0, atol=1e-3)
+    )
 
 
 class UncertaintyMetrics(keras.callbacks.Callback):
@@ -33,10 +126,28 @@ class UncertaintyMetrics(keras.callbacks.Callback):
       Gaussian NLL of the predictive mean and std for a model without a
       variance head), `val_mc_rmse`, `val_mc_coverage95` (coverage of the
       central 95% interval);
-    - classification: `val_mc_nll`, `val_mc_accuracy`, `val_mc_ece`
-      (15 bins), `val_mc_brier`.
+    - classification: `val_mc_nll` (of the mixture `mean_t p_t`),
+      `val_mc_accuracy`, `val_mc_ece` (15 equal-width bins),
+      `val_mc_brier` and `val_mc_mutual_information` (mean over the rows).
 
-    It uses the compiled sampling of `ku.sample`, traced once and reused.
+    The task is read from the compiled loss: crossentropy losses (names,
+    functions or `keras.losses.Loss` objects such as
+    `SparseCategoricalCrossentropy(from_logits=True)`, whose `from_logits`
+    is read too) make a classifier; `ku.losses.gaussian_nll` and the
+    squared / absolute error losses a regressor. Otherwise it is guessed
+    from the targets (integer labels or one-hot rows: classification) and
+    the last layer's activation (linear: logits), with a warning that says
+    how to state it (`task=`, `from_logits=`).
+
+    The validation data are checked when training starts, before any epoch:
+    one target row per input row, and targets that fit the model's output
+    (regression: `(N,)` or `(N, k)` for k means; classification: `(N,)`
+    integer labels in `[0, C)`, or `(N, C)` one-hot or probability rows).
+
+    Samples are reduced as they are drawn (`ku.sampling.MixtureNLL`,
+    `ku.sampling.ClassificationScores`) by the compiled sampling of
+    `ku.sample`, traced once and reused: memory stays that of one chunk of
+    samples plus a few floats per validation row, whatever `num_samples`.
 
     Args:
         validation_data: `(x_val, y_val)` (a third entry, sample weights, is
@@ -46,10 +157,12 @@ class UncertaintyMetrics(keras.callbacks.Callback):
         num_samples: Samples per input (members contribute one each, or
             `num_samples` each when they are stochastic).
         every: Compute every `every` epochs (and not in between).
-        task: `"regression"`, `"classification"` or `"auto"`: regression if
-            the model is compiled with `ku.losses.gaussian_nll`/`GaussianNLL`
-            or `y_val` is floating point, else classification.
+        task: `"regression"`, `"classification"` or `"auto"` (read from
+            the compiled loss, else guessed with a warning; see above).
         seed: Optional seed, so every epoch draws the same masks.
+        from_logits: Classification: whether the model outputs logits; None
+            reads it from the loss (or guesses it from the last layer's
+            activation, with a warning).
 
     Example:
 
@@ -61,7 +174,13 @@ class UncertaintyMetrics(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, validation_data, num_samples=20, every=1, task="auto", seed=None
+        self,
+        validation_data,
+        num_samples=20,
+        every=1,
+        task="auto",
+        seed=None,
+        from_logits=None,
     ):
         super().__init__()
         self._streamed = isinstance(
@@ -80,11 +199,13 @@ class UncertaintyMetrics(keras.callbacks.Callback):
                     UserWarning,
                     stacklevel=2,
                 )
-            self.x_val, self.y_val = validation_data[0], np.asarray(validation_data[1])
+            y_val = validation_data[1]
+            if tf.is_tensor(y_val):
+                y_val = keras.ops.convert_to_numpy(y_val)
+            self.x_val, self.y_val = validation_data[0], np.asarray(y_val)
         else:
             raise ValueError(
-                "Invalid value received for argument `validation_data`. "
-                "Expected a tuple (x_val, y_val), a tf.data.Dataset or a "
+                _ARG + "Expected a tuple (x_val, y_val), a tf.data.Dataset or a "
                 "keras.utils.PyDataset of (x, y) batches. Received: "
                 f"{type(validation_data).__name__}"
             )
@@ -93,12 +214,30 @@ class UncertaintyMetrics(keras.callbacks.Callback):
                 "Invalid value received for argument `task`. Expected one of "
                 f"{_TASKS}. Received: task={task!r}"
             )
+        if from_logits not in (None, True, False):
+            raise ValueError(
+                "Invalid value received for argument `from_logits`. Expected "
+                f"None, True or False. Received: from_logits={from_logits!r}"
+            )
+        if task == "regression" and from_logits:
+            raise ValueError(
+                "Invalid value received for argument `from_logits`. It applies "
+                "to task='classification'. Received: task='regression' with "
+                "from_logits=True"
+            )
         self.num_samples = check_positive_int(num_samples, "num_samples")
         self.every = check_positive_int(every, "every")
         self.task = task
         self.seed = seed
+        self.from_logits = from_logits
+        self._resolved = None  # (task, from_logits, targets) once checked
+        self._warned = False
 
     def on_train_begin(self, logs=None):
+        # Checked before the first epoch: a wrong `validation_data` fails
+        # now, not after an epoch of training.
+        if self.model is not None:
+            self._resolve()
         # TensorBoard, CSVLogger and EarlyStopping read `logs` in their own
         # `on_epoch_end`, so this callback runs first. Moving it to the front
         # of the running list during this loop calls no hook twice: the
@@ -122,44 +261,189 @@ class UncertaintyMetrics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or (epoch + 1) % self.every:
             return
-        if self._resolved_task() == "regression":
-            logs.update(self._regression())
+        task, from_logits, targets = self._resolved or self._resolve()
+        if task == "regression":
+            logs.update(self._regression(targets))
         else:
-            logs.update(self._classification())
+            logs.update(self._classification(from_logits, targets))
 
-    def _target_dtype(self):
+    # The task and the checks ----------------------------------------------
+
+    def _first_targets(self):
+        """In-memory: `(rows of x, y)`; streamed: `(rows of the first
+        batch's x, its y)`, or `(None, None)` when a batch has no targets."""
         if not self._streamed:
-            return self.y_val.dtype
+            try:
+                rows = input_stream(self.model, self.x_val).num_rows
+            except ValueError as error:
+                raise ValueError(
+                    _ARG + "Expected x_val that the model takes. Received: "
+                    f"an x_val it refuses ({error})"
+                ) from None
+            return rows, self.y_val
         if isinstance(self.x_val, tf.data.Dataset):
-            spec = self.x_val.element_spec
-            if isinstance(spec, tuple) and len(spec) >= 2:
-                return spec[1].dtype.as_numpy_dtype
-            return None
-        element = keras.utils.unpack_x_y_sample_weight(self.x_val[0])
-        return None if element[1] is None else np.asarray(element[1]).dtype
+            batch = next(iter(self.x_val.take(1)), None)
+        else:
+            batch = self.x_val[0] if len(self.x_val) else None
+        if batch is None:
+            raise ValueError(
+                _ARG + "Expected a dataset with at least one batch. "
+                "Received: an empty dataset"
+            )
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        if y is None:
+            raise ValueError(
+                _ARG + "Expected a dataset of (x, y) or (x, y, w) batches: "
+                "the metrics score the targets. Received: batches without y"
+            )
+        rows = int(np.shape(tree.flatten(x)[0])[0])
+        return rows, np.asarray(keras.ops.convert_to_numpy(y))
 
-    def _resolved_task(self):
-        if self.task != "auto":
-            return self.task
-        if has_variance_head(self.model):
-            return "regression"
-        dtype = self._target_dtype()
-        if dtype is not None and np.issubdtype(dtype, np.floating):
-            return "regression"
-        return "classification"
+    def _resolve(self):
+        """Reads the task and `from_logits`, checks the validation targets
+        against them and the model's output; returns `(task, from_logits,
+        targets)` (targets None when streamed)."""
+        rows, y = self._first_targets()
+        what = "y_val" if not self._streamed else "the first batch's y"
+        if y.ndim == 0 or y.shape[0] != rows:
+            raise ValueError(
+                _ARG + f"Expected {what} with one row per input row ({rows} "
+                f"rows). Received: {what} of shape {y.shape}"
+            )
+        shape = _output_shape(self.model)
+        loss_task, loss_logits = task_of_loss(self.model)
+        task, from_logits, guessed = self.task, self.from_logits, []
+        if task == "auto":
+            task = loss_task or self._guess_task(y, shape)
+            if loss_task is None:
+                guessed.append(f"task={task!r}")
+        if task == "classification" and from_logits is None:
+            if loss_task == "classification":
+                from_logits = loss_logits
+            else:
+                from_logits = bool(_output_is_logits(self.model))
+                guessed.append(f"from_logits={from_logits}")
+        if guessed and not self._warned:
+            self._warned = True
+            warnings.warn(
+                "UncertaintyMetrics cannot read the task from the model's "
+                f"loss and guessed {', '.join(guessed)} from the targets and "
+                "the last layer. State it: UncertaintyMetrics(..., "
+                "task='classification' or 'regression', from_logits=True or "
+                "False).",
+                UserWarning,
+                stacklevel=3,
+            )
+        if task == "regression":
+            targets = self._check_regression(y, shape, what)
+        else:
+            targets = self._check_classification(y, shape, what)
+        self._resolved = (task, from_logits, None if self._streamed else targets)
+        return self._resolved
 
-    def _inputs(self):
+    @staticmethod
+    def _guess_task(y, shape):
+        if np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
+            return "classification"
+        width = None if shape is None else shape[-1]
+        if (
+            y.ndim == 2
+            and width is not None
+            and width > 1
+            and y.shape[1] == width
+            and _is_probability_rows(y)
+        ):
+            return "classification"
+        return "regression"
+
+    def _check_regression(self, y, shape, what):
+        if not np.issubdtype(y.dtype, np.number) and y.dtype != bool:
+            raise ValueError(
+                _ARG + f"Expected numeric regression targets. Received: {what} "
+                f"of dtype {y.dtype}"
+            )
+        if shape is not None:
+            width = shape[-1]
+            if width is not None and has_variance_head(self.model):
+                width //= 2
+            expected = (*shape[1:-1], width)
+            accepted = [expected]
+            if width == 1:
+                accepted.append(expected[:-1])
+            if None not in expected and tuple(y.shape[1:]) not in accepted:
+                shown = " or ".join(str(("N", *a)) for a in accepted[::-1])
+                raise ValueError(
+                    _ARG + f"Expected regression targets of shape {shown} for "
+                    f"a model with {width} mean(s) per row. Received: {what} "
+                    f"of shape {y.shape}"
+                )
+        return y.astype(np.float32)
+
+    def _check_classification(self, y, shape, what):
+        width = None if shape is None else shape[-1]
+        if shape is not None and len(shape) != 2:
+            raise ValueError(
+                "Invalid value received for argument `model`. Expected a "
+                "classifier whose output is (N, C) for the classification "
+                f"metrics. Received: output shape {shape}"
+            )
+        num_classes = None if width is None else max(width, 2)
+        if y.ndim == 2 and y.shape[1] != 1:
+            if width is not None and (width == 1 or y.shape[1] != width):
+                raise ValueError(
+                    _ARG + f"Expected classification targets of shape (N,) "
+                    f"(integer labels in [0, {num_classes})) or (N, {width}) "
+                    f"(one-hot or probability rows). Received: {what} of "
+                    f"shape {y.shape}"
+                )
+            if not _is_probability_rows(y):
+                raise ValueError(
+                    _ARG + "Expected one-hot or probability rows (values in "
+                    "[0, 1], each row summing to 1). Received: "
+                    f"{what} with rows summing to "
+                    f"{np.round(y.sum(-1)[:3], 4).tolist()}... and values from "
+                    f"{y.min()} to {y.max()}"
+                )
+            return y.astype(np.float32)
+        if y.ndim > 2:
+            raise ValueError(
+                _ARG + "Expected classification targets of shape (N,) or "
+                f"(N, C). Received: {what} of shape {y.shape}"
+            )
+        labels = y.reshape(-1)
+        integral = np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool
+        if not integral and np.issubdtype(labels.dtype, np.floating):
+            integral = bool(np.all(labels == np.round(labels)))
+        if not integral:
+            raise ValueError(
+                _ARG + "Expected integer class labels (N,). Received: "
+                f"{what} of dtype {y.dtype} with non-integer values such as "
+                f"{labels[labels != np.round(labels)][:3].tolist()}"
+            )
+        low, high = labels.min(initial=0), labels.max(initial=0)
+        if low < 0 or (num_classes is not None and high >= num_classes):
+            bound = "" if num_classes is None else f", {num_classes}"
+            raise ValueError(
+                _ARG + f"Expected class labels in [0{bound}) for a model "
+                f"with {width} output unit(s). Received: {what} with labels "
+                f"from {low} to {high}"
+            )
+        return labels.astype(np.int32)
+
+    # The metrics ----------------------------------------------------------
+
+    def _inputs(self, targets):
         """The validation inputs, and a function that gives their targets
         once the inputs have been read."""
         if not self._streamed:
-            return self.x_val, lambda: self.y_val
+            return self.x_val, lambda: targets
         stream = input_stream(self.model, self.x_val, keep_targets=True)
         return stream, stream.targets
 
-    def _regression(self):
+    def _regression(self, targets):
         # During `fit` the model is compiled, so its loss decides.
         variance_head = bool(has_variance_head(self.model))
-        x, targets = self._inputs()
+        x, read_targets = self._inputs(targets)
         if variance_head:
             # One streamed pass: the prediction and the mixture's NLL.
             score = reduce_samples(
@@ -169,7 +453,7 @@ class UncertaintyMetrics(keras.callbacks.Callback):
                 self.num_samples,
                 seed=self.seed,
                 verbose=0,
-                y=None if self._streamed else self.y_val,
+                y=targets,
             )
             prediction = score.prediction
         else:
@@ -178,7 +462,7 @@ class UncertaintyMetrics(keras.callbacks.Callback):
                 self.model, x, reducer, self.num_samples, seed=self.seed, verbose=0
             )
         mean, std = prediction.mean, prediction.std
-        y = np.asarray(targets(), np.float64).reshape(mean.shape)
+        y = np.asarray(read_targets(), np.float64).reshape(mean.shape)
         if variance_head:
             nll = score.nll
         else:
@@ -193,17 +477,21 @@ class UncertaintyMetrics(keras.callbacks.Callback):
             "val_mc_coverage95": coverage,
         }
 
-    def _classification(self):
-        x, targets = self._inputs()
-        reducer = task_reducer(self.model, "classification")
-        prediction = reduce_samples(
-            self.model, x, reducer, self.num_samples, seed=self.seed, verbose=0
+    def _classification(self, from_logits, targets):
+        x, _ = self._inputs(targets)
+        score = reduce_samples(
+            self.model,
+            x,
+            ClassificationScores(from_logits=from_logits, num_bins=_NUM_BINS),
+            self.num_samples,
+            seed=self.seed,
+            verbose=0,
+            y=targets,
         )
-        labels = targets().reshape(-1).astype(np.int64)
-        probs = prediction.probs / prediction.probs.sum(-1, keepdims=True)
         return {
-            "val_mc_nll": metrics.classification_nll(labels, probs),
-            "val_mc_accuracy": metrics.accuracy(labels, probs),
-            "val_mc_ece": metrics.expected_calibration_error(labels, probs),
-            "val_mc_brier": metrics.brier_score(labels, probs),
+            "val_mc_nll": score.nll,
+            "val_mc_accuracy": score.accuracy,
+            "val_mc_ece": score.ece,
+            "val_mc_brier": score.brier,
+            "val_mc_mutual_information": score.mutual_information,
         }

@@ -6,6 +6,10 @@ random draws (`random_bits16`, `random_uniform`, `random_normal`) and the
 engine call `reduce_samples`.
 """
 
+from keras_uncertainty.sampling.class_scores import (
+    ClassificationScore,
+    ClassificationScores,
+)
 from keras_uncertainty.sampling.contract import (
     SampledModel,
     TiledInputsModel,
@@ -13,6 +17,7 @@ from keras_uncertainty.sampling.contract import (
     sampled_model,
 )
 from keras_uncertainty.sampling.engine import (
+    DEFAULT_NUM_SAMPLES,
     check_model,
     input_stream,
     reduce_samples,
@@ -28,12 +33,15 @@ from keras_uncertainty.sampling.predictions import (
 from keras_uncertainty.sampling.reducers import (
     ClassificationSummary,
     MixtureNLL,
+    PerOutput,
     RawSamples,
     Reducer,
     RegressionMoments,
 )
 from keras_uncertainty.sampling.sampler import (
     has_variance_head,
+    output_names,
+    predict,
     predict_classification,
     predict_regression,
     sample,
@@ -41,10 +49,14 @@ from keras_uncertainty.sampling.sampler import (
 )
 
 __all__ = [
+    "DEFAULT_NUM_SAMPLES",
     "ClassificationPrediction",
+    "ClassificationScore",
+    "ClassificationScores",
     "ClassificationSummary",
     "MixtureNLL",
     "MixtureScore",
+    "PerOutput",
     "RawSamples",
     "Reducer",
     "RegressionMoments",
@@ -56,6 +68,8 @@ __all__ = [
     "has_variance_head",
     "input_stream",
     "is_stochastic",
+    "output_names",
+    "predict",
     "predict_classification",
     "predict_regression",
     "random_bits16",
