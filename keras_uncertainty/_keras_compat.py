@@ -48,6 +48,12 @@ def flatten_layers(layer):
     return list(layer._flatten_layers(include_self=True, recursive=True))
 
 
+def child_layers(layer):
+    """The layers directly nested in `layer` (its sublayers, one level)."""
+    _require()
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
 def running_callback_list(max_depth=4):
     """The `keras.callbacks.CallbackList` calling the running callback hook.
 

@@ -160,17 +160,39 @@ def test_to_mc_dropout_keeps_sequential_models_sequential():
     assert isinstance(mc_model.layers[-1], ku.layers.MCDropout)
 
 
-def test_to_mc_dropout_rejects_subclassed_models_and_non_models():
+def test_to_mc_dropout_converts_subclassed_models_that_round_trip():
     class Subclassed(keras.Model):
-        def __init__(self):
-            super().__init__()
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
             self.dense = keras.layers.Dense(2)
+            self.dropout = keras.layers.Dropout(0.5)
+
+        def call(self, x):
+            return self.dropout(self.dense(x))
+
+    model = Subclassed()
+    x = np.ones((3, 4), "float32")
+    model(x)
+    mc_model = ku.layers.to_mc_dropout(model)
+    assert isinstance(mc_model, Subclassed)
+    assert isinstance(mc_model.dropout, ku.layers.MCDropout)
+    np.testing.assert_array_equal(mc_model.dense.kernel, model.dense.kernel)
+    assert not np.allclose(mc_model(x), mc_model(x))
+
+
+def test_to_mc_dropout_refuses_models_that_do_not_round_trip_and_non_models():
+    class NeedsArguments(keras.Model):
+        def __init__(self, units):
+            super().__init__()
+            self.dense = keras.layers.Dense(units)
 
         def call(self, x):
             return self.dense(x)
 
-    with pytest.raises(ValueError, match="Functional or Sequential"):
-        ku.layers.to_mc_dropout(Subclassed())
+    model = NeedsArguments(2)
+    model(np.ones((1, 3), "float32"))
+    with pytest.raises(ValueError, match="saves to and loads from a `.keras` file"):
+        ku.layers.to_mc_dropout(model)
     with pytest.raises(ValueError, match="Received: Dense"):
         ku.layers.to_mc_dropout(keras.layers.Dense(2))
 

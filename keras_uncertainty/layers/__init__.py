@@ -1,7 +1,8 @@
 """Layers that keep Monte Carlo sampling on at inference, and packed layers
 that hold many member networks' weights on a leading member axis."""
 
-from keras_uncertainty.layers.conversion import to_mc_dropout
+from keras_uncertainty.layers.conversion import ConversionReport, to_mc_dropout
+from keras_uncertainty.layers.mc_attention import MCMultiHeadAttention
 from keras_uncertainty.layers.mc_dropout import (
     MCDropout,
     MCGaussianDropout,
@@ -10,6 +11,17 @@ from keras_uncertainty.layers.mc_dropout import (
     MCSpatialDropout3D,
 )
 from keras_uncertainty.layers.mc_layer import MCLayer
+from keras_uncertainty.layers.mc_recurrent import (
+    MCGRU,
+    MCLSTM,
+    MCConvLSTM1D,
+    MCConvLSTM2D,
+    MCConvLSTM3D,
+    MCGRUCell,
+    MCLSTMCell,
+    MCSimpleRNN,
+    MCSimpleRNNCell,
+)
 from keras_uncertainty.layers.packed import (
     PackedConv1D,
     PackedConv2D,
@@ -22,6 +34,17 @@ from keras_uncertainty.layers.packed import (
 )
 
 __all__ = [
+    "ConversionReport",
+    "MCConvLSTM1D",
+    "MCConvLSTM2D",
+    "MCConvLSTM3D",
+    "MCGRU",
+    "MCGRUCell",
+    "MCLSTM",
+    "MCLSTMCell",
+    "MCMultiHeadAttention",
+    "MCSimpleRNN",
+    "MCSimpleRNNCell",
     "MCDropout",
     "MCGaussianDropout",
     "MCLayer",

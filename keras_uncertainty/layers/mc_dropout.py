@@ -25,7 +25,11 @@ class _AlwaysOnBernoulli:
     and deliberately ignored)."""
 
     def _noise_shape_of(self, inputs):
-        return self.noise_shape
+        if self.noise_shape is None:
+            return None
+        # The batch axis holds samples x inputs: a mask shared over it (a
+        # batch dimension of 1) would be shared by every Monte Carlo sample.
+        return (None, *tuple(self.noise_shape)[1:])
 
     def call(self, inputs, training=None):
         if self.rate == 0:
@@ -65,8 +69,10 @@ class MCDropout(_AlwaysOnBernoulli, MCLayer, keras.layers.Dropout):
         rate: Float in [0, 1). Fraction of the input units to drop.
         noise_shape: 1D integer tuple, the shape of the binary dropout mask
             that is broadcast over the inputs (as in `keras.layers.Dropout`).
-            Keep the batch dimension `None` so that every row, and so every
-            Monte Carlo sample, gets its own mask.
+            Its batch dimension is always taken as `None`: every row, so
+            every input of every Monte Carlo sample, gets its own mask (a
+            mask shared over the batch would make all samples equal); the
+            other dimensions broadcast within each row.
         seed: Optional non-negative integer, the layer's random seed.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
 

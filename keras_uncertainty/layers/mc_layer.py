@@ -66,6 +66,8 @@ class MCLayer(keras.layers.Layer):
     stochastic_at_inference = True
     # The engine's mark of a layer whose draws follow the call key (item 3).
     draws_from_call_key = True
+    # Item 4 (a layer converted in place by `to_mc_dropout` gets one too).
+    owns_seed_generator = True
 
     def __init__(self, *args, seed=None, **kwargs):
         seed = check_seed(seed)
