@@ -276,6 +276,8 @@ class UncertaintyMetrics(keras.callbacks.Callback):
             try:
                 rows = input_stream(self.model, self.x_val).num_rows
             except ValueError as error:
+                if "argument `x`" not in str(error):
+                    raise
                 raise ValueError(
                     _ARG + "Expected x_val that the model takes. Received: "
                     f"an x_val it refuses ({error})"

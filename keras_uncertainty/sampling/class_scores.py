@@ -194,6 +194,7 @@ class ClassificationScores(Reducer):
         # p log p with 0 log 0 = 0 (log p = -inf where p = 0).
         plogp = tf.math.multiply_no_nan(log_probs, tf.exp(log_probs))
         sum_entropy = -tf.reduce_sum(plogp, axis=[0, 2])
+        targets = tf.convert_to_tensor(targets)
         if targets.shape.rank == 2 and targets.shape[-1] == num_classes != 1:
             targets = tf.cast(targets, tf.float32)  # one-hot / probability rows
         else:
