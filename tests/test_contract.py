@@ -169,9 +169,22 @@ def test_seeded_results_are_identical_across_chunkings_and_batch_sizes(
     mc_model, inputs
 ):
     reference = ku.sample(mc_model, inputs, num_samples=50, seed=11)
-    for batch_size in (1, 7, 50, 333, 5000):
+    for batch_size, max_rows in [
+        (1, None),
+        (7, None),
+        (None, 50),
+        (7, 20),
+        (None, 5000),
+    ]:
         np.testing.assert_array_equal(
-            ku.sample(mc_model, inputs, num_samples=50, seed=11, batch_size=batch_size),
+            ku.sample(
+                mc_model,
+                inputs,
+                num_samples=50,
+                seed=11,
+                batch_size=batch_size,
+                max_rows_per_call=max_rows,
+            ),
             reference,
         )
     streamed = tf.data.Dataset.from_tensor_slices(inputs).batch(5)
@@ -264,7 +277,13 @@ def test_a_custom_mc_layer_on_the_base_meets_the_contract():
 def test_mixture_nll_reducer_equals_the_metric_on_the_same_samples(mc_model, inputs):
     y = np.random.default_rng(3).normal(size=(37, 1))
     score = ku.sampling.reduce_samples(
-        mc_model, inputs, ku.sampling.MixtureNLL(True), 300, seed=5, batch_size=400, y=y
+        mc_model,
+        inputs,
+        ku.sampling.MixtureNLL(True),
+        300,
+        seed=5,
+        max_rows_per_call=400,
+        y=y,
     )
     samples = ku.sample(mc_model, inputs, 300, seed=5).astype(np.float64)
     means, stds = samples[..., :1], np.exp(0.5 * samples[..., 1:])
@@ -322,7 +341,7 @@ _TWO_DEVICES = textwrap.dedent(
     model.set_weights(single.get_weights())
     with strategy.scope():
         split = ku.predict_regression(model, x, 50, seed=11)
-        split_raw = ku.sample(model, x, 50, seed=11, batch_size=500)
+        split_raw = ku.sample(model, x, 50, seed=11, max_rows_per_call=500)
     np.testing.assert_array_equal(split_raw, raw)
     np.testing.assert_allclose(split.mean, reference.mean, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(split.std, reference.std, rtol=1e-6, atol=1e-7)
@@ -370,9 +389,10 @@ def test_seeded_ensemble_samples_are_chunk_invariant_and_members_differ(pack, in
     ensemble(inputs[:1])
     reference = ku.sample(ensemble, inputs, num_samples=6, seed=4)
     assert reference.shape == (18, 37, 2)
-    for batch_size in (5, 40):
+    for max_rows in (5, 40):
         np.testing.assert_array_equal(
-            ku.sample(ensemble, inputs, 6, seed=4, batch_size=batch_size), reference
+            ku.sample(ensemble, inputs, 6, seed=4, max_rows_per_call=max_rows),
+            reference,
         )
     by_member = reference.reshape(3, 6, 37, 2)
     assert not np.array_equal(by_member[0], by_member[1])

@@ -58,7 +58,7 @@ class _Rows(keras.utils.PyDataset):
 def _in_memory(model, x):
     # 20 samples x 32 inputs per compiled call: the streamed inputs (batches
     # of 50) must be re-cut into the same chunks of 32.
-    return ku.predict_regression(model, x, num_samples=20, batch_size=640, seed=5)
+    return ku.predict_regression(model, x, num_samples=20, batch_size=32, seed=5)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_streamed_inputs_give_exactly_the_in_memory_result(counted_model, rows, 
     expected = _in_memory(model, x)
     traces = counter.calls
     streamed = ku.predict_regression(
-        model, make(x, y), num_samples=20, batch_size=640, seed=5
+        model, make(x, y), num_samples=20, batch_size=32, seed=5
     )
     for field in ("mean", "std", "aleatoric_std", "epistemic_std"):
         np.testing.assert_array_equal(
@@ -92,11 +92,11 @@ def test_streamed_inputs_give_exactly_the_in_memory_result(counted_model, rows, 
 def test_streaming_many_batches_traces_a_bounded_number_of_times(counted_model, rows):
     model, counter = counted_model
     x, _ = rows
-    ku.sample(model, x, num_samples=3, batch_size=96)  # chunks of 32 and a 6
+    ku.sample(model, x, num_samples=3, batch_size=32)  # chunks of 32 and a 6
     before = counter.calls
     for batch in (1, 7, 13, 50, 230):
         dataset = tf.data.Dataset.from_tensor_slices(x).batch(batch)
-        ku.sample(model, dataset, num_samples=3, batch_size=96)
+        ku.sample(model, dataset, num_samples=3, batch_size=32)
     # However the data set is batched, the compiled step sees the same
     # chunks: no trace per batch, none at all here.
     assert counter.calls == before
@@ -180,14 +180,14 @@ def test_verbose_one_shows_a_progress_bar_and_zero_is_silent(
 ):
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
-    ku.predict_classification(classifier, class_inputs, 8, batch_size=80, verbose=1)
+    ku.predict_classification(classifier, class_inputs, 8, batch_size=10, verbose=1)
     shown = out.getvalue()
-    # 40 inputs x 8 samples in calls of 80 rows: 4 calls.
+    # 40 inputs in calls of 10 inputs (x 8 samples): 4 calls.
     assert "4/4" in shown
     out.truncate(0)
     out.seek(0)
-    ku.predict_classification(classifier, class_inputs, 8, batch_size=80, verbose=0)
-    ku.predict_classification(classifier, class_inputs, 8, batch_size=80)
+    ku.predict_classification(classifier, class_inputs, 8, batch_size=10, verbose=0)
+    ku.predict_classification(classifier, class_inputs, 8, batch_size=10)
     assert out.getvalue() == ""  # "auto": not a terminal, and short
 
 
@@ -195,7 +195,7 @@ def test_verbose_two_prints_one_line_at_the_end(classifier, class_inputs, monkey
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
     dataset = tf.data.Dataset.from_tensor_slices(class_inputs).batch(10)
-    ku.predict_classification(classifier, dataset, 8, batch_size=80, verbose=2)
+    ku.predict_classification(classifier, dataset, 8, batch_size=10, verbose=2)
     lines = [line for line in out.getvalue().splitlines() if line.strip()]
     assert len(lines) == 1 and "4/4" in lines[0]
 

@@ -29,14 +29,21 @@ def test_sample_shape_and_spread(regression_model, regression_data):
     assert np.all(samples.std(axis=0) > 0)
 
 
-@pytest.mark.parametrize("batch_size", [None, 64, 3])
+@pytest.mark.parametrize(
+    "batch_size,max_rows_per_call", [(None, None), (64, None), (3, 20)]
+)
 def test_regression_formulas_match_numpy_on_the_same_samples(
-    regression_model, regression_data, batch_size
+    regression_model, regression_data, batch_size, max_rows_per_call
 ):
-    # batch_size=3 < num_samples also splits the samples of each input over
-    # several calls, whose moments are merged.
+    # 3 inputs x 25 samples > 20 rows per call also splits the samples of
+    # each input over several calls, whose moments are merged.
     x, _ = regression_data
-    args = dict(num_samples=25, batch_size=batch_size, seed=11)
+    args = dict(
+        num_samples=25,
+        batch_size=batch_size,
+        max_rows_per_call=max_rows_per_call,
+        seed=11,
+    )
     samples = ku.sample(regression_model, x, **args)
     prediction = ku.predict_regression(regression_model, x, **args)
     mean, std, aleatoric, epistemic = _numpy_regression(samples)
@@ -61,9 +68,11 @@ def test_prediction_is_a_frozen_dataclass(regression_model, regression_data):
     assert "aleatoric_std^2 = mean_t sigma_t^2" in ku.RegressionPrediction.__doc__
 
 
-def test_epistemic_variance_survives_a_large_mean():
+@pytest.mark.parametrize("max_rows_per_call", [None, 100])
+def test_epistemic_variance_survives_a_large_mean(max_rows_per_call):
     # A mean of 1e4 with a spread of 1e-2: the naive E[mu^2] - E[mu]^2 in
-    # float32 loses the spread entirely; the two-pass moments keep it.
+    # float32 loses the spread entirely; the two-pass moments keep it, in one
+    # call of 400 samples or in chunks of them.
     inputs = keras.Input((1,))
     noisy = ku.layers.MCGaussianDropout(0.5, seed=0)(inputs)
     outputs = keras.layers.Dense(
@@ -72,7 +81,7 @@ def test_epistemic_variance_survives_a_large_mean():
     model = keras.Model(inputs, outputs)
     x = np.full((4, 1), 0.01, "float32")
     prediction = ku.predict_regression(
-        model, x, num_samples=400, seed=0, batch_size=100
+        model, x, num_samples=400, seed=0, max_rows_per_call=max_rows_per_call
     )
     # noise std sqrt(0.5/0.5) = 1 on an input of 0.01
     np.testing.assert_allclose(prediction.epistemic_std, 0.01, rtol=0.15)
@@ -213,7 +222,7 @@ def test_tracing_is_bounded_and_never_repeats_for_a_seen_signature():
 
     def predict(n, t):
         x = rng.normal(size=(n, 8)).astype("float32")
-        ku.predict_classification(model, x, num_samples=t, batch_size=64)
+        ku.predict_classification(model, x, num_samples=t, max_rows_per_call=64)
 
     predict(10, 5)
     first = counter.calls
@@ -321,7 +330,7 @@ def test_tensor_inputs_are_accepted(classifier, class_inputs):
     np.testing.assert_array_equal(from_tensor, from_numpy)
 
 
-@pytest.mark.parametrize("value", [0, -3, 2.5, None, True])
+@pytest.mark.parametrize("value", [0, -3, 2.5, "10", True])
 def test_bad_num_samples_is_rejected(classifier, class_inputs, value):
     with pytest.raises(ValueError, match=r"`num_samples`.*positive integer.*Received"):
         ku.predict_classification(classifier, class_inputs, num_samples=value)

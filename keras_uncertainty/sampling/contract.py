@@ -76,6 +76,13 @@ class SampledModel:
         """The sampled model."""
         return self._model_ref()
 
+    @property
+    def output_names(self):
+        """The names of the outputs `forward` returns, in `model.outputs`
+        order (a dict output's keys; a list output's `output_names`), read
+        from `input_view`; None when unknown."""
+        return graph.output_names(getattr(self, "input_view", None))
+
     def stochastic_layers(self):
         """The layers that draw randomness at inference (for checks and
         warnings); every `stochastic_at_inference` layer by default."""
@@ -135,6 +142,29 @@ class TiledInputsModel(SampledModel):
     def forward(self, inputs, num_samples):
         tiled = tree.map_structure(lambda t: graph.tile_rows(t, num_samples), inputs)
         return self.model(tiled, training=False)
+
+
+def named_outputs(outputs, names=None):
+    """`(name, tensor)` pairs of a structure of outputs, in flat order.
+
+    A dict gives its keys; a list or tuple the `names` given (a model's
+    `output_names`) when there are as many, else its positions; a single
+    tensor is named by `names[0]` (or 0).
+
+    Args:
+        outputs: A tensor or a flat dict, list or tuple of tensors.
+        names: Optional names of the flat outputs.
+
+    Returns:
+        A list of `(name, tensor)`.
+    """
+    if isinstance(outputs, dict):
+        keys = tree.flatten({key: key for key in outputs})
+        return [(key, outputs[key]) for key in keys]
+    flat = tree.flatten(outputs)
+    if names is None or len(names) != len(flat):
+        names = range(len(flat))
+    return list(zip(names, flat))
 
 
 _CACHE = weakref.WeakKeyDictionary()

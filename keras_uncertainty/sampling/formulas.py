@@ -45,8 +45,9 @@ def regression_moments(samples, variance_head):
 
     Returns:
         `(mean_mu, m2_mu, mean_var)`, each `(n, ..., k)`: the sample mean of
-        mu, the sum of squared deviations of mu from it (two-pass, so that a
-        large mean does not cancel a small spread), and the sample mean of
+        mu, the sum of squared deviations of mu from it (two-pass on the
+        deviations from the first sample, so that a large mean does not
+        cancel a small spread), and the sample mean of
         `sigma^2 = exp(log_var)` (zeros without a variance head).
     """
     samples = ops.cast(samples, "float32")
@@ -56,9 +57,14 @@ def regression_moments(samples, variance_head):
     else:
         mu = samples
         mean_var = ops.zeros_like(mu[0])
-    mean_mu = ops.mean(mu, axis=0)
-    m2_mu = ops.sum(ops.square(mu - mean_mu), axis=0)
-    return mean_mu, m2_mu, mean_var
+    # Shifted by the first sample: the deviations from it are small (and
+    # exact when close), so a large mean does not swamp the spread in the
+    # float32 sums, whatever the number of samples in one call.
+    shift = mu[0]
+    centred = mu - shift
+    mean_centred = ops.mean(centred, axis=0)
+    m2_mu = ops.sum(ops.square(centred - mean_centred), axis=0)
+    return shift + mean_centred, m2_mu, mean_var
 
 
 def class_probabilities(samples, from_logits):

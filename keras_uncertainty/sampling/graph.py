@@ -11,7 +11,6 @@ MC dropout before its head), runs once per input instead of T times.
 Subclassed models get their inputs tiled.
 """
 
-
 import keras
 import tensorflow as tf
 from keras import tree
@@ -130,13 +129,31 @@ class TiledTwin:
         clone = keras.models.clone_model(
             model, clone_function=lambda layer: layer, call_function=call_layer
         )
-        outputs = [tile_once(value) for value in clone.outputs]
+        # The model's output structure (a dict stays a dict).
+        outputs = tree.map_structure(tile_once, clone.output)
+        if not isinstance(outputs, (dict, list, tuple)):
+            outputs = [outputs]
         self.model = keras.Model(clone.inputs, outputs, name=f"{model.name}_tiled")
         self.floats_per_row = floats_per_row(model)
 
     def __call__(self, inputs):
         """The outputs for the T copies of `inputs`, T of the current call."""
         return self.model(inputs, training=False)
+
+
+def output_names(view):
+    """The names of a Functional model's outputs in `model.outputs` order:
+    a dict output's keys, else `view.output_names`; None without a view."""
+    if view is None:
+        return None
+    output = view.output
+    if isinstance(output, dict):
+        return tuple(tree.flatten({key: key for key in output}))
+    names = tuple(getattr(view, "output_names", ()) or ())
+    count = len(tree.flatten(output))
+    if len(names) != count or len(set(names)) != count:
+        return tuple(range(count))
+    return names
 
 
 def floats_per_row(view):

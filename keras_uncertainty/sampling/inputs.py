@@ -1,9 +1,10 @@
 """What sampling accepts as inputs, cut into the chunks one compiled call takes.
 
 Everything `model.predict` takes is accepted: numpy arrays, tensors, Python
-lists, structures (dicts, tuples) for multi-input models, a batched
-`tf.data.Dataset`, a `keras.utils.PyDataset` and a Python generator of
-batches. In-memory inputs are sliced; the others are streamed and re-cut
+lists, strings (str, bytes or object arrays, `tf.string` tensors, lists of
+str) for a model that reads text, structures (dicts, tuples) for multi-input
+models, a batched `tf.data.Dataset`, a `keras.utils.PyDataset` and a Python
+generator of batches. In-memory inputs are sliced; the others are streamed and re-cut
 into chunks of the same size as the in-memory path uses, so the compiled
 step sees the same shapes (no retracing per batch) and, with a seed, draws
 the same samples. Memory is bounded by one chunk plus one batch.
@@ -60,6 +61,55 @@ def _as_arrays(view, x):
         ) from None
 
 
+def _is_text(array, expected_dtype):
+    """Whether `array` holds strings: a str/bytes array, or an object array
+    fed to a string input."""
+    if array.dtype.kind in "US":
+        return True
+    return array.dtype == object and (
+        expected_dtype == "string"
+        or (array.size > 0 and isinstance(array.flat[0], (str, bytes)))
+    )
+
+
+def _text_array(array, name, expected_dtype):
+    """A str/bytes array as an object array (one dtype whatever the string
+    lengths, so the compiled step is not retraced per length)."""
+    if expected_dtype is not None and expected_dtype != "string":
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected "
+            f"numbers of dtype {expected_dtype} (the model input's). Received: "
+            f"strings (an array of dtype {array.dtype})"
+        )
+    if array.dtype == object:
+        for value in array.flat:
+            if not isinstance(value, (str, bytes)):
+                raise ValueError(
+                    f"Invalid value received for argument `{name}`. Expected "
+                    "an array of strings (str or bytes) for a string input. "
+                    f"Received: an entry of type {type(value).__name__}"
+                )
+        return array
+    return array.astype(object)
+
+
+def _check_shape(spec, array, name, where):
+    expected = tuple(spec.shape)
+    if len(expected) != array.ndim or any(
+        e is not None and e != r for e, r in zip(expected, array.shape)
+    ):
+        hint = (
+            " (a tf.data.Dataset must be batched: `dataset.batch(n)`)"
+            if where != "x" and array.ndim == len(expected) - 1
+            else ""
+        )
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected "
+            f"an array of rank {len(expected)} with shape {expected} "
+            f"(None: any size). Received: shape {array.shape}{hint}"
+        )
+
+
 def flatten_inputs(view, x, where="x"):
     """Flattens `x` to numpy arrays of the model's input dtypes and checks it.
 
@@ -86,26 +136,20 @@ def flatten_inputs(view, x, where="x"):
                 f"Invalid value received for argument `{name}`. Expected an "
                 f"array with a batch dimension. Received: a scalar {array!r}"
             )
+        expected_dtype = None if specs is None else specs[i].dtype
+        if _is_text(array, expected_dtype):
+            flat[i] = _text_array(array, name, expected_dtype)
+            if specs is not None:
+                _check_shape(specs[i], flat[i], name, where)
+            continue
         if array.dtype == object or array.dtype.kind in "USV":
             raise ValueError(
                 f"Invalid value received for argument `{name}`. Expected "
-                f"numbers. Received: an array of dtype {array.dtype}"
+                "numbers (or strings, for a model input of dtype string). "
+                f"Received: an array of dtype {array.dtype}"
             )
         if specs is not None:
-            expected = tuple(specs[i].shape)
-            if len(expected) != array.ndim or any(
-                e is not None and e != r for e, r in zip(expected, array.shape)
-            ):
-                hint = (
-                    " (a tf.data.Dataset must be batched: `dataset.batch(n)`)"
-                    if where != "x" and array.ndim == len(expected) - 1
-                    else ""
-                )
-                raise ValueError(
-                    f"Invalid value received for argument `{name}`. Expected "
-                    f"an array of rank {len(expected)} with shape {expected} "
-                    f"(None: any size). Received: shape {array.shape}{hint}"
-                )
+            _check_shape(specs[i], array, name, where)
             dtype = specs[i].dtype
         else:
             floating = np.issubdtype(array.dtype, np.floating)

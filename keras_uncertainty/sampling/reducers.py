@@ -24,6 +24,7 @@ its parameters in attributes needs nothing more. Run one with
 `ku.sampling.reduce_samples(model, x, reducer, num_samples)`.
 """
 
+import importlib
 import math
 
 import numpy as np
@@ -45,6 +46,9 @@ class Reducer:
     Attributes:
         row_axis: The axis of each state entry that lists the inputs.
         needs_targets: Whether `reduce` takes the chunk's targets.
+        takes_structure: Whether `reduce` takes the samples of every output
+            of the model, a dict `{output name: (t, n, ...)}` (see
+            `PerOutput`), rather than the one output's `(t, n, ...)`.
 
     Example:
 
@@ -55,6 +59,7 @@ class Reducer:
 
     row_axis = 0
     needs_targets = False
+    takes_structure = False
 
     def get_config(self):
         """The reducer's parameters (its public attributes by default)."""
@@ -73,6 +78,13 @@ class Reducer:
 
     def finalize(self, state, num_samples):
         raise NotImplementedError
+
+    def concat(self, states):
+        """Joins the states of consecutive chunks of inputs, in order (each
+        entry on `row_axis`)."""
+        return tuple(
+            np.concatenate(column, axis=self.row_axis) for column in zip(*states)
+        )
 
     def summary(self, state, num_samples):
         raise NotImplementedError(
@@ -164,6 +176,16 @@ class ClassificationSummary(Reducer):
         self.votes = bool(votes)
 
     def reduce(self, samples):
+        if samples.shape.rank == 2:
+            raise ValueError(
+                "Invalid value received for argument `model`. Expected a "
+                "classifier output with a class axis, `(N, C)` (a single "
+                "sigmoid unit `(N, 1)` is read as two classes). Received: an "
+                f"output of shape {tuple(samples.shape[1:])} without one. Add "
+                "the class axis: end the model with `Dense(1, "
+                "activation='sigmoid')` (which keeps `(N, 1)`) or a "
+                "`keras.layers.Reshape((1,))`."
+            )
         return formulas.classification_moments(samples, self.from_logits, self.votes)
 
     def merge(self, a, count_a, b, count_b):
@@ -262,3 +284,118 @@ class MixtureNLL(RegressionMoments):
 
     def summary(self, state, num_samples):
         raise NotImplementedError("MixtureNLL scores targets: it is not exported.")
+
+
+def _qualified_name(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _class_from_name(name):
+    module, _, qualname = name.rpartition(".")
+    value = importlib.import_module(module)
+    for part in qualname.split("."):
+        value = getattr(value, part)
+    return value
+
+
+class PerOutput(Reducer):
+    """One reducer per output of a multi-output model, from one pass.
+
+    The model is sampled once per call: every output's samples come from the
+    same forward pass (the same dropout masks in the shared trunk), and each
+    named output goes to its own reducer. Its states, merges and joins are
+    those of its reducers, output by output.
+
+    Args:
+        reducers: A dict `{output name: Reducer}`; a name is a key of a dict
+            output, or an entry of `model.output_names` for a list output
+            (its position for a model whose names are unknown).
+
+    Returns (from `finalize`):
+        A dict `{output name: what that reducer's finalize returns}`; from
+        `summary`, one dict with keys `"<output name>_<field>"`.
+
+    Example:
+
+    >>> reducer = ku.sampling.PerOutput({
+    ...     "price": ku.sampling.RegressionMoments(False),
+    ...     "kind": ku.sampling.ClassificationSummary()})
+    >>> pred = ku.sampling.reduce_samples(model, x, reducer, 100)
+    >>> pred["price"].epistemic_std, pred["kind"].mutual_information
+    """
+
+    takes_structure = True
+
+    def __init__(self, reducers):
+        if not isinstance(reducers, dict) or not reducers:
+            raise ValueError(
+                "Invalid value received for argument `reducers`. Expected a "
+                "non-empty dict {output name: ku.sampling.Reducer}. Received: "
+                f"{reducers!r}"
+            )
+        for name, reducer in reducers.items():
+            if not isinstance(reducer, Reducer) or reducer.takes_structure:
+                raise ValueError(
+                    "Invalid value received for argument `reducers`. Expected "
+                    "a ku.sampling.Reducer of one output for each name. "
+                    f"Received: {name!r}: {reducer!r}"
+                )
+            if reducer.needs_targets:
+                raise ValueError(
+                    "Invalid value received for argument `reducers`. Expected "
+                    "reducers that do not score targets. Received: "
+                    f"{name!r}: {type(reducer).__name__}"
+                )
+        self.reducers = dict(reducers)
+
+    def get_config(self):
+        return {
+            "reducers": [
+                [name, _qualified_name(type(r)), r.get_config()]
+                for name, r in self.reducers.items()
+            ]
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(
+            {
+                name: _class_from_name(class_name).from_config(sub)
+                for name, class_name, sub in config["reducers"]
+            }
+        )
+
+    def reduce(self, samples):
+        missing = [name for name in self.reducers if name not in samples]
+        if missing:
+            raise ValueError(
+                "Invalid value received for argument `output`. Expected "
+                f"names of the model's outputs {list(samples)}. Received: "
+                f"{missing}"
+            )
+        return tuple(r.reduce(samples[name]) for name, r in self.reducers.items())
+
+    def merge(self, a, count_a, b, count_b):
+        return tuple(
+            r.merge(x, count_a, y, count_b)
+            for r, x, y in zip(self.reducers.values(), a, b)
+        )
+
+    def concat(self, states):
+        return tuple(
+            r.concat([state[i] for state in states])
+            for i, r in enumerate(self.reducers.values())
+        )
+
+    def finalize(self, state, num_samples):
+        return {
+            name: r.finalize(part, num_samples)
+            for (name, r), part in zip(self.reducers.items(), state)
+        }
+
+    def summary(self, state, num_samples):
+        fields = {}
+        for (name, r), part in zip(self.reducers.items(), state):
+            for field, value in r.summary(part, num_samples).items():
+                fields[f"{name}_{field}"] = value
+        return fields

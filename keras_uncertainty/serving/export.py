@@ -17,6 +17,7 @@ from keras_uncertainty.sampling import (
     reducing_step,
     task_reducer,
 )
+from keras_uncertainty.sampling.engine import resolve_num_samples
 
 
 def _signature_name(tensor, index, count):
@@ -60,7 +61,7 @@ def export(
     model,
     filepath,
     task,
-    num_samples=100,
+    num_samples=None,
     from_logits=False,
     votes=False,
     variance_head=None,
@@ -91,12 +92,21 @@ def export(
     in one pass, so its memory grows with batch size times T: send batches
     sized for the server.
 
+    A model with several outputs serves the summary of each output named in
+    `task` (a dict), all from the same samples (one forward pass per call),
+    with keys prefixed by the output's name: `task={"price": "regression",
+    "kind": "classification"}` serves `price_mean`, ..., `kind_probs`, ...
+
     Args:
         model: A Functional or Sequential `keras.Model` with MC layers, or a
-            `ku.Ensemble`, with a single output.
+            `ku.Ensemble`.
         filepath: Folder to write the SavedModel to.
-        task: `"regression"` or `"classification"`.
-        num_samples: Positive integer T, samples per call.
+        task: `"regression"` or `"classification"` for a model with one
+            output; for several, a dict `{output name or index: task}` whose
+            tasks are names or dicts of a task and its options (see
+            `ku.predict`).
+        num_samples: Positive integer T, samples per call. None: 100, the
+            default of `ku.sample` and `ku.predict_*` too.
         from_logits: Classification: whether the model outputs logits.
         votes: Classification: whether to return the argmax vote counts.
         variance_head: Regression: whether the output is `(means,
@@ -123,7 +133,8 @@ def export(
             "Invalid value received for argument `filepath`. Expected a path "
             f"(str or os.PathLike). Received: {type(filepath).__name__}"
         )
-    num_samples = check_positive_int(num_samples, "num_samples")
+    asked = check_positive_int(num_samples, "num_samples", allow_none=True)
+    num_samples = resolve_num_samples(asked)
     for name, value in (
         ("from_logits", from_logits),
         ("votes", votes),
@@ -131,7 +142,7 @@ def export(
     ):
         check_bool(value, name)
     reducer = task_reducer(model, task, from_logits, votes, variance_head)
-    adapter = check_model(model)
+    adapter = check_model(model, asked)
     structure, specs = _input_specs(model)
     step, _ = reducing_step(model, reducer, structure)
     per_member = adapter.samples_per_member(num_samples)
