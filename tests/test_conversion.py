@@ -229,6 +229,10 @@ def test_converted_model_at_rate_zero_samples_what_model_predict_returns(name):
 def test_converted_dropout_inside_layers_samples_and_a_seed_repeats_it(name):
     keras.utils.set_random_seed(0)
     model, x = ZOO[name](0.4)
+    if name == "conv_lstm" and np.array_equal(
+        model(x, training=True), model(x, training=True)
+    ):
+        pytest.skip(f"Keras {keras.__version__}'s ConvLSTM ignores its dropout")
     mc_model = _convert(model)
     first, again, other = (
         keras.tree.flatten(ku.sample(mc_model, x, num_samples=16, seed=seed, verbose=0))
@@ -309,9 +313,13 @@ def test_rnn_masks_are_drawn_once_per_sequence():
     assert cell.get_dropout_mask(step) is first  # reused at every step
     cell.reset_dropout_mask()
     assert cell.get_dropout_mask(step) is not first
-    # One mask per gate for the recurrent state, as Keras's LSTMCell draws.
+    # As many masks as Keras's LSTMCell draws (one per gate in Keras >= 3.5).
     recurrent = cell.get_recurrent_dropout_mask(np.ones((3, 4), "float32"))
-    assert len(recurrent) == 4
+    count = getattr(cell, "dropout_mask_count", None)
+    if count is None:
+        assert tuple(recurrent.shape) == (3, 4)
+    else:
+        assert len(recurrent) == count
 
 
 @pytest.mark.parametrize(
@@ -400,3 +408,14 @@ def test_mc_dropout_noise_shape_with_batch_one_still_gives_each_sample_a_mask():
     assert not np.array_equal(samples[:, 0], samples[:, 1])  # inputs differ
     # The other broadcast dimension is honoured within each row.
     np.testing.assert_array_equal(samples[:, :, 0], samples[:, :, 3])
+
+
+def test_converted_text_model_serves_strings_with_its_vocabulary(tmp_path):
+    model, inputs = _text(0.2)
+    mc_model = _convert(model)
+    path = str(tmp_path / "served")
+    ku.export(mc_model, path, task="classification", num_samples=20, verbose=False)
+    served = tf.saved_model.load(path)
+    out = served.serve_seeded(*inputs, tf.constant(0, tf.int64))
+    expected = ku.predict_classification(mc_model, inputs, num_samples=20, seed=0)
+    np.testing.assert_allclose(out["probs"].numpy(), expected.probs, atol=1e-5)
