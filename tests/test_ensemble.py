@@ -300,7 +300,8 @@ _MIRRORED_SCRIPT = textwrap.dedent(
         ens.compile("adam", loss=ku.losses.gaussian_nll)
     history = ens.fit(x, y, epochs=2, batch_size=32, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
-    assert ens.predict(x, verbose=0).shape == (128, 2, 2)
+    assert ens.predict(x, verbose=0).shape == (128, 2)
+    assert ens.predict(x, verbose=0, per_member=True).shape == (128, 2, 2)
     pred = ku.predict_regression(ens, x, num_samples=4)
     assert pred.mean.shape == (128, 1) and np.isfinite(pred.std).all()
     print("mirrored ok")
@@ -465,3 +466,118 @@ def test_saving_to_h5_fails_before_writing_and_names_keras(trained, tmp_path):
         with pytest.raises(ValueError, match=r"`\.keras`.*HDF5"):
             ens.save(tmp_path / name)
     assert list(tmp_path.iterdir()) == []
+
+
+# predict and evaluate, as a Keras user reads them ---------------------------
+
+
+def _members_predict(ens, x):
+    """Each member's own `predict`, `(M, N, ...)`, in float64."""
+    return np.stack([m.predict(x, verbose=0) for m in ens.members]).astype(np.float64)
+
+
+def test_predict_of_a_probability_ensemble_is_the_mean_of_its_members(data):
+    x = data[0][:50]
+    keras.utils.set_random_seed(3)
+    ens = ku.Ensemble(
+        lambda: ku.models.mlp(
+            8, 3, hidden_units=(8,), dropout_rate=0, output_activation="softmax"
+        ),
+        num_members=4,
+    )
+    ens.compile("adam", loss="sparse_categorical_crossentropy")
+    prediction = ens.predict(x, batch_size=16, verbose=0)
+    assert prediction.shape == (50, 3)  # one member's output shape, as Keras
+    expected = _members_predict(ens, x).mean(0)
+    np.testing.assert_allclose(prediction, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ens.predict_on_batch(x), expected, rtol=1e-5)
+    probs = ku.predict_classification(ens, x, verbose=0).probs
+    np.testing.assert_allclose(prediction, probs, rtol=1e-5, atol=1e-7)
+
+
+def test_predict_of_a_gaussian_ensemble_is_the_moment_matched_mixture(trained, data):
+    ens, _, _ = trained
+    x = data[0][:40]
+    prediction = ens.predict(x, verbose=0)
+    assert prediction.shape == (40, 2)
+    outputs = _members_predict(ens, x)
+    mu, var = outputs[..., :1], np.exp(outputs[..., 1:])
+    mean = mu.mean(0)
+    total = var.mean(0) + ((mu - mean) ** 2).mean(0)  # the paper's 2.4
+    np.testing.assert_allclose(prediction[:, :1], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.exp(prediction[:, 1:]), total, rtol=1e-4)
+    pred = ku.predict_regression(ens, x, verbose=0)
+    np.testing.assert_allclose(np.exp(prediction[:, 1:]), pred.std**2, rtol=1e-4)
+
+
+def test_predict_of_a_logits_ensemble_gives_logits_of_the_mean_probabilities(data):
+    x = data[0][:30]
+    keras.utils.set_random_seed(4)
+    ens = ku.Ensemble(
+        lambda: ku.models.mlp(8, 3, hidden_units=(8,), dropout_rate=0), num_members=3
+    )
+    ens.compile(
+        "adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    logits = ens.predict(x, verbose=0)
+    assert logits.shape == (30, 3)
+    members = _members_predict(ens, x)
+    probs = np.exp(members - members.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    softmax = np.exp(logits - logits.max(-1, keepdims=True))
+    softmax /= softmax.sum(-1, keepdims=True)
+    np.testing.assert_allclose(softmax, probs.mean(0), rtol=1e-5, atol=1e-7)
+
+
+def test_predict_per_member_gives_every_members_output_with_one_trace_each(data):
+    x = data[0][:20]
+    keras.utils.set_random_seed(5)
+    ens = ku.Ensemble(_member, num_members=3)
+    ens.compile("adam", loss=ku.losses.gaussian_nll)
+    each = ens.predict(x, verbose=0, per_member=True)
+    assert each.shape == (20, 3, 2)
+    np.testing.assert_allclose(
+        each, _members_predict(ens, x).transpose(1, 0, 2), rtol=1e-5, atol=1e-6
+    )
+    per_member_function = ens.predict_function
+    ens.predict(x, verbose=0)
+    mixture_function = ens.predict_function
+    assert mixture_function is not per_member_function
+    ens.predict(x, verbose=0, per_member=True)
+    assert ens.predict_function is per_member_function
+    ens.predict(x, verbose=0)
+    assert ens.predict_function is mixture_function
+    samples = ku.sample(ens, x, verbose=0)  # member-major: (M, N, 2)
+    np.testing.assert_allclose(samples.transpose(1, 0, 2), each, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="`per_member`"):
+        ens.predict(x, per_member="yes")
+
+
+def test_evaluate_returns_a_scalar_loss_or_loss_and_metrics_as_keras_does(data):
+    x, y = data[0][:64], (data[0][:64, 0] > 0).astype("int32")
+    keras.utils.set_random_seed(6)
+
+    def member():
+        return ku.models.mlp(
+            8, 2, hidden_units=(8,), dropout_rate=0, output_activation="softmax"
+        )
+
+    ens = ku.Ensemble(member, num_members=3)
+    ens.compile("adam", loss="sparse_categorical_crossentropy")
+    member_losses = []
+    for model in ens.members:
+        model.compile(loss="sparse_categorical_crossentropy")
+        member_losses.append(model.evaluate(x, y, verbose=0))
+    loss = ens.evaluate(x, y, batch_size=64, verbose=0)
+    assert isinstance(loss, float)  # as Keras: a scalar without metrics
+    np.testing.assert_allclose(loss, sum(member_losses), rtol=1e-5)
+
+    ens.compile("adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    results = ens.evaluate(x, y, batch_size=64, verbose=0)
+    assert isinstance(results, list) and len(results) == 2  # [loss, accuracy]
+    mixture = _members_predict(ens, x).mean(0)
+    np.testing.assert_allclose(results[0], sum(member_losses), rtol=1e-5)
+    np.testing.assert_allclose(results[1], np.mean(mixture.argmax(-1) == y))
+    logs = ens.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    for m, member_loss in enumerate(member_losses):
+        np.testing.assert_allclose(logs[f"member_{m}_loss"], member_loss, rtol=1e-5)

@@ -11,6 +11,7 @@ member gets exactly the gradients it would get alone. How it trains lives in
 `training.py`, adversarial training in `adversarial.py`.
 """
 
+import math
 import warnings
 
 import keras
@@ -22,6 +23,7 @@ from keras_uncertainty._validation import check_positive_int
 from keras_uncertainty.ensemble import adversarial, packing, training
 from keras_uncertainty.ensemble.callbacks import TerminateOnNonFiniteMember
 from keras_uncertainty.layers.packed import share_across_members
+from keras_uncertainty.losses.gaussian_nll import split_mean_log_var
 
 _PACKAGE = "keras_uncertainty"
 
@@ -106,19 +108,48 @@ class _Untracked:
         self.models = models
 
 
+class _PredictFunctions:
+    """The compiled predict function of each `predict` output (the mixture,
+    or every member's), so that switching between them traces each once.
+    Held out of Keras's tracking."""
+
+    def __init__(self):
+        self.per_member = None  # what `predict_step` returns now
+        self.cache = {}
+
+
+def _loss_from_logits(loss):
+    """`from_logits` of a Keras crossentropy loss object; False otherwise
+    (loss functions default to probabilities)."""
+    from_logits = getattr(loss, "from_logits", None)
+    if from_logits is None:
+        from_logits = (getattr(loss, "_fn_kwargs", None) or {}).get(
+            "from_logits", False
+        )
+    return bool(from_logits)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Ensemble(keras.Model):
     """A deep ensemble: M member networks trained at once, predicted as a mixture.
 
     Calling the ensemble returns the members' outputs stacked on axis 1,
-    shape `(N, M, *output_shape)`. `compile` takes the loss of one member
+    shape `(N, M, *output_shape)`; `predict` returns, as Keras's `predict`
+    does, one prediction per input in one member's output shape: the
+    ensemble's uniform mixture (see `predict`; `predict(x, per_member=True)`
+    or `ku.sample(ensemble, x)` give every member's). `evaluate` returns
+    what Keras's returns: the scalar `loss` (the sum of the members' losses,
+    the training objective) without compiled metrics, else `[loss,
+    *metrics]`; `return_dict=True` adds each member's `member_<i>_loss`.
+    `compile` takes the loss of one member
     (for example `ku.losses.gaussian_nll` or
     `"sparse_categorical_crossentropy"`); `fit` applies it to each member's
     output separately and minimizes the sum, so every member receives its own
     gradients, as if trained alone on the same batches. The logs hold the
     total `loss` and each member's `member_<i>_loss`; metrics given to
-    `compile` are computed on the mean of the members' outputs (for
-    probabilities, the ensemble's predictive distribution).
+    `compile` are computed on the members' mixture, what `predict` returns
+    (for probabilities, the mean of the members' outputs, the ensemble's
+    predictive distribution).
 
     Members that are chains of layers with a packed twin (`Dense`,
     `Conv1D` / `Conv2D`, pooling, `Flatten`, `Normalization`, dropout and
@@ -272,6 +303,7 @@ class Ensemble(keras.Model):
         self.member_loss = None
         self.adversarial_step = None
         self.bootstrap_rng = np.random.default_rng(seed)
+        self._predict_outputs = _PredictFunctions()
 
     @staticmethod
     def _build_members(build_fn, num_members):
@@ -388,6 +420,180 @@ class Ensemble(keras.Model):
 
         return EnsembleSampledModel(self)
 
+    # Prediction -------------------------------------------------------------
+
+    def mixture(self, outputs):
+        """The members' uniform mixture, in one member's output format.
+
+        `(batch, M, ...)` member outputs -> `(batch, ...)`:
+
+        - a Gaussian member (compiled with a loss that declares
+          `variance_head`, as `ku.losses.gaussian_nll` does): the mixture's
+          mean and the log of its variance, `mean_m sigma_m^2 + var_m mu_m`
+          (Lakshminarayanan et al. 2017, section 2.4);
+        - a classifier compiled with `from_logits=True`: logits of the mean
+          probabilities, `log mean_m softmax(z_m)` (for one sigmoid unit, the
+          logit of `mean_m sigmoid(z_m)`), so a softmax gives the mixture;
+        - otherwise (probabilities, means, an uncompiled ensemble): the mean
+          of the members' outputs.
+
+        Args:
+            outputs: The ensemble's call output, `(batch, M, ...)`.
+
+        Returns:
+            A `(batch, ...)` tensor.
+        """
+        from keras_uncertainty.sampling import has_variance_head
+
+        outputs = ops.convert_to_tensor(outputs)
+        log_members = math.log(self.num_members)
+        loss = self.member_loss
+        if loss is not None and has_variance_head(self):
+            mu, log_var = split_mean_log_var(outputs)
+            mean = ops.mean(mu, axis=1)
+            spread = ops.mean(ops.square(mu - ops.expand_dims(mean, 1)), axis=1)
+            log_mean_var = ops.logsumexp(log_var, axis=1) - log_members
+            log_total = ops.logaddexp(log_mean_var, ops.log(spread))
+            return ops.concatenate([mean, log_total], axis=-1)
+        if loss is not None and _loss_from_logits(loss):
+            if outputs.shape[-1] == 1:
+                log_p = ops.logsumexp(ops.log_sigmoid(outputs), axis=1)
+                log_q = ops.logsumexp(ops.log_sigmoid(-outputs), axis=1)
+                return log_p - log_q
+            log_probs = ops.log_softmax(outputs, axis=-1)
+            return ops.logsumexp(log_probs, axis=1) - log_members
+        return ops.mean(outputs, axis=1)
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        outputs = self(x, training=False)
+        if self._predict_outputs.per_member:
+            return outputs
+        return self.mixture(outputs)
+
+    def _use_predict_output(self, per_member):
+        """Selects what `predict_step` returns, with its own compiled
+        function (each traced once, until `compile` resets them)."""
+        if per_member is None:
+            per_member = self.per_member_inputs
+        if per_member not in (True, False):
+            raise ValueError(
+                "Invalid value received for argument `per_member`. Expected "
+                f"None, True or False. Received: per_member={per_member!r}"
+            )
+        functions = self._predict_outputs
+        if self.predict_function is None:
+            functions.cache.clear()  # the first call, or compiled anew
+        elif functions.per_member is not None:
+            functions.cache[functions.per_member] = self.predict_function
+        functions.per_member = bool(per_member)
+        self.predict_function = functions.cache.get(bool(per_member))
+
+    def predict(
+        self,
+        x,
+        batch_size=None,
+        verbose="auto",
+        steps=None,
+        callbacks=None,
+        per_member=None,
+    ):
+        """One prediction per input, as `keras.Model.predict`: the mixture.
+
+        Returns `mixture(self(x))` batch by batch: for probabilities the
+        ensemble's predictive distribution, for a Gaussian member the
+        moment-matched Gaussian of the mixture `(mean, log-variance)`, for
+        logits the logits of the mean probabilities (see `mixture`). For the
+        epistemic / aleatoric split, use `ku.predict_regression` /
+        `ku.predict_classification`.
+
+        Args:
+            x, batch_size, verbose, steps, callbacks: As in
+                `keras.Model.predict`.
+            per_member: True: every member's output, `(N, M, ...)` (the
+                ensemble's call output). None (default): False, or True
+                with `per_member_inputs` (members that read their own rows
+                have no common mixture).
+
+        Returns:
+            numpy array `(N, *output_shape)` of one member's output shape,
+            or `(N, M, *output_shape)` with `per_member`.
+
+        Example:
+
+        >>> probs = ens.predict(x_test)  # (N, C): the mean of the members
+        >>> each = ens.predict(x_test, per_member=True)  # (N, M, C)
+        """
+        self._use_predict_output(per_member)
+        return super().predict(
+            x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
+        )
+
+    def predict_on_batch(self, x):
+        """`predict` on one batch (the mixture; see `predict`).
+
+        Args:
+            x: One batch of inputs.
+
+        Returns:
+            numpy array `(batch, *output_shape)`.
+        """
+        self._use_predict_output(None)
+        return super().predict_on_batch(x)
+
+    def evaluate(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        verbose="auto",
+        sample_weight=None,
+        steps=None,
+        callbacks=None,
+        return_dict=False,
+        **kwargs,
+    ):
+        """Loss and metrics, returned as `keras.Model.evaluate` returns them.
+
+        `loss` is the sum of the members' losses (the training objective,
+        the `val_loss` of `fit`); compiled metrics are computed on
+        `mixture` of the outputs.
+
+        Args:
+            x, y, batch_size, verbose, sample_weight, steps, callbacks,
+                **kwargs: As in `keras.Model.evaluate`.
+            return_dict: Whether to return a dict of every log, each
+                member's `member_<i>_loss` included.
+
+        Returns:
+            The scalar `loss` when compiled without metrics, else the list
+            `[loss, *metrics]` in compile order; with `return_dict`, a dict.
+
+        Example:
+
+        >>> loss = ens.evaluate(x_val, y_val, verbose=0)  # a float
+        >>> logs = ens.evaluate(x_val, y_val, verbose=0, return_dict=True)
+        >>> logs["member_0_loss"]
+        """
+        logs = super().evaluate(
+            x,
+            y,
+            batch_size=batch_size,
+            verbose=verbose,
+            sample_weight=sample_weight,
+            steps=steps,
+            callbacks=callbacks,
+            return_dict=True,
+            **kwargs,
+        )
+        if return_dict:
+            return logs
+        # Keras's order: the loss, then the compiled metrics in their order.
+        skipped = {"loss", *(f"member_{m}_loss" for m in range(self.num_members))}
+        results = [logs["loss"]]
+        results += [value for key, value in logs.items() if key not in skipped]
+        return results[0] if len(results) == 1 else results
+
     def compute_output_shape(self, input_shape):
         output = self.member_template.compute_output_shape(
             self._member_input_shape(input_shape)
@@ -403,7 +609,8 @@ class Ensemble(keras.Model):
             optimizer: As in `keras.Model.compile`.
             loss: Loss of one member: a Keras loss name, function or
                 `keras.losses.Loss` (for example `ku.losses.gaussian_nll`).
-            metrics: Metrics computed on the mean of the members' outputs.
+            metrics: Metrics computed on the members' mixture (see
+                `mixture`: for probabilities, their mean).
             **kwargs: Other `keras.Model.compile` arguments (`jit_compile`,
                 `steps_per_execution`, ...). `loss_weights` is not supported.
         """
@@ -491,7 +698,7 @@ class Ensemble(keras.Model):
         if sample_weight is not None and len(sample_weight.shape) == 2:
             sample_weight = None  # bootstrap counts weigh the loss only
         return super().compute_metrics(
-            x, y, ops.mean(y_pred, axis=1), sample_weight=sample_weight
+            x, y, self.mixture(y_pred), sample_weight=sample_weight
         )
 
     def fit(
