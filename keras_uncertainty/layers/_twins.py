@@ -22,7 +22,7 @@ def become(layer, mc_class):
     The twin's `__init__` does not run, so this gives the layer what the
     `MCLayer` contract needs and Keras's own constructor may have skipped: a
     `seed` attribute and, for an `MCLayer`, a `keras.random.SeedGenerator` (a
-    `Dropout` of rate 0 has none). A twin with `_after_becoming()` then
+    `Dropout` of rate 0 has none). A twin with `adopt_children()` then
     converts what it holds (an RNN layer's cell).
 
     Args:
@@ -47,7 +47,7 @@ def become(layer, mc_class):
         _keras_compat.set_state_after_build(
             layer, "seed_generator", keras.random.SeedGenerator(layer.seed)
         )
-    after = getattr(layer, "_after_becoming", None)
+    after = getattr(layer, "adopt_children", None)
     if after is not None:
         after()
     return layer

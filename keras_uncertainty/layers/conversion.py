@@ -90,7 +90,7 @@ def _config_keeps_children(layer):
     """Whether a `.keras` file records the classes of `layer`'s sublayers:
     graph models, wrappers (`Bidirectional`, `TimeDistributed`) and RNN
     layers write their sublayers' configs; MC twins recreate theirs."""
-    if hasattr(layer, "_after_becoming"):
+    if hasattr(layer, "adopt_children"):
         return True
     if isinstance(layer, keras.Model):
         return hasattr(layer, "outputs") and hasattr(layer, "inputs")

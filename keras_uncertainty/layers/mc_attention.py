@@ -53,9 +53,10 @@ class MCMultiHeadAttention(keras.layers.MultiHeadAttention):
 
     def build(self, *args, **kwargs):
         super().build(*args, **kwargs)
-        self._after_becoming()
+        self.adopt_children()
 
-    def _after_becoming(self):
+    def adopt_children(self):
+        """Makes the attention dropout an `MCDropout` (run when built)."""
         # Keras creates the attention dropout itself (when it builds the
         # attention), so it is converted where it is.
         convert_nested_dropouts(self)

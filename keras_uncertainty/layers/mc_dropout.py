@@ -88,9 +88,7 @@ class MCDropout(_AlwaysOnBernoulli, MCLayer, keras.layers.Dropout):
     """
 
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
-        super().__init__(
-            check_rate(rate), noise_shape=noise_shape, seed=seed, **kwargs
-        )
+        super().__init__(check_rate(rate), noise_shape=noise_shape, seed=seed, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -148,9 +146,7 @@ class MCSpatialDropout2D(
     """
 
     def __init__(self, rate, data_format=None, seed=None, **kwargs):
-        super().__init__(
-            check_rate(rate), data_format=data_format, seed=seed, **kwargs
-        )
+        super().__init__(check_rate(rate), data_format=data_format, seed=seed, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -177,9 +173,7 @@ class MCSpatialDropout3D(
     """
 
     def __init__(self, rate, data_format=None, seed=None, **kwargs):
-        super().__init__(
-            check_rate(rate), data_format=data_format, seed=seed, **kwargs
-        )
+        super().__init__(check_rate(rate), data_format=data_format, seed=seed, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -34,6 +34,9 @@ class _MCRecurrentMasks:
 
     stochastic_at_inference = True
     draws_from_call_key = True
+    # This sequence's masks (None until drawn; the RNN layer resets them).
+    _mc_dropout_mask = None
+    _mc_recurrent_mask = None
 
     def _mc_mask(self, step_input, rate):
         ones = keras.ops.ones_like(step_input)
@@ -45,17 +48,14 @@ class _MCRecurrentMasks:
         return one_mask() if count is None else [one_mask() for _ in range(count)]
 
     def get_dropout_mask(self, step_input):
-        if getattr(self, "_mc_dropout_mask", None) is None and self.dropout > 0:
+        if self._mc_dropout_mask is None and self.dropout > 0:
             self._mc_dropout_mask = self._mc_mask(step_input, self.dropout)
-        return getattr(self, "_mc_dropout_mask", None)
+        return self._mc_dropout_mask
 
     def get_recurrent_dropout_mask(self, step_input):
-        if (
-            getattr(self, "_mc_recurrent_mask", None) is None
-            and self.recurrent_dropout > 0
-        ):
+        if self._mc_recurrent_mask is None and self.recurrent_dropout > 0:
             self._mc_recurrent_mask = self._mc_mask(step_input, self.recurrent_dropout)
-        return getattr(self, "_mc_recurrent_mask", None)
+        return self._mc_recurrent_mask
 
     def reset_dropout_mask(self):
         self._mc_dropout_mask = None
@@ -175,7 +175,8 @@ class _MCRecurrentLayer:
     stochastic_at_inference = True
     draws_from_call_key = True
 
-    def _after_becoming(self):
+    def adopt_children(self):
+        """Makes the cell its MC twin (run at construction and conversion)."""
         twin = cell_twin(type(self.cell))
         if twin is not None:
             become(self.cell, twin)
@@ -194,7 +195,7 @@ class _MCRecurrentLayer:
 def _mc_rnn_layer(keras_class, doc):
     def __init__(self, *args, **kwargs):
         keras_class.__init__(self, *args, **_check_rates(kwargs))
-        self._after_becoming()
+        self.adopt_children()
 
     cls = type(
         f"MC{keras_class.__name__}",
