@@ -419,3 +419,19 @@ def test_converted_text_model_serves_strings_with_its_vocabulary(tmp_path):
     out = served.serve_seeded(*inputs, tf.constant(0, tf.int64))
     expected = ku.predict_classification(mc_model, inputs, num_samples=20, seed=0)
     np.testing.assert_allclose(out["probs"].numpy(), expected.probs, atol=1e-5)
+
+
+def test_converted_copy_keeps_the_compiled_loss_even_an_unregistered_one():
+    def own_loss(y_true, y_pred):
+        return keras.ops.mean(keras.ops.square(y_true - y_pred[:, :1]))
+
+    def own_metric(y_true, y_pred):
+        return keras.ops.mean(y_pred)
+
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dropout(0.2), keras.layers.Dense(2)]
+    )
+    model.compile("adam", loss=own_loss, metrics=[own_metric])
+    assert _convert(model).loss is own_loss
+    model.compile("adam", loss=ku.losses.gaussian_nll)
+    assert ku.has_variance_head(_convert(model))

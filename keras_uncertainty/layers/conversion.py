@@ -135,26 +135,66 @@ def _rate_above_zero(layer):
     return None
 
 
+def _custom_objects(model):
+    """The classes of the model's layers and its loss functions, by name, so
+    that unregistered ones defined in the user's code load too."""
+    objects = {
+        type(layer).__name__: type(layer)
+        for layer in _keras_compat.flatten_layers(model)
+    }
+    for loss in keras.tree.flatten(getattr(model, "loss", None)):
+        if isinstance(loss, keras.losses.Loss):
+            objects[type(loss).__name__] = type(loss)
+        elif callable(loss) and hasattr(loss, "__name__"):
+            objects[loss.__name__] = loss
+    return objects
+
+
+def _compile_like(copy, model):
+    """Compiles `copy` with `model`'s loss and a fresh optimizer of the same
+    configuration (metrics that cannot be reloaded are left out)."""
+    optimizer = getattr(model, "optimizer", None)
+    if getattr(model, "loss", None) is None or optimizer is None:
+        return
+    copy.compile(
+        optimizer=type(optimizer).from_config(optimizer.get_config()), loss=model.loss
+    )
+
+
 def _copy_with_state(model):
     """A copy of `model` through the `.keras` format, which keeps every piece
     of state (weights, adapted `Normalization` statistics, lookup
     vocabularies, assets), where `clone_model` + `set_weights` keeps weights
-    only."""
-    custom_objects = {
-        type(layer).__name__: type(layer)
-        for layer in _keras_compat.flatten_layers(model)
-    }
+    only. The compiled loss is kept (it says whether the output carries
+    log-variances)."""
+    custom_objects = _custom_objects(model)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.keras")
         try:
             with warnings.catch_warnings():
                 # NumPy 2 asks Keras's variables for `copy=`: Keras's concern.
                 warnings.filterwarnings("ignore", message="__array__ implementation")
+                # An optimizer compiled but never stepped has no slots yet.
+                warnings.filterwarnings(
+                    "ignore", message="Skipping variable loading for optimizer"
+                )
                 model.save(path)
                 # The file is our own, just written: Lambda layers may load.
-                return keras.saving.load_model(
-                    path, custom_objects=custom_objects, safe_mode=False
-                )
+                try:
+                    return keras.saving.load_model(
+                        path, custom_objects=custom_objects, safe_mode=False
+                    )
+                except Exception:  # noqa: BLE001 - a compile setting that
+                    # does not reload (an unregistered metric): load the
+                    # network alone and compile it with the loss.
+                    copy = keras.saving.load_model(
+                        path,
+                        custom_objects=custom_objects,
+                        compile=False,
+                        safe_mode=False,
+                    )
+                    _compile_like(copy, model)
+                    return copy
         except Exception as error:  # noqa: BLE001 - reported with its cause
             raise ValueError(
                 "Invalid value received for argument `model`. Expected a "
