@@ -291,6 +291,9 @@ def test_an_export_serves_each_head_from_one_pass(heads, rows, tmp_path):
     np.testing.assert_allclose(
         out["kind_probs"].numpy(), expected["kind"].probs, rtol=1e-5
     )
+    # One task for a model with several outputs: which output is unclear.
+    with pytest.raises(ValueError, match=r"`task`.*\['kind', 'price'\]"):
+        ku.export(model, tmp_path / "one", task="regression")
 
 
 @pytest.mark.parametrize("from_logits", [False, True])

@@ -14,6 +14,7 @@ from keras_uncertainty._validation import check_bool, check_positive_int
 from keras_uncertainty.sampling import (
     check_model,
     keys,
+    output_names,
     reducing_step,
     task_reducer,
 )
@@ -141,6 +142,13 @@ def export(
         ("verbose", verbose),
     ):
         check_bool(value, name)
+    names = output_names(model)
+    if not isinstance(task, dict) and names is not None and len(names) > 1:
+        raise ValueError(
+            "Invalid value received for argument `task`. Expected a dict "
+            f"{{output: task}} for a model with outputs {list(names)}, e.g. "
+            f"{{{names[0]!r}: 'regression'}}. Received: task={task!r}"
+        )
     reducer = task_reducer(model, task, from_logits, votes, variance_head)
     adapter = check_model(model, asked)
     structure, specs = _input_specs(model)
