@@ -45,7 +45,13 @@ def test_classification_callback_every_other_epoch(classifier, class_inputs):
         (class_inputs, labels), num_samples=5, every=2
     )
     history = model.fit(class_inputs, labels, epochs=4, verbose=0, callbacks=[callback])
-    keys = ("val_mc_nll", "val_mc_accuracy", "val_mc_ece", "val_mc_brier")
+    keys = (
+        "val_mc_nll",
+        "val_mc_accuracy",
+        "val_mc_ece",
+        "val_mc_brier",
+        "val_mc_mutual_information",
+    )
     for key in keys:
         assert len(history.history[key]) == 2  # epochs 2 and 4
 

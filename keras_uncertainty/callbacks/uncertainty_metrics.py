@@ -18,6 +18,7 @@ from keras_uncertainty.sampling import (
     sampled_model,
     task_reducer,
 )
+from keras_uncertainty.sampling.class_scores import loss_from_logits
 
 _TASKS = ("auto", "regression", "classification")
 _ARG = "Invalid value received for argument `validation_data`. "
@@ -64,12 +65,7 @@ def task_of_loss(model):
         return None, None
     name = _loss_name(loss)
     if name in _CLASSIFICATION_LOSSES:
-        from_logits = getattr(loss, "from_logits", None)
-        if from_logits is None:
-            # A name or a function: Keras's default, probabilities.
-            kwargs = getattr(loss, "_fn_kwargs", None) or {}
-            from_logits = kwargs.get("from_logits", False)
-        return "classification", bool(from_logits)
+        return "classification", loss_from_logits(loss)
     if name in _REGRESSION_LOSSES:
         return "regression", None
     return None, None

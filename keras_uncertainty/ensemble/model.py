@@ -118,17 +118,6 @@ class _PredictFunctions:
         self.cache = {}
 
 
-def _loss_from_logits(loss):
-    """`from_logits` of a Keras crossentropy loss object; False otherwise
-    (loss functions default to probabilities)."""
-    from_logits = getattr(loss, "from_logits", None)
-    if from_logits is None:
-        from_logits = (getattr(loss, "_fn_kwargs", None) or {}).get(
-            "from_logits", False
-        )
-    return bool(from_logits)
-
-
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Ensemble(keras.Model):
     """A deep ensemble: M member networks trained at once, predicted as a mixture.
@@ -444,6 +433,7 @@ class Ensemble(keras.Model):
             A `(batch, ...)` tensor.
         """
         from keras_uncertainty.sampling import has_variance_head
+        from keras_uncertainty.sampling.class_scores import loss_from_logits
 
         outputs = ops.convert_to_tensor(outputs)
         log_members = math.log(self.num_members)
@@ -455,7 +445,7 @@ class Ensemble(keras.Model):
             log_mean_var = ops.logsumexp(log_var, axis=1) - log_members
             log_total = ops.logaddexp(log_mean_var, ops.log(spread))
             return ops.concatenate([mean, log_total], axis=-1)
-        if loss is not None and _loss_from_logits(loss):
+        if loss is not None and loss_from_logits(loss):
             if outputs.shape[-1] == 1:
                 log_p = ops.logsumexp(ops.log_sigmoid(outputs), axis=1)
                 log_q = ops.logsumexp(ops.log_sigmoid(-outputs), axis=1)
