@@ -581,3 +581,17 @@ def test_evaluate_returns_a_scalar_loss_or_loss_and_metrics_as_keras_does(data):
     logs = ens.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
     for m, member_loss in enumerate(member_losses):
         np.testing.assert_allclose(logs[f"member_{m}_loss"], member_loss, rtol=1e-5)
+
+
+def test_predict_with_per_member_inputs_keeps_each_members_own_rows(data):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(24, 3, 8)).astype("float32")  # member m reads x[:, m]
+    keras.utils.set_random_seed(7)
+    ens = ku.Ensemble(_member, num_members=3, per_member_inputs=True)
+    ens.compile("adam", loss="mse")
+    each = ens.predict(x, verbose=0)
+    assert each.shape == (24, 3, 2)  # no common mixture: every member's output
+    expected = np.stack(
+        [m.predict(x[:, i], verbose=0) for i, m in enumerate(ens.members)], axis=1
+    )
+    np.testing.assert_allclose(each, expected, rtol=1e-5, atol=1e-6)
