@@ -498,8 +498,11 @@ class Ensemble(keras.Model):
         `ku.predict_classification`.
 
         Args:
-            x, batch_size, verbose, steps, callbacks: As in
-                `keras.Model.predict`.
+            x: Inputs, anything `keras.Model.predict` takes.
+            batch_size: As in `keras.Model.predict`.
+            verbose: As in `keras.Model.predict`.
+            steps: As in `keras.Model.predict`.
+            callbacks: As in `keras.Model.predict`.
             per_member: True: every member's output, `(N, M, ...)` (the
                 ensemble's call output). None (default): False, or True
                 with `per_member_inputs` (members that read their own rows
@@ -550,10 +553,16 @@ class Ensemble(keras.Model):
         `mixture` of the outputs.
 
         Args:
-            x, y, batch_size, verbose, sample_weight, steps, callbacks,
-                **kwargs: As in `keras.Model.evaluate`.
+            x: Inputs, as in `keras.Model.evaluate`.
+            y: Targets, as in `keras.Model.evaluate`.
+            batch_size: As in `keras.Model.evaluate`.
+            verbose: As in `keras.Model.evaluate`.
+            sample_weight: As in `keras.Model.evaluate`.
+            steps: As in `keras.Model.evaluate`.
+            callbacks: As in `keras.Model.evaluate`.
             return_dict: Whether to return a dict of every log, each
                 member's `member_<i>_loss` included.
+            **kwargs: Other `keras.Model.evaluate` arguments.
 
         Returns:
             The scalar `loss` when compiled without metrics, else the list
