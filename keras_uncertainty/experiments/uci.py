@@ -406,8 +406,8 @@ def evaluate_members(
     `SplitMixtureNLL` (`ku.sampling.MixtureNLL`, streamed); `taus` `(M,)`
     are homoscedastic precisions, else the network predicts (mean,
     log-variance). A group with a non-finite sample (a member that
-    diverged) scores NaN. `batch_size`: rows (samples x inputs x members)
-    per compiled sampling call, None: the sampling engine's choice.
+    diverged) scores NaN. `batch_size`: inputs per compiled sampling call,
+    as in `model.predict`; None: the sampling engine's choice.
     """
     index, _ = padded_rows(member_rows)
     inputs = x[index.T].astype("float32")  # (n, M, d): member m's rows
