@@ -424,3 +424,14 @@ def test_an_ensemble_of_deterministic_members_warns_when_asked_for_samples(
         np.testing.assert_allclose(
             samples, member.predict(class_inputs, verbose=0), rtol=1e-5
         )
+
+
+def test_a_functional_model_compiled_with_an_unregistered_loss_is_sampled():
+    def own_loss(y_true, y_pred):  # not registered: Keras cannot reload it
+        return keras.ops.mean(keras.ops.square(y_true - y_pred))
+
+    model = ku.models.mlp(4, 2, hidden_units=(8,), dropout_rate=0.3)
+    model.compile("adam", loss=own_loss)
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype("float32")
+    samples = ku.sample(model, x, num_samples=5, seed=0, verbose=0)
+    assert samples.shape == (5, 6, 2) and samples.std(axis=0).mean() > 0

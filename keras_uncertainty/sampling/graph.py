@@ -126,6 +126,11 @@ class TiledTwin:
                 outputs = layer(*args, **kwargs)
             return outputs
 
+        if getattr(model, "compiled", False):
+            # `clone_model` also rebuilds a Functional model's compile
+            # settings, and fails on a loss it cannot deserialize (a user's
+            # unregistered function): clone an uncompiled view of the graph.
+            model = keras.Model(model.input, model.output, name=model.name)
         clone = keras.models.clone_model(
             model, clone_function=lambda layer: layer, call_function=call_layer
         )
