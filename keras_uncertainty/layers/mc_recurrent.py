@@ -74,14 +74,16 @@ def _check_rates(kwargs):
     return kwargs
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class MCSimpleRNNCell(_MCRecurrentMasks, MCLayer, keras.layers.SimpleRNNCell):
-    """`keras.layers.SimpleRNNCell` whose dropout stays on at inference.
+_CELL_DOC = """`keras.layers.{name}` whose dropout stays on at inference.
+
+    The masks of `dropout` (inputs) and `recurrent_dropout` (state) are drawn
+    once per sequence and per Monte Carlo sample (the RNN layer asks for them
+    before its loop), whatever `training` says.
 
     Args:
         units: Positive integer, dimensionality of the output space.
-        **kwargs: The arguments of `keras.layers.SimpleRNNCell` (`dropout`,
-            `recurrent_dropout`, `seed`, ...).
+        **kwargs: The arguments of `keras.layers.{name}`; `dropout` and
+            `recurrent_dropout` in [0, 1), `seed` for the cell's generator.
 
     Call arguments:
         inputs: A 2D tensor `(batch, features)`, one time step.
@@ -90,58 +92,29 @@ class MCSimpleRNNCell(_MCRecurrentMasks, MCLayer, keras.layers.SimpleRNNCell):
 
     Example:
 
-    >>> rnn = keras.layers.RNN(ku.layers.MCSimpleRNNCell(8, dropout=0.2))
+    >>> rnn = keras.layers.RNN(ku.layers.MC{name}(8, dropout=0.2))
     """
 
+
+def _mc_cell(keras_class):
     def __init__(self, units, **kwargs):
-        super().__init__(units, **_check_rates(kwargs))
+        super(cls, self).__init__(units, **_check_rates(kwargs))
+
+    cls = type(
+        f"MC{keras_class.__name__}",
+        (_MCRecurrentMasks, MCLayer, keras_class),
+        {
+            "__init__": __init__,
+            "__doc__": _CELL_DOC.format(name=keras_class.__name__),
+            "__module__": __name__,
+        },
+    )
+    return keras.saving.register_keras_serializable(package=_PACKAGE)(cls)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class MCLSTMCell(_MCRecurrentMasks, MCLayer, keras.layers.LSTMCell):
-    """`keras.layers.LSTMCell` whose dropout stays on at inference.
-
-    Args:
-        units: Positive integer, dimensionality of the output space.
-        **kwargs: The arguments of `keras.layers.LSTMCell` (`dropout`,
-            `recurrent_dropout`, `seed`, ...).
-
-    Call arguments:
-        inputs: A 2D tensor `(batch, features)`, one time step.
-        states: The previous `[h, c]` state.
-        training: Ignored; the dropout is always on.
-
-    Example:
-
-    >>> rnn = keras.layers.RNN(ku.layers.MCLSTMCell(8, recurrent_dropout=0.2))
-    """
-
-    def __init__(self, units, **kwargs):
-        super().__init__(units, **_check_rates(kwargs))
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class MCGRUCell(_MCRecurrentMasks, MCLayer, keras.layers.GRUCell):
-    """`keras.layers.GRUCell` whose dropout stays on at inference.
-
-    Args:
-        units: Positive integer, dimensionality of the output space.
-        **kwargs: The arguments of `keras.layers.GRUCell` (`dropout`,
-            `recurrent_dropout`, `seed`, ...).
-
-    Call arguments:
-        inputs: A 2D tensor `(batch, features)`, one time step.
-        states: The previous state.
-        training: Ignored; the dropout is always on.
-
-    Example:
-
-    >>> rnn = keras.layers.RNN(ku.layers.MCGRUCell(8, dropout=0.2))
-    """
-
-    def __init__(self, units, **kwargs):
-        super().__init__(units, **_check_rates(kwargs))
-
+MCSimpleRNNCell = _mc_cell(keras.layers.SimpleRNNCell)
+MCLSTMCell = _mc_cell(keras.layers.LSTMCell)
+MCGRUCell = _mc_cell(keras.layers.GRUCell)
 
 _CELL_TWINS = {
     keras.layers.SimpleRNNCell: MCSimpleRNNCell,
