@@ -51,6 +51,9 @@ class MCMultiHeadAttention(keras.layers.MultiHeadAttention):
     stochastic_at_inference = True
     draws_from_call_key = True
 
+    def __init__(self, num_heads, key_dim, **kwargs):
+        super().__init__(num_heads, key_dim, **kwargs)
+
     def build(self, *args, **kwargs):
         super().build(*args, **kwargs)
         self.adopt_children()
