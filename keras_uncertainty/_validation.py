@@ -3,9 +3,17 @@
 import math
 import numbers
 
+# Dropout masks compare 16-bit draws with `round(rate * 2**16)` (see
+# `layers/_masks.py`): a rate must leave at least one of the 65536 levels
+# kept, `round(rate * 2**16) <= 2**16 - 1`, else nothing is kept and the
+# inverse keep probability divides by zero.
+MASK_LEVELS = 2**16
+
 
 def check_rate(rate, name="rate"):
-    """Checks a dropout rate (argument `name`): a real number in [0, 1)."""
+    """Checks a dropout rate (argument `name`): a real number in [0, 1) that
+    the 16-bit dropout mask can represent, `round(rate * 2**16) <= 2**16 - 1`
+    (at most 0.99998: at least one level in 65536 is kept)."""
     if (
         isinstance(rate, bool)
         or not isinstance(rate, numbers.Real)
@@ -14,6 +22,13 @@ def check_rate(rate, name="rate"):
         raise ValueError(
             f"Invalid value received for argument `{name}`. Expected a float "
             f"in the range [0, 1). Received: {name}={rate!r}"
+        )
+    if round(float(rate) * MASK_LEVELS) > MASK_LEVELS - 1:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a rate "
+            f"of at most 0.99998 (the 16-bit mask keeps at least one level "
+            f"in 65536: round({name} * 2**16) <= 65535). Received: "
+            f"{name}={rate!r}"
         )
     return float(rate)
 

@@ -194,11 +194,18 @@ class TemperatureScaling(PostHocMethod):
                 fb = nll(b)
         self.temperature_ = math.exp(0.5 * (low + high))
         near = max(2 * self.tol, 1e-3)  # in log T
+        fitted = nll(math.log(self.temperature_))
         for bound in self.bounds:
-            if abs(math.log(self.temperature_) - math.log(bound)) <= near:
+            at_bound = abs(math.log(self.temperature_) - math.log(bound)) <= near
+            # Every prediction right: the NLL falls towards T -> 0 until it
+            # rounds to 0, and the search stops anywhere on that flat stretch
+            # (T = 0.134, say); an NLL no better at the bound means the same.
+            flat = nll(math.log(bound)) <= fitted + 1e-12 * max(1.0, fitted)
+            if at_bound or flat:
                 warnings.warn(
                     f"TemperatureScaling: the fitted temperature "
-                    f"{self.temperature_:.4g} sits on the bound {bound:g}, so the "
+                    f"{self.temperature_:.4g} sits on the bound {bound:g} (or "
+                    "the NLL is as low there), so the "
                     "NLL's optimum may lie beyond it (validation labels all "
                     "the same, every prediction right, or bounds too narrow).",
                     UserWarning,

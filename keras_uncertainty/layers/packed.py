@@ -320,7 +320,7 @@ class PackedDropout(keras.layers.Layer):
                 "in [0, 1) or a non-empty list of them, one per member. "
                 f"Received: rates={rates!r}"
             )
-        self.rates = [check_rate(float(r)) for r in rates]
+        self.rates = [check_rate(float(r), "rates") for r in rates]
         if num_members is not None and len(self.rates) != num_members:
             raise ValueError(
                 "Invalid value received for argument `rates`. Expected one "

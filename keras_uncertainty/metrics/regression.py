@@ -10,7 +10,7 @@ import math
 import statistics
 
 import numpy as np
-from keras import ops
+import tensorflow as tf
 
 from keras_uncertainty._validation import check_positive_int as positive_int
 from keras_uncertainty.metrics._checks import (
@@ -23,8 +23,54 @@ from keras_uncertainty.metrics._checks import (
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 
 
+def _erfc(x):
+    """float64 erfc (TensorFlow's kernel: relative error below 1e-13)."""
+    return tf.math.erfc(tf.constant(np.asarray(x, np.float64))).numpy()
+
+
+def _erf_nonnegative(x):
+    """float64 erf of `x >= 0`: TensorFlow's erf gives NaN past about 1e150,
+    so `1 - erfc(x)` above 0.5 (where it loses nothing)."""
+    x = np.asarray(x, np.float64)
+    small = tf.math.erf(tf.constant(np.minimum(x, 0.5))).numpy()
+    return np.where(x <= 0.5, small, 1.0 - _erfc(np.maximum(x, 0.5)))
+
+
 def _standard_normal_cdf(z):
-    return 0.5 * (1.0 + ops.convert_to_numpy(ops.erf(z / math.sqrt(2.0))))
+    # erfc keeps the lower tail's relative precision (1 + erf underflows).
+    return 0.5 * _erfc(-np.asarray(z, np.float64) / math.sqrt(2.0))
+
+
+def _standardized(y, mean, std):
+    """`(y - mean) / std` without spurious overflow: where `y - mean`
+    overflows (opposite signs near the float64 limit), `y/std - mean/std`.
+    A result beyond float64's range is +-inf, as it truly is."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        difference = y - mean
+        z = difference / std
+        bad = ~np.isfinite(difference)
+        if np.any(bad):
+            # y and mean have opposite signs here, so y/std - mean/std is
+            # never inf - inf.
+            z = np.where(bad, y / std - mean / std, z)
+    return z
+
+
+def _abs_difference(y, mean):
+    """`|y - mean|`, +inf where it exceeds float64 (its true value does)."""
+    with np.errstate(over="ignore"):
+        return np.abs(y - mean)
+
+
+def _mean(values):
+    """The mean of finite values that may sum past float64 (1e308 + 1e308):
+    averaged from `values / size` when the plain sum overflows."""
+    values = np.asarray(values, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        result = np.mean(values)
+        if not np.isfinite(result) and np.all(np.isfinite(values)):
+            result = np.sum(values / values.size)
+    return float(result)
 
 
 def _central_z(level):
@@ -41,9 +87,14 @@ def gaussian_log_density(y, mean, std):
         std: Standard deviations (> 0), broadcastable with `y`.
 
     Returns:
-        float64 array, the log densities, element-wise.
+        float64 array, the log densities, element-wise: finite, or -inf
+        where the true value is below float64's range (`|y - mean| / std`
+        past about 1e154), never NaN for finite arguments.
     """
-    return -_HALF_LOG_TWO_PI - np.log(std) - 0.5 * np.square((y - mean) / std)
+    y, mean, std = (np.asarray(v, np.float64) for v in (y, mean, std))
+    z = _standardized(y, mean, std)
+    with np.errstate(over="ignore"):
+        return -_HALF_LOG_TWO_PI - np.log(std) - 0.5 * (z * z)
 
 
 def rmse(y_true, mean):
@@ -57,7 +108,12 @@ def rmse(y_true, mean):
         float, in the units of `y`.
     """
     y_true, mean = regression_inputs(y_true, mean)
-    return float(np.sqrt(np.mean(np.square(y_true - mean))))
+    errors = _abs_difference(y_true, mean)
+    scale = float(np.max(errors))
+    if scale == 0 or not math.isfinite(scale):
+        return scale
+    # Scaled by the largest error, so squares neither overflow nor underflow.
+    return scale * math.sqrt(_mean(np.square(errors / scale)))
 
 
 def gaussian_nll(y_true, mean, std):
@@ -75,7 +131,7 @@ def gaussian_nll(y_true, mean, std):
         float, in nats per point.
     """
     y_true, mean, std = regression_inputs(y_true, mean, std)
-    return float(-np.mean(gaussian_log_density(y_true, mean, std)))
+    return -_mean(gaussian_log_density(y_true, mean, std))
 
 
 def mixture_log_density(y_true, sample_means, sample_stds):
@@ -111,7 +167,11 @@ def mixture_log_density(y_true, sample_means, sample_stds):
         )
     log_densities = gaussian_log_density(y_true[None], sample_means, sample_stds)
     peak = log_densities.max(axis=0)
-    return peak + np.log(np.mean(np.exp(log_densities - peak), axis=0))
+    # Where every density is 0 in float64 (peak -inf), the mixture's log
+    # density is -inf too: shift by 0 there, not by -inf (-inf - -inf = NaN).
+    shift = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        return shift + np.log(np.mean(np.exp(log_densities - shift), axis=0))
 
 
 def mixture_nll(y_true, sample_means, sample_stds):
@@ -129,7 +189,7 @@ def mixture_nll(y_true, sample_means, sample_stds):
     Returns:
         float, in nats per point.
     """
-    return float(-np.mean(mixture_log_density(y_true, sample_means, sample_stds)))
+    return -_mean(mixture_log_density(y_true, sample_means, sample_stds))
 
 
 def crps_gaussian(y_true, mean, std):
@@ -138,6 +198,8 @@ def crps_gaussian(y_true, mean, std):
     With `z = (y - mean) / std`:
     `CRPS = std * (z (2 Phi(z) - 1) + 2 phi(z) - 1/sqrt(pi))`
     (Gneiting & Raftery 2007); lower is better, in the units of `y`.
+    Computed as `|y - mean| erf(|z| / sqrt 2) + std (2 phi(z) - 1/sqrt(pi))`,
+    which stays finite (about `|y - mean|`) when `z` overflows at tiny `std`.
 
     Args:
         y_true: `(N,)` or `(N, k)` targets.
@@ -148,12 +210,15 @@ def crps_gaussian(y_true, mean, std):
         float, in the units of `y`.
     """
     y_true, mean, std = regression_inputs(y_true, mean, std)
-    z = (y_true - mean) / std
-    pdf = np.exp(-0.5 * z**2) / math.sqrt(2.0 * math.pi)
-    crps = std * (
-        z * (2.0 * _standard_normal_cdf(z) - 1.0) + 2.0 * pdf - 1.0 / math.sqrt(math.pi)
-    )
-    return float(np.mean(crps))
+    distance = _abs_difference(y_true, mean)
+    z = np.abs(_standardized(y_true, mean, std))
+    with np.errstate(over="ignore", under="ignore"):
+        pdf = np.exp(-0.5 * (z * z)) / math.sqrt(2.0 * math.pi)
+        # std |z| (2 Phi(|z|) - 1) = |y - mean| erf(|z| / sqrt 2): no z * std.
+        crps = distance * _erf_nonnegative(z / math.sqrt(2.0)) + std * (
+            2.0 * pdf - 1.0 / math.sqrt(math.pi)
+        )
+    return _mean(crps)
 
 
 def interval_coverage(y_true, mean, std, level=0.95):
@@ -171,8 +236,9 @@ def interval_coverage(y_true, mean, std, level=0.95):
     """
     y_true, mean, std = regression_inputs(y_true, mean, std)
     z = _central_z(unit_interval(level, "level"))
-    inside = np.abs(y_true - mean) <= z * std
-    return float(np.mean(inside)), float(np.mean(2.0 * z * std))
+    with np.errstate(over="ignore"):
+        inside = _abs_difference(y_true, mean) <= z * std
+        return float(np.mean(inside)), _mean(2.0 * z * std)
 
 
 def interval_score(y_true, mean, std, level=0.95):
@@ -194,13 +260,11 @@ def interval_score(y_true, mean, std, level=0.95):
     y_true, mean, std = regression_inputs(y_true, mean, std)
     alpha = 1.0 - unit_interval(level, "level")
     half = _central_z(1.0 - alpha) * std
-    lower, upper = mean - half, mean + half
-    score = (
-        (upper - lower)
-        + (2.0 / alpha) * np.maximum(lower - y_true, 0.0)
-        + (2.0 / alpha) * np.maximum(y_true - upper, 0.0)
-    )
-    return float(np.mean(score))
+    with np.errstate(over="ignore"):
+        # The miss beyond the interval: max(|y - mean| - half, 0).
+        miss = np.maximum(_abs_difference(y_true, mean) - half, 0.0)
+        score = 2.0 * half + (2.0 / alpha) * miss
+    return _mean(score)
 
 
 def regression_calibration_curve(y_true, mean, std, num_levels=20):
@@ -227,7 +291,7 @@ def regression_calibration_curve(y_true, mean, std, num_levels=20):
             f"integer >= 2. Received: num_levels={num_levels}"
         )
     # |z| of each point: inside the level-p interval iff 2 Phi(|z|) - 1 <= p.
-    needed = 2.0 * _standard_normal_cdf(np.abs(y_true - mean) / std) - 1.0
+    needed = 2.0 * _standard_normal_cdf(np.abs(_standardized(y_true, mean, std))) - 1.0
     expected = np.linspace(0.0, 1.0, num_levels)
     observed = np.array([np.mean(needed <= p) for p in expected])
     observed[-1] = 1.0  # the level-1 interval is the whole line

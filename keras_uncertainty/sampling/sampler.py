@@ -15,9 +15,14 @@ import keras
 import numpy as np
 from keras import tree
 
-from keras_uncertainty._validation import check_bool
+from keras_uncertainty._validation import check_bool, check_positive_int
 from keras_uncertainty.sampling.contract import sampled_model
-from keras_uncertainty.sampling.engine import reduce_samples
+from keras_uncertainty.sampling.engine import (
+    check_model,
+    input_stream,
+    reduce_samples,
+    resolve_num_samples,
+)
 from keras_uncertainty.sampling.reducers import (
     ClassificationSummary,
     PerOutput,
@@ -28,6 +33,55 @@ from keras_uncertainty.sampling.reducers import (
 TASKS = ("regression", "classification")
 _TASK_OPTIONS = ("task", "from_logits", "votes", "variance_head")
 _WARNED_VARIANCE_HEAD = weakref.WeakSet()
+
+# The most bytes `ku.sample` returns, and one `ku.export` serve call may hold
+# in activations for a single input row: a larger request is refused before
+# any work, with its size and how to split it.
+MAX_RESULT_BYTES = 16 * 2**30
+
+
+def format_bytes(count):
+    """`count` bytes in GB (10**9) or MB, for messages."""
+    if count >= 10**9:
+        return f"{count / 10**9:.3g} GB"
+    return f"{count / 10**6:.3g} MB"
+
+
+def _check_result_size(adapter, stream, num_samples):
+    """Refuses a `ku.sample` whose result would exceed `MAX_RESULT_BYTES`."""
+    view = adapter.input_view
+    n = stream.num_rows
+    if view is None or n is None:
+        return
+    per_input = 0
+    for tensor in tree.flatten(view.output):
+        dims = tensor.shape[1:]
+        if any(d is None for d in dims):
+            return
+        itemsize = np.dtype(keras.backend.standardize_dtype(tensor.dtype)).itemsize
+        per_input += int(np.prod(dims, dtype=np.int64)) * itemsize
+    draws = adapter.num_members * adapter.samples_per_member(num_samples)
+    size = draws * n * per_input
+    if size <= MAX_RESULT_BYTES:
+        return
+    fits = MAX_RESULT_BYTES // (draws * per_input)
+    if fits >= 1:
+        how = (
+            f"call ku.sample on slices of x of at most {fits} inputs and "
+            "process each before the next"
+        )
+    else:
+        how = "draw fewer samples per call and concatenate several calls"
+    raise ValueError(
+        "Invalid value received for argument `num_samples`. Expected a "
+        f"result of at most {MAX_RESULT_BYTES // 2**30} GiB "
+        "(ku.sampling.sampler.MAX_RESULT_BYTES). Received: "
+        f"num_samples={num_samples} for {n} inputs, a result of "
+        f"{format_bytes(size)} ({draws} samples x {n} inputs x {per_input} "
+        f"bytes per output row). To chunk it, {how}; or summarize in-graph "
+        "with ku.predict_regression / ku.predict_classification / ku.predict, "
+        "which keep no samples."
+    )
 
 
 def output_names(model):
@@ -271,6 +325,14 @@ def sample(
             chosen from the model's activation sizes (about 256 MiB of
             activations per call).
 
+    Raises:
+        ValueError: before any work, when the result would exceed
+            `MAX_RESULT_BYTES` (16 GiB): `T x N x prod(output_shape) x 4`
+            bytes for float32 outputs (times M for an ensemble), e.g. 80 GB
+            for `num_samples=10**9` of 10 scalars. The message gives the
+            size and the most inputs per call that fit: sample slices of
+            `x`, or summarize in-graph with `ku.predict_*`.
+
     Returns:
         numpy array of shape `(num_samples, N, *output_shape)`; for a
         `ku.Ensemble` of M members, `(M * num_samples, N, ...)` (member-major)
@@ -284,6 +346,11 @@ def sample(
     >>> samples.std(axis=0)  # spread of the predictions
     """
     adapter = sampled_model(model)
+    asked = check_positive_int(num_samples, "num_samples", allow_none=True)
+    check_model(model, asked)
+    stream = input_stream(model, x)
+    _check_result_size(adapter, stream, resolve_num_samples(asked))
+    x = stream
     names = adapter.output_names
     raw = RawSamples(adapter.num_members)
     if names is None or len(names) == 1:
@@ -470,6 +537,7 @@ def predict_regression(
         _engine_args(num_samples, batch_size, seed, verbose, max_rows_per_call),
     )
     _check_finite_output(model, **_fields(prediction))
+    _check_aleatoric_underflow(model, reducer, prediction)
     return prediction
 
 
@@ -607,6 +675,7 @@ def predict(
         if isinstance(reducer, ClassificationSummary):
             _check_probabilities(prediction, from_logits)
         _check_finite_output(model, **_fields(prediction))
+        _check_aleatoric_underflow(model, reducer, prediction, stacklevel=4)
         results[key] = prediction
     return results
 
@@ -672,4 +741,31 @@ def _check_finite_output(model, **fields):
             "values contain them.",
             RuntimeWarning,
             stacklevel=3,
+        )
+
+
+def _check_aleatoric_underflow(model, reducer, prediction, stacklevel=4):
+    """Warns when a variance head's aleatoric std is exactly 0 for finite
+    log-variances: `exp(log_var)` underflows float32 below about -104 (and
+    `sqrt` of a subnormal mean variance may round to 0), so the noise the
+    model predicts is lost, not zero."""
+    if isinstance(reducer, PerOutput):
+        inner = list(reducer.reducers.values())
+        reducer = inner[0] if len(inner) == 1 else None
+    if not getattr(reducer, "variance_head", False):
+        return
+    std = getattr(prediction, "aleatoric_std", None)
+    if std is None:
+        return
+    std = np.asarray(std)
+    zero = int(np.count_nonzero(std == 0))
+    if zero:
+        warnings.warn(
+            f"Model '{model.name}' produced an aleatoric_std of exactly 0 in "
+            f"{zero} of {std.size} entries: exp(log_var) underflows float32 "
+            "below about -104, so those log-variances (finite but very "
+            "negative) lose the noise they predict. aleatoric_std (and std) "
+            "contain the zeros.",
+            RuntimeWarning,
+            stacklevel=stacklevel,
         )

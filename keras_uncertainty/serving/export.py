@@ -19,6 +19,7 @@ from keras_uncertainty.sampling import (
     task_reducer,
 )
 from keras_uncertainty.sampling.engine import resolve_num_samples
+from keras_uncertainty.sampling.sampler import MAX_RESULT_BYTES, format_bytes
 
 
 def _signature_name(tensor, index, count):
@@ -58,6 +59,74 @@ def _input_specs(model):
     return tree.map_structure(lambda _: 0, inputs), specs
 
 
+def _check_call_size(num_samples, per_member, floats_per_row):
+    """Refuses a `num_samples` whose serve call, even for one input row,
+    would hold more than `MAX_RESULT_BYTES` of activations."""
+    if not floats_per_row:
+        return
+    size = per_member * floats_per_row * 4
+    if size <= MAX_RESULT_BYTES:
+        return
+    most = max(1, MAX_RESULT_BYTES // (floats_per_row * 4))
+    raise ValueError(
+        "Invalid value received for argument `num_samples`. Expected samples "
+        "whose serve call fits in "
+        f"{MAX_RESULT_BYTES // 2**30} GiB of activations for one input row "
+        "(ku.sampling.sampler.MAX_RESULT_BYTES). Received: "
+        f"num_samples={num_samples}, which needs {format_bytes(size)} per "
+        f"input row ({per_member} samples x {floats_per_row} floats x 4 "
+        f"bytes). Export with num_samples <= {most} and, for more samples, "
+        "average the summaries of several serve calls on the client."
+    )
+
+
+def _finite_rows(flat_inputs):
+    """Per row of the batch, whether every numeric input value is finite
+    (None when no input is floating point)."""
+    finite = None
+    for tensor in flat_inputs:
+        if not tensor.dtype.is_floating:
+            continue
+        ok = tf.math.is_finite(tensor)
+        if tensor.shape.rank > 1:
+            ok = tf.reduce_all(ok, axis=list(range(1, tensor.shape.rank)))
+        finite = ok if finite is None else tf.logical_and(finite, ok)
+    return finite
+
+
+def _without_nonfinite(flat_inputs, finite):
+    """The inputs with the rows that hold a NaN or infinity zeroed (so they
+    cannot reach other rows through any layer)."""
+    out = []
+    for tensor in flat_inputs:
+        if tensor.dtype.is_floating:
+            shape = tf.concat(
+                [tf.shape(finite), tf.ones([tensor.shape.rank - 1], tf.int32)], 0
+            )
+            keep = tf.reshape(finite, shape)
+            tensor = tf.where(keep, tensor, tf.zeros_like(tensor))
+        out.append(tensor)
+    return out
+
+
+def _nan_rows(summary, finite):
+    """NaN in every floating output of the rows that had non-finite inputs;
+    integer outputs (`votes`) are 0 there."""
+
+    def mask(value):
+        shape = tf.concat(
+            [tf.shape(finite), tf.ones([value.shape.rank - 1], tf.int32)], 0
+        )
+        keep = tf.reshape(finite, shape)
+        if value.dtype.is_floating:
+            fill = tf.fill(tf.shape(value), tf.constant(float("nan"), value.dtype))
+        else:
+            fill = tf.zeros_like(value)
+        return tf.where(keep, value, fill)
+
+    return tree.map_structure(mask, summary)
+
+
 def export(
     model,
     filepath,
@@ -93,6 +162,12 @@ def export(
     in one pass, so its memory grows with batch size times T: send batches
     sized for the server.
 
+    A row whose numeric inputs hold a NaN or an infinity gets NaN in every
+    float output (`mean`, `std`, ..., `probs`, `entropy`, ...; `votes` 0)
+    instead of a finite but meaningless summary; the batch's other rows are
+    served as usual (the row is zeroed before the forward pass, so it cannot
+    disturb them). Check for NaN outputs rather than for an error.
+
     A model with several outputs serves the summary of each output named in
     `task` (a dict), all from the same samples (one forward pass per call),
     with keys prefixed by the output's name: `task={"price": "regression",
@@ -107,7 +182,11 @@ def export(
             tasks are names or dicts of a task and its options (see
             `ku.predict`).
         num_samples: Positive integer T, samples per call. None: 100, the
-            default of `ku.sample` and `ku.predict_*` too.
+            default of `ku.sample` and `ku.predict_*` too. Refused (ValueError,
+            naming the size) when one serve call would need more than
+            `ku.sampling.sampler.MAX_RESULT_BYTES` (16 GiB) of activations
+            even for a single input row (T x the model's floats per row x 4
+            bytes).
         from_logits: Classification: whether the model outputs logits.
         votes: Classification: whether to return the argmax vote counts.
         variance_head: Regression: whether the output is `(means,
@@ -152,15 +231,22 @@ def export(
     reducer = task_reducer(model, task, from_logits, votes, variance_head)
     adapter = check_model(model, asked)
     structure, specs = _input_specs(model)
-    step, _ = reducing_step(model, reducer, structure)
+    step, floats_per_row = reducing_step(model, reducer, structure)
     per_member = adapter.samples_per_member(num_samples)
     total = adapter.num_members * per_member
+    _check_call_size(num_samples, per_member, floats_per_row)
 
     def summarize(flat_inputs, key):
         # The key, then sample and row offsets 0: one chunk holds the call.
         position = tf.concat([tf.cast(key, tf.uint32), tf.zeros([2], tf.uint32)], 0)
+        finite = _finite_rows(flat_inputs)
+        if finite is not None:
+            flat_inputs = _without_nonfinite(flat_inputs, finite)
         state = step(flat_inputs, per_member, position)
-        return reducer.summary(state, total)
+        summary = reducer.summary(state, total)
+        if finite is not None:
+            summary = _nan_rows(summary, finite)
+        return summary
 
     def fresh_key():
         # seed=0, seed2=0: the kernel takes its seed from the operating
