@@ -13,8 +13,12 @@ fraction of a second. Exit statuses:
   before any training);
 - 3: data that could not be downloaded (the message says how to provide it
   locally);
+- 4: the results file could not be written at the end (disk full, ...):
+  the table is printed and the earlier file is left intact;
 - 130: interrupted (Ctrl-C, also while TensorFlow loads); what had finished
-  is kept.
+  is kept;
+- 143 (SIGTERM) and 129 (SIGHUP): ended like Ctrl-C, what had finished is
+  kept.
 
 Results files (`uci --output`) are written after every finished data set and
 method, atomically, with their status; see
@@ -28,6 +32,7 @@ import signal
 import sys
 
 from keras_uncertainty import _backend
+from keras_uncertainty.cli import results as _results
 from keras_uncertainty.cli import usage
 from keras_uncertainty.cli.results import ResultsFile
 from keras_uncertainty.cli.usage import UsageError
@@ -298,32 +303,41 @@ def main(argv=None):
     Returns:
         The exit status. A usage error exits (`SystemExit`, status 2) instead.
     """
+    previous = _results.handle_termination()  # SIGTERM, SIGHUP: like Ctrl-C
     try:
         return _main(argv)
-    except KeyboardInterrupt:
-        sys.stderr.write("\nkeras-uncertainty: interrupted\n")
-        return 130
+    except KeyboardInterrupt as exc:
+        status, word = _results.interrupt_status(exc)
+        sys.stderr.write(f"\nkeras-uncertainty: {word}\n")
+        return status
+    finally:
+        _results.restore_handlers(previous)
 
 
 def _exit_interrupted(signum, frame):
     """Ctrl-C while TensorFlow loads: nothing has started, so leave at once
     (a library that catches KeyboardInterrupt during its import would
     otherwise swallow it)."""
-    sys.stderr.write("\nkeras-uncertainty: interrupted\n")
+    status, word = 130, "interrupted"
+    if signum != signal.SIGINT:
+        status, word = 128 + signum, f"terminated by {signal.Signals(signum).name}"
+    sys.stderr.write(f"\nkeras-uncertainty: {word}\n")
     sys.stderr.flush()
-    os._exit(130)
+    os._exit(status)
 
 
 def _import_tensorflow(command):
     """Imports Keras (and so TensorFlow) and what `command` runs, checking
     Keras's backend; Ctrl-C meanwhile exits 130 at once."""
-    previous = signal.signal(signal.SIGINT, _exit_interrupted)
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = [signal.signal(s, _exit_interrupted) for s in signums]
     try:
         _backend.check()
         for module in _COMMAND_MODULES[command]:
             importlib.import_module(module)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in zip(signums, previous):
+            signal.signal(signum, handler)
 
 
 def _main(argv):

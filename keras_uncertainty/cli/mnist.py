@@ -5,6 +5,8 @@ import sys
 
 import keras
 
+from keras_uncertainty.cli.results import interrupt_status
+
 
 class _Progress(keras.callbacks.Callback):
     """One status line on stderr: which network trains, which epoch."""
@@ -204,9 +206,10 @@ def run_mnist(args, error):
             callbacks=[_Progress()],
             train=train,
         )
-    except KeyboardInterrupt:
-        sys.stderr.write("\ninterrupted before the evaluation: nothing to report\n")
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP
+        status, word = interrupt_status(exc)
+        sys.stderr.write(f"\n{word} before the evaluation: nothing to report\n")
+        return status
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     print(report_text(report, args.num_samples))

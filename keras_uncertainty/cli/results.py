@@ -4,36 +4,115 @@ Imports neither Keras nor TensorFlow: the launcher opens the file (and checks
 `--resume`) before TensorFlow loads.
 """
 
+import errno
+import fcntl
+import hashlib
 import json
 import os
+import signal
+import stat
+import sys
 import tempfile
 
 from keras_uncertainty.cli.usage import UsageError
+from keras_uncertainty.experiments.protocols import METHODS
 
 RESULTS_FORMAT = "keras-uncertainty uci results, version 1"
+# The exit status of a run whose results file could not be written at the
+# end (the table is printed; the previous file, if any, is intact).
+WRITE_FAILED = 4
+# The bytes the start-up check writes beside the results file: more than a
+# results file of every data set and method holds (about 250 bytes a unit).
+PROBE_BYTES = 64 * 1024
+_NAME_MAX = 255
+# Signals that must not interrupt a write half-way (they are delivered once
+# the file is in place or the temporary file removed).
+_DEFERRED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def _sibling(path, suffix):
+    """A hidden name beside `path` for a temporary or lock file, kept within
+    the file system's 255-byte name limit however long `path`'s name is."""
+    base = os.path.basename(path)
+    name = f".{base}{suffix}"
+    if len(name.encode()) > _NAME_MAX - 16:
+        digest = hashlib.sha256(base.encode()).hexdigest()[:16]
+        name = f".{digest}{suffix}"
+    return name
+
+
+def _new_file_mode():
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+class _SignalsDeferred:
+    """Holds SIGINT, SIGTERM and SIGHUP back for the `with` block, so a
+    signal can never leave a temporary file behind or a rename half-done:
+    each handler is replaced by one that notes the signal, and on leaving
+    the block the usual handler runs for it (raising KeyboardInterrupt or
+    `Terminated`, or, with the default action, ending the process). Outside
+    the main thread it does nothing."""
+
+    def __enter__(self):
+        self.previous, self.pending = {}, []
+        try:
+            for signum in _DEFERRED:
+                self.previous[signum] = signal.signal(signum, self._note)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def _note(self, signum, frame):
+        self.pending.append(signum)
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        for signum in self.pending[:1]:
+            handler = self.previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
+        return False
 
 
 def write_json_atomic(path, payload):
     """Writes `payload` as JSON to `path` so that a reader (or a crash) only
     ever sees the old file or the new one: a temporary file in the same
-    folder, flushed and synced, then renamed over `path`."""
+    folder, flushed and synced, then renamed over `path`. An existing file
+    keeps its permission bits; a new one gets the umask's (not 0600).
+    SIGINT, SIGTERM and SIGHUP are held back until the write is done or
+    undone, so no temporary file is left behind."""
+    text = json.dumps(payload, indent=2) + "\n"
     folder = os.path.dirname(os.path.abspath(path))
-    handle, partial = tempfile.mkstemp(
-        dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-    )
     try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    except BaseException:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = _new_file_mode()
+    with _SignalsDeferred():
+        handle, partial = tempfile.mkstemp(
+            dir=folder, prefix=_sibling(path, "."), suffix=".tmp"
+        )
         try:
-            os.remove(partial)
-        except OSError:
-            pass
-        raise
+            with os.fdopen(handle, "w") as f:
+                os.fchmod(f.fileno(), mode)
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, path)
+        except BaseException:
+            try:
+                os.remove(partial)
+            except OSError:
+                pass
+            raise
+        _sync_folder(folder)
+
+
+def _sync_folder(folder):
     try:  # the rename itself survives a power loss once the folder is synced
         folder_handle = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -46,6 +125,197 @@ def write_json_atomic(path, payload):
         os.close(folder_handle)
 
 
+def check_regular_output(path):
+    """Refuses an `--output` that exists and is not a regular file.
+
+    A device (`/dev/null`), FIFO, socket or folder would be replaced by the
+    atomic rename; a symbolic link would be replaced by a file while its
+    target stays stale. Such paths are refused: give the file itself.
+
+    Raises:
+        UsageError: `path` is such a path.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise UsageError(f"--output {path!r}: {error.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise UsageError(
+            f"--output {path!r} is a symbolic link (to {os.readlink(path)!r}); "
+            "give the file itself: results are only written to regular files"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        kinds = (
+            (stat.S_ISDIR, "a folder"),
+            (stat.S_ISFIFO, "a FIFO"),
+            (stat.S_ISCHR, "a device"),
+            (stat.S_ISBLK, "a device"),
+            (stat.S_ISSOCK, "a socket"),
+        )
+        kind = next(
+            (name for test, name in kinds if test(info.st_mode)),
+            "not a regular file",
+        )
+        raise UsageError(
+            f"--output {path!r} is {kind}; results are only written to regular files"
+        )
+
+
+def check_writable(path, size=PROBE_BYTES):
+    """Proves that the results file can be written: a file with a name as
+    long as `path`'s and `size` bytes (at least the existing file's) is
+    written, synced and removed in `path`'s folder, as the atomic write
+    will. A full disk, a quota or a name too long fails now, not after the
+    training.
+
+    Raises:
+        UsageError: The probe could not be written (why, in one line).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    try:
+        size = max(size, 2 * os.path.getsize(path))
+    except OSError:
+        pass
+    stem = f".ku-probe-{os.getpid()}-"
+    probe = os.path.join(folder, stem + "x" * max(0, len(base) - len(stem)))
+    handle = None
+    try:
+        with _SignalsDeferred():
+            try:
+                handle = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                block = b" " * 65536
+                left = size
+                while left > 0:
+                    left -= os.write(handle, block[: min(left, len(block))])
+                os.fsync(handle)
+            finally:
+                if handle is not None:
+                    os.close(handle)
+                    os.remove(probe)
+    except OSError as error:
+        why = error.strerror or str(error)
+        raise UsageError(
+            f"--output {path!r} cannot be written: {why} (a {size}-byte test "
+            f"file in {folder!r})"
+        ) from None
+
+
+class _Lock:
+    """An advisory lock (`fcntl.flock`) on a hidden file beside the results
+    file, held while a run may write it; the file names the holder's pid."""
+
+    def __init__(self, path):
+        folder = os.path.dirname(os.path.abspath(path))
+        self.path = os.path.join(folder, _sibling(path, ".lock"))
+        try:
+            self.handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise UsageError(
+                f"--output {path!r}: cannot create its lock file {self.path!r}: "
+                f"{error.strerror}"
+            ) from None
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = ""
+            try:
+                os.lseek(self.handle, 0, os.SEEK_SET)
+                holder = os.read(self.handle, 32).decode(errors="replace").strip()
+            except OSError:
+                pass
+            os.close(self.handle)
+            self.handle = None
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UsageError(
+                    f"--output {path!r}: cannot lock {self.path!r}: {error.strerror}"
+                ) from None
+            who = f"process {holder}" if holder.isdigit() else "another process"
+            raise UsageError(
+                f"--output {path!r} is being written by {who} (another run on "
+                "the same file); wait for it or choose another --output"
+            ) from None
+        os.ftruncate(self.handle, 0)
+        os.write(self.handle, f"{os.getpid()}\n".encode())
+
+    def release(self):
+        if self.handle is not None:
+            try:
+                os.ftruncate(self.handle, 0)
+            except OSError:
+                pass
+            os.close(self.handle)  # closing the descriptor releases the lock
+            self.handle = None
+
+    def __del__(self):
+        self.release()
+
+
+_RECORD_FIELDS = {
+    "dataset": str,
+    "method": str,
+    "num_splits": int,
+    "rmse_mean": float,
+    "rmse_se": float,
+    "nll_mean": float,
+    "nll_se": float,
+    "seconds": float,
+}
+
+
+def _schema_problem(earlier):
+    """Why `earlier` (a parsed results file) is not a valid one, or None."""
+    if not isinstance(earlier.get("settings"), dict):
+        return "'settings' is missing or not an object"
+    if not isinstance(earlier.get("status"), str):
+        return "'status' is missing or not a string"
+    results = earlier.get("results")
+    if not isinstance(results, list):
+        return "'results' is missing or not a list"
+    seen = set()
+    for i, record in enumerate(results):
+        where = f"results[{i}]"
+        if not isinstance(record, dict):
+            return f"{where} is not an object"
+        if set(record) != set(_RECORD_FIELDS):
+            missing = sorted(set(_RECORD_FIELDS) - set(record))
+            extra = sorted(set(record) - set(_RECORD_FIELDS))
+            return f"{where} has missing fields {missing} or unknown fields {extra}"
+        for field, kind in _RECORD_FIELDS.items():
+            value = record[field]
+            if kind is str:
+                ok = isinstance(value, str) and value != ""
+            elif kind is int:
+                ok = type(value) is int and value >= 1
+            else:  # a number (NaN where not computed); only NLL may be < 0
+                ok = (value is None and field.startswith("nll")) or (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and (field == "nll_mean" or not value < 0)
+                )
+            if not ok:
+                return f"{where}.{field} is {value!r}"
+        if record["method"] not in METHODS:
+            return (
+                f"{where}.method {record['method']!r} is not one of "
+                f"{', '.join(METHODS)}"
+            )
+        key = (record["dataset"], record["method"])
+        if key in seen:
+            return f"{where} repeats {record['dataset']} {record['method']}"
+        seen.add(key)
+    failures = earlier.get("failures", [])
+    if not isinstance(failures, list) or not all(
+        isinstance(f, dict)
+        and all(isinstance(f.get(k), str) for k in ("dataset", "method", "reason"))
+        for f in failures
+    ):
+        return "'failures' is not a list of {dataset, method, reason}"
+    return None
+
+
 class ResultsFile:
     """The `uci --output` file: settings, status and every finished unit.
 
@@ -55,6 +325,14 @@ class ResultsFile:
     `status` is "running" while units are still to come (a killed run
     leaves that), then "complete", "interrupted" or "failed: <reason>".
     Every change is written at once with `write_json_atomic`.
+
+    Opening it (with a path) refuses, as a `UsageError`: a path that is not
+    a regular file (`check_regular_output`), a file another run holds (an
+    advisory lock beside it, held until `release` or `close`), a folder
+    where the file cannot be written (`check_writable`), and on `--resume`
+    a file that is not a valid results file or has other settings. A write
+    that fails later is not raised: the units stay in memory, `write_error`
+    holds the error and the next write tries again.
 
     Args:
         path: The file, or None (nothing is written).
@@ -67,7 +345,22 @@ class ResultsFile:
         self.path, self.settings = path, settings
         self.results, self.failures = [], []
         self.carried = 0
-        existing = bool(path) and os.path.exists(path)
+        self.write_error = None
+        self._lock = None
+        if not path:
+            self._may_write = False
+            return
+        check_regular_output(path)
+        self._lock = _Lock(path)
+        try:
+            check_writable(path)
+            self._open(path, settings, resume)
+        except BaseException:
+            self.release()
+            raise
+
+    def _open(self, path, settings, resume):
+        existing = os.path.exists(path)
         # An earlier file is replaced only once this run has a finished unit
         # to put in its place (or, resuming, keeps its units): a run that
         # fails or is stopped early never wipes earlier results.
@@ -103,6 +396,11 @@ class ResultsFile:
                 f"--resume: {path!r} is not a results file of this version "
                 f"(expected format {RESULTS_FORMAT!r})"
             )
+        problem = _schema_problem(earlier)
+        if problem:
+            raise UsageError(
+                f"--resume: {path!r} is not a valid results file: {problem}"
+            )
         return earlier
 
     def finished(self, dataset, method):
@@ -111,7 +409,9 @@ class ResultsFile:
         )
 
     def _write(self, status):
-        if self.path and self._may_write:
+        if not (self.path and self._may_write):
+            return
+        try:
             write_json_atomic(
                 self.path,
                 {
@@ -122,6 +422,17 @@ class ResultsFile:
                     "failures": self.failures,
                 },
             )
+        except OSError as error:
+            first = self.write_error is None
+            self.write_error = error
+            if first and status == "running":
+                why = error.strerror or str(error)
+                sys.stderr.write(
+                    f"\ncannot write {self.path}: {why}; the finished units are "
+                    "kept in memory and the file is tried again after each unit\n"
+                )
+        else:
+            self.write_error = None
 
     def add(self, record):
         self.results.append(record)
@@ -133,7 +444,60 @@ class ResultsFile:
         self._write("running")
 
     def close(self, status):
-        """Writes the final status; returns whether it was written (not when
-        a run that finished nothing would replace an earlier file)."""
-        self._write(status)
-        return bool(self.path) and self._may_write
+        """Writes the final status and releases the lock; returns whether
+        the file now holds this run (not when a run that finished nothing
+        would replace an earlier file, nor when the write failed: see
+        `write_error`)."""
+        try:
+            self._write(status)
+        finally:
+            self.release()
+        return bool(self.path) and self._may_write and self.write_error is None
+
+    def release(self):
+        """Releases the lock on the file (another run may then write it)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program runs, so that a run ends
+    as on Ctrl-C (the results file gets status "interrupted") but exits
+    with 128 + the signal's number (143 for SIGTERM, 129 for SIGHUP)."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.status = 128 + signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+def handle_termination():
+    """Makes SIGTERM and SIGHUP raise `Terminated`; returns the previous
+    handlers for `restore_handlers` (none outside the main thread, where
+    the signals are left alone)."""
+    previous = {}
+    try:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, _raise_terminated)
+    except ValueError:  # not the main thread
+        pass
+    return previous
+
+
+def restore_handlers(previous):
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def interrupt_status(exc):
+    """The exit status and the word for a `KeyboardInterrupt` (or a
+    `Terminated`): (130, "interrupted") or (143, "terminated by SIGTERM")."""
+    if isinstance(exc, Terminated):
+        return exc.status, f"terminated by {exc.name}"
+    return 130, "interrupted"

@@ -5,6 +5,7 @@ import sys
 
 import keras
 
+from keras_uncertainty.cli.results import WRITE_FAILED, interrupt_status
 from keras_uncertainty.cli.usage import parse_splits
 from keras_uncertainty.experiments.protocols import METHODS
 
@@ -83,8 +84,17 @@ def run_uci(args, results_file, error):
 
     Returns:
         The exit status: 0, 1 when a data set and method diverged on every
-        split, 130 when interrupted.
+        split, 4 when the results file could not be written at the end (the
+        table is printed), 130 when interrupted (143 on SIGTERM, 129 on
+        SIGHUP). The file's lock is released in every case.
     """
+    try:
+        return _run_uci(args, results_file, error)
+    finally:
+        results_file.release()
+
+
+def _run_uci(args, results_file, error):
     import dataclasses
 
     from keras_uncertainty.datasets import load_uci
@@ -109,7 +119,7 @@ def run_uci(args, results_file, error):
     except ValueError as exc:
         error(str(exc))
 
-    failed, interrupted = [], False
+    failed, interrupted = [], None
     try:
         for label, splits in plans:
             for method in methods:
@@ -140,9 +150,11 @@ def run_uci(args, results_file, error):
                 results_file.add(dataclasses.asdict(result))
                 progress.show(f"done in {result.seconds:.0f} s", final=True)
                 sys.stderr.write("\n")
-    except KeyboardInterrupt:
-        interrupted = True
-        sys.stderr.write("\ninterrupted: the finished data sets and methods follow\n")
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP
+        interrupted = interrupt_status(exc)
+        sys.stderr.write(
+            f"\n{interrupted[1]}: the finished data sets and methods follow\n"
+        )
     if interrupted:
         status = "interrupted"
     elif failed:
@@ -151,10 +163,18 @@ def run_uci(args, results_file, error):
         status = "complete"
     print(table([uci.Result(**record) for record in results_file.results]))
     if results_file.path and not results_file.close(status):
+        if results_file.write_error is not None:
+            why = results_file.write_error.strerror or str(results_file.write_error)
+            sys.stderr.write(
+                f"cannot write {results_file.path}: {why}; the "
+                f"{len(results_file.results)} finished units are in the table "
+                "above (an earlier file there is intact)\n"
+            )
+            return WRITE_FAILED
         sys.stderr.write(
             f"no data set and method finished; the earlier {results_file.path} was "
             "left as it was\n"
         )
     if interrupted:
-        return 130
+        return interrupted[0]
     return 1 if failed else 0

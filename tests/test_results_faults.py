@@ -1,0 +1,391 @@
+"""Faults around the `uci --output` results file: write failures, a second
+writer, paths that are not regular files, signals and hand-edited files.
+
+Training is replaced by a fake unit everywhere (each test takes well under a
+second, the one subprocess run of a signal a few seconds)."""
+
+import errno
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from keras_uncertainty.cli import results
+from keras_uncertainty.cli.main import main
+from keras_uncertainty.cli.results import ResultsFile, write_json_atomic
+
+_RUN = ["uci", "--splits", "0-1"]
+
+
+def _fake_runs(monkeypatch, outcome=lambda method, call: 1.0):
+    from keras_uncertainty.experiments import uci
+
+    calls = []
+
+    def fake_run(dataset, method, *args, **kwargs):
+        calls.append(method)
+        rmse = outcome(method, len(calls))
+        return uci.Result(dataset, method, 2, rmse, 0.1, 2.0, 0.2, 3.0)
+
+    monkeypatch.setattr(uci, "run", fake_run)
+    return calls
+
+
+def _one_line_exit_2(capsys, args, *words):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    for word in words:
+        assert word in err[0], err
+    return err[0]
+
+
+def _leftovers(folder, keep):
+    """Files in `folder` other than `keep` and the lock files."""
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name not in keep and not p.name.endswith(".lock")
+    )
+
+
+# 1. Write failures -------------------------------------------------------
+
+
+def test_a_full_disk_at_the_start_exits_2_before_any_work(
+    tmp_path, monkeypatch, capsys
+):
+    calls = _fake_runs(monkeypatch)
+    real_write = os.write
+
+    def full(handle, data):
+        if len(data) > 1000:  # the probe's blocks, not the lock file's pid
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(handle, data)
+
+    monkeypatch.setattr(os, "write", full)
+    output = tmp_path / "results.json"
+    _one_line_exit_2(
+        capsys, [*_RUN, "--output", str(output)], "No space left on device"
+    )
+    assert calls == [] and _leftovers(tmp_path, ()) == []
+
+
+def test_long_names_work_and_too_long_names_are_refused_at_the_start(
+    tmp_path, monkeypatch, capsys
+):
+    calls = _fake_runs(monkeypatch)
+    long_name = tmp_path / ("r" * 245 + ".json")  # 250 characters
+    assert main([*_RUN, "--method", "ensemble", "--output", str(long_name)]) == 0
+    assert json.loads(long_name.read_text())["status"] == "complete"
+    assert _leftovers(tmp_path, (long_name.name,)) == []
+    too_long = tmp_path / ("r" * 251 + ".json")  # 256 characters
+    capsys.readouterr()
+    _one_line_exit_2(capsys, [*_RUN, "--output", str(too_long)], "too long")
+    assert calls == ["ensemble"]
+
+
+def test_a_write_failing_at_the_end_prints_the_table_and_keeps_the_old_file(
+    tmp_path, monkeypatch, capsys
+):
+    _fake_runs(monkeypatch)
+    output = tmp_path / "results.json"
+    assert main([*_RUN, "--method", "mc-dropout", "--output", str(output)]) == 0
+    before = output.read_bytes()
+    capsys.readouterr()
+
+    def full(source, target):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full)
+    code = main([*_RUN, "--output", str(output), "--resume"])
+    assert code == results.WRITE_FAILED == 4
+    captured = capsys.readouterr()
+    for method in ("mc-dropout", "hetero-mc-dropout", "ensemble"):
+        assert method in captured.out  # every finished unit is in the table
+    last = captured.err.strip().splitlines()[-1]
+    assert f"cannot write {output}: No space left on device" in last
+    assert "Traceback" not in captured.err
+    assert output.read_bytes() == before  # the previous file is intact
+    assert _leftovers(tmp_path, (output.name,)) == []
+
+
+def test_a_write_failing_mid_run_is_retried_and_nothing_is_lost(
+    tmp_path, monkeypatch, capsys
+):
+    _fake_runs(monkeypatch)
+    real_replace = os.replace
+    failures = []
+
+    def flaky(source, target):
+        if not failures:  # the first unit's write fails, the next ones work
+            failures.append(target)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    output = tmp_path / "results.json"
+    assert main([*_RUN, "--output", str(output)]) == 0
+    written = json.loads(output.read_text())
+    assert written["status"] == "complete" and len(written["results"]) == 3
+    assert "cannot write" in capsys.readouterr().err
+    assert _leftovers(tmp_path, (output.name,)) == []
+
+
+# 2. One writer per results file -------------------------------------------
+
+
+def test_a_second_run_on_the_same_output_is_refused_naming_the_first(
+    tmp_path, monkeypatch, capsys
+):
+    calls = _fake_runs(monkeypatch)
+    output = tmp_path / "results.json"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from keras_uncertainty.cli.results import ResultsFile\n"
+            "held = ResultsFile(sys.argv[1], {})\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n",
+            str(output),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = _one_line_exit_2(
+            capsys, [*_RUN, "--output", str(output)], f"process {holder.pid}"
+        )
+        assert "another run" in line
+        assert calls == []
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    # The lock goes with its holder; a run then writes the file.
+    assert main([*_RUN, "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["status"] == "complete"
+
+
+def test_the_lock_is_held_for_the_run_and_released_after_it(tmp_path):
+    output = tmp_path / "results.json"
+    first = ResultsFile(str(output), {"seed": 0})
+    with pytest.raises(results.UsageError, match=f"process {os.getpid()}"):
+        ResultsFile(str(output), {"seed": 0})
+    first.close("complete")
+    ResultsFile(str(output), {"seed": 0}).release()
+
+
+# 3. Only regular files are written ---------------------------------------
+
+
+def test_outputs_that_are_not_regular_files_are_refused_before_any_work(
+    tmp_path, monkeypatch, capsys
+):
+    calls = _fake_runs(monkeypatch)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    target = tmp_path / "target.json"
+    target.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    for path, word in (
+        ("/dev/null", "a device"),
+        (fifo, "a FIFO"),
+        (link, "symbolic link"),
+    ):
+        _one_line_exit_2(capsys, [*_RUN, "--output", str(path)], word)
+    _one_line_exit_2(capsys, [*_RUN, "--output", str(tmp_path)], "folder")
+    assert calls == []
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert link.is_symlink() and target.read_text() == "{}"
+
+
+def test_a_rewrite_keeps_the_files_mode_and_a_new_file_follows_the_umask(
+    tmp_path,
+):
+    path = tmp_path / "shared.json"
+    path.write_text("{}")
+    for mode in (0o644, 0o640, 0o600):
+        os.chmod(path, mode)
+        write_json_atomic(path, {"mode": mode})
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode
+    umask = os.umask(0o027)
+    try:
+        write_json_atomic(tmp_path / "new.json", {})
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "new.json").st_mode) == 0o640
+
+
+# 4. Signals ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
+def test_a_signal_during_a_write_is_delivered_after_it(
+    tmp_path, monkeypatch, signum, status
+):
+    path = tmp_path / "results.json"
+    write_json_atomic(path, {"old": True})
+    real_fsync = os.fsync
+
+    def fsync_then_signal(handle):
+        os.kill(os.getpid(), signum)  # lands in the middle of the write
+        return real_fsync(handle)
+
+    monkeypatch.setattr(os, "fsync", fsync_then_signal)
+    previous = results.handle_termination()
+    try:
+        with pytest.raises(results.Terminated) as info:
+            write_json_atomic(path, {"new": True})
+    finally:
+        results.restore_handlers(previous)
+    assert info.value.status == status
+    assert json.loads(path.read_text()) == {"new": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+# The command line, with training replaced by a unit that waits after the
+# first one: the test sends its signal while the second unit runs.
+_WAITING_LAUNCHER = """
+import sys, time
+from keras_uncertainty.cli.main import main
+from keras_uncertainty.experiments import uci
+def run(dataset, method, *args, **kwargs):
+    if method != "mc-dropout":
+        open(sys.argv[1], "w").close()
+        time.sleep(120)
+    return uci.Result(dataset, method, 2, 1.0, 0.1, 2.0, 0.2, 3.0)
+uci.run = run
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143)])
+def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, signum, status):
+    output, started = tmp_path / "results.json", tmp_path / "started"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _WAITING_LAUNCHER,
+            str(started),
+            *_RUN,
+            "--output",
+            str(output),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    deadline = time.monotonic() + 120
+    while not started.exists() and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == status, err
+    assert "Traceback" not in err
+    assert "terminated by SIGTERM: the finished data sets" in err
+    assert "mc-dropout" in out
+    written = json.loads(output.read_text())
+    assert written["status"] == "interrupted"
+    assert [r["method"] for r in written["results"]] == ["mc-dropout"]
+    assert _leftovers(tmp_path, (output.name, started.name)) == []
+
+
+# 5. Results files validated on resume ---------------------------------------
+
+
+def _valid_file(tmp_path, monkeypatch):
+    _fake_runs(monkeypatch)
+    output = tmp_path / "results.json"
+    assert main([*_RUN, "--method", "mc-dropout", "--output", str(output)]) == 0
+    return output
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda f: f["results"][0].pop("dataset"), "missing fields ['dataset']"),
+        (lambda f: f["results"][0].update(rmse_mean="abc"), "rmse_mean is 'abc'"),
+        (lambda f: f["results"][0].update(num_splits="2"), "num_splits is '2'"),
+        (lambda f: f["results"][0].update(method="bayes"), "'bayes' is not one of"),
+        (lambda f: f.update(results=None), "'results' is missing or not a list"),
+        (lambda f: f.pop("settings"), "'settings' is missing"),
+        (lambda f: f["results"].append(f["results"][0]), "repeats yacht mc-dropout"),
+        (lambda f: f.update(failures=[1]), "'failures' is not a list"),
+    ],
+)
+def test_hand_edited_results_files_are_refused_on_resume(
+    tmp_path, monkeypatch, capsys, edit, message
+):
+    output = _valid_file(tmp_path, monkeypatch)
+    content = json.loads(output.read_text())
+    edit(content)
+    output.write_text(json.dumps(content))
+    capsys.readouterr()
+    calls = _fake_runs(monkeypatch)
+    _one_line_exit_2(
+        capsys,
+        [*_RUN, "--output", str(output), "--resume"],
+        "is not a valid results file",
+        message,
+    )
+    assert calls == []
+
+
+def test_a_hand_edited_file_is_refused_before_tensorflow_loads(tmp_path):
+    output = tmp_path / "results.json"
+    settings = {
+        "protocol": "default",
+        "learning_rate": 0.01,
+        "splits": "0-1",
+        "epochs_multiplier": 10.0,
+        "num_samples": 10000,
+        "adversarial_epsilon": 0.01,
+        "seed": 0,
+    }
+    record = {"dataset": "yacht", "method": "mc-dropout", "num_splits": 2}
+    output.write_text(
+        json.dumps(
+            {
+                "format": results.RESULTS_FORMAT,
+                "settings": settings,
+                "status": "running",
+                "results": [record],
+                "failures": [],
+            }
+        )
+    )
+    launcher = (
+        "import sys\n"
+        "from keras_uncertainty.cli.main import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "finally:\n"
+        "    loaded = {'keras', 'tensorflow'} & set(sys.modules)\n"
+        "    sys.stderr.write(str(sorted(loaded)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", launcher, *_RUN, "--output", str(output), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and "missing fields" in lines[0], result.stderr
+    assert lines[1] == "[]"  # neither Keras nor TensorFlow was imported
