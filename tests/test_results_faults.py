@@ -389,3 +389,25 @@ def test_a_hand_edited_file_is_refused_before_tensorflow_loads(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and "missing fields" in lines[0], result.stderr
     assert lines[1] == "[]"  # neither Keras nor TensorFlow was imported
+
+
+def test_resume_refuses_units_computed_from_another_folder_of_the_same_name(
+    tmp_path, monkeypatch, capsys
+):
+    import shutil
+
+    from keras_uncertainty.datasets import _files
+
+    calls = _fake_runs(monkeypatch)
+    folder = tmp_path / "boat"
+    shutil.copytree(f"{_files.PACKAGED_DIR}/yacht", folder)
+    output = tmp_path / "results.json"
+    args = ["uci", str(folder), "--splits", "0", "--output", str(output)]
+    assert main([*args, "--method", "mc-dropout"]) == 0
+    assert set(json.loads(output.read_text())["data"]) == {"boat"}
+    assert main([*args, "--method", "ensemble", "--resume"]) == 0  # same data
+    data = (folder / "data.txt").read_text()
+    (folder / "data.txt").write_text(data.replace("-2.3", "-2.4", 1))
+    capsys.readouterr()
+    _one_line_exit_2(capsys, [*args, "--resume"], "computed from other data")
+    assert calls == ["mc-dropout", "ensemble"]

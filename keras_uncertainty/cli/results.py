@@ -313,15 +313,39 @@ def _schema_problem(earlier):
         for f in failures
     ):
         return "'failures' is not a list of {dataset, method, reason}"
+    data = earlier.get("data", {})
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        return "'data' is not an object of data set -> SHA-256"
     return None
+
+
+def data_identity(folder):
+    """The identity of a UCI data set's folder: a SHA-256 over the names and
+    contents of its `.txt` files (`data.txt`, the split index files and the
+    settings files), recorded in the results file beside the units."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not name.endswith(".txt") or not os.path.isfile(path):
+            continue
+        digest.update(name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 class ResultsFile:
     """The `uci --output` file: settings, status and every finished unit.
 
-    Layout: `{"format", "settings", "status", "results", "failures"}`.
+    Layout: `{"format", "settings", "status", "results", "failures", "data"}`.
     `results` holds one record per finished (data set, method) unit;
-    `failures` one `{"dataset", "method", "reason"}` per unit that failed.
+    `failures` one `{"dataset", "method", "reason"}` per unit that failed;
+    `data` the `data_identity` of each data set's folder (`--resume`
+    refuses units computed from another folder of the same name).
     `status` is "running" while units are still to come (a killed run
     leaves that), then "complete", "interrupted" or "failed: <reason>".
     Every change is written at once with `write_json_atomic`.
@@ -345,6 +369,7 @@ class ResultsFile:
         self.path, self.settings = path, settings
         self.results, self.failures = [], []
         self.carried = 0
+        self.data = {}  # data set -> data_identity of the folder its units used
         self.write_error = None
         self._lock = None
         if not path:
@@ -383,6 +408,7 @@ class ResultsFile:
                 )
             self.results = list(earlier["results"])
             self.carried = len(self.results)
+            self.data = dict(earlier.get("data", {}))
 
     @staticmethod
     def _read(path):
@@ -420,6 +446,7 @@ class ResultsFile:
                     "status": status,
                     "results": self.results,
                     "failures": self.failures,
+                    "data": self.data,
                 },
             )
         except OSError as error:
@@ -433,6 +460,22 @@ class ResultsFile:
                 )
         else:
             self.write_error = None
+
+    def check_data(self, dataset, identity):
+        """Records the `data_identity` of `dataset`'s folder; refuses (a
+        `UsageError`) one that differs from the identity recorded for the
+        units of `dataset` already in the file."""
+        recorded = self.data.get(dataset)
+        if recorded not in (None, identity) and any(
+            r["dataset"] == dataset for r in self.results
+        ):
+            raise UsageError(
+                f"--resume: the {dataset} units in {self.path!r} were computed "
+                f"from other data (SHA-256 of its files {recorded[:12]}..., this "
+                f"folder's {identity[:12]}...); use the same folder or another "
+                "--output"
+            )
+        self.data[dataset] = identity
 
     def add(self, record):
         self.results.append(record)

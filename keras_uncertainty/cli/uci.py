@@ -5,7 +5,11 @@ import sys
 
 import keras
 
-from keras_uncertainty.cli.results import WRITE_FAILED, interrupt_status
+from keras_uncertainty.cli.results import (
+    WRITE_FAILED,
+    data_identity,
+    interrupt_status,
+)
 from keras_uncertainty.cli.usage import parse_splits
 from keras_uncertainty.experiments.protocols import METHODS
 
@@ -116,6 +120,8 @@ def _run_uci(args, results_file, error):
             # Every split is read (and checked) before any training starts.
             loaded = [load_uci(name, k, args.data_dir) for k in chosen]
             plans.append((first.name, loaded))
+            if results_file.path:  # resumed units must come from the same data
+                results_file.check_data(first.name, data_identity(first.folder))
     except ValueError as exc:
         error(str(exc))
 
