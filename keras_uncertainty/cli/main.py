@@ -26,10 +26,12 @@ method, atomically, with their status; see
 """
 
 import argparse
+import contextlib
 import importlib
 import os
 import signal
 import sys
+import tempfile
 
 from keras_uncertainty import _backend
 from keras_uncertainty.cli import results as _results
@@ -204,6 +206,12 @@ def build_parser():
         help="MC dropout samples (the article: 100)",
     )
     mnist.add_argument("--seed", type=usage.seed, default=0)
+    for command in (demo, uci, mnist):
+        command.add_argument(
+            "--verbose",
+            action="store_true",
+            help="show TensorFlow's start-up log lines (hidden by default)",
+        )
     return parser
 
 
@@ -340,6 +348,48 @@ def _import_tensorflow(command):
             signal.signal(signum, handler)
 
 
+@contextlib.contextmanager
+def _startup_logs_hidden(verbose):
+    """Hides what TensorFlow's libraries write to file descriptor 2 while
+    they load (absl, oneDNN and CUDA lines, written before
+    `TF_CPP_MIN_LOG_LEVEL` applies), unless `--verbose`; Python's own
+    `sys.stderr` keeps the real stderr meanwhile, and an import that fails
+    shows what was hidden."""
+    if verbose:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    real_stderr = sys.stderr
+    with tempfile.TemporaryFile() as hidden:
+        os.dup2(hidden.fileno(), 2)
+        sys.stderr = open(saved, "w", closefd=False)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            sys.stderr = real_stderr
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                hidden.seek(0)
+                real_stderr.write(hidden.read().decode(errors="replace"))
+                real_stderr.flush()
+
+
+def _find_devices():
+    """Lets TensorFlow look for its devices now, while its log lines are
+    hidden (its CUDA look-up logs an error line on a machine without a GPU)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+
+
 def _main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -350,6 +400,7 @@ def _main(argv):
     results_file = None
     try:
         if args.command == "uci":
+            usage.check_datasets(args.datasets, args.data_dir)
             resolve_protocol(args)
             if args.resume and not args.output:
                 raise UsageError("--resume needs --output, the file to resume")
@@ -362,8 +413,11 @@ def _main(argv):
             usage.check_output_dir(args.output_dir)
     except UsageError as exc:
         error(str(exc))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _import_tensorflow(args.command)
+    if not args.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _startup_logs_hidden(args.verbose):
+        _import_tensorflow(args.command)
+        _find_devices()
     if args.command == "demo":
         run_demo(args.epochs, args.num_samples, args.seed)
         return 0

