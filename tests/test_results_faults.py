@@ -411,3 +411,94 @@ def test_resume_refuses_units_computed_from_another_folder_of_the_same_name(
     capsys.readouterr()
     _one_line_exit_2(capsys, [*args, "--resume"], "computed from other data")
     assert calls == ["mc-dropout", "ensemble"]
+
+
+# mnist --output-dir ----------------------------------------------------------
+
+
+def _mnist_args(output_dir):
+    import argparse
+
+    return argparse.Namespace(
+        data_dir=None,
+        method="mc-dropout",
+        output_dir=str(output_dir),
+        epochs=1,
+        num_samples=2,
+        seed=0,
+    )
+
+
+def _fake_mnist(monkeypatch):
+    """Replaces the data, the training and the report of `mnist`."""
+    from keras_uncertainty.cli import mnist as cli_mnist
+    from keras_uncertainty.experiments import mnist
+
+    monkeypatch.setattr(
+        "keras_uncertainty.datasets.load_mnist", lambda *args, **kwargs: None
+    )
+    monkeypatch.setattr(mnist, "run", lambda *args, **kwargs: "report")
+    monkeypatch.setattr(cli_mnist, "report_text", lambda report, n: "THE REPORT")
+
+    def figures(report, output_dir):
+        paths = []
+        for name in ("votes.png", "retention.png"):
+            path = os.path.join(output_dir, name)
+            results.write_bytes_atomic(path, b"\x89PNG new")
+            paths.append(path)
+        return paths
+
+    monkeypatch.setattr(cli_mnist, "write_figures", figures)
+    return cli_mnist
+
+
+def test_mnist_figures_failing_to_write_keep_the_report_and_exit_4(
+    tmp_path, monkeypatch, capsys
+):
+    cli_mnist = _fake_mnist(monkeypatch)
+    (tmp_path / "votes.png").write_bytes(b"old")
+
+    def full(source, target):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def error(message):
+        raise AssertionError(message)
+
+    monkeypatch.setattr(os, "replace", full)
+    assert cli_mnist.run_mnist(_mnist_args(tmp_path), error) == 4
+    captured = capsys.readouterr()
+    assert "THE REPORT" in captured.out
+    assert captured.err.strip().splitlines() == [
+        f"cannot write the figures in {tmp_path}: No space left on device; the "
+        "report above is complete"
+    ]
+    assert (tmp_path / "votes.png").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["votes.png"]
+    monkeypatch.undo()
+    cli_mnist = _fake_mnist(monkeypatch)
+    assert cli_mnist.run_mnist(_mnist_args(tmp_path), error) == 0
+    assert (tmp_path / "votes.png").read_bytes() == b"\x89PNG new"
+
+
+def test_mnist_output_dir_on_a_full_disk_is_refused_before_training(
+    tmp_path, monkeypatch
+):
+    cli_mnist = _fake_mnist(monkeypatch)
+    real_write = os.write
+
+    def full(handle, data):
+        if len(data) > 1000:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(handle, data)
+
+    monkeypatch.setattr(os, "write", full)
+    messages = []
+
+    def error(message):
+        messages.append(message)
+        raise SystemExit(2)
+
+    with pytest.raises(SystemExit):
+        cli_mnist.run_mnist(_mnist_args(tmp_path), error)
+    assert "--output-dir" in messages[0] and "No space left" in messages[0]
+    assert list(tmp_path.iterdir()) == []

@@ -5,7 +5,17 @@ import sys
 
 import keras
 
-from keras_uncertainty.cli.results import interrupt_status
+from keras_uncertainty.cli.results import (
+    WRITE_FAILED,
+    check_writable,
+    interrupt_status,
+    write_bytes_atomic,
+)
+from keras_uncertainty.cli.usage import UsageError
+
+# The bytes the start-up check writes in --output-dir: more than the largest
+# figure (about 100 KiB at 100 dpi).
+FIGURE_PROBE_BYTES = 1 << 20
 
 
 class _Progress(keras.callbacks.Callback):
@@ -116,8 +126,15 @@ def report_text(report, num_samples):
 
 
 def write_figures(report, output_dir):
-    """Vote histograms, retention curves and reliability diagrams as PNGs;
-    returns the paths written."""
+    """Vote histograms, retention curves and reliability diagrams as PNGs,
+    each written atomically (the old file or the new one, never a part);
+    returns the paths written.
+
+    Raises:
+        OSError: A figure could not be written (those before it were).
+    """
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,8 +151,10 @@ def write_figures(report, output_dir):
     def save(fig, name):
         path = os.path.join(output_dir, name)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=100)
         plt.close(fig)
+        write_bytes_atomic(path, png.getvalue())
         paths.append(path)
 
     fig, axes = plt.subplots(
@@ -179,7 +198,9 @@ def write_figures(report, output_dir):
 
 
 def run_mnist(args, error):
-    """Runs the command; `error(message)` exits with status 2."""
+    """Runs the command; `error(message)` exits with status 2. Returns the
+    exit status: 0, 4 when a figure could not be written (the report is
+    printed), 130 when interrupted (143 on SIGTERM, 129 on SIGHUP)."""
     from keras_uncertainty.datasets import DownloadError, load_mnist
     from keras_uncertainty.experiments import mnist
 
@@ -194,6 +215,14 @@ def run_mnist(args, error):
                 f"protocol runs. ({exc})\n"
             )
     except ValueError as exc:
+        error(str(exc))
+    try:  # a full disk or quota fails now, not after the training
+        check_writable(
+            os.path.join(args.output_dir, "reliability.png"),
+            size=FIGURE_PROBE_BYTES,
+            label="--output-dir",
+        )
+    except UsageError as exc:
         error(str(exc))
     methods = mnist.METHODS if args.method == "all" else (args.method,)
     try:
@@ -213,6 +242,15 @@ def run_mnist(args, error):
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     print(report_text(report, args.num_samples))
-    for path in write_figures(report, args.output_dir):
+    try:
+        paths = write_figures(report, args.output_dir)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        sys.stderr.write(
+            f"cannot write the figures in {args.output_dir}: {why}; the report "
+            "above is complete\n"
+        )
+        return WRITE_FAILED
+    for path in paths:
         print(f"wrote {path}")
     return 0

@@ -86,7 +86,16 @@ def write_json_atomic(path, payload):
     keeps its permission bits; a new one gets the umask's (not 0600).
     SIGINT, SIGTERM and SIGHUP are held back until the write is done or
     undone, so no temporary file is left behind."""
-    text = json.dumps(payload, indent=2) + "\n"
+    write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def write_bytes_atomic(path, data):
+    """Writes `data` (bytes) to `path` as `write_json_atomic` does: the old
+    file or the new one, never a part, and no temporary file left behind.
+
+    Raises:
+        OSError: The write failed (the file at `path` is as it was).
+    """
     folder = os.path.dirname(os.path.abspath(path))
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -97,9 +106,9 @@ def write_json_atomic(path, payload):
             dir=folder, prefix=_sibling(path, "."), suffix=".tmp"
         )
         try:
-            with os.fdopen(handle, "w") as f:
+            with os.fdopen(handle, "wb") as f:
                 os.fchmod(f.fileno(), mode)
-                f.write(text)
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(partial, path)
@@ -163,7 +172,7 @@ def check_regular_output(path):
         )
 
 
-def check_writable(path, size=PROBE_BYTES):
+def check_writable(path, size=PROBE_BYTES, label="--output"):
     """Proves that the results file can be written: a file with a name as
     long as `path`'s and `size` bytes (at least the existing file's) is
     written, synced and removed in `path`'s folder, as the atomic write
@@ -198,7 +207,7 @@ def check_writable(path, size=PROBE_BYTES):
     except OSError as error:
         why = error.strerror or str(error)
         raise UsageError(
-            f"--output {path!r} cannot be written: {why} (a {size}-byte test "
+            f"{label} {path!r} cannot be written: {why} (a {size}-byte test "
             f"file in {folder!r})"
         ) from None
 
