@@ -380,12 +380,12 @@ class ResultsFile:
         self.carried = 0
         self.data = {}  # data set -> data_identity of the folder its units used
         self.write_error = None
-        self._lock = None
+        self._held_lock = None
         if not path:
             self._may_write = False
             return
         check_regular_output(path)
-        self._lock = _Lock(path)
+        self._held_lock = _Lock(path)
         try:
             check_writable(path)
             self._open(path, settings, resume)
@@ -508,9 +508,9 @@ class ResultsFile:
 
     def release(self):
         """Releases the lock on the file (another run may then write it)."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        if self._held_lock is not None:
+            self._held_lock.release()
+            self._held_lock = None
 
 
 class Terminated(KeyboardInterrupt):
