@@ -183,6 +183,7 @@ def test_the_lock_is_held_for_the_run_and_released_after_it(tmp_path):
         ResultsFile(str(output), {"seed": 0})
     first.close("complete")
     ResultsFile(str(output), {"seed": 0}).release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
 
 
 # 3. Only regular files are written ---------------------------------------

@@ -214,11 +214,27 @@ def check_writable(path, size=PROBE_BYTES, label="--output"):
 
 class _Lock:
     """An advisory lock (`fcntl.flock`) on a hidden file beside the results
-    file, held while a run may write it; the file names the holder's pid."""
+    file, held while a run may write it; the file names the holder's pid
+    and is removed on release."""
 
     def __init__(self, path):
         folder = os.path.dirname(os.path.abspath(path))
         self.path = os.path.join(folder, _sibling(path, ".lock"))
+        for _attempt in range(10):
+            self._acquire(path)
+            try:  # a lock file removed by its last holder meanwhile: again
+                same = os.path.samestat(os.fstat(self.handle), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(self.handle)
+        else:
+            raise UsageError(f"--output {path!r}: cannot lock {self.path!r}")
+        os.ftruncate(self.handle, 0)
+        os.write(self.handle, f"{os.getpid()}\n".encode())
+
+    def _acquire(self, path):
         try:
             self.handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
@@ -246,13 +262,11 @@ class _Lock:
                 f"--output {path!r} is being written by {who} (another run on "
                 "the same file); wait for it or choose another --output"
             ) from None
-        os.ftruncate(self.handle, 0)
-        os.write(self.handle, f"{os.getpid()}\n".encode())
 
     def release(self):
         if self.handle is not None:
-            try:
-                os.ftruncate(self.handle, 0)
+            try:  # removed while held; a run that opened it meanwhile retries
+                os.remove(self.path)
             except OSError:
                 pass
             os.close(self.handle)  # closing the descriptor releases the lock
