@@ -8,22 +8,16 @@ import argparse
 import os
 import tempfile
 
+from keras_uncertainty.experiments import protocols
+
 MAX_SEED = 2**32 - 1  # numpy's seed range
 # The largest split index `--splits` accepts (a data set's n_splits.txt is at
 # most keras_uncertainty.datasets.uci.MAX_SPLITS = 10000); checked before a
 # range is expanded, so '0-999999999999' costs nothing.
 MAX_SPLIT_INDEX = 9999
-# The data sets `uci` knows by name (keras_uncertainty.datasets.UCI_DATASETS,
-# repeated here so that the parser needs no numpy; a test keeps them equal).
-UCI_DATASETS = (
-    "bostonHousing",
-    "concrete",
-    "energy",
-    "naval-propulsion-plant",
-    "protein-tertiary-structure",
-    "wine-quality-red",
-    "yacht",
-)
+# The data sets `uci` knows by name: one list, in the Keras-free protocols
+# module, so that the parser needs neither numpy nor TensorFlow.
+UCI_DATASETS = protocols.UCI_DATASETS
 
 
 class UsageError(Exception):

@@ -8,16 +8,8 @@ import warnings
 import numpy as np
 
 from keras_uncertainty.datasets import _files
+from keras_uncertainty.experiments.protocols import UCI_DATASETS
 
-UCI_DATASETS = (
-    "bostonHousing",
-    "concrete",
-    "energy",
-    "naval-propulsion-plant",
-    "protein-tertiary-structure",
-    "wine-quality-red",
-    "yacht",
-)
 _REQUIRED = (
     "data.txt",
     "index_features.txt",

@@ -5,6 +5,16 @@
 Keras nor TensorFlow, so the command line reads it before TensorFlow loads.
 """
 
+# The data sets of the benchmark, by folder name (`ku.datasets.UCI_DATASETS`).
+UCI_DATASETS = (
+    "bostonHousing",
+    "concrete",
+    "energy",
+    "naval-propulsion-plant",
+    "protein-tertiary-structure",
+    "wine-quality-red",
+    "yacht",
+)
 # The methods, in the order they run and are reported.
 METHODS = ("mc-dropout", "hetero-mc-dropout", "ensemble")
 # Adam's step size. The papers' code uses Keras's default 1e-3; see the
