@@ -25,6 +25,10 @@ from keras_uncertainty.metrics.regression import (
     regression_calibration_error,
     rmse,
 )
+from keras_uncertainty.metrics.reports import (
+    classification_report,
+    regression_report,
+)
 from keras_uncertainty.metrics.selective import RetentionCurve, aurc, retention_curve
 
 __all__ = [
@@ -34,6 +38,7 @@ __all__ = [
     "auroc",
     "brier_score",
     "classification_nll",
+    "classification_report",
     "crps_gaussian",
     "expected_calibration_error",
     "gaussian_log_density",
@@ -45,6 +50,7 @@ __all__ = [
     "mixture_nll",
     "regression_calibration_curve",
     "regression_calibration_error",
+    "regression_report",
     "reliability_bins",
     "retention_curve",
     "rmse",
