@@ -21,6 +21,7 @@ __version__ = "0.2.0"
 _LAZY = {
     "calibration": "keras_uncertainty.calibration",
     "callbacks": "keras_uncertainty.callbacks",
+    "conformal": "keras_uncertainty.conformal",
     "datasets": "keras_uncertainty.datasets",
     "layers": "keras_uncertainty.layers",
     "losses": "keras_uncertainty.losses",
@@ -48,6 +49,7 @@ __all__ = [
     "RegressionPrediction",
     "calibration",
     "callbacks",
+    "conformal",
     "datasets",
     "export",
     "has_variance_head",
@@ -68,6 +70,7 @@ if typing.TYPE_CHECKING:  # what IDEs and type checkers see
     from keras_uncertainty import (
         calibration,
         callbacks,
+        conformal,
         datasets,
         layers,
         losses,

@@ -5,5 +5,12 @@ from keras_uncertainty.losses.gaussian_nll import (
     gaussian_nll,
     split_mean_log_var,
 )
+from keras_uncertainty.losses.pinball import PinballLoss, pinball_loss
 
-__all__ = ["GaussianNLL", "gaussian_nll", "split_mean_log_var"]
+__all__ = [
+    "GaussianNLL",
+    "PinballLoss",
+    "gaussian_nll",
+    "pinball_loss",
+    "split_mean_log_var",
+]

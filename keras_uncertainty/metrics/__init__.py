@@ -13,6 +13,12 @@ from keras_uncertainty.metrics.classification import (
     max_calibration_error,
     reliability_bins,
 )
+from keras_uncertainty.metrics.conformal import (
+    empirical_coverage,
+    mean_interval_width,
+    mean_set_size,
+    set_coverage,
+)
 from keras_uncertainty.metrics.regression import (
     crps_gaussian,
     gaussian_log_density,
@@ -40,12 +46,15 @@ __all__ = [
     "classification_nll",
     "classification_report",
     "crps_gaussian",
+    "empirical_coverage",
     "expected_calibration_error",
     "gaussian_log_density",
     "gaussian_nll",
     "interval_coverage",
     "interval_score",
     "max_calibration_error",
+    "mean_interval_width",
+    "mean_set_size",
     "mixture_log_density",
     "mixture_nll",
     "regression_calibration_curve",
@@ -54,4 +63,5 @@ __all__ = [
     "reliability_bins",
     "retention_curve",
     "rmse",
+    "set_coverage",
 ]

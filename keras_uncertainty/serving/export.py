@@ -11,6 +11,7 @@ import tensorflow as tf
 from keras import tree
 
 from keras_uncertainty._validation import check_bool, check_positive_int
+from keras_uncertainty.conformal import serving as conformal_serving
 from keras_uncertainty.sampling import (
     check_model,
     keys,
@@ -19,6 +20,11 @@ from keras_uncertainty.sampling import (
     task_reducer,
 )
 from keras_uncertainty.sampling.engine import resolve_num_samples
+from keras_uncertainty.sampling.reducers import (
+    ClassificationSummary,
+    PerOutput,
+    RegressionMoments,
+)
 from keras_uncertainty.sampling.sampler import MAX_RESULT_BYTES, format_bytes
 
 
@@ -127,6 +133,46 @@ def _nan_rows(summary, finite):
     return tree.map_structure(mask, summary)
 
 
+def _task_kind(reducer):
+    if isinstance(reducer, ClassificationSummary):
+        return "classification"
+    if isinstance(reducer, RegressionMoments):
+        return "regression"
+    return type(reducer).__name__
+
+
+def _conformal_plan(conformal, reducer):
+    """`[(prefix, fitted method)]` of the conformal outputs to serve, each
+    checked against its output's task."""
+    if conformal is None:
+        return []
+    if not isinstance(reducer, PerOutput):
+        if isinstance(conformal, dict):
+            raise ValueError(
+                "Invalid value received for argument `conformal`. Expected one "
+                "fitted ku.conformal method for a model with one task (a dict "
+                "only with a dict of tasks). Received: a dict"
+            )
+        conformal_serving.check_servable(conformal, _task_kind(reducer))
+        return [("", conformal)]
+    if not isinstance(conformal, dict) and len(reducer.reducers) == 1:
+        conformal = {next(iter(reducer.reducers)): conformal}
+    if not isinstance(conformal, dict) or not set(conformal) <= set(reducer.reducers):
+        raise ValueError(
+            "Invalid value received for argument `conformal`. Expected a dict "
+            "{output name: fitted ku.conformal method} with output names among "
+            f"{list(reducer.reducers)}. Received: "
+            f"{list(conformal) if isinstance(conformal, dict) else conformal!r}"
+        )
+    plan = []
+    for name, method in conformal.items():
+        conformal_serving.check_servable(
+            method, _task_kind(reducer.reducers[name]), f"conformal[{name!r}]"
+        )
+        plan.append((f"{name}_", method))
+    return plan
+
+
 def export(
     model,
     filepath,
@@ -136,6 +182,7 @@ def export(
     votes=False,
     variance_head=None,
     verbose=False,
+    conformal=None,
 ):
     """Writes a TensorFlow SavedModel that serves predictive uncertainty.
 
@@ -161,6 +208,22 @@ def export(
     `(batch, C)`) for classification. A call draws all T samples of its batch
     in one pass, so its memory grows with batch size times T: send batches
     sized for the server.
+
+    With `conformal=fitted` (a fitted `ku.conformal` method) the outputs
+    also hold its guarantee, computed in-graph from the served summary and
+    the method's fitted quantile at its `alpha` (a constant of the graph):
+    `lower` and `upper` (float32, shaped like `mean`) for
+    `SplitConformalRegressor` (`mean -+ q`), `NormalizedConformalRegressor`
+    (`mean -+ q std`) and `ConformalizedQuantileRegressor` (`mean` then holds
+    the head's lower and upper quantiles, averaged over the samples: export
+    with `variance_head=False`); `sets` (bool, `(batch, C)`) for
+    `ConformalClassifier`. They equal `predict_interval` / `predict_set` on
+    the served `mean`, `std` or `probs`. A quantile of `+inf` (too few
+    calibration points) serves infinite bounds or full sets. Not servable
+    (ValueError): regressors fitted with `groups` (the signature has no
+    group input) and randomized classifiers (served sets are repeatable); a
+    class-conditional classifier is served. A row with non-finite inputs
+    gets NaN bounds and an all-False set.
 
     A row whose numeric inputs hold a NaN or an infinity gets NaN in every
     float output (`mean`, `std`, ..., `probs`, `entropy`, ...; `votes` 0)
@@ -193,6 +256,10 @@ def export(
             log-variances)`; None reads the compiled loss as
             `ku.predict_regression` does.
         verbose: Whether to print Keras's summary of the written endpoints.
+        conformal: None, or a fitted `ku.conformal` method whose intervals
+            or sets the endpoints also return (see above); for a dict of
+            tasks, a dict `{output name: fitted method}`, whose keys are
+            then prefixed like the summary's.
 
     Returns:
         The `filepath` written.
@@ -229,6 +296,7 @@ def export(
             f"{{{names[0]!r}: 'regression'}}. Received: task={task!r}"
         )
     reducer = task_reducer(model, task, from_logits, votes, variance_head)
+    conformal_plan = _conformal_plan(conformal, reducer)
     adapter = check_model(model, asked)
     structure, specs = _input_specs(model)
     step, floats_per_row = reducing_step(model, reducer, structure)
@@ -246,6 +314,8 @@ def export(
         summary = reducer.summary(state, total)
         if finite is not None:
             summary = _nan_rows(summary, finite)
+        for prefix, method in conformal_plan:
+            summary.update(conformal_serving.serving_outputs(method, summary, prefix))
         return summary
 
     def fresh_key():

@@ -1,0 +1,146 @@
+"""Metrics of conformal intervals and sets: empirical coverage and size.
+
+Intervals are `[lower, upper]` arrays of one shape, `(N,)` or `(N, k)`
+(bounds may be infinite; `y_true` may be `(N,)` against `(N, 1)` bounds), or
+a `ku.conformal.Interval` passed as `lower`. Sets are boolean `(N, C)`
+matrices, as `ku.conformal.ConformalClassifier.predict_set` returns.
+"""
+
+import numpy as np
+
+from keras_uncertainty.metrics._checks import as_array
+
+
+def _bounds(lower, upper):
+    if upper is None and hasattr(lower, "lower") and hasattr(lower, "upper"):
+        lower, upper = lower.lower, lower.upper
+    arrays = []
+    for name, value in (("lower", lower), ("upper", upper)):
+        if value is None:
+            raise ValueError(
+                f"Invalid value received for argument `{name}`. Expected an "
+                f"array of bounds (or an Interval as `lower`). Received: {name}=None"
+            )
+        if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
+            value = value.numpy()
+        array = np.asarray(value, np.float64)
+        if array.size == 0 or np.any(np.isnan(array)):
+            raise ValueError(
+                f"Invalid value received for argument `{name}`. Expected a "
+                "non-empty array without NaN (infinite bounds are allowed). "
+                f"Received: shape {array.shape}, "
+                f"{int(np.count_nonzero(np.isnan(array)))} NaN entries"
+            )
+        arrays.append(array)
+    lower, upper = arrays
+    if lower.shape != upper.shape:
+        raise ValueError(
+            "Expected `lower` and `upper` to have the same shape. Received: "
+            f"lower with shape {lower.shape} and upper with shape {upper.shape}"
+        )
+    return lower, upper
+
+
+def _sets(sets):
+    if hasattr(sets, "numpy") and not isinstance(sets, np.ndarray):
+        sets = sets.numpy()
+    sets = np.asarray(sets)
+    if sets.ndim != 2 or sets.size == 0 or sets.dtype != bool:
+        raise ValueError(
+            "Invalid value received for argument `sets`. Expected a non-empty "
+            f"boolean (N, C) matrix. Received: dtype {sets.dtype} and shape "
+            f"{sets.shape}"
+        )
+    return sets
+
+
+def empirical_coverage(y_true, lower, upper=None):
+    """The fraction of targets inside their intervals.
+
+    `coverage = (1 / (N k)) sum_i 1{lower_i <= y_i <= upper_i}` over every
+    point and target; a conformal interval at level `1 - alpha` should give
+    at least `1 - alpha` on fresh data (up to sampling noise).
+
+    Args:
+        y_true: `(N,)` or `(N, k)` targets.
+        lower: Lower bounds shaped like `y_true`, or a `ku.conformal.Interval`.
+        upper: Upper bounds shaped like `lower` (None when `lower` is an
+            Interval).
+
+    Returns:
+        float in [0, 1].
+    """
+    lower, upper = _bounds(lower, upper)
+    y_true = as_array(y_true, "y_true")
+    if y_true.ndim == lower.ndim - 1 and lower.shape[-1] == 1:
+        y_true = y_true[..., None]
+    if y_true.shape != lower.shape:
+        raise ValueError(
+            "Expected `y_true` and `lower` to have the same shape. Received: "
+            f"y_true with shape {y_true.shape} and lower with shape {lower.shape}"
+        )
+    return float(np.mean((lower <= y_true) & (y_true <= upper)))
+
+
+def mean_interval_width(lower, upper=None):
+    """The mean width of intervals: `(1 / (N k)) sum_i (upper_i - lower_i)`.
+
+    Infinite when any bound is (a calibration set too small for its level).
+
+    Args:
+        lower: Lower bounds, or a `ku.conformal.Interval`.
+        upper: Upper bounds shaped like `lower` (None when `lower` is an
+            Interval).
+
+    Returns:
+        float, in the units of the targets.
+    """
+    lower, upper = _bounds(lower, upper)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.mean(upper - lower))
+
+
+def set_coverage(labels, sets):
+    """The fraction of points whose set holds their label.
+
+    `coverage = (1 / N) sum_i sets[i, y_i]`; a conformal set at level
+    `1 - alpha` should give at least `1 - alpha` on fresh data.
+
+    Args:
+        labels: `(N,)` integer labels in `[0, C)`.
+        sets: `(N, C)` boolean set matrix.
+
+    Returns:
+        float in [0, 1].
+    """
+    sets = _sets(sets)
+    labels = as_array(labels, "labels", dtype=None)
+    if labels.shape != sets.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            "Invalid value received for argument `labels`. Expected integer "
+            f"class indices of shape {sets.shape[:1]}. Received: dtype "
+            f"{labels.dtype} and shape {labels.shape}"
+        )
+    if labels.min() < 0 or labels.max() >= sets.shape[1]:
+        raise ValueError(
+            "Invalid value received for argument `labels`. Expected class "
+            f"indices in [0, {sets.shape[1] - 1}]. Received: values from "
+            f"{labels.min()} to {labels.max()}"
+        )
+    return float(np.mean(np.take_along_axis(sets, labels[:, None], axis=1)))
+
+
+def mean_set_size(sets):
+    """The mean number of classes per set: `(1 / N) sum_i sum_c sets[i, c]`.
+
+    Smaller is more informative at the same coverage; a size of 1 is a
+    single confident answer, 0 an empty set (possible with LAC and
+    randomized APS/RAPS), C a shrug.
+
+    Args:
+        sets: `(N, C)` boolean set matrix.
+
+    Returns:
+        float in [0, C].
+    """
+    return float(np.mean(np.sum(_sets(sets), axis=1)))
