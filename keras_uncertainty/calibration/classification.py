@@ -1,0 +1,494 @@
+"""Recalibration of classifiers beyond one temperature: vector scaling,
+histogram binning and isotonic calibration.
+
+Every method here reads the same inputs and returns a new
+`ku.ClassificationPrediction` from `transform`:
+
+- a `ku.ClassificationPrediction` (as `ku.predict_classification` returns),
+  read through its `probs`; `from_logits` must then be left at None;
+- or an array, with `from_logits=True` (logits) or `from_logits=False`
+  (probabilities) said explicitly: `(N, C)` for C >= 2 classes, or a binary
+  task as `(N,)` or `(N, 1)` scores of the positive class (a sigmoid's
+  logit or probability), which is read as the two columns
+  `(1 - p, p)` (logits `(0, z)`). An `(N, 2)` array is a binary task too.
+
+The returned prediction always holds `(N, C)` probabilities (`(N, 2)` for a
+binary task, the positive class in column 1), and:
+
+- `probs`: the recalibrated probabilities;
+- `label`: recomputed, their argmax (lowest index on ties). Unlike a
+  temperature, these maps may move the argmax, and so the accuracy;
+- `entropy`: recomputed, the entropy of the new `probs`;
+- `expected_entropy`, `mutual_information`, `votes`: from a
+  `ClassificationPrediction`, unchanged (averages over Monte Carlo samples
+  the prediction no longer holds, so `entropy = expected_entropy +
+  mutual_information` no longer holds after the transform; rank by
+  `mutual_information` as before). From an array, read as one sample:
+  `expected_entropy` is the new `entropy`, `mutual_information` is 0 and
+  `votes` is None.
+"""
+
+import dataclasses
+import warnings
+
+import numpy as np
+
+from keras_uncertainty._validation import check_positive_finite, check_positive_int
+from keras_uncertainty.calibration._isotonic import isotonic_fit, isotonic_predict
+from keras_uncertainty.metrics._checks import as_array, classification_inputs
+from keras_uncertainty.posthoc.base import PostHocMethod
+from keras_uncertainty.sampling.formulas import entropy
+from keras_uncertainty.sampling.predictions import ClassificationPrediction
+
+_TINY = np.finfo(np.float64).tiny
+
+
+def _log_softmax(logits):
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scores:
+    """One classifier output, read: probabilities, logits, and its source."""
+
+    probs: np.ndarray  # (N, C)
+    logits: np.ndarray  # (N, C): given logits, or log(probs)
+    prediction: object  # the ClassificationPrediction, or None for an array
+
+
+def _read(prediction, from_logits):
+    """Reads a `ClassificationPrediction` or an array (see the module)."""
+    if isinstance(prediction, ClassificationPrediction):
+        if from_logits is not None:
+            raise ValueError(
+                "Invalid value received for argument `from_logits`. Expected "
+                "None with a ClassificationPrediction, which holds "
+                f"probabilities. Received: from_logits={from_logits!r}"
+            )
+        _, probs = classification_inputs(
+            np.zeros(len(np.asarray(prediction.probs)), np.int64), prediction.probs
+        )
+        logits = np.log(np.maximum(probs, _TINY))
+        return _Scores(probs, logits, prediction)
+    if dataclasses.is_dataclass(prediction):
+        raise ValueError(
+            "Invalid value received for argument `prediction`. Expected a "
+            "ClassificationPrediction or an array. Received: "
+            f"{type(prediction).__name__}"
+        )
+    if not isinstance(from_logits, bool):
+        raise ValueError(
+            "Invalid value received for argument `from_logits`. Expected True "
+            "(the array holds logits) or False (it holds probabilities) with "
+            f"an array. Received: from_logits={from_logits!r}"
+        )
+    name = "logits" if from_logits else "probs"
+    values = as_array(prediction, name)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim == 1:  # a binary task: the positive class's score
+        if from_logits:
+            logits = np.stack([np.zeros_like(values), values], axis=1)
+        else:
+            if np.any(values < 0) or np.any(values > 1):
+                raise ValueError(
+                    f"Invalid value received for argument `{name}`. Expected "
+                    "probabilities of the positive class in [0, 1]. Received: "
+                    f"values from {values.min():.4g} to {values.max():.4g}"
+                )
+            probs = np.stack([1.0 - values, values], axis=1)
+            return _Scores(probs, np.log(np.maximum(probs, _TINY)), None)
+    elif values.ndim == 2:
+        if from_logits:
+            logits = values
+        else:
+            _, probs = classification_inputs(np.zeros(len(values), np.int64), values)
+            return _Scores(probs, np.log(np.maximum(probs, _TINY)), None)
+    else:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected shape "
+            f"(N, C), or (N,) or (N, 1) for a binary task. Received: shape "
+            f"{values.shape}"
+        )
+    return _Scores(np.exp(_log_softmax(logits)), logits, None)
+
+
+def _labels(labels, scores):
+    labels, _ = classification_inputs(labels, scores.probs)
+    return labels
+
+
+def _result(scores, probs):
+    """The new `ClassificationPrediction` (see the module for each field)."""
+    new_entropy = entropy(probs)
+    label = np.argmax(probs, axis=-1)
+    if scores.prediction is not None:
+        return dataclasses.replace(
+            scores.prediction, probs=probs, label=label, entropy=new_entropy
+        )
+    return ClassificationPrediction(
+        probs=probs,
+        label=label,
+        entropy=new_entropy,
+        expected_entropy=new_entropy.copy(),
+        mutual_information=np.zeros_like(new_entropy),
+        votes=None,
+    )
+
+
+class _ClassificationRecalibration(PostHocMethod):
+    """`fit`, `transform` and `fit_transform` with `from_logits`, shared."""
+
+    def fit(self, prediction, labels, from_logits=None):
+        """Fits the map on held-out predictions and their labels.
+
+        Args:
+            prediction: A `ku.ClassificationPrediction`, or an array of
+                logits (`from_logits=True`) or probabilities
+                (`from_logits=False`): `(N, C)`, or `(N,)` / `(N, 1)` for the
+                positive class of a binary task.
+            labels: `(N,)` integer labels in `[0, C)` (0 or 1 for a binary
+                task).
+            from_logits: None with a `ClassificationPrediction`; True or
+                False with an array.
+
+        Returns:
+            self.
+        """
+        self._check_params()
+        scores = _read(prediction, from_logits)
+        labels = _labels(labels, scores)
+        self._fit_scores(scores, labels)
+        self.num_classes_ = int(scores.probs.shape[1])
+        return self
+
+    def transform(self, prediction, from_logits=None):
+        """Recalibrates a prediction with the fitted map.
+
+        Args:
+            prediction: As in `fit`, with the same number of classes.
+            from_logits: As in `fit`.
+
+        Returns:
+            A new `ku.ClassificationPrediction` (see
+            `ku.calibration.classification` for each field); the input is
+            left unchanged.
+
+        Raises:
+            NotFittedError: `fit` has not been called.
+        """
+        self._check_is_fitted("transform")
+        scores = _read(prediction, from_logits)
+        classes = scores.probs.shape[1]
+        if classes != self.num_classes_:
+            raise ValueError(
+                "Invalid value received for argument `prediction`. Expected "
+                f"{self.num_classes_} classes, as in `fit`. Received: "
+                f"{classes} classes"
+            )
+        return _result(scores, self._map_scores(scores))
+
+    def fit_transform(self, prediction, labels, from_logits=None):
+        """`fit(prediction, labels, from_logits).transform(prediction,
+        from_logits)`.
+
+        Args:
+            prediction: The held-out predictions (as in `fit`).
+            labels: Their labels.
+            from_logits: As in `fit`.
+
+        Returns:
+            The recalibrated `prediction`.
+        """
+        fitted = self.fit(prediction, labels, from_logits)
+        return fitted.transform(prediction, from_logits)
+
+    def _fit(self, prediction, labels):
+        scores = _read(prediction, None)
+        self._fit_scores(scores, _labels(labels, scores))
+        self.num_classes_ = int(scores.probs.shape[1])
+
+    def _transform(self, prediction):
+        return self.transform(prediction)
+
+
+class _OneVsRest(_ClassificationRecalibration):
+    """A map per class of that class's probability, fitted one-vs-rest; a
+    binary task maps only the positive class (column 1) and sets column 0 to
+    `1 - p`; with C > 2 the mapped rows are divided by their sum (a row
+    mapped to all 0 becomes uniform)."""
+
+    def _fit_scores(self, scores, labels):
+        classes = scores.probs.shape[1]
+        columns = [1] if classes == 2 else range(classes)
+        fitted = [
+            self._fit_column(scores.probs[:, c], (labels == c).astype(np.float64))
+            for c in columns
+        ]
+        self._store_columns(fitted)
+
+    def _map_scores(self, scores):
+        probs = scores.probs
+        if probs.shape[1] == 2:
+            positive = np.clip(self._map_column(0, probs[:, 1]), 0.0, 1.0)
+            return np.stack([1.0 - positive, positive], axis=1)
+        mapped = np.stack(
+            [self._map_column(c, probs[:, c]) for c in range(probs.shape[1])], axis=1
+        )
+        mapped = np.clip(mapped, 0.0, 1.0)
+        total = mapped.sum(axis=1, keepdims=True)
+        uniform = np.full_like(mapped, 1.0 / mapped.shape[1])
+        safe_total = np.where(total > 0, total, 1.0)
+        return np.where(total > 0, mapped / safe_total, uniform)
+
+
+class VectorScaling(_ClassificationRecalibration):
+    """Vector scaling (Guo et al. 2017): `softmax(scale * logits + bias)`.
+
+    One scale and one bias per class, `z'_c = scale_c z_c + bias_c`, fitted
+    by minimising the mean NLL of the held-out labels (temperature scaling
+    is the special case of one shared scale and no bias). The NLL is convex
+    in `(scale, bias)`, and `fit` minimises it by Newton's method from the
+    identity (`scale = 1`, `bias = 0`): each step solves with the
+    pseudo-inverse of the exact Hessian (the bias is defined only up to a
+    common constant, and a column of logits that is all 0 leaves its scale
+    undefined, so the Hessian is singular), then halves the step until the
+    NLL decreases enough (Armijo). It stops when the largest absolute
+    gradient entry is at most `tol`, or when no step decreases the NLL
+    (the optimum to float precision), or after `max_iter` steps, which warns:
+    the NLL then has no finite minimiser, as when a class never occurs among
+    the labels or every prediction is right with a margin. A step costs
+    O(N C^2) for N points and C classes, so the method suits up to a few
+    hundred classes. The fitted bias is shifted to mean 0 (which no
+    probability sees).
+
+    The logits are the array given with `from_logits=True`; otherwise (a
+    `ku.ClassificationPrediction`, or probabilities) the logs of the
+    probabilities. Vector scaling is not invariant to a per-row shift of the
+    logits (unlike temperature scaling), so the two readings of one model
+    fit different maps. A binary task given as `(N,)` logits `z` is read as
+    the two logits `(0, z)`: the fit is then Platt scaling of `z`.
+
+    See `ku.calibration.classification` for the inputs and for each field
+    of the returned `ClassificationPrediction`.
+
+    Args:
+        tol: Finite number > 0: the stopping threshold on the largest
+            absolute entry of the mean NLL's gradient.
+        max_iter: Positive integer: a cap on Newton's steps.
+
+    Attributes:
+        scale_: `(C,)` the per-class scales.
+        bias_: `(C,)` the per-class biases (mean 0).
+        n_iter_: The Newton steps taken.
+        num_classes_: C.
+
+    Example:
+
+    >>> val_pred = ku.predict_classification(model, x_val)
+    >>> scaler = ku.calibration.VectorScaling().fit(val_pred, val_labels)
+    >>> calibrated = scaler.transform(ku.predict_classification(model, x_test))
+    >>> # or from a Keras model's logits (an array needs `from_logits`)
+    >>> scaler = ku.calibration.VectorScaling().fit(
+    ...     val_logits, val_labels, from_logits=True
+    ... )
+    """
+
+    def __init__(self, tol=1e-8, max_iter=100):
+        self.tol = tol
+        self.max_iter = max_iter
+        self._check_params()
+
+    def _check_params(self):
+        self.tol = check_positive_finite(self.tol, "tol")
+        self.max_iter = check_positive_int(self.max_iter, "max_iter")
+
+    @staticmethod
+    def _nll_grad_hessian(logits, onehot, scale, bias, order=2):
+        n, classes = logits.shape
+        log_probs = _log_softmax(logits * scale + bias)
+        nll = -np.sum(log_probs * onehot) / n
+        if order == 0:
+            return nll, None, None
+        probs = np.exp(log_probs)
+        residual = (probs - onehot) / n
+        grad = np.concatenate([np.sum(residual * logits, 0), np.sum(residual, 0)])
+        pz = probs * logits
+        h_ww = np.diag(np.sum(pz * logits, 0)) - pz.T @ pz
+        h_wb = np.diag(np.sum(pz, 0)) - pz.T @ probs
+        h_bb = np.diag(np.sum(probs, 0)) - probs.T @ probs
+        hessian = np.block([[h_ww, h_wb], [h_wb.T, h_bb]]) / n
+        return nll, grad, hessian
+
+    def _fit_scores(self, scores, labels):
+        logits = scores.logits
+        classes = logits.shape[1]
+        onehot = np.eye(classes)[labels]
+        scale, bias = np.ones(classes), np.zeros(classes)
+        nll, grad, hessian = self._nll_grad_hessian(logits, onehot, scale, bias)
+        converged, steps = False, 0
+        while True:
+            if np.max(np.abs(grad)) <= self.tol:
+                converged = True
+                break
+            if steps >= self.max_iter:
+                break
+            direction = -np.linalg.pinv(hessian, rcond=1e-12, hermitian=True) @ grad
+            slope = float(grad @ direction)
+            if slope >= 0:  # rounding: fall back on steepest descent
+                direction, slope = -grad, -float(grad @ grad)
+            step = 1.0
+            for _ in range(60):
+                new_scale = scale + step * direction[:classes]
+                new_bias = bias + step * direction[classes:]
+                new_nll, _, _ = self._nll_grad_hessian(
+                    logits, onehot, new_scale, new_bias, order=0
+                )
+                if new_nll <= nll + 1e-4 * step * slope:
+                    break
+                step *= 0.5
+            else:
+                converged = True  # no step decreases the NLL: float precision
+                break
+            scale, bias, steps = new_scale, new_bias, steps + 1
+            nll, grad, hessian = self._nll_grad_hessian(logits, onehot, scale, bias)
+        if not converged:
+            warnings.warn(
+                f"VectorScaling: Newton's method stopped after max_iter="
+                f"{self.max_iter} steps with a gradient of "
+                f"{np.max(np.abs(grad)):.3g} > tol={self.tol:g}: the NLL may "
+                "have no finite minimiser (a class never among the labels, or "
+                "every prediction right with a margin).",
+                UserWarning,
+                stacklevel=3,
+            )
+        self.scale_ = scale
+        self.bias_ = bias - bias.mean()
+        self.n_iter_ = int(steps)
+
+    def _map_scores(self, scores):
+        return np.exp(_log_softmax(scores.logits * self.scale_ + self.bias_))
+
+
+class HistogramBinning(_OneVsRest):
+    """Histogram binning (Zadrozny & Elkan 2001), one-vs-rest.
+
+    The predicted probability of each class is cut into `num_bins` bins of
+    equal width on `[0, 1]`, `[k/B, (k+1)/B)` for `k < B - 1` and
+    `[(B-1)/B, 1]` for the last (as `np.histogram` cuts them); `fit`
+    stores, for each class and bin, the fraction of held-out points in the
+    bin whose label is that class, and `transform` replaces each probability
+    with its bin's fraction. A bin no held-out point fell in keeps its
+    midpoint (as netcal does). A binary task maps only the positive class's
+    probability (column 1; column 0 is `1 - p`); with C > 2 classes each
+    class is mapped on its own and each row is then divided by its sum (a
+    row mapped to all 0 becomes uniform), so the result is a distribution
+    but no longer exactly the bin fractions.
+
+    The map is a step function: points in one bin get one probability, so
+    the argmax may change and ties between classes are frequent (broken
+    towards the lowest index). Logits given with `from_logits=True` are
+    turned into probabilities by softmax (sigmoid for `(N,)` logits) first.
+    See `ku.calibration.classification` for the inputs and for each field
+    of the returned `ClassificationPrediction`.
+
+    Args:
+        num_bins: Positive integer, the number of equal-width bins.
+
+    Attributes:
+        bin_edges_: `(num_bins + 1,)` the bin edges, `linspace(0, 1, B + 1)`.
+        bin_values_: `(K, num_bins)` the calibrated probability of each bin,
+            for each mapped class (K = 1, the positive class, for a binary
+            task; else K = C).
+        bin_counts_: `(K, num_bins)` how many held-out points fell in each
+            bin.
+        num_classes_: C.
+
+    Example:
+
+    >>> binning = ku.calibration.HistogramBinning(num_bins=10)
+    >>> binning.fit(val_probs_of_positive, val_labels, from_logits=False)
+    >>> calibrated = binning.transform(test_probs_of_positive, from_logits=False)
+    >>> calibrated.probs[:, 1]  # the positive class
+    """
+
+    def __init__(self, num_bins=15):
+        self.num_bins = num_bins
+        self._check_params()
+
+    def _check_params(self):
+        self.num_bins = check_positive_int(self.num_bins, "num_bins")
+
+    @staticmethod
+    def _bin_of(edges, probs):
+        index = np.searchsorted(edges, probs, side="right") - 1
+        return np.clip(index, 0, len(edges) - 2)
+
+    def _fit_column(self, probs, hits):
+        edges = np.linspace(0.0, 1.0, self.num_bins + 1)
+        index = self._bin_of(edges, probs)
+        counts = np.bincount(index, minlength=self.num_bins)
+        sums = np.bincount(index, weights=hits, minlength=self.num_bins)
+        midpoints = 0.5 * (edges[:-1] + edges[1:])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = np.where(counts > 0, sums / np.maximum(counts, 1), midpoints)
+        return values, counts, edges
+
+    def _store_columns(self, fitted):
+        self.bin_values_ = np.stack([values for values, _, _ in fitted])
+        self.bin_counts_ = np.stack([counts for _, counts, _ in fitted])
+        self.bin_edges_ = fitted[0][2]
+
+    def _map_column(self, column, probs):
+        return self.bin_values_[column][self._bin_of(self.bin_edges_, probs)]
+
+
+class IsotonicCalibration(_OneVsRest):
+    """Isotonic calibration (Zadrozny & Elkan 2002), one-vs-rest.
+
+    For each class, `fit` finds the non-decreasing map of that class's
+    predicted probability to the held-out indicator `1{label == class}`
+    with the least squared error (isotonic regression, by
+    pool-adjacent-violators; tied probabilities share one value), the fit
+    scikit-learn's `IsotonicRegression` makes. `transform` evaluates the map
+    linearly between the fitted points and at the end values outside them
+    (scikit-learn's `out_of_bounds="clip"`). A binary task maps only the
+    positive class's probability (column 1; column 0 is `1 - p`); with
+    C > 2 classes each class is mapped on its own and each row is then
+    divided by its sum (a row mapped to all 0 becomes uniform), as
+    scikit-learn's `CalibratedClassifierCV` does.
+
+    Isotonic maps are flat over stretches, so the argmax may change and ties
+    between classes occur (broken towards the lowest index). Logits given
+    with `from_logits=True` are turned into probabilities by softmax
+    (sigmoid for `(N,)` logits) first. See `ku.calibration.classification`
+    for the inputs and for each field of the returned
+    `ClassificationPrediction`.
+
+    Attributes:
+        x_thresholds_: A list of K `(M_k,)` arrays, increasing: the
+            predicted probabilities at the knots of each mapped class's map
+            (K = 1, the positive class, for a binary task; else K = C).
+        y_thresholds_: A list of K `(M_k,)` arrays, non-decreasing: the
+            calibrated probabilities there.
+        num_classes_: C.
+
+    Example:
+
+    >>> val_pred = ku.predict_classification(model, x_val)
+    >>> iso = ku.calibration.IsotonicCalibration().fit(val_pred, val_labels)
+    >>> calibrated = iso.transform(ku.predict_classification(model, x_test))
+    """
+
+    def _fit_column(self, probs, hits):
+        return isotonic_fit(probs, hits)
+
+    def _store_columns(self, fitted):
+        self.x_thresholds_ = [x for x, _ in fitted]
+        self.y_thresholds_ = [y for _, y in fitted]
+
+    def _map_column(self, column, probs):
+        return isotonic_predict(
+            self.x_thresholds_[column], self.y_thresholds_[column], probs
+        )
