@@ -13,6 +13,14 @@ from keras_uncertainty.metrics.classification import (
     max_calibration_error,
     reliability_bins,
 )
+from keras_uncertainty.metrics.ood import (
+    OODReport,
+    aupr_in,
+    aupr_out,
+    average_precision,
+    fpr_at_tpr,
+    ood_report,
+)
 from keras_uncertainty.metrics.conformal import (
     empirical_coverage,
     mean_interval_width,
@@ -38,16 +46,21 @@ from keras_uncertainty.metrics.reports import (
 from keras_uncertainty.metrics.selective import RetentionCurve, aurc, retention_curve
 
 __all__ = [
+    "OODReport",
     "RetentionCurve",
     "accuracy",
+    "aupr_in",
+    "aupr_out",
     "aurc",
     "auroc",
+    "average_precision",
     "brier_score",
     "classification_nll",
     "classification_report",
     "crps_gaussian",
     "empirical_coverage",
     "expected_calibration_error",
+    "fpr_at_tpr",
     "gaussian_log_density",
     "gaussian_nll",
     "interval_coverage",
@@ -57,6 +70,7 @@ __all__ = [
     "mean_set_size",
     "mixture_log_density",
     "mixture_nll",
+    "ood_report",
     "regression_calibration_curve",
     "regression_calibration_error",
     "regression_report",
