@@ -256,9 +256,11 @@ class VectorScaling(_ClassificationRecalibration):
     undefined, so the Hessian is singular), then halves the step until the
     NLL decreases enough (Armijo). It stops when the largest absolute
     gradient entry is at most `tol`, or when no step decreases the NLL
-    (the optimum to float precision), or after `max_iter` steps, which warns:
-    the NLL then has no finite minimiser, as when a class never occurs among
-    the labels or every prediction is right with a margin. A step costs
+    (the optimum to float precision), or after `max_iter` steps. It warns
+    when the NLL has no finite minimiser: when a class never occurs among
+    the labels, when every prediction is right with a margin (the NLL still
+    falls from the fitted parameters to twice them), or when `max_iter` is
+    reached. A step costs
     O(N C^2) for N points and C classes, so the method suits up to a few
     hundred classes. The fitted bias is shifted to mean 0 (which no
     probability sees).
@@ -353,13 +355,27 @@ class VectorScaling(_ClassificationRecalibration):
                 break
             scale, bias, steps = new_scale, new_bias, steps + 1
             nll, grad, hessian = self._nll_grad_hessian(logits, onehot, scale, bias)
-        if not converged:
+        # The NLL still falls along the ray to 2 (scale, bias): it has no
+        # finite minimiser (every prediction right with a margin), and the
+        # gradient only fell below `tol` far out on that ray.
+        doubled, _, _ = self._nll_grad_hessian(
+            logits, onehot, 2 * scale, 2 * bias, order=0
+        )
+        missing = np.flatnonzero(onehot.sum(0) == 0)
+        if not converged or doubled < nll or missing.size:
+            reason = (
+                f"Newton's method stopped after max_iter={self.max_iter} steps "
+                f"with a gradient of {np.max(np.abs(grad)):.3g} > tol="
+                f"{self.tol:g}"
+                if not converged
+                else f"the NLL ({nll:.3g}) still decreases beyond the fit"
+            )
             warnings.warn(
-                f"VectorScaling: Newton's method stopped after max_iter="
-                f"{self.max_iter} steps with a gradient of "
-                f"{np.max(np.abs(grad)):.3g} > tol={self.tol:g}: the NLL may "
-                "have no finite minimiser (a class never among the labels, or "
-                "every prediction right with a margin).",
+                f"VectorScaling: {reason}: the NLL may have no finite "
+                "minimiser (a class never among the labels: "
+                f"{missing.tolist()}, or every prediction right with a "
+                "margin), so the fitted map is one point on a path to "
+                "infinity.",
                 UserWarning,
                 stacklevel=3,
             )
