@@ -1,5 +1,6 @@
 """Monte Carlo validation metrics written into Keras `logs`."""
 
+import dataclasses
 import warnings
 
 import keras
@@ -121,10 +122,14 @@ class UncertaintyMetrics(keras.callbacks.Callback):
     - regression: `val_mc_nll` (the mixture NLL of the samples, or the
       Gaussian NLL of the predictive mean and std for a model without a
       variance head), `val_mc_rmse`, `val_mc_coverage95` (coverage of the
-      central 95% interval);
+      central 95% interval): the `mixture_nll` (or `gaussian_nll`), `rmse`
+      and `coverage_95` of `ku.metrics.regression_report`;
     - classification: `val_mc_nll` (of the mixture `mean_t p_t`),
       `val_mc_accuracy`, `val_mc_ece` (15 equal-width bins),
-      `val_mc_brier` and `val_mc_mutual_information` (mean over the rows).
+      `val_mc_brier` and `val_mc_mutual_information` (mean over the rows),
+      streamed by `ku.sampling.ClassificationScores`: for integer labels,
+      the `nll`, `accuracy`, `ece`, `brier` and `mean_mutual_information`
+      of `ku.metrics.classification_report` on the same samples.
 
     The task is read from the compiled loss: crossentropy losses (names,
     functions or `keras.losses.Loss` objects such as
@@ -459,20 +464,21 @@ class UncertaintyMetrics(keras.callbacks.Callback):
             prediction = reduce_samples(
                 self.model, x, reducer, self.num_samples, seed=self.seed, verbose=0
             )
-        mean, std = prediction.mean, prediction.std
-        y = np.asarray(read_targets(), np.float64).reshape(mean.shape)
+        y = np.asarray(read_targets(), np.float64).reshape(prediction.mean.shape)
         if variance_head:
-            nll = score.nll
+            scored, nll_key = score, "mixture_nll"
         else:
             # No variance head: the moment-matched Gaussian, with a floor so
             # that identical samples do not give std = 0.
-            std = np.maximum(std, 1e-6 * (1.0 + np.abs(mean)))
-            nll = metrics.gaussian_nll(y, mean, std)
-        coverage, _ = metrics.interval_coverage(y, mean, std, level=0.95)
+            mean = prediction.mean
+            std = np.maximum(prediction.std, 1e-6 * (1.0 + np.abs(mean)))
+            scored = dataclasses.replace(prediction, std=std)
+            nll_key = "gaussian_nll"
+        report = metrics.regression_report(y, scored, levels=(0.95,))
         return {
-            "val_mc_nll": nll,
-            "val_mc_rmse": metrics.rmse(y, mean),
-            "val_mc_coverage95": coverage,
+            "val_mc_nll": report[nll_key],
+            "val_mc_rmse": report["rmse"],
+            "val_mc_coverage95": report["coverage_95"],
         }
 
     def _classification(self, from_logits, targets):

@@ -31,7 +31,13 @@ from keras_uncertainty.experiments.protocols import (  # noqa: F401 (re-exported
 )
 from keras_uncertainty.layers.mc_dropout import MCDropout
 from keras_uncertainty.losses import GaussianNLL
-from keras_uncertainty.sampling import MixtureNLL, reduce_samples
+from keras_uncertainty.metrics.reports import regression_report
+from keras_uncertainty.sampling import (
+    MixtureNLL,
+    MixtureScore,
+    RegressionPrediction,
+    reduce_samples,
+)
 
 LENGTH_SCALE = 1e-2  # Gal & Ghahramani's UCI experiments
 BATCH_SIZE = 128  # the MC dropout experiments
@@ -405,9 +411,12 @@ def evaluate_members(
     (`num_samples` each; one for members without dropout), scored by
     `SplitMixtureNLL` (`ku.sampling.MixtureNLL`, streamed); `taus` `(M,)`
     are homoscedastic precisions, else the network predicts (mean,
-    log-variance). A group with a non-finite sample (a member that
-    diverged) scores NaN. `batch_size`: inputs per compiled sampling call,
-    as in `model.predict`; None: the sampling engine's choice.
+    log-variance). Each group's RMSE and NLL are the `rmse` and
+    `mixture_nll` of `ku.metrics.regression_report` on its `MixtureScore`.
+    A group with a non-finite sample (a member that diverged), or whose
+    predictive std is not finite and positive, scores NaN. `batch_size`:
+    inputs per compiled sampling call, as in `model.predict`; None: the
+    sampling engine's choice.
     """
     index, _ = padded_rows(member_rows)
     inputs = x[index.T].astype("float32")  # (n, M, d): member m's rows
@@ -424,15 +433,32 @@ def evaluate_members(
         verbose=0,
         y=y_true,
     )
-    squared_error = (y_true - score.prediction.mean) ** 2
-    log_density = score.log_likelihood
     sizes = [len(rows) for rows in member_rows[::group]]
-    rmses = np.array(
-        [math.sqrt(squared_error[:k, s].mean()) for s, k in enumerate(sizes)]
-    )
-    nlls = np.array([-log_density[:k, s].mean() for s, k in enumerate(sizes)])
-    rmses[diverged], nlls[diverged] = np.nan, np.nan
+    rmses, nlls = np.full(len(sizes), np.nan), np.full(len(sizes), np.nan)
+    for s, k in enumerate(sizes):
+        split_score = None if diverged[s] else _group_score(score, s, k)
+        if split_score is None:
+            continue
+        report = regression_report(y_true[:k, s], split_score, levels=())
+        rmses[s], nlls[s] = report["rmse"], report["mixture_nll"]
     return rmses, nlls
+
+
+def _group_score(score, group, rows):
+    """Group `group`'s `MixtureScore` on its first `rows` rows; None where
+    its prediction is not finite or its std is 0 (float32 moments out of
+    range), which scores as diverged."""
+    fields = {
+        f.name: getattr(score.prediction, f.name)[:rows, group]
+        for f in dataclasses.fields(score.prediction)
+    }
+    finite = all(np.all(np.isfinite(v)) for v in fields.values())
+    if not finite or np.any(fields["std"] <= 0):
+        return None
+    return MixtureScore(
+        prediction=RegressionPrediction(**fields),
+        log_likelihood=score.log_likelihood[:rows, group],
+    )
 
 
 def _split_validation(rows):

@@ -69,7 +69,12 @@ def _check_levels(levels):
 
 
 def _fields(prediction, fields, kind):
-    missing = [name for name in fields if not hasattr(prediction, name)]
+    # A method (an array's `mean`, `std`) is not a field.
+    missing = [
+        name
+        for name in fields
+        if not hasattr(prediction, name) or callable(getattr(prediction, name))
+    ]
     if missing:
         raise ValueError(
             f"Invalid value received for argument `prediction`. Expected a "

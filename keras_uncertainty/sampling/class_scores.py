@@ -165,6 +165,16 @@ class ClassificationScores(Reducer):
     rows `(N, C)`. A single sigmoid unit (`C = 1`) is a two-class classifier
     with 0/1 labels.
 
+    It is the streamed counterpart of `ku.metrics.classification_report`:
+    for integer labels its `nll`, `accuracy`, `ece`, `brier` and
+    `mutual_information` are the report's `nll`, `accuracy`, `ece`,
+    `brier` and `mean_mutual_information` of the samples' mixture (up to
+    float rounding; the NLL here stays in log space, so a true class whose
+    probability underflows float32 keeps its exact value). It keeps its own
+    sums because they merge over chunks of rows (`ClassificationScore.merge`)
+    and score one-hot / probability rows as a cross-entropy, which the
+    report's integer labels cannot.
+
     Args:
         from_logits: Whether the model outputs logits.
         num_bins: The number of equal-width confidence bins of the ECE.
