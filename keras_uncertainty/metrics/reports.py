@@ -89,6 +89,11 @@ def _fields(prediction, fields, kind):
 
 
 def _same_rows(first, first_name, arrays):
+    if first.ndim == 0:
+        raise ValueError(
+            f"Invalid value received for argument `{first_name}`. Expected an "
+            f"array with one row per point. Received: a scalar {first_name}"
+        )
     for name, array in arrays.items():
         if array.ndim == 0 or array.shape[0] != first.shape[0]:
             rows = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
