@@ -51,12 +51,6 @@ def check_servable(method, task_kind, name="conformal"):
             f"method: call `fit` on calibration data first. Received: an "
             f"unfitted {type(method).__name__}"
         )
-    if kind != task_kind:
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a "
-            f"{task_kind} method for a {task_kind} task. Received: "
-            f"{type(method).__name__} ({kind})"
-        )
     if kind == "regression" and method.groups_ is not None:
         raise ValueError(
             f"Invalid value received for argument `{name}`. Expected a method "
@@ -68,6 +62,13 @@ def check_servable(method, task_kind, name="conformal"):
             f"Invalid value received for argument `{name}`. Expected "
             "randomized=False: served sets must be repeatable. Received: "
             "randomized=True"
+        )
+
+    if kind != task_kind:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a "
+            f"{task_kind} method for a {task_kind} task. Received: "
+            f"{type(method).__name__} ({kind})"
         )
 
 
