@@ -429,37 +429,89 @@ def test_classification_parameters_are_checked():
         VectorScaling(max_iter=0)
 
 
-# netcal, where it is installed ------------------------------------------
+# netcal -------------------------------------------------------------------
 
-# netcal 1.4.0 on the data of `_netcal_data()` (computed in a separate
-# environment, as netcal needs PyTorch):
-#   HistogramBinning(bins=5).fit(p, y).transform(p_new)
-#   IsotonicRegression().fit(p, y).transform(p_new)
-NETCAL_HISTOGRAM = None
-NETCAL_ISOTONIC = None
+# netcal 1.4.0's outputs on `_netcal_binary()` and `_netcal_multiclass()`,
+# computed with numpy 2.4 in a separate environment (netcal needs PyTorch,
+# so it is no dev dependency here), e.g. for the binary task:
+#   netcal.binning.HistogramBinning(bins=5).fit(p, y).transform(p_new)
+#   netcal.binning.IsotonicRegression().fit(p, y).transform(p_new)
+# The multiclass calls take the (N, 3) probabilities and the labels. No
+# probe lies on a bin edge: netcal's bins are (a, b], ours [a, b) as in
+# np.histogram.
+NETCAL_BINARY_HISTOGRAM = [0.0, 0.0, 3 / 14, 3 / 14] + [4 / 13] * 3 + [0.2] * 2
+NETCAL_BINARY_HISTOGRAM += [11 / 12] * 2
+NETCAL_BINARY_ISOTONIC = [0.0] * 4 + [7 / 23] * 3 + [1 / 3] * 2 + [1.0] * 2
+NETCAL_MULTICLASS_HISTOGRAM = [
+    [0.66185620463187, 0.22381610784652609, 0.11432768752160385],
+    [0.16521739130434782, 0.41739130434782606, 0.41739130434782606],
+    [0.32769830949284784, 0.305591677503251, 0.36671001300390116],
+    [0.13190370422016157, 0.10362653014472255, 0.7644697656351158],
+]
+NETCAL_MULTICLASS_ISOTONIC = [
+    [0.719254413360071, 0.17949307998290542, 0.10125250665702357],
+    [0.16644880139822368, 0.48784984185161956, 0.3457013567501569],
+    [0.3341902313624679, 0.30912596401028275, 0.3566838046272493],
+    [0.12320916905444126, 0.13753581661891118, 0.7392550143266475],
+]
 
 
-def _netcal_data():
+def _netcal_binary():
     rng = np.random.default_rng(7)
     p = rng.uniform(0.01, 0.99, 60)
     y = (rng.random(60) < p**2).astype(np.int64)
-    p_new = np.linspace(0.015, 0.985, 11)
-    return p, y, p_new
+    return p, y, np.linspace(0.015, 0.985, 11)
 
 
-def test_binning_and_isotonic_agree_with_netcal():
+def _netcal_multiclass():
+    rng = np.random.default_rng(11)
+    logits = 2.0 * rng.normal(size=(300, 3))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    tempered = probs**0.5 / (probs**0.5).sum(1, keepdims=True)
+    labels = (rng.random((300, 1)) > np.cumsum(tempered, 1)).sum(1)
+    new = [[0.7, 0.21, 0.09], [0.1, 0.6, 0.3], [0.34, 0.33, 0.33], [0.05, 0.05, 0.9]]
+    return probs, np.minimum(labels, 2), np.array(new)
+
+
+def test_binning_and_isotonic_reproduce_netcals_outputs():
+    p, y, p_new = _netcal_binary()
+    for method, expected in (
+        (HistogramBinning(num_bins=5), NETCAL_BINARY_HISTOGRAM),
+        (IsotonicCalibration(), NETCAL_BINARY_ISOTONIC),
+    ):
+        calibrated = method.fit(p, y, from_logits=False)
+        probs = calibrated.transform(p_new, from_logits=False).probs
+        np.testing.assert_allclose(probs[:, 1], expected, rtol=0, atol=1e-12)
+    probs, labels, new = _netcal_multiclass()
+    for method, expected in (
+        (HistogramBinning(num_bins=5), NETCAL_MULTICLASS_HISTOGRAM),
+        (IsotonicCalibration(), NETCAL_MULTICLASS_ISOTONIC),
+    ):
+        calibrated = method.fit(probs, labels, from_logits=False)
+        np.testing.assert_allclose(
+            calibrated.transform(new, from_logits=False).probs,
+            expected,
+            rtol=0,
+            atol=1e-12,
+        )
+
+
+def test_binning_and_isotonic_agree_with_an_installed_netcal():
     netcal = pytest.importorskip("netcal.binning")
-    p, y, p_new = _netcal_data()
-    histogram = netcal.HistogramBinning(bins=5).fit(p, y).transform(p_new)
-    isotonic = netcal.IsotonicRegression().fit(p, y).transform(p_new)
-    ours = HistogramBinning(num_bins=5).fit(p, y, from_logits=False)
-    np.testing.assert_allclose(
-        ours.transform(p_new, from_logits=False).probs[:, 1], histogram
-    )
-    ours = IsotonicCalibration().fit(p, y, from_logits=False)
-    np.testing.assert_allclose(
-        ours.transform(p_new, from_logits=False).probs[:, 1], isotonic
-    )
+    p, y, p_new = _netcal_binary()
+    probs, labels, new = _netcal_multiclass()
+    for ours, theirs in (
+        (HistogramBinning(num_bins=5), netcal.HistogramBinning(bins=5)),
+        (IsotonicCalibration(), netcal.IsotonicRegression()),
+    ):
+        expected = theirs.fit(p, y).transform(p_new)
+        mine = ours.fit(p, y, from_logits=False).transform(p_new, from_logits=False)
+        np.testing.assert_allclose(mine.probs[:, 1], expected, atol=1e-12)
+        expected = theirs.fit(probs, labels).transform(new)
+        mine = ours.fit(probs, labels, from_logits=False)
+        np.testing.assert_allclose(
+            mine.transform(new, from_logits=False).probs, expected, atol=1e-12
+        )
 
 
 # Regression: isotonic recalibration of the predictive CDF ---------------
