@@ -221,6 +221,14 @@ def regression_report(
             f"shape. Received: y_true with shape {y_true.shape} and "
             f"prediction.log_likelihood with shape {log_likelihood.shape}"
         )
+    if sample_means is not None:
+        sample_means = as_array(sample_means, "sample_means")
+        if sample_means.shape[1:] != y_true.shape:
+            raise ValueError(
+                "Invalid value received for argument `sample_means`. Expected "
+                f"shape (T, *{y_true.shape}), one row of means per sample. "
+                f"Received: shape {sample_means.shape}"
+            )
     num_levels = check_positive_int(num_levels, "num_levels")
     std = fields["std"]
     values = {
@@ -244,13 +252,6 @@ def regression_report(
     if log_likelihood is not None:
         values["mixture_nll"] = score.nll
     elif sample_means is not None:
-        sample_means = as_array(sample_means, "sample_means")
-        if sample_means.shape[1:] != y_true.shape:
-            raise ValueError(
-                "Invalid value received for argument `sample_means`. Expected "
-                f"shape (T, *{y_true.shape}), one row of means per sample. "
-                f"Received: shape {sample_means.shape}"
-            )
         values["mixture_nll"] = _regression.mixture_nll(
             y_true, sample_means, sample_stds
         )
