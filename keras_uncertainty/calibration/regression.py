@@ -12,7 +12,11 @@ from keras_uncertainty.calibration._isotonic import (
     isotonic_inverse,
     isotonic_predict,
 )
-from keras_uncertainty.metrics._checks import regression_inputs, unit_interval
+from keras_uncertainty.metrics._checks import (
+    as_array,
+    regression_inputs,
+    unit_interval,
+)
 from keras_uncertainty.metrics.regression import _standard_normal_cdf, _standardized
 from keras_uncertainty.posthoc.base import PostHocMethod
 from keras_uncertainty.sampling.predictions import RegressionPrediction
@@ -233,8 +237,9 @@ class QuantileRecalibration(PostHocMethod):
 
     def _transform(self, prediction):
         mean, std = _mean_std(prediction)
-        mean, std = (np.array(v, np.float64) for v in (mean, std))
-        _, mean, std = regression_inputs(mean, mean, std)
+        mean, std = as_array(mean, "mean"), as_array(std, "std")
+        _, mean, std = regression_inputs(mean, mean, std)  # shapes, std > 0
+        mean, std = mean.copy(), std.copy()
         outputs = _columns(mean).shape[1]
         if outputs != self.num_outputs_:
             raise ValueError(
