@@ -468,24 +468,38 @@ def test_pinball_loss_is_the_mean_of_the_check_function_over_levels_and_targets(
     )
 
 
-def test_a_quantile_head_trained_with_pinball_loss_learns_its_quantiles_and_saves(
-    tmp_path,
-):
-    keras.utils.set_random_seed(0)
+def test_pinball_loss_is_minimised_at_its_quantiles():
     rng = np.random.default_rng(10)
-    y = rng.normal(size=(4096, 1)).astype("float32")
-    x = np.ones((4096, 1), "float32")
+    y = rng.normal(size=512).astype("float32")
+    grid = np.linspace(-2, 2, 401).astype("float32")
+    # Every (constant) candidate for the (0.1, 0.9) quantiles at once.
+    y_true = np.tile(y, len(grid))[:, None]
+    y_pred = np.repeat(np.stack([grid, grid], 1), len(y), axis=0)
+    loss = ku.losses.PinballLoss((0.1, 0.9), reduction=None)
+    per_level = []
+    for level in (0.1, 0.9):
+        one = ku.losses.PinballLoss((level,), reduction=None)
+        values = np.asarray(one(y_true, y_pred[:, :1])).reshape(len(grid), -1)
+        per_level.append(grid[np.argmin(values.mean(1))])
+    assert abs(per_level[0] - np.quantile(y, 0.1)) <= 0.02
+    assert abs(per_level[1] - np.quantile(y, 0.9)) <= 0.02
+    assert np.asarray(loss(y_true, y_pred)).shape == (len(y_true),)
+
+
+def test_a_quantile_head_compiles_with_pinball_loss_and_saves_with_it(tmp_path):
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(11).normal(size=(64, 1)).astype("float32")
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2)])
-    model.compile(keras.optimizers.Adam(0.05), loss=ku.losses.PinballLoss((0.1, 0.9)))
-    model.fit(x, y, epochs=15, batch_size=512, verbose=0)
-    lower, upper = model.predict(x[:1], verbose=0)[0]
-    assert abs(lower - np.quantile(y, 0.1)) < 0.1
-    assert abs(upper - np.quantile(y, 0.9)) < 0.1
+    model.compile("adam", loss=ku.losses.PinballLoss((0.1, 0.9)))
+    history = model.fit(x, x, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
     path = tmp_path / "quantile.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded.loss, ku.losses.PinballLoss)
     assert loaded.loss.quantiles == (0.1, 0.9)
+    config = keras.saving.serialize_keras_object(ku.losses.pinball_loss)
+    assert keras.saving.deserialize_keras_object(config) is ku.losses.pinball_loss
 
 
 # Post-hoc contract, metrics and validation ---------------------------------
@@ -620,52 +634,54 @@ _SERVER = textwrap.dedent(
 )
 
 
-def test_served_intervals_and_sets_equal_the_in_process_ones(
-    regression_model, regression_data, classifier, class_inputs, tmp_path
-):
-    x, y = regression_data
-    x_cal, y_cal = x[:192], y[:192]
-    prediction = ku.predict_regression(regression_model, x_cal, num_samples=50, seed=0)
-    normalized = conformal.NormalizedConformalRegressor(0.1).fit(prediction, y_cal)
-
+def _two_regression_heads():
+    """MC dropout trunk, a (mean, log-variance) head `reg` and a (lower,
+    upper) quantile head `band`."""
     keras.utils.set_random_seed(3)
-    quantile_model = ku.models.mlp(1, 2, hidden_units=(8,), dropout_rate=0.1)
-    quantile_model.compile("adam", loss=ku.losses.PinballLoss((0.05, 0.95)))
-    band = ku.predict_regression(quantile_model, x_cal, num_samples=50, seed=0).mean
-    cqr = conformal.ConformalizedQuantileRegressor(0.1).fit(band, y_cal)
+    inputs = keras.Input((1,), name="x")
+    hidden = ku.layers.MCDropout(0.1)(keras.layers.Dense(8, "relu")(inputs))
+    reg = keras.layers.Dense(2, name="reg")(hidden)
+    band = keras.layers.Dense(2, name="band")(hidden)
+    return keras.Model(inputs, {"reg": reg, "band": band})
 
-    class_probs = ku.predict_classification(classifier, class_inputs, num_samples=50)
-    class_labels = np.random.default_rng(12).integers(0, 3, len(class_inputs))
+
+def test_served_intervals_and_sets_equal_the_in_process_ones(
+    classifier, class_inputs, tmp_path
+):
+    # The fitted state is all that is served, so the calibration data can
+    # be synthetic; the served bounds and sets must equal predict_interval /
+    # predict_set on the served mean, std and probs.
+    data = _regression(np.random.default_rng(12), 300)
+    normalized = conformal.NormalizedConformalRegressor(0.1)
+    normalized.fit((data["mean"][:, None], data["std"][:, None]), data["y"])
+    cqr = conformal.ConformalizedQuantileRegressor(0.1).fit(data["band"], data["y"])
+    probs, labels = _classification(np.random.default_rng(13), 300, num_classes=3)
     raps = conformal.ConformalClassifier(0.2, score="raps", class_conditional=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a class may hold too few points
-        raps.fit(class_probs, class_labels)
+    raps.fit(probs, labels)
 
-    paths = [
-        ku.export(
-            regression_model,
-            tmp_path / "normalized",
-            "regression",
-            50,
-            conformal=normalized,
-        ),
-        ku.export(quantile_model, tmp_path / "cqr", "regression", 50, conformal=cqr),
-        ku.export(classifier, tmp_path / "raps", "classification", 50, conformal=raps),
-    ]
-    queries = np.concatenate([x[192:], class_inputs[:, :1]]).astype("float32")
+    two_heads = ku.export(
+        _two_regression_heads(),
+        tmp_path / "heads",
+        {
+            "reg": {"task": "regression", "variance_head": True},
+            "band": {"task": "regression", "variance_head": False},
+        },
+        50,
+        conformal={"reg": normalized, "band": cqr},
+    )
+    one_head = ku.export(
+        classifier, tmp_path / "raps", "classification", 50, conformal=raps
+    )
+    queries = np.random.default_rng(14).normal(size=(64, 8)).astype("float32")
     queries[[3, 40]] = np.nan  # NaN rows stay NaN, their sets empty
-    class_queries = np.random.default_rng(13).normal(size=(len(queries), 8))
-    class_queries = class_queries.astype("float32")
-    class_queries[[3, 40]] = np.nan
-    np.save(tmp_path / "x.npy", queries)
-    np.save(tmp_path / "xc.npy", class_queries)
+    np.save(tmp_path / "x.npy", queries[:, :1])
+    np.save(tmp_path / "xc.npy", queries)
     script = tmp_path / "server.py"
     script.write_text(_SERVER)
-    inputs = ["x.npy", "x.npy", "xc.npy"]
     out = tmp_path / "served.json"
-    pairs = [str(a) for p, x_name in zip(paths, inputs) for a in (p, tmp_path / x_name)]
+    pairs = [two_heads, tmp_path / "x.npy", one_head, tmp_path / "xc.npy"]
     result = subprocess.run(
-        [sys.executable, str(script), str(out), *pairs],
+        [sys.executable, str(script), str(out), *map(str, pairs)],
         capture_output=True,
         text=True,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
@@ -676,32 +692,22 @@ def test_served_intervals_and_sets_equal_the_in_process_ones(
     finite = np.ones(len(queries), bool)
     finite[[3, 40]] = False
 
-    out = {k: np.asarray(v) for k, v in served[str(paths[0])].items()}
-    assert {"lower", "upper"} <= set(out["default_keys"])
-    expected = normalized.predict_interval(
-        (out["mean"][finite].astype(np.float64), out["std"][finite].astype(np.float64))
-    )
-    np.testing.assert_allclose(
-        out["lower"][finite], expected.lower, rtol=1e-6, atol=1e-6
-    )
-    np.testing.assert_allclose(
-        out["upper"][finite], expected.upper, rtol=1e-6, atol=1e-6
-    )
-    assert (
-        np.isnan(out["lower"][~finite]).all() and np.isnan(out["upper"][~finite]).all()
-    )
+    def close(actual, expected):
+        np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
 
-    out = {k: np.asarray(v) for k, v in served[str(paths[1])].items()}
-    expected = cqr.predict_interval(out["mean"][finite].astype(np.float64))
-    np.testing.assert_allclose(
-        out["lower"][finite], expected.lower, rtol=1e-6, atol=1e-6
-    )
-    np.testing.assert_allclose(
-        out["upper"][finite], expected.upper, rtol=1e-6, atol=1e-6
-    )
-    assert np.isnan(out["lower"][~finite]).all()
+    out = {k: np.asarray(v) for k, v in served[str(two_heads)].items()}
+    for key in ("reg_lower", "reg_upper", "band_lower", "band_upper"):
+        assert key in out["default_keys"]
+        assert np.isnan(out[key][~finite]).all()
+    mean, std = out["reg_mean"][finite], out["reg_std"][finite]
+    expected = normalized.predict_interval((mean.astype(float), std.astype(float)))
+    close(out["reg_lower"][finite], expected.lower)
+    close(out["reg_upper"][finite], expected.upper)
+    expected = cqr.predict_interval(out["band_mean"][finite].astype(float))
+    close(out["band_lower"][finite], expected.lower)
+    close(out["band_upper"][finite], expected.upper)
 
-    out = {k: np.asarray(v) for k, v in served[str(paths[2])].items()}
+    out = {k: np.asarray(v) for k, v in served[str(one_head)].items()}
     assert "sets" in out["default_keys"] and out["sets"].dtype == bool
     expected = raps.predict_set(out["probs"][finite].astype(np.float64))
     np.testing.assert_array_equal(out["sets"][finite], expected)
