@@ -211,9 +211,11 @@ class _ClassGaussians(PostHocMethod):
         order = np.argsort(inverse, kind="stable")
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         rows = features[order]
-        means = np.add.reduceat(rows, starts, axis=0) / counts[:, None]
-        for mean, start, count in zip(means, starts, counts):
-            rows[start : start + count] -= mean  # in place: no (N, D) temporary
+        means = np.empty((len(classes), rows.shape[1]))
+        for c, (start, count) in enumerate(zip(starts, counts)):
+            block = rows[start : start + count]
+            means[c] = block.mean(axis=0)
+            block -= means[c]  # in place: no (N, D) temporary
         return rows, classes, means, counts, starts
 
     def _test_features(self, features):
