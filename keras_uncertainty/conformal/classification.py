@@ -157,7 +157,7 @@ class ConformalClassifier(ConformalMethod):
         self._check_params()
 
     def _check_params(self):
-        super()._check_params()
+        ConformalMethod._check_params(self)
         if self.score not in SCORES:
             raise ValueError(
                 "Invalid value received for argument `score`. Expected one of "
