@@ -1,8 +1,10 @@
-"""Faults around the `uci --output` results file: write failures, a second
-writer, paths that are not regular files, signals and hand-edited files.
+"""Faults around the results files (`uci --output`, `mnist --output-dir`):
+write failures, a second writer, paths that are not regular files, signals,
+hand-edited files, and resuming.
 
-Training is replaced by a fake unit everywhere (each test takes well under a
-second, the one subprocess run of a signal a few seconds)."""
+`uci` training is replaced by a fake unit (each test takes well under a
+second, the one subprocess run of a signal a few seconds); `mnist` trains
+real LeNet-5s on 64 images for one epoch (about a second a unit)."""
 
 import errno
 import json
@@ -328,6 +330,7 @@ def _valid_file(tmp_path, monkeypatch):
         (lambda f: f.pop("settings"), "'settings' is missing"),
         (lambda f: f["results"].append(f["results"][0]), "repeats yacht mc-dropout"),
         (lambda f: f.update(failures=[1]), "'failures' is not a list"),
+        (lambda f: f["results"][0].update(dataset="boat"), "has no data identity"),
     ],
 )
 def test_hand_edited_results_files_are_refused_on_resume(
@@ -417,74 +420,178 @@ def test_resume_refuses_units_computed_from_another_folder_of_the_same_name(
 # mnist --output-dir ----------------------------------------------------------
 
 
-def _mnist_args(output_dir):
-    import argparse
-
-    return argparse.Namespace(
-        data_dir=None,
-        method="mc-dropout",
-        output_dir=str(output_dir),
-        epochs=1,
-        num_samples=2,
-        seed=0,
-    )
-
-
-def _fake_mnist(monkeypatch):
-    """Replaces the data, the training and the report of `mnist`."""
-    from keras_uncertainty.cli import mnist as cli_mnist
+@pytest.fixture
+def tiny_mnist(monkeypatch):
+    """The MNIST protocol on 64 training and 48 evaluation images (the
+    article's two eights become images 1 and 2), so that a unit trains in
+    about a second; returns the arguments of a run."""
     from keras_uncertainty.experiments import mnist
 
-    monkeypatch.setattr(
-        "keras_uncertainty.datasets.load_mnist", lambda *args, **kwargs: None
+    monkeypatch.setenv("KERAS_UNCERTAINTY_DATA", _shared_data())
+    monkeypatch.setattr(mnist, "TRAIN_IMAGES", slice(2000, 2064))
+    monkeypatch.setattr(mnist, "TEST_IMAGES", slice(0, 48))
+    monkeypatch.setattr(mnist, "EXAMPLES", (1, 2))
+    monkeypatch.setattr(mnist, "ENSEMBLE_MEMBERS", 2)
+    return ["mnist", "--epochs", "1", "--num-samples", "3"]
+
+
+def _shared_data():
+    here = os.path.dirname(os.path.abspath(__file__))
+    folder = os.environ.get("KERAS_UNCERTAINTY_DATA") or os.path.join(
+        here, "..", "..", "shared", "data"
     )
-    monkeypatch.setattr(mnist, "run", lambda *args, **kwargs: "report")
-    monkeypatch.setattr(cli_mnist, "report_text", lambda report, n: "THE REPORT")
+    if not os.path.isdir(os.path.join(folder, "mnist")):
+        pytest.skip("the MNIST test set is not in KERAS_UNCERTAINTY_DATA")
+    return folder
 
-    def figures(report, output_dir):
-        paths = []
-        for name in ("votes.png", "retention.png"):
-            path = os.path.join(output_dir, name)
-            results.write_bytes_atomic(path, b"\x89PNG new")
-            paths.append(path)
-        return paths
 
-    monkeypatch.setattr(cli_mnist, "write_figures", figures)
-    return cli_mnist
+def _units(folder):
+    written = json.loads((folder / "results.json").read_text())
+    return written["status"], {r["method"]: r["file"] for r in written["results"]}
+
+
+def test_mnist_writes_each_method_as_it_finishes_and_resume_matches_a_full_run(
+    tmp_path, tiny_mnist, capsys
+):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert main([*tiny_mnist, "--output-dir", str(full)]) == 0
+    status, units = _units(full)
+    assert status == "complete"
+    assert set(units) == {"mc-dropout", "ensemble", "deterministic"}
+    assert all((full / name).is_file() for name in units.values())
+    assert "wrote " + str(full / "results.json") in capsys.readouterr().out
+
+    assert (
+        main([*tiny_mnist, "--method", "mc-dropout", "--output-dir", str(resumed)]) == 0
+    )
+    assert main([*tiny_mnist, "--output-dir", str(resumed), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "mnist mc-dropout: in" in err and "skipped" in err
+    # Each unit is seeded alone: the file names hold their contents' SHA-256.
+    assert _units(resumed) == ("complete", units)
+
+
+def test_mnist_interrupted_keeps_the_finished_methods_for_resume(
+    tmp_path, tiny_mnist, monkeypatch, capsys
+):
+    import keras
+
+    from keras_uncertainty.cli import mnist as cli_mnist
+
+    class StopSecond(keras.callbacks.Callback):
+        fits = 0
+
+        def on_train_begin(self, logs=None):
+            StopSecond.fits += 1
+            if StopSecond.fits == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_mnist, "_Progress", StopSecond)
+    assert main([*tiny_mnist, "--output-dir", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted before the evaluation: mc-dropout kept in" in err
+    status, units = _units(tmp_path)
+    assert status == "interrupted" and list(units) == ["mc-dropout"]
+    assert _leftovers(tmp_path, ("results.json", units["mc-dropout"])) == []
+
+
+def test_mnist_resume_refuses_a_changed_unit_file_and_other_settings(
+    tmp_path, tiny_mnist, capsys
+):
+    args = [*tiny_mnist, "--method", "mc-dropout", "--output-dir", str(tmp_path)]
+    assert main(args) == 0
+    _, units = _units(tmp_path)
+    capsys.readouterr()
+    _one_line_exit_2(
+        capsys,
+        ["mnist", "--epochs", "2", "--output-dir", str(tmp_path), "--resume"],
+        "other settings",
+        "epochs=1",
+    )
+    with open(tmp_path / units["mc-dropout"], "ab") as f:
+        f.write(b"x")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--resume"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    # After the notice that the test-only protocol runs: the error, one line.
+    assert err.strip().splitlines()[-1].endswith(
+        "has changed since it was written (its SHA-256 differs from "
+        "results.json's); run without --resume to start over"
+    )
+    assert "Traceback" not in err
+
+
+def test_mnist_rerun_without_resume_replaces_its_own_unit_files_only(
+    tmp_path, tiny_mnist
+):
+    args = [*tiny_mnist, "--method", "mc-dropout", "--output-dir", str(tmp_path)]
+    assert main(args) == 0
+    _, first = _units(tmp_path)
+    (tmp_path / "notes.npz").write_bytes(b"mine")
+    assert main([*args, "--seed", "1"]) == 0
+    _, second = _units(tmp_path)
+    assert set(first.values()).isdisjoint(second.values())
+    names = {p.name for p in tmp_path.iterdir() if p.suffix == ".npz"}
+    assert names == {*second.values(), "notes.npz"}
+
+
+def test_mnist_unit_files_failing_to_write_keep_the_report_and_exit_4(
+    tmp_path, tiny_mnist, monkeypatch, capsys
+):
+    output = tmp_path / "out"
+    args = [*tiny_mnist, "--method", "mc-dropout", "--output-dir", str(output)]
+    assert main(args) == 0
+    before = (output / "results.json").read_bytes()
+    capsys.readouterr()
+    real_replace = os.replace
+
+    def full(source, target):
+        if str(target).endswith((".npz", ".json")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", full)
+    assert main([*args, "--num-samples", "4"]) == 4
+    captured = capsys.readouterr()
+    assert "MNIST, test-only protocol" in captured.out  # the report is printed
+    assert "No space left on device; the report above is complete" in captured.err
+    assert "Traceback" not in captured.err
+    assert (output / "results.json").read_bytes() == before
 
 
 def test_mnist_figures_failing_to_write_keep_the_report_and_exit_4(
-    tmp_path, monkeypatch, capsys
+    tmp_path, tiny_mnist, monkeypatch, capsys
 ):
-    cli_mnist = _fake_mnist(monkeypatch)
     (tmp_path / "votes.png").write_bytes(b"old")
+    real_replace = os.replace
 
     def full(source, target):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def error(message):
-        raise AssertionError(message)
+        if str(target).endswith(".png"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(source, target)
 
     monkeypatch.setattr(os, "replace", full)
-    assert cli_mnist.run_mnist(_mnist_args(tmp_path), error) == 4
+    args = [*tiny_mnist, "--method", "mc-dropout", "--output-dir", str(tmp_path)]
+    assert main(args) == 4
     captured = capsys.readouterr()
-    assert "THE REPORT" in captured.out
-    assert captured.err.strip().splitlines() == [
+    assert "MNIST, test-only protocol" in captured.out
+    assert captured.err.strip().splitlines()[-1] == (
         f"cannot write the figures in {tmp_path}: No space left on device; the "
         "report above is complete"
-    ]
+    )
     assert (tmp_path / "votes.png").read_bytes() == b"old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["votes.png"]
-    monkeypatch.undo()
-    cli_mnist = _fake_mnist(monkeypatch)
-    assert cli_mnist.run_mnist(_mnist_args(tmp_path), error) == 0
-    assert (tmp_path / "votes.png").read_bytes() == b"\x89PNG new"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert main([*args, "--resume"]) == 0  # nothing trains again
+    assert (tmp_path / "votes.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_mnist_output_dir_on_a_full_disk_is_refused_before_training(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, capsys
 ):
-    cli_mnist = _fake_mnist(monkeypatch)
+    from keras_uncertainty.experiments import mnist
+
     real_write = os.write
 
     def full(handle, data):
@@ -492,14 +599,22 @@ def test_mnist_output_dir_on_a_full_disk_is_refused_before_training(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(handle, data)
 
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained")
+
+    monkeypatch.setattr(mnist, "run", no_training)
     monkeypatch.setattr(os, "write", full)
-    messages = []
+    line = _one_line_exit_2(capsys, ["mnist", "--output-dir", str(tmp_path)])
+    assert "--output-dir results file" in line and "No space left" in line
+    assert _leftovers(tmp_path, ()) == []
 
-    def error(message):
-        messages.append(message)
-        raise SystemExit(2)
 
-    with pytest.raises(SystemExit):
-        cli_mnist.run_mnist(_mnist_args(tmp_path), error)
-    assert "--output-dir" in messages[0] and "No space left" in messages[0]
-    assert list(tmp_path.iterdir()) == []
+def test_a_second_mnist_run_on_the_same_output_dir_is_refused(tmp_path, capsys):
+    from keras_uncertainty.cli.results import MnistResultsFile
+
+    held = MnistResultsFile(str(tmp_path / "results.json"), {})
+    try:
+        line = _one_line_exit_2(capsys, ["mnist", "--output-dir", str(tmp_path)])
+    finally:
+        held.release()
+    assert f"is being written by process {os.getpid()}" in line

@@ -13,16 +13,16 @@ fraction of a second. Exit statuses:
   before any training);
 - 3: data that could not be downloaded (the message says how to provide it
   locally);
-- 4: the results file could not be written at the end (disk full, ...):
-  the table is printed and the earlier file is left intact;
+- 4: the results file (or an MNIST figure) could not be written (disk full,
+  ...): the table or report is printed and the earlier file is left intact;
 - 130: interrupted (Ctrl-C, also while TensorFlow loads); what had finished
   is kept;
 - 143 (SIGTERM) and 129 (SIGHUP): ended like Ctrl-C, what had finished is
   kept.
 
-Results files (`uci --output`) are written after every finished data set and
-method, atomically, with their status; see
-`keras_uncertainty.cli.results.ResultsFile`.
+Results files (`uci --output`, `mnist --output-dir`'s `results.json`) are
+written after every finished data set and method, atomically, with their
+status; see `keras_uncertainty.cli.results.ResultsFile`.
 """
 
 import argparse
@@ -36,7 +36,7 @@ import tempfile
 from keras_uncertainty import _backend
 from keras_uncertainty.cli import results as _results
 from keras_uncertainty.cli import usage
-from keras_uncertainty.cli.results import ResultsFile
+from keras_uncertainty.cli.results import MnistResultsFile, ResultsFile
 from keras_uncertainty.cli.usage import UsageError
 from keras_uncertainty.experiments import protocols
 
@@ -206,6 +206,14 @@ def build_parser():
         help="MC dropout samples (the article: 100)",
     )
     mnist.add_argument("--seed", type=usage.seed, default=0)
+    mnist.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "skip the methods already in --output-dir's results.json "
+            "(written with the same settings and data) and add the rest"
+        ),
+    )
     for command in (demo, uci, mnist):
         command.add_argument(
             "--verbose",
@@ -266,6 +274,19 @@ def uci_settings(args):
         "adversarial_epsilon": args.adversarial_epsilon,
         "seed": args.seed,
     }
+
+
+def mnist_settings(args):
+    """What `mnist --resume` requires to be the same as in the file it
+    resumes (the data and protocol are checked by their SHA-256).
+
+    Args:
+        args: The parsed `mnist` arguments.
+
+    Returns:
+        A dict of the settings, as `results.json` records them.
+    """
+    return {"epochs": args.epochs, "num_samples": args.num_samples, "seed": args.seed}
 
 
 def run_demo(epochs, num_samples, seed):
@@ -411,6 +432,11 @@ def _main(argv):
             )
         if args.command == "mnist":
             usage.check_output_dir(args.output_dir)
+            results_file = MnistResultsFile(
+                os.path.join(args.output_dir, _results.MNIST_RESULTS_NAME),
+                mnist_settings(args),
+                resume=args.resume,
+            )
     except UsageError as exc:
         error(str(exc))
     if not args.verbose:
@@ -427,7 +453,7 @@ def _main(argv):
         if args.command == "mnist":
             from keras_uncertainty.cli.mnist import run_mnist
 
-            return run_mnist(args, error)
+            return run_mnist(args, results_file, error)
         from keras_uncertainty.cli.uci import run_uci
 
         return run_uci(args, results_file, error)

@@ -1,21 +1,24 @@
 """`keras-uncertainty mnist`: the MNIST article, referral and rotation shift."""
 
+import hashlib
+import io
 import os
 import sys
 
 import keras
+import numpy as np
 
 from keras_uncertainty.cli.results import (
     WRITE_FAILED,
-    check_writable,
     interrupt_status,
     write_bytes_atomic,
 )
 from keras_uncertainty.cli.usage import UsageError
 
-# The bytes the start-up check writes in --output-dir: more than the largest
-# figure (about 100 KiB at 100 dpi).
-FIGURE_PROBE_BYTES = 1 << 20
+DATASET = "mnist"  # the results file's `dataset` of every unit
+# The largest unit file `--resume` reads (one is about 2.6 MB with the
+# article's 10,000 test images).
+MAX_UNIT_BYTES = 64 << 20
 
 
 class _Progress(keras.callbacks.Callback):
@@ -197,10 +200,154 @@ def write_figures(report, output_dir):
     return paths
 
 
-def run_mnist(args, error):
-    """Runs the command; `error(message)` exits with status 2. Returns the
-    exit status: 0, 4 when a figure could not be written (the report is
-    printed), 130 when interrupted (143 on SIGTERM, 129 on SIGHUP)."""
+def data_identity(test, train):
+    """SHA-256 of the MNIST arrays a run used (the test set, and the
+    training set when the article's protocol runs): `--resume` refuses
+    units computed from other data or under the other protocol."""
+    digest = hashlib.sha256()
+    for part in (test, train):
+        if part is None:
+            digest.update(b"no training set\0")
+            continue
+        for array in (part.images, part.labels):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _load_finished(results_file, output_dir):
+    """The predictions of the units `results_file` holds (a `--resume`),
+    read from their `.npz` files and checked against their SHA-256.
+
+    Raises:
+        UsageError: A file is missing, changed or unreadable.
+    """
+    from keras_uncertainty.experiments import mnist
+
+    finished = {}
+    for record in results_file.results:
+        path = os.path.join(output_dir, record["file"])
+        where = f"--resume: the {record['method']} unit's {path!r}"
+        if os.path.basename(record["file"]) != record["file"]:
+            raise UsageError(f"{where} is not a file name in --output-dir")
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_UNIT_BYTES + 1)
+        except OSError as exc:
+            raise UsageError(
+                f"{where} cannot be read: {exc.strerror}; run without --resume "
+                "to start over"
+            ) from None
+        if hashlib.sha256(data).hexdigest() != record["sha256"]:
+            raise UsageError(
+                f"{where} has changed since it was written (its SHA-256 differs "
+                "from results.json's); run without --resume to start over"
+            )
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+                finished[record["method"]] = mnist.predictions_from_arrays(dict(arrays))
+        except ValueError as exc:
+            raise UsageError(f"{where} is not valid: {exc}") from None
+    return finished
+
+
+class _UnitWriter:
+    """Writes each finished unit as it finishes: its predictions to a
+    `<method>-<sha256 prefix>.npz` file (a new name for new content, so an
+    earlier run's file is never overwritten), then its record to the
+    results file. A write that fails keeps the unit in memory (it is in the
+    report) and is remembered for the exit status."""
+
+    def __init__(self, results_file, output_dir):
+        self.results_file, self.output_dir = results_file, output_dir
+        self.error = None
+        # The unit files of the results.json this run replaces (not when
+        # resuming): removed once the new results.json no longer names them.
+        self.replaced = set() if results_file.carried else _named_files(results_file)
+
+    def __call__(self, method, predictions, scores, seconds):
+        from keras_uncertainty.experiments import mnist
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **mnist.prediction_arrays(predictions))
+        data = buffer.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"{method}-{digest[:12]}.npz"
+        try:
+            write_bytes_atomic(os.path.join(self.output_dir, name), data)
+        except OSError as exc:
+            if self.error is None:
+                sys.stderr.write(
+                    f"\ncannot write {name} in {self.output_dir}: "
+                    f"{exc.strerror or exc}; the unit is kept in memory for the "
+                    "report\n"
+                )
+            self.error = exc
+            return
+        upright = scores[0]
+        self.results_file.results = [
+            r for r in self.results_file.results if r["method"] != method
+        ]
+        self.results_file.add(
+            {
+                "dataset": DATASET,
+                "method": method,
+                "file": name,
+                "sha256": digest,
+                "accuracy": upright.accuracy,
+                "nll": upright.nll,
+                "ece": upright.ece,
+                "seconds": seconds,
+            }
+        )
+        if self.results_file.write_error is None and self.results_file.on_disk:
+            named = {r["file"] for r in self.results_file.results}
+            for old in self.replaced - named:
+                try:
+                    os.remove(os.path.join(self.output_dir, old))
+                except OSError:
+                    pass
+            self.replaced &= named
+
+
+def _named_files(results_file):
+    """The unit files an existing results file names (none if unreadable)."""
+    import json
+    import re
+
+    try:
+        if os.path.getsize(results_file.path) > MAX_UNIT_BYTES:
+            return set()
+        with open(results_file.path) as f:
+            earlier = json.load(f)
+        names = {r["file"] for r in earlier["results"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    # Only files named as this command names them are ever removed.
+    ours = re.compile(r"(mc-dropout|ensemble|deterministic)-[0-9a-f]{12}\.npz")
+    return {n for n in names if isinstance(n, str) and ours.fullmatch(n)}
+
+
+def run_mnist(args, results_file, error):
+    """Runs the command; `error(message)` exits with status 2.
+
+    Every finished method (a unit) is written to `results_file` (in
+    `--output-dir`) at once, with its predictions beside it, so a kill loses
+    at most the unit in progress, and `--resume` continues from the file.
+
+    Returns:
+        The exit status: 0, 4 when a unit or a figure could not be written
+        (the report is printed), 130 when interrupted (143 on SIGTERM, 129
+        on SIGHUP). The file's lock is released in every case.
+    """
+    try:
+        return _run_mnist(args, results_file, error)
+    finally:
+        results_file.release()
+
+
+def _run_mnist(args, results_file, error):
     from keras_uncertainty.datasets import DownloadError, load_mnist
     from keras_uncertainty.experiments import mnist
 
@@ -216,15 +363,15 @@ def run_mnist(args, error):
             )
     except ValueError as exc:
         error(str(exc))
-    try:  # a full disk or quota fails now, not after the training
-        check_writable(
-            os.path.join(args.output_dir, "reliability.png"),
-            size=FIGURE_PROBE_BYTES,
-            label="--output-dir",
-        )
+    try:
+        results_file.check_data(DATASET, data_identity(data, train))
+        finished = _load_finished(results_file, args.output_dir)
     except UsageError as exc:
         error(str(exc))
     methods = mnist.METHODS if args.method == "all" else (args.method,)
+    for method in finished:
+        sys.stderr.write(f"mnist {method}: in {results_file.path}, skipped\n")
+    writer = _UnitWriter(results_file, args.output_dir)
     try:
         report = mnist.run(
             data,
@@ -234,14 +381,33 @@ def run_mnist(args, error):
             seed=args.seed,
             callbacks=[_Progress()],
             train=train,
+            finished=finished,
+            on_finished=writer,
         )
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP
         status, word = interrupt_status(exc)
-        sys.stderr.write(f"\n{word} before the evaluation: nothing to report\n")
+        results_file.close("interrupted")
+        kept = [r["method"] for r in results_file.results]
+        where = (
+            f"{', '.join(kept)} kept in {results_file.path} (--resume continues)"
+            if kept and results_file.write_error is None
+            else "nothing to report"
+        )
+        sys.stderr.write(f"\n{word} before the evaluation: {where}\n")
         return status
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     print(report_text(report, args.num_samples))
+    status = 0
+    if not results_file.close("complete") and results_file.write_error is not None:
+        writer.error = results_file.write_error
+    if writer.error is not None:
+        sys.stderr.write(
+            f"cannot write the results in {args.output_dir}: "
+            f"{writer.error.strerror or writer.error}; the report above is "
+            "complete (an earlier results.json there is intact)\n"
+        )
+        status = WRITE_FAILED
     try:
         paths = write_figures(report, args.output_dir)
     except OSError as exc:
@@ -251,6 +417,6 @@ def run_mnist(args, error):
             "above is complete\n"
         )
         return WRITE_FAILED
-    for path in paths:
+    for path in [results_file.path, *paths]:
         print(f"wrote {path}")
-    return 0
+    return status

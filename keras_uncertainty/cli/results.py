@@ -134,7 +134,7 @@ def _sync_folder(folder):
         os.close(folder_handle)
 
 
-def check_regular_output(path):
+def check_regular_output(path, label="--output"):
     """Refuses an `--output` that exists and is not a regular file.
 
     A device (`/dev/null`), FIFO, socket or folder would be replaced by the
@@ -149,10 +149,10 @@ def check_regular_output(path):
     except FileNotFoundError:
         return
     except OSError as error:
-        raise UsageError(f"--output {path!r}: {error.strerror}") from None
+        raise UsageError(f"{label} {path!r}: {error.strerror}") from None
     if stat.S_ISLNK(info.st_mode):
         raise UsageError(
-            f"--output {path!r} is a symbolic link (to {os.readlink(path)!r}); "
+            f"{label} {path!r} is a symbolic link (to {os.readlink(path)!r}); "
             "give the file itself: results are only written to regular files"
         )
     if not stat.S_ISREG(info.st_mode):
@@ -168,7 +168,7 @@ def check_regular_output(path):
             "not a regular file",
         )
         raise UsageError(
-            f"--output {path!r} is {kind}; results are only written to regular files"
+            f"{label} {path!r} is {kind}; results are only written to regular files"
         )
 
 
@@ -217,7 +217,8 @@ class _Lock:
     file, held while a run may write it; the file names the holder's pid
     and is removed on release."""
 
-    def __init__(self, path):
+    def __init__(self, path, label="--output"):
+        self.label = label
         folder = os.path.dirname(os.path.abspath(path))
         self.path = os.path.join(folder, _sibling(path, ".lock"))
         for _attempt in range(10):
@@ -230,7 +231,7 @@ class _Lock:
                 break
             os.close(self.handle)
         else:
-            raise UsageError(f"--output {path!r}: cannot lock {self.path!r}")
+            raise UsageError(f"{self.label} {path!r}: cannot lock {self.path!r}")
         os.ftruncate(self.handle, 0)
         os.write(self.handle, f"{os.getpid()}\n".encode())
 
@@ -239,7 +240,7 @@ class _Lock:
             self.handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
             raise UsageError(
-                f"--output {path!r}: cannot create its lock file {self.path!r}: "
+                f"{self.label} {path!r}: cannot create its lock file {self.path!r}: "
                 f"{error.strerror}"
             ) from None
         try:
@@ -255,12 +256,14 @@ class _Lock:
             self.handle = None
             if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise UsageError(
-                    f"--output {path!r}: cannot lock {self.path!r}: {error.strerror}"
+                    f"{self.label} {path!r}: cannot lock {self.path!r}: "
+                    f"{error.strerror}"
                 ) from None
             who = f"process {holder}" if holder.isdigit() else "another process"
             raise UsageError(
-                f"--output {path!r} is being written by {who} (another run on "
-                "the same file); wait for it or choose another --output"
+                f"{self.label} {path!r} is being written by {who} (another run on "
+                "the same file); wait for it or choose another "
+                f"{self.label.split()[0]}"
             ) from None
 
     def release(self):
@@ -288,8 +291,30 @@ _RECORD_FIELDS = {
 }
 
 
-def _schema_problem(earlier):
-    """Why `earlier` (a parsed results file) is not a valid one, or None."""
+def _field_problem(field, kind, value):
+    """Whether `value` is a valid `field` of a record of `kind`: a non-empty
+    string, an integer >= 1, or a number >= 0 (NaN, or None for an NLL
+    where it was not computed; only `nll_mean` may be negative)."""
+    if kind is str:
+        return not (isinstance(value, str) and value != "")
+    if kind is int:
+        return not (type(value) is int and value >= 1)
+    return not (
+        (value is None and field.startswith("nll"))
+        or (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (field == "nll_mean" or not value < 0)
+        )
+    )
+
+
+def _schema_problem(earlier, record_fields=_RECORD_FIELDS, methods=METHODS):
+    """Why `earlier` (a parsed results file) is not a valid one, or None.
+
+    Every record has exactly `record_fields`, of their types, a method
+    among `methods`, and a data set whose identity `data` records (a file
+    this program wrote records it before any unit)."""
     if not isinstance(earlier.get("settings"), dict):
         return "'settings' is missing or not an object"
     if not isinstance(earlier.get("status"), str):
@@ -297,33 +322,32 @@ def _schema_problem(earlier):
     results = earlier.get("results")
     if not isinstance(results, list):
         return "'results' is missing or not a list"
+    data = earlier.get("data", {})
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        return "'data' is not an object of data set -> SHA-256"
     seen = set()
     for i, record in enumerate(results):
         where = f"results[{i}]"
         if not isinstance(record, dict):
             return f"{where} is not an object"
-        if set(record) != set(_RECORD_FIELDS):
-            missing = sorted(set(_RECORD_FIELDS) - set(record))
-            extra = sorted(set(record) - set(_RECORD_FIELDS))
+        if set(record) != set(record_fields):
+            missing = sorted(set(record_fields) - set(record))
+            extra = sorted(set(record) - set(record_fields))
             return f"{where} has missing fields {missing} or unknown fields {extra}"
-        for field, kind in _RECORD_FIELDS.items():
-            value = record[field]
-            if kind is str:
-                ok = isinstance(value, str) and value != ""
-            elif kind is int:
-                ok = type(value) is int and value >= 1
-            else:  # a number (NaN where not computed); only NLL may be < 0
-                ok = (value is None and field.startswith("nll")) or (
-                    isinstance(value, (int, float))
-                    and not isinstance(value, bool)
-                    and (field == "nll_mean" or not value < 0)
-                )
-            if not ok:
-                return f"{where}.{field} is {value!r}"
-        if record["method"] not in METHODS:
+        for field, kind in record_fields.items():
+            if _field_problem(field, kind, record[field]):
+                return f"{where}.{field} is {record[field]!r}"
+        if record["method"] not in methods:
             return (
                 f"{where}.method {record['method']!r} is not one of "
-                f"{', '.join(METHODS)}"
+                f"{', '.join(methods)}"
+            )
+        if record["dataset"] not in data:
+            return (
+                f"{where}.dataset {record['dataset']!r} has no data identity "
+                "in 'data' (written by hand or by an older version: start a new file)"
             )
         key = (record["dataset"], record["method"])
         if key in seen:
@@ -336,11 +360,6 @@ def _schema_problem(earlier):
         for f in failures
     ):
         return "'failures' is not a list of {dataset, method, reason}"
-    data = earlier.get("data", {})
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-    ):
-        return "'data' is not an object of data set -> SHA-256"
     return None
 
 
@@ -388,6 +407,12 @@ class ResultsFile:
         resume: Whether to keep the file's finished units (they are skipped).
     """
 
+    FORMAT = RESULTS_FORMAT
+    RECORD_FIELDS = _RECORD_FIELDS
+    METHODS = METHODS
+    PROBE_BYTES = PROBE_BYTES
+    LABEL = "--output"  # how messages name the file
+
     def __init__(self, path, settings, resume=False):
         self.path, self.settings = path, settings
         self.results, self.failures = [], []
@@ -398,10 +423,10 @@ class ResultsFile:
         if not path:
             self._may_write = False
             return
-        check_regular_output(path)
-        self._held_lock = _Lock(path)
+        check_regular_output(path, self.LABEL)
+        self._held_lock = _Lock(path, self.LABEL)
         try:
-            check_writable(path)
+            check_writable(path, size=self.PROBE_BYTES, label=self.LABEL)
             self._open(path, settings, resume)
         except BaseException:
             self.release()
@@ -433,24 +458,29 @@ class ResultsFile:
             self.carried = len(self.results)
             self.data = dict(earlier.get("data", {}))
 
-    @staticmethod
-    def _read(path):
+    @classmethod
+    def _read(cls, path):
         try:
             with open(path) as f:
                 earlier = json.load(f)
         except (OSError, ValueError) as error:
             raise UsageError(f"--resume: cannot read {path!r}: {error}") from None
-        if not isinstance(earlier, dict) or earlier.get("format") != RESULTS_FORMAT:
+        if not isinstance(earlier, dict) or earlier.get("format") != cls.FORMAT:
             raise UsageError(
                 f"--resume: {path!r} is not a results file of this version "
-                f"(expected format {RESULTS_FORMAT!r})"
+                f"(expected format {cls.FORMAT!r})"
             )
-        problem = _schema_problem(earlier)
+        problem = _schema_problem(earlier, cls.RECORD_FIELDS, cls.METHODS)
         if problem:
             raise UsageError(
                 f"--resume: {path!r} is not a valid results file: {problem}"
             )
         return earlier
+
+    @property
+    def on_disk(self):
+        """Whether the file holds this run's units as they are now."""
+        return bool(self.path) and self._may_write and self.write_error is None
 
     def finished(self, dataset, method):
         return any(
@@ -464,7 +494,7 @@ class ResultsFile:
             write_json_atomic(
                 self.path,
                 {
-                    "format": RESULTS_FORMAT,
+                    "format": self.FORMAT,
                     "settings": self.settings,
                     "status": status,
                     "results": self.results,
@@ -525,6 +555,41 @@ class ResultsFile:
         if self._held_lock is not None:
             self._held_lock.release()
             self._held_lock = None
+
+
+MNIST_RESULTS_NAME = "results.json"  # in --output-dir
+MNIST_RESULTS_FORMAT = "keras-uncertainty mnist results, version 1"
+# The largest file an MNIST unit writes: its predictions on the 10,000 test
+# images at three rotations (float64 probabilities, about 2.6 MB) and more.
+MNIST_PROBE_BYTES = 8 << 20
+
+
+class MnistResultsFile(ResultsFile):
+    """The `mnist` results file, `results.json` in `--output-dir`.
+
+    The layout, lock, atomic writes and `--resume` checks of `ResultsFile`;
+    one record per finished method (`dataset` "mnist"): its accuracy, NLL,
+    ECE and seconds, and the name and SHA-256 of the `.npz` file beside it
+    that holds its predictions (written before the record, so a record
+    never names a missing file). `data` holds the SHA-256 of the MNIST
+    arrays the run used (`--resume` refuses other data, or another
+    protocol).
+    """
+
+    FORMAT = MNIST_RESULTS_FORMAT
+    RECORD_FIELDS = {
+        "dataset": str,
+        "method": str,
+        "file": str,
+        "sha256": str,
+        "accuracy": float,
+        "nll": float,
+        "ece": float,
+        "seconds": float,
+    }
+    METHODS = ("mc-dropout", "ensemble", "deterministic")
+    PROBE_BYTES = MNIST_PROBE_BYTES
+    LABEL = "--output-dir results file"
 
 
 class Terminated(KeyboardInterrupt):

@@ -155,6 +155,38 @@ def _score(method, degrees, labels, prediction):
     )
 
 
+def _network(method):
+    """The untrained, compiled network of `method`."""
+    if method == "mc-dropout":
+        return _compile(lenet5(dropout_rate=DROPOUT_RATE))
+    if method == "ensemble":
+        return _compile(Ensemble(lambda: lenet5(dropout_rate=0.0), ENSEMBLE_MEMBERS))
+    return _compile(lenet5(dropout_rate=0.0))
+
+
+def _predict(method, model, x, num_samples, seed):
+    if method == DETERMINISTIC:
+        probs = model.predict(x, batch_size=1024, verbose=0)[None]
+        return _from_probabilities(probs)
+    if method == "ensemble":
+        num_samples = None  # one sample per member
+    return predict_classification(
+        model, x, num_samples=num_samples, seed=seed, votes=True
+    )
+
+
+def units(methods):
+    """The methods `run` trains for `methods`, in order: each of `methods`
+    (among `METHODS`), then the deterministic baseline."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(
+            f"Invalid value received for argument `methods`. Expected names "
+            f"among {METHODS}. Received: {unknown}"
+        )
+    return [m for m in METHODS if m in methods] + [DETERMINISTIC]
+
+
 def run(
     mnist,
     methods=METHODS,
@@ -163,8 +195,14 @@ def run(
     seed=0,
     callbacks=(),
     train=None,
+    finished=None,
+    on_finished=None,
 ):
-    """Trains and evaluates `methods`; returns a `Report`.
+    """Trains and evaluates `methods` and the baseline; returns a `Report`.
+
+    Each method (a unit) is trained and predicted on its own, seeded with
+    `seed` alone, so its result does not depend on which other methods run
+    or on whether it ran in an earlier, interrupted run (`finished`).
 
     Args:
         mnist: The test set, a `ku.datasets.MNIST`.
@@ -177,70 +215,127 @@ def run(
         train: The training set (`load_mnist(split="train")`): the article's
             protocol, evaluated on every test image. None: the offline
             protocol on the test set alone (`TRAIN_IMAGES`, `TEST_IMAGES`).
+        finished: `{method: {degrees: ClassificationPrediction}}` of units
+            an earlier run finished with the same settings and data (see
+            `prediction_arrays`): they are scored, not trained again.
+        on_finished: Called as `on_finished(method, predictions, scores,
+            seconds)` as soon as a unit's predictions and scores (each
+            `{degrees: ...}`) are made, before the next unit trains (the
+            command writes them).
 
-    The deterministic baseline is the ensemble's first member when the
-    ensemble is trained (each member trains on its own loss, exactly as
-    alone), else a plain LeNet-5 trained the same way.
+    The deterministic baseline is a plain LeNet-5 trained like one member
+    of the ensemble.
     """
     start = time.perf_counter()
-    keras.utils.set_random_seed(seed)
+    finished = dict(finished or {})
+    x_train, y_train, evaluated, per_method, protocol = _protocol(mnist, train)
+    labels = mnist.labels[evaluated]
+    tests = {d: prepare(mnist.images[evaluated], d) for d in ROTATIONS}
+
+    predictions, scores = {}, {}
+    for method in units(methods):
+        unit_start = time.perf_counter()
+        by_degrees = finished.get(method)
+        if by_degrees is None:
+            keras.utils.set_random_seed(seed)
+            model = _network(method)
+            model.fit(
+                x_train,
+                y_train,
+                epochs=epochs or per_method[method],
+                batch_size=BATCH_SIZE,
+                verbose=0,
+                callbacks=list(callbacks),
+            )
+            by_degrees = {
+                d: _predict(method, model, x, num_samples, seed)
+                for d, x in tests.items()
+            }
+        unit_scores = {}
+        for degrees in ROTATIONS:
+            prediction = by_degrees[degrees]
+            if len(prediction.probs) != len(labels):
+                raise ValueError(
+                    f"The earlier {method} predictions hold "
+                    f"{len(prediction.probs)} images; this protocol evaluates "
+                    f"{len(labels)}"
+                )
+            predictions[method, degrees] = prediction
+            unit_scores[degrees] = _score(method, degrees, labels, prediction)
+            scores[method, degrees] = unit_scores[degrees]
+        if method not in finished and on_finished is not None:
+            seconds = time.perf_counter() - unit_start
+            on_finished(method, by_degrees, unit_scores, seconds)
+    return Report(labels, predictions, scores, time.perf_counter() - start, protocol)
+
+
+def _protocol(mnist, train):
+    """(x_train, y_train, evaluated slice, per-method epochs, description)."""
     if train is None:
-        x_train = prepare(mnist.images[TRAIN_IMAGES])
-        y_train = mnist.labels[TRAIN_IMAGES]
-        evaluated = TEST_IMAGES
-        per_method = EPOCHS
         protocol = (
             f"test-only protocol: trained on test images {TRAIN_IMAGES.start}-"
             f"{TRAIN_IMAGES.stop - 1}, evaluated on {TEST_IMAGES.start}-"
             f"{TEST_IMAGES.stop - 1}"
         )
-    else:
-        x_train, y_train = prepare(train.images), train.labels
-        evaluated = slice(0, len(mnist.labels))
-        per_method = ARTICLE_EPOCHS
-        protocol = (
-            f"article protocol: trained on the {len(train.labels):,} training "
-            f"images, evaluated on the {len(mnist.labels):,} test images"
+        return (
+            prepare(mnist.images[TRAIN_IMAGES]),
+            mnist.labels[TRAIN_IMAGES],
+            TEST_IMAGES,
+            EPOCHS,
+            protocol,
         )
-    labels = mnist.labels[evaluated]
-    tests = {d: prepare(mnist.images[evaluated], d) for d in ROTATIONS}
+    protocol = (
+        f"article protocol: trained on the {len(train.labels):,} training "
+        f"images, evaluated on the {len(mnist.labels):,} test images"
+    )
+    evaluated = slice(0, len(mnist.labels))
+    return prepare(train.images), train.labels, evaluated, ARTICLE_EPOCHS, protocol
 
-    def fit(model, method):
-        model.fit(
-            x_train,
-            y_train,
-            epochs=epochs or per_method[method],
-            batch_size=BATCH_SIZE,
-            verbose=0,
-            callbacks=list(callbacks),
+
+_FIELDS = ("probs", "entropy", "expected_entropy", "mutual_information", "votes")
+
+
+def prediction_arrays(predictions):
+    """`{degrees: ClassificationPrediction}` as flat arrays, e.g. for
+    `numpy.savez`: `"30/probs"`, ... (`votes` only where present)."""
+    arrays = {}
+    for degrees, prediction in predictions.items():
+        for field in _FIELDS:
+            value = getattr(prediction, field)
+            if value is not None:
+                arrays[f"{degrees}/{field}"] = np.asarray(value)
+    return arrays
+
+
+def predictions_from_arrays(arrays):
+    """The inverse of `prediction_arrays`.
+
+    Raises:
+        ValueError: A rotation or field is missing, or the shapes disagree.
+    """
+    predictions = {}
+    for degrees in ROTATIONS:
+        try:
+            fields = {f: arrays[f"{degrees}/{f}"] for f in _FIELDS[:4]}
+        except KeyError as missing:
+            raise ValueError(f"the predictions lack {missing}") from None
+        votes = arrays.get(f"{degrees}/votes")
+        probs = np.asarray(fields["probs"], np.float64)
+        if probs.ndim != 2 or any(
+            np.shape(fields[f]) != probs.shape[:1] for f in _FIELDS[1:4]
+        ):
+            raise ValueError(f"the {degrees}-degree predictions have other shapes")
+        if votes is not None and np.shape(votes) != probs.shape:
+            raise ValueError(f"the {degrees}-degree votes have another shape")
+        predictions[degrees] = ClassificationPrediction(
+            probs=probs,
+            label=np.argmax(probs, axis=-1),
+            entropy=np.asarray(fields["entropy"], np.float64),
+            expected_entropy=np.asarray(fields["expected_entropy"], np.float64),
+            mutual_information=np.asarray(fields["mutual_information"], np.float64),
+            votes=None if votes is None else np.asarray(votes, np.int64),
         )
-        return model
-
-    models = {}
-    if "mc-dropout" in methods:
-        models["mc-dropout"] = fit(
-            _compile(lenet5(dropout_rate=DROPOUT_RATE)), "mc-dropout"
-        )
-    if "ensemble" in methods:
-        ensemble = Ensemble(lambda: lenet5(dropout_rate=0.0), ENSEMBLE_MEMBERS)
-        models["ensemble"] = fit(_compile(ensemble), "ensemble")
-        models[DETERMINISTIC] = ensemble.members[0]
-    else:
-        models[DETERMINISTIC] = fit(_compile(lenet5(dropout_rate=0.0)), DETERMINISTIC)
-
-    predictions, scores = {}, {}
-    for method, model in models.items():
-        for degrees, x in tests.items():
-            if method == DETERMINISTIC:
-                probs = model.predict(x, batch_size=1024, verbose=0)[None]
-                prediction = _from_probabilities(probs)
-            else:
-                prediction = predict_classification(
-                    model, x, num_samples=num_samples, seed=seed, votes=True
-                )
-            predictions[method, degrees] = prediction
-            scores[method, degrees] = _score(method, degrees, labels, prediction)
-    return Report(labels, predictions, scores, time.perf_counter() - start, protocol)
+    return predictions
 
 
 def _from_probabilities(sample_probs):
