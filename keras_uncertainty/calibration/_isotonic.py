@@ -14,7 +14,8 @@ PAV pools adjacent blocks whose means decrease until none do; the result
 does not depend on the order of the pooling. Here each round pools every
 maximal run of decreasing block means at once, with vectorized numpy
 (`np.add.reduceat`), so a round costs O(number of blocks) in numpy and the
-rounds needed are few in practice (a strictly decreasing sequence takes one).
+rounds needed are few in practice (a strictly decreasing sequence takes one);
+when a round pools little, the sequential stack-based PAV finishes the job.
 A run of decreasing means may be pooled whole: pooling its first two blocks
 gives a mean at least the second's, which still exceeds the third's, and so on.
 """
@@ -22,11 +23,33 @@ gives a mean at least the second's, which still exceeds the third's, and so on.
 import numpy as np
 
 
+def _pool_sequential(sums, weights, sizes):
+    """The classic stack-based PAV over blocks, one Python step each."""
+    stack_sums, stack_weights, stack_sizes = [], [], []
+    for total, weight, size in zip(sums.tolist(), weights.tolist(), sizes.tolist()):
+        # Merge while the last block's mean exceeds the new one's.
+        while stack_sums and stack_sums[-1] * weight > total * stack_weights[-1]:
+            total += stack_sums.pop()
+            weight += stack_weights.pop()
+            size += stack_sizes.pop()
+        stack_sums.append(total)
+        stack_weights.append(weight)
+        stack_sizes.append(size)
+    sums, weights = np.array(stack_sums), np.array(stack_weights)
+    return sums / weights, np.array(stack_sizes, np.int64)
+
+
 def _pool(values, weights):
-    """PAV on already-ordered `values` with weights > 0: the fitted values."""
-    means = values.astype(np.float64, copy=True)
-    sums = weights * means
+    """PAV on already-ordered `values` with weights > 0: the fitted values.
+
+    Vectorized rounds pool every maximal decreasing run at once; when a
+    round removes under a tenth of the blocks (inputs built so that pooling
+    cascades slowly), the remaining blocks are pooled by the sequential
+    stack-based PAV, so no input needs more than O(N) Python steps.
+    """
     weights = weights.astype(np.float64, copy=True)
+    sums = weights * values
+    means = sums / weights
     # sizes[b]: how many of the original points block b holds.
     sizes = np.ones(len(means), np.int64)
     while True:
@@ -36,6 +59,9 @@ def _pool(values, weights):
         # A block starts a new pooled block unless it continues a decreasing
         # run from its left neighbour.
         starts = np.flatnonzero(np.concatenate(([True], ~decreasing)))
+        if len(starts) > 0.9 * len(means):
+            means, sizes = _pool_sequential(sums, weights, sizes)
+            break
         sums = np.add.reduceat(sums, starts)
         weights = np.add.reduceat(weights, starts)
         sizes = np.add.reduceat(sizes, starts)
