@@ -66,6 +66,42 @@ def class_scores(probs, score, randomized=False, u=None, penalty=0.0, k_reg=0):
     return scores
 
 
+def _label_scores(probs, labels, score, u, penalty, k_reg):
+    """`class_scores(...)[i, labels[i]]` without sorting: the classes ranked
+    before the label are those more likely, or as likely with a smaller
+    index (equal to the sorted formula up to float rounding)."""
+    own = np.take_along_axis(probs, labels[:, None], axis=1)
+    if score == "lac":
+        return 1.0 - own[:, 0]
+    index = np.arange(probs.shape[1])[None, :]
+    before = (probs > own) | ((probs == own) & (index < labels[:, None]))
+    scores = np.sum(np.where(before, probs, 0.0), axis=1)
+    scores = scores + (own[:, 0] if u is None else u * own[:, 0])
+    if score == "raps":
+        rank = np.count_nonzero(before, axis=1) + 1
+        scores = scores + penalty * np.maximum(rank - k_reg, 0)
+    return scores
+
+
+def _sets(probs, q, score, u, penalty, k_reg):
+    """`class_scores(...) <= q` (q `(1,)` or per class `(C,)`), computed in
+    the order of decreasing probability and scattered back."""
+    if score == "lac":
+        return 1.0 - probs <= q[None, :]
+    order = np.argsort(-probs, axis=1, kind="stable")
+    ranked = np.take_along_axis(probs, order, axis=1)
+    scores = np.cumsum(ranked, axis=1)
+    if u is not None:
+        scores = scores - ranked + u[:, None] * ranked
+    if score == "raps":
+        positions = np.arange(1, probs.shape[1] + 1)
+        scores = scores + penalty * np.maximum(positions - k_reg, 0)[None, :]
+    limit = q[order] if len(q) > 1 else q[None, :]
+    sets = np.empty(probs.shape, bool)
+    np.put_along_axis(sets, order, scores <= limit, axis=1)
+    return sets
+
+
 class ConformalClassifier(ConformalMethod):
     """Split conformal prediction sets: LAC (THR), APS and RAPS.
 
@@ -219,19 +255,24 @@ class ConformalClassifier(ConformalMethod):
         _, probs = classification_inputs(np.zeros(len(probs), np.int64), probs)
         return self._class_scores(probs, u)
 
-    def _class_scores(self, probs, u=None):
-        if self.randomized and u is None:
+    def _draw(self, n, u):
+        """The uniform draws of a randomized score (None otherwise)."""
+        if not self.randomized:
+            return None
+        if u is None:
             if self._draws is None:
                 self._draws = np.random.default_rng(self.seed)
-            u = self._draws.uniform(size=len(probs))
-        elif self.randomized:
-            u = np.asarray(u, np.float64)
-            if u.shape != (len(probs),) or np.any(~((u >= 0) & (u <= 1))):
-                raise ValueError(
-                    "Invalid value received for argument `u`. Expected "
-                    f"{len(probs)} uniform draws in [0, 1]. Received: shape "
-                    f"{u.shape}"
-                )
+            return self._draws.uniform(size=n)
+        u = np.asarray(u, np.float64)
+        if u.shape != (n,) or np.any(~((u >= 0) & (u <= 1))):
+            raise ValueError(
+                "Invalid value received for argument `u`. Expected "
+                f"{n} uniform draws in [0, 1]. Received: shape {u.shape}"
+            )
+        return u
+
+    def _class_scores(self, probs, u=None):
+        u = self._draw(len(probs), u)
         return class_scores(
             probs, self.score, self.randomized, u, self.penalty, self.k_reg
         )
@@ -250,8 +291,10 @@ class ConformalClassifier(ConformalMethod):
         self._check_params()
         labels, probs = classification_inputs(labels, _probs(prediction))
         self._draws = np.random.default_rng(self.seed)
-        scores = self._class_scores(probs)
-        own = np.take_along_axis(scores, labels[:, None], axis=1)
+        u = self._draw(len(labels), None)
+        own = _label_scores(probs, labels, self.score, u, self.penalty, self.k_reg)[
+            :, None
+        ]
         num_classes = probs.shape[1]
         if self.class_conditional:
             sorted_ = SortedScores(own, labels, num_classes)
@@ -318,7 +361,8 @@ class ConformalClassifier(ConformalMethod):
                 f"{self.num_classes_} classes, as at fit time. Received: shape "
                 f"{probs.shape}"
             )
-        return self._class_scores(probs, u) <= q[None, :]
+        u = self._draw(len(probs), u)
+        return _sets(probs, q, self.score, u, self.penalty, self.k_reg)
 
     def transform(self, prediction):
         """`predict_set(prediction)` at the `alpha` given at construction.
