@@ -13,6 +13,7 @@ import numbers
 import keras
 import numpy as np
 
+from keras_uncertainty._validation import check_positive_int
 from keras_uncertainty.metrics._checks import as_array
 from keras_uncertainty.posthoc.base import PostHocMethod
 
@@ -91,8 +92,6 @@ def layer_features(model, x, layer, batch_size=256):
         `FeatureDensity` need `(N, D)` (pool or flatten a feature map first,
         for instance with a `GlobalAveragePooling2D` layer as `layer`).
     """
-    from keras_uncertainty._validation import check_positive_int
-
     batch_size = check_positive_int(batch_size, "batch_size")
     extractor = feature_extractor(model, layer)
     return np.asarray(extractor.predict(x, batch_size=batch_size, verbose=0))
