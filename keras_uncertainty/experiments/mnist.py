@@ -142,13 +142,14 @@ def _compile(model):
 
 
 def _score(method, degrees, labels, prediction):
+    report = metrics.classification_report(labels, prediction)
     return Scores(
         method=method,
         degrees=degrees,
-        accuracy=metrics.accuracy(labels, prediction.probs),
-        nll=metrics.classification_nll(labels, prediction.probs),
-        ece=metrics.expected_calibration_error(labels, prediction.probs),
-        mean_entropy=float(np.mean(prediction.entropy)),
+        accuracy=report["accuracy"],
+        nll=report["nll"],
+        ece=report["ece"],
+        mean_entropy=report["mean_entropy"],
         retention=metrics.retention_curve(
             labels, prediction.probs, prediction.entropy, RETAINED
         ),
