@@ -151,8 +151,7 @@ def sort_scores(scores, groups):
         each block's size.
     """
     if groups is None:
-        sorted_ = SortedScores(scores, np.zeros(len(scores), np.int64), 1)
-        return None, sorted_.scores, sorted_.counts
+        return None, np.sort(scores, axis=0), np.array([len(scores)])
     unique, inverse = np.unique(groups, return_inverse=True)
     sorted_ = SortedScores(scores, inverse.ravel(), len(unique))
     return unique, sorted_.scores, sorted_.counts

@@ -299,8 +299,12 @@ class ConformalClassifier(ConformalMethod):
         if self.class_conditional:
             sorted_ = SortedScores(own, labels, num_classes)
         else:
-            sorted_ = SortedScores(own, np.zeros(len(own), np.int64), 1)
-        self.scores_, self.group_counts_ = sorted_.scores, sorted_.counts
+            sorted_ = None
+        if sorted_ is None:
+            self.scores_ = np.sort(own, axis=0)
+            self.group_counts_ = np.array([len(own)])
+        else:
+            self.scores_, self.group_counts_ = sorted_.scores, sorted_.counts
         self.num_classes_ = int(num_classes)
         self.n_ = int(len(labels))
         self.quantile_ = conformal_quantiles(
