@@ -108,6 +108,33 @@ def test_export_whose_serve_call_cannot_fit_one_row_is_refused(tmp_path):
     assert not (tmp_path / "big").exists()
 
 
+def test_a_serve_call_too_large_for_the_bound_fails_clearly(tmp_path, monkeypatch):
+    import importlib
+
+    export_module = importlib.import_module("keras_uncertainty.serving.export")
+    model = _mlp()
+    # A bound of 1 MiB stands for 16 GiB: 1000 samples of a row (21 floats
+    # each) fit, 100 rows do not.
+    monkeypatch.setattr(export_module, "MAX_RESULT_BYTES", 1 << 20)
+    path = ku.export(
+        model,
+        str(tmp_path / "bounded"),
+        "regression",
+        num_samples=1000,
+        variance_head=False,
+    )
+    served = tf.saved_model.load(path)
+    seed = tf.constant(0, tf.int64)
+    assert served.serve_seeded(np.zeros((1, 3), "float32"), seed)["mean"].shape == (
+        1,
+        2,
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"at most \d+ rows"):
+        served.serve_seeded(np.zeros((100, 3), "float32"), seed)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="smaller calls"):
+        served.serve(np.zeros((100, 3), "float32"))
+
+
 def test_served_model_returns_nan_for_rows_with_non_finite_inputs(tmp_path):
     keras.utils.set_random_seed(0)
     model = _mlp(activation="softmax", outputs=3)

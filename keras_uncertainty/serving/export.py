@@ -77,13 +77,23 @@ def _check_call_size(num_samples, per_member, floats_per_row):
     raise ValueError(
         "Invalid value received for argument `num_samples`. Expected samples "
         "whose serve call fits in "
-        f"{MAX_RESULT_BYTES // 2**30} GiB of activations for one input row "
+        f"{format_bytes(MAX_RESULT_BYTES)} of activations for one input row "
         "(ku.sampling.sampler.MAX_RESULT_BYTES). Received: "
         f"num_samples={num_samples}, which needs {format_bytes(size)} per "
         f"input row ({per_member} samples x {floats_per_row} floats x 4 "
         f"bytes). Export with num_samples <= {most} and, for more samples, "
         "average the summaries of several serve calls on the client."
     )
+
+
+def _max_rows_per_call(num_samples, per_member, floats_per_row):
+    """The most input rows one serve call may hold: T samples of each row
+    take `per_member * floats_per_row * 4` bytes of activations, and a call
+    is kept within `MAX_RESULT_BYTES`. None when the model's size per row is
+    unknown."""
+    if not floats_per_row:
+        return None
+    return max(1, MAX_RESULT_BYTES // (per_member * floats_per_row * 4))
 
 
 def _finite_rows(flat_inputs):
@@ -249,7 +259,9 @@ def export(
             naming the size) when one serve call would need more than
             `ku.sampling.sampler.MAX_RESULT_BYTES` (16 GiB) of activations
             even for a single input row (T x the model's floats per row x 4
-            bytes).
+            bytes). A serve call with more rows than fit in that bound fails
+            with `InvalidArgumentError` ("serves at most R rows per call"),
+            before any work, instead of running out of memory.
         from_logits: Classification: whether the model outputs logits.
         votes: Classification: whether to return the argmax vote counts.
         variance_head: Regression: whether the output is `(means,
@@ -303,8 +315,20 @@ def export(
     per_member = adapter.samples_per_member(num_samples)
     total = adapter.num_members * per_member
     _check_call_size(num_samples, per_member, floats_per_row)
+    max_rows = _max_rows_per_call(num_samples, per_member, floats_per_row)
+    max_rows_message = (
+        f"ku.export: this SavedModel draws {num_samples} samples per input row "
+        f"and serves at most {max_rows} rows per call (the activations of a "
+        f"call are kept within {format_bytes(MAX_RESULT_BYTES)}); send the "
+        "batch in smaller calls"
+    )
 
     def summarize(flat_inputs, key):
+        if max_rows is not None:  # a clear error, not an out-of-memory crash
+            rows = tf.shape(flat_inputs[0], out_type=tf.int64)[0]
+            tf.debugging.assert_less_equal(
+                rows, tf.constant(max_rows, tf.int64), message=max_rows_message
+            )
         # The key, then sample and row offsets 0: one chunk holds the call.
         position = tf.concat([tf.cast(key, tf.uint32), tf.zeros([2], tf.uint32)], 0)
         finite = _finite_rows(flat_inputs)
