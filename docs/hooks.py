@@ -23,6 +23,8 @@ MODULES = (
     "keras_uncertainty.metrics",
     "keras_uncertainty.posthoc",
     "keras_uncertainty.calibration",
+    "keras_uncertainty.conformal",
+    "keras_uncertainty.ood",
     "keras_uncertainty.callbacks",
     "keras_uncertainty.plots",
     "keras_uncertainty.datasets",
