@@ -251,7 +251,8 @@ def test_the_quantile_is_exactly_the_ceil_n_plus_one_times_one_minus_alpha_th_sc
 def test_too_few_calibration_points_give_infinite_bounds_and_full_sets_and_warn():
     with pytest.warns(UserWarning, match="too few points for alpha=0.1"):
         method = conformal.SplitConformalRegressor(0.1).fit(np.zeros(8), np.ones(8))
-    interval = method.predict_interval(np.zeros(3))
+    with pytest.warns(UserWarning, match="too few points"):  # at every use
+        interval = method.predict_interval(np.zeros(3))
     assert np.all(interval.lower == -np.inf) and np.all(interval.upper == np.inf)
     assert ku.metrics.mean_interval_width(interval) == np.inf
     # At alpha = 0.2, 8 points suffice: no warning, a finite quantile.
@@ -262,7 +263,32 @@ def test_too_few_calibration_points_give_infinite_bounds_and_full_sets_and_warn(
     with pytest.warns(UserWarning, match="1 class"):
         clf = conformal.ConformalClassifier(0.1, class_conditional=True)
         clf.fit(np.tile(probs, (10, 1)), np.array([0, 1] * 20))
-    assert np.isinf(clf.quantile_[2]) and clf.predict_set(probs)[:, 2].all()
+    assert np.isinf(clf.quantile_[2])
+    with pytest.warns(UserWarning, match="1 class"):
+        assert clf.predict_set(probs)[:, 2].all()
+
+
+def test_each_target_of_a_multi_target_prediction_gets_its_own_quantile():
+    rng = np.random.default_rng(15)
+    mean = rng.normal(size=(4000, 2))
+    y = mean + np.array([0.1, 3.0]) * rng.standard_normal((4000, 2))
+    method = conformal.SplitConformalRegressor(ALPHA).fit(mean[:2000], y[:2000])
+    assert method.quantile_.shape == (1, 2)
+    assert method.quantile_[0, 1] > 20 * method.quantile_[0, 0]
+    interval = method.predict_interval(mean[2000:])
+    assert interval.lower.shape == (2000, 2)
+    for k in range(2):
+        covered = ku.metrics.empirical_coverage(
+            y[2000:, k], interval.lower[:, k], interval.upper[:, k]
+        )
+        assert 0.88 <= covered <= 0.92
+
+
+def test_an_alpha_changed_after_fit_is_the_one_used():
+    data = _regression(np.random.default_rng(16), 1000)
+    method = conformal.SplitConformalRegressor(0.1).fit(data["mean"], data["y"])
+    method.alpha = 0.3
+    assert method.quantile() == method.quantile(0.3) < method.quantile(0.1)
 
 
 def test_alpha_given_at_call_time_overrides_the_constructor_one():

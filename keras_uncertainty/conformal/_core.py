@@ -186,7 +186,7 @@ def conformal_quantiles(sorted_scores, counts, alpha, owner, what="group"):
             "the conformal quantile is +inf: infinite intervals, or every "
             "class in the sets.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=3,
         )
     return quantiles
 

@@ -330,11 +330,12 @@ class ConformalClassifier(ConformalMethod):
             NotFittedError: `fit` has not been called.
         """
         self._check_is_fitted("quantile")
-        alpha = self._alpha(alpha)
-        if alpha == self.alpha:
-            return self.quantile_.copy()
         return conformal_quantiles(
-            self.scores_, self.group_counts_, alpha, "ConformalClassifier", "class"
+            self.scores_,
+            self.group_counts_,
+            self._alpha(alpha),
+            "ConformalClassifier",
+            "class",
         )[:, 0]
 
     def predict_set(self, prediction, alpha=None, u=None):

@@ -139,11 +139,11 @@ class _ConformalRegressor(ConformalMethod):
             NotFittedError: `fit` has not been called.
         """
         self._check_is_fitted("quantile")
-        alpha = self._alpha(alpha)
-        if alpha == self.alpha:
-            return self.quantile_.copy()
         return conformal_quantiles(
-            self.scores_, self.group_counts_, alpha, type(self).__name__
+            self.scores_,
+            self.group_counts_,
+            self._alpha(alpha),
+            type(self).__name__,
         )
 
     def predict_interval(self, prediction, alpha=None, groups=None):
