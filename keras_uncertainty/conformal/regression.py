@@ -233,7 +233,8 @@ class SplitConformalRegressor(_ConformalRegressor):
     `P(y in interval) >= 1 - alpha`, and `< 1 - alpha + 1/(n + 1)` when the
     scores have no ties. When `ceil((n + 1)(1 - alpha)) > n` (n below
     `1/alpha - 1`), `q = +inf`: the interval is the whole line, with a
-    warning. Each target of an `(N, k)` prediction gets its own quantile.
+    warning (at `fit` and at each use). Each target of an `(N, k)`
+    prediction gets its own quantile.
 
     `prediction`: a `ku.RegressionPrediction` (its `mean` is used), anything
     with a `mean` attribute, or an array of point predictions.
@@ -243,7 +244,8 @@ class SplitConformalRegressor(_ConformalRegressor):
             of `predict_interval` may ask for another.
 
     Attributes:
-        quantile_: `(G, k)` conformal quantile at `alpha`, per group.
+        quantile_: `(G, k)` conformal quantile at the `alpha` of `fit`, per
+            group (`quantile(alpha)` gives it at any level).
         scores_: `(n, k)` calibration scores, sorted within each group.
         groups_: The groups seen by `fit` (sorted), or None.
         group_counts_: `(G,)` calibration points per group.

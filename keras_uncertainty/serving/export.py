@@ -281,6 +281,10 @@ def export(
     >>> ku.export(model, "served/1", task="regression", num_samples=100)
     >>> served = tf.saved_model.load("served/1")  # TensorFlow only
     >>> served.serve(x_test)["epistemic_std"]
+    >>> fitted = ku.conformal.NormalizedConformalRegressor(alpha=0.1)
+    >>> fitted.fit(ku.predict_regression(model, x_cal), y_cal)
+    >>> ku.export(model, "served/2", task="regression", conformal=fitted)
+    >>> tf.saved_model.load("served/2").serve(x_test)["lower"]  # 90% intervals
     """
     if not isinstance(model, keras.Model):
         raise ValueError(
