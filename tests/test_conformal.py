@@ -191,13 +191,18 @@ def test_classification_set_coverage_is_between_one_minus_alpha_and_its_bound(
     _assert_coverage(coverages, N_CAL)
 
 
-@pytest.mark.parametrize("score", ["lac", "aps", "raps"])
-def test_class_conditional_sets_cover_within_every_class(score):
+@pytest.mark.parametrize(
+    "score, randomized",
+    [("lac", False), ("aps", False), ("aps", True), ("raps", False), ("raps", True)],
+)
+def test_class_conditional_sets_cover_within_every_class(score, randomized):
     rng = np.random.default_rng(4)
     splits, n = 300, 400
     probs, labels = _classification(rng, splits * 2 * n, num_classes=3)
     per_class = {c: [] for c in range(3)}
-    method = conformal.ConformalClassifier(ALPHA, score=score, class_conditional=True)
+    method = conformal.ConformalClassifier(
+        ALPHA, score=score, randomized=randomized, class_conditional=True, seed=0
+    )
     for split in range(splits):
         cal = slice(2 * split * n, (2 * split + 1) * n)
         test = slice((2 * split + 1) * n, (2 * split + 2) * n)
