@@ -32,9 +32,20 @@ from keras_uncertainty.layers.packed import (
     PackedNormalization,
     PackedPooling,
 )
+from keras_uncertainty.layers.variational import (
+    Conv1DFlipout,
+    Conv2DFlipout,
+    DenseFlipout,
+    DenseReparameterization,
+    set_kl_weight,
+)
 
 __all__ = [
+    "Conv1DFlipout",
+    "Conv2DFlipout",
     "ConversionReport",
+    "DenseFlipout",
+    "DenseReparameterization",
     "MCConvLSTM1D",
     "MCConvLSTM2D",
     "MCConvLSTM3D",
@@ -59,5 +70,6 @@ __all__ = [
     "PackedL2",
     "PackedNormalization",
     "PackedPooling",
+    "set_kl_weight",
     "to_mc_dropout",
 ]

@@ -1,0 +1,767 @@
+"""Variational (Bayes by Backprop) layers: Gaussian weights sampled at inference.
+
+Each layer holds a mean-field Gaussian posterior `q(w) = N(loc, scale**2)`
+over its kernel and bias, with `scale = softplus(rho)`, and adds the KL
+divergence to its prior through `add_loss`, so `model.compile(loss=...)` and
+`fit` minimize the negative ELBO with no custom training loop (Blundell et
+al. 2015, "Weight Uncertainty in Neural Networks"). At inference the layers
+stay random (`ku.layers.MCLayer`): `ku.sample`, `ku.predict_*`, `ku.export`
+and the callbacks sample them like MC dropout.
+
+- `DenseReparameterization` samples the outputs through the local
+  reparameterization trick (Kingma et al. 2015): for a Dense layer with an
+  independent Gaussian weight draw per row, the row's outputs are
+  independent Gaussians with mean `x @ loc + bias_loc` and variance
+  `x**2 @ scale**2 + bias_scale**2`, so one normal draw per output entry
+  gives exactly the distribution of one weight draw per row, at the cost of
+  two matrix products.
+- `DenseFlipout`, `Conv1DFlipout`, `Conv2DFlipout` use Flipout (Wen et al.
+  2018): `mean(x) + ((x * s_in) @ (scale * eps) + bias_scale * eps_b) * s_out`
+  with random signs `s_in`, `s_out` per row (per row and channel for a
+  convolution). Rows that share a perturbation `eps` are decorrelated by
+  their signs, and each row's marginal is exactly that of its own weight draw
+  `loc + scale * eps * s_in s_out^T`.
+
+The KL divergence per layer is `kl_weight * KL(q || p)`. The ELBO per
+example is `E_q[log p(y | x, w)] - KL / N` for N training examples, so with a
+loss that averages over the batch (every Keras loss does) set
+**`kl_weight = 1 / num_train_examples`**: the loss Keras minimizes is then
+the negative ELBO divided by N. `set_kl_weight(model, weight)` changes it on
+every variational layer of a model after `compile` without retracing.
+"""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_uncertainty import _keras_compat
+from keras_uncertainty._validation import check_bool, check_positive_int
+from keras_uncertainty.layers.mc_layer import MCLayer
+from keras_uncertainty.sampling import keys
+
+_PACKAGE = "keras_uncertainty"
+_PRIORS = ("normal", "scale_mixture")
+_MIXTURE_SCALE = math.exp(-6.0)  # Blundell et al.: -log(sigma_2) in {6, 7, 8}
+# Added under the square root of the local reparameterization's variance,
+# so its gradient stays finite on a row of zeros (without a variational bias).
+_VARIANCE_FLOOR = 1e-16
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+__all__ = [
+    "Conv1DFlipout",
+    "Conv2DFlipout",
+    "DenseFlipout",
+    "DenseReparameterization",
+    "set_kl_weight",
+]
+
+
+def _check_finite(value, name, low, low_open, high=None, high_open=False):
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and math.isfinite(value)
+        and (value > low if low_open else value >= low)
+        and (high is None or (value < high if high_open else value <= high))
+    )
+    if not ok:
+        bound = f"> {low}" if low_open else f">= {low}"
+        if high is not None:
+            bound += f" and {'<' if high_open else '<='} {high}"
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a finite "
+            f"number {bound}. Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def check_kl_weight(kl_weight):
+    """Checks a KL weight: a finite number >= 0."""
+    return _check_finite(kl_weight, "kl_weight", 0.0, False)
+
+
+def _check_choice(value, name, choices):
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected one of "
+            f"{list(choices)}. Received: {name}={value!r}"
+        )
+    return value.lower()
+
+
+def _int_tuple(value, rank, name):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value,) * rank
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != rank
+        or any(
+            isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1
+            for v in value
+        )
+    ):
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a "
+            f"positive integer or a tuple of {rank} positive integers. "
+            f"Received: {name}={value!r}"
+        )
+    return tuple(int(v) for v in value)
+
+
+def _rho_of(scale):
+    """The `rho` with `softplus(rho) == scale`."""
+    return float(np.log(np.expm1(scale)))
+
+
+def _rademacher(layer, shape):
+    """Random signs (+1 / -1) of `shape`, rows on axis 0, in the layer's
+    compute dtype: one of the 16 bits of `random_bits16` per entry."""
+    bits = ops.cast(layer.random_bits16(shape), "int32")
+    return ops.cast(1 - 2 * (bits % 2), layer.compute_dtype)
+
+
+def _samples_in_call():
+    """T of the sampling call being traced, or None outside one."""
+    call_key = keys.current()
+    return None if call_key is None else call_key.num_samples
+
+
+class _Variational(MCLayer):
+    """Shared posterior, prior and KL of the variational layers (see the
+    module docstring)."""
+
+    def __init__(
+        self,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        use_bias=True,
+        variational_bias=True,
+        posterior_scale_init=1e-3,
+        prior="normal",
+        prior_scale=1.0,
+        mixture_scale=_MIXTURE_SCALE,
+        mixture_weight=0.5,
+        kl_weight=1.0,
+        activation=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(seed=seed, **kwargs)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.use_bias = check_bool(use_bias, "use_bias")
+        self.variational_bias = check_bool(variational_bias, "variational_bias")
+        self.posterior_scale_init = _check_finite(
+            posterior_scale_init, "posterior_scale_init", 0.0, True
+        )
+        self.prior = _check_choice(prior, "prior", _PRIORS)
+        self.prior_scale = _check_finite(prior_scale, "prior_scale", 0.0, True)
+        self.mixture_scale = _check_finite(mixture_scale, "mixture_scale", 0.0, True)
+        self.mixture_weight = _check_finite(
+            mixture_weight, "mixture_weight", 0.0, True, 1.0, False
+        )
+        self.activation = keras.activations.get(activation)
+        self.initial_kl_weight = check_kl_weight(kl_weight)
+        self.kl_weight_variable = None
+
+    # -- posterior ---------------------------------------------------------
+
+    def _add_posterior(self, kernel_shape, bias_shape):
+        rho = keras.initializers.Constant(_rho_of(self.posterior_scale_init))
+        self.kernel_loc = self.add_weight(
+            name="kernel_loc", shape=kernel_shape, initializer=self.kernel_initializer
+        )
+        self.kernel_rho = self.add_weight(
+            name="kernel_rho", shape=kernel_shape, initializer=rho
+        )
+        self.bias_loc = self.bias_rho = None
+        if self.use_bias:
+            self.bias_loc = self.add_weight(
+                name="bias_loc", shape=bias_shape, initializer=self.bias_initializer
+            )
+            if self.variational_bias:
+                self.bias_rho = self.add_weight(
+                    name="bias_rho", shape=bias_shape, initializer=rho
+                )
+        self.kl_weight_variable = self.add_weight(
+            name="kl_weight",
+            shape=(),
+            initializer=keras.initializers.Constant(self.initial_kl_weight),
+            trainable=False,
+        )
+
+    @property
+    def kl_weight(self):
+        """The current KL weight (a float)."""
+        if self.kl_weight_variable is None:
+            return self.initial_kl_weight
+        return float(ops.convert_to_numpy(self.kl_weight_variable))
+
+    def set_kl_weight(self, kl_weight):
+        """Sets the KL weight (no retracing: it is a non-trainable variable).
+
+        Args:
+            kl_weight: Finite number >= 0, e.g. `1 / num_train_examples`.
+        """
+        kl_weight = check_kl_weight(kl_weight)
+        self.initial_kl_weight = kl_weight
+        if self.kl_weight_variable is not None:
+            self.kl_weight_variable.assign(kl_weight)
+
+    @property
+    def kernel_scale(self):
+        """The posterior standard deviations of the kernel, `softplus(rho)`."""
+        return ops.softplus(self.kernel_rho)
+
+    @property
+    def bias_scale(self):
+        """The posterior standard deviations of the bias (None when the bias
+        is deterministic or absent)."""
+        return None if self.bias_rho is None else ops.softplus(self.bias_rho)
+
+    def _params(self, dtype):
+        """`[(loc, scale), ...]` of the kernel and the variational bias."""
+        params = [(self.kernel_loc, self.kernel_scale)]
+        if self.bias_rho is not None:
+            params.append((self.bias_loc, self.bias_scale))
+        return [(ops.cast(loc, dtype), ops.cast(scale, dtype)) for loc, scale in params]
+
+    # -- prior and KL ------------------------------------------------------
+
+    def _log_prior(self, w):
+        if self.prior == "normal":
+            return ops.sum(
+                -0.5 * ops.square(w / self.prior_scale)
+                - math.log(self.prior_scale)
+                - _HALF_LOG_2PI
+            )
+        components = []
+        for weight, scale in (
+            (self.mixture_weight, self.prior_scale),
+            (1.0 - self.mixture_weight, self.mixture_scale),
+        ):
+            if weight > 0:
+                components.append(
+                    math.log(weight)
+                    - 0.5 * ops.square(w / scale)
+                    - math.log(scale)
+                    - _HALF_LOG_2PI
+                )
+        return ops.sum(ops.logsumexp(ops.stack(components), axis=0))
+
+    def kl_divergence(self, noise=None):
+        """`KL(q || p)` of the layer's weights (without `kl_weight`).
+
+        Closed form for the Normal prior:
+        `sum log(p / s) + (s**2 + m**2) / (2 p**2) - 1/2` over the posterior
+        means m and scales s (p: `prior_scale`). For the scale mixture prior
+        it has no closed form: a one-sample Monte Carlo estimate
+        `log q(w) - log p(w)` at `w = m + s * eps` (unbiased, as in Blundell
+        et al.), with `eps` the list `noise` of standard normal tensors (the
+        kernel's, then the bias's) or fresh draws.
+
+        Returns:
+            A float32 scalar tensor.
+        """
+        params = self._params("float32")
+        if self.prior == "normal":
+            p = self.prior_scale
+            total = 0.0
+            for loc, scale in params:
+                total = total + ops.sum(
+                    math.log(p)
+                    - ops.log(scale)
+                    + (ops.square(scale) + ops.square(loc)) / (2.0 * p * p)
+                    - 0.5
+                )
+            return total
+        if noise is None:
+            noise = [
+                ops.reshape(
+                    self.random_normal((1, int(np.prod(loc.shape))), dtype="float32"),
+                    loc.shape,
+                )
+                for loc, _ in params
+            ]
+        total = 0.0
+        for (loc, scale), eps in zip(params, noise):
+            eps = ops.cast(eps, "float32")
+            w = loc + scale * eps
+            log_q = ops.sum(-0.5 * ops.square(eps) - ops.log(scale) - _HALF_LOG_2PI)
+            total = total + log_q - self._log_prior(w)
+        return total
+
+    def _add_kl_loss(self, noise=None):
+        # A sampling call (ku.sample, ku.predict_*, an export) never trains:
+        # no loss to add, no draw to spend.
+        if keys.current() is not None:
+            return
+        kl = self.kl_divergence(noise if self.prior != "normal" else None)
+        self.add_loss(ops.cast(self.kl_weight_variable, "float32") * kl)
+
+    def _flipout_noise(self):
+        """Standard normal perturbations of the kernel and the variational
+        bias: `[(T, *kernel_shape), (T, *bias_shape)]` inside a sampling call
+        of T samples when `per_sample` (one per sample, keyed by the
+        sample's global index, so chunk-invariant), else one shared
+        `[kernel_shape, bias_shape]` for the call."""
+        shapes = [tuple(self.kernel_loc.shape)]
+        if self.bias_rho is not None:
+            shapes.append(tuple(self.bias_loc.shape))
+        sizes = [int(np.prod(s)) for s in shapes]
+        total = sum(sizes)
+        samples = _samples_in_call() if self.per_sample_noise else None
+        rows = 1 if samples is None else samples
+        eps = self.random_normal((rows, total), per_sample=True)
+        pieces, start = [], 0
+        for shape, size in zip(shapes, sizes):
+            piece = eps[:, start : start + size]
+            start += size
+            if samples is None:
+                pieces.append(ops.reshape(piece, shape))
+            else:
+                pieces.append(ops.reshape(piece, (samples, *shape)))
+        return pieces, samples
+
+    per_sample_noise = False
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "use_bias": self.use_bias,
+            "variational_bias": self.variational_bias,
+            "posterior_scale_init": self.posterior_scale_init,
+            "prior": self.prior,
+            "prior_scale": self.prior_scale,
+            "mixture_scale": self.mixture_scale,
+            "mixture_weight": self.mixture_weight,
+            "kl_weight": self.kl_weight,
+            "activation": keras.activations.serialize(self.activation),
+        }
+
+
+_COMMON_ARGS = """
+        kernel_initializer: Initializer of the kernel's posterior mean
+            (default `"glorot_uniform"`, as `keras.layers.Dense`).
+        bias_initializer: Initializer of the bias's posterior mean.
+        use_bias: Whether the layer has a bias.
+        variational_bias: True (default): the bias has a Gaussian posterior
+            and a prior like the kernel (it is sampled and enters the KL).
+            False: a deterministic bias (TensorFlow Probability's default),
+            a point estimate without prior.
+        posterior_scale_init: The posterior's initial standard deviation,
+            the same for every weight: `rho` starts at
+            `log(expm1(posterior_scale_init))` (default 1e-3, so training
+            starts near the deterministic network).
+        prior: `"normal"` (default): `N(0, prior_scale**2)` per weight, KL in
+            closed form. `"scale_mixture"`: Blundell et al.'s
+            `mixture_weight * N(0, prior_scale**2) + (1 - mixture_weight) *
+            N(0, mixture_scale**2)`; its KL is a one-sample Monte Carlo
+            estimate at the weights drawn in the call (unbiased).
+        prior_scale: Finite number > 0, the prior's standard deviation (the
+            mixture's first component).
+        mixture_scale: Finite number > 0, the second (narrow) component of
+            the scale mixture (default `exp(-6)`); unused by `"normal"`.
+        mixture_weight: In (0, 1], the weight of the first component;
+            unused by `"normal"`.
+        kl_weight: Finite number >= 0 multiplying the KL in the loss. Use
+            `1 / num_train_examples`: Keras losses average over the batch, so
+            the loss is then the negative ELBO divided by N. Kept in a
+            non-trainable variable (`set_kl_weight` changes it).
+        activation: Activation applied to the sampled outputs.
+        seed: Optional non-negative integer, the layer's seed (used outside
+            sampling calls, e.g. in training).
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, ...)."""
+
+
+def _document(cls):
+    cls.__doc__ = cls.__doc__.replace("    {common}", _COMMON_ARGS.strip("\n"))
+    return cls
+
+
+class _DenseBase(_Variational):
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = check_positive_int(units, "units")
+
+    def build(self, input_shape):
+        last = input_shape[-1]
+        if last is None:
+            raise ValueError(
+                f"Invalid input received by layer '{self.name}'. Expected the "
+                "last axis of the input to be known. Received: input_shape="
+                f"{tuple(input_shape)}"
+            )
+        self._add_posterior((int(last), self.units), (self.units,))
+
+    def compute_output_shape(self, input_shape):
+        return (*tuple(input_shape)[:-1], self.units)
+
+    def _mean(self, x):
+        out = ops.matmul(x, ops.cast(self.kernel_loc, x.dtype))
+        if self.use_bias:
+            out = out + ops.cast(self.bias_loc, x.dtype)
+        return out
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@_document
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class DenseReparameterization(_DenseBase):
+    """Dense layer with Gaussian weights, sampled by local reparameterization.
+
+    The kernel (and bias) have a mean-field Gaussian posterior
+    `N(loc, softplus(rho)**2)`; the layer adds `kl_weight * KL(q || prior)`
+    to the model's losses in every call outside a sampling call. Each row
+    (in a sampling call each (sample, input) pair) gets its own independent
+    weight draw, sampled through its outputs (local reparameterization,
+    Kingma et al. 2015): `y = x @ m + b_m + sqrt(x**2 @ s**2 + b_s**2) * eps`
+    with one standard normal `eps` per output entry, which is exactly the
+    distribution of the outputs of `x @ W + b` with `W, b` drawn from the
+    posterior for that row, for two matrix products and no weight draw.
+
+    Args:
+        units: Positive integer, the output dimension.
+    {common}
+
+    Call arguments:
+        inputs: Tensor `(..., input_dim)`.
+        training: Ignored; the layer samples whenever it is called.
+
+    Example:
+
+    >>> layer = DenseReparameterization(4, kl_weight=1 / 1000, seed=0)
+    >>> y = layer(np.ones((2, 3), dtype="float32"))  # random, shape (2, 4)
+    >>> float(layer.losses[0]) >= 0  # kl_weight * KL
+    True
+    """
+
+    def call(self, inputs, training=None):
+        x = ops.convert_to_tensor(inputs, self.compute_dtype)
+        mean = self._mean(x)
+        params = self._params(x.dtype)
+        kernel_scale = params[0][1]
+        variance = ops.matmul(ops.square(x), ops.square(kernel_scale))
+        if self.bias_rho is not None:
+            variance = variance + ops.square(params[1][1])
+        noise = self.random_normal(ops.shape(mean))
+        out = mean + ops.sqrt(variance + _VARIANCE_FLOOR) * noise
+        self._add_kl_loss()
+        return self.activation(out)
+
+
+@_document
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class DenseFlipout(_DenseBase):
+    """Dense layer with Gaussian weights, sampled by Flipout (Wen et al. 2018).
+
+    Posterior, prior and KL as `DenseReparameterization`. The outputs are
+    `x @ m + b_m + ((x * s_in) @ (s * eps) + b_s * eps_b) * s_out`, with random
+    signs `s_in` (per row and input unit) and `s_out` (per row and output
+    unit): row r uses the weights `m + s * eps * s_in[r] s_out[r]^T`, whose
+    marginal is exactly the posterior. Rows that share `eps` are
+    decorrelated by their signs.
+
+    - Outside a sampling call (training, a direct call) all rows of the
+      batch share one `eps`, as in Wen et al.: one weight perturbation per
+      minibatch, decorrelated per example by the signs.
+    - Inside a sampling call (`ku.sample`, `ku.predict_*`, `ku.export`)
+      each row is a (sample, input) pair, and each of the T samples gets
+      its own `eps` (keyed by the sample's global index, so a seed gives the
+      same samples whatever the chunking): the T samples of one input use
+      T independent weight draws, and the inputs of one sample are
+      decorrelated by the signs. This costs `T * input_dim * units` extra
+      normal draws per call and a batched matrix product.
+
+    Args:
+        units: Positive integer, the output dimension.
+    {common}
+
+    Call arguments:
+        inputs: Tensor `(..., input_dim)`.
+        training: Ignored; the layer samples whenever it is called.
+
+    Example:
+
+    >>> layer = DenseFlipout(4, kl_weight=1 / 1000, seed=0)
+    >>> y = layer(np.ones((2, 3), dtype="float32"))  # random, shape (2, 4)
+    """
+
+    per_sample_noise = True
+
+    def call(self, inputs, training=None):
+        x = ops.convert_to_tensor(inputs, self.compute_dtype)
+        mean = self._mean(x)
+        params = self._params(x.dtype)
+        noise, samples = self._flipout_noise()
+        signed = x * _rademacher(self, ops.shape(x))
+        kernel_scale = params[0][1]
+        if samples is None:
+            perturbation = ops.matmul(signed, kernel_scale * noise[0])
+            if self.bias_rho is not None:
+                perturbation = perturbation + params[1][1] * noise[1]
+        else:
+            # Rows are sample-major: (T, rows of one sample, input_dim).
+            per_sample = ops.reshape(signed, (samples, -1, ops.shape(x)[-1]))
+            perturbation = ops.matmul(per_sample, kernel_scale[None] * noise[0])
+            if self.bias_rho is not None:
+                perturbation = perturbation + params[1][1] * noise[1][:, None, :]
+            perturbation = ops.reshape(perturbation, ops.shape(mean))
+        out = mean + perturbation * _rademacher(self, ops.shape(mean))
+        self._add_kl_loss(noise)
+        return self.activation(out)
+
+
+class _ConvFlipout(_Variational):
+    rank = None
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        data_format=None,
+        dilation_rate=1,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = check_positive_int(filters, "filters")
+        self.kernel_size = _int_tuple(kernel_size, self.rank, "kernel_size")
+        self.strides = _int_tuple(strides, self.rank, "strides")
+        self.padding = _check_choice(padding, "padding", ("valid", "same"))
+        self.data_format = _check_choice(
+            data_format or keras.config.image_data_format(),
+            "data_format",
+            ("channels_last", "channels_first"),
+        )
+        self.dilation_rate = _int_tuple(dilation_rate, self.rank, "dilation_rate")
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(
+                "Invalid value received for arguments `strides` and "
+                "`dilation_rate`. Expected at most one of them above 1. "
+                f"Received: strides={self.strides}, "
+                f"dilation_rate={self.dilation_rate}"
+            )
+
+    def _channel_axis(self):
+        return -1 if self.data_format == "channels_last" else 1
+
+    def build(self, input_shape):
+        if (
+            len(input_shape) != self.rank + 2
+            or input_shape[self._channel_axis()] is None
+        ):
+            raise ValueError(
+                f"Invalid input received by layer '{self.name}'. Expected a "
+                f"tensor of rank {self.rank + 2} with a known channel axis "
+                f"({self.data_format}). Received: input_shape={tuple(input_shape)}"
+            )
+        channels = int(input_shape[self._channel_axis()])
+        self._add_posterior(
+            (*self.kernel_size, channels, self.filters), (self.filters,)
+        )
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        spatial_axes = (
+            range(1, self.rank + 1)
+            if self.data_format == "channels_last"
+            else range(2, self.rank + 2)
+        )
+        for i, axis in enumerate(spatial_axes):
+            size = shape[axis]
+            if size is None:
+                continue
+            if self.padding == "same":
+                shape[axis] = -(-size // self.strides[i])
+            else:
+                extent = self.dilation_rate[i] * (self.kernel_size[i] - 1) + 1
+                shape[axis] = max(0, (size - extent) // self.strides[i] + 1)
+        shape[self._channel_axis()] = self.filters
+        return tuple(shape)
+
+    def _conv(self, x, kernel):
+        return ops.conv(
+            x,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            data_format=self.data_format,
+            dilation_rate=self.dilation_rate,
+        )
+
+    def _per_channel(self, values):
+        """`(..., C)` values broadcast on the channel axis of the outputs."""
+        if self.data_format == "channels_last":
+            return values
+        return ops.reshape(values, (*ops.shape(values)[:-1], -1, *([1] * self.rank)))
+
+    def _channel_signs(self, rows, channels):
+        signs = _rademacher(self, (rows, channels))
+        if self.data_format == "channels_last":
+            return ops.reshape(signs, (rows, *([1] * self.rank), channels))
+        return ops.reshape(signs, (rows, channels, *([1] * self.rank)))
+
+    def call(self, inputs, training=None):
+        x = ops.convert_to_tensor(inputs, self.compute_dtype)
+        params = self._params(x.dtype)
+        mean = self._conv(x, ops.cast(self.kernel_loc, x.dtype))
+        if self.use_bias:
+            mean = mean + self._per_channel(ops.cast(self.bias_loc, x.dtype))
+        noise, _ = self._flipout_noise()
+        rows = ops.shape(x)[0]
+        channels = int(self.kernel_loc.shape[-2])
+        signed = x * self._channel_signs(rows, channels)
+        perturbation = self._conv(signed, params[0][1] * noise[0])
+        if self.bias_rho is not None:
+            perturbation = perturbation + self._per_channel(params[1][1] * noise[1])
+        out = mean + perturbation * self._channel_signs(rows, self.filters)
+        self._add_kl_loss(noise)
+        return self.activation(out)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "data_format": self.data_format,
+            "dilation_rate": self.dilation_rate,
+        }
+
+
+_CONV_DOC = """
+    Posterior, prior and KL as `DenseReparameterization`. The outputs are
+    `conv(x, m) + b_m + (conv(x * s_in, s * eps) + b_s * eps_b) * s_out`,
+    with random signs per row and channel (`s_in` on the input channels,
+    `s_out` on the filters, the same at every position, since one weight
+    draw serves every position of a row): row r uses the kernel
+    `m + s * eps * s_in[r] s_out[r]^T`, whose marginal is exactly the
+    posterior. All rows of one call share `eps` and are decorrelated by
+    their signs; in a sampling call each row is a (sample, input) pair, so
+    the T samples of one input share `eps` too and differ through their
+    signs (Wen et al. 2018): each sample's marginal is exact, and sample
+    averages are unbiased, but samples of one input are not independent
+    (more samples, or several sampling calls, average `eps` out). `eps` is
+    keyed by the call's key and the chunk's first sample, so a seed gives
+    the same samples whatever `batch_size` as long as the T samples of an
+    input fit in one compiled call (the engine's default sizes).
+"""
+
+
+@_document
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Conv1DFlipout(_ConvFlipout):
+    """1D convolution with Gaussian weights, sampled by Flipout.
+    {conv}
+    Args:
+        filters: Positive integer, the number of output channels.
+        kernel_size: Positive integer or tuple of 1, the window.
+        strides: Positive integer or tuple of 1.
+        padding: `"valid"` or `"same"`.
+        data_format: `"channels_last"` (`(batch, steps, channels)`) or
+            `"channels_first"`; defaults to `keras.config.image_data_format()`.
+        dilation_rate: Positive integer or tuple of 1.
+    {common}
+
+    Call arguments:
+        inputs: 3D tensor.
+        training: Ignored; the layer samples whenever it is called.
+
+    Example:
+
+    >>> layer = Conv1DFlipout(4, 3, padding="same", kl_weight=1e-3)
+    >>> y = layer(np.ones((2, 10, 3), dtype="float32"))  # (2, 10, 4)
+    """
+
+    rank = 1
+
+
+@_document
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Conv2DFlipout(_ConvFlipout):
+    """2D convolution with Gaussian weights, sampled by Flipout.
+    {conv}
+    Args:
+        filters: Positive integer, the number of output channels.
+        kernel_size: Positive integer or tuple of 2, the window.
+        strides: Positive integer or tuple of 2.
+        padding: `"valid"` or `"same"`.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
+        dilation_rate: Positive integer or tuple of 2.
+    {common}
+
+    Call arguments:
+        inputs: 4D tensor.
+        training: Ignored; the layer samples whenever it is called.
+
+    Example:
+
+    >>> layer = Conv2DFlipout(4, 3, strides=2, kl_weight=1e-3)
+    >>> y = layer(np.ones((2, 9, 9, 1), dtype="float32"))  # (2, 4, 4, 4)
+    """
+
+    rank = 2
+
+
+for _cls in (Conv1DFlipout, Conv2DFlipout):
+    _cls.__doc__ = _cls.__doc__.replace("    {conv}", _CONV_DOC.strip("\n"))
+
+
+VARIATIONAL_LAYERS = (
+    DenseReparameterization,
+    DenseFlipout,
+    Conv1DFlipout,
+    Conv2DFlipout,
+)
+
+
+def set_kl_weight(model, kl_weight):
+    """Sets `kl_weight` on every variational layer of `model`, nested ones too.
+
+    The weight is a non-trainable variable of each layer, so it can change
+    after `compile` (or between epochs, e.g. for KL annealing) without
+    retracing the training step.
+
+    Args:
+        model: A `keras.Model` (or layer) holding variational layers.
+        kl_weight: Finite number >= 0; use `1 / num_train_examples` so the
+            loss is the negative ELBO divided by N.
+
+    Returns:
+        The number of layers set.
+
+    Example:
+
+    >>> ku.layers.set_kl_weight(model, 1 / len(x_train))
+    """
+    kl_weight = check_kl_weight(kl_weight)
+    if not isinstance(model, keras.layers.Layer):
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected a "
+            f"keras.Model or layer. Received: {type(model).__name__}"
+        )
+    layers = [
+        layer
+        for layer in _keras_compat.flatten_layers(model)
+        if isinstance(layer, _Variational)
+    ]
+    if not layers:
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected a model "
+            "with variational layers (ku.layers.DenseFlipout, ...). Received: "
+            f"'{model.name}' has none"
+        )
+    for layer in layers:
+        layer.set_kl_weight(kl_weight)
+    return len(layers)
