@@ -1,0 +1,643 @@
+"""`Laplace`: a Gaussian posterior around a trained network's weights."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_uncertainty._validation import (
+    check_bool,
+    check_positive_finite,
+    check_positive_int,
+    check_seed,
+)
+from keras_uncertainty.laplace import _numerics as num
+from keras_uncertainty.laplace.model import LastLayerPosterior, build_model
+from keras_uncertainty.posthoc.base import PostHocMethod
+from keras_uncertainty.sampling import graph
+from keras_uncertainty.sampling.predictions import (
+    ClassificationPrediction,
+    RegressionPrediction,
+)
+from keras_uncertainty.sampling.sampler import has_variance_head
+
+_LIKELIHOODS = ("regression", "classification")
+_SUBSETS = ("last_layer", "all")
+_HESSIANS = ("full", "kron", "diag")
+_PREDICTIVES = ("probit", "mc")
+# probit: softmax(mu / sqrt(1 + pi/8 var)) (MacKay 1992; Daxberger et al. 2021).
+_PROBIT = np.pi / 8.0
+
+
+def _invalid(name, expected, value):
+    return ValueError(
+        f"Invalid value received for argument `{name}`. Expected {expected}. "
+        f"Received: {name}={value!r}"
+    )
+
+
+def _as_array(x, name):
+    if tf.is_tensor(x):
+        x = keras.ops.convert_to_numpy(x)
+    if isinstance(x, (list, tuple)):
+        return [_as_array(item, name) for item in x]
+    if isinstance(x, dict):
+        return {key: _as_array(item, name) for key, item in x.items()}
+    array = np.asarray(x)
+    if array.ndim == 0 or array.shape[0] == 0:
+        raise _invalid(name, "an array with at least one row", array.shape)
+    if np.issubdtype(array.dtype, np.inexact) and not np.all(np.isfinite(array)):
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected finite "
+            "values. Received: NaN or infinite values"
+        )
+    return array
+
+
+def _rows(x):
+    first = x
+    while isinstance(first, (list, tuple, dict)):
+        first = list(first.values())[0] if isinstance(first, dict) else first[0]
+    return first.shape[0]
+
+
+class Laplace(PostHocMethod):
+    """The Laplace approximation of a trained Keras network (post hoc).
+
+    Fitted on the training data, it puts a Gaussian around the trained
+    weights `theta*`: mean `theta*`, precision `s H + delta I`, with `H` the
+    generalized Gauss-Newton (GGN) matrix of the negative log-likelihood,
+    `delta` the prior precision and `s = 1 / sigma_noise^2` for
+    homoscedastic regression (1 otherwise). `delta` (and `sigma_noise`)
+    are fitted by maximizing the Laplace log marginal likelihood (the
+    evidence, Daxberger et al. 2021, "Laplace Redux"):
+
+        log p(D) ~ log p(D | theta*) - delta |theta*|^2 / 2
+            - (1/2) log det(s H + delta I) + (P / 2) log delta,
+
+    over a grid on a log scale refined by Newton steps; `theta*` stays fixed.
+    For a linear model with a Gaussian likelihood every step is exact: the
+    posterior, predictive and evidence are Bayesian linear regression's.
+
+    The network's last layer must be a `keras.layers.Dense` (linear
+    activation for regression; softmax or linear, read as logits, for
+    classification). Its inputs are the features `phi`.
+
+    - `subset="last_layer"`: the posterior covers the Dense layer's kernel
+      and bias (the rest stays at its trained values). The GGN is
+      `sum_n kron(phi~ phi~^T, Lambda_n)` with `phi~ = [phi, 1]` and
+      `Lambda_n` the likelihood's Hessian in the outputs: `I / sigma^2`
+      (regression), `diag(p) - p p^T` (classification), `diag(exp(-log
+      var_n))` for a variance head (then the posterior covers the mean
+      columns only, the log-variance columns stay at their trained values,
+      and the head's per-example precision weights the GGN; `sigma_noise`
+      is not used). `hessian="kron"` (KFAC) keeps `(A / N) (x) G` with
+      `A = sum phi~ phi~^T`, `G = sum Lambda_n`: exact for homoscedastic
+      regression, an approximation for classification; `"full"` the whole
+      GGN; `"diag"` its diagonal.
+    - `subset="all"` (small models): every trainable weight, from
+      per-example Jacobians (`hessian="full"` or `"diag"`).
+
+    Predictives: `predict` gives the linearized (GLM) predictive: the
+    network's output `f_mu` with covariance `f_var = J Sigma J^T`. For
+    regression, in closed form: `epistemic_std = sqrt(diag f_var)`,
+    `aleatoric_std = sigma_noise` (or the head's). For classification,
+    `predictive="probit"`: `probs = softmax(f_mu / sqrt(1 + pi/8
+    diag(f_var)))`, `entropy = H[probs]`, with `expected_entropy` the Monte
+    Carlo mean of `H[softmax(f)]` over `num_samples` draws of the GLM
+    logits `f ~ N(f_mu, f_var)` and `mutual_information = max(entropy -
+    expected_entropy, 0)`; `predictive="mc"`: every field from those draws,
+    as `ku.predict_classification` computes them. `as_model()` (last
+    layer) returns a `keras.Model` that `ku.predict_*`, `ku.sample` and
+    `ku.export` sample by drawing the last layer's weights from the
+    posterior, one draw per sample.
+
+    Args:
+        model: A trained Functional or Sequential `keras.Model` with one
+            output, computed by a final `keras.layers.Dense`.
+        likelihood: "regression" (Gaussian) or "classification"
+            (categorical).
+        subset: "last_layer" or "all".
+        hessian: "kron", "full" or "diag" ("kron" for the last layer only).
+        prior_precision: `delta > 0`, the initial (or, without
+            `fit_prior_precision`, fixed) prior precision.
+        sigma_noise: `sigma > 0`, the initial (or fixed) observation noise
+            of homoscedastic regression.
+        fit_prior_precision: Whether `fit` maximizes the evidence in
+            `delta` (see `optimize_prior_precision`).
+        fit_sigma_noise: Whether it also fits `sigma_noise` (homoscedastic
+            regression only).
+        variance_head: Regression: whether the output is `(means,
+            log-variances)`; None reads the compiled loss
+            (`ku.has_variance_head`), False when the model is not compiled.
+        batch_size: Rows per forward pass (and per Jacobian chunk).
+
+    Attributes (after `fit`):
+        posterior_mean_: `(P,)` float64, `theta*` (last layer: the kernel
+            with the bias as a last row, flattened row-major).
+        prior_precision_: The fitted (or given) `delta`.
+        sigma_noise_: The fitted (or given) `sigma`; None for
+            classification and variance heads.
+        log_marginal_likelihood_: The evidence at the fitted values.
+        num_data_: N, the training rows.
+        hessian_: The GGN in eigen form (a dict).
+
+    Example:
+
+    >>> la = ku.laplace.Laplace(model, "classification").fit(x_train, y_train)
+    >>> pred = la.predict(x_test)  # a ku.ClassificationPrediction
+    >>> ku.export(la.as_model(), "served/1", task="classification")
+    """
+
+    def __init__(
+        self,
+        model,
+        likelihood="classification",
+        subset="last_layer",
+        hessian="kron",
+        prior_precision=1.0,
+        sigma_noise=1.0,
+        fit_prior_precision=True,
+        fit_sigma_noise=True,
+        variance_head=None,
+        batch_size=256,
+    ):
+        self.model = model
+        self.likelihood = likelihood
+        self.subset = subset
+        self.hessian = hessian
+        self.prior_precision = prior_precision
+        self.sigma_noise = sigma_noise
+        self.fit_prior_precision = fit_prior_precision
+        self.fit_sigma_noise = fit_sigma_noise
+        self.variance_head = variance_head
+        self.batch_size = batch_size
+
+    # Checks -------------------------------------------------------------------
+
+    def _check_params(self):
+        if not isinstance(self.model, keras.Model):
+            raise _invalid("model", "a keras.Model", type(self.model).__name__)
+        for name, allowed in (
+            ("likelihood", _LIKELIHOODS),
+            ("subset", _SUBSETS),
+            ("hessian", _HESSIANS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise _invalid(name, f"one of {allowed}", getattr(self, name))
+        if self.hessian == "kron" and self.subset == "all":
+            raise _invalid(
+                "hessian",
+                "'full' or 'diag' with subset='all' (KFAC is for the last layer)",
+                self.hessian,
+            )
+        check_positive_finite(self.prior_precision, "prior_precision")
+        check_positive_finite(self.sigma_noise, "sigma_noise")
+        check_bool(self.fit_prior_precision, "fit_prior_precision")
+        check_bool(self.fit_sigma_noise, "fit_sigma_noise")
+        if self.variance_head is not None and not isinstance(self.variance_head, bool):
+            raise _invalid("variance_head", "True, False or None", self.variance_head)
+        if self.variance_head and self.likelihood != "regression":
+            raise _invalid("variance_head", "None or False for classification", True)
+        check_positive_int(self.batch_size, "batch_size")
+
+    def _structure(self):
+        """The base network's functional view, its last Dense layer and the
+        tensor of its features."""
+        view = graph.functional_view(self.model)
+        outputs = None if view is None else keras.tree.flatten(view.outputs)
+        if view is None or len(outputs) != 1:
+            raise _invalid(
+                "model",
+                "a Functional or Sequential model with one output",
+                self.model.name,
+            )
+        last = view.layers[-1]
+        if not isinstance(last, keras.layers.Dense) or last.output is not outputs[0]:
+            raise _invalid(
+                "model",
+                "a model whose output is computed by a final keras.layers.Dense",
+                f"last layer {type(last).__name__}",
+            )
+        activation = keras.activations.serialize(last.activation)
+        name = activation if isinstance(activation, str) else activation.get("config")
+        allowed = ("linear",)
+        if self.likelihood == "classification":
+            allowed = ("linear", "softmax")
+        if name not in allowed:
+            raise _invalid(
+                "model",
+                f"a final Dense layer with activation in {allowed} for "
+                f"{self.likelihood}",
+                name,
+            )
+        return view, last
+
+    def _uses_variance_head(self, width):
+        head = self.variance_head
+        if self.likelihood != "regression":
+            return False
+        if head is None:
+            head = bool(has_variance_head(self.model))
+        if head and width % 2:
+            raise _invalid("variance_head", "an output of even width 2k", width)
+        return head
+
+    # Fit ----------------------------------------------------------------------
+
+    def fit(self, x, y):
+        """Fits the posterior on the training data.
+
+        Computes the GGN at the trained weights and, with
+        `fit_prior_precision`, the prior precision (and `sigma_noise`) that
+        maximize the marginal likelihood.
+
+        Args:
+            x: Training inputs (arrays: what the model's `predict` takes).
+            y: Targets: `(N, k)` (or `(N,)`) for regression; integer labels
+                `(N,)` or one-hot `(N, C)` for classification.
+
+        Returns:
+            self, fitted.
+        """
+        self._check_params()
+        view, last = self._structure()
+        x = _as_array(x, "x")
+        y = _as_array(y, "y")
+        n = _rows(x)
+        if y.shape[0] != n:
+            raise _invalid("y", f"{n} rows, one per input", y.shape)
+        kernel = np.asarray(keras.ops.convert_to_numpy(last.kernel), np.float64)
+        use_bias = bool(last.use_bias)
+        weights = kernel
+        if use_bias:
+            bias = np.asarray(keras.ops.convert_to_numpy(last.bias), np.float64)
+            weights = np.concatenate([kernel, bias[None]], axis=0)
+        width = weights.shape[1]
+        head = self._uses_variance_head(width)
+        k = width // 2 if head else width
+        phi = self._features(x)
+        z = phi @ weights
+        targets = self._targets(y, n, k)
+        precision, loglik, sse = None, 0.0, None
+        if self.likelihood == "classification":
+            loglik = float(np.sum(num.log_softmax(z)[np.arange(n), targets]))
+        elif head:
+            log_var = z[:, k:]
+            precision = np.exp(-log_var)
+            residual = targets - z[:, :k]
+            loglik = float(
+                -0.5 * np.sum(np.log(2 * np.pi) + log_var + residual**2 * precision)
+            )
+        else:
+            sse = float(np.sum(np.square(targets - z)))
+        lambdas = num.output_hessians(self.likelihood, z[:, :k], precision)
+        if self.subset == "last_layer":
+            eigen = num.last_layer_ggn(self.hessian, phi, lambdas)
+            mean = weights[:, :k].ravel()
+        else:
+            jacobians, mean = self._jacobians(x, k)
+            eigen = num.jacobian_ggn(self.hessian, jacobians, lambdas)
+        self.posterior_mean_ = mean
+        self.hessian_ = eigen.to_state()
+        self.num_data_ = n
+        self.fit_statistics_ = {
+            "k": k,
+            "use_bias": use_bias,
+            "variance_head": head,
+            "weights": weights,
+            "loglik": loglik,
+            "num_targets": None if sse is None else n * k,
+            "sse": sse,
+            "sq_norm": float(mean @ mean),
+        }
+        self.prior_precision_ = float(self.prior_precision)
+        homoscedastic = self.likelihood == "regression" and not head
+        self.sigma_noise_ = float(self.sigma_noise) if homoscedastic else None
+        if self.fit_prior_precision:
+            self.optimize_prior_precision(fit_sigma_noise=self.fit_sigma_noise)
+        else:
+            self.log_marginal_likelihood_ = self.log_marginal_likelihood()
+        return self
+
+    def _targets(self, y, n, k):
+        if self.likelihood == "classification":
+            if y.ndim == 2 and y.shape[1] == k and y.shape[1] > 1:
+                return np.argmax(y, axis=1)
+            labels = y.reshape(n) if y.size == n else None
+            if (
+                labels is None
+                or not np.all(labels == np.round(labels))
+                or labels.min() < 0
+                or labels.max() >= k
+            ):
+                raise _invalid("y", f"labels in [0, {k}) or one-hot (N, {k})", y.shape)
+            return labels.astype(np.int64)
+        if y.size != n * k:
+            raise _invalid("y", f"targets of shape ({n}, {k})", y.shape)
+        return y.reshape(n, k).astype(np.float64)
+
+    def _jacobian_function(self, k):
+        view, last = self._structure()
+        features = keras.Model(view.inputs, last.input)
+        variables = list(self.model.trainable_variables)
+
+        @tf.function(reduce_retracing=True)
+        def jacobians(inputs):
+            with tf.GradientTape() as tape:
+                phi = features(inputs, training=False)
+                z = tf.matmul(phi, last.kernel[:, :k])
+                if last.use_bias:
+                    z = z + last.bias[:k]
+            parts = tape.jacobian(z, variables, experimental_use_pfor=True)
+            rows = tf.shape(z)[0]
+            flat = [
+                tf.zeros((rows, k, int(np.prod(v.shape))), z.dtype)
+                if part is None
+                else tf.reshape(part, (rows, k, -1))
+                for part, v in zip(parts, variables)
+            ]
+            return tf.concat(flat, axis=-1)
+
+        return jacobians, variables
+
+    def _jacobians(self, x, k):
+        """Per-example Jacobians `(N, k, P)` of the mean outputs in every
+        trainable weight, and the weights `(P,)`."""
+        function, variables = self._jacobian_function(k)
+        n = _rows(x)
+        out = []
+        for lo in range(0, n, self.batch_size):
+            chunk = keras.tree.map_structure(
+                lambda a, lo=lo: tf.convert_to_tensor(a[lo : lo + self.batch_size]), x
+            )
+            out.append(np.asarray(function(chunk), np.float64))
+        mean = np.concatenate(
+            [np.ravel(keras.ops.convert_to_numpy(v)) for v in variables]
+        ).astype(np.float64)
+        return np.concatenate(out, axis=0), mean
+
+    # Evidence -----------------------------------------------------------------
+
+    def _evidence(self):
+        stats = self.fit_statistics_
+        return num.Evidence(
+            self.hessian_["eigenvalues"],
+            stats["sq_norm"],
+            stats["loglik"],
+            stats["num_targets"],
+            stats["sse"],
+        )
+
+    def _noise_precision(self, sigma_noise=None):
+        sigma = self.sigma_noise_ if sigma_noise is None else sigma_noise
+        return 1.0 if sigma is None else 1.0 / float(sigma) ** 2
+
+    def log_marginal_likelihood(self, prior_precision=None, sigma_noise=None):
+        """The Laplace log marginal likelihood (see the class docstring).
+
+        Args:
+            prior_precision: `delta`; None: the fitted one.
+            sigma_noise: `sigma` (homoscedastic regression); None: the
+                fitted one.
+
+        Returns:
+            A float (nats).
+        """
+        self._check_is_fitted("log_marginal_likelihood")
+        delta = self.prior_precision_ if prior_precision is None else prior_precision
+        check_positive_finite(delta, "prior_precision")
+        if sigma_noise is not None:
+            check_positive_finite(sigma_noise, "sigma_noise")
+        return self._evidence().value(delta, self._noise_precision(sigma_noise))
+
+    def optimize_prior_precision(self, fit_sigma_noise=True):
+        """Sets `prior_precision_` (and `sigma_noise_`) to the maximizer of
+        the marginal likelihood.
+
+        Args:
+            fit_sigma_noise: Whether to fit `sigma_noise_` too (homoscedastic
+                regression only).
+
+        Returns:
+            self.
+        """
+        self._check_is_fitted("optimize_prior_precision")
+        check_bool(fit_sigma_noise, "fit_sigma_noise")
+        evidence = self._evidence()
+        delta, s = evidence.maximize(
+            self.prior_precision_, self._noise_precision(), fit_sigma_noise
+        )
+        self.prior_precision_ = delta
+        if self.sigma_noise_ is not None:
+            self.sigma_noise_ = float(1.0 / np.sqrt(s))
+        self.log_marginal_likelihood_ = evidence.value(delta, s)
+        return self
+
+    # Posterior ------------------------------------------------------------------
+
+    def _eigen(self):
+        return num.Eigen.from_state(self.hessian_)
+
+    def _scale(self):
+        """`1 / (s lam + delta)`: the posterior covariance's eigenvalues."""
+        return num.posterior_scale(
+            self._eigen(), self._noise_precision(), self.prior_precision_
+        )
+
+    def posterior_covariance(self):
+        """The posterior covariance as a dense `(P, P)` matrix (float64).
+
+        Returns:
+            `(s H + delta I)^-1`, in the layout of `posterior_mean_`.
+        """
+        self._check_is_fitted("posterior_covariance")
+        return self._eigen().dense(self._scale())
+
+    def posterior_precision(self):
+        """The posterior precision `s H + delta I` as a dense `(P, P)` matrix.
+
+        Returns:
+            A float64 array.
+        """
+        self._check_is_fitted("posterior_precision")
+        eigen = self._eigen()
+        return eigen.dense(1.0 / self._scale())
+
+    # Predictives ----------------------------------------------------------------
+
+    def _feature_model(self):
+        """The network up to the last Dense layer's inputs (built once)."""
+        cached = getattr(self, "_features_of", None)
+        if cached is None or cached[0] is not self.model:
+            view, last = self._structure()
+            features = keras.Model(view.inputs, last.input)
+            cached = self._features_of = (self.model, features, last)
+        return cached[1], cached[2]
+
+    def _features(self, x):
+        model, last = self._feature_model()
+        n = _rows(x)
+        phi = model.predict(x, batch_size=self.batch_size, verbose=0)
+        return num.augment(np.asarray(phi, np.float64).reshape(n, -1), last.use_bias)
+
+    def predict_f(self, x):
+        """The linearized network's output distribution (the GLM predictive).
+
+        Args:
+            x: Inputs.
+
+        Returns:
+            `(f_mean, f_var)`: `(N, k)` means (logits for classification)
+            and `(N, k, k)` covariances `J Sigma J^T` (float64).
+        """
+        self._check_is_fitted("predict_f")
+        x = _as_array(x, "x")
+        return self._predict_f(x)[:2]
+
+    def _predict_f(self, x):
+        stats = self.fit_statistics_
+        k = stats["k"]
+        scale = self._scale()
+        eigen = self._eigen()
+        if self.subset == "last_layer":
+            phi = self._features(x)
+            z = phi @ stats["weights"]
+            f_var = num.last_layer_variance(eigen, phi, scale, k)
+        else:
+            phi = self._features(x)
+            z = phi @ stats["weights"]
+            jacobians, _ = self._jacobians(x, k)
+            f_var = num.jacobian_variance(eigen, jacobians, scale)
+        return z[:, :k], f_var, z[:, k:]
+
+    def predict(self, x, predictive="probit", num_samples=100, seed=None):
+        """The GLM predictive of `x`.
+
+        Args:
+            x: Inputs.
+            predictive: Classification: "probit" (the probit approximation,
+                with the expected entropy from `num_samples` draws of the
+                logits) or "mc" (every field from the draws). Regression is
+                in closed form whatever it says.
+            num_samples: Draws of the GLM logits (classification).
+            seed: Optional seed of those draws.
+
+        Returns:
+            A `ku.RegressionPrediction` or `ku.ClassificationPrediction`.
+        """
+        self._check_is_fitted("predict")
+        if predictive not in _PREDICTIVES:
+            raise _invalid("predictive", f"one of {_PREDICTIVES}", predictive)
+        check_positive_int(num_samples, "num_samples")
+        seed = check_seed(seed)
+        x = _as_array(x, "x")
+        f_mean, f_var, log_var = self._predict_f(x)
+        if self.likelihood == "regression":
+            epistemic = np.diagonal(f_var, axis1=1, axis2=2)
+            if self.fit_statistics_["variance_head"]:
+                aleatoric = np.exp(log_var)
+            else:
+                aleatoric = np.full_like(f_mean, self.sigma_noise_**2)
+            return RegressionPrediction(
+                mean=f_mean,
+                std=np.sqrt(aleatoric + epistemic),
+                aleatoric_std=np.sqrt(aleatoric),
+                epistemic_std=np.sqrt(epistemic),
+            )
+        return _classification(f_mean, f_var, predictive, num_samples, seed)
+
+    def _transform(self, prediction):
+        return self.predict(prediction)
+
+    def transform(self, x):
+        """`predict(x)`: the GLM predictive of new inputs.
+
+        Args:
+            x: Inputs.
+
+        Returns:
+            A `ku.RegressionPrediction` or `ku.ClassificationPrediction`.
+        """
+        return super().transform(x)
+
+    def fit_transform(self, x, y):
+        """`fit(x, y).predict(x)`.
+
+        Args:
+            x: Training inputs.
+            y: Their targets.
+
+        Returns:
+            The GLM predictive of `x`.
+        """
+        return self.fit(x, y).predict(x)
+
+    # Sampling through the engine ------------------------------------------------
+
+    def as_model(self):
+        """A `keras.Model` sampled by drawing the last layer's weights.
+
+        Returns:
+            A `ku.laplace.LaplaceModel` (last-layer subset only) that
+            `ku.predict_*`, `ku.sample` and `ku.export` sample: T samples
+            are T draws of the Dense layer's weights from the posterior.
+            It holds the posterior as constants: refit, then call
+            `as_model()` again.
+        """
+        self._check_is_fitted("as_model")
+        if self.subset != "last_layer":
+            raise ValueError(
+                "Invalid value received for argument `subset`. Expected "
+                "'last_layer': `as_model` samples the last layer's weights "
+                "(use `predict` for the all-layer GLM predictive). Received: "
+                f"subset={self.subset!r}"
+            )
+        view, last = self._structure()
+        stats = self.fit_statistics_
+        factors = num.sampling_factor(self._eigen(), self._scale())
+        log_noise = None
+        if self.sigma_noise_ is not None:
+            log_noise = float(2.0 * np.log(self.sigma_noise_))
+        posterior = LastLayerPosterior(
+            self.likelihood,
+            self.hessian,
+            stats["weights"],
+            factors,
+            stats["k"],
+            stats["use_bias"],
+            log_noise,
+            name="laplace_posterior",
+        )
+        return build_model(view, last.input, posterior)
+
+
+def _entropy(p):
+    return -np.sum(p * np.log(np.clip(p, 1e-300, None)), axis=-1)
+
+
+def _classification(f_mean, f_var, predictive, num_samples, seed):
+    """The classification predictive from the GLM logits' moments."""
+    n, k = f_mean.shape
+    rng = np.random.default_rng(seed)
+    # f_var = L L^T per row; a tiny jitter keeps the rank-deficient (the
+    # softmax's shift) directions factorizable.
+    jitter = 1e-10 * (np.trace(f_var, axis1=1, axis2=2) / k + 1e-30)
+    root = np.linalg.cholesky(f_var + jitter[:, None, None] * np.eye(k)[None])
+    eps = rng.standard_normal((num_samples, n, k))
+    logits = f_mean[None] + np.einsum("nab,tnb->tna", root, eps)
+    probs_t = num.softmax(logits)
+    expected = np.mean(_entropy(probs_t), axis=0)
+    if predictive == "mc":
+        probs = np.mean(probs_t, axis=0)
+    else:
+        kappa = 1.0 / np.sqrt(1.0 + _PROBIT * np.diagonal(f_var, axis1=1, axis2=2))
+        probs = num.softmax(f_mean * kappa)
+    total = _entropy(probs)
+    return ClassificationPrediction(
+        probs=probs,
+        label=np.argmax(probs, axis=-1),
+        entropy=total,
+        expected_entropy=expected,
+        mutual_information=np.maximum(total - expected, 0.0),
+        votes=None,
+    )
