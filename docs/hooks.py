@@ -31,6 +31,7 @@ MODULES = (
     "keras_uncertainty.datasets",
     "keras_uncertainty.models",
     "keras_uncertainty.serving",
+    "keras_uncertainty.swag",
     "keras_uncertainty.testing",
 )
 

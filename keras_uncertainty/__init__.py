@@ -33,7 +33,9 @@ _LAZY = {
     "posthoc": "keras_uncertainty.posthoc",
     "sampling": "keras_uncertainty.sampling",
     "serving": "keras_uncertainty.serving",
+    "swag": "keras_uncertainty.swag",
     "testing": "keras_uncertainty.testing",
+    "BatchEnsemble": "keras_uncertainty.ensemble.batch_ensemble",
     "Ensemble": "keras_uncertainty.ensemble",
     "ClassificationPrediction": "keras_uncertainty.sampling",
     "RegressionPrediction": "keras_uncertainty.sampling",
@@ -46,6 +48,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BatchEnsemble",
     "ClassificationPrediction",
     "Ensemble",
     "RegressionPrediction",
@@ -67,6 +70,7 @@ __all__ = [
     "predict_classification",
     "predict_regression",
     "sample",
+    "swag",
     "testing",
 ]
 
@@ -84,11 +88,13 @@ if typing.TYPE_CHECKING:  # what IDEs and type checkers see
         ood,
         plots,
         posthoc,
+        swag,
         testing,
     )
     from keras_uncertainty import sampling as sampling
     from keras_uncertainty import serving as serving
     from keras_uncertainty.ensemble import Ensemble
+    from keras_uncertainty.ensemble.batch_ensemble import BatchEnsemble
     from keras_uncertainty.sampling import (
         ClassificationPrediction,
         RegressionPrediction,

@@ -1,0 +1,455 @@
+"""`SWAG`: a trained model with the SWAG Gaussian over its weights, sampled
+by the engine.
+
+Sample s draws the flattened weights (Maddox et al. 2019, eq. 1 and their
+code's `sample(scale)`)
+
+    w_s = mean + sqrt(scale) * (std * z1 + D^T z2 / sqrt(K - 1)),
+    z1 ~ N(0, I_P), z2 ~ N(0, I_K),
+
+a draw of N(mean, scale * (diag(var) + D^T D / (K - 1))). With the paper's
+`scale = 0.5` this is `mean + std * z1 / sqrt(2) + D^T z2 / sqrt(2 (K - 1))`.
+`z1` and `z2` come from the sampling call's key (`ku.sampling.random_normal`
+with `per_sample=True`), so a seed reproduces the samples whatever the
+chunking.
+
+The network is evaluated for every weight sample at once: the T weight
+vectors are unflattened into the model's variables and
+`model.stateless_call` runs under `tf.vectorized_map` over the sample axis,
+which turns every Dense or convolution into one batched kernel (no Python
+loop over samples). Where the model has BatchNormalization layers and
+`bn_update_data` is given, each sample's moving statistics are recomputed
+inside the same vectorized map from a few training batches (see `SWAG`).
+"""
+
+import math
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import tree
+
+from keras_uncertainty import _keras_compat
+from keras_uncertainty._validation import check_positive_finite, check_positive_int
+from keras_uncertainty.sampling import SampledModel, graph, keys
+from keras_uncertainty.swag.callback import SWAGCallback
+from keras_uncertainty.swag.state import SWAGState
+
+# Smallest diagonal variance kept (the reference code's `var_clamp`).
+VAR_CLAMP = 1e-30
+
+
+def _as_state(state):
+    if isinstance(state, SWAGCallback):
+        return state.state
+    if isinstance(state, SWAGState):
+        return state
+    if isinstance(state, dict):
+        return SWAGState.from_state(state)
+    raise ValueError(
+        "Invalid value received for argument `state`. Expected a "
+        "ku.swag.SWAGCallback, a ku.swag.SWAGState or the dict of "
+        f"`SWAGState.get_state()`. Received: {type(state).__name__}"
+    )
+
+
+def _check_rank(rank, stored):
+    if rank is None:
+        if stored < 2:
+            raise ValueError(
+                "Invalid value received for argument `rank`. Expected 0 "
+                "(SWAG-diagonal) or an integer in [2, stored deviations]; "
+                "rank=None uses every stored deviation and needs at least 2. "
+                f"Received: rank=None with {stored} stored deviation(s)"
+            )
+        return stored
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+        raise ValueError(
+            "Invalid value received for argument `rank`. Expected None, 0 or "
+            f"an integer in [2, {stored}]. Received: rank={rank!r}"
+        )
+    rank = int(rank)
+    if rank == 0:
+        return 0
+    if rank < 2 or rank > stored:
+        raise ValueError(
+            "Invalid value received for argument `rank`. Expected 0 "
+            f"(SWAG-diagonal) or an integer in [2, {stored}] (the deviations "
+            "the state holds: min(snapshots, max_rank); the low-rank part "
+            f"divides by K - 1). Received: rank={rank}"
+        )
+    return rank
+
+
+def _batch_norm_layers(model):
+    return [
+        layer
+        for layer in _keras_compat.flatten_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
+class SWAG(keras.Model):
+    """SWAG (Maddox et al. 2019): a Gaussian over a trained model's weights.
+
+    Wraps `model` and the moments a `ku.swag.SWAGCallback` collected during
+    its `fit` (or a `ku.swag.SWAGState`). `ku.sample`, `ku.predict_regression`,
+    `ku.predict_classification` and `ku.export` draw, for each of the T
+    samples, one weight vector (see the module docstring for the formula)
+
+        w = mean + sqrt(scale) * (std * z1 + D^T z2 / sqrt(K - 1)),
+
+    where `mean` and `std**2 = max(sq_mean - mean**2, 1e-30)` are the SWA
+    mean and diagonal variance and `D` the last K deviations; `scale=0.5`
+    is the paper's `1/sqrt(2)` on each part. The T networks are evaluated
+    in one vectorized call (`model.stateless_call` under
+    `tf.vectorized_map`: a Dense or convolution becomes one batched kernel
+    over the samples, about as fast as MC dropout on the same network; see
+    `benchmarks/swag.py`). The weight draws themselves cost `T * P` normals
+    and a `(T, K) x (K, P)` product per chunk of samples.
+
+    Calling the model (`swag(x)`, `swag.predict(x)`) gives the SWA
+    prediction: the network at the mean weights.
+
+    BatchNormalization: the moving statistics that match a weight sample
+    are not those of training. When the model has BatchNormalization layers
+    and `bn_update_data` is given, each weight sample (and the SWA mean in
+    `call`) gets its statistics recomputed, as the paper's `bn_update` does:
+    the first `bn_batches` batches of `bn_batch_size` rows of
+    `bn_update_data` are run in training mode and the batch means and
+    variances are averaged per layer. This runs inside the same vectorized
+    map, so it costs `bn_batches` extra training-mode forward passes of
+    `bn_batch_size` rows per sample (with the defaults, 4 x 128 = 512 rows
+    per sample: for T = 100 samples of 1000 inputs about half again the
+    cost of the prediction itself); those rows are held in the compiled
+    graph (and in an export). Without `bn_update_data` the trained moving
+    statistics are used, with a warning. Dropout layers are active during
+    the recomputation, as in the paper's training-mode passes; BatchNormalization
+    with `renorm=True` is not supported.
+
+    The model may not hold layers that are stochastic at inference (MC
+    dropout): their masks would not differ between the vectorized samples.
+    Save a SWAG model as its parts: `model.save("net.keras")` and
+    `swag.state.save("swag.npz")`; rebuild with `ku.swag.SWAG(
+    keras.models.load_model("net.keras"), ku.swag.SWAGState.load("swag.npz"))`.
+
+    Args:
+        model: The trained, built `keras.Model` whose weights were collected
+            (Functional or Sequential for `ku.export` and input checks).
+        state: A `ku.swag.SWAGCallback`, a `ku.swag.SWAGState` or the dict
+            of `SWAGState.get_state()`, with at least one snapshot of the
+            model's trainable weights.
+        scale: Positive float, the multiplier of the covariance (0.5, the
+            paper's value, by default).
+        rank: K, the last deviations used for the low-rank part: None uses
+            every stored one (at least 2 needed), 0 gives SWAG-diagonal, else
+            an integer in [2, stored deviations].
+        bn_update_data: Optional training inputs (an array, or a structure
+            of arrays as the model takes) for recomputing BatchNormalization
+            statistics; ignored when the model has none.
+        bn_batches: Positive integer, the batches of `bn_update_data` used.
+        bn_batch_size: Positive integer, rows per batch.
+        seed: Optional integer seed of the generator used when the draws
+            run outside a sampling call (calling `draw_weights` directly).
+        name: Optional name of the model.
+
+    Example:
+
+    >>> swag = ku.swag.SWAG(model, swag_callback, scale=0.5)
+    >>> prediction = ku.predict_regression(swag, x_test, num_samples=30)
+    """
+
+    def __init__(
+        self,
+        model,
+        state,
+        scale=0.5,
+        rank=None,
+        bn_update_data=None,
+        bn_batches=4,
+        bn_batch_size=128,
+        seed=None,
+        name=None,
+    ):
+        if not isinstance(model, keras.Model):
+            raise ValueError(
+                "Invalid value received for argument `model`. Expected a "
+                f"keras.Model. Received: {type(model).__name__}"
+            )
+        if not model.built or not model.trainable_variables:
+            raise ValueError(
+                "Invalid value received for argument `model`. Expected a "
+                "built model with trainable weights. Received: "
+                f"'{model.name}' ({'built' if model.built else 'not built'}, "
+                f"{len(model.trainable_variables)} trainable variables)"
+            )
+        stochastic = graph.stochastic_layers(model)
+        if stochastic:
+            raise ValueError(
+                "Invalid value received for argument `model`. Expected a "
+                "model without layers that are stochastic at inference (their "
+                "draws would be shared by the vectorized weight samples). "
+                f"Received: layer '{stochastic[0].name}' "
+                f"({type(stochastic[0]).__name__})"
+            )
+        state = _as_state(state)
+        if state.num_snapshots == 0:
+            raise ValueError(
+                "Invalid value received for argument `state`. Expected a SWAG "
+                "state with at least one snapshot. Received: 0 snapshots (was "
+                "the callback's `start_epoch` reached during `fit`?)"
+            )
+        shapes = [tuple(v.shape) for v in model.trainable_variables]
+        sizes = [int(np.prod(s)) for s in shapes]
+        if sum(sizes) != state.num_params:
+            raise ValueError(
+                "Invalid value received for argument `state`. Expected the "
+                f"moments of {sum(sizes)} weights (the trainable weights of "
+                f"'{model.name}': {shapes}). Received: a state of "
+                f"{state.num_params} weights (collected shapes {state.shapes})"
+            )
+        scale = check_positive_finite(scale, "scale")
+        rank = _check_rank(rank, state.rank)
+        bn_batches = check_positive_int(bn_batches, "bn_batches")
+        bn_batch_size = check_positive_int(bn_batch_size, "bn_batch_size")
+        super().__init__(name=name or f"swag_{model.name}")
+        self.base_model = model
+        self.state = state
+        self.scale = scale
+        self.rank = rank
+        self.var_shapes = shapes
+        self.var_sizes = sizes
+        self.num_params = sum(sizes)
+        self.loss = getattr(model, "loss", None)  # how ku.predict_* reads heads
+        dtype = model.trainable_variables[0].dtype
+        std = np.sqrt(np.maximum(state.variance, VAR_CLAMP))
+        deviations = state.deviations[state.rank - rank :]
+        self.swag_mean = self.add_weight(
+            shape=(self.num_params,), initializer="zeros", trainable=False,
+            dtype=dtype, name="swag_mean",
+        )  # fmt: skip
+        self.swag_std = self.add_weight(
+            shape=(self.num_params,), initializer="zeros", trainable=False,
+            dtype=dtype, name="swag_std",
+        )  # fmt: skip
+        self.swag_deviations = self.add_weight(
+            shape=(rank, self.num_params), initializer="zeros", trainable=False,
+            dtype=dtype, name="swag_deviations",
+        )  # fmt: skip
+        self.swag_mean.assign(state.mean.astype(dtype))
+        self.swag_std.assign(std.astype(dtype))
+        self.swag_deviations.assign(deviations.astype(dtype))
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.bn_plan = self.batch_norm_plan(
+            model, bn_update_data, bn_batches, bn_batch_size
+        )
+        self.built = True
+
+    @staticmethod
+    def batch_norm_plan(model, data, batches, batch_size):
+        """The BatchNormalization recomputation plan: None when the model
+        has no BatchNormalization layer or no data is given, else
+        `(batches, [(mean_index, variance_index, momentum), ...])` with the
+        indices in `model.non_trainable_variables`."""
+        layers = _batch_norm_layers(model)
+        if not layers:
+            return None
+        if data is None:
+            warnings.warn(
+                f"Model '{model.name}' has {len(layers)} BatchNormalization "
+                "layer(s) and no `bn_update_data` was given: every SWAG weight "
+                "sample uses the moving statistics of training, which do not "
+                "match it. Pass a few batches of training inputs as "
+                "`bn_update_data` to recompute them per sample.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return None
+        positions = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
+        entries = []
+        for layer in layers:
+            if getattr(layer, "renorm", False):
+                raise ValueError(
+                    "Invalid value received for argument `model`. Expected "
+                    "BatchNormalization layers without renorm. Received: "
+                    f"layer '{layer.name}' with renorm=True"
+                )
+            if not 0 <= layer.momentum < 1:
+                raise ValueError(
+                    "Invalid value received for argument `model`. Expected "
+                    "BatchNormalization momentum in [0, 1). Received: layer "
+                    f"'{layer.name}' with momentum={layer.momentum}"
+                )
+            entries.append(
+                (
+                    positions[id(layer.moving_mean)],
+                    positions[id(layer.moving_variance)],
+                    float(layer.momentum),
+                )
+            )
+        flat = [np.asarray(keras.ops.convert_to_numpy(a)) for a in tree.flatten(data)]
+        rows = flat[0].shape[0] if flat and flat[0].ndim else 0
+        if rows == 0 or any(a.shape[:1] != (rows,) for a in flat):
+            raise ValueError(
+                "Invalid value received for argument `bn_update_data`. "
+                "Expected arrays with the same number (>= 1) of rows. "
+                f"Received: shapes {[a.shape for a in flat]}"
+            )
+        used = min(rows, batches * batch_size)
+        bounds = list(range(0, used, batch_size))
+        single = isinstance(data, np.ndarray) or tf.is_tensor(data)
+        batch_list = []
+        for lo in bounds:
+            parts = [tf.constant(a[lo : lo + batch_size]) for a in flat]
+            batch_list.append(
+                parts[0] if single else tree.pack_sequence_as(data, parts)
+            )
+        return batch_list, entries
+
+    def unflatten(self, flat):
+        """The model's trainable variable values from a flat `(P,)` vector."""
+        parts = tf.split(flat, self.var_sizes)
+        return [tf.reshape(p, s) for p, s in zip(parts, self.var_shapes)]
+
+    def call_with_weights(self, flat, inputs):
+        """The model's outputs on `inputs` with trainable weights `flat`
+        (a `(P,)` tensor), BatchNormalization statistics recomputed when
+        planned (see the class docstring). Traceable and vectorizable.
+
+        Args:
+            flat: `(P,)` flattened weights.
+            inputs: The model's inputs.
+
+        Returns:
+            The model's outputs (inference mode).
+        """
+        model = self.base_model
+        trainable = self.unflatten(flat)
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        if self.bn_plan is not None:
+            batches, entries = self.bn_plan
+            start = list(non_trainable)
+            for mean_i, var_i, _ in entries:
+                start[mean_i] = tf.zeros_like(start[mean_i])
+                start[var_i] = tf.zeros_like(start[var_i])
+            sums = {}
+            for batch in batches:
+                _, updated = model.stateless_call(
+                    trainable, start, batch, training=True
+                )
+                for mean_i, var_i, momentum in entries:
+                    for index in (mean_i, var_i):
+                        # From zero, the update leaves (1 - momentum) * stat.
+                        value = updated[index] / (1.0 - momentum)
+                        sums[index] = (
+                            value if index not in sums else sums[index] + value
+                        )
+            for index, total in sums.items():
+                non_trainable[index] = total / float(len(batches))
+        outputs, _ = model.stateless_call(
+            trainable, non_trainable, inputs, training=False
+        )
+        return outputs
+
+    def draw_weights(self, num_samples):
+        """`(num_samples, P)` weight samples from the SWAG Gaussian.
+
+        In a sampling call (`forward`, `sample_weights`) the draws follow
+        the call's key and each sample's global index; outside one they
+        come from the model's seed generator.
+
+        Args:
+            num_samples: T (Python int or scalar int tensor).
+
+        Returns:
+            A `(T, P)` tensor.
+        """
+        dtype = self.swag_mean.dtype
+        root = math.sqrt(self.scale)
+        z1 = keys.random_normal(
+            (num_samples, self.num_params), self.seed_generator,
+            per_sample=True, dtype=dtype,
+        )  # fmt: skip
+        weights = self.swag_mean[None, :] + (root * self.swag_std)[None, :] * z1
+        if self.rank:
+            z2 = keys.random_normal(
+                (num_samples, self.rank), self.seed_generator,
+                per_sample=True, dtype=dtype,
+            )  # fmt: skip
+            low_rank = tf.matmul(z2, self.swag_deviations)
+            weights = weights + (root / math.sqrt(self.rank - 1)) * low_rank
+        return weights
+
+    def sample_weights(self, num_samples, seed=None):
+        """The flattened weights of samples `0 .. num_samples - 1`: those a
+        `ku.sample(swag, x, num_samples, seed=seed)` call evaluates.
+
+        Args:
+            num_samples: Positive integer T.
+            seed: Optional non-negative integer (None: a fresh key).
+
+        Returns:
+            A `(T, P)` numpy array, in `model.trainable_variables` order.
+        """
+        from keras_uncertainty._validation import check_seed
+
+        num_samples = check_positive_int(num_samples, "num_samples")
+        key = keys.key_from_seed(check_seed(seed))
+        call_key = keys.CallKey(
+            tf.constant(key), tf.constant(0), tf.constant(0), num_samples,
+            tf.constant(1),
+        )  # fmt: skip
+        with keys.sampling_call(call_key):
+            return keras.ops.convert_to_numpy(self.draw_weights(num_samples))
+
+    def call(self, inputs):
+        """The SWA prediction: the network at the mean weights."""
+        return self.call_with_weights(self.swag_mean, inputs)
+
+    def as_sampled_model(self):
+        """How the engine samples this model (`SWAGSampledModel`)."""
+        return SWAGSampledModel(self)
+
+
+def _merge_sample_axis(value):
+    """`(T, n, ...)` -> `(T * n, ...)`: sample-major rows."""
+    rest = [
+        size if size is not None else tf.shape(value)[i + 2]
+        for i, size in enumerate(value.shape[2:])
+    ]
+    return tf.reshape(value, [-1, *rest])
+
+
+class SWAGSampledModel(SampledModel):
+    """The `SampledModel` of a `ku.swag.SWAG`: one weight draw per sample,
+    the network evaluated for all samples at once.
+
+    `forward(inputs, num_samples)` draws `(T, P)` weights (`SWAG.draw_weights`)
+    and maps `SWAG.call_with_weights` over them with `tf.vectorized_map`,
+    returning `T * n` sample-major rows.
+
+    Args:
+        swag: The `ku.swag.SWAG` model.
+    """
+
+    def __init__(self, swag):
+        super().__init__(swag)
+        self.input_view = graph.functional_view(swag.base_model)
+        if self.input_view is not None:
+            self.floats_per_row = graph.floats_per_row(self.input_view)
+
+    def stochastic_layers(self):
+        return []
+
+    def forward(self, inputs, num_samples):
+        swag = self.model
+        view = self.input_view
+        flat_inputs = tree.flatten(inputs)
+        if view is not None and len(tree.flatten(view.input)) == 1:
+            inputs = flat_inputs[0]  # a single input, as the model takes it
+        weights = swag.draw_weights(num_samples)
+        outputs = tf.vectorized_map(
+            lambda flat: swag.call_with_weights(flat, inputs), weights
+        )
+        return tree.map_structure(_merge_sample_axis, outputs)
