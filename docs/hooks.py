@@ -20,6 +20,7 @@ MODULES = (
     "keras_uncertainty.losses",
     "keras_uncertainty.sampling",
     "keras_uncertainty.ensemble",
+    "keras_uncertainty.evidential",
     "keras_uncertainty.laplace",
     "keras_uncertainty.metrics",
     "keras_uncertainty.posthoc",

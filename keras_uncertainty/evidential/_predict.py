@@ -1,0 +1,42 @@
+"""Runs an evidential reducer through the sampling engine in one pass."""
+
+import warnings
+
+from keras import tree
+
+from keras_uncertainty.sampling import reduce_samples, sampled_model
+
+# The engine warns that a model without stochastic layers has zero
+# epistemic uncertainty; an evidential head has its own, so the warning
+# would mislead here.
+_NOT_STOCHASTIC = r".*has no layer that is stochastic at inference.*"
+
+
+def output_width(model):
+    """The last dimension of the model's (single) output, or None."""
+    view = sampled_model(model).input_view
+    if view is None:
+        return None
+    flat = tree.flatten(view.output)
+    if len(flat) != 1:
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected a model "
+            f"with one output (the evidential head). Received: {len(flat)} "
+            "outputs"
+        )
+    return flat[0].shape[-1]
+
+
+def run(model, x, reducer, num_samples, batch_size, seed, verbose, max_rows_per_call):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NOT_STOCHASTIC)
+        return reduce_samples(
+            model,
+            x,
+            reducer,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            seed=seed,
+            verbose=verbose,
+            max_rows_per_call=max_rows_per_call,
+        )

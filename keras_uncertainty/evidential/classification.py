@@ -1,0 +1,524 @@
+"""Evidential classification (Sensoy et al. 2018): a Dirichlet head.
+
+The network outputs, per input, the concentration `alpha` of a Dirichlet
+over the class probabilities: `alpha = evidence + 1`, the evidence a
+non-negative function of the logits (softplus, ReLU or exp). The expected
+probabilities are `alpha / S` with the strength `S = sum_c alpha_c`, and the
+vacuity `K / S` (K classes) is 1 without any evidence.
+
+Training minimises the expected squared error under the Dirichlet (the
+paper's eq. 5) plus an annealed KL divergence from the Dirichlet whose
+correct-class evidence is removed to the uniform `Dir(1)` (eq. 9):
+
+    sum_c (y_c - p_c)^2 + p_c (1 - p_c) / (S + 1)
+      + lambda_t KL(Dir(alpha~) || Dir(1)),
+    alpha~ = y + (1 - y) alpha,   lambda_t = min(1, t / annealing_epochs)
+
+with t the epoch index (0 for the first epoch), which reaches the loss
+through a non-trainable variable that the `KLAnnealing` callback sets at the
+start of each epoch.
+"""
+
+import dataclasses
+import math
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from keras_uncertainty.sampling.formulas import entropy
+from keras_uncertainty.sampling.predictions import ClassificationPrediction
+from keras_uncertainty.sampling.reducers import Reducer
+
+_PACKAGE = "keras_uncertainty"
+EVIDENCE_FUNCTIONS = ("softplus", "relu", "exp")
+# exp evidence: logits clipped to [-10, 10] (as in the paper's code), so that
+# the evidence stays below e^10 and float32 sums of it stay exact enough.
+_EXP_CLIP = 10.0
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class DirichletHead(keras.layers.Layer):
+    """Dense output layer of Dirichlet concentrations `alpha = evidence + 1`.
+
+    Args:
+        units: Integer K >= 2, the number of classes.
+        evidence: `"softplus"` (default), `"relu"` or `"exp"` (of logits
+            clipped to [-10, 10]): the map from logits to evidence >= 0.
+        kernel_initializer, bias_initializer, kernel_regularizer,
+            bias_regularizer: As for `keras.layers.Dense`.
+        **kwargs: Base layer arguments.
+
+    Call arguments:
+        inputs: Features, `(N, ..., d)`.
+
+    Returns:
+        `(N, ..., K)` concentrations, each >= 1.
+
+    Example:
+
+    >>> alpha = ku.evidential.DirichletHead(10)(features)
+    >>> model.compile("adam", loss=ku.evidential.EvidentialClassificationLoss(10))
+    """
+
+    def __init__(
+        self,
+        units,
+        evidence="softplus",
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if (
+            isinstance(units, bool)
+            or not isinstance(units, numbers.Integral)
+            or units < 2
+        ):
+            raise ValueError(
+                "Invalid value received for argument `units`. Expected an "
+                f"integer >= 2 (classes). Received: units={units!r}"
+            )
+        if evidence not in EVIDENCE_FUNCTIONS:
+            raise ValueError(
+                "Invalid value received for argument `evidence`. Expected one "
+                f"of {EVIDENCE_FUNCTIONS}. Received: evidence={evidence!r}"
+            )
+        self.units = int(units)
+        self.evidence = evidence
+        self.dense = keras.layers.Dense(
+            self.units,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            name="dense",
+        )
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+
+    def call(self, inputs):
+        logits = self.dense(inputs)
+        if self.evidence == "softplus":
+            evidence = ops.softplus(logits)
+        elif self.evidence == "relu":
+            evidence = ops.relu(logits)
+        else:
+            evidence = ops.exp(ops.clip(logits, -_EXP_CLIP, _EXP_CLIP))
+        return evidence + 1.0
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        dense = self.dense.get_config()
+        config.update(
+            units=self.units,
+            evidence=self.evidence,
+            kernel_initializer=dense["kernel_initializer"],
+            bias_initializer=dense["bias_initializer"],
+            kernel_regularizer=dense["kernel_regularizer"],
+            bias_regularizer=dense["bias_regularizer"],
+        )
+        return config
+
+
+def dirichlet_kl_uniform(alpha):
+    """`KL(Dir(alpha) || Dir(1, ..., 1))` over the last axis.
+
+    `log Gamma(S) - log Gamma(K) - sum_c log Gamma(alpha_c)
+    + sum_c (alpha_c - 1)(digamma(alpha_c) - digamma(S))`.
+
+    Args:
+        alpha: `(..., K)` concentrations > 0.
+
+    Returns:
+        `(...)`.
+    """
+    alpha = tf.convert_to_tensor(alpha)
+    k = ops.cast(ops.shape(alpha)[-1], alpha.dtype)
+    strength = ops.sum(alpha, axis=-1, keepdims=True)
+    return (
+        tf.math.lgamma(strength[..., 0])
+        - tf.math.lgamma(k)
+        - ops.sum(tf.math.lgamma(alpha), axis=-1)
+        + ops.sum(
+            (alpha - 1.0) * (tf.math.digamma(alpha) - tf.math.digamma(strength)),
+            axis=-1,
+        )
+    )
+
+
+def dirichlet_expected_entropy(alpha):
+    """`E_{p ~ Dir(alpha)}[H(p)]` in nats, over the last axis (closed form).
+
+    `sum_c -(alpha_c / S)(digamma(alpha_c + 1) - digamma(S + 1))`.
+
+    Args:
+        alpha: `(..., K)` concentrations > 0.
+
+    Returns:
+        `(...)`.
+    """
+    alpha = tf.convert_to_tensor(alpha)
+    strength = ops.sum(alpha, axis=-1, keepdims=True)
+    return -ops.sum(
+        alpha
+        / strength
+        * (tf.math.digamma(alpha + 1.0) - tf.math.digamma(strength + 1.0)),
+        axis=-1,
+    )
+
+
+def _one_hot_targets(y_true, alpha):
+    num_classes = alpha.shape[-1]
+    rank = len(alpha.shape)
+    if len(y_true.shape) == rank and y_true.shape[-1] == num_classes:
+        return ops.cast(y_true, alpha.dtype)
+    if len(y_true.shape) == rank and y_true.shape[-1] == 1:
+        y_true = y_true[..., 0]
+    if len(y_true.shape) != rank - 1:
+        raise ValueError(
+            "Expected `y_true` to be one-hot `(N, K)` or integer labels `(N,)` "
+            f"/ `(N, 1)` for K={num_classes} classes. Received: y_true with "
+            f"shape {tuple(y_true.shape)}"
+        )
+    return ops.one_hot(ops.cast(y_true, "int32"), num_classes, dtype=alpha.dtype)
+
+
+def dirichlet_mse(y_one_hot, alpha):
+    """The expected squared error under `Dir(alpha)` (Sensoy eq. 5), summed
+    over the classes: `sum_c (y_c - p_c)^2 + p_c (1 - p_c) / (S + 1)`.
+
+    Args:
+        y_one_hot: `(..., K)` one-hot targets.
+        alpha: `(..., K)` concentrations.
+
+    Returns:
+        `(...)`.
+    """
+    strength = ops.sum(alpha, axis=-1, keepdims=True)
+    probs = alpha / strength
+    return ops.sum(
+        ops.square(y_one_hot - probs) + probs * (1.0 - probs) / (strength + 1.0),
+        axis=-1,
+    )
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class EvidentialClassificationLoss(keras.losses.Loss):
+    """Sensoy et al.'s loss: expected MSE + annealed KL to the uniform Dirichlet.
+
+    `dirichlet_mse(y, alpha) + coefficient * KL(Dir(alpha~) || Dir(1))`,
+    `alpha~ = y + (1 - y) alpha` (the evidence of the wrong classes).
+
+    With `annealing_epochs=n` the coefficient is
+    `kl_weight * min(1, epoch / n)` and lives in the non-trainable variable
+    `annealing_coefficient` (0 until set): train with the
+    `ku.evidential.KLAnnealing()` callback, which sets it at the start of
+    every epoch (epoch 0 first, so the first epoch has no KL term). With
+    `annealing_epochs=None` the coefficient is `kl_weight` throughout and no
+    callback is needed.
+
+    Args:
+        annealing_epochs: Positive integer n (the paper uses 10), or None.
+        kl_weight: Float >= 0, the KL weight once annealed (1 in the paper).
+        reduction: Keras loss reduction, default `"sum_over_batch_size"`.
+        name: Name of the loss.
+
+    Attributes:
+        annealing_coefficient: A non-trainable `keras.Variable` (None when
+            `annealing_epochs` is None).
+
+    Call arguments:
+        y_true: One-hot `(N, K)` or integer labels `(N,)` / `(N, 1)`.
+        y_pred: `(N, K)` concentrations (`DirichletHead`).
+
+    Example:
+
+    >>> loss = ku.evidential.EvidentialClassificationLoss(annealing_epochs=10)
+    >>> model.compile("adam", loss=loss)
+    >>> model.fit(x, y, epochs=20, callbacks=[ku.evidential.KLAnnealing()])
+    """
+
+    def __init__(
+        self,
+        annealing_epochs=10,
+        kl_weight=1.0,
+        reduction="sum_over_batch_size",
+        name="evidential_classification",
+        **kwargs,
+    ):
+        super().__init__(reduction=reduction, name=name, **kwargs)
+        if annealing_epochs is not None and (
+            isinstance(annealing_epochs, bool)
+            or not isinstance(annealing_epochs, numbers.Integral)
+            or annealing_epochs < 1
+        ):
+            raise ValueError(
+                "Invalid value received for argument `annealing_epochs`. "
+                "Expected a positive integer or None. Received: "
+                f"annealing_epochs={annealing_epochs!r}"
+            )
+        if (
+            isinstance(kl_weight, bool)
+            or not isinstance(kl_weight, numbers.Real)
+            or not math.isfinite(kl_weight)
+            or kl_weight < 0
+        ):
+            raise ValueError(
+                "Invalid value received for argument `kl_weight`. Expected a "
+                f"finite float >= 0. Received: kl_weight={kl_weight!r}"
+            )
+        self.annealing_epochs = (
+            None if annealing_epochs is None else int(annealing_epochs)
+        )
+        self.kl_weight = float(kl_weight)
+        self.annealing_coefficient = None
+        if self.annealing_epochs is not None:
+            self.annealing_coefficient = keras.Variable(
+                0.0,
+                trainable=False,
+                dtype="float32",
+                name="kl_annealing_coefficient",
+            )
+
+    def coefficient_for_epoch(self, epoch):
+        """`kl_weight * min(1, epoch / annealing_epochs)` (the constant
+        `kl_weight` without annealing).
+
+        Args:
+            epoch: Non-negative integer, the epoch index (0 first).
+
+        Returns:
+            A float.
+        """
+        if self.annealing_epochs is None:
+            return self.kl_weight
+        return self.kl_weight * min(1.0, epoch / self.annealing_epochs)
+
+    def call(self, y_true, y_pred):
+        alpha = ops.convert_to_tensor(y_pred)
+        y = _one_hot_targets(y_true, alpha)
+        loss = dirichlet_mse(y, alpha)
+        if self.annealing_coefficient is None:
+            if not self.kl_weight:
+                return loss
+            coefficient = self.kl_weight
+        else:
+            coefficient = ops.cast(self.annealing_coefficient, alpha.dtype)
+        alpha_tilde = y + (1.0 - y) * alpha
+        return loss + coefficient * dirichlet_kl_uniform(alpha_tilde)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(annealing_epochs=self.annealing_epochs, kl_weight=self.kl_weight)
+        return config
+
+
+class KLAnnealing(keras.callbacks.Callback):
+    """Sets an `EvidentialClassificationLoss`'s KL coefficient every epoch.
+
+    At the start of epoch t (0 first) the loss's `annealing_coefficient`
+    becomes `kl_weight * min(1, t / annealing_epochs)`. The in-graph loss
+    reads the variable, so no retracing happens.
+
+    Args:
+        loss: The `EvidentialClassificationLoss` to anneal; None finds it in
+            the model's compiled loss (the loss itself, or the one in a dict
+            or list of losses).
+
+    Example:
+
+    >>> model.fit(x, y, epochs=20, callbacks=[ku.evidential.KLAnnealing()])
+    """
+
+    def __init__(self, loss=None):
+        super().__init__()
+        if loss is not None and not isinstance(loss, EvidentialClassificationLoss):
+            raise ValueError(
+                "Invalid value received for argument `loss`. Expected an "
+                "ku.evidential.EvidentialClassificationLoss or None. Received: "
+                f"{type(loss).__name__}"
+            )
+        self.loss = loss
+
+    def _find_loss(self):
+        if self.loss is not None:
+            return self.loss
+        compiled = getattr(self.model, "loss", None)
+        candidates = (
+            list(compiled.values())
+            if isinstance(compiled, dict)
+            else list(compiled)
+            if isinstance(compiled, (list, tuple))
+            else [compiled]
+        )
+        found = [c for c in candidates if isinstance(c, EvidentialClassificationLoss)]
+        if len(found) != 1:
+            raise ValueError(
+                "KLAnnealing: expected the model to be compiled with one "
+                "ku.evidential.EvidentialClassificationLoss (or pass it as "
+                f"`loss=`). Received: loss={compiled!r}"
+            )
+        return found[0]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        loss = self._find_loss()
+        if loss.annealing_coefficient is not None:
+            loss.annealing_coefficient.assign(loss.coefficient_for_epoch(epoch))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvidentialClassificationPrediction(ClassificationPrediction):
+    """A `ku.ClassificationPrediction` of a Dirichlet head, with its vacuity.
+
+    From the concentrations `alpha` (strength `S = sum_c alpha_c`, K
+    classes):
+
+    - `probs = alpha / S` (its expectation), `label` the argmax;
+    - `entropy = H[probs]`, the total uncertainty (nats);
+    - `expected_entropy = E_{p ~ Dir(alpha)}[H(p)]
+      = sum_c -(alpha_c / S)(digamma(alpha_c + 1) - digamma(S + 1))`, the
+      aleatoric part;
+    - `mutual_information = entropy - expected_entropy`, the epistemic
+      (distributional) part, >= 0;
+    - `vacuity = K / S`, in (0, 1]: 1 with no evidence at all (Josang's
+      subjective-logic uncertainty that Sensoy et al. report);
+    - `votes` is None.
+
+    Several rows per input (a `ku.Ensemble` of Dirichlet members, or MC
+    samples) give the uniform mixture: `probs` and `expected_entropy` and
+    `vacuity` averaged over the rows.
+
+    Attributes:
+        vacuity: `(N,)` float64.
+    """
+
+    vacuity: np.ndarray
+
+
+class EvidentialClassificationSummary(Reducer):
+    """Reduces Dirichlet concentrations to an
+    `EvidentialClassificationPrediction` (see `predict_classification`)."""
+
+    def reduce(self, samples):
+        alpha = ops.cast(samples, "float32")
+        strength = ops.sum(alpha, axis=-1, keepdims=True)
+        num_classes = ops.cast(ops.shape(alpha)[-1], "float32")
+        return (
+            ops.sum(alpha / strength, axis=0),
+            ops.sum(dirichlet_expected_entropy(alpha), axis=0),
+            ops.sum(num_classes / strength[..., 0], axis=0),
+        )
+
+    def merge(self, a, count_a, b, count_b):
+        return tuple(x.astype(np.float64) + y for x, y in zip(a, b))
+
+    def finalize(self, state, num_samples):
+        sum_probs, sum_expected, sum_vacuity = (
+            np.asarray(v, np.float64) for v in state
+        )
+        probs = sum_probs / num_samples
+        total = entropy(probs)
+        expected = sum_expected / num_samples
+        return EvidentialClassificationPrediction(
+            probs=probs,
+            label=np.argmax(probs, axis=-1),
+            entropy=total,
+            expected_entropy=expected,
+            mutual_information=np.maximum(total - expected, 0.0),
+            votes=None,
+            vacuity=sum_vacuity / num_samples,
+        )
+
+    def summary(self, state, num_samples):
+        sum_probs, sum_expected, sum_vacuity = state
+        probs = sum_probs / num_samples
+        total = entropy(probs)
+        expected = sum_expected / num_samples
+        return {
+            "probs": probs,
+            "entropy": total,
+            "expected_entropy": expected,
+            "mutual_information": tf.maximum(total - expected, 0.0),
+            "vacuity": sum_vacuity / num_samples,
+        }
+
+
+def predict_classification(
+    model,
+    x,
+    batch_size=None,
+    num_samples=1,
+    seed=None,
+    verbose="auto",
+    max_rows_per_call=None,
+):
+    """Expected class probabilities and the Dirichlet's uncertainty split.
+
+    One compiled forward pass through the sampling engine
+    (`ku.sampling.reduce_samples` with `EvidentialClassificationSummary`);
+    see `EvidentialClassificationPrediction` for the formulas. Bengs et al.
+    (2022) show that losses of this family do not make the second-order
+    distribution faithful (the epistemic part need not vanish with data, nor
+    reflect it): read `mutual_information` and `vacuity` as scores, not as
+    calibrated epistemic uncertainty.
+
+    Args:
+        model: A `keras.Model` whose output is `(N, K)` Dirichlet
+            concentrations (`DirichletHead`), or a `ku.Ensemble` of them.
+        x: Inputs with N rows, anything `model.predict` takes.
+        batch_size: Inputs per compiled call; None picks it.
+        num_samples: Positive integer, 1 by default (one pass); more only
+            for a model with MC layers.
+        seed: Optional non-negative integer, for a model with MC layers.
+        verbose: "auto", 0, 1 or 2.
+        max_rows_per_call: The most rows one compiled call holds.
+
+    Returns:
+        An `EvidentialClassificationPrediction` (a
+        `ku.ClassificationPrediction` with `vacuity`).
+
+    Example:
+
+    >>> pred = ku.evidential.predict_classification(model, x_test)
+    >>> pred.mutual_information, pred.vacuity
+    """
+    from keras_uncertainty.evidential import _predict
+
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected a "
+            f"keras.Model. Received: {type(model).__name__}"
+        )
+    width = _predict.output_width(model)
+    if width is not None and width < 2:
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected an output "
+            "of K >= 2 Dirichlet concentrations (ku.evidential.DirichletHead). "
+            f"Received: last dimension {width}"
+        )
+    prediction = _predict.run(
+        model,
+        x,
+        EvidentialClassificationSummary(),
+        num_samples,
+        batch_size,
+        seed,
+        verbose,
+        max_rows_per_call,
+    )
+    if not np.all(prediction.probs[np.isfinite(prediction.probs)] >= 0):
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected Dirichlet "
+            "concentrations > 0 (ku.evidential.DirichletHead outputs "
+            "evidence + 1). Received: negative values"
+        )
+    return prediction

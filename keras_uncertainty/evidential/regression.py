@@ -1,0 +1,438 @@
+"""Deep evidential regression (Amini et al. 2020): a Normal-Inverse-Gamma head.
+
+The network predicts, for each of k targets, the four parameters of a
+Normal-Inverse-Gamma (NIG) prior over the mean and variance of a Gaussian
+likelihood: `y ~ N(mu, sigma^2)`, `mu ~ N(gamma, sigma^2 / nu)`,
+`sigma^2 ~ Gamma^-1(alpha, beta)`. The last axis of the output holds the k
+`gamma`, then the k `nu`, the k `alpha` and the k `beta` (`(N, 4k)`).
+
+Marginalising `mu` and `sigma^2` gives a Student-t predictive,
+`St(y; gamma, beta (1 + nu) / (nu alpha), 2 alpha)`, whose negative
+log-likelihood (the paper's eq. 8) is the training loss, plus the evidence
+regularizer `|y - gamma| (2 nu + alpha)` that removes evidence where the
+error is large.
+
+The predictive split (`predict_regression`) is the paper's:
+
+- aleatoric variance `E[sigma^2] = beta / (alpha - 1)`;
+- epistemic variance `Var[mu] = beta / (nu (alpha - 1))`;
+- total `std^2 = E[sigma^2] + Var[mu] = beta (1 + nu) / (nu (alpha - 1))`.
+
+By the law of total variance the total is exactly the variance of the
+Student-t marginal (finite because the head keeps `alpha > 1`); it is *not*
+the square of the Student-t's scale parameter, `beta (1 + nu) / (nu alpha)`,
+which is smaller by the factor `(alpha - 1) / alpha`. Intervals read from
+`std` as Gaussian are therefore moment-matched, not Student-t quantiles.
+"""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from keras_uncertainty.sampling.predictions import RegressionPrediction
+from keras_uncertainty.sampling.reducers import Reducer
+
+_PACKAGE = "keras_uncertainty"
+_HALF_LOG_PI = 0.5 * math.log(math.pi)
+
+
+def _check_epsilon(epsilon):
+    if (
+        isinstance(epsilon, bool)
+        or not isinstance(epsilon, numbers.Real)
+        or not math.isfinite(epsilon)
+        or epsilon <= 0
+    ):
+        raise ValueError(
+            "Invalid value received for argument `epsilon`. Expected a finite "
+            f"float > 0. Received: epsilon={epsilon!r}"
+        )
+    return float(epsilon)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class NormalInverseGammaHead(keras.layers.Layer):
+    """Dense output layer of the four Normal-Inverse-Gamma parameters.
+
+    A `Dense(4 * units)` whose outputs are mapped to `gamma` (identity),
+    `nu = softplus + epsilon`, `alpha = softplus + 1 + epsilon` and
+    `beta = softplus + epsilon`, concatenated on the last axis:
+    `(N, 4 * units)` = k `gamma`, k `nu`, k `alpha`, k `beta`. `alpha > 1`
+    keeps `E[sigma^2] = beta / (alpha - 1)` finite.
+
+    Args:
+        units: Positive integer k, the number of targets.
+        epsilon: Float > 0 added to `nu`, `alpha - 1` and `beta`.
+        kernel_initializer, bias_initializer, kernel_regularizer,
+            bias_regularizer: As for `keras.layers.Dense`.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: Features, `(N, ..., d)`.
+
+    Returns:
+        `(N, ..., 4 * units)`.
+
+    Example:
+
+    >>> outputs = ku.evidential.NormalInverseGammaHead(1)(features)
+    >>> model.compile("adam", loss=ku.evidential.EvidentialRegressionLoss(0.01))
+    """
+
+    def __init__(
+        self,
+        units,
+        epsilon=1e-6,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if (
+            isinstance(units, bool)
+            or not isinstance(units, numbers.Integral)
+            or units < 1
+        ):
+            raise ValueError(
+                "Invalid value received for argument `units`. Expected a "
+                f"positive integer. Received: units={units!r}"
+            )
+        self.units = int(units)
+        self.epsilon = _check_epsilon(epsilon)
+        self.dense = keras.layers.Dense(
+            4 * self.units,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            name="dense",
+        )
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+
+    def call(self, inputs):
+        raw = self.dense(inputs)
+        k = self.units
+        gamma = raw[..., :k]
+        nu = ops.softplus(raw[..., k : 2 * k]) + self.epsilon
+        alpha = ops.softplus(raw[..., 2 * k : 3 * k]) + 1.0 + self.epsilon
+        beta = ops.softplus(raw[..., 3 * k :]) + self.epsilon
+        return ops.concatenate([gamma, nu, alpha, beta], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 4 * self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        dense = self.dense.get_config()
+        config.update(
+            units=self.units,
+            epsilon=self.epsilon,
+            kernel_initializer=dense["kernel_initializer"],
+            bias_initializer=dense["bias_initializer"],
+            kernel_regularizer=dense["kernel_regularizer"],
+            bias_regularizer=dense["bias_regularizer"],
+        )
+        return config
+
+
+def split_nig(y_pred):
+    """Splits `y_pred` of last dimension 4k into `(gamma, nu, alpha, beta)`.
+
+    The one place that defines the layout shared by
+    `NormalInverseGammaHead`, the loss and `predict_regression`.
+
+    Args:
+        y_pred: A tensor or array whose last dimension is 4k.
+
+    Returns:
+        `(gamma, nu, alpha, beta)`, each with last dimension k.
+    """
+    width = y_pred.shape[-1]
+    if width is None or width % 4 or width == 0:
+        raise ValueError(
+            "Invalid value received for argument `y_pred`. Expected a last "
+            "dimension 4*k (k gamma, k nu, k alpha, k beta: the output of "
+            "ku.evidential.NormalInverseGammaHead). Received: y_pred with "
+            f"shape {tuple(y_pred.shape)}"
+        )
+    k = width // 4
+    return tuple(y_pred[..., i * k : (i + 1) * k] for i in range(4))
+
+
+def _align_targets(y_true, gamma):
+    y_true = ops.cast(y_true, gamma.dtype)
+    if len(y_true.shape) == len(gamma.shape) - 1:
+        y_true = ops.expand_dims(y_true, -1)
+    k_true, k_pred = y_true.shape[-1], gamma.shape[-1]
+    if len(y_true.shape) != len(gamma.shape) or (
+        k_true is not None and k_pred is not None and k_true != k_pred
+    ):
+        raise ValueError(
+            "Expected `y_pred` to have last dimension 4*k for `y_true` with k "
+            f"targets. Received: y_true with shape {tuple(y_true.shape)} and "
+            f"y_pred with {k_pred} targets (4*{k_pred} columns)"
+        )
+    return y_true
+
+
+def nig_nll(y_true, y_pred):
+    """Negative log-likelihood of `y_true` under the NIG's Student-t marginal.
+
+    The paper's eq. 8, per target, with `Omega = 2 beta (1 + nu)`:
+
+        0.5 log(pi / nu) - alpha log(Omega)
+        + (alpha + 0.5) log((y - gamma)^2 nu + Omega)
+        + log Gamma(alpha) - log Gamma(alpha + 0.5)
+
+    which is `-log St(y; gamma, beta (1 + nu) / (nu alpha), 2 alpha)`
+    exactly (constant included).
+
+    Args:
+        y_true: Targets, `(N, k)` or `(N,)` when k = 1.
+        y_pred: `(N, 4k)`, see `split_nig`.
+
+    Returns:
+        `(N, k)` per-target NLL.
+    """
+    gamma, nu, alpha, beta = split_nig(y_pred)
+    y_true = _align_targets(y_true, gamma)
+    omega = 2.0 * beta * (1.0 + nu)
+    return (
+        _HALF_LOG_PI
+        - 0.5 * ops.log(nu)
+        - alpha * ops.log(omega)
+        + (alpha + 0.5) * ops.log(ops.square(y_true - gamma) * nu + omega)
+        + tf.math.lgamma(alpha)
+        - tf.math.lgamma(alpha + 0.5)
+    )
+
+
+def nig_regularizer(y_true, y_pred):
+    """The evidence regularizer `|y - gamma| (2 nu + alpha)` per target.
+
+    Args:
+        y_true: Targets, `(N, k)` or `(N,)` when k = 1.
+        y_pred: `(N, 4k)`, see `split_nig`.
+
+    Returns:
+        `(N, k)`.
+    """
+    gamma, nu, alpha, _ = split_nig(y_pred)
+    y_true = _align_targets(y_true, gamma)
+    return ops.abs(y_true - gamma) * (2.0 * nu + alpha)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class EvidentialRegressionLoss(keras.losses.Loss):
+    """Deep evidential regression loss: NIG NLL + `coeff` x regularizer.
+
+    Per target `nig_nll(y, out) + coeff * |y - gamma| (2 nu + alpha)`,
+    averaged over the k targets (Amini et al. 2020, eqs. 8-10).
+
+    Args:
+        coeff: Float >= 0, the regularizer's weight (lambda in the paper;
+            the paper's experiments use 1e-2 and smaller).
+        reduction: Keras loss reduction, default `"sum_over_batch_size"`.
+        name: Name of the loss.
+
+    Attributes:
+        variance_head: False: the output is not (means, log-variances), so
+            `ku.has_variance_head` does not read it as one. Predict with
+            `ku.evidential.predict_regression`.
+
+    Call arguments:
+        y_true: Targets, `(N, k)` or `(N,)`.
+        y_pred: `(N, 4k)`, the output of `NormalInverseGammaHead(k)`.
+
+    Example:
+
+    >>> model.compile("adam", loss=ku.evidential.EvidentialRegressionLoss(1e-2))
+    """
+
+    variance_head = False
+
+    def __init__(
+        self,
+        coeff=1e-2,
+        reduction="sum_over_batch_size",
+        name="evidential_regression",
+        **kwargs,
+    ):
+        super().__init__(reduction=reduction, name=name, **kwargs)
+        if (
+            isinstance(coeff, bool)
+            or not isinstance(coeff, numbers.Real)
+            or not math.isfinite(coeff)
+            or coeff < 0
+        ):
+            raise ValueError(
+                "Invalid value received for argument `coeff`. Expected a finite "
+                f"float >= 0. Received: coeff={coeff!r}"
+            )
+        self.coeff = float(coeff)
+
+    def call(self, y_true, y_pred):
+        loss = nig_nll(y_true, y_pred)
+        if self.coeff:
+            loss = loss + self.coeff * nig_regularizer(y_true, y_pred)
+        return ops.mean(loss, axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(coeff=self.coeff)
+        return config
+
+
+def nig_variances(y_pred):
+    """`(gamma, aleatoric variance, epistemic variance)` of NIG outputs.
+
+    `E[sigma^2] = beta / (alpha - 1)` and `Var[mu] = beta / (nu (alpha - 1))`;
+    numpy in, numpy out, else TensorFlow ops.
+
+    Args:
+        y_pred: `(..., 4k)` NIG parameters, see `split_nig`.
+
+    Returns:
+        A tuple of three `(..., k)` arrays or tensors.
+    """
+    gamma, nu, alpha, beta = split_nig(y_pred)
+    aleatoric = beta / (alpha - 1.0)
+    return gamma, aleatoric, aleatoric / nu
+
+
+class EvidentialRegressionSummary(Reducer):
+    """Reduces NIG outputs to a `RegressionPrediction` (see
+    `predict_regression`).
+
+    With one row per input (a single network, one forward pass) the result
+    is the NIG's split. With several rows per input (a `ku.Ensemble` of
+    evidential members: member-major rows) it is the mixture's, by the law
+    of total variance: the means of `gamma` and of `E[sigma^2]`, and
+    epistemic = mean of `Var[mu]` + the variance of `gamma` across rows.
+    """
+
+    def reduce(self, samples):
+        samples = ops.cast(samples, "float32")
+        gamma, aleatoric, epistemic = nig_variances(samples)
+        mean_gamma = ops.mean(gamma, axis=0)
+        m2_gamma = ops.sum(ops.square(gamma - mean_gamma), axis=0)
+        return (
+            mean_gamma,
+            m2_gamma,
+            ops.mean(aleatoric, axis=0),
+            ops.mean(epistemic, axis=0),
+        )
+
+    def merge(self, a, count_a, b, count_b):
+        total = count_a + count_b
+        delta = b[0].astype(np.float64) - a[0]
+        return (
+            a[0] + delta * count_b / total,
+            a[1] + b[1] + delta**2 * count_a * count_b / total,
+            (a[2] * count_a + b[2].astype(np.float64) * count_b) / total,
+            (a[3] * count_a + b[3].astype(np.float64) * count_b) / total,
+        )
+
+    def finalize(self, state, num_samples):
+        mean, m2, aleatoric, epistemic = (np.asarray(v, np.float64) for v in state)
+        epistemic = epistemic + m2 / num_samples
+        return RegressionPrediction(
+            mean=mean,
+            std=np.sqrt(aleatoric + epistemic),
+            aleatoric_std=np.sqrt(aleatoric),
+            epistemic_std=np.sqrt(epistemic),
+        )
+
+    def summary(self, state, num_samples):
+        mean, m2, aleatoric, epistemic = state
+        epistemic = epistemic + m2 / num_samples
+        return {
+            "mean": mean,
+            "std": tf.sqrt(aleatoric + epistemic),
+            "aleatoric_std": tf.sqrt(aleatoric),
+            "epistemic_std": tf.sqrt(epistemic),
+        }
+
+
+def predict_regression(
+    model,
+    x,
+    batch_size=None,
+    num_samples=1,
+    seed=None,
+    verbose="auto",
+    max_rows_per_call=None,
+):
+    """Predictive mean and aleatoric / epistemic split of an evidential model.
+
+    One compiled forward pass through the sampling engine
+    (`ku.sampling.reduce_samples` with `EvidentialRegressionSummary`): no
+    sampling, the split is read from the NIG parameters:
+
+    - `mean = gamma`;
+    - `aleatoric_std^2 = E[sigma^2] = beta / (alpha - 1)`;
+    - `epistemic_std^2 = Var[mu] = beta / (nu (alpha - 1))`;
+    - `std^2 = aleatoric_std^2 + epistemic_std^2
+      = beta (1 + nu) / (nu (alpha - 1))`, the variance of the Student-t
+      marginal `St(gamma, beta (1 + nu) / (nu alpha), 2 alpha)` (law of total
+      variance); the square of that Student-t's *scale* is smaller, by
+      `(alpha - 1) / alpha`.
+
+    The "epistemic" part is the NIG's own variance of `mu`; Meinert et al.
+    (2023) show it is not a proper epistemic uncertainty (it is a rescaled
+    aleatoric quantity that does not shrink with more data in the way a
+    posterior does): use it as a heuristic score.
+
+    Args:
+        model: A `keras.Model` whose output is `(N, 4k)` NIG parameters
+            (`NormalInverseGammaHead(k)`), or a `ku.Ensemble` of them (the
+            result is then the members' mixture).
+        x: Inputs with N rows, anything `model.predict` takes.
+        batch_size: Inputs per compiled call; None picks it.
+        num_samples: Positive integer, 1 by default (one pass). More only
+            for a model with MC layers: the samples' mixture.
+        seed: Optional non-negative integer, for a model with MC layers.
+        verbose: "auto", 0, 1 or 2, as in `model.predict`.
+        max_rows_per_call: The most rows one compiled call holds; None picks
+            it.
+
+    Returns:
+        A `ku.RegressionPrediction` of `(N, k)` float64 arrays.
+
+    Example:
+
+    >>> pred = ku.evidential.predict_regression(model, x_test)
+    >>> pred.mean, pred.aleatoric_std, pred.epistemic_std
+    """
+    from keras_uncertainty.evidential import _predict
+
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected a "
+            f"keras.Model. Received: {type(model).__name__}"
+        )
+    width = _predict.output_width(model)
+    if width is not None and (width % 4 or width == 0):
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected an output "
+            "of last dimension 4*k (ku.evidential.NormalInverseGammaHead). "
+            f"Received: last dimension {width}"
+        )
+    return _predict.run(
+        model,
+        x,
+        EvidentialRegressionSummary(),
+        num_samples,
+        batch_size,
+        seed,
+        verbose,
+        max_rows_per_call,
+    )
