@@ -32,6 +32,11 @@ from keras_uncertainty.layers.packed import (
     PackedNormalization,
     PackedPooling,
 )
+from keras_uncertainty.layers.sngp import (
+    RandomFeatureGaussianProcess,
+    SNGPModel,
+    SNGPSpectralNormalization,
+)
 from keras_uncertainty.layers.variational import (
     Conv1DFlipout,
     Conv2DFlipout,
@@ -70,6 +75,9 @@ __all__ = [
     "PackedL2",
     "PackedNormalization",
     "PackedPooling",
+    "RandomFeatureGaussianProcess",
+    "SNGPModel",
+    "SNGPSpectralNormalization",
     "set_kl_weight",
     "to_mc_dropout",
 ]
