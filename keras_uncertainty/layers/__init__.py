@@ -1,6 +1,10 @@
 """Layers that keep Monte Carlo sampling on at inference, and packed layers
 that hold many member networks' weights on a leading member axis."""
 
+from keras_uncertainty.layers.batch_ensemble import (
+    BatchEnsembleConv2D,
+    BatchEnsembleDense,
+)
 from keras_uncertainty.layers.conversion import ConversionReport, to_mc_dropout
 from keras_uncertainty.layers.mc_attention import MCMultiHeadAttention
 from keras_uncertainty.layers.mc_dropout import (
@@ -46,6 +50,8 @@ from keras_uncertainty.layers.variational import (
 )
 
 __all__ = [
+    "BatchEnsembleConv2D",
+    "BatchEnsembleDense",
     "Conv1DFlipout",
     "Conv2DFlipout",
     "ConversionReport",
