@@ -158,6 +158,10 @@ def test_ku_sample_evaluates_the_drawn_weights_and_seeds_reproduce():
         ku.sample(swag, x, num_samples=9, seed=11, batch_size=2, max_rows_per_call=6)
     )
     np.testing.assert_allclose(again, samples, rtol=1e-6, atol=1e-6)
+    looped = SWAG(model, state, vectorize=False)  # tf.map_fn over samples
+    np.testing.assert_allclose(
+        np.asarray(ku.sample(looped, x, num_samples=9, seed=11)), samples, rtol=1e-5
+    )
     other = np.asarray(ku.sample(swag, x, num_samples=9, seed=12))
     assert not np.allclose(other, samples)
     # The SWA prediction: the network at the mean weights.
@@ -200,6 +204,20 @@ def test_predict_regression_and_classification_are_finite(trained_regression, da
     assert np.all(np.isfinite(result.probs))
     np.testing.assert_allclose(result.probs.sum(-1), 1.0, rtol=1e-5)
     assert np.all(result.mutual_information >= -1e-6)
+
+
+def test_a_convolutional_model_is_looped_by_default(data):
+    model = keras.Sequential(
+        [keras.Input((6, 1)), keras.layers.Conv1D(2, 3), keras.layers.Flatten(),
+         keras.layers.Dense(1)]
+    )  # fmt: skip
+    state, _ = _state_for(model, count=3, max_rank=3)
+    swag = SWAG(model, state)
+    assert swag.vectorize is False and SWAG(model, state, vectorize=True).vectorize
+    x = np.random.default_rng(5).normal(size=(4, 6, 1)).astype("float32")
+    samples = np.asarray(ku.sample(swag, x, num_samples=3, seed=0))
+    vectorized = ku.sample(SWAG(model, state, vectorize=True), x, 3, seed=0)
+    np.testing.assert_allclose(samples, np.asarray(vectorized), rtol=1e-5, atol=1e-6)
 
 
 def test_keras_file_and_state_round_trip(trained_regression, data, tmp_path):
@@ -289,6 +307,8 @@ def test_bad_inputs_name_the_argument():
     )
     with pytest.raises(ValueError, match="`model`.*stochastic.*MCDropout"):
         SWAG(dropout, state)
+    with pytest.raises(ValueError, match="`vectorize`.*'yes'"):
+        SWAG(model, state, vectorize="yes")
     with pytest.raises(ValueError, match="`bn_batches`"):
         SWAG(model, state, bn_batches=0)
     with pytest.raises(ValueError, match="`start_epoch`.*-1"):
