@@ -416,15 +416,24 @@ class EvidentialClassificationSummary(Reducer):
             ops.sum(alpha / strength, axis=0),
             ops.sum(dirichlet_expected_entropy(alpha), axis=0),
             ops.sum(num_classes / strength[..., 0], axis=0),
+            ops.min(alpha, axis=(0, -1)),
         )
 
     def merge(self, a, count_a, b, count_b):
-        return tuple(x.astype(np.float64) + y for x, y in zip(a, b))
+        sums = tuple(x.astype(np.float64) + y for x, y in zip(a[:3], b[:3]))
+        return (*sums, np.minimum(a[3], b[3]))
 
     def finalize(self, state, num_samples):
-        sum_probs, sum_expected, sum_vacuity = (
+        sum_probs, sum_expected, sum_vacuity, min_alpha = (
             np.asarray(v, np.float64) for v in state
         )
+        if np.any(min_alpha <= 0):
+            raise ValueError(
+                "Invalid value received for argument `model`. Expected "
+                "Dirichlet concentrations > 0 (ku.evidential.DirichletHead "
+                "outputs evidence + 1). Received: values down to "
+                f"{float(np.min(min_alpha)):.3g}"
+            )
         probs = sum_probs / num_samples
         total = entropy(probs)
         expected = sum_expected / num_samples
@@ -439,7 +448,7 @@ class EvidentialClassificationSummary(Reducer):
         )
 
     def summary(self, state, num_samples):
-        sum_probs, sum_expected, sum_vacuity = state
+        sum_probs, sum_expected, sum_vacuity, _ = state
         probs = sum_probs / num_samples
         total = entropy(probs)
         expected = sum_expected / num_samples
@@ -505,7 +514,7 @@ def predict_classification(
             "of K >= 2 Dirichlet concentrations (ku.evidential.DirichletHead). "
             f"Received: last dimension {width}"
         )
-    prediction = _predict.run(
+    return _predict.run(
         model,
         x,
         EvidentialClassificationSummary(),
@@ -515,10 +524,3 @@ def predict_classification(
         verbose,
         max_rows_per_call,
     )
-    if not np.all(prediction.probs[np.isfinite(prediction.probs)] >= 0):
-        raise ValueError(
-            "Invalid value received for argument `model`. Expected Dirichlet "
-            "concentrations > 0 (ku.evidential.DirichletHead outputs "
-            "evidence + 1). Received: negative values"
-        )
-    return prediction

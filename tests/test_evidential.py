@@ -1,0 +1,281 @@
+"""ku.evidential: formulas against scipy/numpy, training, engine, .keras."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import special, stats
+
+import keras_uncertainty as ku
+
+ev = ku.evidential
+
+
+def _nig_params(rng, n=64, k=2):
+    gamma = rng.normal(size=(n, k))
+    nu = rng.uniform(0.05, 5.0, size=(n, k))
+    alpha = rng.uniform(1.05, 6.0, size=(n, k))
+    beta = rng.uniform(0.05, 3.0, size=(n, k))
+    return gamma, nu, alpha, beta
+
+
+def test_nig_nll_is_the_student_t_marginal():
+    rng = np.random.default_rng(0)
+    gamma, nu, alpha, beta = _nig_params(rng)
+    y = gamma + rng.normal(scale=2.0, size=gamma.shape)
+    y_pred = np.concatenate([gamma, nu, alpha, beta], -1)
+    got = ev.nig_nll(tf.constant(y), tf.constant(y_pred)).numpy()
+    scale = np.sqrt(beta * (1 + nu) / (nu * alpha))
+    want = -stats.t.logpdf(y, df=2 * alpha, loc=gamma, scale=scale)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_regularizer_and_loss_against_numpy():
+    rng = np.random.default_rng(1)
+    gamma, nu, alpha, beta = _nig_params(rng, n=16, k=1)
+    y = rng.normal(size=(16,))  # (N,) for k = 1
+    y_pred = np.concatenate([gamma, nu, alpha, beta], -1)
+    reg = ev.nig_regularizer(tf.constant(y), tf.constant(y_pred)).numpy()
+    want_reg = np.abs(y[:, None] - gamma) * (2 * nu + alpha)
+    np.testing.assert_allclose(reg, want_reg, rtol=1e-12)
+    scale = np.sqrt(beta * (1 + nu) / (nu * alpha))
+    nll = -stats.t.logpdf(y[:, None], df=2 * alpha, loc=gamma, scale=scale)
+    loss = ev.EvidentialRegressionLoss(coeff=0.3, reduction=None)
+    got = loss(tf.constant(y), tf.constant(y_pred)).numpy()
+    np.testing.assert_allclose(got, (nll + 0.3 * want_reg)[:, 0], rtol=1e-5)
+
+
+def test_nig_split_and_student_t_variance():
+    rng = np.random.default_rng(2)
+    gamma, nu, alpha, beta = _nig_params(rng, n=8, k=1)
+    y_pred = np.concatenate([gamma, nu, alpha, beta], -1)
+    mean, aleatoric, epistemic = ev.nig_variances(y_pred)
+    np.testing.assert_allclose(aleatoric, beta / (alpha - 1))
+    np.testing.assert_allclose(epistemic, beta / (nu * (alpha - 1)))
+    # The total is the Student-t marginal's variance (law of total variance),
+    # not its squared scale.
+    scale2 = beta * (1 + nu) / (nu * alpha)
+    t_var = stats.t.var(df=2 * alpha, scale=np.sqrt(scale2))
+    np.testing.assert_allclose(aleatoric + epistemic, t_var, rtol=1e-10)
+    np.testing.assert_allclose(scale2 / t_var, (alpha - 1) / alpha, rtol=1e-10)
+
+
+def _alphas(rng, n=6, k=4):
+    return rng.uniform(0.3, 8.0, size=(n, k))
+
+
+def test_dirichlet_expected_entropy_closed_form_and_monte_carlo():
+    rng = np.random.default_rng(3)
+    alpha = _alphas(rng)
+    got = ev.dirichlet_expected_entropy(tf.constant(alpha)).numpy()
+    s = alpha.sum(-1, keepdims=True)
+    closed = -np.sum(
+        alpha / s * (special.digamma(alpha + 1) - special.digamma(s + 1)), -1
+    )
+    np.testing.assert_allclose(got, closed, rtol=1e-10)
+    for row, a in enumerate(alpha):
+        p = rng.dirichlet(a, size=200_000)
+        h = -np.sum(special.xlogy(p, p), -1)
+        err = h.std() / np.sqrt(len(h))
+        assert abs(h.mean() - got[row]) < 5 * err + 1e-12
+
+
+def test_dirichlet_kl_to_uniform_against_scipy():
+    rng = np.random.default_rng(4)
+    alpha = _alphas(rng)
+    got = ev.dirichlet_kl_uniform(tf.constant(alpha)).numpy()
+    k = alpha.shape[-1]
+    for row, a in enumerate(alpha):
+        # KL(p||q) = -H(p) - E_p[log q], q = Dir(1) with density Gamma(K).
+        cross = -special.gammaln(k)
+        want = -stats.dirichlet(a).entropy() + cross
+        np.testing.assert_allclose(got[row], want, rtol=1e-9, atol=1e-10)
+    assert abs(ev.dirichlet_kl_uniform(tf.ones((1, 5), tf.float64))[0]) < 1e-12
+
+
+def test_classification_loss_against_numpy():
+    rng = np.random.default_rng(5)
+    alpha = _alphas(rng, n=10, k=3)
+    labels = rng.integers(0, 3, size=10)
+    y = np.eye(3)[labels]
+    s = alpha.sum(-1, keepdims=True)
+    p = alpha / s
+    mse = np.sum((y - p) ** 2 + p * (1 - p) / (s + 1), -1)
+    at = y + (1 - y) * alpha
+    kl = np.array([-stats.dirichlet(a).entropy() - special.gammaln(3) for a in at])
+    loss = ev.EvidentialClassificationLoss(annealing_epochs=4, reduction=None)
+    loss.annealing_coefficient.assign(0.5)
+    for targets in (y, labels, labels[:, None]):
+        got = loss(tf.constant(targets), tf.constant(alpha)).numpy()
+        np.testing.assert_allclose(got, mse + 0.5 * kl, rtol=1e-5)
+    assert loss.coefficient_for_epoch(0) == 0.0
+    assert loss.coefficient_for_epoch(2) == 0.5
+    assert loss.coefficient_for_epoch(9) == 1.0
+    constant = ev.EvidentialClassificationLoss(None, kl_weight=0.2, reduction=None)
+    got = constant(tf.constant(y), tf.constant(alpha)).numpy()
+    np.testing.assert_allclose(got, mse + 0.2 * kl, rtol=1e-5)
+
+
+def test_heads_map_to_valid_parameters():
+    x = tf.constant(np.random.default_rng(6).normal(size=(5, 3)) * 50, tf.float32)
+    nig = ev.NormalInverseGammaHead(2)(x).numpy()
+    gamma, nu, alpha, beta = ev.split_nig(nig)
+    assert nig.shape == (5, 8) and (nu > 0).all() and (beta > 0).all()
+    assert (alpha > 1).all()
+    for evidence in ev.classification.EVIDENCE_FUNCTIONS:
+        a = ev.DirichletHead(4, evidence=evidence)(x).numpy()
+        assert a.shape == (5, 4) and (a >= 1).all() and np.isfinite(a).all()
+
+
+def _regression_model():
+    inputs = keras.Input((1,))
+    h = keras.layers.Dense(32, activation="relu")(inputs)
+    return keras.Model(inputs, ev.NormalInverseGammaHead(1)(h))
+
+
+def test_regression_trains_predicts_and_round_trips(tmp_path):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, size=(256, 1)).astype("float32")
+    y = (np.sin(x) + 0.1 * rng.normal(size=x.shape)).astype("float32")
+    model = _regression_model()
+    model.compile(
+        keras.optimizers.Adam(0.01), loss=ev.EvidentialRegressionLoss(coeff=0.01)
+    )
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=6, batch_size=64, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < before - 0.2
+    assert ku.has_variance_head(model) is False
+
+    pred = ev.predict_regression(model, x, batch_size=100, verbose=0)
+    assert isinstance(pred, ku.RegressionPrediction)
+    params = model.predict(x, verbose=0).astype(np.float64)
+    gamma, nu, alpha, beta = ev.split_nig(params)
+    np.testing.assert_allclose(pred.mean, gamma, rtol=1e-6)
+    np.testing.assert_allclose(pred.aleatoric_std**2, beta / (alpha - 1), rtol=1e-5)
+    np.testing.assert_allclose(
+        pred.epistemic_std**2, beta / (nu * (alpha - 1)), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        pred.std**2, pred.aleatoric_std**2 + pred.epistemic_std**2, rtol=1e-12
+    )
+    # The in-graph summary (what an export would serve) gives the same.
+    reducer = ev.EvidentialRegressionSummary()
+    state = reducer.reduce(tf.constant(params[None], tf.float32))
+    summary = reducer.summary(state, 1)
+    np.testing.assert_allclose(summary["std"].numpy(), pred.std, rtol=1e-5)
+
+    path = tmp_path / "nig.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.loss, ev.EvidentialRegressionLoss)
+    assert loaded.loss.coeff == 0.01
+    again = ev.predict_regression(loaded, x, verbose=0)
+    np.testing.assert_allclose(again.std, pred.std, rtol=1e-6)
+
+
+def test_classification_trains_anneals_predicts_and_round_trips(tmp_path):
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    centers = np.array([[0, 3], [3, 0], [-3, -3]], np.float32)
+    labels = rng.integers(0, 3, size=300)
+    x = (centers[labels] + rng.normal(size=(300, 2))).astype("float32")
+    inputs = keras.Input((2,))
+    h = keras.layers.Dense(16, activation="relu")(inputs)
+    model = keras.Model(inputs, ev.DirichletHead(3)(h))
+    loss = ev.EvidentialClassificationLoss(annealing_epochs=4)
+    model.compile(keras.optimizers.Adam(0.03), loss=loss)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(float(loss.annealing_coefficient.numpy()))
+
+    history = model.fit(
+        x,
+        labels,
+        epochs=8,
+        batch_size=32,
+        verbose=0,
+        callbacks=[ev.KLAnnealing(), Record()],
+    )
+    assert seen == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+    pred = ev.predict_classification(model, x, verbose=0)
+    assert isinstance(pred, ku.ClassificationPrediction)
+    assert (pred.label == labels).mean() > 0.8
+    alpha = model.predict(x, verbose=0).astype(np.float64)
+    s = alpha.sum(-1, keepdims=True)
+    np.testing.assert_allclose(pred.probs, alpha / s, rtol=1e-5)
+    expected = -np.sum(
+        alpha / s * (special.digamma(alpha + 1) - special.digamma(s + 1)), -1
+    )
+    np.testing.assert_allclose(pred.expected_entropy, expected, rtol=1e-4)
+    total = -np.sum(special.xlogy(alpha / s, alpha / s), -1)
+    np.testing.assert_allclose(pred.entropy, total, rtol=1e-5)
+    np.testing.assert_allclose(
+        pred.mutual_information, np.maximum(total - expected, 0), atol=1e-5
+    )
+    np.testing.assert_allclose(pred.vacuity, 3 / s[:, 0], rtol=1e-5)
+    assert pred.votes is None
+    far = ev.predict_classification(model, np.zeros((1, 2), "float32"), verbose=0)
+    assert far.vacuity[0] > np.median(pred.vacuity)  # between the clusters
+
+    path = tmp_path / "dirichlet.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.loss.annealing_epochs == 4
+    again = ev.predict_classification(loaded, x, verbose=0)
+    np.testing.assert_allclose(again.probs, pred.probs, rtol=1e-6)
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="units"):
+        ev.NormalInverseGammaHead(0)
+    with pytest.raises(ValueError, match="epsilon"):
+        ev.NormalInverseGammaHead(1, epsilon=0.0)
+    with pytest.raises(ValueError, match="units"):
+        ev.DirichletHead(1)
+    with pytest.raises(ValueError, match="evidence"):
+        ev.DirichletHead(3, evidence="sigmoid")
+    with pytest.raises(ValueError, match="coeff"):
+        ev.EvidentialRegressionLoss(coeff=-1.0)
+    with pytest.raises(ValueError, match="annealing_epochs"):
+        ev.EvidentialClassificationLoss(annealing_epochs=0)
+    with pytest.raises(ValueError, match="kl_weight"):
+        ev.EvidentialClassificationLoss(kl_weight=float("nan"))
+    with pytest.raises(ValueError, match="loss"):
+        ev.KLAnnealing(loss="mse")
+    with pytest.raises(ValueError, match="4\\*k"):
+        ev.split_nig(np.zeros((2, 6)))
+    with pytest.raises(ValueError, match="targets"):
+        ev.nig_nll(tf.zeros((2, 3)), tf.ones((2, 4)))
+    with pytest.raises(ValueError, match="y_true"):
+        ev.EvidentialClassificationLoss()(tf.zeros((2, 2, 2)), tf.ones((2, 3)))
+    plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="4\\*k"):
+        ev.predict_regression(plain, np.zeros((2, 2)), verbose=0)
+    with pytest.raises(ValueError, match="keras.Model"):
+        ev.predict_classification("model", np.zeros((2, 2)))
+    one = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="K >= 2"):
+        ev.predict_classification(one, np.zeros((2, 2)), verbose=0)
+    negative = keras.Sequential(
+        [
+            keras.Input((2,)),
+            keras.layers.Dense(3, bias_initializer="ones"),
+            keras.layers.Lambda(lambda t: -t * 0 - 1.0),
+        ]
+    )
+    with pytest.raises(ValueError, match="concentrations"):
+        ev.predict_classification(negative, np.zeros((2, 2)), verbose=0)
+    compiled = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    compiled.compile("adam", "mse")
+    with pytest.raises(ValueError, match="KLAnnealing"):
+        compiled.fit(
+            np.zeros((4, 2)),
+            np.zeros((4, 3)),
+            verbose=0,
+            callbacks=[ev.KLAnnealing()],
+        )
