@@ -235,6 +235,36 @@ def test_aps_sets_grow_with_uncertainty_and_raps_trims_their_tail():
     assert sizes["raps"].max() < sizes["aps"].max()
 
 
+@pytest.mark.parametrize("score, alpha", [("lac", 0.6), ("aps", 0.2), ("raps", 0.2)])
+def test_without_empty_sets_the_top_class_fills_every_empty_set(score, alpha):
+    import tensorflow as tf
+
+    from keras_uncertainty.conformal import serving
+
+    # APS and RAPS empty the sets of the surest inputs, LAC those of the
+    # least sure (here 1% to 28% of the sets).
+    probs, labels = _classification(np.random.default_rng(21), 8000, num_classes=5)
+    cal, test = slice(0, 4000), slice(4000, None)
+    exact = conformal.ConformalClassifier(alpha, score=score).fit(
+        probs[cal], labels[cal]
+    )
+    filled = conformal.ConformalClassifier(
+        alpha, score=score, allow_empty_sets=False
+    ).fit(probs[cal], labels[cal])
+    loose, tight = exact.predict_set(probs[test]), filled.predict_set(probs[test])
+    empty = ~loose.any(axis=1)
+    assert empty.any()  # the case the option is for
+    assert tight.any(axis=1).all()
+    expected = loose.copy()
+    expected[empty, np.argmax(probs[test][empty], axis=1)] = True
+    np.testing.assert_array_equal(tight, expected)
+    assert ku.metrics.set_coverage(labels[test], tight) >= ku.metrics.set_coverage(
+        labels[test], loose
+    )
+    served = serving.serving_outputs(filled, {"probs": tf.constant(probs[test])})
+    np.testing.assert_array_equal(served["sets"].numpy(), tight)
+
+
 # The quantile ----------------------------------------------------------------
 
 

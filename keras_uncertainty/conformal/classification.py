@@ -129,7 +129,15 @@ class ConformalClassifier(ConformalMethod):
       of unlikely classes and gives smaller, more stable sets.
 
     The sets are top-K sets for APS and RAPS (the score grows along the
-    ranking). With `class_conditional=True` each class c gets its own
+    ranking). Every score can give an empty set: LAC where no class is
+    likely enough, and APS and RAPS (randomized or not) where the top class
+    alone scores above `q`, that is, for the inputs the model is most sure
+    of (`p_max > q`: with a confident model `q` is near 1, and such inputs
+    get no class, though they are almost always right). The coverage
+    guarantee holds either way. `allow_empty_sets=False` puts the top class
+    into every empty set (Angelopoulos et al.'s `allow_zero_sets=False`):
+    sets are never empty and coverage can only rise (it may then exceed
+    `1 - alpha + 1/(n + 1)`). With `class_conditional=True` each class c gets its own
     quantile `q_c` from the calibration points labelled c (Mondrian by
     class, Vovk 2003), and the set is `{c : s(x, c) <= q_c}`: coverage
     `>= 1 - alpha` within every class. A class with too few calibration
@@ -153,6 +161,9 @@ class ConformalClassifier(ConformalMethod):
         seed: Seed of the uniform draws of a randomized score (None: fresh
             draws); `fit` and each `predict_set` call draw in turn from one
             generator made at `fit`.
+        allow_empty_sets: Whether a set may be empty (the exact conformal
+            rule, the default); False adds the most probable class to every
+            empty set.
 
     Attributes:
         quantile_: `(G,)` quantile at `alpha`: G = 1, or C with
@@ -181,6 +192,7 @@ class ConformalClassifier(ConformalMethod):
         penalty=0.01,
         k_reg=1,
         seed=None,
+        allow_empty_sets=True,
     ):
         self.alpha = alpha
         self.score = score
@@ -189,6 +201,7 @@ class ConformalClassifier(ConformalMethod):
         self.penalty = penalty
         self.k_reg = k_reg
         self.seed = seed
+        self.allow_empty_sets = allow_empty_sets
         self._draws = None  # the generator of randomized scores, made at fit
         self._check_params()
 
@@ -201,6 +214,7 @@ class ConformalClassifier(ConformalMethod):
             )
         check_bool(self.randomized, "randomized")
         check_bool(self.class_conditional, "class_conditional")
+        check_bool(self.allow_empty_sets, "allow_empty_sets")
         if self.randomized and self.score == "lac":
             raise ValueError(
                 "Invalid value received for argument `randomized`. Expected "
@@ -367,7 +381,11 @@ class ConformalClassifier(ConformalMethod):
                 f"{probs.shape}"
             )
         u = self._draw(len(probs), u)
-        return _sets(probs, q, self.score, u, self.penalty, self.k_reg)
+        sets = _sets(probs, q, self.score, u, self.penalty, self.k_reg)
+        if not self.allow_empty_sets:
+            empty = ~sets.any(axis=1)
+            sets[empty, np.argmax(probs[empty], axis=1)] = True
+        return sets
 
     def transform(self, prediction):
         """`predict_set(prediction)` at the `alpha` given at construction.

@@ -116,6 +116,10 @@ def serving_outputs(method, summary, prefix=""):
             )
         scores = _class_scores(probs, method)
         sets = scores <= tf.constant(q[None, :], tf.float64)
+        if not method.allow_empty_sets:  # the top class where a set is empty
+            top = tf.one_hot(tf.argmax(probs, axis=1), method.num_classes_) > 0
+            empty = tf.logical_not(tf.reduce_any(sets, axis=1, keepdims=True))
+            sets = tf.logical_or(sets, tf.logical_and(top, empty))
         sets = tf.logical_and(sets, _finite_rows(probs)[:, None])
         return {prefix + "sets": sets}
     mean = tf.cast(summary[prefix + "mean"], tf.float64)

@@ -134,8 +134,8 @@ def mean_set_size(sets):
     """The mean number of classes per set: `(1 / N) sum_i sum_c sets[i, c]`.
 
     Smaller is more informative at the same coverage; a size of 1 is a
-    single confident answer, 0 an empty set (possible with LAC and
-    randomized APS/RAPS), C a shrug.
+    single confident answer, 0 an empty set (possible with every score
+    unless `allow_empty_sets=False`), C a shrug.
 
     Args:
         sets: `(N, C)` boolean set matrix.
