@@ -38,6 +38,7 @@ _LAZY = {
     "testing": "keras_uncertainty.testing",
     "BatchEnsemble": "keras_uncertainty.ensemble.batch_ensemble",
     "Ensemble": "keras_uncertainty.ensemble",
+    "MIMO": "keras_uncertainty.ensemble",
     "ClassificationPrediction": "keras_uncertainty.sampling",
     "RegressionPrediction": "keras_uncertainty.sampling",
     "has_variance_head": "keras_uncertainty.sampling",
@@ -52,6 +53,7 @@ __all__ = [
     "BatchEnsemble",
     "ClassificationPrediction",
     "Ensemble",
+    "MIMO",
     "RegressionPrediction",
     "calibration",
     "callbacks",
@@ -96,7 +98,7 @@ if typing.TYPE_CHECKING:  # what IDEs and type checkers see
     )
     from keras_uncertainty import sampling as sampling
     from keras_uncertainty import serving as serving
-    from keras_uncertainty.ensemble import Ensemble
+    from keras_uncertainty.ensemble import MIMO, Ensemble
     from keras_uncertainty.ensemble.batch_ensemble import BatchEnsemble
     from keras_uncertainty.sampling import (
         ClassificationPrediction,
