@@ -160,24 +160,6 @@ def jacobian_ggn(structure, jacobians, lambdas):
     return Eigen.from_matrix(ggn)
 
 
-def last_layer_variance(eigen, phi, scale, k):
-    """`f_var (N, k, k) = J Sigma J^T` for augmented features `phi`."""
-    n, d1 = phi.shape
-    if eigen.structure == "diag":
-        variances = np.square(phi) @ scale.reshape(d1, k)
-        return variances[:, :, None] * np.eye(k)[None]
-    if eigen.structure == "kron":
-        u_a, u_g = eigen.factors
-        weights = np.square(phi @ u_a) @ scale.reshape(d1, k)  # (N, k)
-        return np.einsum("aj,nj,bj->nab", u_g, weights, u_g)
-    q = eigen.factors[0].reshape(d1, k, d1 * k)
-    out = np.empty((n, k, k))
-    for lo, hi in chunks(n, k * d1 * k):
-        jq = np.einsum("ni,iap->nap", phi[lo:hi], q)
-        out[lo:hi] = np.einsum("nap,p,nbp->nab", jq, scale, jq)
-    return out
-
-
 def jacobian_variance(eigen, jacobians, scale):
     """`f_var (N, k, k)` from per-example Jacobians `(N, k, P)`."""
     if eigen.structure == "diag":

@@ -10,6 +10,7 @@ from keras_uncertainty._validation import (
     check_positive_int,
     check_seed,
 )
+from keras_uncertainty.laplace import _glm
 from keras_uncertainty.laplace import _numerics as num
 from keras_uncertainty.laplace.model import LastLayerPosterior, build_model
 from keras_uncertainty.posthoc.base import PostHocMethod
@@ -467,7 +468,10 @@ class Laplace(PostHocMethod):
 
     def _feature_model(self):
         """The network up to the last Dense layer's inputs (built once)."""
-        cached = getattr(self, "_features_of", None)
+        try:
+            cached = self._features_of
+        except AttributeError:
+            cached = None
         if cached is None or cached[0] is not self.model:
             view, last = self._structure()
             features = keras.Model(view.inputs, last.input)
@@ -479,6 +483,34 @@ class Laplace(PostHocMethod):
         n = _rows(x)
         phi = model.predict(x, batch_size=self.batch_size, verbose=0)
         return num.augment(np.asarray(phi, np.float64).reshape(n, -1), last.use_bias)
+
+    def _step(self):
+        """The compiled GLM step of the last-layer posterior (built once)."""
+        features, last = self._feature_model()
+        stats = self.fit_statistics_
+        key = (features, self.hessian, stats["use_bias"], stats["k"])
+        try:
+            cached = self._step_of
+        except AttributeError:
+            cached = None
+        if cached is None or cached[0] != key:
+            step = _glm.last_layer_step(features, *key[1:])
+            cached = self._step_of = (key, step)
+        return cached[1]
+
+    def _graph_factors(self, scale):
+        """The posterior's factors as the compiled step reads them."""
+        eigen = self._eigen()
+        k = self.fit_statistics_["k"]
+        if eigen.structure == "diag":
+            factors = (scale.reshape(-1, k),)
+        elif eigen.structure == "kron":
+            u_a, u_g = eigen.factors
+            factors = (u_a, u_g, scale.reshape(u_a.shape[0], k))
+        else:
+            (q,) = eigen.factors
+            factors = (q.reshape(-1, k, q.shape[1]), scale)
+        return tuple(tf.constant(f, tf.float64) for f in factors)
 
     def predict_f(self, x):
         """The linearized network's output distribution (the GLM predictive).
@@ -492,23 +524,48 @@ class Laplace(PostHocMethod):
         """
         self._check_is_fitted("predict_f")
         x = _as_array(x, "x")
-        return self._predict_f(x)[:2]
+        return self._glm(x)[:2]
 
-    def _predict_f(self, x):
+    def _glm(self, x, num_samples=0, seed=None):
+        """`(f_mean, f_var, rest, sum_probs, sum_entropy)` of `x`, batch by
+        batch (see `_glm.last_layer_step`); the sums over `num_samples`
+        draws of the logits, seeded by `seed` (and the batch)."""
         stats = self.fit_statistics_
         k = stats["k"]
         scale = self._scale()
-        eigen = self._eigen()
+        if seed is None:
+            pair = np.random.randint(0, 2**31 - 1, size=2)
+        else:
+            pair = np.random.default_rng(seed).integers(0, 2**31 - 1, size=2)
+        n = _rows(x)
+        size = self.batch_size
+        draws = tf.constant(num_samples, tf.int32)
         if self.subset == "last_layer":
-            phi = self._features(x)
-            z = phi @ stats["weights"]
-            f_var = num.last_layer_variance(eigen, phi, scale, k)
+            step = self._step()
+            weights = tf.constant(stats["weights"], tf.float64)
+            factors = self._graph_factors(scale)
         else:
             phi = self._features(x)
             z = phi @ stats["weights"]
             jacobians, _ = self._jacobians(x, k)
-            f_var = num.jacobian_variance(eigen, jacobians, scale)
-        return z[:, :k], f_var, z[:, k:]
+            f_var = num.jacobian_variance(self._eigen(), jacobians, scale)
+            f_mean, rest = z[:, :k], z[:, k:]
+        parts = []
+        for b, lo in enumerate(range(0, n, size)):
+            key = tf.constant([pair[0], pair[1] + b], tf.int64)
+            if self.subset == "last_layer":
+                chunk = keras.tree.map_structure(
+                    lambda a, lo=lo: tf.convert_to_tensor(a[lo : lo + size]), x
+                )
+                out = step(chunk, weights, factors, draws, key)
+            else:
+                rows = slice(lo, lo + size)
+                sums = _glm.mc_step(
+                    tf.constant(f_mean[rows]), tf.constant(f_var[rows]), draws, key
+                )
+                out = (f_mean[rows], f_var[rows], rest[rows], *sums)
+            parts.append([np.asarray(v) for v in out])
+        return tuple(np.concatenate(p, axis=0) for p in zip(*parts))
 
     def predict(self, x, predictive="probit", num_samples=100, seed=None):
         """The GLM predictive of `x`.
@@ -531,7 +588,8 @@ class Laplace(PostHocMethod):
         check_positive_int(num_samples, "num_samples")
         seed = check_seed(seed)
         x = _as_array(x, "x")
-        f_mean, f_var, log_var = self._predict_f(x)
+        draws = num_samples if self.likelihood == "classification" else 0
+        f_mean, f_var, log_var, sum_probs, sum_entropy = self._glm(x, draws, seed)
         if self.likelihood == "regression":
             epistemic = np.diagonal(f_var, axis1=1, axis2=2)
             if self.fit_statistics_["variance_head"]:
@@ -544,7 +602,21 @@ class Laplace(PostHocMethod):
                 aleatoric_std=np.sqrt(aleatoric),
                 epistemic_std=np.sqrt(epistemic),
             )
-        return _classification(f_mean, f_var, predictive, num_samples, seed)
+        expected = sum_entropy / num_samples
+        if predictive == "mc":
+            probs = sum_probs / num_samples
+        else:
+            kappa = 1.0 / np.sqrt(1.0 + _PROBIT * np.diagonal(f_var, axis1=1, axis2=2))
+            probs = num.softmax(f_mean * kappa)
+        total = -np.sum(probs * np.log(np.clip(probs, 1e-300, None)), axis=-1)
+        return ClassificationPrediction(
+            probs=probs,
+            label=np.argmax(probs, axis=-1),
+            entropy=total,
+            expected_entropy=expected,
+            mutual_information=np.maximum(total - expected, 0.0),
+            votes=None,
+        )
 
     def _transform(self, prediction):
         return self.predict(prediction)
@@ -609,35 +681,3 @@ class Laplace(PostHocMethod):
             name="laplace_posterior",
         )
         return build_model(view, last.input, posterior)
-
-
-def _entropy(p):
-    return -np.sum(p * np.log(np.clip(p, 1e-300, None)), axis=-1)
-
-
-def _classification(f_mean, f_var, predictive, num_samples, seed):
-    """The classification predictive from the GLM logits' moments."""
-    n, k = f_mean.shape
-    rng = np.random.default_rng(seed)
-    # f_var = L L^T per row; a tiny jitter keeps the rank-deficient (the
-    # softmax's shift) directions factorizable.
-    jitter = 1e-10 * (np.trace(f_var, axis1=1, axis2=2) / k + 1e-30)
-    root = np.linalg.cholesky(f_var + jitter[:, None, None] * np.eye(k)[None])
-    eps = rng.standard_normal((num_samples, n, k))
-    logits = f_mean[None] + np.einsum("nab,tnb->tna", root, eps)
-    probs_t = num.softmax(logits)
-    expected = np.mean(_entropy(probs_t), axis=0)
-    if predictive == "mc":
-        probs = np.mean(probs_t, axis=0)
-    else:
-        kappa = 1.0 / np.sqrt(1.0 + _PROBIT * np.diagonal(f_var, axis1=1, axis2=2))
-        probs = num.softmax(f_mean * kappa)
-    total = _entropy(probs)
-    return ClassificationPrediction(
-        probs=probs,
-        label=np.argmax(probs, axis=-1),
-        entropy=total,
-        expected_entropy=expected,
-        mutual_information=np.maximum(total - expected, 0.0),
-        votes=None,
-    )

@@ -123,7 +123,11 @@ class LastLayerPosterior(keras.layers.Layer):
 class LaplaceSampledModel(SampledModel):
     """How the engine samples a `LaplaceModel`: the features once per input,
     then `t` draws of the last layer's weights (one per sample, shared by
-    the inputs of a call, from the call's key)."""
+    the inputs of a call, from the call's key).
+
+    Args:
+        model: A `LaplaceModel`.
+    """
 
     def __init__(self, model):
         super().__init__(model)
