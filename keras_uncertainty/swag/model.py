@@ -16,11 +16,12 @@ chunking.
 The network is evaluated for every weight sample in one compiled call: the
 T weight vectors are unflattened into the model's variables and
 `model.stateless_call` runs under `tf.vectorized_map` over the sample axis,
-which turns every Dense layer into one batched kernel (for models with
-convolutions, `tf.map_fn` by default: see `SWAG`'s `vectorize`). There is
-no Python loop over samples. Where the model has BatchNormalization layers and
-`bn_update_data` is given, each sample's moving statistics are recomputed
-inside the same vectorized map from a few training batches (see `SWAG`).
+which turns every layer into one batched kernel, or under `tf.map_fn`, a
+compiled loop over the samples (the default on a CPU, measured faster
+there: see `SWAG`'s `vectorize`). There is no Python loop over samples.
+Where the model has BatchNormalization layers and `bn_update_data` is
+given, each sample's moving statistics are recomputed inside the same map
+from a few training batches (see `SWAG`).
 """
 
 import math
@@ -125,14 +126,14 @@ class SWAG(keras.Model):
     where `mean` and `std**2 = max(sq_mean - mean**2, 1e-30)` are the SWA
     mean and diagonal variance and `D` the last K deviations; `scale=0.5`
     is the paper's `1/sqrt(2)` on each part. The T networks are evaluated
-    in one vectorized call (`model.stateless_call` under
-    `tf.vectorized_map`: a Dense layer becomes one batched kernel over the
-    samples, faster than MC dropout on the same MLP; for models with
-    convolutions, `tf.map_fn` by default, see `vectorize` and
-    `benchmarks/swag.py`). A convolutional network costs T full forward
-    passes per input, where MC dropout before the last layer computes the
-    convolutions once. The weight draws themselves cost `T * P` normals
-    and a `(T, K) x (K, P)` product per chunk of samples.
+    in one compiled call (`model.stateless_call` under
+    `tf.vectorized_map`, one batched kernel per layer, or under `tf.map_fn`,
+    a compiled loop over the samples, the default on a CPU: see
+    `vectorize`; either is faster than MC dropout on the 8-50-2 MLP). A
+    convolutional network costs T full forward passes per input, where MC
+    dropout before the last layer computes the convolutions once. The
+    weight draws themselves cost `T * P` normals and a `(T, K) x (K, P)`
+    product per chunk of samples.
 
     Calling the model (`swag(x)`, `swag.predict(x)`) gives the SWA
     prediction: the network at the mean weights.
@@ -143,9 +144,9 @@ class SWAG(keras.Model):
     `call`) gets its statistics recomputed, as the paper's `bn_update` does:
     the first `bn_batches` batches of `bn_batch_size` rows of
     `bn_update_data` are run in training mode and the batch means and
-    variances are averaged per layer. This runs inside the same vectorized
-    map, so it costs `bn_batches` extra training-mode forward passes of
-    `bn_batch_size` rows per sample (with the defaults, 4 x 128 = 512 rows
+    variances are averaged per layer. This runs inside the same map over
+    the samples, so it costs `bn_batches` extra training-mode forward passes
+    of `bn_batch_size` rows per sample (with the defaults, 4 x 128 = 512 rows
     per sample: for T = 100 samples of 1000 inputs about half again the
     cost of the prediction itself); those rows are held in the compiled
     graph (and in an export). Without `bn_update_data` the trained moving
@@ -175,15 +176,18 @@ class SWAG(keras.Model):
             statistics; ignored when the model has none.
         bn_batches: Positive integer, the batches of `bn_update_data` used.
         bn_batch_size: Positive integer, rows per batch.
-        vectorize: How the T networks are evaluated. True:
-            `tf.vectorized_map` (batched kernels; the fastest for dense
-            networks: 0.3-0.5x the time of MC dropout on the 8-50-2 MLP).
-            False: `tf.map_fn`, a compiled loop of up to 10 samples in
-            parallel (no Python loop either), faster on a CPU for
-            convolutions, which `tf.vectorized_map` turns into a slow
-            batched kernel (4x slower on the benchmark's CNN). "auto"
-            (default): False when the model has a convolution layer, else
-            True. See `benchmarks/swag.py`.
+        vectorize: How the T networks are evaluated (never a Python loop).
+            True: `tf.vectorized_map`, one batched kernel per layer over
+            the samples. False: `tf.map_fn`, a compiled loop running up to
+            10 samples in parallel. "auto" (default): True when a GPU is
+            visible and the model has no convolution layer, else False.
+            Measured on a 2-core CPU (`benchmarks/swag.py` and the SWAG
+            section of the README): `tf.map_fn` is 1.8-2.7x faster for
+            dense networks on 1000 inputs (slower, 2x, on 100 inputs, where
+            both take milliseconds) and 2-4x faster for convolutions, which
+            `tf.vectorized_map` turns into a slow batched kernel; on a GPU,
+            not measured here, the batched kernels avoid T sequential
+            launches per layer.
         seed: Optional integer seed of the generator used when the draws
             run outside a sampling call (calling `draw_weights` directly).
         name: Optional name of the model.
@@ -256,7 +260,8 @@ class SWAG(keras.Model):
         self.var_shapes = shapes
         self.var_sizes = sizes
         self.num_params = sum(sizes)
-        self.loss = getattr(model, "loss", None)  # how ku.predict_* reads heads
+        # ku.predict_* reads the output head from the loss (as of now).
+        self.loss = getattr(model, "loss", None)
         dtype = model.trainable_variables[0].dtype
         std = np.sqrt(np.maximum(state.variance, VAR_CLAMP))
         deviations = state.deviations[state.rank - rank :]
@@ -277,7 +282,9 @@ class SWAG(keras.Model):
         self.swag_deviations.assign(deviations.astype(dtype))
         self.seed_generator = keras.random.SeedGenerator(seed)
         if isinstance(vectorize, str) and vectorize == "auto":
-            vectorize = not _has_convolution(model)
+            vectorize = bool(tf.config.list_logical_devices("GPU")) and not (
+                _has_convolution(model)
+            )
         if not isinstance(vectorize, bool):
             raise ValueError(
                 "Invalid value received for argument `vectorize`. Expected "
