@@ -27,7 +27,8 @@ class SNGPCovarianceReset(keras.callbacks.Callback):
     >>> model.fit(x, y, epochs=10, callbacks=[SNGPCovarianceReset()])
     """
 
-    def _layers(self):
+    def gaussian_process_layers(self):
+        """The `RandomFeatureGaussianProcess` layers of the model trained."""
         layers = gaussian_process_layers(self.model)
         if not layers:
             raise ValueError(
@@ -39,8 +40,8 @@ class SNGPCovarianceReset(keras.callbacks.Callback):
         return layers
 
     def on_train_begin(self, logs=None):
-        self._layers()
+        self.gaussian_process_layers()
 
     def on_epoch_begin(self, epoch, logs=None):
-        for layer in self._layers():
+        for layer in self.gaussian_process_layers():
             layer.reset_covariance()

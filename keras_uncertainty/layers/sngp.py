@@ -534,7 +534,11 @@ def gaussian_process_layers(model):
 class SNGPSampledModel(SampledModel):
     """How the engine predicts an `SNGPModel`: one deterministic forward
     pass whose output is already the mean-field predictive, so one sample
-    whatever `num_samples` asks."""
+    whatever `num_samples` asks.
+
+    Args:
+        model: The `SNGPModel`.
+    """
 
     # Declared stochastic only so that the engine does not warn that the
     # samples are identical: there is one sample (`samples_per_member`).
