@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import keras_uncertainty as ku
+from keras_uncertainty.layers import batch_ensemble
 from keras_uncertainty.layers.batch_ensemble import RandomSign
 
 M = 4
@@ -38,7 +39,16 @@ def blobs():
     return x, y
 
 
-def test_dense_equals_m_dense_layers():
+@pytest.fixture(params=["member_kernels", "scaled_rows"])
+def path(request, monkeypatch):
+    """Both ways a layer computes its members: the M kernels formed (small
+    layers) or the rows scaled around the shared kernel (large layers)."""
+    if request.param == "scaled_rows":
+        monkeypatch.setattr(batch_ensemble, "MEMBER_KERNEL_LIMIT", 0)
+    return request.param
+
+
+def test_dense_equals_m_dense_layers(path):
     rng = np.random.default_rng(1)
     layer = ku.layers.BatchEnsembleDense(
         6,
@@ -64,8 +74,11 @@ def test_dense_equals_m_dense_layers():
     assert layer.count_params() == 5 * 6 + M * (5 + 6 + 6)
 
 
-@pytest.mark.parametrize("padding,strides", [("valid", 1), ("same", 2)])
-def test_conv2d_equals_m_conv2d_layers(padding, strides):
+@pytest.mark.parametrize(
+    "padding,strides,activation",
+    [("valid", 1, "relu"), ("same", 2, "softmax"), ("same", 1, None)],
+)
+def test_conv2d_equals_m_conv2d_layers(path, padding, strides, activation):
     rng = np.random.default_rng(5)
     layer = ku.layers.BatchEnsembleConv2D(
         4,
@@ -73,7 +86,7 @@ def test_conv2d_equals_m_conv2d_layers(padding, strides):
         M,
         strides=strides,
         padding=padding,
-        activation="relu",
+        activation=activation,
         bias_initializer=keras.initializers.RandomNormal(seed=6),
         r_initializer=_normal_around_one(7),
     )
@@ -82,7 +95,7 @@ def test_conv2d_equals_m_conv2d_layers(padding, strides):
     assert out.shape == layer.compute_output_shape(x.shape)
     for m, weights in enumerate(layer.member_weights()):
         conv = keras.layers.Conv2D(
-            4, 3, strides=strides, padding=padding, activation="relu"
+            4, 3, strides=strides, padding=padding, activation=activation
         )
         conv.build((None, 9, 9, 3))
         conv.set_weights(weights)

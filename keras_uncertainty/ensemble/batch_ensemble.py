@@ -113,7 +113,14 @@ class BatchEnsembleSampledModel(SampledModel):
             tiled = graph.tile_rows(tensor, num_samples)
             return graph.tile_rows(tiled, model.num_members)
 
-        return model.network(tree.map_structure(tile, inputs), training=False)
+        network = model.network
+        if (
+            isinstance(inputs, (list, tuple))
+            and len(inputs) == 1
+            and len(getattr(network, "inputs", None) or ()) == 1
+        ):
+            inputs = inputs[0]  # one input: the tensor, as the network expects
+        return network(tree.map_structure(tile, inputs), training=False)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -208,6 +215,8 @@ class BatchEnsemble(keras.Model):
             )
         self.network = network
         self.num_members = members
+        if network.built:
+            self.built = True  # its variables exist: count_params, summary, ...
 
     def call(self, inputs, training=None):
         tiled = tree.map_structure(
