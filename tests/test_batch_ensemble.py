@@ -280,3 +280,47 @@ def test_bad_inputs():
         3,
         3,
     )
+
+
+def test_cnn_runs_folded_and_equals_the_tiled_network():
+    keras.utils.set_random_seed(3)
+
+    def cnn(m):
+        return keras.Sequential(
+            [
+                keras.Input((10, 10, 2)),
+                ku.layers.BatchEnsembleConv2D(4, 3, m, activation="relu"),
+                keras.layers.MaxPooling2D(2),
+                ku.layers.BatchEnsembleConv2D(
+                    5, 2, m, activation="tanh", r_initializer=_normal_around_one(1)
+                ),
+                keras.layers.AveragePooling2D(2),
+                keras.layers.Flatten(),
+                ku.layers.BatchEnsembleDense(3, m, activation="softmax"),
+            ]
+        )
+
+    model = ku.BatchEnsemble(cnn, num_members=M)
+    assert model.runs_folded
+    x = np.random.default_rng(0).normal(size=(6, 10, 10, 2)).astype("float32")
+    y = np.arange(6) % 3
+    tiled = tf.constant(np.tile(x, (M, 1, 1, 1)))
+    loss = keras.losses.SparseCategoricalCrossentropy()
+
+    def grads(fn):
+        with tf.GradientTape() as tape:
+            value = loss(np.tile(y, M), fn())
+        return tape.gradient(value, model.trainable_variables)
+
+    np.testing.assert_allclose(
+        model.member_rows(x), model.network(tiled), rtol=1e-5, atol=1e-6
+    )
+    for folded, plain in zip(
+        grads(lambda: model.member_rows(x)), grads(lambda: model.network(tiled))
+    ):
+        np.testing.assert_allclose(folded, plain, rtol=1e-4, atol=1e-6)
+    members = model.network(tiled).numpy().reshape(M, 6, 3)
+    pred = ku.predict_classification(model, x)
+    np.testing.assert_allclose(pred.probs, members.mean(0), atol=1e-5)
+    model.compile("adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, verbose=0)

@@ -18,7 +18,11 @@ from keras import ops, tree
 
 from keras_uncertainty import _keras_compat
 from keras_uncertainty._validation import check_positive_int
-from keras_uncertainty.layers.batch_ensemble import _BatchEnsembleLayer
+from keras_uncertainty.layers.batch_ensemble import (
+    BatchEnsembleConv2D,
+    _BatchEnsembleLayer,
+    unfold_members,
+)
 from keras_uncertainty.losses.gaussian_nll import split_mean_log_var
 from keras_uncertainty.sampling import SampledModel, graph
 
@@ -46,6 +50,34 @@ def _network_members(network):
             f"{counts}"
         )
     return next(iter(counts.values()))
+
+
+def _folds(layer):
+    """Whether `layer` runs on folded members `(B, h, w, M * C)`: a
+    BatchEnsembleConv2D that forms its member kernels, with an entry-wise
+    activation."""
+    return (
+        isinstance(layer, BatchEnsembleConv2D)
+        and layer._uses_member_kernels()
+        and layer._activation_is_elementwise()
+    )
+
+
+def _pools_folded(layer):
+    """Whether `layer` works channel by channel on 2-D channels-last maps."""
+    return (
+        isinstance(layer, (keras.layers.AveragePooling2D, keras.layers.MaxPooling2D))
+        and getattr(layer, "data_format", "channels_last") == "channels_last"
+    )
+
+
+def _runs_folded(network):
+    """Whether the network is a Sequential chain that starts with a folding
+    BatchEnsembleConv2D (a CNN), run folded until its first other layer."""
+    if not isinstance(network, keras.Sequential) or len(network.inputs or ()) != 1:
+        return False
+    layers = network.layers
+    return bool(layers) and _folds(layers[0])
 
 
 def _members_last(outputs, num_members):
@@ -108,11 +140,6 @@ class BatchEnsembleSampledModel(SampledModel):
 
     def forward(self, inputs, num_samples):
         model = self.model
-
-        def tile(tensor):
-            tiled = graph.tile_rows(tensor, num_samples)
-            return graph.tile_rows(tiled, model.num_members)
-
         network = model.network
         if (
             isinstance(inputs, (list, tuple))
@@ -120,7 +147,8 @@ class BatchEnsembleSampledModel(SampledModel):
             and len(getattr(network, "inputs", None) or ()) == 1
         ):
             inputs = inputs[0]  # one input: the tensor, as the network expects
-        return network(tree.map_structure(tile, inputs), training=False)
+        samples = tree.map_structure(lambda t: graph.tile_rows(t, num_samples), inputs)
+        return model.member_rows(samples, training=False)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -215,20 +243,54 @@ class BatchEnsemble(keras.Model):
             )
         self.network = network
         self.num_members = members
+        self.runs_folded = _runs_folded(network)
         if network.built:
             self.built = True  # its variables exist: count_params, summary, ...
 
     def call(self, inputs, training=None):
-        tiled = tree.map_structure(
-            lambda t: graph.tile_rows(t, self.num_members), inputs
-        )
-        outputs = self.network(tiled, training=training)
+        outputs = self.member_rows(inputs, training=training)
         return tree.map_structure(lambda t: _members_last(t, self.num_members), outputs)
 
-    def member_major(self, inputs, training=None):
-        """The network on member-major rows: `(M * B, ...)` -> `(M * B, ...)`,
-        member m reading rows `[m * B, (m + 1) * B)` (its own inputs)."""
-        return self.network(inputs, training=training)
+    def member_rows(self, inputs, training=None):
+        """Every member's outputs on the batch, member-major rows.
+
+        `(B, ...)` inputs -> `(M * B, ...)` outputs, rows `[m * B, (m + 1)
+        * B)` member m's: the network on the inputs tiled M times. A
+        Sequential CNN that starts with BatchEnsembleConv2D layers runs its
+        convolutions and pooling on folded members `(B, h, w, M * C)`, as a
+        packed `ku.Ensemble` does (its first convolution on the untiled
+        inputs, with the members' kernels side by side), and switches to
+        member-major rows at its first other layer: the same outputs,
+        without tiling the images or transposing between convolutions.
+
+        Args:
+            inputs: The network's inputs, B rows.
+            training: Python boolean, passed on to the network's layers.
+
+        Returns:
+            The network's outputs for `M * B` member-major rows.
+        """
+        members = self.num_members
+        if not self.runs_folded or isinstance(inputs, (dict, list, tuple)):
+            tiled = tree.map_structure(lambda t: graph.tile_rows(t, members), inputs)
+            return self.network(tiled, training=training)
+        layers = self.network.layers
+        outputs = ops.cast(inputs, layers[0].compute_dtype)
+        layout = "shared"
+        for layer in layers:
+            if layout != "rows":
+                if _folds(layer):
+                    outputs, layout = layer.folded_call(outputs), "folded"
+                    continue
+                if layout == "folded" and _pools_folded(layer):
+                    outputs = layer(outputs)
+                    continue
+                outputs = unfold_members(outputs, members)
+                layout = "rows"
+            outputs = layer(outputs, training=training)
+        if layout == "folded":
+            outputs = unfold_members(outputs, members)
+        return outputs
 
     def build(self, input_shape=None):
         if not self.network.built and input_shape is not None:

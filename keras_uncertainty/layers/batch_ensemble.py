@@ -102,6 +102,18 @@ class RandomSign(keras.initializers.Initializer):
         return {"probability": self.probability, "seed": self.seed}
 
 
+def unfold_members(inputs, num_members):
+    """Folded `(B, h, w, M * C)` -> member-major rows `(M * B, h, w, C)`."""
+    dims = tf.shape(inputs)
+    height = inputs.shape[1] if inputs.shape[1] is not None else dims[1]
+    width = inputs.shape[2] if inputs.shape[2] is not None else dims[2]
+    channels = inputs.shape[-1] // num_members
+    split = tf.reshape(inputs, [-1, height, width, num_members, channels])
+    return tf.reshape(
+        tf.transpose(split, (3, 0, 1, 2, 4)), [-1, height, width, channels]
+    )
+
+
 def _fast_weight_initializer(value):
     if isinstance(value, str) and value.lower() in ("random_sign", "randomsign"):
         return RandomSign()
@@ -536,18 +548,39 @@ class BatchEnsembleConv2D(_BatchEnsembleLayer):
 
     def _grouped_call(self, inputs):
         """The members as one grouped convolution: member-major rows folded
-        into channels `(B, h, w, M * in)`, the member kernels side by side
-        `(kh, kw, in, M * out)`, then unfolded."""
-        members = self.num_members
+        into channels `(B, h, w, M * in)`, convolved, then unfolded."""
         by_member, (height, width, channels) = self._rows(inputs)
         folded = tf.transpose(by_member, (1, 2, 3, 0, 4))
-        folded = tf.reshape(folded, [-1, height, width, members * channels])
+        folded = tf.reshape(folded, [-1, height, width, self.num_members * channels])
+        outputs = self.folded_call(folded)
+        unfolded = unfold_members(outputs, self.num_members)
+        if self._activation_is_elementwise():
+            return unfolded
+        return self.activation(unfolded)
+
+    def folded_call(self, inputs):
+        """The members on folded inputs, as a packed `ku.Ensemble` runs them.
+
+        `(B, h, w, M * in)` (member m's channels at `[m * in, (m + 1) *
+        in)`) -> `(B, h', w', M * filters)` by one grouped convolution with
+        the members' kernels side by side; a shared `(B, h, w, in)` input
+        (every member's rows the same) by one ordinary convolution. The
+        activation is applied when it works entry by entry (else the caller
+        applies it to the unfolded outputs).
+
+        Args:
+            inputs: Folded `(B, h, w, M * in)` or shared `(B, h, w, in)`.
+
+        Returns:
+            Folded `(B, h', w', M * filters)` outputs.
+        """
+        channels = self.kernel.shape[-2]
         kernels = tf.reshape(
             self._member_kernels(inputs.dtype),
-            (*self.kernel_size, channels, members * self.filters),
+            (*self.kernel_size, channels, self.num_members * self.filters),
         )
         outputs = tf.nn.convolution(
-            folded,
+            inputs,
             kernels,
             strides=self.strides,
             padding=self.padding.upper(),
@@ -557,17 +590,9 @@ class BatchEnsembleConv2D(_BatchEnsembleLayer):
             outputs = tf.nn.bias_add(
                 outputs, tf.reshape(ops.cast(self.bias, outputs.dtype), [-1])
             )
-        elementwise = self._activation_is_elementwise()
-        if elementwise:
+        if self._activation_is_elementwise():
             outputs = self.activation(outputs)
-        dims = tf.shape(outputs)
-        out_h = outputs.shape[1] if outputs.shape[1] is not None else dims[1]
-        out_w = outputs.shape[2] if outputs.shape[2] is not None else dims[2]
-        split = tf.reshape(outputs, [-1, out_h, out_w, members, self.filters])
-        unfolded = tf.reshape(
-            tf.transpose(split, (3, 0, 1, 2, 4)), [-1, out_h, out_w, self.filters]
-        )
-        return unfolded if elementwise else self.activation(unfolded)
+        return outputs
 
     def compute_output_shape(self, input_shape):
         spatial = []
