@@ -46,7 +46,15 @@ def _scales(layer):
 # -- (1) the sampled output distribution -------------------------------------
 
 
-@pytest.mark.parametrize("layer_class", [L.DenseReparameterization, L.DenseFlipout])
+@pytest.mark.parametrize(
+    "layer_class",
+    [
+        L.DenseReparameterization,
+        L.DenseFlipout,
+        lambda units, **kw: L.DenseFlipout(units, sampling_signs="narrow", **kw),
+    ],
+    ids=["reparameterization", "flipout", "flipout_narrow_signs"],
+)
 def test_dense_sample_variance_matches_the_analytic_predictive(layer_class):
     # One input, T samples through ku.sample: each sample uses its own
     # weight draw, so the T outputs are i.i.d. N(x m + b_m, x^2 s^2 + b_s^2)
@@ -350,6 +358,7 @@ def test_export_serves_the_seeded_prediction(regressor, tmp_path):
     [
         (L.DenseReparameterization(3, seed=1), (4,)),
         (L.DenseFlipout(3, variational_bias=False, seed=1), (4,)),
+        (L.DenseFlipout(3, sampling_signs="narrow", seed=1), (4,)),
         (L.Conv1DFlipout(2, 3, padding="same", seed=1), (5, 2)),
         (L.Conv2DFlipout(2, 2, prior="scale_mixture", seed=1), (4, 4, 1)),
     ],
@@ -424,6 +433,8 @@ def test_bad_dense_arguments_name_the_argument(kwargs, name):
     for layer_class in (L.DenseFlipout, L.DenseReparameterization):
         with pytest.raises(ValueError, match=rf"`{name}`.*Expected.*Received: {name}="):
             layer_class(**kwargs)
+    with pytest.raises(ValueError, match="`sampling_signs`.*Received: sampling_signs="):
+        L.DenseFlipout(3, sampling_signs="input")
 
 
 @pytest.mark.parametrize(

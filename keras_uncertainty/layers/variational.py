@@ -35,6 +35,7 @@ import numbers
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from keras_uncertainty import _keras_compat
@@ -116,11 +117,49 @@ def _rho_of(scale):
     return float(np.log(np.expm1(scale)))
 
 
+# Row b of the table: the 8 signs (+1 / -1) of the bits of the byte b.
+_SIGNS_OF_BYTE = 1.0 - 2.0 * ((np.arange(256)[:, None] >> np.arange(8)) & 1)
+
+
 def _rademacher(layer, shape):
     """Random signs (+1 / -1) of `shape`, rows on axis 0, in the layer's
-    compute dtype: one of the 16 bits of `random_bits16` per entry."""
-    bits = ops.cast(layer.random_bits16(shape), "int32")
-    return ops.cast(1 - 2 * (bits % 2), layer.compute_dtype)
+    compute dtype.
+
+    A sign needs one bit: each 16-bit draw of `random_bits16` gives 16 signs
+    of a row (a 50-unit row hashes 2 words, not 25), each byte turned into
+    its 8 signs by one table lookup, which makes the signs of a Flipout
+    layer about as cheap as a dropout mask.
+    """
+    dims = list(shape)
+    units = 1
+    for dim in dims[1:]:
+        if not isinstance(dim, int):  # a dynamic axis: one draw per sign
+            bits = tf.cast(layer.random_bits16(dims), tf.int32)
+            return tf.cast(1 - 2 * tf.bitwise.bitwise_and(bits, 1), layer.compute_dtype)
+        units *= dim
+    num_bytes = -(-units // 8)
+    draws = tf.cast(layer.random_bits16([dims[0], -(-num_bytes // 2)]), tf.int32)
+    low = tf.bitwise.bitwise_and(draws, 255)
+    high = tf.bitwise.right_shift(draws, 8)
+    byte_values = tf.reshape(tf.stack([low, high], axis=-1), tf.stack([dims[0], -1]))
+    table = tf.constant(_SIGNS_OF_BYTE, layer.compute_dtype)
+    signs = tf.gather(table, byte_values[:, :num_bytes])  # (rows, bytes, 8)
+    signs = tf.reshape(signs, tf.stack([dims[0], num_bytes * 8]))
+    if num_bytes * 8 != units:
+        signs = signs[:, :units]
+    return tf.reshape(signs, tf.stack(dims))
+
+
+def _normal(layer, shape, **kwargs):
+    """`layer.random_normal(shape, **kwargs)` clipped to [-6, 6].
+
+    The engine's keyed draws are `ndtri((top + 0.5) * 2**-24)` of 24-bit
+    `top`, computed in float32, where `2**24 - 0.5` rounds to `2**24`: the
+    top value gives `ndtri(1.0) = +inf`, once in 2**24 draws (a sampling call
+    of a 100000-row, 50-unit layer draws 5M normals). The largest finite draw
+    is about 5.4, so the clip changes nothing else.
+    """
+    return ops.clip(layer.random_normal(shape, **kwargs), -6.0, 6.0)
 
 
 def _samples_in_call():
@@ -281,7 +320,7 @@ class _Variational(MCLayer):
         if noise is None:
             noise = [
                 ops.reshape(
-                    self.random_normal((1, int(np.prod(loc.shape))), dtype="float32"),
+                    _normal(self, (1, int(np.prod(loc.shape))), dtype="float32"),
                     loc.shape,
                 )
                 for loc, _ in params
@@ -315,7 +354,7 @@ class _Variational(MCLayer):
         total = sum(sizes)
         samples = _samples_in_call() if self.per_sample_noise else None
         rows = 1 if samples is None else samples
-        eps = self.random_normal((rows, total), per_sample=True)
+        eps = _normal(self, (rows, total), per_sample=True)
         pieces, start = [], 0
         for shape, size in zip(shapes, sizes):
             piece = eps[:, start : start + size]
@@ -451,7 +490,7 @@ class DenseReparameterization(_DenseBase):
         variance = ops.matmul(ops.square(x), ops.square(kernel_scale))
         if self.bias_rho is not None:
             variance = variance + ops.square(params[1][1])
-        noise = self.random_normal(ops.shape(mean))
+        noise = _normal(self, ops.shape(mean))
         out = mean + ops.sqrt(variance + _VARIANCE_FLOOR) * noise
         self._add_kl_loss()
         return self.activation(out)
@@ -482,6 +521,18 @@ class DenseFlipout(_DenseBase):
 
     Args:
         units: Positive integer, the output dimension.
+        sampling_signs: `"both"` (default): in sampling calls too, each row
+            gets signs on its inputs and on its outputs (Flipout).
+            `"narrow"`: in sampling calls only, signs on the narrower side
+            of the kernel (the inputs when `input_dim <= units`, else the
+            outputs). Each input's T samples are still T independent
+            posterior draws and each row's marginal is exact, so every
+            per-input statistic (`ku.predict_*`) has the same distribution;
+            only the inputs of one sample are decorrelated less (with a side
+            of width 1, two inputs' perturbations in one sample are equal or
+            opposite). It skips the wide sign tensor: about 2.5x faster
+            sampling of an 8-50-2 MLP (`benchmarks/variational.py`).
+            Training is unchanged (both sides).
     {common}
 
     Call arguments:
@@ -496,12 +547,28 @@ class DenseFlipout(_DenseBase):
 
     per_sample_noise = True
 
+    def __init__(self, units, sampling_signs="both", **kwargs):
+        super().__init__(units, **kwargs)
+        self.sampling_signs = _check_choice(
+            sampling_signs, "sampling_signs", ("both", "narrow")
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "sampling_signs": self.sampling_signs}
+
     def call(self, inputs, training=None):
         x = ops.convert_to_tensor(inputs, self.compute_dtype)
         mean = self._mean(x)
         params = self._params(x.dtype)
         noise, samples = self._flipout_noise()
-        signed = x * _rademacher(self, ops.shape(x))
+        sign_inputs = sign_outputs = True
+        if samples is not None and self.sampling_signs == "narrow":
+            # In a sampling call each input's T samples already use T
+            # independent perturbations; signs on the narrower side suffice
+            # to decorrelate the inputs of one sample.
+            sign_inputs = int(self.kernel_loc.shape[0]) <= self.units
+            sign_outputs = not sign_inputs
+        signed = x * _rademacher(self, ops.shape(x)) if sign_inputs else x
         kernel_scale = params[0][1]
         if samples is None:
             perturbation = ops.matmul(signed, kernel_scale * noise[0])
@@ -514,7 +581,9 @@ class DenseFlipout(_DenseBase):
             if self.bias_rho is not None:
                 perturbation = perturbation + params[1][1] * noise[1][:, None, :]
             perturbation = ops.reshape(perturbation, ops.shape(mean))
-        out = mean + perturbation * _rademacher(self, ops.shape(mean))
+        if sign_outputs:
+            perturbation = perturbation * _rademacher(self, ops.shape(mean))
+        out = mean + perturbation
         self._add_kl_loss(noise)
         return self.activation(out)
 
