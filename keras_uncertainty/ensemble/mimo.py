@@ -435,7 +435,11 @@ def _fold(t):
 
 class MIMOSampledModel(SampledModel):
     """The `SampledModel` of a `MIMO`: M deterministic members, member-major
-    rows `(M * n, K)`, from one forward pass of the repeated input."""
+    rows `(M * n, K)`, from one forward pass of the repeated input.
+
+    Args:
+        mimo: The `MIMO` model sampled.
+    """
 
     stochastic = False
 
