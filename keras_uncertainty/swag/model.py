@@ -138,21 +138,21 @@ class SWAG(keras.Model):
     Calling the model (`swag(x)`, `swag.predict(x)`) gives the SWA
     prediction: the network at the mean weights.
 
-    BatchNormalization: the moving statistics that match a weight sample
-    are not those of training. When the model has BatchNormalization layers
-    and `bn_update_data` is given, each weight sample (and the SWA mean in
-    `call`) gets its statistics recomputed, as the paper's `bn_update` does:
-    the first `bn_batches` batches of `bn_batch_size` rows of
-    `bn_update_data` are run in training mode and the batch means and
-    variances are averaged per layer. This runs inside the same map over
-    the samples, so it costs `bn_batches` extra training-mode forward passes
-    of `bn_batch_size` rows per sample (with the defaults, 4 x 128 = 512 rows
-    per sample: for T = 100 samples of 1000 inputs about half again the
-    cost of the prediction itself); those rows are held in the compiled
-    graph (and in an export). Without `bn_update_data` the trained moving
-    statistics are used, with a warning. Dropout layers are active during
-    the recomputation, as in the paper's training-mode passes; BatchNormalization
-    with `renorm=True` is not supported.
+    BatchNormalization: the moving statistics that match a weight sample are not
+    those of training. When the model has BatchNormalization layers and
+    `bn_update_data` is given, each weight sample (and the SWA mean in `call`)
+    gets its statistics recomputed, as the paper's `bn_update` does: the first
+    `bn_batches` batches of `bn_batch_size` rows of `bn_update_data` are run in
+    training mode and the batch means and variances are averaged per layer. This
+    runs inside the same map over the samples, so it costs `bn_batches` extra
+    training-mode forward passes of `bn_batch_size` rows per sample (with the
+    defaults, 4 x 128 = 512 rows per sample: measured 2.4-2.7x the time of the
+    same prediction without BatchNormalization for the 8-50-2 MLP, T = 100
+    samples of 1000 inputs); those rows are held in the compiled graph (and in
+    an export). Without `bn_update_data` the trained moving statistics are used,
+    with a warning. Dropout layers are active during the recomputation, as in
+    the paper's training-mode passes; BatchNormalization with `renorm=True` is
+    not supported.
 
     The model may not hold layers that are stochastic at inference (MC
     dropout): their masks would not differ between the vectorized samples.
@@ -181,13 +181,14 @@ class SWAG(keras.Model):
             the samples. False: `tf.map_fn`, a compiled loop running up to
             10 samples in parallel. "auto" (default): True when a GPU is
             visible and the model has no convolution layer, else False.
-            Measured on a 2-core CPU (`benchmarks/swag.py` and the SWAG
-            section of the README): `tf.map_fn` is 1.8-2.7x faster for
-            dense networks on 1000 inputs (slower, 2x, on 100 inputs, where
-            both take milliseconds) and 2-4x faster for convolutions, which
-            `tf.vectorized_map` turns into a slow batched kernel; on a GPU,
-            not measured here, the batched kernels avoid T sequential
-            launches per layer.
+            Measured on a shared 2-core CPU (`benchmarks/swag.py`): on the
+            8-50-2 MLP with 1000 inputs and T=100, `tf.map_fn` was 1.1-2.7x
+            faster than `tf.vectorized_map` over several runs (both 0.4-0.6x
+            the time of MC dropout), on 100 inputs 1.4-2x slower (a few
+            milliseconds either way); on a small CNN 2.7-4x faster
+            (`tf.vectorized_map` turns a per-sample convolution kernel into
+            a slow batched one). On a GPU, not measured here, the batched
+            kernels avoid T sequential launches per layer.
         seed: Optional integer seed of the generator used when the draws
             run outside a sampling call (calling `draw_weights` directly).
         name: Optional name of the model.
