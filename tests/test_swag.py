@@ -234,6 +234,8 @@ def test_keras_file_and_state_round_trip(trained_regression, data, tmp_path):
     np.testing.assert_allclose(
         np.asarray(ku.sample(loaded, x, num_samples=5, seed=3)), expected, rtol=1e-6
     )
+    with pytest.raises(NotImplementedError, match=r"state\.save"):
+        swag.save(tmp_path / "swag.keras")
     restored = SWAGState.from_state(callback.state.get_state())
     np.testing.assert_array_equal(restored.deviations, callback.state.deviations)
     restored.collect(restored.mean)  # keeps collecting where it stopped

@@ -462,6 +462,18 @@ class SWAG(keras.Model):
         """How the engine samples this model (`SWAGSampledModel`)."""
         return SWAGSampledModel(self)
 
+    def get_config(self):
+        """Not serializable as one file: save the parts (see the class
+        docstring). Raises NotImplementedError saying so."""
+        raise NotImplementedError(
+            "A ku.swag.SWAG model is saved as its parts: "
+            "`swag.base_model.save('net.keras')` and "
+            "`swag.state.save('swag.npz')`; rebuild it with "
+            "`ku.swag.SWAG(keras.models.load_model('net.keras'), "
+            "ku.swag.SWAGState.load('swag.npz'), ...)` and the same "
+            "arguments (scale, rank, bn_update_data)."
+        )
+
 
 def _merge_sample_axis(value):
     """`(T, n, ...)` -> `(T * n, ...)`: sample-major rows."""
