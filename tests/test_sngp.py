@@ -397,3 +397,59 @@ def test_gaussian_process_needs_2d_inputs_and_models_need_one():
             verbose=0,
             callbacks=[ku.callbacks.SNGPCovarianceReset()],
         )
+
+
+# -- regression head ----------------------------------------------------------
+
+
+def test_regression_head_matches_bayesian_linear_regression(tmp_path):
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-2, 2, size=(64, 2)).astype("float32")
+    y = (np.sin(x[:, :1]) + 0.1 * rng.normal(size=(64, 1))).astype("float32")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((2,))
+    gp = GP(1, num_inducing=48, task="regression", seed=5)
+    model = ku.layers.SNGPModel(inputs, gp(inputs))
+    model.compile(keras.optimizers.SGD(0.0), ku.losses.gaussian_nll)
+    gp.log_noise_variance.assign([np.log(0.25)])
+    model.fit(
+        x,
+        y,
+        epochs=2,
+        batch_size=16,
+        shuffle=False,
+        verbose=0,
+        callbacks=[ku.callbacks.SNGPCovarianceReset()],
+    )
+    phi = _numpy_features(gp, x)
+    precision = np.eye(48) + phi.T @ phi / 0.25
+    np.testing.assert_allclose(
+        gp.precision_matrix.numpy(), precision, rtol=1e-4, atol=1e-4
+    )
+    covariance = np.linalg.inv(precision.astype(np.float64))
+    x_test = np.concatenate([x[:5], x[:5] + 6.0])
+    phi_t = _numpy_features(gp, x_test)
+    variance = np.einsum("nd,de,ne->n", phi_t, covariance, phi_t)
+    mean = phi_t @ gp.beta.numpy()
+    out = model.predict(x_test, verbose=0)
+    np.testing.assert_allclose(out[:, :1], mean, atol=1e-5)
+    np.testing.assert_allclose(np.exp(out[:, 1]), 0.25 + variance, rtol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pred = ku.predict_regression(model, x_test)
+        chunked = ku.predict_regression(model, x_test, max_rows_per_call=1)
+    np.testing.assert_allclose(pred.mean, mean, atol=1e-5)
+    np.testing.assert_allclose(pred.aleatoric_std, 0.5, rtol=1e-5)
+    np.testing.assert_allclose(pred.epistemic_std[:, 0], np.sqrt(variance), rtol=1e-3)
+    np.testing.assert_allclose(chunked.epistemic_std, pred.epistemic_std, rtol=1e-6)
+    np.testing.assert_allclose(pred.std[:, 0], np.sqrt(0.25 + variance), rtol=1e-3)
+    assert pred.epistemic_std[5:].min() > pred.epistemic_std[:5].max()
+    assert ku.sample(model, x_test, num_samples=10).shape == (2, 10, 2)
+    path = ku.export(model, str(tmp_path / "reg"), task="regression")
+    served = tf.saved_model.load(path)
+    out = served.serve(tf.constant(x_test))
+    np.testing.assert_allclose(
+        out["epistemic_std"].numpy(), pred.epistemic_std, rtol=1e-4
+    )
+    with pytest.raises(ValueError, match="argument `task`"):
+        GP(2, task="ranking")

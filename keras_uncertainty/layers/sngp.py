@@ -31,11 +31,12 @@ from keras_uncertainty._validation import (
     check_positive_int,
     check_seed,
 )
-from keras_uncertainty.sampling import SampledModel, graph
+from keras_uncertainty.sampling import SampledModel, graph, keys
 
 _PACKAGE = "keras_uncertainty"
 _ACTIVATIONS = ("softmax", "sigmoid", None)
 _LIKELIHOODS = ("logistic", "gaussian")
+_TASKS = ("classification", "regression")
 
 
 def _l2_normalize(x):
@@ -216,6 +217,17 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
     sigmoid) by default, raw logits with `activation=None`. Training calls
     return the un-adjusted (MAP) logits' activation.
 
+    With `task="regression"` the layer is a GP regression head (Bayesian
+    linear regression on the random features): `units` means `phi beta`
+    and a trainable homoscedastic noise `log sigma^2` per unit; the
+    precision is `ridge * I + sum_i phi_i phi_i^T / sigma^2` (the exact
+    Gaussian posterior of `beta`, `sigma^2` averaged over the units when
+    there are several; `gp_cov_likelihood` does not apply), and the output
+    is `(batch, 2 * units)`: the means, then the log-variances
+    `log sigma^2` while training (train it with `ku.losses.gaussian_nll`)
+    and `log(sigma^2 + phi^T Sigma phi)` at inference, the GP's total
+    predictive variance. `activation` and `mean_field_factor` do not apply.
+
     Args:
         units: Positive integer, the number of classes (1 for a binary
             sigmoid output).
@@ -237,6 +249,7 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
         activation: `"softmax"`, `"sigmoid"` or None (logits). With None
             the logistic weights use the sigmoid for `units == 1`, else the
             softmax.
+        task: `"classification"` or `"regression"` (see above).
         kernel_regularizer: Optional regularizer of `beta` (an L2 penalty is
             the GP prior in the paper).
         seed: Optional non-negative integer for `W` and `b`.
@@ -267,9 +280,11 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
         activation="softmax",
         kernel_regularizer=None,
         seed=None,
+        task="classification",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.task = _check_choice(task, "task", _TASKS)
         self.units = check_positive_int(units, "units")
         self.num_inducing = check_positive_int(num_inducing, "num_inducing")
         self.gp_kernel_scale = check_positive_finite(gp_kernel_scale, "gp_kernel_scale")
@@ -308,7 +323,11 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
             scale_random_features, "scale_random_features"
         )
         self.activation = _check_choice(activation, "activation", _ACTIVATIONS)
-        if self.activation == "softmax" and self.units < 2:
+        if (
+            self.task == "classification"
+            and self.activation == "softmax"
+            and self.units < 2
+        ):
             raise ValueError(
                 "Invalid value received for argument `units`. Expected at "
                 "least 2 classes with activation='softmax' (use "
@@ -360,6 +379,13 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
             regularizer=self.kernel_regularizer,
             trainable=True,
         )
+        if self.task == "regression":
+            self.log_noise_variance = self.add_weight(
+                name="log_noise_variance",
+                shape=(self.units,),
+                initializer="zeros",
+                trainable=True,
+            )
         ridge_identity = keras.initializers.Identity(gain=self.gp_cov_ridge_penalty)
         self.precision_matrix = self.add_weight(
             name="precision_matrix",
@@ -397,6 +423,9 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
         return features
 
     def _laplace_weights(self, logits):
+        if self.task == "regression":
+            inverse_noise = ops.exp(-ops.cast(self.log_noise_variance, "float32"))
+            return ops.ones_like(logits[:, 0]) * ops.mean(inverse_noise)
         if self.gp_cov_likelihood == "gaussian":
             return ops.ones_like(logits[:, 0])
         use_sigmoid = self.activation == "sigmoid" or (
@@ -482,8 +511,35 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
             return ops.sigmoid(logits)
         return logits
 
+    def regression_moments(self, inputs):
+        """`(mean, log_noise_variance, epistemic_variance)` of a regression
+        head at inference: `(batch, units)`, `(units,)` and `(batch,)`."""
+        if self.task != "regression":
+            raise ValueError(
+                "Invalid value received for argument `task`. Expected a layer "
+                "with task='regression' for regression_moments. Received: "
+                f"task={self.task!r}"
+            )
+        features = self.random_features(inputs)
+        mean = ops.matmul(features, ops.cast(self.beta, features.dtype))
+        log_noise = ops.cast(self.log_noise_variance, mean.dtype)
+        return mean, log_noise, self.variance_of_features(features)
+
+    def _regression_call(self, features, training):
+        mean = ops.matmul(features, ops.cast(self.beta, features.dtype))
+        log_noise = ops.cast(self.log_noise_variance, mean.dtype)
+        log_var = ops.zeros_like(mean) + log_noise
+        if training:
+            self._update_precision(features, mean)
+        else:
+            variance = ops.cast(self.variance_of_features(features), mean.dtype)
+            log_var = ops.log(ops.exp(log_var) + variance[:, None])
+        return ops.concatenate([mean, log_var], axis=-1)
+
     def call(self, inputs, training=False):
         features = self.random_features(inputs)
+        if self.task == "regression":
+            return self._regression_call(features, training)
         logits = ops.matmul(features, ops.cast(self.beta, features.dtype))
         if training:
             self._update_precision(features, logits)
@@ -495,7 +551,8 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
         return self._activate(logits)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.units)
+        width = 2 * self.units if self.task == "regression" else self.units
+        return (input_shape[0], width)
 
     def get_config(self):
         config = super().get_config()
@@ -517,6 +574,7 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
                 if self.kernel_regularizer is not None
                 else None,
                 "seed": self.seed,
+                "task": self.task,
             }
         )
         return config
@@ -536,6 +594,13 @@ class SNGPSampledModel(SampledModel):
     pass whose output is already the mean-field predictive, so one sample
     whatever `num_samples` asks.
 
+    A model whose output is a regression GP head gives two samples instead,
+    the sigma points `(mean -/+ sqrt(var), log sigma^2)`, computed from one
+    pass of the network: their mixture has exactly the GP's mean, its
+    epistemic variance `var = phi^T Sigma phi` (the spread of the two means)
+    and its noise `sigma^2` (the aleatoric part), so `ku.predict_regression`
+    splits the predictive variance as the GP does.
+
     Args:
         model: The `SNGPModel`.
     """
@@ -547,15 +612,35 @@ class SNGPSampledModel(SampledModel):
     def __init__(self, model):
         super().__init__(model)
         self.floats_per_row = graph.floats_per_row(model)
+        self.regression_head = None
+        layers = gaussian_process_layers(model)
+        if len(layers) == 1 and layers[0].task == "regression":
+            head = layers[0]
+            outputs = getattr(model, "outputs", None) or []
+            if len(outputs) == 1 and outputs[0] is head.output:
+                self.regression_head = head
+                self.feature_model = keras.Model(model.inputs, head.input)
 
     def samples_per_member(self, num_samples):
-        return 1
+        return 1 if self.regression_head is None else 2
 
     def stochastic_layers(self):
         return []
 
     def forward(self, inputs, num_samples):
-        return self.model(inputs, training=False)
+        if self.regression_head is None:
+            return self.model(inputs, training=False)
+        features = self.feature_model(inputs, training=False)
+        mean, log_noise, variance = self.regression_head.regression_moments(features)
+        # Sigma point s (global index, whatever the chunking) goes -, +, -, ...
+        first = keys.current().sample_offset
+        index = ops.arange(num_samples, dtype="int32") + ops.cast(first, "int32")
+        sign = ops.cast(2 * (index % 2) - 1, mean.dtype)  # (t,)
+        spread = ops.sqrt(ops.cast(variance, mean.dtype))  # (n,)
+        means = mean[None] + sign[:, None, None] * spread[None, :, None]
+        means = ops.reshape(means, (-1, self.regression_head.units))
+        log_var = ops.zeros_like(means) + log_noise
+        return ops.concatenate([means, log_var], axis=-1)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -574,6 +659,13 @@ class SNGPModel(keras.Model):
     the `entropy` is the uncertainty (it grows far from the training
     data) and `mutual_information` is 0. `ku.sample` returns `(1, N, C)`,
     and `ku.export` serves the same one-pass summary.
+
+    With a regression head (`RandomFeatureGaussianProcess(...,
+    task="regression")` as the model's output, compiled with
+    `ku.losses.gaussian_nll`), `ku.predict_regression(model, x)` gives the
+    GP's mean, `aleatoric_std = sigma` and `epistemic_std = sqrt(phi^T
+    Sigma phi)` from one pass (two sigma points, see `SNGPSampledModel`;
+    `ku.sample` returns those two points).
 
     Args:
         inputs: The model's inputs.
