@@ -784,7 +784,9 @@ class Conv2DFlipout(_ConvFlipout):
 
 
 for _cls in (Conv1DFlipout, Conv2DFlipout):
-    _cls.__doc__ = _cls.__doc__.replace("    {conv}", _CONV_DOC.strip("\n"))
+    _cls.__doc__ = _cls.__doc__.replace(
+        "    {conv}", "\n" + _CONV_DOC.strip("\n") + "\n"
+    )
 
 
 VARIATIONAL_LAYERS = (
