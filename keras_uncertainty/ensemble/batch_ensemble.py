@@ -56,11 +56,7 @@ def _folds(layer):
     """Whether `layer` runs on folded members `(B, h, w, M * C)`: a
     BatchEnsembleConv2D that forms its member kernels, with an entry-wise
     activation."""
-    return (
-        isinstance(layer, BatchEnsembleConv2D)
-        and layer._uses_member_kernels()
-        and layer._activation_is_elementwise()
-    )
+    return isinstance(layer, BatchEnsembleConv2D) and layer.folds()
 
 
 def _pools_folded(layer):
@@ -180,8 +176,10 @@ class BatchEnsemble(keras.Model):
     T samples each with MC layers inside) computed in one tiled pass.
 
     Cost. Parameters: one network plus `in + 2 * out` per member and layer
-    (about 1.08x one LeNet-5 for 4 members). Compute: M times the rows of one
-    network, as a packed `ku.Ensemble` (see `benchmarks/batch_ensemble.py`).
+    (1.07x one LeNet-5 for 4 members). Compute: M times the rows of one
+    network, as a packed `ku.Ensemble`; a Sequential CNN runs its
+    convolutions on folded members, as the packed ensemble does (see
+    `member_rows`). Measured in `benchmarks/batch_ensemble.py`.
 
     Args:
         network: A `keras.Model` (Functional or Sequential, built) of

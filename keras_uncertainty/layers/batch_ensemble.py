@@ -20,9 +20,13 @@ the batch, and reads its outputs as an M-member mixture.
 
 Cost. A member adds `in + out` fast weights and `out` biases to the shared
 `in * out` (Dense) or `k * k * in * out` (Conv2D) kernel: an M-member LeNet-5
-holds 1.08x the parameters of one. Compute stays that of M networks (M times
+holds 1.07x the parameters of one. Compute stays that of M networks (M times
 the rows), as for a packed `ku.Ensemble`: the saving is parameters and
-memory.
+memory. A call forms the M member kernels `W * outer(r_m, s_m)` (transient;
+up to `MEMBER_KERNEL_LIMIT` entries) and runs the members as one batched
+matmul or grouped convolution, the packed ensemble's kernels; a larger layer
+scales its rows around the one shared matmul or convolution instead, the
+paper's form, without an M-fold kernel.
 """
 
 import keras
@@ -557,6 +561,16 @@ class BatchEnsembleConv2D(_BatchEnsembleLayer):
         if self._activation_is_elementwise():
             return unfolded
         return self.activation(unfolded)
+
+    def folds(self):
+        """Whether `folded_call` computes the whole layer: the member kernels
+        are formed (at most `MEMBER_KERNEL_LIMIT` entries) and the activation
+        works entry by entry.
+
+        Returns:
+            bool.
+        """
+        return self._uses_member_kernels() and self._activation_is_elementwise()
 
     def folded_call(self, inputs):
         """The members on folded inputs, as a packed `ku.Ensemble` runs them.
