@@ -125,6 +125,8 @@ class MIMO(keras.Model):
     each head against its own targets, averaged over the heads and rows
     (the paper sums the heads' losses: a factor M, which Adam ignores);
     metrics during training compare every head with its own targets.
+    `x` is a single tensor; `fit` under a `tf.distribute` strategy is not
+    supported (the step does not rescale the loss across replicas).
 
     At test time (`call`, `evaluate`, `predict`, `ku.predict_*`) the input
     is repeated M times: `call` returns `(N, M, K)`, the M heads' outputs;
