@@ -336,3 +336,23 @@ def test_a_fit_that_collects_nothing_warns(data):
         model.fit(x, y, epochs=2, verbose=0, callbacks=[callback])
     with pytest.raises(ValueError, match="0 snapshots"):
         SWAG(model, callback)
+
+
+def test_several_inputs_and_outputs():
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    hidden = keras.layers.Dense(4, activation="relu")(
+        keras.layers.Concatenate()([a, b])
+    )
+    model = keras.Model(
+        {"a": a, "b": b},
+        {"y": keras.layers.Dense(1)(hidden), "z": keras.layers.Dense(2)(hidden)},
+    )
+    state, _ = _state_for(model, count=4, max_rank=3)
+    rng = np.random.default_rng(6)
+    x = {"a": rng.normal(size=(5, 3)), "b": rng.normal(size=(5, 2))}
+    x = {k: v.astype("float32") for k, v in x.items()}
+    samples = ku.sample(SWAG(model, state), x, num_samples=4, seed=0)
+    assert {k: np.asarray(v).shape for k, v in samples.items()} == {
+        "y": (4, 5, 1),
+        "z": (4, 5, 2),
+    }
