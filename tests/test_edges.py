@@ -335,3 +335,18 @@ def test_temperature_scaling_on_all_right_confident_predictions_warns():
     with pytest.warns(UserWarning, match="every prediction right"):
         scaler = TemperatureScaling().fit(prediction, labels)
     assert scaler.temperature_ < 1
+
+
+def test_hashed_uniform_draws_stay_inside_the_open_unit_interval():
+    import tensorflow as tf
+
+    from keras_uncertainty.sampling import keys
+
+    # The extreme hash words: the top cell would round to 1.0 in float32,
+    # and ndtri(1.0) is +inf.
+    words = tf.constant([0, 255, 2**32 - 256, 2**32 - 1], tf.uint32)
+    uniform = keys.unit_interval(words).numpy()
+    assert uniform.dtype == np.float32
+    assert np.all((uniform > 0) & (uniform < 1)), uniform
+    normal = tf.math.ndtri(uniform).numpy()
+    assert np.all(np.isfinite(normal)) and normal.max() < 5.4 and normal.min() > -5.5

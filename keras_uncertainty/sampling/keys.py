@@ -263,9 +263,21 @@ def random_uniform(
         )
     units = _unit_count(dims, row_axis)
     words = _words(call_key, dims, row_axis, units, per_sample=per_sample)
-    top = tf.cast(tf.bitwise.right_shift(words, _u32(8)), tf.float32)
-    uniform = (top + 0.5) * (2.0**-24)
+    uniform = unit_interval(words)
     return tf.cast(tf.reshape(uniform, tf.stack(dims)), dtype)
+
+
+# The largest float32 below 1: `(2**24 - 1 + 0.5) * 2**-24` rounds to 1.0 in
+# float32, which `ndtri` maps to +inf (once in 2**24 draws).
+_BELOW_ONE = 1.0 - 2.0**-24
+
+
+def unit_interval(words):
+    """uint32 hash words -> float32 in (0, 1): the top 24 bits, centred in
+    their cell, `(top + 0.5) * 2**-24`; the top cell is capped at the
+    largest float32 below 1 (where float32 would round it to 1)."""
+    top = tf.cast(tf.bitwise.right_shift(words, _u32(8)), tf.float32)
+    return tf.minimum((top + 0.5) * (2.0**-24), _BELOW_ONE)
 
 
 def random_normal(shape, seed_generator, row_axis=0, per_sample=False, dtype="float32"):
