@@ -1,5 +1,8 @@
 """`Laplace`: a Gaussian posterior around a trained network's weights."""
 
+import threading
+import weakref
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -52,6 +55,20 @@ def _as_array(x, name):
             "values. Received: NaN or infinite values"
         )
     return array
+
+
+# Compiled functions of a model (features, GLM steps, Jacobians), kept while
+# the model lives, so that refitting or a second `Laplace` does not retrace.
+_COMPILED = weakref.WeakKeyDictionary()
+_COMPILED_LOCK = threading.RLock()  # a build may compile another part
+
+
+def _compiled(model, key, build):
+    with _COMPILED_LOCK:
+        per_model = _COMPILED.setdefault(model, {})
+        if key not in per_model:
+            per_model[key] = build()
+        return per_model[key]
 
 
 def _rows(x):
@@ -338,8 +355,7 @@ class Laplace(PostHocMethod):
         return y.reshape(n, k).astype(np.float64)
 
     def _jacobian_function(self, k):
-        view, last = self._structure()
-        features = keras.Model(view.inputs, last.input)
+        features, last, _ = self._feature_model()
         variables = list(self.model.trainable_variables)
 
         @tf.function(reduce_retracing=True)
@@ -364,7 +380,9 @@ class Laplace(PostHocMethod):
     def _jacobians(self, x, k):
         """Per-example Jacobians `(N, k, P)` of the mean outputs in every
         trainable weight, and the weights `(P,)`."""
-        function, variables = self._jacobian_function(k)
+        function, variables = _compiled(
+            self.model, ("jacobians", k), lambda: self._jacobian_function(k)
+        )
         n = _rows(x)
         out = []
         for lo in range(0, n, self.batch_size):
@@ -467,36 +485,44 @@ class Laplace(PostHocMethod):
     # Predictives ----------------------------------------------------------------
 
     def _feature_model(self):
-        """The network up to the last Dense layer's inputs (built once)."""
-        try:
-            cached = self._features_of
-        except AttributeError:
-            cached = None
-        if cached is None or cached[0] is not self.model:
+        """The network up to the last Dense layer's inputs, that layer, and
+        a compiled function of the flattened features (built once per
+        model)."""
+
+        def build():
             view, last = self._structure()
             features = keras.Model(view.inputs, last.input)
-            cached = self._features_of = (self.model, features, last)
-        return cached[1], cached[2]
+
+            @tf.function(reduce_retracing=True)
+            def flat_features(inputs):
+                phi = features(inputs, training=False)
+                return tf.reshape(phi, (tf.shape(phi)[0], -1))
+
+            return features, last, flat_features
+
+        return _compiled(self.model, "features", build)
+
+    def _batches(self, x):
+        """`x` in slices of `batch_size` rows, as tensors."""
+        size = self.batch_size
+        for lo in range(0, _rows(x), size):
+            yield keras.tree.map_structure(
+                lambda a, lo=lo: tf.convert_to_tensor(a[lo : lo + size]), x
+            )
 
     def _features(self, x):
-        model, last = self._feature_model()
-        n = _rows(x)
-        phi = model.predict(x, batch_size=self.batch_size, verbose=0)
-        return num.augment(np.asarray(phi, np.float64).reshape(n, -1), last.use_bias)
+        _, last, flat_features = self._feature_model()
+        phi = [np.asarray(flat_features(chunk)) for chunk in self._batches(x)]
+        phi = np.concatenate(phi, axis=0).astype(np.float64)
+        return num.augment(phi, last.use_bias)
 
     def _step(self):
-        """The compiled GLM step of the last-layer posterior (built once)."""
-        features, last = self._feature_model()
+        """The compiled GLM step of the last-layer posterior (built once per
+        model and posterior structure)."""
+        features, _, _ = self._feature_model()
         stats = self.fit_statistics_
-        key = (features, self.hessian, stats["use_bias"], stats["k"])
-        try:
-            cached = self._step_of
-        except AttributeError:
-            cached = None
-        if cached is None or cached[0] != key:
-            step = _glm.last_layer_step(features, *key[1:])
-            cached = self._step_of = (key, step)
-        return cached[1]
+        key = (self.hessian, stats["use_bias"], stats["k"])
+        return _compiled(self.model, key, lambda: _glm.last_layer_step(features, *key))
 
     def _graph_factors(self, scale):
         """The posterior's factors as the compiled step reads them."""
@@ -544,6 +570,7 @@ class Laplace(PostHocMethod):
             step = self._step()
             weights = tf.constant(stats["weights"], tf.float64)
             factors = self._graph_factors(scale)
+            chunks = self._batches(x)
         else:
             phi = self._features(x)
             z = phi @ stats["weights"]
@@ -554,10 +581,7 @@ class Laplace(PostHocMethod):
         for b, lo in enumerate(range(0, n, size)):
             key = tf.constant([pair[0], pair[1] + b], tf.int64)
             if self.subset == "last_layer":
-                chunk = keras.tree.map_structure(
-                    lambda a, lo=lo: tf.convert_to_tensor(a[lo : lo + size]), x
-                )
-                out = step(chunk, weights, factors, draws, key)
+                out = step(next(chunks), weights, factors, draws, key)
             else:
                 rows = slice(lo, lo + size)
                 sums = _glm.mc_step(
@@ -577,7 +601,8 @@ class Laplace(PostHocMethod):
                 logits) or "mc" (every field from the draws). Regression is
                 in closed form whatever it says.
             num_samples: Draws of the GLM logits (classification).
-            seed: Optional seed of those draws.
+            seed: Optional non-negative seed of those draws (the same seed
+                and `batch_size` give the same draws); None: fresh draws.
 
         Returns:
             A `ku.RegressionPrediction` or `ku.ClassificationPrediction`.
