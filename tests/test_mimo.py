@@ -43,6 +43,40 @@ def test_shapes_and_channel_concatenation():
         np.testing.assert_allclose(got[..., 2 * m : 2 * m + 2], member_x[:, m], 1e-6)
 
 
+@pytest.mark.parametrize("kind", ["conv", "dense", "normalized", "off"])
+def test_folded_stem_equals_the_repeated_input(kind):
+    keras.utils.set_random_seed(4)
+
+    def normalized(shape):
+        inputs = keras.Input(shape)
+        h = keras.layers.Rescaling(0.5)(inputs)
+        return keras.Model(inputs, keras.layers.Dense(8, activation="relu")(h))
+
+    def deep_dense(shape):
+        inputs = keras.Input(shape)
+        h = keras.layers.Dense(8, activation="tanh")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(8, activation="relu")(h))
+
+    def strided(shape):
+        inputs = keras.Input(shape)
+        h = keras.layers.Conv2D(4, 3, strides=2, padding="same", use_bias=True)(inputs)
+        h = keras.layers.Activation("relu")(h)
+        return keras.Model(inputs, keras.layers.Flatten()(h))
+
+    build, shape = {
+        "conv": (strided, (7, 7, 2)),
+        "dense": (deep_dense, (5,)),
+        "normalized": (normalized, (5,)),
+        "off": (deep_dense, (5,)),
+    }[kind]
+    mimo = ku.MIMO(build, shape, num_outputs=3, num_members=3, fold_stem=kind != "off")
+    assert (mimo.folded.value is not None) == (kind in ("conv", "dense"))
+    x = np.random.default_rng(4).normal(size=(6, *shape)).astype("float32")
+    np.testing.assert_allclose(
+        mimo.predict_heads(x).numpy(), mimo(x).numpy(), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_test_time_repeats_the_input_and_predictions_are_the_mixture():
     keras.utils.set_random_seed(0)
     mimo = ku.MIMO(
@@ -145,6 +179,7 @@ def test_training_reduces_loss_and_round_trips(tmp_path):
     loaded = keras.models.load_model(path)
     assert isinstance(loaded, ku.MIMO) and loaded.num_members == 3
     assert loaded.repetition_probability == 0.2
+    assert loaded.fold_stem and loaded.folded.value is not None
     again = ku.predict_classification(loaded, x, verbose=0)
     np.testing.assert_allclose(again.probs, pred.probs, rtol=1e-6)
     loaded.fit(x[:50], labels[:50], epochs=1, verbose=0)  # still trains
@@ -176,6 +211,8 @@ def test_bad_inputs_raise():
         ku.MIMO("backbone", (2,), 3)
     with pytest.raises(ValueError, match="seed"):
         ku.MIMO(_backbone, (2,), 3, seed=1.5)
+    with pytest.raises(ValueError, match="fold_stem"):
+        ku.MIMO(_backbone, (2,), 3, fold_stem="yes")
 
     def image_features(shape):
         inputs = keras.Input(shape)

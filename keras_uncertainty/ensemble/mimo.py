@@ -110,6 +110,106 @@ def build_mimo_network(
     return keras.Model(inputs, heads, name="mimo_network")
 
 
+_FOLDABLE = (
+    keras.layers.Dense,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+)
+
+
+class _FoldedStem:
+    """The test-time shortcut of a MIMO network (held untracked: its layers
+    are the network's own).
+
+    With the same input in all M slots, the backbone's first layer, a Dense
+    or convolution over the concatenated channels with kernel
+    `[W_1; ...; W_M]`, equals that layer on one input with kernel
+    `W_1 + ... + W_M` (linearity): the stem runs on C channels instead of
+    M * C. `tail` is the rest of the backbone."""
+
+    def __init__(self, stem, tail, heads, split, activation, num_members):
+        self.stem = stem
+        self.tail = tail
+        self.heads = heads
+        self.split = split
+        self.activation = activation
+        self.num_members = num_members
+
+    @classmethod
+    def of(cls, network, num_members):
+        """The shortcut of `network`, or None when its stem does not fold."""
+        names = [layer.name for layer in network.layers]
+        if not {"concatenate_members", "mimo_heads", "split_heads"} <= set(names):
+            return None
+        backbones = [
+            layer for layer in network.layers if isinstance(layer, keras.Model)
+        ]
+        if len(backbones) != 1 or len(backbones[0].inputs) != 1:
+            return None
+        backbone = backbones[0]
+        source = backbone.inputs[0]
+        readers = [
+            layer
+            for layer in backbone.layers
+            if not isinstance(layer, keras.layers.InputLayer)
+            and any(t is source for t in tree.flatten(layer.input))
+        ]
+        if len(readers) != 1 or type(readers[0]) not in _FOLDABLE:
+            return None
+        stem = readers[0]
+        if getattr(stem, "groups", 1) != 1 or getattr(stem, "lora_enabled", False):
+            return None
+        if getattr(stem, "data_format", "channels_last") != "channels_last":
+            return None
+        if stem.output is backbone.outputs[0]:  # the stem is the backbone
+
+            def tail(h, training=None):
+                return h
+
+        else:
+            tail = keras.Model(stem.output, backbone.outputs[0], name="mimo_tail")
+        activation = (
+            network.get_layer("head_activation") if "head_activation" in names else None
+        )
+        return cls(
+            stem,
+            tail,
+            network.get_layer("mimo_heads"),
+            network.get_layer("split_heads"),
+            activation,
+            num_members,
+        )
+
+    def __call__(self, inputs):
+        stem = self.stem
+        kernel = ops.convert_to_tensor(stem.kernel)
+        *window, channels, units = kernel.shape
+        per_member = channels // self.num_members
+        kernel = ops.sum(
+            ops.reshape(kernel, (*window, self.num_members, per_member, units)),
+            axis=-3,
+        )
+        inputs = ops.cast(inputs, kernel.dtype)
+        if isinstance(stem, keras.layers.Dense):
+            h = ops.matmul(inputs, kernel)
+        else:
+            h = ops.conv(
+                inputs,
+                kernel,
+                strides=stem.strides,
+                padding=stem.padding,
+                data_format="channels_last",
+                dilation_rate=stem.dilation_rate,
+            )
+        if stem.use_bias:
+            h = h + stem.bias
+        if stem.activation is not None:
+            h = stem.activation(h)
+        outputs = self.split(self.heads(self.tail(h, training=False)))
+        return outputs if self.activation is None else self.activation(outputs)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MIMO(keras.Model):
     """A MIMO network: an ensemble of M subnetworks in one forward pass.
@@ -156,6 +256,15 @@ class MIMO(keras.Model):
         batch_repetitions: Positive integer, how many times the batch is
             repeated before shuffling (the paper's batch repetition; 1).
         seed: Optional integer seed of the shuffles.
+        fold_stem: Whether prediction (`predict`, `ku.predict_*`,
+            `ku.sample`, `ku.export`) runs the backbone's first layer once on
+            the input, with the M members' slices of its kernel summed,
+            instead of on the M copies concatenated: exact (the layer is
+            linear in its input before the activation), and it removes the
+            M-fold cost of the stem. Applies when the backbone's input feeds
+            a single `Dense` or `Conv1D/2D/3D` (channels last, one group);
+            otherwise, and with False, the repeated input goes through the
+            network as `call` does.
         network: A built MIMO network (`build_mimo_network`) used instead of
             `build_fn` (for `from_config`).
         **kwargs: Base `keras.Model` arguments (`name`, ...).
@@ -188,6 +297,7 @@ class MIMO(keras.Model):
         repetition_probability=0.0,
         batch_repetitions=1,
         seed=None,
+        fold_stem=True,
         network=None,
         **kwargs,
     ):
@@ -220,6 +330,15 @@ class MIMO(keras.Model):
         self.example_shape = tuple(network.inputs[0].shape[2:])
         self.output_activation = output_activation
         self.seed_generator = keras.random.SeedGenerator(seed)
+        if not isinstance(fold_stem, bool):
+            raise ValueError(
+                "Invalid value received for argument `fold_stem`. Expected True "
+                f"or False. Received: fold_stem={fold_stem!r}"
+            )
+        self.fold_stem = fold_stem
+        self.folded = _Untracked(
+            _FoldedStem.of(network, self.num_members) if fold_stem else None
+        )
         self.built = True
 
     # Forward ---------------------------------------------------------------
@@ -243,6 +362,20 @@ class MIMO(keras.Model):
 
     def call(self, inputs, training=None):
         return self.member_outputs(self.repeat_inputs(inputs), training=training)
+
+    def predict_heads(self, inputs):
+        """The heads' outputs at test time, `(N, M, K)`: `call` in inference
+        mode, through the folded stem when `fold_stem` applies.
+
+        Args:
+            inputs: `(N, *input_shape)`.
+
+        Returns:
+            `(N, M, K)`.
+        """
+        if self.folded.value is not None:
+            return self.folded.value(inputs)
+        return self(inputs, training=False)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], *self.network.outputs[0].shape[1:])
@@ -405,7 +538,7 @@ class MIMO(keras.Model):
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self.mixture(self(x, training=False))
+        return self.mixture(self.predict_heads(x))
 
     # Serialization ---------------------------------------------------------
 
@@ -418,6 +551,7 @@ class MIMO(keras.Model):
             "repetition_probability": self.repetition_probability,
             "batch_repetitions": self.batch_repetitions,
             "seed": self.seed,
+            "fold_stem": self.fold_stem,
         }
 
     @classmethod
@@ -427,6 +561,13 @@ class MIMO(keras.Model):
             config["network"], custom_objects=custom_objects
         )
         return cls(**config)
+
+
+class _Untracked:
+    """Holds a value out of Keras's attribute tracking."""
+
+    def __init__(self, value):
+        self.value = value
 
 
 def _fold(t):
@@ -454,6 +595,6 @@ class MIMOSampledModel(SampledModel):
 
     def forward(self, inputs, num_samples):
         x = tree.flatten(inputs)[0]
-        outputs = self.model(x, training=False)  # (n, M, K)
+        outputs = self.model.predict_heads(x)  # (n, M, K)
         outputs = ops.moveaxis(outputs, 1, 0)  # (M, n, K)
         return ops.reshape(outputs, (-1, *outputs.shape[2:]))
