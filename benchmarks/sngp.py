@@ -15,6 +15,8 @@ classes), as `ku.layers.SNGPModel`. Cases:
 - mlp: 32 inputs, Dense 128, Dense 128, D = 1024: a backbone far cheaper than
   the GP head (the head's `phi Sigma phi^T` is D^2 = 1M multiply-adds per
   row, the backbone 20K), to show where the ratio goes when it dominates.
+- mlp_d128: the same MLP with D = 128 random features (64x fewer
+  multiply-adds in the head's variance).
 
 Columns: predict, `ku.predict_classification(model, x)` (one pass for both:
 the deterministic model gives one sample too); forward, one compiled
@@ -77,12 +79,12 @@ def build(kind, head, num_inducing=1024):
     return model
 
 
-def run_case(kind, n_predict, n_train, repeats, rng):
+def run_case(kind, n_predict, n_train, repeats, rng, num_inducing=1024):
     shape = (28, 28, 1) if kind == "cnn" else (32,)
     x = rng.normal(size=(n_predict, *shape)).astype("float32")
     x_train = rng.normal(size=(n_train, *shape)).astype("float32")
     y_train = rng.integers(0, 10, n_train)
-    models = {h: build(kind, h) for h in ("det", "sngp", "sngp_nocov")}
+    models = {h: build(kind, h, num_inducing) for h in ("det", "sngp", "sngp_nocov")}
     for model in models.values():
         model.fit(x_train, y_train, epochs=1, batch_size=128, verbose=0)
     gp = models["sngp"].gaussian_process_layers()[0]
@@ -97,7 +99,7 @@ def run_case(kind, n_predict, n_train, repeats, rng):
             x_train, y_train, epochs=1, batch_size=128, verbose=0
         )
 
-    epoch = timed_rounds(max(3, repeats // 3), **{h: fit_once(h) for h in models})
+    epoch = timed_rounds(repeats, **{h: fit_once(h) for h in models})
     inverse = timed_rounds(repeats, inverse=lambda: gp.update_covariance().numpy())
     models["sngp"].update_covariance()
     predict = timed_rounds(
@@ -109,8 +111,8 @@ def run_case(kind, n_predict, n_train, repeats, rng):
         repeats, **{h: (lambda f=f: f(xt).numpy()) for h, f in forwards.items()}
     )
     return {
-        "case": kind,
-        "num_inducing": 1024,
+        "case": kind if num_inducing == 1024 else f"{kind}_d{num_inducing}",
+        "num_inducing": num_inducing,
         "N_predict": n_predict,
         "N_train": n_train,
         "predict_det_s": predict["det"],
@@ -132,8 +134,13 @@ def run(repeats):
     rng = np.random.default_rng(0)
     rows = []
     warnings.simplefilter("ignore")  # the deterministic model's one-sample note
-    for kind, n_predict, n_train in (("cnn", 2000, 2048), ("mlp", 20000, 16384)):
-        row = run_case(kind, n_predict, n_train, repeats, rng)
+    cases = (
+        ("cnn", 2000, 2048, 1024),
+        ("mlp", 20000, 16384, 1024),
+        ("mlp", 20000, 16384, 128),
+    )
+    for kind, n_predict, n_train, num_inducing in cases:
+        row = run_case(kind, n_predict, n_train, repeats, rng, num_inducing)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
