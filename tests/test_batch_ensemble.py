@@ -254,6 +254,10 @@ def test_bad_inputs():
     layer = ku.layers.BatchEnsembleDense(3, M)
     with pytest.raises(ValueError, match="batch of 6 rows, not a multiple of 4"):
         layer(np.ones((6, 2), "float32"))
+    # An unknown batch size (a compiled function) is checked when it runs.
+    compiled = tf.function(layer, input_signature=[tf.TensorSpec((None, 2))])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not a multiple of"):
+        compiled(np.ones((6, 2), "float32"))
     with pytest.raises(ValueError, match="num_members"):
         ku.BatchEnsemble(_dense_net, num_members=0)
     with pytest.raises(ValueError, match="Expected a positive integer when"):
