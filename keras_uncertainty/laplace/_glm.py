@@ -50,7 +50,7 @@ def last_layer_step(features, structure, use_bias, k):
     sum_entropy)`, with `rest` the output columns the posterior does not
     cover (a variance head's log-variances)."""
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def step(inputs, weights, factors, num_samples, seed):
         phi = features(inputs, training=False)
         phi = tf.cast(tf.reshape(phi, (tf.shape(phi)[0], -1)), tf.float64)
@@ -65,7 +65,7 @@ def last_layer_step(features, structure, use_bias, k):
     return step
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def mc_step(f_mean, f_var, num_samples, seed):
     """`mc_sums` compiled, for moments computed elsewhere (all-layer)."""
     return mc_sums(f_mean, f_var, num_samples, seed)

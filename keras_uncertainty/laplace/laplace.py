@@ -358,7 +358,7 @@ class Laplace(PostHocMethod):
         features, last, _ = self._feature_model()
         variables = list(self.model.trainable_variables)
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def jacobians(inputs):
             with tf.GradientTape() as tape:
                 phi = features(inputs, training=False)
@@ -493,7 +493,7 @@ class Laplace(PostHocMethod):
             view, last = self._structure()
             features = keras.Model(view.inputs, last.input)
 
-            @tf.function(reduce_retracing=True)
+            @tf.function(reduce_retracing=True, autograph=False)
             def flat_features(inputs):
                 phi = features(inputs, training=False)
                 return tf.reshape(phi, (tf.shape(phi)[0], -1))

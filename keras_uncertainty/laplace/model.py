@@ -93,6 +93,7 @@ class LastLayerPosterior(keras.layers.Layer):
         width = k if self.likelihood == "classification" else 2 * k
         return (input_shape[0], width)
 
+    @tf.autograph.experimental.do_not_convert  # no tensor-dependent control flow
     def weight_noise(self, num_samples):
         """`(t, d1, k)` draws of the last layer's weights minus the MAP."""
         d1 = self.weights_map.shape[0]
@@ -109,6 +110,7 @@ class LastLayerPosterior(keras.layers.Layer):
         (scale,) = self.factors
         return eps * tf.reshape(scale, (1, d1, k))
 
+    @tf.autograph.experimental.do_not_convert
     def sample(self, phi, num_samples):
         """`t * n` rows (sample-major) of outputs for `n` rows of features,
         each sample with its own weight draw."""
@@ -138,6 +140,7 @@ class LaplaceSampledModel(SampledModel):
     def stochastic_layers(self):
         return [self.model.posterior]
 
+    @tf.autograph.experimental.do_not_convert
     def forward(self, inputs, num_samples):
         phi = self.feature_model(inputs, training=False)
         return self.model.posterior.sample(phi, num_samples)
