@@ -165,6 +165,15 @@ def test_regression_trains_predicts_and_round_trips(tmp_path):
     summary = reducer.summary(state, 1)
     np.testing.assert_allclose(summary["std"].numpy(), pred.std, rtol=1e-5)
 
+    # The generic predictives would read the 4 NIG columns as means: they
+    # refuse the model and name the evidential one (so does ku.export).
+    for refused in (
+        lambda: ku.predict_regression(model, x),
+        lambda: ku.export(model, str(tmp_path / "served"), "regression"),
+    ):
+        with pytest.raises(ValueError, match="ku.evidential.predict_regression"):
+            refused()
+
     path = tmp_path / "nig.keras"
     model.save(path)
     loaded = keras.models.load_model(path)

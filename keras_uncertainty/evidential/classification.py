@@ -247,6 +247,9 @@ class EvidentialClassificationLoss(keras.losses.Loss):
     >>> model.fit(x, y, epochs=20, callbacks=[ku.evidential.KLAnnealing()])
     """
 
+    # What `ku.predict_*` and `ku.export` name when they refuse the model.
+    predictive = "ku.evidential.predict_classification"
+
     def __init__(
         self,
         annealing_epochs=10,

@@ -258,6 +258,8 @@ class EvidentialRegressionLoss(keras.losses.Loss):
     """
 
     variance_head = False
+    # What `ku.predict_*` and `ku.export` name when they refuse the model.
+    predictive = "ku.evidential.predict_regression"
 
     def __init__(
         self,

@@ -256,6 +256,7 @@ def _one_task_reducer(
             "Invalid value received for argument `task`. Expected one of "
             f"{TASKS}. Received: task={task!r}"
         )
+    _check_generic_output(model, output)
     check_bool(from_logits, "from_logits")
     check_bool(votes, "votes")
     if task == "regression":
@@ -409,6 +410,16 @@ def has_variance_head(model, output=None):
     loss = getattr(model, "loss", None)
     if loss is None:
         return None
+    return bool(getattr(_output_loss(model, output), "variance_head", False))
+
+
+def _output_loss(model, output=None):
+    """The compiled loss object of `model` (of `output` for a model compiled
+    with a dict or list of losses), a registered name resolved; None when
+    there is none or it cannot be resolved."""
+    loss = getattr(model, "loss", None)
+    if loss is None:
+        return None
     if isinstance(loss, (dict, list, tuple)):
         names = output_names(model) or ()
         if isinstance(loss, dict):
@@ -422,16 +433,35 @@ def has_variance_head(model, output=None):
         else:
             loss = None
         if loss is None:
-            return False
+            return None
     if isinstance(loss, str):
         resolved = keras.saving.get_registered_object(loss)
         if resolved is None:
             try:
                 resolved = keras.losses.get(loss)
             except ValueError:
-                return False
+                return None
         loss = resolved
-    return bool(getattr(loss, "variance_head", False))
+    return loss
+
+
+def _check_generic_output(model, output):
+    """Refuses a model whose compiled loss says its output is not a sample
+    of means or probabilities (an evidential head's distribution
+    parameters): the generic reducers would read them as such, silently
+    wrong. The loss names the function that predicts from it in its
+    `predictive` attribute."""
+    if not isinstance(model, keras.Model):
+        return
+    predictive = getattr(_output_loss(model, output), "predictive", None)
+    if predictive:
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected a model "
+            "whose output is a sample of means (and log-variances) or "
+            f"probabilities. Received: model '{model.name}', compiled with a "
+            "loss whose output holds distribution parameters; predict it "
+            f"with `{predictive}(model, x)`."
+        )
 
 
 def resolve_variance_head(model, variance_head, output=None):
