@@ -13,6 +13,12 @@ from keras_uncertainty.metrics.classification import (
     max_calibration_error,
     reliability_bins,
 )
+from keras_uncertainty.metrics.conformal import (
+    empirical_coverage,
+    mean_interval_width,
+    mean_set_size,
+    set_coverage,
+)
 from keras_uncertainty.metrics.ood import (
     OODReport,
     aupr_in,
@@ -20,12 +26,6 @@ from keras_uncertainty.metrics.ood import (
     average_precision,
     fpr_at_tpr,
     ood_report,
-)
-from keras_uncertainty.metrics.conformal import (
-    empirical_coverage,
-    mean_interval_width,
-    mean_set_size,
-    set_coverage,
 )
 from keras_uncertainty.metrics.regression import (
     crps_gaussian,
