@@ -47,8 +47,10 @@ class DirichletHead(keras.layers.Layer):
         units: Integer K >= 2, the number of classes.
         evidence: `"softplus"` (default), `"relu"` or `"exp"` (of logits
             clipped to [-10, 10]): the map from logits to evidence >= 0.
-        kernel_initializer, bias_initializer, kernel_regularizer,
-            bias_regularizer: As for `keras.layers.Dense`.
+        kernel_initializer: As for `keras.layers.Dense`.
+        bias_initializer: As for `keras.layers.Dense`.
+        kernel_regularizer: As for `keras.layers.Dense`.
+        bias_regularizer: As for `keras.layers.Dense`.
         **kwargs: Base layer arguments.
 
     Call arguments:

@@ -67,8 +67,10 @@ class NormalInverseGammaHead(keras.layers.Layer):
     Args:
         units: Positive integer k, the number of targets.
         epsilon: Float > 0 added to `nu`, `alpha - 1` and `beta`.
-        kernel_initializer, bias_initializer, kernel_regularizer,
-            bias_regularizer: As for `keras.layers.Dense`.
+        kernel_initializer: As for `keras.layers.Dense`.
+        bias_initializer: As for `keras.layers.Dense`.
+        kernel_regularizer: As for `keras.layers.Dense`.
+        bias_regularizer: As for `keras.layers.Dense`.
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
