@@ -450,6 +450,7 @@ def _units(folder):
     return written["status"], {r["method"]: r["file"] for r in written["results"]}
 
 
+@pytest.mark.slow  # trains LeNet-5s (64 images, one epoch)
 def test_mnist_writes_each_method_as_it_finishes_and_resume_matches_a_full_run(
     tmp_path, tiny_mnist, capsys
 ):
@@ -471,6 +472,7 @@ def test_mnist_writes_each_method_as_it_finishes_and_resume_matches_a_full_run(
     assert _units(resumed) == ("complete", units)
 
 
+@pytest.mark.slow  # trains LeNet-5s (64 images, one epoch)
 def test_mnist_interrupted_keeps_the_finished_methods_for_resume(
     tmp_path, tiny_mnist, monkeypatch, capsys
 ):
@@ -495,6 +497,7 @@ def test_mnist_interrupted_keeps_the_finished_methods_for_resume(
     assert _leftovers(tmp_path, ("results.json", units["mc-dropout"])) == []
 
 
+@pytest.mark.slow  # trains LeNet-5s (64 images, one epoch)
 def test_mnist_resume_refuses_a_changed_unit_file_and_other_settings(
     tmp_path, tiny_mnist, capsys
 ):
@@ -515,13 +518,18 @@ def test_mnist_resume_refuses_a_changed_unit_file_and_other_settings(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     # After the notice that the test-only protocol runs: the error, one line.
-    assert err.strip().splitlines()[-1].endswith(
-        "has changed since it was written (its SHA-256 differs from "
-        "results.json's); run without --resume to start over"
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith(
+            "has changed since it was written (its SHA-256 differs from "
+            "results.json's); run without --resume to start over"
+        )
     )
     assert "Traceback" not in err
 
 
+@pytest.mark.slow  # trains LeNet-5s (64 images, one epoch)
 def test_mnist_rerun_without_resume_replaces_its_own_unit_files_only(
     tmp_path, tiny_mnist
 ):
@@ -536,6 +544,7 @@ def test_mnist_rerun_without_resume_replaces_its_own_unit_files_only(
     assert names == {*second.values(), "notes.npz"}
 
 
+@pytest.mark.slow  # trains LeNet-5s (64 images, one epoch)
 def test_mnist_unit_files_failing_to_write_keep_the_report_and_exit_4(
     tmp_path, tiny_mnist, monkeypatch, capsys
 ):
@@ -560,6 +569,7 @@ def test_mnist_unit_files_failing_to_write_keep_the_report_and_exit_4(
     assert (output / "results.json").read_bytes() == before
 
 
+@pytest.mark.slow  # trains LeNet-5s (64 images, one epoch)
 def test_mnist_figures_failing_to_write_keep_the_report_and_exit_4(
     tmp_path, tiny_mnist, monkeypatch, capsys
 ):

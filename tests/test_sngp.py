@@ -13,6 +13,10 @@ import tensorflow as tf
 
 import keras_uncertainty as ku
 
+# The method issue these tests belong to is still open: they run in the full
+# suite, not in the fast tier on the oldest TensorFlow / Keras.
+pytestmark = pytest.mark.slow
+
 SN = ku.layers.SNGPSpectralNormalization
 GP = ku.layers.RandomFeatureGaussianProcess
 
