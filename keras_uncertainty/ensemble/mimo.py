@@ -9,6 +9,7 @@ repeated M times and the M heads' outputs are the members of an ensemble,
 computed in a single forward pass.
 """
 
+import inspect
 import math
 import numbers
 
@@ -210,6 +211,14 @@ class _FoldedStem:
         return outputs if self.activation is None else self.activation(outputs)
 
 
+def _training_argument(training):
+    """`{"training": training}` where `keras.Model.compute_loss` takes it
+    (Keras >= 3.4), else `{}` (Keras 3.3's has no such argument)."""
+    if "training" in inspect.signature(keras.Model.compute_loss).parameters:
+        return {"training": training}
+    return {}
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MIMO(keras.Model):
     """A MIMO network: an ensemble of M subnetworks in one forward pass.
@@ -345,7 +354,8 @@ class MIMO(keras.Model):
 
     def repeat_inputs(self, inputs):
         """`(N, *input_shape)` -> `(N, M, *input_shape)`, the input repeated."""
-        inputs = ops.convert_to_tensor(inputs)
+        if not isinstance(inputs, keras.KerasTensor):  # Keras 3.3 refuses those
+            inputs = ops.convert_to_tensor(inputs)
         return ops.repeat(ops.expand_dims(inputs, 1), self.num_members, axis=1)
 
     def member_outputs(self, member_inputs, training=None):
@@ -457,8 +467,8 @@ class MIMO(keras.Model):
             y_pred = self.member_outputs(member_x, training=True)
             loss = self.compute_loss_of_members(member_x, folded_y, y_pred, folded_w)
             scaled = loss
-            if self.optimizer is not None:
-                scaled = self.optimizer.scale_loss(loss)
+            if self.optimizer is not None and hasattr(self.optimizer, "scale_loss"):
+                scaled = self.optimizer.scale_loss(loss)  # Keras >= 3.4
         weights = self.trainable_weights
         gradients = tape.gradient(scaled, weights)
         self.optimizer.apply_gradients(zip(gradients, weights))
@@ -477,7 +487,7 @@ class MIMO(keras.Model):
             y=folded_y,
             y_pred=_fold(y_pred),
             sample_weight=folded_w,
-            training=True,
+            **_training_argument(True),
         )
 
     def compute_loss(
@@ -492,7 +502,7 @@ class MIMO(keras.Model):
             y=y_rep,
             y_pred=_fold(y_pred),
             sample_weight=w_rep,
-            training=training,
+            **_training_argument(training),
             **kwargs,
         )
 

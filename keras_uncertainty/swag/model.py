@@ -520,7 +520,10 @@ class SWAGSampledModel(SampledModel):
         if swag.vectorize:
             outputs = tf.vectorized_map(one_sample, weights)
         else:
-            output = getattr(swag.base_model, "output", None) if view else None
+            try:  # Keras 3.3: a Sequential built without a call has none
+                output = swag.base_model.output if view else None
+            except (AttributeError, ValueError):
+                output = None
             signature = (
                 tree.map_structure(lambda t: tf.as_dtype(t.dtype), output)
                 if output is not None
