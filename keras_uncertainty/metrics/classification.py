@@ -8,7 +8,7 @@ import numpy as np
 
 from keras_uncertainty._validation import check_positive_int as positive_int
 from keras_uncertainty.metrics._checks import (
-    as_array,
+    binary_inputs,
     classification_inputs,
 )
 
@@ -155,25 +155,7 @@ def auroc(is_positive, scores):
     Returns:
         float in [0, 1]; 0.5 is chance.
     """
-    is_positive = as_array(is_positive, "is_positive", dtype=None)
-    scores = as_array(scores, "scores")
-    if is_positive.shape != scores.shape or is_positive.ndim != 1:
-        raise ValueError(
-            "Expected `is_positive` and `scores` to be 1-D of the same length. "
-            f"Received: shapes {is_positive.shape} and {scores.shape}"
-        )
-    if is_positive.dtype != bool:
-        binary = np.issubdtype(is_positive.dtype, np.number) and np.all(
-            (is_positive == 0) | (is_positive == 1)
-        )
-        if not binary:
-            shown = np.unique(is_positive)[:5].tolist()
-            raise ValueError(
-                "Invalid value received for argument `is_positive`. Expected "
-                "booleans, or numbers that are all 0 or 1. Received: values "
-                f"{shown} (dtype {is_positive.dtype})"
-            )
-    positive = is_positive.astype(bool)
+    positive, scores = binary_inputs(is_positive, scores)
     num_pos, num_neg = int(positive.sum()), int((~positive).sum())
     if num_pos == 0 or num_neg == 0:
         raise ValueError(

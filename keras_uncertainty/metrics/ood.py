@@ -21,7 +21,7 @@ import numbers
 
 import numpy as np
 
-from keras_uncertainty.metrics._checks import as_array
+from keras_uncertainty.metrics._checks import as_array, binary_inputs
 from keras_uncertainty.metrics.classification import auroc
 
 
@@ -56,25 +56,7 @@ def _in_out(in_scores, out_scores):
 
 
 def _binary(is_positive, scores):
-    is_positive = as_array(is_positive, "is_positive", dtype=None)
-    scores = as_array(scores, "scores")
-    if is_positive.shape != scores.shape or is_positive.ndim != 1:
-        raise ValueError(
-            "Expected `is_positive` and `scores` to be 1-D of the same length. "
-            f"Received: shapes {is_positive.shape} and {scores.shape}"
-        )
-    if is_positive.dtype != bool:
-        binary = np.issubdtype(is_positive.dtype, np.number) and np.all(
-            (is_positive == 0) | (is_positive == 1)
-        )
-        if not binary:
-            shown = np.unique(is_positive)[:5].tolist()
-            raise ValueError(
-                "Invalid value received for argument `is_positive`. Expected "
-                "booleans, or numbers that are all 0 or 1. Received: values "
-                f"{shown} (dtype {is_positive.dtype})"
-            )
-    positive = is_positive.astype(bool)
+    positive, scores = binary_inputs(is_positive, scores)
     if not positive.any():
         raise ValueError(
             "Invalid value received for argument `is_positive`. Expected at "
