@@ -238,15 +238,27 @@ def test_keras_file_and_state_round_trip(trained_regression, data, tmp_path):
     np.testing.assert_allclose(
         np.asarray(ku.sample(loaded, x, num_samples=5, seed=3)), expected, rtol=1e-6
     )
-    with pytest.raises(NotImplementedError, match=r"state\.save"):
-        swag.save(tmp_path / "swag.keras")
+    # One file: the network, the moments and the settings.
+    swag_rank2 = SWAG(model, callback, rank=2, scale=0.3)
+    expected = np.asarray(ku.sample(swag_rank2, x, num_samples=5, seed=3))
+    swag_rank2.save(tmp_path / "swag.keras")
+    single = keras.models.load_model(tmp_path / "swag.keras")
+    assert isinstance(single, SWAG) and (single.rank, single.scale) == (2, 0.3)
+    np.testing.assert_array_equal(
+        np.asarray(ku.sample(single, x, num_samples=5, seed=3)), expected
+    )
+    for field in ("mean", "sq_mean", "deviations"):  # float64, as collected
+        np.testing.assert_array_equal(
+            getattr(single.state, field), getattr(callback.state, field)
+        )
+    assert single.state.num_snapshots == callback.state.num_snapshots
     restored = SWAGState.from_state(callback.state.get_state())
     np.testing.assert_array_equal(restored.deviations, callback.state.deviations)
     restored.collect(restored.mean)  # keeps collecting where it stopped
     assert restored.num_snapshots == callback.state.num_snapshots + 1
 
 
-def test_batch_norm_statistics_are_recomputed_per_weight_vector(data):
+def test_batch_norm_statistics_are_recomputed_per_weight_vector(data, tmp_path):
     x, _ = data
     model = keras.Sequential(
         [keras.Input((2,)), keras.layers.Dense(3),
@@ -272,6 +284,21 @@ def test_batch_norm_statistics_are_recomputed_per_weight_vector(data):
     )
     samples = np.asarray(ku.sample(swag, x, num_samples=4, seed=0))
     assert samples.shape == (4, 32, 1) and np.all(np.isfinite(samples))
+    # The recomputation's rows are saved with the model.
+    swag.save(tmp_path / "bn.keras")
+    loaded = keras.models.load_model(tmp_path / "bn.keras")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x)), expected + out_bias, rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_array_equal(
+        np.asarray(ku.sample(loaded, x, num_samples=4, seed=0)), samples
+    )
+    # A structure of arrays is not saved: the message says how to save the parts.
+    branched_in = {"a": keras.Input((2,), name="a")}
+    branched = keras.Model(branched_in, model(branched_in["a"]))
+    structured = SWAG(branched, state, bn_update_data={"a": x})
+    with pytest.raises(ValueError, match=r"bn_update_data.*state\.save"):
+        structured.save(tmp_path / "structured.keras")
 
 
 def test_export_serves_what_predict_regression_gives(

@@ -113,7 +113,12 @@ class Laplace(PostHocMethod):
       regression, an approximation for classification; `"full"` the whole
       GGN; `"diag"` its diagonal.
     - `subset="all"` (small models): every trainable weight, from
-      per-example Jacobians (`hessian="full"` or `"diag"`).
+      per-example Jacobians. `"full"` and `"diag"` as above; `"kron"` is
+      all-layer KFAC: block-diagonal over layers, each Dense layer (on
+      `(N, d)` inputs) a Kronecker block `(A / N) (x) G` from its augmented
+      inputs `a~` and the Jacobians `g_n` in its pre-activations (`A = sum
+      a~ a~^T`, `G = sum g_n^T Lambda_n g_n`), every other weight its
+      exact GGN diagonal.
 
     Predictives: `predict` gives the linearized (GLM) predictive: the
     network's output `f_mu` with covariance `f_var = J Sigma J^T`. For
@@ -135,7 +140,7 @@ class Laplace(PostHocMethod):
         likelihood: "regression" (Gaussian) or "classification"
             (categorical).
         subset: "last_layer" or "all".
-        hessian: "kron", "full" or "diag" ("kron" for the last layer only).
+        hessian: "kron" (KFAC), "full" or "diag".
         prior_precision: `delta > 0`, the initial (or, without
             `fit_prior_precision`, fixed) prior precision.
         sigma_noise: `sigma > 0`, the initial (or fixed) observation noise
@@ -202,12 +207,6 @@ class Laplace(PostHocMethod):
         ):
             if getattr(self, name) not in allowed:
                 raise _invalid(name, f"one of {allowed}", getattr(self, name))
-        if self.hessian == "kron" and self.subset == "all":
-            raise _invalid(
-                "hessian",
-                "'full' or 'diag' with subset='all' (KFAC is for the last layer)",
-                self.hessian,
-            )
         check_positive_finite(self.prior_precision, "prior_precision")
         check_positive_finite(self.sigma_noise, "sigma_noise")
         check_bool(self.fit_prior_precision, "fit_prior_precision")
@@ -314,7 +313,11 @@ class Laplace(PostHocMethod):
             mean = weights[:, :k].ravel()
         else:
             jacobians, mean = self._jacobians(x, k)
-            eigen = num.jacobian_ggn(self.hessian, jacobians, lambdas)
+            if self.hessian == "kron":
+                segments = self._kfac_segments(x)
+                eigen = num.jacobian_kfac(jacobians, lambdas, segments)
+            else:
+                eigen = num.jacobian_ggn(self.hessian, jacobians, lambdas)
         self.posterior_mean_ = mean
         self.hessian_ = eigen.to_state()
         self.num_data_ = n
@@ -394,6 +397,49 @@ class Laplace(PostHocMethod):
             [np.ravel(keras.ops.convert_to_numpy(v)) for v in variables]
         ).astype(np.float64)
         return np.concatenate(out, axis=0), mean
+
+    def _kfac_segments(self, x):
+        """The parameter ranges of all-layer KFAC (`_numerics.jacobian_kfac`):
+        each Dense layer of the network whose kernel is followed by its bias
+        (or has none) in `model.trainable_variables` gets a Kronecker block
+        from its augmented inputs on `x`; every other weight a diagonal."""
+        view, _ = self._structure()
+        variables = list(self.model.trainable_variables)
+        starts = np.cumsum([0] + [int(np.prod(v.shape)) for v in variables])
+        index = {id(v): i for i, v in enumerate(variables)}
+        dense = {}
+        for layer in view.layers:
+            if not isinstance(layer, keras.layers.Dense) or len(layer.input.shape) != 2:
+                continue  # a Dense on sequences shares its weights over time
+            i = index.get(id(layer.kernel))
+            if i is None:
+                continue
+            if layer.use_bias and index.get(id(layer.bias)) != i + 1:
+                continue  # not laid out [kernel; bias]: diagonal
+            dense[i] = layer
+        if dense:
+            layers = [dense[i] for i in sorted(dense)]
+            probe = keras.Model(view.inputs, [layer.input for layer in layers])
+            outputs = [[] for _ in layers]
+            for chunk in self._batches(x):
+                values = probe(chunk, training=False)
+                values = values if isinstance(values, (list, tuple)) else [values]
+                for store, value in zip(outputs, values):
+                    store.append(np.asarray(value, np.float64))
+            inputs = {
+                i: num.augment(np.concatenate(store, axis=0), layer.use_bias)
+                for (i, layer), store in zip(sorted(dense.items()), outputs)
+            }
+        segments, i = [], 0
+        while i < len(variables):
+            if i in dense:
+                width = 2 if dense[i].use_bias else 1
+                segments.append((int(starts[i]), int(starts[i + width]), inputs[i]))
+                i += width
+            else:
+                segments.append((int(starts[i]), int(starts[i + 1]), None))
+                i += 1
+        return segments
 
     # Evidence -----------------------------------------------------------------
 

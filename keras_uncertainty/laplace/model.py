@@ -8,7 +8,10 @@ from keras import ops, tree
 from keras_uncertainty.losses.gaussian_nll import gaussian_nll
 from keras_uncertainty.sampling import SampledModel, graph, keys
 
+_PACKAGE = "keras_uncertainty"
 
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class LastLayerPosterior(keras.layers.Layer):
     """The Gaussian posterior of a Dense layer's weights (held as constants).
 
@@ -65,6 +68,31 @@ class LastLayerPosterior(keras.layers.Layer):
 
         self.weights_map = constant("weights_map", weights_map)
         self.factors = [constant(f"factor_{i}", f) for i, f in enumerate(factors)]
+
+    def get_config(self):
+        # The posterior's arrays are weights (saved with the model's
+        # weights); the config records their shapes so `from_config` builds
+        # placeholders of the right size for the saved values to fill.
+        config = super().get_config()
+        config.update(
+            {
+                "likelihood": self.likelihood,
+                "structure": self.structure,
+                "weights_shape": list(self.weights_map.shape),
+                "factor_shapes": [list(f.shape) for f in self.factors],
+                "num_means": self.num_means,
+                "use_bias": self.use_bias,
+                "log_noise_variance": self.log_noise_variance,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        weights_map = np.zeros(config.pop("weights_shape"), np.float32)
+        factors = [np.zeros(s, np.float32) for s in config.pop("factor_shapes")]
+        return cls(weights_map=weights_map, factors=factors, **config)
 
     def _augment(self, phi):
         if not self.use_bias:
@@ -146,6 +174,7 @@ class LaplaceSampledModel(SampledModel):
         return self.model.posterior.sample(phi, num_samples)
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class LaplaceModel(keras.Model):
     """A network with a last-layer Laplace posterior, for the sampling engine.
 
@@ -160,10 +189,15 @@ class LaplaceModel(keras.Model):
     per input), so the aleatoric part of a regression is `sigma_noise` (or
     the head's) and the epistemic part the spread of the sampled means.
 
+    Saved with `model.save("laplace.keras")` (the network and the
+    posterior's arrays in one file) and read back with
+    `keras.models.load_model`, it samples as before.
+
     Args:
-        inputs: The base network's inputs.
-        outputs: The `LastLayerPosterior`'s output on its features.
-        **kwargs: Passed to `keras.Model` (a `name`).
+        *args: `inputs, outputs` as a functional `keras.Model` takes them:
+            the base network's inputs and the `LastLayerPosterior`'s output
+            on its features.
+        **kwargs: The same by name, and `name`.
 
     Example:
 
@@ -171,8 +205,11 @@ class LaplaceModel(keras.Model):
     >>> ku.predict_classification(sampled, x_test, num_samples=100)
     """
 
-    def __init__(self, inputs, outputs, **kwargs):
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+    def __init__(self, *args, **kwargs):
+        # `(*args, **kwargs)`, a functional model's signature on every
+        # Keras 3 version, so Keras saves and loads a LaplaceModel as one:
+        # its `.keras` file holds the network and the posterior's arrays.
+        super().__init__(*args, **kwargs)
         self.posterior = self.layers[-1]
         if self.posterior.likelihood == "regression":
             self.compile(loss=gaussian_nll)

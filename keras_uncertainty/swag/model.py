@@ -113,6 +113,7 @@ def _has_convolution(model):
     )
 
 
+@keras.saving.register_keras_serializable(package="keras_uncertainty")
 class SWAG(keras.Model):
     """SWAG (Maddox et al. 2019): a Gaussian over a trained model's weights.
 
@@ -156,9 +157,15 @@ class SWAG(keras.Model):
 
     The model may not hold layers that are stochastic at inference (MC
     dropout): their masks would not differ between the vectorized samples.
-    Save a SWAG model as its parts: `model.save("net.keras")` and
-    `swag.state.save("swag.npz")`; rebuild with `ku.swag.SWAG(
-    keras.models.load_model("net.keras"), ku.swag.SWAGState.load("swag.npz"))`.
+
+    Saving: `swag.save("swag.keras")` writes one file, the network, the
+    SWAG moments (float64, as collected) and the settings, and
+    `keras.models.load_model("swag.keras")` gives back a SWAG that draws
+    the same samples for the same seed. The rows of `bn_update_data` that
+    the BatchNormalization recomputation uses are saved with it when they
+    are a single array (a structure of arrays is refused at `save`: save
+    the parts instead, `model.save("net.keras")` and
+    `swag.state.save("swag.npz")`).
 
     Args:
         model: The trained, built `keras.Model` whose weights were collected
@@ -255,8 +262,12 @@ class SWAG(keras.Model):
         bn_batch_size = check_positive_int(bn_batch_size, "bn_batch_size")
         super().__init__(name=name or f"swag_{model.name}")
         self.base_model = model
-        self.state = state
         self.scale = scale
+        self.seed = seed
+        self.bn_batches, self.bn_batch_size = bn_batches, bn_batch_size
+        self.vectorize_option = vectorize
+        self.max_rank = state.max_rank
+        self.num_snapshots = state.num_snapshots
         self.rank = rank
         self.var_shapes = shapes
         self.var_sizes = sizes
@@ -281,6 +292,23 @@ class SWAG(keras.Model):
         self.swag_mean.assign(state.mean.astype(dtype))
         self.swag_std.assign(std.astype(dtype))
         self.swag_deviations.assign(deviations.astype(dtype))
+        # The moments as collected (float64), so `state` and a `.keras`
+        # file keep them exactly.
+        self.state_mean = self.add_weight(
+            shape=(self.num_params,), initializer="zeros", trainable=False,
+            dtype="float64", name="state_mean",
+        )  # fmt: skip
+        self.state_sq_mean = self.add_weight(
+            shape=(self.num_params,), initializer="zeros", trainable=False,
+            dtype="float64", name="state_sq_mean",
+        )  # fmt: skip
+        self.state_deviations = self.add_weight(
+            shape=(state.rank, self.num_params), initializer="zeros",
+            trainable=False, dtype="float64", name="state_deviations",
+        )  # fmt: skip
+        self.state_mean.assign(state.mean)
+        self.state_sq_mean.assign(state.sq_mean)
+        self.state_deviations.assign(state.deviations)
         self.seed_generator = keras.random.SeedGenerator(seed)
         if isinstance(vectorize, str) and vectorize == "auto":
             vectorize = bool(tf.config.list_logical_devices("GPU")) and not (
@@ -295,7 +323,36 @@ class SWAG(keras.Model):
         self.bn_plan = self.batch_norm_plan(
             model, bn_update_data, bn_batches, bn_batch_size
         )
+        self.bn_rows = None  # the recomputation's rows, when saved with it
+        self.bn_structured = False
+        if self.bn_plan is not None:
+            if isinstance(bn_update_data, np.ndarray) or tf.is_tensor(bn_update_data):
+                rows = keras.ops.convert_to_numpy(bn_update_data)
+                rows = rows[: bn_batches * bn_batch_size]
+                self.bn_rows = self.add_weight(
+                    shape=rows.shape, initializer="zeros", trainable=False,
+                    dtype=rows.dtype.name, name="bn_update_rows",
+                )  # fmt: skip
+                self.bn_rows.assign(rows)
+            else:
+                self.bn_structured = True
         self.built = True
+
+    @property
+    def state(self):
+        """The SWAG moments this model samples from, as a
+        `ku.swag.SWAGState` (a copy: collecting into it does not change
+        the model)."""
+        return SWAGState.from_state(
+            {
+                "max_rank": self.max_rank,
+                "num_snapshots": self.num_snapshots,
+                "mean": keras.ops.convert_to_numpy(self.state_mean),
+                "sq_mean": keras.ops.convert_to_numpy(self.state_sq_mean),
+                "deviations": keras.ops.convert_to_numpy(self.state_deviations),
+                "shapes": [list(s) for s in self.var_shapes],
+            }
+        )
 
     @staticmethod
     def batch_norm_plan(model, data, batches, batch_size):
@@ -463,16 +520,77 @@ class SWAG(keras.Model):
         return SWAGSampledModel(self)
 
     def get_config(self):
-        """Not serializable as one file: save the parts (see the class
-        docstring). Raises NotImplementedError saying so."""
-        raise NotImplementedError(
-            "A ku.swag.SWAG model is saved as its parts: "
-            "`swag.base_model.save('net.keras')` and "
-            "`swag.state.save('swag.npz')`; rebuild it with "
-            "`ku.swag.SWAG(keras.models.load_model('net.keras'), "
-            "ku.swag.SWAGState.load('swag.npz'), ...)` and the same "
-            "arguments (scale, rank, bn_update_data)."
+        """The settings and the network's config; the moments are weights.
+
+        Raises:
+            ValueError: when BatchNormalization statistics are recomputed
+                from a structure of arrays (not saved: save the parts).
+        """
+        if self.bn_structured:
+            raise ValueError(
+                "Invalid value received for argument `bn_update_data`. "
+                "Expected a single array to save a ku.swag.SWAG as one "
+                "`.keras` file. Received: a structure of arrays; save the "
+                "parts instead: `swag.base_model.save('net.keras')` and "
+                "`swag.state.save('swag.npz')`, and rebuild with "
+                "`ku.swag.SWAG(keras.models.load_model('net.keras'), "
+                "ku.swag.SWAGState.load('swag.npz'), bn_update_data=...)`."
+            )
+        return {
+            "name": self.name,
+            "model": keras.saving.serialize_keras_object(self.base_model),
+            "scale": self.scale,
+            "rank": self.rank,
+            "bn_batches": self.bn_batches,
+            "bn_batch_size": self.bn_batch_size,
+            "vectorize": self.vectorize_option,
+            "seed": self.seed,
+            "max_rank": self.max_rank,
+            "num_snapshots": self.num_snapshots,
+            "stored_rank": int(self.state_deviations.shape[0]),
+            "bn_update_rows": None
+            if self.bn_rows is None
+            else {"shape": list(self.bn_rows.shape), "dtype": self.bn_rows.dtype},
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """A SWAG with placeholder moments, filled when its weights load."""
+        config = dict(config)
+        model = keras.saving.deserialize_keras_object(
+            config.pop("model"), custom_objects=custom_objects
         )
+        num_params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        stored_rank = config.pop("stored_rank")
+        # Placeholders of the saved shapes (a variance of 1, so nothing is
+        # clamped); `load_own_variables` puts the saved values in.
+        state = SWAGState.from_state(
+            {
+                "max_rank": config.pop("max_rank"),
+                "num_snapshots": config.pop("num_snapshots"),
+                "mean": np.zeros(num_params),
+                "sq_mean": np.ones(num_params),
+                "deviations": np.zeros((stored_rank, num_params)),
+            }
+        )
+        rows = config.pop("bn_update_rows")
+        if rows is not None:
+            config["bn_update_data"] = np.zeros(rows["shape"], rows["dtype"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # BatchNormalization without data
+            return cls(model, state, **config)
+
+    def load_own_variables(self, store):
+        """Loads the moments, then rebuilds the BatchNormalization plan from
+        the saved rows (the plan holds them as constants)."""
+        super().load_own_variables(store)
+        if self.bn_rows is not None:
+            self.bn_plan = self.batch_norm_plan(
+                self.base_model,
+                keras.ops.convert_to_numpy(self.bn_rows),
+                self.bn_batches,
+                self.bn_batch_size,
+            )
 
 
 def _merge_sample_axis(value):
