@@ -41,6 +41,7 @@ from keras import ops
 from keras_uncertainty import _keras_compat
 from keras_uncertainty._validation import check_bool, check_positive_int
 from keras_uncertainty.layers.mc_layer import MCLayer
+from keras_uncertainty.layers.packed import fold_members, unfold_members
 from keras_uncertainty.sampling import keys
 
 _PACKAGE = "keras_uncertainty"
@@ -679,19 +680,64 @@ class _ConvFlipout(_Variational):
             return ops.reshape(signs, (rows, *([1] * self.rank), channels))
         return ops.reshape(signs, (rows, channels, *([1] * self.rank)))
 
+    per_sample_noise = True
+
+    def _per_sample_conv(self, x, kernels, bias, samples):
+        """The perturbation of `samples` sample-major row blocks, block t
+        with its own kernel `kernels[t]` (and bias `bias[t]`): one grouped
+        convolution, the T blocks side by side on the channel axis."""
+        if self.data_format == "channels_first":
+            x = tf.transpose(x, (0, *range(2, self.rank + 2), 1))
+        dims = tf.unstack(tf.shape(x))
+        per_sample = tf.reshape(x, tf.stack([samples, -1, *dims[1:]]))
+        folded = fold_members(per_sample)  # (n, *spatial, T * C)
+        rank = self.rank
+        # (T, *size, C, F) -> (*size, C, T * F): group t's filters.
+        moved = tf.transpose(kernels, (*range(1, rank + 2), 0, rank + 2))
+        size = [int(d) for d in self.kernel_loc.shape[:-1]]
+        kernel = tf.reshape(moved, (*size, -1))
+        out = tf.nn.convolution(
+            folded,
+            kernel,
+            strides=self.strides,
+            padding=self.padding.upper(),
+            dilations=self.dilation_rate,
+        )
+        out = unfold_members(out, samples)  # (T, n, *spatial, F)
+        if bias is not None:
+            out = out + tf.reshape(bias, (samples, 1, *([1] * rank), -1))
+        dims = tf.unstack(tf.shape(out))
+        out = tf.reshape(out, tf.stack([-1, *dims[2:]]))
+        if self.data_format == "channels_first":
+            out = tf.transpose(out, (0, rank + 1, *range(1, rank + 1)))
+        return out
+
     def call(self, inputs, training=None):
         x = ops.convert_to_tensor(inputs, self.compute_dtype)
         params = self._params(x.dtype)
         mean = self._conv(x, ops.cast(self.kernel_loc, x.dtype))
         if self.use_bias:
             mean = mean + self._per_channel(ops.cast(self.bias_loc, x.dtype))
-        noise, _ = self._flipout_noise()
+        noise, samples = self._flipout_noise()
         rows = ops.shape(x)[0]
         channels = int(self.kernel_loc.shape[-2])
         signed = x * self._channel_signs(rows, channels)
-        perturbation = self._conv(signed, params[0][1] * noise[0])
+        bias_noise = None
         if self.bias_rho is not None:
-            perturbation = perturbation + self._per_channel(params[1][1] * noise[1])
+            bias_noise = params[1][1] * noise[1]
+        if isinstance(samples, numbers.Integral):
+            # A sampling call of T samples (a Python int: the engine traces
+            # one step per chunk size): each sample its own perturbation.
+            perturbation = self._per_sample_conv(
+                signed, params[0][1][None] * noise[0], bias_noise, samples
+            )
+        else:
+            if samples is not None:  # T as a tensor: one perturbation
+                noise = [n[0] for n in noise]
+                bias_noise = None if bias_noise is None else bias_noise[0]
+            perturbation = self._conv(signed, params[0][1] * noise[0])
+            if bias_noise is not None:
+                perturbation = perturbation + self._per_channel(bias_noise)
         out = mean + perturbation * self._channel_signs(rows, self.filters)
         self._add_kl_loss(noise)
         return self.activation(out)
@@ -715,15 +761,14 @@ _CONV_DOC = """
     `s_out` on the filters, the same at every position, since one weight
     draw serves every position of a row): row r uses the kernel
     `m + s * eps * s_in[r] s_out[r]^T`, whose marginal is exactly the
-    posterior. All rows of one call share `eps` and are decorrelated by
-    their signs; in a sampling call each row is a (sample, input) pair, so
-    the T samples of one input share `eps` too and differ through their
-    signs (Wen et al. 2018): each sample's marginal is exact, and sample
-    averages are unbiased, but samples of one input are not independent
-    (more samples, or several sampling calls, average `eps` out). `eps` is
-    keyed by the call's key and the chunk's first sample, so a seed gives
-    the same samples whatever `batch_size` as long as the T samples of an
-    input fit in one compiled call (the engine's default sizes).
+    posterior. In training the rows of a batch share `eps` and are
+    decorrelated by their signs (Wen et al. 2018). In a sampling call
+    (`ku.sample`, `ku.predict_*`, an export) each of the T samples draws its
+    own `eps` (keyed by the sample's global index, so a seed gives the same
+    samples whatever the chunking), and the T perturbations run as one
+    grouped convolution with the T samples side by side on the channel
+    axis: the T samples of one input are independent weight draws, at the
+    cost of T convolutions of the input, as MC dropout before the layer.
 """
 
 
