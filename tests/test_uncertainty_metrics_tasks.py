@@ -442,17 +442,24 @@ _MEMORY_SCRIPT = textwrap.dedent(
 )
 
 
-def _peak_growth_mib(mode):
+def _start_measuring(mode):
+    """Starts the script in its own process: ru_maxrss is per process, so
+    the two measurements can run at the same time without seeing each
+    other's memory (they share the cores, which only changes their time)."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-c", _MEMORY_SCRIPT, mode],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
-        timeout=600,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = [w for w in result.stdout.splitlines() if w.startswith("growth_kib")]
+
+
+def _peak_growth_mib(process):
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    line = [w for w in out.splitlines() if w.startswith("growth_kib")]
     return int(line[-1].split()[1]) / 1024  # Linux: ru_maxrss in KiB
 
 
@@ -462,7 +469,14 @@ def test_callback_memory_at_200k_rows_and_t_1000_stays_that_of_predict_regressio
     # 200k rows x T=1000 is 200M samples (1.6 GB as float64): both calls
     # stream them, so their peak memory grows by the same tens of MiB (about
     # 65 and 70 MiB measured; the callback adds the targets and the score).
-    predict = _peak_growth_mib("predict_regression")
-    callback = _peak_growth_mib("callback")
+    processes = {
+        mode: _start_measuring(mode) for mode in ("predict_regression", "callback")
+    }
+    try:
+        predict = _peak_growth_mib(processes["predict_regression"])
+        callback = _peak_growth_mib(processes["callback"])
+    finally:
+        for process in processes.values():
+            process.kill()  # a no-op once it has exited
     assert predict < 400, predict
     assert callback <= 1.25 * predict + 8, (callback, predict)
