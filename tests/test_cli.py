@@ -115,47 +115,6 @@ def test_every_launcher_gives_a_usage_error_fast(launcher):
     assert help_.returncode == 0 and "{demo,uci,mnist}" in help_.stdout
 
 
-@pytest.mark.slow
-def test_uci_end_to_end_on_two_yacht_splits(tmp_path, capsys):
-    output = tmp_path / "results.json"
-    code = main(
-        [
-            "uci",
-            "--splits",
-            "0-1",
-            "--epochs-multiplier",
-            "0.1",
-            "--num-samples",
-            "20",
-            "--output",
-            str(output),
-        ]
-    )
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "0.67 ± 0.05" in out  # the published MC dropout RMSE beside ours
-    written = json.loads(output.read_text())
-    assert written["status"] == "complete" and written["failures"] == []
-    records = written["results"]
-    assert [r["method"] for r in records] == [
-        "mc-dropout",
-        "hetero-mc-dropout",
-        "ensemble",
-    ]
-    for record in records:
-        assert set(record) == {
-            "dataset",
-            "method",
-            "num_splits",
-            "rmse_mean",
-            "rmse_se",
-            "nll_mean",
-            "nll_se",
-            "seconds",
-        }
-        assert record["dataset"] == "yacht" and record["num_splits"] == 2
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -433,12 +392,14 @@ def test_ctrl_c_during_start_up_exits_130_without_a_traceback():
     assert "Traceback" not in err and "interrupted" in err
 
 
+# Two yacht splits, briefly trained: the run of the end-to-end test, and the
+# one that is killed and resumed.
 _SMALL_RUN = [
     "uci",
     "--splits",
-    "0",
+    "0-1",
     "--epochs-multiplier",
-    "0.5",
+    "0.1",
     "--num-samples",
     "20",
 ]
@@ -451,19 +412,47 @@ def _records(path):
     ]
 
 
+class _Run:
+    """The console script on `_SMALL_RUN`, started in the background."""
+
+    def __init__(self, folder):
+        self.output = folder / "whole.json"
+        self._out, self._err = folder / "whole.out", folder / "whole.err"
+        with open(self._out, "w") as out, open(self._err, "w") as err:
+            self.process = subprocess.Popen(
+                [str(COMMAND), *_SMALL_RUN, "--output", str(self.output)],
+                stdout=out,
+                stderr=err,
+                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+            )
+
+    def finish(self):
+        """Waits for the run; returns its exit status and its stdout."""
+        self.process.wait(timeout=600)
+        return self.process.returncode, self._out.read_text()
+
+    def error(self):
+        return self._err.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+    """One uninterrupted run, shared by the end-to-end test and the killed-run
+    test, which starts it: it trains in its own process beside the killed one
+    (each keeps about one core busy; they share nothing but the data)."""
+    run = _Run(tmp_path_factory.mktemp("uninterrupted"))
+    try:
+        yield run
+    finally:
+        run.process.kill()  # a no-op once it has exited
+        run.process.wait()
+
+
 @pytest.mark.slow
 def test_a_killed_run_keeps_its_finished_units_and_resumes_to_the_same_table(
-    tmp_path,
+    tmp_path, uninterrupted_run
 ):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    whole = tmp_path / "whole.json"
-    subprocess.run(
-        [str(COMMAND), *_SMALL_RUN, "--output", str(whole)],
-        check=True,
-        capture_output=True,
-        env=env,
-        timeout=600,
-    )
     killed = tmp_path / "killed.json"
     process = subprocess.Popen(
         [str(COMMAND), *_SMALL_RUN, "--output", str(killed)],
@@ -487,7 +476,36 @@ def test_a_killed_run_keeps_its_finished_units_and_resumes_to_the_same_table(
         timeout=600,
     )
     assert json.loads(killed.read_text())["status"] == "complete"
-    assert _records(killed) == _records(whole)
+    code, _ = uninterrupted_run.finish()
+    assert code == 0, uninterrupted_run.error()
+    assert _records(killed) == _records(uninterrupted_run.output)
+
+
+@pytest.mark.slow
+def test_uci_end_to_end_on_two_yacht_splits(uninterrupted_run):
+    code, out = uninterrupted_run.finish()
+    assert code == 0, uninterrupted_run.error()
+    assert "0.67 ± 0.05" in out  # the published MC dropout RMSE beside ours
+    written = json.loads(uninterrupted_run.output.read_text())
+    assert written["status"] == "complete" and written["failures"] == []
+    records = written["results"]
+    assert [r["method"] for r in records] == [
+        "mc-dropout",
+        "hetero-mc-dropout",
+        "ensemble",
+    ]
+    for record in records:
+        assert set(record) == {
+            "dataset",
+            "method",
+            "num_splits",
+            "rmse_mean",
+            "rmse_se",
+            "nll_mean",
+            "nll_se",
+            "seconds",
+        }
+        assert record["dataset"] == "yacht" and record["num_splits"] == 2
 
 
 def test_the_published_protocol_is_one_flag_away(tmp_path, monkeypatch, capsys):
