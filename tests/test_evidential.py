@@ -1,5 +1,7 @@
 """ku.evidential: formulas against scipy/numpy, training, engine, .keras."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -169,14 +171,29 @@ def test_regression_trains_predicts_and_round_trips(tmp_path):
     summary = reducer.summary(state, 1)
     np.testing.assert_allclose(summary["std"].numpy(), pred.std, rtol=1e-5)
 
-    # The generic predictives would read the 4 NIG columns as means: they
-    # refuse the model and name the evidential one (so does ku.export).
-    for refused in (
-        lambda: ku.predict_regression(model, x),
-        lambda: ku.export(model, str(tmp_path / "served"), "regression"),
-    ):
-        with pytest.raises(ValueError, match="ku.evidential.predict_regression"):
-            refused()
+    # The generic predictive reads the loss's reducer: the same NIG split,
+    # from one pass, without the warning that the samples are identical;
+    # an export serves it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generic = ku.predict_regression(model, x)
+    for field in ("mean", "std", "aleatoric_std", "epistemic_std"):
+        np.testing.assert_allclose(
+            getattr(generic, field), getattr(pred, field), rtol=1e-6
+        )
+    loaded = tf.saved_model.load(  # held: its variables must live
+        ku.export(model, str(tmp_path / "served"), "regression")
+    )
+    served = loaded.serve(tf.constant(x[:7]))
+    for field in ("mean", "std", "aleatoric_std", "epistemic_std"):
+        np.testing.assert_allclose(
+            served[field].numpy(), getattr(pred, field)[:7], rtol=1e-5
+        )
+    # The NIG columns are not a classifier's, nor a (mean, log-variance) head.
+    with pytest.raises(ValueError, match=r"task.*'regression'.*Evidential"):
+        ku.predict_classification(model, x)
+    with pytest.raises(ValueError, match="variance_head"):
+        ku.predict_regression(model, x, variance_head=True)
 
     path = tmp_path / "nig.keras"
     model.save(path)
@@ -185,6 +202,14 @@ def test_regression_trains_predicts_and_round_trips(tmp_path):
     assert loaded.loss.coeff == 0.01
     again = ev.predict_regression(loaded, x, verbose=0)
     np.testing.assert_allclose(again.std, pred.std, rtol=1e-6)
+    # The callback scores the same prediction during fit.
+    callback = ku.callbacks.UncertaintyMetrics((x[:100], y[:100]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        history = model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+    rmse = np.sqrt(np.mean((model.predict(x[:100], verbose=0)[:, 0] - y[:100, 0]) ** 2))
+    np.testing.assert_allclose(history.history["val_mc_rmse"][0], rmse, rtol=1e-4)
+    assert np.isfinite(history.history["val_mc_nll"][0])
 
 
 def test_classification_trains_anneals_predicts_and_round_trips(tmp_path):
@@ -235,12 +260,38 @@ def test_classification_trains_anneals_predicts_and_round_trips(tmp_path):
     far = ev.predict_classification(model, np.zeros((1, 2), "float32"), verbose=0)
     assert far.vacuity[0] > np.median(pred.vacuity)  # between the clusters
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generic = ku.predict_classification(model, x)
+    np.testing.assert_allclose(generic.probs, pred.probs, rtol=1e-6)
+    np.testing.assert_allclose(generic.vacuity, pred.vacuity, rtol=1e-6)
+    loaded = tf.saved_model.load(  # held: its variables must live
+        ku.export(model, str(tmp_path / "served"), "classification")
+    )
+    served = loaded.serve(tf.constant(x[:7]))
+    np.testing.assert_allclose(served["probs"].numpy(), pred.probs[:7], rtol=1e-5)
+    with pytest.raises(ValueError, match="from_logits"):
+        ku.predict_classification(model, x, from_logits=True)
+
     path = tmp_path / "dirichlet.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
     assert loaded.loss.annealing_epochs == 4
     again = ev.predict_classification(loaded, x, verbose=0)
     np.testing.assert_allclose(again.probs, pred.probs, rtol=1e-6)
+    callback = ku.callbacks.UncertaintyMetrics((x[:100], labels[:100]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        logs = model.fit(x, labels, epochs=1, verbose=0, callbacks=[callback]).history
+    now = ev.predict_classification(model, x[:100], verbose=0)
+    np.testing.assert_allclose(
+        logs["val_mc_accuracy"][0], np.mean(now.label == labels[:100]), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        logs["val_mc_nll"][0],
+        -np.mean(np.log(now.probs[np.arange(100), labels[:100]])),
+        rtol=1e-5,
+    )
 
 
 def test_bad_inputs_raise():

@@ -64,6 +64,8 @@ def task_of_loss(model):
     loss = getattr(model, "loss", None)
     if loss is None or isinstance(loss, (dict, list, tuple)):
         return None, None
+    if hasattr(loss, "task_reducer"):  # the loss says how to reduce (evidential)
+        return getattr(loss, "task", None), False
     name = _loss_name(loss)
     if name in _CLASSIFICATION_LOSSES:
         return "classification", loss_from_logits(loss)
@@ -367,8 +369,15 @@ class UncertaintyMetrics(keras.callbacks.Callback):
             )
         if shape is not None:
             width = shape[-1]
-            if width is not None and has_variance_head(self.model):
-                width //= 2
+            # Output columns per target: 2 for (mean, log-variance), 4 for
+            # a loss that says so (an evidential NIG head).
+            per_target = getattr(
+                getattr(self.model, "loss", None), "outputs_per_target", 1
+            )
+            if has_variance_head(self.model):
+                per_target = 2
+            if width is not None:
+                width //= per_target
             expected = (*shape[1:-1], width)
             accepted = [expected]
             if width == 1:
@@ -435,6 +444,28 @@ class UncertaintyMetrics(keras.callbacks.Callback):
 
     # The metrics ----------------------------------------------------------
 
+    def _supplied_classification(self, x, read_targets):
+        """Scores the prediction of the reducer the compiled loss supplies
+        (an evidential head's), with the `ku.metrics` formulas."""
+        reducer = task_reducer(self.model, "classification")
+        prediction = reduce_samples(
+            self.model, x, reducer, self.num_samples, seed=self.seed, verbose=0
+        )
+        labels = np.asarray(read_targets())
+        if labels.ndim == 2 and labels.shape[1] == prediction.probs.shape[1] > 1:
+            labels = np.argmax(labels, axis=1)
+        labels = labels.reshape(-1).astype(np.int64)
+        probs = prediction.probs
+        return {
+            "val_mc_nll": metrics.classification_nll(labels, probs),
+            "val_mc_accuracy": metrics.accuracy(labels, probs),
+            "val_mc_ece": metrics.expected_calibration_error(
+                labels, probs, num_bins=_NUM_BINS
+            ),
+            "val_mc_brier": metrics.brier_score(labels, probs),
+            "val_mc_mutual_information": float(np.mean(prediction.mutual_information)),
+        }
+
     def _inputs(self, targets):
         """The validation inputs, and a function that gives their targets
         once the inputs have been read."""
@@ -482,7 +513,9 @@ class UncertaintyMetrics(keras.callbacks.Callback):
         }
 
     def _classification(self, from_logits, targets):
-        x, _ = self._inputs(targets)
+        x, read_targets = self._inputs(targets)
+        if hasattr(getattr(self.model, "loss", None), "task_reducer"):
+            return self._supplied_classification(x, read_targets)
         score = reduce_samples(
             self.model,
             x,

@@ -249,8 +249,26 @@ class EvidentialClassificationLoss(keras.losses.Loss):
     >>> model.fit(x, y, epochs=20, callbacks=[ku.evidential.KLAnnealing()])
     """
 
-    # What `ku.predict_*` and `ku.export` name when they refuse the model.
-    predictive = "ku.evidential.predict_classification"
+    task = "classification"
+
+    def task_reducer(self, task, **options):
+        """The reducer `ku.predict_classification` and `ku.export` use for
+        an output compiled with this loss: `EvidentialClassificationSummary`
+        (one pass, the Dirichlet's split; see `predict_classification`).
+
+        Args:
+            task: "classification" (another task raises a ValueError).
+            **options: The generic reducers' `from_logits`, `votes`,
+                `variance_head`: must be unset.
+
+        Returns:
+            An `EvidentialClassificationSummary`.
+        """
+        from keras_uncertainty.evidential import _predict
+
+        return _predict.loss_task_reducer(
+            self, "classification", EvidentialClassificationSummary, task, options
+        )
 
     def __init__(
         self,
@@ -412,6 +430,8 @@ class EvidentialClassificationPrediction(ClassificationPrediction):
 class EvidentialClassificationSummary(Reducer):
     """Reduces Dirichlet concentrations to an
     `EvidentialClassificationPrediction` (see `predict_classification`)."""
+
+    uncertainty_in_output = True  # one pass: no warning about samples
 
     def reduce(self, samples):
         alpha = ops.cast(samples, "float32")

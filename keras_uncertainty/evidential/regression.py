@@ -260,8 +260,27 @@ class EvidentialRegressionLoss(keras.losses.Loss):
     """
 
     variance_head = False
-    # What `ku.predict_*` and `ku.export` name when they refuse the model.
-    predictive = "ku.evidential.predict_regression"
+    task = "regression"
+    outputs_per_target = 4  # gamma, nu, alpha, beta
+
+    def task_reducer(self, task, **options):
+        """The reducer `ku.predict_regression` and `ku.export` use for an
+        output compiled with this loss: `EvidentialRegressionSummary` (one
+        pass, the NIG's split; see `predict_regression`).
+
+        Args:
+            task: "regression" (another task raises a ValueError).
+            **options: The generic reducers' `from_logits`, `votes`,
+                `variance_head`: must be unset.
+
+        Returns:
+            An `EvidentialRegressionSummary`.
+        """
+        from keras_uncertainty.evidential import _predict
+
+        return _predict.loss_task_reducer(
+            self, "regression", EvidentialRegressionSummary, task, options
+        )
 
     def __init__(
         self,
@@ -322,6 +341,8 @@ class EvidentialRegressionSummary(Reducer):
     of total variance: the means of `gamma` and of `E[sigma^2]`, and
     epistemic = mean of `Var[mu]` + the variance of `gamma` across rows.
     """
+
+    uncertainty_in_output = True  # one pass: no warning about samples
 
     def reduce(self, samples):
         samples = ops.cast(samples, "float32")

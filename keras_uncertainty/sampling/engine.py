@@ -83,18 +83,20 @@ def resolve_num_samples(num_samples):
     return check_positive_int(num_samples, "num_samples", allow_none=True)
 
 
-def check_model(model, num_samples=None):
+def check_model(model, num_samples=None, reducer=None):
     """Checks `model` for sampling; returns its `SampledModel`.
 
     Warns once per model when its samples cannot differ: a model without a
-    stochastic layer, or a mixture of deterministic members (`ku.Ensemble`)
-    asked for `num_samples > 1` (it gives one sample per member whatever
-    `num_samples` says).
+    stochastic layer (unless `reducer` reads the uncertainty from one pass,
+    `Reducer.uncertainty_in_output`), or a mixture of deterministic members
+    (`ku.Ensemble`) asked for `num_samples > 1` (it gives one sample per
+    member whatever `num_samples` says).
 
     Args:
         model: A `keras.Model`.
         num_samples: The number of samples asked for explicitly, or None
             (the default).
+        reducer: The `ku.sampling.Reducer` the samples go to, or None.
 
     Returns:
         The model's `SampledModel` (see `ku.sampling.sampled_model`).
@@ -117,7 +119,12 @@ def check_model(model, num_samples=None):
             UserWarning,
             stacklevel=4,
         )
-    if model not in _WARNED and not adapter.stochastic and adapter.num_members == 1:
+    if (
+        model not in _WARNED
+        and not adapter.stochastic
+        and adapter.num_members == 1
+        and not getattr(reducer, "uncertainty_in_output", False)
+    ):
         _WARNED.add(model)
         warnings.warn(
             f"Model '{model.name}' has no layer that is stochastic at "
@@ -520,7 +527,7 @@ def reduce_samples(
             f"ku.sampling.Reducer. Received: {type(reducer).__name__}"
         )
     asked = check_positive_int(num_samples, "num_samples", allow_none=True)
-    adapter = check_model(model, asked)
+    adapter = check_model(model, asked, reducer)
     num_samples = resolve_num_samples(asked)
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
     max_rows_per_call = check_positive_int(

@@ -49,6 +49,11 @@ class Reducer:
         takes_structure: Whether `reduce` takes the samples of every output
             of the model, a dict `{output name: (t, n, ...)}` (see
             `PerOutput`), rather than the one output's `(t, n, ...)`.
+        uncertainty_in_output: Whether one deterministic pass already
+            carries the uncertainty (the output holds a distribution's
+            parameters, as an evidential head's): the engine then does not
+            warn that a model without stochastic layers has identical
+            samples.
 
     Example:
 
@@ -60,6 +65,7 @@ class Reducer:
     row_axis = 0
     needs_targets = False
     takes_structure = False
+    uncertainty_in_output = False
 
     def get_config(self):
         """The reducer's parameters (its public attributes by default)."""
@@ -347,6 +353,10 @@ class PerOutput(Reducer):
                     f"{name!r}: {type(reducer).__name__}"
                 )
         self.reducers = dict(reducers)
+
+    @property
+    def uncertainty_in_output(self):
+        return all(r.uncertainty_in_output for r in self.reducers.values())
 
     def get_config(self):
         return {

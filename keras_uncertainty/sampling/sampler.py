@@ -256,9 +256,11 @@ def _one_task_reducer(
             "Invalid value received for argument `task`. Expected one of "
             f"{TASKS}. Received: task={task!r}"
         )
-    _check_generic_output(model, output)
     check_bool(from_logits, "from_logits")
     check_bool(votes, "votes")
+    supplied = _loss_reducer(model, output, task, from_logits, votes, variance_head)
+    if supplied is not None:
+        return supplied
     if task == "regression":
         if from_logits or votes:
             raise ValueError(
@@ -445,23 +447,23 @@ def _output_loss(model, output=None):
     return loss
 
 
-def _check_generic_output(model, output):
-    """Refuses a model whose compiled loss says its output is not a sample
-    of means or probabilities (an evidential head's distribution
-    parameters): the generic reducers would read them as such, silently
-    wrong. The loss names the function that predicts from it in its
-    `predictive` attribute."""
+def _loss_reducer(model, output, task, from_logits, votes, variance_head):
+    """The reducer the output's compiled loss supplies, or None.
+
+    A loss whose output is not a sample of means (and log-variances) or
+    probabilities (an evidential head's distribution parameters, which the
+    generic reducers would read silently wrong) says how to reduce it: its
+    `task_reducer(task, from_logits=..., votes=..., variance_head=...)`
+    returns the `Reducer` (or raises a ValueError for a task or option it
+    does not support)."""
     if not isinstance(model, keras.Model):
-        return
-    predictive = getattr(_output_loss(model, output), "predictive", None)
-    if predictive:
-        raise ValueError(
-            "Invalid value received for argument `model`. Expected a model "
-            "whose output is a sample of means (and log-variances) or "
-            f"probabilities. Received: model '{model.name}', compiled with a "
-            "loss whose output holds distribution parameters; predict it "
-            f"with `{predictive}(model, x)`."
-        )
+        return None
+    supply = getattr(_output_loss(model, output), "task_reducer", None)
+    if supply is None:
+        return None
+    return supply(
+        task, from_logits=from_logits, votes=votes, variance_head=variance_head
+    )
 
 
 def resolve_variance_head(model, variance_head, output=None):

@@ -17,6 +17,7 @@ from keras_uncertainty.sampling import (
     keys,
     output_names,
     reducing_step,
+    sampled_model,
     task_reducer,
 )
 from keras_uncertainty.sampling.engine import resolve_num_samples
@@ -38,7 +39,7 @@ def _signature_name(tensor, index, count):
 
 
 def _input_specs(model):
-    view = check_model(model).input_view
+    view = sampled_model(model).input_view  # checked by the caller
     if view is None:
         raise ValueError(
             "Invalid value received for argument `model`. Expected a "
@@ -313,7 +314,7 @@ def export(
         )
     reducer = task_reducer(model, task, from_logits, votes, variance_head)
     conformal_plan = _conformal_plan(conformal, reducer)
-    adapter = check_model(model, asked)
+    adapter = check_model(model, asked, reducer)
     structure, specs = _input_specs(model)
     step, floats_per_row = reducing_step(model, reducer, structure)
     per_member = adapter.samples_per_member(num_samples)
