@@ -9,6 +9,7 @@ real LeNet-5s on 64 images for one epoch (about a second a unit)."""
 import errno
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -420,11 +421,7 @@ def test_resume_refuses_units_computed_from_another_folder_of_the_same_name(
 # mnist --output-dir ----------------------------------------------------------
 
 
-@pytest.fixture
-def tiny_mnist(monkeypatch):
-    """The MNIST protocol on 64 training and 48 evaluation images (the
-    article's two eights become images 1 and 2), so that a unit trains in
-    about a second; returns the arguments of a run."""
+def _tiny_protocol(monkeypatch):
     from keras_uncertainty.experiments import mnist
 
     monkeypatch.setenv("KERAS_UNCERTAINTY_DATA", _shared_data())
@@ -433,6 +430,38 @@ def tiny_mnist(monkeypatch):
     monkeypatch.setattr(mnist, "EXAMPLES", (1, 2))
     monkeypatch.setattr(mnist, "ENSEMBLE_MEMBERS", 2)
     return ["mnist", "--epochs", "1", "--num-samples", "3"]
+
+
+@pytest.fixture
+def tiny_mnist(monkeypatch):
+    """The MNIST protocol on 64 training and 48 evaluation images (the
+    article's two eights become images 1 and 2), so that a unit trains in
+    about a second; returns the arguments of a run."""
+    return _tiny_protocol(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def _finished_mc_dropout_run(tmp_path_factory):
+    """The folder of one finished `tiny_mnist` run of `--method mc-dropout`,
+    made once for the tests that start from one (each unit is seeded alone,
+    so every such run writes the same files)."""
+    folder = tmp_path_factory.mktemp("mc_dropout_run")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        args = _tiny_protocol(monkeypatch)
+        assert main([*args, "--method", "mc-dropout", "--output-dir", str(folder)]) == 0
+    return folder
+
+
+@pytest.fixture
+def finished_mc_dropout_run(_finished_mc_dropout_run):
+    """Copies the finished run into a fresh folder; returns a function of
+    the folder to copy it into."""
+
+    def copy_into(folder):
+        shutil.copytree(_finished_mc_dropout_run, folder, dirs_exist_ok=True)
+        return folder
+
+    return copy_into
 
 
 def _shared_data():
@@ -499,10 +528,10 @@ def test_mnist_interrupted_keeps_the_finished_methods_for_resume(
 
 @pytest.mark.slow  # trains LeNet-5s (64 images, one epoch)
 def test_mnist_resume_refuses_a_changed_unit_file_and_other_settings(
-    tmp_path, tiny_mnist, capsys
+    tmp_path, tiny_mnist, finished_mc_dropout_run, capsys
 ):
     args = [*tiny_mnist, "--method", "mc-dropout", "--output-dir", str(tmp_path)]
-    assert main(args) == 0
+    finished_mc_dropout_run(tmp_path)  # what main(args) writes
     _, units = _units(tmp_path)
     capsys.readouterr()
     _one_line_exit_2(
@@ -531,10 +560,10 @@ def test_mnist_resume_refuses_a_changed_unit_file_and_other_settings(
 
 @pytest.mark.slow  # trains LeNet-5s (64 images, one epoch)
 def test_mnist_rerun_without_resume_replaces_its_own_unit_files_only(
-    tmp_path, tiny_mnist
+    tmp_path, tiny_mnist, finished_mc_dropout_run
 ):
     args = [*tiny_mnist, "--method", "mc-dropout", "--output-dir", str(tmp_path)]
-    assert main(args) == 0
+    finished_mc_dropout_run(tmp_path)  # what main(args) writes
     _, first = _units(tmp_path)
     (tmp_path / "notes.npz").write_bytes(b"mine")
     assert main([*args, "--seed", "1"]) == 0
@@ -546,11 +575,11 @@ def test_mnist_rerun_without_resume_replaces_its_own_unit_files_only(
 
 @pytest.mark.slow  # trains LeNet-5s (64 images, one epoch)
 def test_mnist_unit_files_failing_to_write_keep_the_report_and_exit_4(
-    tmp_path, tiny_mnist, monkeypatch, capsys
+    tmp_path, tiny_mnist, finished_mc_dropout_run, monkeypatch, capsys
 ):
     output = tmp_path / "out"
     args = [*tiny_mnist, "--method", "mc-dropout", "--output-dir", str(output)]
-    assert main(args) == 0
+    finished_mc_dropout_run(output)  # what main(args) writes
     before = (output / "results.json").read_bytes()
     capsys.readouterr()
     real_replace = os.replace
