@@ -668,10 +668,10 @@ class SNGPModel(keras.Model):
     `ku.sample` returns those two points).
 
     Args:
-        inputs: The model's inputs.
-        outputs: Its outputs, computed through a `RandomFeatureGaussianProcess`.
-        name: Optional model name.
-        **kwargs: Passed to `keras.Model`.
+        *args: `inputs, outputs` as a functional `keras.Model` takes them:
+            the model's inputs and its outputs, computed through a
+            `RandomFeatureGaussianProcess`.
+        **kwargs: The same by name, and `name` (passed to `keras.Model`).
 
     Example:
 
@@ -681,8 +681,11 @@ class SNGPModel(keras.Model):
     >>> model = SNGPModel(inputs, outputs)
     """
 
-    def __init__(self, inputs, outputs, name=None, **kwargs):
-        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+    def __init__(self, *args, **kwargs):
+        # `(*args, **kwargs)`, a functional model's signature on every
+        # Keras 3 version (3.3's `Functional.__init__` takes only those), so
+        # Keras saves and loads an SNGPModel as a functional model.
+        super().__init__(*args, **kwargs)
         if not gaussian_process_layers(self):
             raise ValueError(
                 "Invalid value received for argument `outputs`. Expected a "
