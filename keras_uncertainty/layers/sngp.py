@@ -605,9 +605,10 @@ class SNGPSampledModel(SampledModel):
         model: The `SNGPModel`.
     """
 
-    # Declared stochastic only so that the engine does not warn that the
-    # samples are identical: there is one sample (`samples_per_member`).
-    stochastic = True
+    # Deterministic, one pass: the GP head's output carries the uncertainty
+    # (no warning that the samples are identical).
+    stochastic = False
+    uncertainty_in_output = True
 
     def __init__(self, model):
         super().__init__(model)

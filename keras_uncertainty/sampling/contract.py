@@ -50,6 +50,9 @@ class SampledModel:
             output shape for one member), used to read and check inputs and
             to write an export's signature; None when unknown (subclassed
             models: inputs are taken as they come).
+        uncertainty_in_output: Whether one deterministic pass carries the
+            uncertainty (SNGP's Gaussian-process head): no warning that the
+            samples are identical.
         floats_per_row: Activations of one input row of one sample, to size
             chunks; None when unknown.
 
@@ -65,6 +68,7 @@ class SampledModel:
 
     num_members = 1
     stochastic = True
+    uncertainty_in_output = False
     floats_per_row = None
 
     def __init__(self, model):

@@ -123,6 +123,7 @@ def check_model(model, num_samples=None, reducer=None):
         model not in _WARNED
         and not adapter.stochastic
         and adapter.num_members == 1
+        and not adapter.uncertainty_in_output
         and not getattr(reducer, "uncertainty_in_output", False)
     ):
         _WARNED.add(model)
