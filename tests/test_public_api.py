@@ -161,25 +161,61 @@ def _run(script):
     )
 
 
-@pytest.mark.parametrize(
-    "statement",
-    [
-        "import keras_uncertainty as ku; ku.layers",
-        "from keras_uncertainty import Ensemble",
-        "import keras_uncertainty.layers",
-        "from keras_uncertainty.sampling import predict_regression",
-    ],
-)
-def test_importing_with_another_keras_backend_names_it_and_the_fix(statement):
+_OTHER_BACKEND_STATEMENTS = [
+    "import keras_uncertainty as ku; ku.layers",
+    "from keras_uncertainty import Ensemble",
+    "import keras_uncertainty.layers",
+    "from keras_uncertainty.sampling import predict_regression",
+]
+
+
+@pytest.fixture(scope="module")
+def other_backend_runs():
+    """Each statement after `import keras_uncertainty`, in a process whose
+    Keras reports the "jax" backend. The processes (each mostly one import,
+    on one core) are started together; each test waits for its own."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    processes = {
+        statement: subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import keras; keras.backend.backend = lambda: 'jax'\n"
+                "import keras_uncertainty\n"
+                "print('package imported')\n" + statement,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for statement in _OTHER_BACKEND_STATEMENTS
+    }
+
+    def result(statement):
+        process = processes[statement]
+        stdout, stderr = process.communicate(timeout=120)
+        return subprocess.CompletedProcess(
+            process.args, process.returncode, stdout, stderr
+        )
+
+    try:
+        yield result
+    finally:
+        for process in processes.values():
+            process.kill()  # a no-op once it has exited
+            process.communicate()
+
+
+@pytest.mark.parametrize("statement", _OTHER_BACKEND_STATEMENTS)
+def test_importing_with_another_keras_backend_names_it_and_the_fix(
+    statement, other_backend_runs
+):
     # Keras's other backends need their own frameworks (JAX, torch), which
     # the test machines lack, so the process reports "jax" as its backend.
     # `import keras_uncertainty` alone loads no Keras; the first part that
     # does checks the backend, however it is reached.
-    result = _run(
-        "import keras; keras.backend.backend = lambda: 'jax'\n"
-        "import keras_uncertainty\n"
-        "print('package imported')\n" + statement
-    )
+    result = other_backend_runs(statement)
     assert result.returncode == 1
     assert result.stdout.strip() == "package imported"
     last = result.stderr.strip().splitlines()[-1]
