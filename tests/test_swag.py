@@ -127,6 +127,25 @@ def test_callback_per_batch(data):
     np.testing.assert_allclose(callback.state.deviations, dev, rtol=1e-12, atol=1e-12)
 
 
+def test_callback_per_batch_counts_batches_under_steps_per_execution(data):
+    # Keras calls on_train_batch_end once per 4 batches here: the count is
+    # of batches (optimizer steps), not of calls.
+    x, y = data
+    model = _linear(2, 1)
+    model.compile(keras.optimizers.SGD(0.01), "mse", steps_per_execution=4)
+    callback = SWAGCallback(collect_every=4, unit="batch", max_rank=3)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(np.concatenate([w.ravel() for w in model.get_weights()]))
+
+    model.fit(x, y, epochs=3, batch_size=4, verbose=0, callbacks=[Record(), callback])
+    assert len(seen) == 3 * (len(x) // 4) // 4  # one call per 4 batches
+    assert callback.num_snapshots == len(seen)  # and a snapshot at each
+    np.testing.assert_allclose(callback.state.mean, np.mean(seen, axis=0), rtol=1e-6)
+
+
 def test_samples_follow_the_swag_gaussian():
     model = _linear(1, 2)
     state, _ = _state_for(model, count=6, max_rank=4)

@@ -46,7 +46,11 @@ class SWAGCallback(keras.callbacks.Callback):
             (or batches).
         unit: "epoch" (a snapshot at the end of the epoch) or "batch" (a
             snapshot after every `collect_every`-th training batch of the
-            collection epochs).
+            collection epochs, counted by the optimizer's steps). Under
+            `compile(steps_per_execution=k)` Keras shows the weights only
+            every k batches: a snapshot is then taken at each of those
+            points at which the count passed a multiple of
+            `collect_every` (so at most one per k batches).
         max_rank: Positive integer K, the deviations kept for the low-rank
             part (the paper uses 20).
 
@@ -80,6 +84,13 @@ class SWAGCallback(keras.callbacks.Callback):
         self.current_epoch = 0
         self.batches_seen = 0
         self.collected_this_fit = 0
+        self._steps_seen = None  # the optimizer's step count at the last batch end
+
+    def _optimizer_steps(self):
+        iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
+        if iterations is None:
+            return None
+        return int(keras.ops.convert_to_numpy(iterations))
 
     @property
     def num_snapshots(self):
@@ -95,15 +106,26 @@ class SWAGCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.collected_this_fit = 0
         self.batches_seen = 0
+        self._steps_seen = self._optimizer_steps()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.current_epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.unit != "batch" or self.current_epoch < self.start_epoch:
+        if self.unit != "batch":
             return
-        self.batches_seen += 1
-        if self.batches_seen % self.collect_every == 0:
+        # Batches since the last call: 1, or k under steps_per_execution=k
+        # (Keras calls this hook once per execution).
+        steps = self._optimizer_steps()
+        advanced = 1
+        if steps is not None and self._steps_seen is not None:
+            advanced = max(1, steps - self._steps_seen)
+        self._steps_seen = steps
+        if self.current_epoch < self.start_epoch:
+            return
+        before = self.batches_seen
+        self.batches_seen += advanced
+        if self.batches_seen // self.collect_every > before // self.collect_every:
             self.collect()
 
     def on_epoch_end(self, epoch, logs=None):
