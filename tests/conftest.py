@@ -50,3 +50,61 @@ def classifier():
 @pytest.fixture(scope="session")
 def class_inputs():
     return np.random.default_rng(2).normal(size=(40, 8)).astype("float32")
+
+
+class BackgroundRun:
+    """A Python script started in its own process, for a test that only needs
+    its result at the end: started by a module fixture, it runs beside the
+    module's other tests (on another core) instead of after them."""
+
+    def __init__(self, folder, script, env=None):
+        import subprocess
+        import sys
+
+        self._out, self._err = folder / "stdout", folder / "stderr"
+        with open(self._out, "w") as out, open(self._err, "w") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", script], stdout=out, stderr=err, env=env
+            )
+
+    def result(self, timeout):
+        """Waits for the process: a CompletedProcess, as subprocess.run's."""
+        import subprocess
+
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        return subprocess.CompletedProcess(
+            self.process.args,
+            self.process.returncode,
+            self._out.read_text(),
+            self._err.read_text(),
+        )
+
+    def stop(self):
+        self.process.kill()  # a no-op once it has exited
+        self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def start_in_background(request, tmp_path_factory):
+    """`start(test_name, script, env=None)`: a BackgroundRun of `script`, or
+    None when this session does not run the test `test_name`. Stopped at the
+    end of the module."""
+    runs = []
+
+    def start(test_name, script, env=None):
+        if not any(
+            getattr(item, "originalname", item.name) == test_name
+            and item.module is request.module
+            for item in request.session.items
+        ):
+            return None
+        runs.append(BackgroundRun(tmp_path_factory.mktemp("background"), script, env))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        run.stop()

@@ -4,8 +4,6 @@ touching the engine; randomness is per call, thread-safe and chunk-invariant."""
 import ast
 import concurrent.futures
 import pathlib
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -350,13 +348,17 @@ _TWO_DEVICES = textwrap.dedent(
 )
 
 
-def test_sampling_across_two_devices_equals_one_device():
-    result = subprocess.run(
-        [sys.executable, "-c", _TWO_DEVICES],
-        capture_output=True,
-        text=True,
-        timeout=300,
+@pytest.fixture(scope="module", autouse=True)
+def two_devices_run(start_in_background):
+    """The two-device script, started with the module: it runs in its own
+    process beside the module's other tests; its test waits for it."""
+    return start_in_background(
+        "test_sampling_across_two_devices_equals_one_device", _TWO_DEVICES
     )
+
+
+def test_sampling_across_two_devices_equals_one_device(two_devices_run):
+    result = two_devices_run.result(timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "replicas 2" in result.stdout
 

@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 import textwrap
 import warnings
 
@@ -309,16 +307,20 @@ _MIRRORED_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
-def test_fit_and_predict_under_mirrored_strategy_on_two_cpus():
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [sys.executable, "-c", _MIRRORED_SCRIPT],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+@pytest.fixture(scope="module", autouse=True)
+def mirrored_run(start_in_background):
+    """The mirrored-strategy script, started with the module: it runs in its
+    own process beside the module's other tests; its test waits for it."""
+    return start_in_background(
+        "test_fit_and_predict_under_mirrored_strategy_on_two_cpus",
+        _MIRRORED_SCRIPT,
+        dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2"),
     )
+
+
+@pytest.mark.slow
+def test_fit_and_predict_under_mirrored_strategy_on_two_cpus(mirrored_run):
+    result = mirrored_run.result(timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mirrored ok" in result.stdout
 
