@@ -59,8 +59,30 @@ def classification_summary(sum_probs, sum_entropy, num_samples):
     }
 
 
+class _Rows:
+    """Row selection of a prediction: `prediction[rows]` is the same kind of
+    prediction with every per-input array indexed by `rows` (an int, a
+    slice, an index array or a boolean mask over the N inputs)."""
+
+    def __len__(self):
+        return len(getattr(self, dataclasses.fields(self)[0].name))
+
+    def __getitem__(self, rows):
+        if isinstance(rows, (int, np.integer)):
+            rows = [rows]  # keep the input axis
+        selected = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, _Rows):
+                value = value[rows]
+            elif isinstance(value, np.ndarray):
+                value = value[rows]
+            selected[field.name] = value
+        return type(self)(**selected)
+
+
 @dataclasses.dataclass(frozen=True)
-class RegressionPrediction:
+class RegressionPrediction(_Rows):
     """Predictive distribution of a regression model from T samples.
 
     With T samples (dropout masks or ensemble members) of means `mu_t` and
@@ -95,7 +117,7 @@ class RegressionPrediction:
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassificationPrediction:
+class ClassificationPrediction(_Rows):
     """Predictive distribution of a classifier from T samples.
 
     With T probability vectors `p_t` (dropout masks or ensemble members):
@@ -110,6 +132,9 @@ class ClassificationPrediction:
       clipped to 0;
     - `votes[:, c]`: how many of the T samples put their argmax on class c
       (only when asked for with `votes=True`; else None).
+
+    `prediction[rows]` selects inputs (an int, a slice, indices or a boolean
+    mask), `len(prediction)` is N.
 
     Attributes:
         probs: `(N, C)` float64.
@@ -140,7 +165,7 @@ class ClassificationPrediction:
 
 
 @dataclasses.dataclass(frozen=True)
-class MixtureScore:
+class MixtureScore(_Rows):
     """A regression prediction and its test log-likelihood, per input.
 
     `log_likelihood = log((1/T) sum_t N(y | mu_t, sigma_t^2))`, the test
