@@ -12,10 +12,6 @@ import keras_uncertainty as ku
 from keras_uncertainty.layers import batch_ensemble
 from keras_uncertainty.layers.batch_ensemble import RandomSign
 
-# The method issue these tests belong to is still open: they run in the full
-# suite, not in the fast tier on the oldest TensorFlow / Keras.
-pytestmark = pytest.mark.slow
-
 M = 4
 
 
@@ -207,6 +203,8 @@ def test_keras_round_trip_and_export(trained, blobs, tmp_path):
         )
 
 
+# Trains or draws thousands of samples: full suite only (not the fast tier).
+@pytest.mark.slow
 def test_logits_regression_mc_dropout_and_callback(blobs):
     x, y = blobs
     keras.utils.set_random_seed(1)
@@ -290,6 +288,8 @@ def test_bad_inputs():
     )
 
 
+# Trains or draws thousands of samples: full suite only (not the fast tier).
+@pytest.mark.slow
 def test_cnn_runs_folded_and_equals_the_tiled_network():
     keras.utils.set_random_seed(3)
 

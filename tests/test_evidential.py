@@ -10,10 +10,6 @@ from scipy import special, stats
 
 import keras_uncertainty as ku
 
-# The method issue these tests belong to is still open: they run in the full
-# suite, not in the fast tier on the oldest TensorFlow / Keras.
-pytestmark = pytest.mark.slow
-
 ev = ku.evidential
 
 

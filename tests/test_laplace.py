@@ -8,10 +8,6 @@ from scipy import optimize
 
 import keras_uncertainty as ku
 
-# The method issue these tests belong to is still open: they run in the full
-# suite, not in the fast tier on the oldest TensorFlow / Keras.
-pytestmark = pytest.mark.slow
-
 N, D = 60, 3
 
 
@@ -204,6 +200,8 @@ def test_kfac_approximates_the_full_last_layer_ggn(classifier_data):
     np.testing.assert_allclose(one_hot.prior_precision_, delta, rtol=1e-12)
 
 
+# Trains or draws thousands of samples: full suite only (not the fast tier).
+@pytest.mark.slow
 def test_probit_and_mc_glm_predictives_agree(classifier_data):
     model, x, labels = classifier_data
     la = ku.laplace.Laplace(model, "classification", hessian="full").fit(x, labels)

@@ -7,10 +7,6 @@ import tensorflow as tf
 
 import keras_uncertainty as ku
 
-# The method issue these tests belong to is still open: they run in the full
-# suite, not in the fast tier on the oldest TensorFlow / Keras.
-pytestmark = pytest.mark.slow
-
 
 def _backbone(shape):
     inputs = keras.Input(shape)

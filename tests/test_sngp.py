@@ -13,10 +13,6 @@ import tensorflow as tf
 
 import keras_uncertainty as ku
 
-# The method issue these tests belong to is still open: they run in the full
-# suite, not in the fast tier on the oldest TensorFlow / Keras.
-pytestmark = pytest.mark.slow
-
 SN = ku.layers.SNGPSpectralNormalization
 GP = ku.layers.RandomFeatureGaussianProcess
 
@@ -407,6 +403,8 @@ def test_gaussian_process_needs_2d_inputs_and_models_need_one():
 # -- regression head ----------------------------------------------------------
 
 
+# Trains or draws thousands of samples: full suite only (not the fast tier).
+@pytest.mark.slow
 def test_regression_head_matches_bayesian_linear_regression(tmp_path):
     rng = np.random.default_rng(4)
     x = rng.uniform(-2, 2, size=(64, 2)).astype("float32")

@@ -8,10 +8,6 @@ import tensorflow as tf
 import keras_uncertainty as ku
 from keras_uncertainty.swag import SWAG, SWAGCallback, SWAGState
 
-# The method issue these tests belong to is still open: they run in the full
-# suite, not in the fast tier on the oldest TensorFlow / Keras.
-pytestmark = pytest.mark.slow
-
 
 def _numpy_swag(snapshots, max_rank):
     """The paper's moments, computed from scratch for every prefix."""

@@ -12,10 +12,6 @@ from scipy import integrate, stats
 
 import keras_uncertainty as ku
 
-# The method issue these tests belong to is still open: they run in the full
-# suite, not in the fast tier on the oldest TensorFlow / Keras.
-pytestmark = pytest.mark.slow
-
 L = ku.layers
 # Bounds in standard errors: every statistical check below is a sum or a
 # mean whose standard error is computed, and a 5-sigma bound fails by chance
@@ -50,6 +46,8 @@ def _scales(layer):
 # -- (1) the sampled output distribution -------------------------------------
 
 
+# Trains or draws thousands of samples: full suite only (not the fast tier).
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "layer_class",
     [
@@ -107,6 +105,8 @@ def test_dense_flipout_rows_of_a_direct_call_have_the_posterior_marginal():
     assert abs(np.mean(ratios) - 1) < 0.1, np.mean(ratios)
 
 
+# Trains or draws thousands of samples: full suite only (not the fast tier).
+@pytest.mark.slow
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 def test_conv_flipout_sample_variance_matches_the_analytic_predictive(data_format):
     # One input, T samples through ku.sample: each sample draws its own eps,
@@ -275,6 +275,8 @@ def _flipout_regressor(n, prior="normal"):
     return keras.Model(inputs, outputs)
 
 
+# Trains or draws thousands of samples: full suite only (not the fast tier).
+@pytest.mark.slow
 def test_elbo_training_decreases_the_loss_and_adds_the_weighted_kl():
     x, y = _regression_data()
     n = len(x)
@@ -305,6 +307,8 @@ def test_elbo_training_decreases_the_loss_and_adds_the_weighted_kl():
     assert all(layer.kl_weight == pytest.approx(10 / n) for layer in variational)
 
 
+# Trains or draws thousands of samples: full suite only (not the fast tier).
+@pytest.mark.slow
 def test_scale_mixture_prior_trains():
     # Its one-sample KL estimate is differentiable: fit moves the means and
     # the scales, with finite losses.
