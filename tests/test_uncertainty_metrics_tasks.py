@@ -3,7 +3,6 @@ its checks of the validation data, the streamed `ClassificationScores`
 reducer, and its memory at scale."""
 
 import os
-import subprocess
 import sys
 import textwrap
 import warnings
@@ -442,41 +441,43 @@ _MEMORY_SCRIPT = textwrap.dedent(
 )
 
 
-def _start_measuring(mode):
-    """Starts the script in its own process: ru_maxrss is per process, so
-    the two measurements can run at the same time without seeing each
-    other's memory (they share the cores, which only changes their time)."""
+_MEMORY_TEST = (
+    "test_callback_memory_at_200k_rows_and_t_1000_stays_that_of_predict_regression"
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def memory_runs(start_in_background):
+    """Both measurements, started with the module, each in its own process:
+    ru_maxrss is per process, so they run at the same time, and beside the
+    module's other tests, without seeing each other's memory (sharing the
+    cores changes only their time)."""
+    if sys.platform != "linux":
+        return None
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.Popen(
-        [sys.executable, "-c", _MEMORY_SCRIPT, mode],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    runs = {}
+    for mode in ("predict_regression", "callback"):
+        script = f"import sys; sys.argv[1:] = [{mode!r}]\n" + _MEMORY_SCRIPT
+        runs[mode] = start_in_background(_MEMORY_TEST, script, env)
+    return runs if all(runs.values()) else None
 
 
-def _peak_growth_mib(process):
-    out, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err[-3000:]
-    line = [w for w in out.splitlines() if w.startswith("growth_kib")]
+def _peak_growth_mib(run):
+    result = run.result(timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [w for w in result.stdout.splitlines() if w.startswith("growth_kib")]
     return int(line[-1].split()[1]) / 1024  # Linux: ru_maxrss in KiB
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB on Linux")
-def test_callback_memory_at_200k_rows_and_t_1000_stays_that_of_predict_regression():
+def test_callback_memory_at_200k_rows_and_t_1000_stays_that_of_predict_regression(
+    memory_runs,
+):
     # 200k rows x T=1000 is 200M samples (1.6 GB as float64): both calls
     # stream them, so their peak memory grows by the same tens of MiB (about
     # 65 and 70 MiB measured; the callback adds the targets and the score).
-    processes = {
-        mode: _start_measuring(mode) for mode in ("predict_regression", "callback")
-    }
-    try:
-        predict = _peak_growth_mib(processes["predict_regression"])
-        callback = _peak_growth_mib(processes["callback"])
-    finally:
-        for process in processes.values():
-            process.kill()  # a no-op once it has exited
+    predict = _peak_growth_mib(memory_runs["predict_regression"])
+    callback = _peak_growth_mib(memory_runs["callback"])
     assert predict < 400, predict
     assert callback <= 1.25 * predict + 8, (callback, predict)
