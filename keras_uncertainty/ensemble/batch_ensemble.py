@@ -10,20 +10,18 @@ against the same targets, and is predicted, sampled and exported as a
 uniform mixture of its M members, as a `ku.Ensemble` is.
 """
 
-import math
-
 import keras
 import tensorflow as tf
 from keras import ops, tree
 
 from keras_uncertainty import _keras_compat
 from keras_uncertainty._validation import check_positive_int
+from keras_uncertainty.ensemble.mixture import member_mixture
 from keras_uncertainty.layers.batch_ensemble import (
     BatchEnsembleConv2D,
     _BatchEnsembleLayer,
     unfold_members,
 )
-from keras_uncertainty.losses.gaussian_nll import split_mean_log_var
 from keras_uncertainty.sampling import SampledModel, graph
 
 _PACKAGE = "keras_uncertainty"
@@ -102,23 +100,12 @@ def mixture(outputs, loss, num_members):
     """
     from keras_uncertainty.sampling.class_scores import loss_from_logits
 
-    outputs = ops.convert_to_tensor(outputs)
-    log_members = math.log(num_members)
-    if loss is not None and bool(getattr(loss, "variance_head", False)):
-        mu, log_var = split_mean_log_var(outputs)
-        mean = ops.mean(mu, axis=1)
-        spread = ops.mean(ops.square(mu - ops.expand_dims(mean, 1)), axis=1)
-        log_mean_var = ops.logsumexp(log_var, axis=1) - log_members
-        log_total = ops.logaddexp(log_mean_var, ops.log(spread))
-        return ops.concatenate([mean, log_total], axis=-1)
-    if loss is not None and loss_from_logits(loss):
-        if outputs.shape[-1] == 1:
-            log_p = ops.logsumexp(ops.log_sigmoid(outputs), axis=1)
-            log_q = ops.logsumexp(ops.log_sigmoid(-outputs), axis=1)
-            return log_p - log_q
-        log_probs = ops.log_softmax(outputs, axis=-1)
-        return ops.logsumexp(log_probs, axis=1) - log_members
-    return ops.mean(outputs, axis=1)
+    return member_mixture(
+        outputs,
+        num_members,
+        variance_head=loss is not None and bool(getattr(loss, "variance_head", False)),
+        from_logits=loss is not None and loss_from_logits(loss),
+    )
 
 
 class BatchEnsembleSampledModel(SampledModel):

@@ -10,7 +10,6 @@ computed in a single forward pass.
 """
 
 import inspect
-import math
 import numbers
 
 import keras
@@ -18,6 +17,7 @@ import tensorflow as tf
 from keras import ops, tree
 
 from keras_uncertainty._validation import check_positive_int
+from keras_uncertainty.ensemble.mixture import member_mixture
 from keras_uncertainty.sampling import SampledModel
 
 _PACKAGE = "keras_uncertainty"
@@ -532,19 +532,10 @@ class MIMO(keras.Model):
         Returns:
             `(N, K)`.
         """
-        from keras_uncertainty.losses.gaussian_nll import split_mean_log_var
         from keras_uncertainty.sampling import has_variance_head
 
-        outputs = ops.convert_to_tensor(outputs)
-        if getattr(self, "loss", None) is not None and has_variance_head(self):
-            mu, log_var = split_mean_log_var(outputs)
-            mean = ops.mean(mu, axis=1)
-            spread = ops.mean(ops.square(mu - ops.expand_dims(mean, 1)), axis=1)
-            log_mean_var = ops.logsumexp(log_var, axis=1) - math.log(self.num_members)
-            return ops.concatenate(
-                [mean, ops.logaddexp(log_mean_var, ops.log(spread))], axis=-1
-            )
-        return ops.mean(outputs, axis=1)
+        head = getattr(self, "loss", None) is not None and bool(has_variance_head(self))
+        return member_mixture(outputs, self.num_members, variance_head=head)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

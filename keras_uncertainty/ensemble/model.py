@@ -11,7 +11,6 @@ member gets exactly the gradients it would get alone. How it trains lives in
 `training.py`, adversarial training in `adversarial.py`.
 """
 
-import math
 import warnings
 
 import keras
@@ -22,8 +21,8 @@ from keras import ops, tree
 from keras_uncertainty._validation import check_positive_int
 from keras_uncertainty.ensemble import adversarial, packing, training
 from keras_uncertainty.ensemble.callbacks import TerminateOnNonFiniteMember
+from keras_uncertainty.ensemble.mixture import member_mixture
 from keras_uncertainty.layers.packed import share_across_members
-from keras_uncertainty.losses.gaussian_nll import split_mean_log_var
 
 _PACKAGE = "keras_uncertainty"
 
@@ -435,24 +434,13 @@ class Ensemble(keras.Model):
         from keras_uncertainty.sampling import has_variance_head
         from keras_uncertainty.sampling.class_scores import loss_from_logits
 
-        outputs = ops.convert_to_tensor(outputs)
-        log_members = math.log(self.num_members)
         loss = self.member_loss
-        if loss is not None and has_variance_head(self):
-            mu, log_var = split_mean_log_var(outputs)
-            mean = ops.mean(mu, axis=1)
-            spread = ops.mean(ops.square(mu - ops.expand_dims(mean, 1)), axis=1)
-            log_mean_var = ops.logsumexp(log_var, axis=1) - log_members
-            log_total = ops.logaddexp(log_mean_var, ops.log(spread))
-            return ops.concatenate([mean, log_total], axis=-1)
-        if loss is not None and loss_from_logits(loss):
-            if outputs.shape[-1] == 1:
-                log_p = ops.logsumexp(ops.log_sigmoid(outputs), axis=1)
-                log_q = ops.logsumexp(ops.log_sigmoid(-outputs), axis=1)
-                return log_p - log_q
-            log_probs = ops.log_softmax(outputs, axis=-1)
-            return ops.logsumexp(log_probs, axis=1) - log_members
-        return ops.mean(outputs, axis=1)
+        return member_mixture(
+            outputs,
+            self.num_members,
+            variance_head=loss is not None and bool(has_variance_head(self)),
+            from_logits=loss is not None and loss_from_logits(loss),
+        )
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
