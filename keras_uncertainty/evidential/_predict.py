@@ -40,25 +40,3 @@ def run(model, x, reducer, num_samples, batch_size, seed, verbose, max_rows_per_
             verbose=verbose,
             max_rows_per_call=max_rows_per_call,
         )
-
-
-def loss_task_reducer(loss, own_task, summary, task, options):
-    """What an evidential loss's `task_reducer` returns: `summary()` for its
-    own task; a ValueError for another task, or for an option of the
-    generic reducers (`from_logits`, `votes`, `variance_head`), which an
-    evidential output does not take."""
-    if task != own_task:
-        raise ValueError(
-            "Invalid value received for argument `task`. Expected "
-            f"'{own_task}' for a model compiled with {type(loss).__name__}. "
-            f"Received: task={task!r}"
-        )
-    given = {k: v for k, v in options.items() if v not in (None, False)}
-    if given:
-        name = next(iter(given))
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected it "
-            f"unset for an evidential output ({type(loss).__name__}). "
-            f"Received: {name}={given[name]!r}"
-        )
-    return summary()

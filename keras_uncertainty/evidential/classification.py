@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_uncertainty.evidential._base import DenseHead, SuppliesReducer
 from keras_uncertainty.sampling.formulas import entropy
 from keras_uncertainty.sampling.predictions import ClassificationPrediction
 from keras_uncertainty.sampling.reducers import Reducer
@@ -40,7 +41,7 @@ _EXP_CLIP = 10.0
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class DirichletHead(keras.layers.Layer):
+class DirichletHead(DenseHead):
     """Dense output layer of Dirichlet concentrations `alpha = evidence + 1`.
 
     Args:
@@ -65,47 +66,19 @@ class DirichletHead(keras.layers.Layer):
     >>> model.compile("adam", loss=ku.evidential.EvidentialClassificationLoss(10))
     """
 
-    def __init__(
-        self,
-        units,
-        evidence="softplus",
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if (
-            isinstance(units, bool)
-            or not isinstance(units, numbers.Integral)
-            or units < 2
-        ):
-            raise ValueError(
-                "Invalid value received for argument `units`. Expected an "
-                f"integer >= 2 (classes). Received: units={units!r}"
-            )
+    units_meaning = "an integer >= 2 (classes)"
+    min_units = 2
+
+    def __init__(self, units, evidence="softplus", **kwargs):
+        super().__init__(units, **kwargs)
         if evidence not in EVIDENCE_FUNCTIONS:
             raise ValueError(
                 "Invalid value received for argument `evidence`. Expected one "
                 f"of {EVIDENCE_FUNCTIONS}. Received: evidence={evidence!r}"
             )
-        self.units = int(units)
         self.evidence = evidence
-        self.dense = keras.layers.Dense(
-            self.units,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            name="dense",
-        )
 
-    def build(self, input_shape):
-        self.dense.build(input_shape)
-
-    def call(self, inputs):
-        logits = self.dense(inputs)
+    def _parameters(self, logits):
         if self.evidence == "softplus":
             evidence = ops.softplus(logits)
         elif self.evidence == "relu":
@@ -114,21 +87,8 @@ class DirichletHead(keras.layers.Layer):
             evidence = ops.exp(ops.clip(logits, -_EXP_CLIP, _EXP_CLIP))
         return evidence + 1.0
 
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.units)
-
     def get_config(self):
-        config = super().get_config()
-        dense = self.dense.get_config()
-        config.update(
-            units=self.units,
-            evidence=self.evidence,
-            kernel_initializer=dense["kernel_initializer"],
-            bias_initializer=dense["bias_initializer"],
-            kernel_regularizer=dense["kernel_regularizer"],
-            bias_regularizer=dense["bias_regularizer"],
-        )
-        return config
+        return {**super().get_config(), "evidence": self.evidence}
 
 
 def dirichlet_kl_uniform(alpha):
@@ -214,7 +174,7 @@ def dirichlet_mse(y_one_hot, alpha):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class EvidentialClassificationLoss(keras.losses.Loss):
+class EvidentialClassificationLoss(SuppliesReducer, keras.losses.Loss):
     """Sensoy et al.'s loss: expected MSE + annealed KL to the uniform Dirichlet.
 
     `dirichlet_mse(y, alpha) + coefficient * KL(Dir(alpha~) || Dir(1))`,
@@ -251,24 +211,8 @@ class EvidentialClassificationLoss(keras.losses.Loss):
 
     task = "classification"
 
-    def task_reducer(self, task, **options):
-        """The reducer `ku.predict_classification` and `ku.export` use for
-        an output compiled with this loss: `EvidentialClassificationSummary`
-        (one pass, the Dirichlet's split; see `predict_classification`).
-
-        Args:
-            task: "classification" (another task raises a ValueError).
-            **options: The generic reducers' `from_logits`, `votes`,
-                `variance_head`: must be unset.
-
-        Returns:
-            An `EvidentialClassificationSummary`.
-        """
-        from keras_uncertainty.evidential import _predict
-
-        return _predict.loss_task_reducer(
-            self, "classification", EvidentialClassificationSummary, task, options
-        )
+    def _summary(self):
+        return EvidentialClassificationSummary()
 
     def __init__(
         self,

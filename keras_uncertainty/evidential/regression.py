@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_uncertainty.evidential._base import DenseHead, SuppliesReducer
 from keras_uncertainty.sampling.predictions import RegressionPrediction
 from keras_uncertainty.sampling.reducers import Reducer
 
@@ -55,7 +56,7 @@ def _check_epsilon(epsilon):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class NormalInverseGammaHead(keras.layers.Layer):
+class NormalInverseGammaHead(DenseHead):
     """Dense output layer of the four Normal-Inverse-Gamma parameters.
 
     A `Dense(4 * units)` whose outputs are mapped to `gamma` (identity),
@@ -85,42 +86,13 @@ class NormalInverseGammaHead(keras.layers.Layer):
     >>> model.compile("adam", loss=ku.evidential.EvidentialRegressionLoss(0.01))
     """
 
-    def __init__(
-        self,
-        units,
-        epsilon=1e-6,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if (
-            isinstance(units, bool)
-            or not isinstance(units, numbers.Integral)
-            or units < 1
-        ):
-            raise ValueError(
-                "Invalid value received for argument `units`. Expected a "
-                f"positive integer. Received: units={units!r}"
-            )
-        self.units = int(units)
+    width_per_unit = 4
+
+    def __init__(self, units, epsilon=1e-6, **kwargs):
+        super().__init__(units, **kwargs)
         self.epsilon = _check_epsilon(epsilon)
-        self.dense = keras.layers.Dense(
-            4 * self.units,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            name="dense",
-        )
 
-    def build(self, input_shape):
-        self.dense.build(input_shape)
-
-    def call(self, inputs):
-        raw = self.dense(inputs)
+    def _parameters(self, raw):
         k = self.units
         gamma = raw[..., :k]
         nu = ops.softplus(raw[..., k : 2 * k]) + self.epsilon
@@ -128,21 +100,8 @@ class NormalInverseGammaHead(keras.layers.Layer):
         beta = ops.softplus(raw[..., 3 * k :]) + self.epsilon
         return ops.concatenate([gamma, nu, alpha, beta], axis=-1)
 
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], 4 * self.units)
-
     def get_config(self):
-        config = super().get_config()
-        dense = self.dense.get_config()
-        config.update(
-            units=self.units,
-            epsilon=self.epsilon,
-            kernel_initializer=dense["kernel_initializer"],
-            bias_initializer=dense["bias_initializer"],
-            kernel_regularizer=dense["kernel_regularizer"],
-            bias_regularizer=dense["bias_regularizer"],
-        )
-        return config
+        return {**super().get_config(), "epsilon": self.epsilon}
 
 
 def split_nig(y_pred):
@@ -233,7 +192,7 @@ def nig_regularizer(y_true, y_pred):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class EvidentialRegressionLoss(keras.losses.Loss):
+class EvidentialRegressionLoss(SuppliesReducer, keras.losses.Loss):
     """Deep evidential regression loss: NIG NLL + `coeff` x regularizer.
 
     Per target `nig_nll(y, out) + coeff * |y - gamma| (2 nu + alpha)`,
@@ -263,24 +222,8 @@ class EvidentialRegressionLoss(keras.losses.Loss):
     task = "regression"
     outputs_per_target = 4  # gamma, nu, alpha, beta
 
-    def task_reducer(self, task, **options):
-        """The reducer `ku.predict_regression` and `ku.export` use for an
-        output compiled with this loss: `EvidentialRegressionSummary` (one
-        pass, the NIG's split; see `predict_regression`).
-
-        Args:
-            task: "regression" (another task raises a ValueError).
-            **options: The generic reducers' `from_logits`, `votes`,
-                `variance_head`: must be unset.
-
-        Returns:
-            An `EvidentialRegressionSummary`.
-        """
-        from keras_uncertainty.evidential import _predict
-
-        return _predict.loss_task_reducer(
-            self, "regression", EvidentialRegressionSummary, task, options
-        )
+    def _summary(self):
+        return EvidentialRegressionSummary()
 
     def __init__(
         self,
