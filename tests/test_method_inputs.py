@@ -122,3 +122,31 @@ def test_bad_arguments_name_the_argument(model, data, kwargs, name):
     args = {"num_samples": 2, **kwargs}
     with pytest.raises(ValueError, match=name):
         ku.predict_classification(model, x[:3], **args)
+
+
+@pytest.mark.parametrize("name", ["flipout", "laplace", "swag"])
+def test_weight_draws_bound_the_samples_per_call(name, data, monkeypatch):
+    # A model that draws weights per sample says how many floats a sample
+    # holds; the engine fits the samples of one call in its byte budget
+    # (shrunk here to about 3 samples), and the seeded samples do not depend
+    # on that chunking.
+    from keras_uncertainty.sampling import engine, sampled_model
+
+    x, y = data
+    keras.utils.set_random_seed(0)
+    model = BUILDERS[name](x, y)
+    per_sample = engine.sample_floats(sampled_model(model))
+    assert per_sample > 0
+    expected = np.asarray(ku.sample(model, x[:4], 10, seed=3))
+    calls = []
+    runner_call = engine._Runner.__call__
+
+    def counted(self, *args, **kwargs):
+        calls.append(args[2])  # the samples of this call
+        return runner_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine._Runner, "__call__", counted)
+    monkeypatch.setattr(engine, "_ROW_BUDGET_BYTES", 4 * per_sample * 3)
+    chunked = np.asarray(ku.sample(model, x[:4], 10, seed=3))
+    assert calls == [3, 3, 3, 1]
+    np.testing.assert_allclose(chunked, expected, rtol=1e-6, atol=1e-7)

@@ -94,6 +94,12 @@ class LastLayerPosterior(keras.layers.Layer):
         factors = [np.zeros(s, np.float32) for s in config.pop("factor_shapes")]
         return cls(weights_map=weights_map, factors=factors, **config)
 
+    @property
+    def floats_per_sample(self):
+        """Floats one sample's weight draw holds (its normals, the drawn
+        weights and, for "full", the product with the square root)."""
+        return 3 * int(self.weights_map.shape[0]) * self.num_means
+
     def _augment(self, phi):
         if not self.use_bias:
             return phi

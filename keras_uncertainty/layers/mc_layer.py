@@ -42,6 +42,11 @@ class MCLayer(keras.layers.Layer):
     5. `get_config` mirrors `__init__` (the base adds `seed`), so the layer
        round-trips through `.keras` files.
 
+    A layer that draws a whole weight perturbation per sample (Flipout in
+    a sampling call) says how many floats one sample holds in
+    `floats_per_sample` (0 here): the engine bounds the samples of one call
+    by it, as it bounds rows by their activations.
+
     `ku.testing.check_mc_layer(layer)` checks a layer against this contract.
 
     Args:
@@ -64,6 +69,7 @@ class MCLayer(keras.layers.Layer):
     """
 
     stochastic_at_inference = True
+    floats_per_sample = 0
     # The engine's mark of a layer whose draws follow the call key (item 3).
     draws_from_call_key = True
     # Item 4 (a layer converted in place by `to_mc_dropout` gets one too).

@@ -368,6 +368,18 @@ class _Variational(MCLayer):
 
     per_sample_noise = False
 
+    @property
+    def floats_per_sample(self):
+        """Floats one sample of a sampling call holds for its own kernel
+        and bias perturbation (the draw and its scaled copy): 0 for a layer
+        whose samples share one draw."""
+        if not self.per_sample_noise or not self.built:
+            return 0
+        size = int(np.prod(self.kernel_loc.shape))
+        if self.bias_rho is not None:
+            size += int(np.prod(self.bias_loc.shape))
+        return 2 * size
+
     def get_config(self):
         return {
             **super().get_config(),

@@ -55,6 +55,9 @@ class SampledModel:
             samples are identical.
         floats_per_row: Activations of one input row of one sample, to size
             chunks; None when unknown.
+        floats_per_sample: Floats one sample holds whatever the rows (a
+            drawn weight vector), to bound the samples of one call; None
+            (the default) sums the stochastic layers' `floats_per_sample`.
 
     Example:
 
@@ -70,6 +73,7 @@ class SampledModel:
     stochastic = True
     uncertainty_in_output = False
     floats_per_row = None
+    floats_per_sample = None
 
     def __init__(self, model):
         self._model_ref = weakref.ref(model)

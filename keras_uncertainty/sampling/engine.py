@@ -344,6 +344,28 @@ def _legacy_randomness(model, layers, seed):
         yield
 
 
+def sample_floats(adapter):
+    """Floats one sample holds whatever its rows (its weight draws): the
+    adapter's `floats_per_sample`, else the sum of its stochastic layers'."""
+    floats = adapter.floats_per_sample
+    if floats is None:
+        floats = sum(
+            int(getattr(layer, "floats_per_sample", 0) or 0)
+            for layer in adapter.stochastic_layers()
+        )
+    return int(floats)
+
+
+def _samples_per_call(per_member, rows, members, inputs_per_call, per_sample):
+    """Samples per member in one call: as many as the rows allow, and, for
+    a model that draws weights per sample, as many as keep those draws near
+    `_ROW_BUDGET_BYTES` (at least one)."""
+    samples = max(1, min(per_member, rows // (members * inputs_per_call)))
+    if per_sample:
+        samples = min(samples, max(1, _ROW_BUDGET_BYTES // (4 * per_sample)))
+    return samples
+
+
 def _rows_per_call(step, max_rows_per_call):
     """Rows (samples x inputs) one compiled call may hold: `max_rows_per_call`
     when given, else as many as keep its activations near
@@ -555,7 +577,9 @@ def reduce_samples(
         )
         rows = _rows_per_call(step, max_rows_per_call)
         inputs_per_call = batch_size or max(1, rows // total)
-        samples_per_call = max(1, min(per_member, rows // (members * inputs_per_call)))
+        samples_per_call = _samples_per_call(
+            per_member, rows, members, inputs_per_call, sample_floats(adapter)
+        )
         sample_chunks = _chunks(per_member, samples_per_call)
         target = None
         if stream.num_rows is not None:

@@ -20,7 +20,7 @@ from keras_uncertainty.sampling import (
     sampled_model,
     task_reducer,
 )
-from keras_uncertainty.sampling.engine import resolve_num_samples
+from keras_uncertainty.sampling.engine import resolve_num_samples, sample_floats
 from keras_uncertainty.sampling.reducers import (
     ClassificationSummary,
     PerOutput,
@@ -66,22 +66,24 @@ def _input_specs(model):
     return tree.map_structure(lambda _: 0, inputs), specs
 
 
-def _check_call_size(num_samples, per_member, floats_per_row):
+def _check_call_size(num_samples, per_member, floats_per_row, per_sample=0):
     """Refuses a `num_samples` whose serve call, even for one input row,
-    would hold more than `MAX_RESULT_BYTES` of activations."""
-    if not floats_per_row:
+    would hold more than `MAX_RESULT_BYTES` of activations and per-sample
+    weight draws (`per_sample` floats a sample)."""
+    per_one = (floats_per_row or 0) + per_sample
+    if not per_one:
         return
-    size = per_member * floats_per_row * 4
+    size = per_member * per_one * 4
     if size <= MAX_RESULT_BYTES:
         return
-    most = max(1, MAX_RESULT_BYTES // (floats_per_row * 4))
+    most = max(1, MAX_RESULT_BYTES // (per_one * 4))
     raise ValueError(
         "Invalid value received for argument `num_samples`. Expected samples "
         "whose serve call fits in "
-        f"{format_bytes(MAX_RESULT_BYTES)} of activations for one input row "
-        "(ku.sampling.sampler.MAX_RESULT_BYTES). Received: "
+        f"{format_bytes(MAX_RESULT_BYTES)} of activations and weight draws for "
+        "one input row (ku.sampling.sampler.MAX_RESULT_BYTES). Received: "
         f"num_samples={num_samples}, which needs {format_bytes(size)} per "
-        f"input row ({per_member} samples x {floats_per_row} floats x 4 "
+        f"input row ({per_member} samples x {per_one} floats x 4 "
         f"bytes). Export with num_samples <= {most} and, for more samples, "
         "average the summaries of several serve calls on the client."
     )
@@ -319,7 +321,7 @@ def export(
     step, floats_per_row = reducing_step(model, reducer, structure)
     per_member = adapter.samples_per_member(num_samples)
     total = adapter.num_members * per_member
-    _check_call_size(num_samples, per_member, floats_per_row)
+    _check_call_size(num_samples, per_member, floats_per_row, sample_floats(adapter))
     max_rows = _max_rows_per_call(num_samples, per_member, floats_per_row)
     max_rows_message = (
         f"ku.export: this SavedModel draws {num_samples} samples per input row "

@@ -617,6 +617,8 @@ class SWAGSampledModel(SampledModel):
 
     def __init__(self, swag):
         super().__init__(swag)
+        # A sample's weight vector, its normals and the low-rank part.
+        self.floats_per_sample = 3 * swag.num_params + swag.rank
         self.input_view = graph.functional_view(swag.base_model)
         if self.input_view is not None:
             self.floats_per_row = graph.floats_per_row(self.input_view)
