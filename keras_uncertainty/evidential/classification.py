@@ -69,8 +69,24 @@ class DirichletHead(DenseHead):
     units_meaning = "an integer >= 2 (classes)"
     min_units = 2
 
-    def __init__(self, units, evidence="softplus", **kwargs):
-        super().__init__(units, **kwargs)
+    def __init__(
+        self,
+        units,
+        evidence="softplus",
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(
+            units,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            **kwargs,
+        )
         if evidence not in EVIDENCE_FUNCTIONS:
             raise ValueError(
                 "Invalid value received for argument `evidence`. Expected one "

@@ -88,8 +88,24 @@ class NormalInverseGammaHead(DenseHead):
 
     width_per_unit = 4
 
-    def __init__(self, units, epsilon=1e-6, **kwargs):
-        super().__init__(units, **kwargs)
+    def __init__(
+        self,
+        units,
+        epsilon=1e-6,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(
+            units,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            **kwargs,
+        )
         self.epsilon = _check_epsilon(epsilon)
 
     def _parameters(self, raw):
