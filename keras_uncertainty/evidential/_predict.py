@@ -1,15 +1,8 @@
 """Runs an evidential reducer through the sampling engine in one pass."""
 
-import warnings
-
 from keras import tree
 
 from keras_uncertainty.sampling import reduce_samples, sampled_model
-
-# The engine warns that a model without stochastic layers has zero
-# epistemic uncertainty; an evidential head has its own, so the warning
-# would mislead here.
-_NOT_STOCHASTIC = r".*has no layer that is stochastic at inference.*"
 
 
 def output_width(model):
@@ -28,15 +21,16 @@ def output_width(model):
 
 
 def run(model, x, reducer, num_samples, batch_size, seed, verbose, max_rows_per_call):
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_NOT_STOCHASTIC)
-        return reduce_samples(
-            model,
-            x,
-            reducer,
-            num_samples=num_samples,
-            batch_size=batch_size,
-            seed=seed,
-            verbose=verbose,
-            max_rows_per_call=max_rows_per_call,
-        )
+    # The evidential reducers declare `uncertainty_in_output`, so the engine
+    # does not warn that a model without stochastic layers has identical
+    # samples.
+    return reduce_samples(
+        model,
+        x,
+        reducer,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        seed=seed,
+        verbose=verbose,
+        max_rows_per_call=max_rows_per_call,
+    )
