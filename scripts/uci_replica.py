@@ -15,7 +15,7 @@ by the validation log-likelihood with T = 10,000, and the best cell is
 retrained on all training rows; the test RMSE of the MC mean and the test
 log-likelihood with tau, with T = 10,000 samples.
 
-Our engine runs the same splits with `experiments.uci.run` (every split and
+Our engine runs the same splits with `experiments.uci.dropout_grid` (every split and
 grid cell a member of one packed `ku.Ensemble`) and Adam 1e-3, so that the
 only difference left is the implementation. Each (multiplier,
 implementation) unit is written to the JSON file when it finishes
@@ -144,13 +144,16 @@ def main():
                 continue
             start = time.perf_counter()
             if implementation == "engine":
-                rmses, nlls = uci.run_splits(
-                    "mc-dropout",
+                rmses, nlls = uci.dropout_grid(
                     splits,
-                    max(1, int(round(splits[0].n_epochs * multiplier))),
-                    SAMPLES,
-                    args.seed,
-                    learning_rate=PUBLIC_CODE_LEARNING_RATE,
+                    uci.Protocol(
+                        multiplier,
+                        PUBLIC_CODE_LEARNING_RATE,
+                        "constant",
+                        SAMPLES,
+                        args.seed,
+                    ),
+                    heteroscedastic=False,
                 )
             else:
                 rmses, nlls = zip(

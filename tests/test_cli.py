@@ -12,6 +12,7 @@ import pytest
 
 from keras_uncertainty.cli.main import main
 from keras_uncertainty.cli.results import ResultsFile, write_json_atomic
+from keras_uncertainty.experiments.protocols import METHODS
 
 # The console script pip installed beside this Python.
 COMMAND = Path(sys.executable).parent / "keras-uncertainty"
@@ -152,7 +153,7 @@ def test_uci_folder_missing_a_file_is_named(tmp_path, capsys):
 
 
 def test_uci_interrupt_keeps_what_was_finished(tmp_path, capsys, monkeypatch):
-    from keras_uncertainty.experiments import uci
+    from keras_uncertainty.experiments import uci, uci_methods
 
     calls = []
 
@@ -162,7 +163,7 @@ def test_uci_interrupt_keeps_what_was_finished(tmp_path, capsys, monkeypatch):
             raise KeyboardInterrupt
         return uci.Result(dataset, method, 2, 1.0, 0.1, 2.0, 0.2, 3.0)
 
-    monkeypatch.setattr(uci, "run", fake_run)
+    monkeypatch.setattr(uci_methods, "run", fake_run)
     output = tmp_path / "partial.json"
     assert main(["uci", "--splits", "0-1", "--output", str(output)]) == 130
     captured = capsys.readouterr()
@@ -191,7 +192,7 @@ def test_uci_corrupt_split_file_exits_2_before_training(tmp_path, capsys):
 def _fake_runs(monkeypatch, outcome):
     """Replaces the training of a unit: `outcome(method, call_index)` returns
     a number (the unit's RMSE) or raises."""
-    from keras_uncertainty.experiments import uci
+    from keras_uncertainty.experiments import uci, uci_methods
 
     calls = []
 
@@ -200,7 +201,7 @@ def _fake_runs(monkeypatch, outcome):
         rmse = outcome(method, len(calls))
         return uci.Result(dataset, method, 2, rmse, 0.1, 2.0, 0.2, 3.0)
 
-    monkeypatch.setattr(uci, "run", fake_run)
+    monkeypatch.setattr(uci_methods, "run", fake_run)
     return calls
 
 
@@ -224,6 +225,7 @@ def test_run_uci_writes_to_the_results_file_it_is_given(tmp_path, capsys):
         adversarial_epsilon=0.0,
         seed=0,
         learning_rate=1e-2,
+        schedule="cosine",
         output="not-this-one.json",  # run_uci writes `results_file`, not this
     )
 
@@ -251,7 +253,7 @@ def test_missing_output_folders_are_created_and_written_after_each_unit(
 
     _fake_runs(monkeypatch, outcome)
     assert main(["uci", "--splits", "0-1", "--output", str(output)]) == 0
-    assert seen == [1, 2]
+    assert seen == list(range(1, len(METHODS)))  # before each unit but the first
     assert json.loads(output.read_text())["status"] == "complete"
 
 
@@ -289,7 +291,7 @@ def test_a_failed_run_records_its_status_but_never_wipes_earlier_results(
     assert main(["uci", "--splits", "0", "--output", str(fresh)]) == 1
     written = json.loads(fresh.read_text())
     assert written["status"].startswith("failed: ") and written["results"] == []
-    assert len(written["failures"]) == 3
+    assert len(written["failures"]) == len(METHODS)
     assert "diverged on every split" in written["failures"][0]["reason"]
 
 
@@ -301,8 +303,8 @@ def test_resume_skips_finished_units_and_refuses_other_settings(
     args = ["uci", "--splits", "0-1", "--method", "mc-dropout", "--output", str(output)]
     assert main(args) == 0
     assert main(["uci", "--splits", "0-1", "--output", str(output), "--resume"]) == 0
-    # mc-dropout was in the file: only the other two methods ran again.
-    assert calls == ["mc-dropout", "hetero-mc-dropout", "ensemble"]
+    # mc-dropout was in the file: only the other methods ran again.
+    assert calls == list(METHODS)
     written = json.loads(output.read_text())
     assert [r["method"] for r in written["results"]] == calls
     assert written["results"][0]["rmse_mean"] == 1.0
@@ -467,7 +469,7 @@ def test_a_killed_run_keeps_its_finished_units_and_resumes_to_the_same_table(
     process.wait(timeout=60)
     on_disk = json.loads(killed.read_text())  # valid JSON after SIGKILL
     assert on_disk["status"] == "running"
-    assert 1 <= len(on_disk["results"]) < 3
+    assert 1 <= len(on_disk["results"]) < len(METHODS)
     subprocess.run(
         [str(COMMAND), *_SMALL_RUN, "--output", str(killed), "--resume"],
         check=True,
@@ -489,11 +491,7 @@ def test_uci_end_to_end_on_two_yacht_splits(uninterrupted_run):
     written = json.loads(uninterrupted_run.output.read_text())
     assert written["status"] == "complete" and written["failures"] == []
     records = written["results"]
-    assert [r["method"] for r in records] == [
-        "mc-dropout",
-        "hetero-mc-dropout",
-        "ensemble",
-    ]
+    assert [r["method"] for r in records] == list(METHODS)
     for record in records:
         assert set(record) == {
             "dataset",
@@ -509,21 +507,28 @@ def test_uci_end_to_end_on_two_yacht_splits(uninterrupted_run):
 
 
 def test_the_published_protocol_is_one_flag_away(tmp_path, monkeypatch, capsys):
-    from keras_uncertainty.experiments import uci
+    from keras_uncertainty.experiments import uci, uci_methods
     from keras_uncertainty.experiments.protocols import PROTOCOLS
 
     seen = []
 
-    def fake_run(dataset, method, splits, multiplier, *args, **kwargs):
-        seen.append((method, multiplier, kwargs["learning_rate"]))
+    def fake_run(dataset, method, splits, protocol):
+        seen.append(
+            (
+                method,
+                protocol.epochs_multiplier,
+                protocol.learning_rate,
+                protocol.schedule,
+            )
+        )
         return uci.Result(dataset, method, 1, 1.0, 0.0, 1.0, 0.0, 1.0)
 
-    monkeypatch.setattr(uci, "run", fake_run)
+    monkeypatch.setattr(uci_methods, "run", fake_run)
     output = tmp_path / "published.json"
     assert main(["uci", "--protocol", "published", "--output", str(output)]) == 0
-    assert seen == [("mc-dropout", 100.0, 1e-3)]
+    assert seen == [("mc-dropout", 100.0, 1e-3, "constant")]
     settings = json.loads(output.read_text())["settings"]
     assert settings["protocol"] == "published" and settings["learning_rate"] == 1e-3
     assert main(["uci", "--splits", "0", "--method", "ensemble"]) == 0
-    assert seen[-1] == ("ensemble", 10.0, uci.LEARNING_RATE)
+    assert seen[-1] == ("ensemble", 10.0, uci.LEARNING_RATE, "cosine")
     assert PROTOCOLS["default"]["learning_rate"] == uci.LEARNING_RATE

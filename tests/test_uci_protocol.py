@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_uncertainty as ku
-from keras_uncertainty.experiments import uci
+from keras_uncertainty.experiments import protocols, uci, uci_methods
 
 
 @pytest.fixture(scope="module")
@@ -13,10 +13,22 @@ def yacht_splits():
     return [ku.datasets.load_uci("yacht", split=k) for k in range(2)]  # packaged
 
 
+def _short(epochs=3, num_samples=20, **kwargs):
+    """A protocol of `epochs` epochs on yacht (its n_epochs is 40)."""
+    return uci_methods.Protocol(epochs / 40, 1e-2, "cosine", num_samples, 0, **kwargs)
+
+
+def test_every_method_of_the_command_line_is_one_class_on_the_contract():
+    assert tuple(uci_methods.METHODS) == protocols.METHODS
+    for name, method in uci_methods.METHODS.items():
+        assert isinstance(method, uci_methods.UCIMethod) and method.name == name
+        assert method.family and method.settings
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", uci.METHODS)
+@pytest.mark.parametrize("method", protocols.METHODS)
 def test_each_method_scores_every_split_in_original_units(yacht_splits, method):
-    rmses, nlls = uci.run_splits(method, yacht_splits, epochs=3, num_samples=20, seed=0)
+    rmses, nlls = uci_methods.METHODS[method].run_splits(yacht_splits, _short())
     assert rmses.shape == nlls.shape == (2,)
     assert np.all(np.isfinite(rmses)) and np.all(np.isfinite(nlls))
     # Scored in the target's units (std about 15), not standardized ones.
@@ -95,12 +107,25 @@ def test_each_member_makes_exactly_the_updates_it_makes_trained_alone(monkeypatc
     for m, ((member, initial), packed) in enumerate(zip(built, trained.model.members)):
         alone = keras.models.clone_model(member)
         alone.set_weights(initial)
-        alone.compile(keras.optimizers.Adam(uci.LEARNING_RATE), loss="mse")
+        # The default schedule: a half cosine over the 3 epochs of 3 steps.
+        schedule = keras.optimizers.schedules.CosineDecay(uci.LEARNING_RATE, 9)
+        alone.compile(keras.optimizers.Adam(schedule), loss="mse")
         for inputs, target, weight in stream.as_numpy_iterator():
             own = weight[:, m] > 0
             alone.train_on_batch(inputs[own, m], target[own, m])
         for a, b in zip(alone.get_weights(), packed.get_weights()):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_step_schedule_is_cosine_to_zero_or_constant():
+    cosine = uci.step_schedule(0.01, "cosine", 100)
+    steps = np.array([0, 25, 50, 100])
+    expected = 0.01 * 0.5 * (1 + np.cos(np.pi * steps / 100))
+    actual = [float(cosine(int(step))) for step in steps]
+    np.testing.assert_allclose(actual, expected, atol=1e-9)
+    assert uci.step_schedule(0.01, "constant", 100) == 0.01
+    with pytest.raises(ValueError, match="`schedule`.*received 'linear'"):
+        uci.step_schedule(0.01, "linear", 100)
 
 
 def test_each_members_adversarial_step_is_over_its_own_feature_range():
@@ -196,15 +221,16 @@ def test_run_warns_and_averages_the_splits_that_did_not_diverge(monkeypatch):
     def half_diverged(*args, **kwargs):
         return np.array([1.0, np.nan, 3.0]), np.array([2.0, np.nan, 4.0])
 
-    monkeypatch.setattr(uci, "run_splits", half_diverged)
+    ensemble = uci_methods.METHODS["ensemble"]
+    monkeypatch.setattr(ensemble, "run_splits", half_diverged)
     with pytest.warns(RuntimeWarning, match=r"diverged .* on splits \[1\]"):
-        result = uci.run("yacht", "ensemble", splits, 1, 1, 0)
+        result = uci_methods.run("yacht", "ensemble", splits, _short())
     assert result.num_splits == 2 and result.rmse_mean == 2.0
     monkeypatch.setattr(
-        uci, "run_splits", lambda *a, **k: (np.full(3, np.nan), np.full(3, np.nan))
+        ensemble, "run_splits", lambda *a: (np.full(3, np.nan), np.full(3, np.nan))
     )
     with pytest.raises(FloatingPointError, match="every split"):
-        uci.run("yacht", "ensemble", splits, 1, 1, 0)
+        uci_methods.run("yacht", "ensemble", splits, _short())
 
 
 def _small_training(every_epochs=None):

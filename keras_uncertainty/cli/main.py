@@ -49,7 +49,11 @@ _COMMAND_MODULES = {
         "keras_uncertainty.models",
         "keras_uncertainty.sampling",
     ),
-    "uci": ("keras_uncertainty.cli.uci", "keras_uncertainty.experiments.uci"),
+    "uci": (
+        "keras_uncertainty.cli.uci",
+        "keras_uncertainty.experiments.uci",
+        "keras_uncertainty.experiments.uci_methods",
+    ),
     "mnist": ("keras_uncertainty.cli.mnist", "keras_uncertainty.experiments.mnist"),
 }
 
@@ -89,10 +93,11 @@ def build_parser():
         "uci",
         help="the UCI regression benchmark against the published numbers",
         description=(
-            "Trains and evaluates MC dropout, heteroscedastic MC dropout and "
-            "deep ensembles on the UCI splits; prints RMSE and test NLL (mean "
-            "± standard error over splits, original units) beside the "
-            "published numbers."
+            "Trains and evaluates every method (MC dropout with and without a "
+            "variance head, deep ensembles, Flipout VI, last-layer Laplace, "
+            "SWAG, BatchEnsemble, MIMO, evidential regression) on the UCI "
+            "splits; prints RMSE and test NLL (mean ± standard error over "
+            "splits, original units) beside the published numbers."
         ),
     )
     uci.add_argument(
@@ -121,7 +126,8 @@ def build_parser():
         choices=sorted(protocols.PROTOCOLS),
         help=(
             f"default: {default['epochs_multiplier']:g}x epochs, Adam "
-            f"{default['learning_rate']:g}, every method; published: the MC "
+            f"{default['learning_rate']:g} with {default['schedule']} decay, "
+            "every method; published: the MC "
             f"dropout paper's grid results ({published['epochs_multiplier']:g}x "
             f"epochs, Adam {published['learning_rate']:g}, "
             f"{', '.join(published['methods'])} only, about 10x the training "
@@ -227,7 +233,8 @@ def resolve_protocol(args):
     """Fills in the protocol's epochs multiplier, Adam step and methods.
 
     Sets `args.epochs_multiplier` (when not given), `args.method` (when the
-    protocol runs fewer methods than "all") and `args.learning_rate`.
+    protocol runs fewer methods than "all"), `args.learning_rate` and
+    `args.schedule`.
 
     Args:
         args: The parsed `uci` arguments.
@@ -254,6 +261,7 @@ def resolve_protocol(args):
                 f"only; received --method {args.method}"
             )
     args.learning_rate = protocol["learning_rate"]
+    args.schedule = protocol["schedule"]
 
 
 def uci_settings(args):
@@ -268,6 +276,7 @@ def uci_settings(args):
     return {
         "protocol": args.protocol,
         "learning_rate": args.learning_rate,
+        "schedule": args.schedule,
         "splits": args.splits,
         "epochs_multiplier": args.epochs_multiplier,
         "num_samples": args.num_samples,

@@ -2,6 +2,7 @@
 
 import math
 import sys
+import time
 
 import keras
 
@@ -14,32 +15,74 @@ from keras_uncertainty.cli.usage import parse_splits
 from keras_uncertainty.experiments.protocols import METHODS
 
 
-class _Progress(keras.callbacks.Callback):
-    """One status line on stderr: data set, method, which training and how far.
+def _duration(seconds):
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
-    MC dropout trains twice (the grid on the validation rows, then the
-    chosen configurations); every split trains at once.
+
+class _Progress(keras.callbacks.Callback):
+    """Progress on stderr: a line as each (data set, method) unit starts and
+    ends, with the run's elapsed time and its estimated remaining time, and
+    on a terminal a status line of the training in progress.
+
+    The estimate divides the time of the units finished in this run by
+    their work (splits x training rows x epochs) and multiplies the work
+    left by it: rough for the first units (the methods differ in cost), a
+    guide for a long run.
     """
 
-    def __init__(self, label):
+    def __init__(self, units):
         super().__init__()
-        self.label = label
+        self.units = units  # [(label, method, work)]
+        self.start = time.perf_counter()
+        self.done_work = self.done_seconds = 0.0
+        self.index = -1
+        self.label = ""
         self.fits = 0
 
-    def show(self, text, final=False):
-        if sys.stderr.isatty():
-            sys.stderr.write(f"\r{self.label} {text}".ljust(79)[:79])
-        elif final:  # a log file or notebook gets one line per result
-            sys.stderr.write(f"{self.label} {text}")
+    def write(self, text):
+        sys.stderr.write(text)
         sys.stderr.flush()
+
+    def begin(self, index, num_splits):
+        self.index, self.fits = index, 0
+        self.unit_start = time.perf_counter()
+        label, method, _ = self.units[index]
+        self.label = f"{label} {method}"
+        self.write(
+            f"[{index + 1}/{len(self.units)}] {self.label}: {num_splits} splits; "
+            f"elapsed {_duration(time.perf_counter() - self.start)}"
+            f"{self._remaining(index)}\n"
+        )
+
+    def _remaining(self, index):
+        if not self.done_work:
+            return ""
+        left = sum(work for _, _, work in self.units[index:])
+        return f", about {_duration(self.done_seconds / self.done_work * left)} left"
+
+    def end(self, text, counted=True):
+        seconds = time.perf_counter() - self.unit_start
+        if counted:
+            self.done_work += self.units[self.index][2]
+            self.done_seconds += seconds
+        if sys.stderr.isatty():
+            self.write("\r" + " " * 79 + "\r")
+        self.write(f"{self.label}: {text} in {_duration(seconds)}\n")
 
     def on_train_begin(self, logs=None):
         self.fits += 1
 
     def on_train_batch_end(self, batch, logs=None):
         steps = self.params.get("steps") or 0
-        if steps and batch % max(1, steps // 50) == 0:
-            self.show(f"training {self.fits}: {100 * (batch + 1) // steps:3d}%")
+        if sys.stderr.isatty() and steps and batch % max(1, steps // 50) == 0:
+            percent = 100 * (batch + 1) // steps
+            text = f"{self.label} training {self.fits}: {percent:3d}%"
+            self.write("\r" + text.ljust(79)[:79])
 
 
 def _cell(value, spread):
@@ -102,7 +145,7 @@ def _run_uci(args, results_file, error):
     import dataclasses
 
     from keras_uncertainty.datasets import load_uci
-    from keras_uncertainty.experiments import uci
+    from keras_uncertainty.experiments import uci, uci_methods
 
     datasets = args.datasets or ["yacht"]
     methods = METHODS if args.method == "all" else (args.method,)
@@ -125,37 +168,40 @@ def _run_uci(args, results_file, error):
     except ValueError as exc:
         error(str(exc))
 
+    protocol = uci_methods.Protocol(
+        epochs_multiplier=args.epochs_multiplier,
+        learning_rate=args.learning_rate,
+        schedule=args.schedule,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        adversarial=args.adversarial_epsilon,
+    )
+    units = [
+        (label, method, len(splits) * len(splits[0].y_train) * splits[0].n_epochs)
+        for label, splits in plans
+        for method in methods
+    ]
+    progress = _Progress(units)
+    protocol = dataclasses.replace(protocol, callbacks=(progress,))
     failed, interrupted = [], None
     try:
-        for label, splits in plans:
-            for method in methods:
-                if results_file.finished(label, method):
-                    sys.stderr.write(
-                        f"{label} {method}: in {results_file.path}, skipped\n"
-                    )
-                    continue
-                progress = _Progress(f"{label} {method}, {len(splits)} splits:")
-                try:
-                    result = uci.run(
-                        label,
-                        method,
-                        splits,
-                        args.epochs_multiplier,
-                        args.num_samples,
-                        args.seed,
-                        adversarial=args.adversarial_epsilon,
-                        callbacks=[progress],
-                        learning_rate=args.learning_rate,
-                    )
-                except FloatingPointError as exc:  # diverged on every split
-                    failed.append(f"{label} {method}")
-                    results_file.fail(label, method, str(exc))
-                    progress.show(f"failed: {exc}", final=True)
-                    sys.stderr.write("\n")
-                    continue
-                results_file.add(dataclasses.asdict(result))
-                progress.show(f"done in {result.seconds:.0f} s", final=True)
-                sys.stderr.write("\n")
+        for index, (label, method, _) in enumerate(units):
+            splits = dict(plans)[label]
+            if results_file.finished(label, method):
+                sys.stderr.write(f"{label} {method}: in {results_file.path}, skipped\n")
+                continue
+            progress.begin(index, len(splits))
+            try:
+                result = uci_methods.run(label, method, splits, protocol)
+            except FloatingPointError as exc:  # diverged on every split
+                failed.append(f"{label} {method}")
+                results_file.fail(label, method, str(exc))
+                progress.end(f"failed: {exc}", counted=False)
+                continue
+            results_file.add(dataclasses.asdict(result))
+            progress.end(
+                f"RMSE {result.rmse_mean:.3g}, NLL {result.nll_mean:.3g}, done"
+            )
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP
         interrupted = interrupt_status(exc)
         sys.stderr.write(

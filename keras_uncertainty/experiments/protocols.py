@@ -15,11 +15,25 @@ UCI_DATASETS = (
     "wine-quality-red",
     "yacht",
 )
-# The methods, in the order they run and are reported.
-METHODS = ("mc-dropout", "hetero-mc-dropout", "ensemble")
+# The methods, in the order they run and are reported (one class each in
+# `keras_uncertainty.experiments.uci_methods`).
+METHODS = (
+    "mc-dropout",
+    "hetero-mc-dropout",
+    "ensemble",
+    "vi",
+    "laplace",
+    "swag",
+    "batch-ensemble",
+    "mimo",
+    "evidential",
+)
 # Adam's step size. The papers' code uses Keras's default 1e-3; see the
 # README's "UCI benchmark" section for the runs that chose these defaults.
 LEARNING_RATE = 1e-2
+# How the step changes over training: "cosine" decays it to 0 (see the
+# README's "UCI benchmark" section for the validation runs that chose it).
+SCHEDULE = "cosine"
 # Training epochs: this times each data set's n_epochs.txt.
 EPOCHS_MULTIPLIER = 10.0
 # Lakshminarayanan et al. (2017): adversarial training with a fast-gradient-
@@ -32,6 +46,7 @@ NUM_SAMPLES = 10000
 # base epochs, Keras's default Adam step, MC dropout only.
 PUBLISHED_EPOCHS_MULTIPLIER = 100.0
 PUBLISHED_LEARNING_RATE = 1e-3
+PUBLISHED_SCHEDULE = "constant"
 PUBLISHED_METHODS = ("mc-dropout",)
 
 DEFAULT_PROTOCOL = "default"
@@ -41,11 +56,13 @@ PROTOCOLS = {
     DEFAULT_PROTOCOL: {
         "epochs_multiplier": EPOCHS_MULTIPLIER,
         "learning_rate": LEARNING_RATE,
+        "schedule": SCHEDULE,
         "methods": None,
     },
     "published": {
         "epochs_multiplier": PUBLISHED_EPOCHS_MULTIPLIER,
         "learning_rate": PUBLISHED_LEARNING_RATE,
+        "schedule": PUBLISHED_SCHEDULE,
         "methods": PUBLISHED_METHODS,
     },
 }

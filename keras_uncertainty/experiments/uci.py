@@ -16,7 +16,6 @@ with each split's members as one mixture.
 
 import dataclasses
 import math
-import time
 import warnings
 
 import keras
@@ -28,6 +27,7 @@ from keras_uncertainty.experiments.protocols import (  # noqa: F401 (re-exported
     ADVERSARIAL_EPSILON,
     LEARNING_RATE,
     METHODS,
+    SCHEDULE,
 )
 from keras_uncertainty.layers.mc_dropout import MCDropout
 from keras_uncertainty.losses import GaussianNLL
@@ -123,6 +123,33 @@ class Result:
             se(nlls),
             float(seconds),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """The settings every method of one `uci` run shares.
+
+    Attributes:
+        epochs_multiplier: Training epochs are this times `n_epochs`.
+        learning_rate: Adam's (initial) step.
+        schedule: `"cosine"` or `"constant"` (see
+            `keras_uncertainty.experiments.uci.step_schedule`).
+        num_samples: Monte Carlo samples per test input (stochastic methods).
+        seed: Integer seed.
+        adversarial: Deep Ensembles' fast-gradient-sign step (0: none).
+        callbacks: Keras callbacks passed to every `fit`.
+    """
+
+    epochs_multiplier: float
+    learning_rate: float
+    schedule: str
+    num_samples: int
+    seed: int
+    adversarial: float = ADVERSARIAL_EPSILON
+    callbacks: tuple = ()
+
+    def epochs(self, split):
+        return max(1, int(round(split.n_epochs * self.epochs_multiplier)))
 
 
 def data_table(splits):
@@ -246,6 +273,20 @@ def member_network(num_inputs, hidden, outputs, x_mean, x_std, rate, decay, seed
     )
 
 
+def step_schedule(learning_rate, schedule, total_steps):
+    """Adam's step: `learning_rate` throughout (`"constant"`), or decaying
+    from it to 0 along a half cosine over `total_steps` (`"cosine"`,
+    Loshchilov & Hutter 2017 without restarts). Both are the same for every
+    member, so a packed member still makes the updates it would make alone."""
+    if schedule == "constant":
+        return learning_rate
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(learning_rate, total_steps)
+    raise ValueError(
+        f"`schedule` must be 'constant' or 'cosine'; received {schedule!r}"
+    )
+
+
 def train_members(
     x, y, member_rows, outputs, hidden, epochs, batch_size, seed, **options
 ):
@@ -257,11 +298,15 @@ def train_members(
     `options`: `rates` and `decays` (one per member), `adversarial_epsilon`
     (the ensemble's fast-gradient-sign step, over each member's own feature
     range), `callbacks`, `learning_rate` (Adam's step, default
-    `LEARNING_RATE`), and `every_epochs=(k, function(trained, epoch))` to
-    look at the networks after every k-th epoch.
+    `LEARNING_RATE`), `schedule` (`"cosine"`, the default: the step decays
+    to 0 along a half cosine over `schedule_epochs`, default `epochs`;
+    `"constant"`), and `every_epochs=(k, function(trained, epoch))` to look
+    at the networks after every k-th epoch.
     """
     callbacks = list(options.pop("callbacks", ()))
     learning_rate = options.pop("learning_rate", LEARNING_RATE)
+    schedule = options.pop("schedule", SCHEDULE)
+    schedule_epochs = options.pop("schedule_epochs", None) or epochs
     every_epochs = options.pop("every_epochs", None)
     rates = options.pop("rates", None)
     decays = options.pop("decays", None)
@@ -296,7 +341,9 @@ def train_members(
     loss = GaussianNLL(min_log_var=MIN_LOG_VAR) if outputs == 2 else "mse"
     steps_per_pass = math.ceil(max(len(r) for r in member_rows) / batch_size)
     model.compile(
-        keras.optimizers.Adam(learning_rate),
+        keras.optimizers.Adam(
+            step_schedule(learning_rate, schedule, schedule_epochs * steps_per_pass)
+        ),
         loss=loss,
         steps_per_execution=steps_per_call(
             epochs * steps_per_pass,
@@ -434,14 +481,23 @@ def evaluate_members(
         y=y_true,
     )
     sizes = [len(rows) for rows in member_rows[::group]]
-    rmses, nlls = np.full(len(sizes), np.nan), np.full(len(sizes), np.nan)
-    for s, k in enumerate(sizes):
-        split_score = None if diverged[s] else _group_score(score, s, k)
-        if split_score is None:
-            continue
-        report = regression_report(y_true[:k, s], split_score, levels=())
-        rmses[s], nlls[s] = report["rmse"], report["mixture_nll"]
+    scores = [
+        scored_group(score, diverged, y_true[:k, s], s) for s, k in enumerate(sizes)
+    ]
+    rmses, nlls = (np.array(values) for values in zip(*scores))
     return rmses, nlls
+
+
+def scored_group(score, diverged, y_true, group=0):
+    """RMSE and mixture NLL of group `group` of a `SplitMixtureNLL`'s
+    `(score, diverged)` on its first `len(y_true)` rows, by
+    `ku.metrics.regression_report`; NaN for a group that diverged."""
+    rows = len(y_true)
+    group_score = None if diverged[group] else _group_score(score, group, rows)
+    if group_score is None:
+        return np.nan, np.nan
+    report = regression_report(y_true, group_score, levels=())
+    return report["rmse"], report["mixture_nll"]
 
 
 def _group_score(score, group, rows):
@@ -471,23 +527,17 @@ def _weight_decay(rate, tau, num_rows):
     return LENGTH_SCALE**2 * (1 - rate) / (2.0 * num_rows * tau)
 
 
-def _ensemble(
-    splits,
-    x,
-    y,
-    fit_rows,
-    validation_rows,
-    epochs,
-    seed,
-    adversarial,
-    callbacks,
-    learning_rate,
-):
-    """Deep Ensembles, each split's number of epochs chosen on its
-    validation rows (the last 20% of its training rows): the mixture's
-    validation NLL is scored every `epochs // ENSEMBLE_CHECKS` epochs, and
-    the retrain on all training rows keeps each split's members as they were
-    at that split's best epoch."""
+def deep_ensemble(splits, protocol):
+    """Deep Ensembles on every split at once; `(rmses, nlls)` per split.
+
+    Each split's number of epochs is chosen on its validation rows (the last
+    20% of its training rows): the mixture's validation NLL is scored every
+    `epochs // ENSEMBLE_CHECKS` epochs, and the retrain on all training rows
+    keeps each split's members as they were at that split's best epoch."""
+    x, y = data_table(splits)
+    fit_rows, validation_rows = zip(*(_split_validation(s.train_rows) for s in splits))
+    epochs = protocol.epochs(splits[0])
+    seed = protocol.seed
 
     def each_member(per_split):
         return [rows for rows in per_split for _ in range(ENSEMBLE_MEMBERS)]
@@ -502,10 +552,13 @@ def _ensemble(
             num_epochs,
             ENSEMBLE_BATCH_SIZE,
             seed,
-            adversarial_epsilon=adversarial,
-            callbacks=callbacks,
+            adversarial_epsilon=protocol.adversarial,
+            callbacks=protocol.callbacks,
             every_epochs=(every, look),
-            learning_rate=learning_rate,
+            learning_rate=protocol.learning_rate,
+            schedule=protocol.schedule,
+            # The retrain stops at the chosen epoch of the same schedule.
+            schedule_epochs=epochs,
         )
 
     every = max(1, epochs // ENSEMBLE_CHECKS)
@@ -540,44 +593,19 @@ def _ensemble(
     )
 
 
-def run_splits(
-    method,
-    splits,
-    epochs,
-    num_samples,
-    seed,
-    adversarial=ADVERSARIAL_EPSILON,
-    callbacks=(),
-    learning_rate=LEARNING_RATE,
-):
-    """Trains `method` on every `UCISplit` of `splits` at once.
+def dropout_grid(splits, protocol, heteroscedastic):
+    """MC dropout on every split at once; `(rmses, nlls)` per split.
 
-    Returns:
-        `(rmses, nlls)`, arrays with one entry per split, on its test rows in
-        the target's original units.
-    """
-    keras.utils.set_random_seed(seed)
+    Each split's (dropout rate, tau) is chosen on its validation rows (the
+    last 20% of its training rows) among the data folder's grid, then
+    retrained on all its training rows. The heteroscedastic network learns
+    its noise, so tau only sets its weight decay; it is held at 1."""
     x, y = data_table(splits)
     hidden = splits[0].n_hidden
     fit_rows, validation_rows = zip(*(_split_validation(s.train_rows) for s in splits))
-    if method == "ensemble":
-        return _ensemble(
-            splits,
-            x,
-            y,
-            fit_rows,
-            validation_rows,
-            epochs,
-            seed,
-            adversarial,
-            callbacks,
-            learning_rate,
-        )
-
-    heteroscedastic = method == "hetero-mc-dropout"
+    epochs = protocol.epochs(splits[0])
+    seed, num_samples = protocol.seed, protocol.num_samples
     outputs = 2 if heteroscedastic else 1
-    # The heteroscedastic network learns its noise, so tau only sets its
-    # weight decay; it is held at 1.
     taus = (1.0,) if heteroscedastic else splits[0].tau_values
     grid = [(p, tau) for p in splits[0].dropout_rates for tau in taus]
 
@@ -595,8 +623,9 @@ def run_splits(
             decays=np.array(
                 [_weight_decay(p, t, len(r)) for r, (p, t) in zip(member_rows, configs)]
             ),
-            callbacks=callbacks,
-            learning_rate=learning_rate,
+            callbacks=protocol.callbacks,
+            learning_rate=protocol.learning_rate,
+            schedule=protocol.schedule,
         )
 
     def member_taus(configs):
@@ -629,27 +658,13 @@ def run_splits(
     )
 
 
-def run(
-    dataset,
-    method,
-    splits,
-    epochs_multiplier,
-    num_samples,
-    seed,
-    adversarial=ADVERSARIAL_EPSILON,
-    callbacks=(),
-    learning_rate=LEARNING_RATE,
-):
-    """Runs `method` on `splits` (a list of `UCISplit`); returns a `Result`.
+def result_of_splits(dataset, method, splits, rmses, nlls, seconds):
+    """The `Result` of the splits that did not diverge.
 
-    `adversarial` is the ensemble's fast-gradient-sign step (0 or None: no
-    adversarial training); `learning_rate` is Adam's step.
+    Raises:
+        FloatingPointError: Every split diverged (non-finite predictions).
     """
-    start = time.perf_counter()
-    epochs = max(1, int(round(splits[0].n_epochs * epochs_multiplier)))
-    rmses, nlls = run_splits(
-        method, splits, epochs, num_samples, seed, adversarial, callbacks, learning_rate
-    )
+    rmses, nlls = np.asarray(rmses, np.float64), np.asarray(nlls, np.float64)
     failed = [s.split for s, v in zip(splits, nlls) if not np.isfinite(v)]
     if failed:
         if len(failed) == len(splits):
@@ -662,8 +677,8 @@ def run(
             f"splits {failed}; the result averages the other "
             f"{len(splits) - len(failed)} splits.",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         keep = np.isfinite(nlls)
         rmses, nlls = rmses[keep], nlls[keep]
-    return Result.from_splits(dataset, method, rmses, nlls, time.perf_counter() - start)
+    return Result.from_splits(dataset, method, rmses, nlls, seconds)
