@@ -36,7 +36,7 @@ def test_lenet5_without_dropout_is_deterministic():
 
 @pytest.fixture(scope="module")
 def small_report():
-    """Both methods trained briefly on 1000 images (the protocol's code path
+    """Every method trained briefly on 1000 images (the protocol's code path
     with a smaller training slice)."""
     data = ku.datasets.load_mnist()
     original = mnist.TRAIN_IMAGES
@@ -57,24 +57,56 @@ def test_report_scores_every_method_at_every_rotation(small_report):
     for (method, degrees), scores in small_report.scores.items():
         assert 0.0 <= scores.accuracy <= 1.0 and np.isfinite(scores.nll)
         np.testing.assert_allclose(scores.retention.retained_fraction, mnist.RETAINED)
+        assert 0.0 <= scores.brier <= 2.0 and 0.0 <= scores.error_auroc <= 1.0
         votes = small_report.predictions[method, degrees].votes
-        samples = {"mc-dropout": 8, "ensemble": mnist.ENSEMBLE_MEMBERS}
-        assert np.all(votes.sum(axis=1) == samples.get(method, 1))
+        # A vote per sample: T for the sampled methods, one per member for
+        # the ensembles, none for the closed-form predictives.
+        samples = {"mc-dropout": 8, "vi": 8, "swag": 8, "ensemble": 5}
+        samples.update({"batch-ensemble": 4, "mimo": 3})
+        if method in samples:
+            assert np.all(votes.sum(axis=1) == samples[method])
     # Trained at all: far better than chance on upright digits.
     assert small_report.scores["ensemble", 0].accuracy > 0.5
     # Rotating the digits by 60 degrees costs accuracy.
-    for method in mnist.METHODS:
+    for method in ("mc-dropout", "ensemble"):
         upright = small_report.scores[method, 0].accuracy
         assert small_report.scores[method, 60].accuracy < upright
 
 
 @pytest.mark.slow
+def test_report_decides_with_every_methods_uncertainty(small_report):
+    assert set(small_report.decisions) == {*mnist.METHODS, mnist.DETERMINISTIC}
+    for method, decided in small_report.decisions.items():
+        assert 0.0 <= decided.ood_auroc_rotation <= 1.0
+        assert 0.0 <= decided.ood_auroc_noise <= 1.0
+        assert 0.0 <= decided.set_size <= 10.0
+        # Split conformal: coverage at least 1 - alpha, up to the finite
+        # sample's slack on 1,000 test digits.
+        assert decided.coverage >= 1 - mnist.CONFORMAL_ALPHA - 0.03
+        assert small_report.predictions[method, mnist.NOISE].probs.shape == (2000, 10)
+
+
+def test_every_mnist_method_is_one_class_on_the_contract():
+    from keras_uncertainty.experiments import mnist_methods, protocols
+
+    assert tuple(mnist_methods.METHODS) == (
+        *protocols.MNIST_METHODS,
+        protocols.MNIST_BASELINE,
+    )
+    for name, method in mnist_methods.METHODS.items():
+        assert isinstance(method, mnist_methods.MNISTMethod) and method.name == name
+        assert method.label and method.family and method.settings
+
+
+@pytest.mark.slow
 def test_report_text_and_figures(small_report, tmp_path):
-    from keras_uncertainty.cli.mnist import report_text, write_figures
+    from keras_uncertainty.cli.mnist import _label, report_text, write_figures
 
     text = report_text(small_report, 8)
     assert "image  61 (label 8)" in text and "image 591 (label 8)" in text
-    assert "random, MC dropout" in text and "rotated by 60 degrees" in text
+    assert "random, mc-dropout" in text and "rotated by 60 degrees" in text
+    for method in mnist.METHODS:  # one row of the benchmark table each
+        assert text.count(_label(method)) >= 1
     paths = write_figures(small_report, str(tmp_path))
     assert sorted(p.split("/")[-1] for p in paths) == [
         "reliability.png",

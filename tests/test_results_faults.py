@@ -21,7 +21,7 @@ import pytest
 from keras_uncertainty.cli import results
 from keras_uncertainty.cli.main import main
 from keras_uncertainty.cli.results import ResultsFile, write_json_atomic
-from keras_uncertainty.experiments.protocols import METHODS
+from keras_uncertainty.experiments.protocols import METHODS, MNIST_METHODS
 
 _RUN = ["uci", "--splits", "0-1"]
 
@@ -424,13 +424,13 @@ def test_resume_refuses_units_computed_from_another_folder_of_the_same_name(
 
 
 def _tiny_protocol(monkeypatch):
-    from keras_uncertainty.experiments import mnist
+    from keras_uncertainty.experiments import mnist, mnist_methods
 
     monkeypatch.setenv("KERAS_UNCERTAINTY_DATA", _shared_data())
     monkeypatch.setattr(mnist, "TRAIN_IMAGES", slice(2000, 2064))
     monkeypatch.setattr(mnist, "TEST_IMAGES", slice(0, 48))
     monkeypatch.setattr(mnist, "EXAMPLES", (1, 2))
-    monkeypatch.setattr(mnist, "ENSEMBLE_MEMBERS", 2)
+    monkeypatch.setattr(mnist_methods.METHODS["ensemble"], "members", 2)
     return ["mnist", "--epochs", "1", "--num-samples", "3"]
 
 
@@ -489,7 +489,7 @@ def test_mnist_writes_each_method_as_it_finishes_and_resume_matches_a_full_run(
     assert main([*tiny_mnist, "--output-dir", str(full)]) == 0
     status, units = _units(full)
     assert status == "complete"
-    assert set(units) == {"mc-dropout", "ensemble", "deterministic"}
+    assert set(units) == {*MNIST_METHODS, "deterministic"}
     assert all((full / name).is_file() for name in units.values())
     assert "wrote " + str(full / "results.json") in capsys.readouterr().out
 

@@ -192,7 +192,10 @@ def build_parser():
         "--data-dir", default=None, help="folder holding the MNIST IDX files"
     )
     mnist.add_argument(
-        "--method", default="all", choices=["mc-dropout", "ensemble", "all"]
+        "--method",
+        default="all",
+        choices=[*protocols.MNIST_METHODS, "all"],
+        help="the deterministic baseline always runs too (default: all)",
     )
     mnist.add_argument(
         "--output-dir",
@@ -203,7 +206,7 @@ def build_parser():
         "--epochs",
         type=usage.positive_int,
         default=None,
-        help="epochs of every network (default: 30 for MC dropout, 10 else)",
+        help="epochs of every network (default: 30 for MC dropout and VI, 10 else)",
     )
     mnist.add_argument(
         "--num-samples",

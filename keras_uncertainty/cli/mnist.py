@@ -41,43 +41,71 @@ class _Progress(keras.callbacks.Callback):
         sys.stderr.flush()
 
 
-# Each method's name in tables and figures, and its short name, in the
-# order the report lists them; the deterministic baseline comes last.
-_NAMES = {
-    "mc-dropout": ("MC dropout", "MC dropout"),
-    "ensemble": ("Deep Ensemble", "ensemble"),
-    "deterministic": ("deterministic softmax", "deterministic"),
-}
+# The article's methods: their votes for its two eights are printed and
+# drawn.
+_ARTICLE_METHODS = ("mc-dropout", "ensemble")
 
 
 def _label(method):
-    return _NAMES[method][0]
+    from keras_uncertainty.experiments.mnist_methods import METHODS
+
+    return METHODS[method].label
 
 
 def _short(method):
-    return _NAMES[method][1]
+    return method
 
 
 def _methods(report):
-    return sorted({m for m, _ in report.scores}, key=list(_NAMES).index)
+    from keras_uncertainty.experiments.mnist_methods import METHODS
+
+    return sorted({m for m, _ in report.scores}, key=list(METHODS).index)
 
 
-def report_text(report, num_samples):
-    """The printed report: accuracy, votes, referral and shift tables."""
+def benchmark_table(report, timings):
+    """The benchmark table: one row per method, on the upright digits.
+
+    `timings`: `{method: {"train_seconds": s, "predict_ms": ms}}` (a method
+    without one, resumed from an older file, shows blanks)."""
+    lines = [
+        f"  {'method':<22}{'acc %':>7}{'NLL':>7}{'ECE':>7}{'Brier':>7}"
+        f"{'err AUROC':>10}{'OOD rot':>8}{'noise':>7}{'set 95%':>8}{'cover':>7}"
+        f"{'train s':>8}{'ms/img':>8}"
+    ]
+    for method in _methods(report):
+        s, d = report.scores[method, 0], report.decisions[method]
+        t = timings.get(method, {})
+        train = t.get("train_seconds")
+        predict = t.get("predict_ms")
+        lines.append(
+            f"  {_label(method):<22}{100 * s.accuracy:>7.2f}{s.nll:>7.3f}"
+            f"{s.ece:>7.3f}{s.brier:>7.3f}{s.error_auroc:>10.3f}"
+            f"{d.ood_auroc_rotation:>8.3f}{d.ood_auroc_noise:>7.3f}"
+            f"{d.set_size:>8.2f}{d.coverage:>7.3f}"
+            + (f"{train:>8.0f}" if train is not None else f"{'':>8}")
+            + (f"{predict:>8.3f}" if predict is not None else f"{'':>8}")
+        )
+    return lines
+
+
+def report_text(report, num_samples, timings=None):
+    """The printed report: the benchmark table, votes, referral and shift
+    tables (`timings`: see `benchmark_table`)."""
     from keras_uncertainty.experiments import mnist
 
     methods = _methods(report)
     lines = [f"MNIST, {report.protocol}:"]
-    for method in methods:
-        s = report.scores[method, 0]
-        lines.append(
-            f"  {_label(method):<22} accuracy {100 * s.accuracy:6.2f}%  "
-            f"NLL {s.nll:.3f}  ECE {s.ece:.3f}"
-        )
+    lines.extend(benchmark_table(report, timings or {}))
+    lines.append(
+        f"  (OOD: AUROC of the entropy against digits rotated by "
+        f"{mnist.OOD_ROTATION} degrees and against noise images; set 95%: mean "
+        f"conformal (LAC) set size at alpha {mnist.CONFORMAL_ALPHA}, and its "
+        "coverage)"
+    )
     lines.append("")
     lines.append("Votes of the samples for the article's two eights:")
     for method in methods:
-        if method == mnist.DETERMINISTIC:
+        if method not in _ARTICLE_METHODS:
             continue
         for index in mnist.EXAMPLES:
             p = report.predictions[method, 0]
@@ -124,7 +152,7 @@ def report_text(report, num_samples):
             cells.append(f"{100 * s.accuracy:.1f}% / {s.nll:.2f} / {s.ece:.3f}")
         lines.append(f"  {_label(method):<22}" + "".join(f"{c:>24}" for c in cells))
     lines.append("")
-    lines.append(f"T = {num_samples} MC dropout samples; {report.seconds:.0f} s.")
+    lines.append(f"T = {num_samples} samples; {report.seconds:.0f} s.")
     return "\n".join(lines)
 
 
@@ -148,7 +176,7 @@ def write_figures(report, output_dir):
 
     os.makedirs(output_dir, exist_ok=True)
     methods = _methods(report)
-    sampled = [m for m in methods if m != mnist.DETERMINISTIC]
+    sampled = [m for m in methods if m in _ARTICLE_METHODS]
     paths = []
 
     def save(fig, name):
@@ -266,7 +294,7 @@ class _UnitWriter:
         # resuming): removed once the new results.json no longer names them.
         self.replaced = set() if results_file.carried else _named_files(results_file)
 
-    def __call__(self, method, predictions, scores, seconds):
+    def __call__(self, method, predictions, scores, seconds, decisions, timing):
         from keras_uncertainty.experiments import mnist
 
         buffer = io.BytesIO()
@@ -298,6 +326,13 @@ class _UnitWriter:
                 "accuracy": upright.accuracy,
                 "nll": upright.nll,
                 "ece": upright.ece,
+                "brier": upright.brier,
+                "error_auroc": upright.error_auroc,
+                "ood_auroc_rotation": decisions.ood_auroc_rotation,
+                "ood_auroc_noise": decisions.ood_auroc_noise,
+                "set_size": decisions.set_size,
+                "coverage": decisions.coverage,
+                **timing,
                 "seconds": seconds,
             }
         )
@@ -325,7 +360,13 @@ def _named_files(results_file):
     except (OSError, ValueError, KeyError, TypeError):
         return set()
     # Only files named as this command names them are ever removed.
-    ours = re.compile(r"(mc-dropout|ensemble|deterministic)-[0-9a-f]{12}\.npz")
+    from keras_uncertainty.experiments.protocols import (
+        MNIST_BASELINE,
+        MNIST_METHODS,
+    )
+
+    methods = "|".join(map(re.escape, (*MNIST_METHODS, MNIST_BASELINE)))
+    ours = re.compile(rf"({methods})-[0-9a-f]{{12}}\.npz")
     return {n for n in names if isinstance(n, str) and ours.fullmatch(n)}
 
 
@@ -397,7 +438,11 @@ def _run_mnist(args, results_file, error):
         return status
     if sys.stderr.isatty():
         sys.stderr.write("\n")
-    print(report_text(report, args.num_samples))
+    timings = {
+        r["method"]: {k: r[k] for k in ("train_seconds", "predict_ms") if k in r}
+        for r in results_file.results
+    }
+    print(report_text(report, args.num_samples, timings))
     status = 0
     if not results_file.close("complete") and results_file.write_error is not None:
         writer.error = results_file.write_error

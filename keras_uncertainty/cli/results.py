@@ -15,7 +15,11 @@ import sys
 import tempfile
 
 from keras_uncertainty.cli.usage import UsageError
-from keras_uncertainty.experiments.protocols import METHODS
+from keras_uncertainty.experiments.protocols import (
+    METHODS,
+    MNIST_BASELINE,
+    MNIST_METHODS,
+)
 
 RESULTS_FORMAT = "keras-uncertainty uci results, version 1"
 # The exit status of a run whose results file could not be written at the
@@ -558,7 +562,8 @@ class ResultsFile:
 
 
 MNIST_RESULTS_NAME = "results.json"  # in --output-dir
-MNIST_RESULTS_FORMAT = "keras-uncertainty mnist results, version 1"
+# Version 2: every method, and the benchmark fields of each record.
+MNIST_RESULTS_FORMAT = "keras-uncertainty mnist results, version 2"
 # The largest file an MNIST unit writes: its predictions on the 10,000 test
 # images at three rotations (float64 probabilities, about 2.6 MB) and more.
 MNIST_PROBE_BYTES = 8 << 20
@@ -569,7 +574,9 @@ class MnistResultsFile(ResultsFile):
 
     The layout, lock, atomic writes and `--resume` checks of `ResultsFile`;
     one record per finished method (`dataset` "mnist"): its accuracy, NLL,
-    ECE and seconds, and the name and SHA-256 of the `.npz` file beside it
+    ECE, Brier score, error AUROC, OOD AUROCs (rotation, noise), conformal
+    set size and coverage, training seconds, prediction milliseconds per
+    image and seconds, and the name and SHA-256 of the `.npz` file beside it
     that holds its predictions (written before the record, so a record
     never names a missing file). `data` holds the SHA-256 of the MNIST
     arrays the run used (`--resume` refuses other data, or another
@@ -585,9 +592,17 @@ class MnistResultsFile(ResultsFile):
         "accuracy": float,
         "nll": float,
         "ece": float,
+        "brier": float,
+        "error_auroc": float,
+        "ood_auroc_rotation": float,
+        "ood_auroc_noise": float,
+        "set_size": float,
+        "coverage": float,
+        "train_seconds": float,
+        "predict_ms": float,
         "seconds": float,
     }
-    METHODS = ("mc-dropout", "ensemble", "deterministic")
+    METHODS = (*MNIST_METHODS, MNIST_BASELINE)
     PROBE_BYTES = MNIST_PROBE_BYTES
     LABEL = "--output-dir results file"
 

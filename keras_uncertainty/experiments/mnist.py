@@ -1,6 +1,7 @@
 """The MNIST epistemic-uncertainty article, with referral and rotation shift.
 
-LeNet-5 with whole-channel MC dropout (and a Deep Ensemble of plain LeNet-5s).
+LeNet-5 with whole-channel MC dropout, a Deep Ensemble of plain LeNet-5s,
+and every other method of `keras_uncertainty.experiments.mnist_methods`.
 With the training set (the article's protocol): trained on the 60,000
 training images, evaluated on the 10,000 test images. Without it (offline):
 trained on test images 2000-9999 and evaluated on 0-1999. Both evaluation
@@ -18,30 +19,31 @@ import keras
 import numpy as np
 
 from keras_uncertainty import metrics
-from keras_uncertainty.ensemble import Ensemble
-from keras_uncertainty.models import lenet5
-from keras_uncertainty.sampling import formulas, predict_classification
+from keras_uncertainty.conformal import ConformalClassifier
+from keras_uncertainty.experiments import mnist_methods
+from keras_uncertainty.experiments.protocols import MNIST_METHODS as METHODS
 from keras_uncertainty.sampling.predictions import ClassificationPrediction
 
-METHODS = ("mc-dropout", "ensemble")
 TRAIN_IMAGES = slice(2000, 10000)
 TEST_IMAGES = slice(0, 2000)
 EXAMPLES = (61, 591)  # the article's typical and ambiguous eights
 ROTATIONS = (0, 30, 60)  # degrees; Ovadia et al. (2019) rotate MNIST digits
+# Every evaluation of a unit: the rotations, then uniform noise images (as
+# many as the evaluated digits, seeded) as a far out-of-distribution set.
+NOISE = "noise"
+SHIFTS = (*ROTATIONS, NOISE)
+OOD_ROTATION = 60  # the rotation scored as out-of-distribution
+CONFORMAL_ALPHA = 0.05
 # The article: 32x32 inputs normalized with mean 0.137 and std 0.3081,
 # dropout 0.5, Adam 1e-3, batch 64, 10 epochs, T = 100.
 IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD = 32, 0.137, 0.3081
-DROPOUT_RATE, LEARNING_RATE, BATCH_SIZE = 0.5, 1e-3, 64
 # The article's 10 epochs over 60,000 images are about 9,400 updates; the
 # 8,000 images here give 1,250 per 10 epochs. The plain networks (ensemble
 # members, the baseline) have converged by then; the dropout network, whose
 # channel dropout slows learning, is still fitting (and uncertain about
-# every digit, typical eights included), so it trains 30 epochs.
-EPOCHS = {"mc-dropout": 30, "ensemble": 10, "deterministic": 10}
-# With the 60,000 training images: the article's 10 epochs for every network.
-ARTICLE_EPOCHS = {"mc-dropout": 10, "ensemble": 10, "deterministic": 10}
+# every digit, typical eights included), so it trains 30 epochs (each
+# method's `epochs`; with the training set, its `article_epochs`).
 NUM_SAMPLES = 100
-ENSEMBLE_MEMBERS = 5  # Lakshminarayanan et al. (2017)
 RETAINED = np.linspace(0.5, 1.0, 11)  # Filos et al.'s 50% to 100%
 # The referral baseline: one plain network's softmax entropy.
 DETERMINISTIC = "deterministic"
@@ -96,8 +98,10 @@ class Scores:
     """One method on the test images rotated by `degrees`.
 
     Attributes:
-        accuracy, nll, ece: Of the predictive distribution (ECE with 15
-            equal-width bins).
+        accuracy, nll, ece, brier: Of the predictive distribution (ECE with
+            15 equal-width bins).
+        error_auroc: AUROC of the predictive entropy for the misclassified
+            digits.
         mean_entropy: Mean predictive entropy (nats).
         retention: `ku.metrics.RetentionCurve`, referral by predictive
             entropy at `RETAINED`.
@@ -108,8 +112,31 @@ class Scores:
     accuracy: float
     nll: float
     ece: float
+    brier: float
+    error_auroc: float
     mean_entropy: float
     retention: metrics.RetentionCurve
+
+
+@dataclasses.dataclass(frozen=True)
+class Decisions:
+    """What one method's uncertainty decides, on the upright digits.
+
+    Attributes:
+        ood_auroc_rotation: AUROC of the predictive entropy, the upright
+            digits against the same digits rotated by `OOD_ROTATION`.
+        ood_auroc_noise: The same against uniform noise images.
+        set_size: Mean size of the split-conformal (LAC) sets at
+            `CONFORMAL_ALPHA`, calibrated on the first half of the evaluated
+            digits and measured on the second half.
+        coverage: The fraction of those sets that hold the label.
+    """
+
+    method: str
+    ood_auroc_rotation: float
+    ood_auroc_noise: float
+    set_size: float
+    coverage: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,9 +147,11 @@ class Report:
         protocol: What was trained and evaluated, in words.
         labels: Labels of the evaluation images (2,000 offline, 10,000 with
             the training set).
-        predictions: `{(method, degrees): ku.ClassificationPrediction}`,
-            methods among `METHODS` and `DETERMINISTIC`.
+        predictions: `{(method, shift): ku.ClassificationPrediction}`,
+            methods among `METHODS` and `DETERMINISTIC`, shifts among
+            `SHIFTS`.
         scores: `{(method, degrees): Scores}`.
+        decisions: `{method: Decisions}`.
         seconds: Wall time of training and evaluation.
     """
 
@@ -131,14 +160,7 @@ class Report:
     scores: dict
     seconds: float
     protocol: str = ""
-
-
-def _compile(model):
-    model.compile(
-        keras.optimizers.Adam(LEARNING_RATE),
-        loss="sparse_categorical_crossentropy",
-    )
-    return model
+    decisions: dict = dataclasses.field(default_factory=dict)
 
 
 def _score(method, degrees, labels, prediction):
@@ -149,6 +171,8 @@ def _score(method, degrees, labels, prediction):
         accuracy=report["accuracy"],
         nll=report["nll"],
         ece=report["ece"],
+        brier=report["brier"],
+        error_auroc=report["error_auroc"],
         mean_entropy=report["mean_entropy"],
         retention=metrics.retention_curve(
             labels, prediction.probs, prediction.entropy, RETAINED
@@ -156,24 +180,30 @@ def _score(method, degrees, labels, prediction):
     )
 
 
-def _network(method):
-    """The untrained, compiled network of `method`."""
-    if method == "mc-dropout":
-        return _compile(lenet5(dropout_rate=DROPOUT_RATE))
-    if method == "ensemble":
-        return _compile(Ensemble(lambda: lenet5(dropout_rate=0.0), ENSEMBLE_MEMBERS))
-    return _compile(lenet5(dropout_rate=0.0))
-
-
-def _predict(method, model, x, num_samples, seed):
-    if method == DETERMINISTIC:
-        probs = model.predict(x, batch_size=1024, verbose=0)[None]
-        return _from_probabilities(probs)
-    if method == "ensemble":
-        num_samples = None  # one sample per member
-    return predict_classification(
-        model, x, num_samples=num_samples, seed=seed, votes=True
+def decisions(method, labels, by_shift):
+    """The `Decisions` of one method's `{shift: prediction}`."""
+    upright = by_shift[0]
+    half = len(labels) // 2
+    conformal = ConformalClassifier(alpha=CONFORMAL_ALPHA, score="lac").fit(
+        upright.probs[:half], labels[:half]
     )
+    sets = conformal.predict_set(upright.probs[half:])
+    return Decisions(
+        method=method,
+        ood_auroc_rotation=metrics.ood_report(
+            upright.entropy, by_shift[OOD_ROTATION].entropy
+        ).auroc,
+        ood_auroc_noise=metrics.ood_report(
+            upright.entropy, by_shift[NOISE].entropy
+        ).auroc,
+        set_size=metrics.mean_set_size(sets),
+        coverage=metrics.set_coverage(labels[half:], sets),
+    )
+
+
+def noise_images(count, seed=0):
+    """`count` uint8 `(28, 28)` images of uniform noise, as MNIST's."""
+    return np.random.default_rng(seed).integers(0, 256, (count, 28, 28), np.uint8)
 
 
 def units(methods):
@@ -208,8 +238,8 @@ def run(
     Args:
         mnist: The test set, a `ku.datasets.MNIST`.
         methods: Among `METHODS`.
-        epochs: Overrides the per-method epochs (`EPOCHS` offline,
-            `ARTICLE_EPOCHS` with the training set).
+        epochs: Overrides the methods' epochs (each method's `epochs`
+            offline, `article_epochs` with the training set).
         num_samples: T.
         seed: Seeds training and sampling.
         callbacks: Keras callbacks for every `fit`.
@@ -220,12 +250,14 @@ def run(
             an earlier run finished with the same settings and data (see
             `prediction_arrays`): they are scored, not trained again.
         on_finished: Called as `on_finished(method, predictions, scores,
-            seconds)` as soon as a unit's predictions and scores (each
-            `{degrees: ...}`) are made, before the next unit trains (the
-            command writes them).
+            seconds, decisions, timing)` as soon as a unit's predictions
+            (`{shift: ...}`), scores (`{degrees: ...}`) and `Decisions` are
+            made, before the next unit trains (the command writes them);
+            `timing` holds `train_seconds` and `predict_ms` (per upright
+            image).
 
     The deterministic baseline is a plain LeNet-5 trained like one member
-    of the ensemble.
+    of the ensemble. Each method is `mnist_methods.METHODS[name]`.
     """
     start = time.perf_counter()
     finished = dict(finished or {})
@@ -233,45 +265,61 @@ def run(
     labels = mnist.labels[evaluated]
     tests = {d: prepare(mnist.images[evaluated], d) for d in ROTATIONS}
 
-    predictions, scores = {}, {}
-    for method in units(methods):
+    tests[NOISE] = prepare(noise_images(len(labels), seed))
+
+    predictions, scores, decided = {}, {}, {}
+    for name in units(methods):
         unit_start = time.perf_counter()
-        by_degrees = finished.get(method)
-        if by_degrees is None:
+        by_shift = finished.get(name)
+        timing = {}
+        if by_shift is None:
+            method = mnist_methods.METHODS[name]
             keras.utils.set_random_seed(seed)
-            model = _network(method)
-            model.fit(
+            model = method.build(len(x_train))
+            predictor = method.fit(
+                model,
                 x_train,
                 y_train,
-                epochs=epochs or per_method[method],
-                batch_size=BATCH_SIZE,
-                verbose=0,
+                epochs or getattr(method, per_method),
                 callbacks=list(callbacks),
             )
-            by_degrees = {
-                d: _predict(method, model, x, num_samples, seed)
-                for d, x in tests.items()
-            }
+            timing["train_seconds"] = time.perf_counter() - unit_start
+            by_shift = {}
+            for shift, x in tests.items():
+                began = time.perf_counter()
+                by_shift[shift] = method.predict(predictor, x, num_samples, seed)
+                if shift == 0:
+                    timing["predict_ms"] = 1000 * (time.perf_counter() - began) / len(x)
         unit_scores = {}
-        for degrees in ROTATIONS:
-            prediction = by_degrees[degrees]
+        for shift in SHIFTS:
+            prediction = by_shift[shift]
             if len(prediction.probs) != len(labels):
                 raise ValueError(
-                    f"The earlier {method} predictions hold "
+                    f"The earlier {name} predictions hold "
                     f"{len(prediction.probs)} images; this protocol evaluates "
                     f"{len(labels)}"
                 )
-            predictions[method, degrees] = prediction
-            unit_scores[degrees] = _score(method, degrees, labels, prediction)
-            scores[method, degrees] = unit_scores[degrees]
-        if method not in finished and on_finished is not None:
+            predictions[name, shift] = prediction
+            if shift in ROTATIONS:
+                unit_scores[shift] = _score(name, shift, labels, prediction)
+                scores[name, shift] = unit_scores[shift]
+        decided[name] = decisions(name, labels, by_shift)
+        if name not in finished and on_finished is not None:
             seconds = time.perf_counter() - unit_start
-            on_finished(method, by_degrees, unit_scores, seconds)
-    return Report(labels, predictions, scores, time.perf_counter() - start, protocol)
+            on_finished(name, by_shift, unit_scores, seconds, decided[name], timing)
+    return Report(
+        labels,
+        predictions,
+        scores,
+        time.perf_counter() - start,
+        protocol,
+        decided,
+    )
 
 
 def _protocol(mnist, train):
-    """(x_train, y_train, evaluated slice, per-method epochs, description)."""
+    """(x_train, y_train, evaluated slice, the methods' epochs attribute,
+    description)."""
     if train is None:
         protocol = (
             f"test-only protocol: trained on test images {TRAIN_IMAGES.start}-"
@@ -282,7 +330,7 @@ def _protocol(mnist, train):
             prepare(mnist.images[TRAIN_IMAGES]),
             mnist.labels[TRAIN_IMAGES],
             TEST_IMAGES,
-            EPOCHS,
+            "epochs",
             protocol,
         )
     protocol = (
@@ -290,7 +338,7 @@ def _protocol(mnist, train):
         f"images, evaluated on the {len(mnist.labels):,} test images"
     )
     evaluated = slice(0, len(mnist.labels))
-    return prepare(train.images), train.labels, evaluated, ARTICLE_EPOCHS, protocol
+    return prepare(train.images), train.labels, evaluated, "article_epochs", protocol
 
 
 _FIELDS = ("probs", "entropy", "expected_entropy", "mutual_information", "votes")
@@ -315,7 +363,7 @@ def predictions_from_arrays(arrays):
         ValueError: A rotation or field is missing, or the shapes disagree.
     """
     predictions = {}
-    for degrees in ROTATIONS:
+    for degrees in SHIFTS:
         try:
             fields = {f: arrays[f"{degrees}/{f}"] for f in _FIELDS[:4]}
         except KeyError as missing:
@@ -325,9 +373,9 @@ def predictions_from_arrays(arrays):
         if probs.ndim != 2 or any(
             np.shape(fields[f]) != probs.shape[:1] for f in _FIELDS[1:4]
         ):
-            raise ValueError(f"the {degrees}-degree predictions have other shapes")
+            raise ValueError(f"the {degrees} predictions have other shapes")
         if votes is not None and np.shape(votes) != probs.shape:
-            raise ValueError(f"the {degrees}-degree votes have another shape")
+            raise ValueError(f"the {degrees} votes have another shape")
         predictions[degrees] = ClassificationPrediction(
             probs=probs,
             label=np.argmax(probs, axis=-1),
@@ -337,12 +385,3 @@ def predictions_from_arrays(arrays):
             votes=None if votes is None else np.asarray(votes, np.int64),
         )
     return predictions
-
-
-def _from_probabilities(sample_probs):
-    """A `ClassificationPrediction` of `(T, N, C)` probability samples."""
-    sums = [
-        keras.ops.convert_to_numpy(v)
-        for v in formulas.classification_moments(sample_probs, False)
-    ]
-    return ClassificationPrediction.from_moments(*sums, len(sample_probs))

@@ -49,6 +49,22 @@ PUBLISHED_LEARNING_RATE = 1e-3
 PUBLISHED_SCHEDULE = "constant"
 PUBLISHED_METHODS = ("mc-dropout",)
 
+# The `mnist` command's methods, in the order they run and are reported
+# (one class each in `keras_uncertainty.experiments.mnist_methods`); the
+# deterministic baseline runs after them.
+MNIST_METHODS = (
+    "mc-dropout",
+    "ensemble",
+    "vi",
+    "laplace",
+    "swag",
+    "batch-ensemble",
+    "mimo",
+    "sngp",
+    "evidential",
+)
+MNIST_BASELINE = "deterministic"
+
 DEFAULT_PROTOCOL = "default"
 # `uci --protocol NAME`: its epochs multiplier, Adam step, and the methods it
 # runs (None: every method).
