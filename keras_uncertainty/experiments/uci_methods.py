@@ -235,19 +235,27 @@ class LastLayerLaplace(SingleNetworkMethod):
     name = "laplace"
     family = "Bayesian weights"
     settings = (
-        ("network", "MAP (mean, log-variance) network, no weight decay", "ours"),
+        ("network", "MAP network, MSE, no weight decay", "[D 2021]"),
         ("posterior", "last layer, KFAC GGN", "[D 2021]"),
-        ("prior precision", "fitted by the marginal likelihood", "[D 2021]"),
+        ("prior precision, noise", "fitted by the marginal likelihood", "[D 2021]"),
         ("predictive", "linearized (GLM), closed form", "[D 2021]"),
     )
 
     def build(self, num_inputs, hidden, num_rows):
-        return _hidden_then(num_inputs, hidden, keras.layers.Dense(2))
+        return _hidden_then(num_inputs, hidden, keras.layers.Dense(1))
+
+    def compile_loss(self):
+        # Homoscedastic, as Laplace Redux's regression: the noise is fitted
+        # with the prior. (A variance head trained for the protocol's 10x
+        # epochs drives its training variances toward 0 and the last-layer
+        # posterior does not cover it: NLL 14.0 against 3.1 on boston's
+        # splits 0-2 in a probe.)
+        return "mse"
 
     def after_fit(self, model, x, y, protocol, epochs):
         from keras_uncertainty.laplace import Laplace
 
-        return Laplace(model, "regression", variance_head=True).fit(x, y)
+        return Laplace(model, "regression", variance_head=False).fit(x, y)
 
     def score(self, model, x_test, y_test, y_mean, y_std, protocol):
         prediction = model.predict(x_test)
