@@ -532,3 +532,24 @@ def test_the_published_protocol_is_one_flag_away(tmp_path, monkeypatch, capsys):
     assert main(["uci", "--splits", "0", "--method", "ensemble"]) == 0
     assert seen[-1] == ("ensemble", 10.0, uci.LEARNING_RATE, "cosine")
     assert PROTOCOLS["default"]["learning_rate"] == uci.LEARNING_RATE
+
+
+def test_durations_read_as_seconds_minutes_or_hours():
+    from keras_uncertainty.cli.progress import format_duration
+
+    assert format_duration(42.4) == "42s"
+    assert format_duration(187) == "3m07s"
+    assert format_duration(7500) == "2h05m"
+
+
+def test_uci_prints_a_line_per_unit_with_elapsed_and_remaining_time(
+    tmp_path, monkeypatch, capsys
+):
+    _fake_runs(monkeypatch, lambda method, call: 1.0)
+    assert main(["uci", "--splits", "0-1", "--output", str(tmp_path / "r.json")]) == 0
+    err = capsys.readouterr().err
+    count = len(METHODS)
+    assert f"[1/{count}] yacht mc-dropout: 2 splits; elapsed 0s\n" in err
+    # From the second unit on, an estimate of the time left.
+    assert re.search(rf"\[2/{count}\] yacht hetero-mc-dropout: .*, about .* left", err)
+    assert "yacht evidential: RMSE 1, NLL 2, done in" in err

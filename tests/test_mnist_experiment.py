@@ -1,4 +1,5 @@
 import gzip
+import re
 
 import numpy as np
 import pytest
@@ -138,6 +139,12 @@ def test_mnist_command_end_to_end(tmp_path, capsys, monkeypatch):
     captured = capsys.readouterr()
     out = captured.out
     assert "test-only protocol runs" in captured.err  # no training set here
+    # A line as each unit starts and ends, with elapsed and remaining time.
+    assert "[1/2] mnist mc-dropout: elapsed" in captured.err
+    assert re.search(
+        r"\[2/2\] mnist deterministic: elapsed .*, about .* left", captured.err
+    )
+    assert re.search(r"mnist mc-dropout: accuracy [0-9.]+%, NLL", captured.err)
     assert "MNIST, test-only protocol: trained on test images 2000-2499" in out
     assert "MC dropout" in out and "Deep Ensemble" not in out
     assert "deterministic softmax" in out  # trained on its own without one

@@ -4,10 +4,12 @@ import hashlib
 import io
 import os
 import sys
+import time
 
 import keras
 import numpy as np
 
+from keras_uncertainty.cli.progress import format_duration
 from keras_uncertainty.cli.results import (
     WRITE_FAILED,
     interrupt_status,
@@ -19,6 +21,39 @@ DATASET = "mnist"  # the results file's `dataset` of every unit
 # The largest unit file `--resume` reads (one is about 2.6 MB with the
 # article's 10,000 test images).
 MAX_UNIT_BYTES = 64 << 20
+
+
+class _UnitProgress:
+    """A line on stderr as each unit starts (with the run's elapsed time and
+    an estimate of the time left: the mean time of the units finished in
+    this run, times the units left; rough, the methods differ in cost) and
+    as it ends (its upright accuracy and NLL, and its time)."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.unit_seconds = []
+
+    def started(self, method, index, count):
+        elapsed = time.perf_counter() - self.start
+        left = ""
+        if self.unit_seconds:
+            mean = sum(self.unit_seconds) / len(self.unit_seconds)
+            left = f", about {format_duration(mean * (count - index))} left"
+        sys.stderr.write(
+            f"[{index + 1}/{count}] mnist {method}: elapsed {format_duration(elapsed)}"
+            f"{left}\n"
+        )
+        sys.stderr.flush()
+
+    def finished(self, method, upright, seconds):
+        self.unit_seconds.append(seconds)
+        if sys.stderr.isatty():
+            sys.stderr.write("\r" + " " * 79 + "\r")
+        sys.stderr.write(
+            f"mnist {method}: accuracy {100 * upright.accuracy:.2f}%, NLL "
+            f"{upright.nll:.3f}, done in {format_duration(seconds)}\n"
+        )
+        sys.stderr.flush()
 
 
 class _Progress(keras.callbacks.Callback):
@@ -287,8 +322,9 @@ class _UnitWriter:
     results file. A write that fails keeps the unit in memory (it is in the
     report) and is remembered for the exit status."""
 
-    def __init__(self, results_file, output_dir):
+    def __init__(self, results_file, output_dir, progress=None):
         self.results_file, self.output_dir = results_file, output_dir
+        self.progress = progress
         self.error = None
         # The unit files of the results.json this run replaces (not when
         # resuming): removed once the new results.json no longer names them.
@@ -297,6 +333,8 @@ class _UnitWriter:
     def __call__(self, method, predictions, scores, seconds, decisions, timing):
         from keras_uncertainty.experiments import mnist
 
+        if self.progress is not None:
+            self.progress.finished(method, scores[0], seconds)
         buffer = io.BytesIO()
         np.savez(buffer, **mnist.prediction_arrays(predictions))
         data = buffer.getvalue()
@@ -412,7 +450,8 @@ def _run_mnist(args, results_file, error):
     methods = mnist.METHODS if args.method == "all" else (args.method,)
     for method in finished:
         sys.stderr.write(f"mnist {method}: in {results_file.path}, skipped\n")
-    writer = _UnitWriter(results_file, args.output_dir)
+    progress = _UnitProgress()
+    writer = _UnitWriter(results_file, args.output_dir, progress)
     try:
         report = mnist.run(
             data,
@@ -424,6 +463,7 @@ def _run_mnist(args, results_file, error):
             train=train,
             finished=finished,
             on_finished=writer,
+            on_started=progress.started,
         )
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP
         status, word = interrupt_status(exc)

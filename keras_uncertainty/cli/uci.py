@@ -6,6 +6,7 @@ import time
 
 import keras
 
+from keras_uncertainty.cli.progress import format_duration
 from keras_uncertainty.cli.results import (
     WRITE_FAILED,
     data_identity,
@@ -13,15 +14,6 @@ from keras_uncertainty.cli.results import (
 )
 from keras_uncertainty.cli.usage import parse_splits
 from keras_uncertainty.experiments.protocols import METHODS
-
-
-def _duration(seconds):
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
 class _Progress(keras.callbacks.Callback):
@@ -55,7 +47,7 @@ class _Progress(keras.callbacks.Callback):
         self.label = f"{label} {method}"
         self.write(
             f"[{index + 1}/{len(self.units)}] {self.label}: {num_splits} splits; "
-            f"elapsed {_duration(time.perf_counter() - self.start)}"
+            f"elapsed {format_duration(time.perf_counter() - self.start)}"
             f"{self._remaining(index)}\n"
         )
 
@@ -63,7 +55,8 @@ class _Progress(keras.callbacks.Callback):
         if not self.done_work:
             return ""
         left = sum(work for _, _, work in self.units[index:])
-        return f", about {_duration(self.done_seconds / self.done_work * left)} left"
+        estimate = self.done_seconds / self.done_work * left
+        return f", about {format_duration(estimate)} left"
 
     def end(self, text, counted=True):
         seconds = time.perf_counter() - self.unit_start
@@ -72,7 +65,7 @@ class _Progress(keras.callbacks.Callback):
             self.done_seconds += seconds
         if sys.stderr.isatty():
             self.write("\r" + " " * 79 + "\r")
-        self.write(f"{self.label}: {text} in {_duration(seconds)}\n")
+        self.write(f"{self.label}: {text} in {format_duration(seconds)}\n")
 
     def on_train_begin(self, logs=None):
         self.fits += 1

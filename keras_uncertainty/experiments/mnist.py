@@ -228,6 +228,7 @@ def run(
     train=None,
     finished=None,
     on_finished=None,
+    on_started=None,
 ):
     """Trains and evaluates `methods` and the baseline; returns a `Report`.
 
@@ -255,6 +256,9 @@ def run(
             made, before the next unit trains (the command writes them);
             `timing` holds `train_seconds` and `predict_ms` (per upright
             image).
+        on_started: Called as `on_started(method, index, count)` before a
+            unit trains (`index` of the `count` units of this run, finished
+            ones included).
 
     The deterministic baseline is a plain LeNet-5 trained like one member
     of the ensemble. Each method is `mnist_methods.METHODS[name]`.
@@ -268,11 +272,14 @@ def run(
     tests[NOISE] = prepare(noise_images(len(labels), seed))
 
     predictions, scores, decided = {}, {}, {}
-    for name in units(methods):
+    run_units = units(methods)
+    for index, name in enumerate(run_units):
         unit_start = time.perf_counter()
         by_shift = finished.get(name)
         timing = {}
         if by_shift is None:
+            if on_started is not None:
+                on_started(name, index, len(run_units))
             method = mnist_methods.METHODS[name]
             keras.utils.set_random_seed(seed)
             model = method.build(len(x_train))
