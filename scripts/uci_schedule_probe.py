@@ -49,6 +49,7 @@ def main():
     parser.add_argument("--methods", default=",".join(protocols.METHODS))
     parser.add_argument("--schedules", default="constant,cosine")
     parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--clip-value", type=float, default=None)
     parser.add_argument("--output", default="benchmarks/results/uci_schedule.json")
     args = parser.parse_args()
     try:
@@ -63,7 +64,9 @@ def main():
         splits = [validation_split(load_uci(name, k)) for k in chosen]
         for method in args.methods.split(","):
             for schedule in args.schedules.split(","):
-                if (first.name, method, schedule) in seen:
+                clip = f"+clip{args.clip_value:g}" if args.clip_value else ""
+                key = schedule + clip
+                if (first.name, method, key) in seen:
                     continue
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -79,6 +82,7 @@ def main():
                                     schedule,
                                     args.num_samples,
                                     0,
+                                    clip_value=args.clip_value,
                                 ),
                             )
                         )
@@ -90,7 +94,7 @@ def main():
                 unit = {
                     "dataset": first.name,
                     "method": method,
-                    "schedule": schedule,
+                    "schedule": key,
                     "splits": list(chosen),
                     "warnings": diverged,
                     **result,

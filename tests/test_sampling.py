@@ -462,7 +462,7 @@ def test_a_sequential_model_that_gains_a_layer_is_sampled_as_it_is_now():
 
 
 def test_a_custom_mc_layer_with_a_seed_generator_samples_reproducibly():
-    # The README's "new MC layer" recipe.
+    # The "new MC layer" recipe of docs/guide/internals.md.
     class MCGaussianNoise(keras.layers.GaussianNoise):
         stochastic_at_inference = True
 

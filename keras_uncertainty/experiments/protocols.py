@@ -29,10 +29,12 @@ METHODS = (
     "evidential",
 )
 # Adam's step size. The papers' code uses Keras's default 1e-3; see the
-# README's "UCI benchmark" section for the runs that chose these defaults.
+# "UCI benchmark" section of docs/guide/benchmarks.md for the runs that chose
+# these defaults.
 LEARNING_RATE = 1e-2
 # How the step changes over training: "cosine" decays it to 0 (see the
-# README's "UCI benchmark" section for the validation runs that chose it).
+# "UCI benchmark" section of docs/guide/benchmarks.md for the validation runs
+# that chose it).
 SCHEDULE = "cosine"
 # Training epochs: this times each data set's n_epochs.txt.
 EPOCHS_MULTIPLIER = 10.0

@@ -53,7 +53,7 @@ VALIDATION_SAMPLES = 200  # MC samples per configuration when choosing
 MIN_LOG_VAR = -20.0
 # Steps per compiled call: saves Keras's per-call overhead between steps
 # (about 4% of yacht's grid training on a quiet 2-core machine; see the
-# README's "Where the time goes").
+# "Where the time goes" in docs/guide/benchmarks.md).
 MAX_STEPS_PER_CALL = 32
 
 # ../shared/data/README.md: (RMSE, its spread, NLL, its spread); MC dropout's
@@ -138,6 +138,7 @@ class Protocol:
         seed: Integer seed.
         adversarial: Deep Ensembles' fast-gradient-sign step (0: none).
         callbacks: Keras callbacks passed to every `fit`.
+        clip_value: Adam's element-wise gradient clipping (None: none).
     """
 
     epochs_multiplier: float
@@ -147,6 +148,7 @@ class Protocol:
     seed: int
     adversarial: float = ADVERSARIAL_EPSILON
     callbacks: tuple = ()
+    clip_value: float = None
 
     def epochs(self, split):
         return max(1, int(round(split.n_epochs * self.epochs_multiplier)))
@@ -307,6 +309,7 @@ def train_members(
     learning_rate = options.pop("learning_rate", LEARNING_RATE)
     schedule = options.pop("schedule", SCHEDULE)
     schedule_epochs = options.pop("schedule_epochs", None) or epochs
+    clip_value = options.pop("clip_value", None)
     every_epochs = options.pop("every_epochs", None)
     rates = options.pop("rates", None)
     decays = options.pop("decays", None)
@@ -342,7 +345,9 @@ def train_members(
     steps_per_pass = math.ceil(max(len(r) for r in member_rows) / batch_size)
     model.compile(
         keras.optimizers.Adam(
-            step_schedule(learning_rate, schedule, schedule_epochs * steps_per_pass)
+            step_schedule(learning_rate, schedule, schedule_epochs * steps_per_pass),
+            # Element-wise, so a packed member's update stays its own.
+            clipvalue=clip_value,
         ),
         loss=loss,
         steps_per_execution=steps_per_call(
@@ -557,6 +562,7 @@ def deep_ensemble(splits, protocol):
             every_epochs=(every, look),
             learning_rate=protocol.learning_rate,
             schedule=protocol.schedule,
+            clip_value=protocol.clip_value,
             # The retrain stops at the chosen epoch of the same schedule.
             schedule_epochs=epochs,
         )
@@ -626,6 +632,7 @@ def dropout_grid(splits, protocol, heteroscedastic):
             callbacks=protocol.callbacks,
             learning_rate=protocol.learning_rate,
             schedule=protocol.schedule,
+            clip_value=protocol.clip_value,
         )
 
     def member_taus(configs):
