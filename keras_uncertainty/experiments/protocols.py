@@ -84,3 +84,40 @@ PROTOCOLS = {
         "methods": PUBLISHED_METHODS,
     },
 }
+
+# The sources of the methods' settings (`settings` of each method class);
+# "ours": chosen here, with its reason in the class or the benchmarks page.
+SOURCES = {
+    "[A]": "the MNIST epistemic-uncertainty article this toolkit reproduces",
+    "[A 2020]": "Amini et al. 2020, Deep Evidential Regression",
+    "[B 2015]": "Blundell et al. 2015, Weight Uncertainty in Neural Networks",
+    "[D 2021]": "Daxberger et al. 2021, Laplace Redux",
+    "[G&G 2016]": "Gal & Ghahramani 2016, Dropout as a Bayesian Approximation",
+    "[H 2021]": "Havasi et al. 2021, Training independent subnetworks (MIMO)",
+    "[K&G 2017]": "Kendall & Gal 2017, What Uncertainties Do We Need",
+    "[L 2017]": "Lakshminarayanan et al. 2017, Deep Ensembles",
+    "[L 2020]": "Liu et al. 2020, SNGP",
+    "[M 2019]": "Maddox et al. 2019, SWAG",
+    "[S 2018]": "Sensoy et al. 2018, Evidential Deep Learning",
+    "[W 2018]": "Wen et al. 2018, Flipout",
+    "[W 2020]": "Wen et al. 2020, BatchEnsemble",
+}
+
+
+def settings_table(methods):
+    """The defaults table of `methods` (`{name: method}` with `family` and
+    `settings` attributes) as Markdown rows: method, setting, value, source.
+
+    Args:
+        methods: A `METHODS` registry (`uci_methods` or `mnist_methods`).
+
+    Returns:
+        The table's text.
+    """
+    rows = ["| method | setting | default | source |", "| --- | --- | --- | --- |"]
+    for name, method in methods.items():
+        for k, (setting, value, source) in enumerate(method.settings):
+            rows.append(
+                f"| {f'`{name}`' if k == 0 else ''} | {setting} | {value} | {source} |"
+            )
+    return "\n".join(rows)

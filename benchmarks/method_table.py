@@ -1,0 +1,116 @@
+"""The README's method tables and cost figure, from the commands' result files.
+
+Run: python benchmarks/method_table.py [--mnist FILE] [--uci FILE]
+
+Reads the `results.json` of `keras-uncertainty mnist --output-dir` and the
+`--output` file of `keras-uncertainty uci`, prints the MNIST table and the UCI
+table (every method, every data set that finished, beside the published
+rows) as Markdown, and draws NLL against prediction cost per method
+(`docs/figures/method_cost.png`: MNIST NLL against milliseconds per image,
+log scale, one point per method). Nothing is measured here: every figure is
+read from the files, which the commands wrote from one run of the final code.
+"""
+
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MNIST = os.path.join(HERE, "results", "mnist_all_methods.json")
+UCI = os.path.join(HERE, "results", "uci_all_methods.json")
+FIGURE = os.path.join(HERE, "..", "docs", "figures", "method_cost.png")
+
+
+def mnist_table(records):
+    from keras_uncertainty.experiments.mnist_methods import METHODS
+
+    rows = [
+        "| method | acc % | NLL | ECE | Brier | error AUROC | OOD AUROC rot. 60 | "
+        "OOD AUROC noise | set size (coverage) at 95% | train s | ms / image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        rows.append(
+            f"| {METHODS[r['method']].label} | {100 * r['accuracy']:.2f} | "
+            f"{r['nll']:.3f} | {r['ece']:.3f} | {r['brier']:.3f} | "
+            f"{r['error_auroc']:.3f} | {r['ood_auroc_rotation']:.3f} | "
+            f"{r['ood_auroc_noise']:.3f} | {r['set_size']:.2f} ({r['coverage']:.3f}) | "
+            f"{r['train_seconds']:.0f} | {r['predict_ms']:.3f} |"
+        )
+    return "\n".join(rows)
+
+
+def uci_table(records):
+    from keras_uncertainty.experiments.uci import PUBLISHED
+
+    def cell(mean, spread):
+        return f"{mean:.2f} ± {spread:.2f}"
+
+    rows = [
+        "| data set | method | splits | RMSE | NLL | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    shown = set()
+    for r in records:
+        dataset = r["dataset"]
+        if dataset not in shown:
+            shown.add(dataset)
+            for name, values in PUBLISHED.get(dataset, {}).items():
+                rows.append(
+                    f"| {dataset} | published {name} |  | {cell(*values[:2])} | "
+                    f"{cell(*values[2:])} |  |"
+                )
+        rows.append(
+            f"| {dataset} | {r['method']} | {r['num_splits']} | "
+            f"{cell(r['rmse_mean'], r['rmse_se'])} | "
+            f"{cell(r['nll_mean'], r['nll_se'])} | {r['seconds']:.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def cost_figure(records, path):
+    from keras_uncertainty.experiments.mnist_methods import METHODS
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for r in records:
+        ax.scatter(r["predict_ms"], r["nll"], s=30)
+        ax.annotate(
+            METHODS[r["method"]].label,
+            (r["predict_ms"], r["nll"]),
+            textcoords="offset points",
+            xytext=(5, 3),
+            fontsize=8,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("prediction time per image (ms, log scale; 2 CPU cores)")
+    ax.set_ylabel("test NLL (nats)")
+    ax.set_title("MNIST (test-only protocol): NLL against prediction cost")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mnist", default=MNIST)
+    parser.add_argument("--uci", default=UCI)
+    parser.add_argument("--figure", default=FIGURE)
+    args = parser.parse_args()
+    with open(args.mnist) as f:
+        mnist = json.load(f)["results"]
+    print(mnist_table(mnist))
+    cost_figure(mnist, args.figure)
+    print(f"\nwrote {args.figure}\n")
+    if os.path.exists(args.uci):
+        with open(args.uci) as f:
+            print(uci_table(json.load(f)["results"]))
+
+
+if __name__ == "__main__":
+    main()
