@@ -46,7 +46,7 @@ def mnist_table(records):
 
 
 def uci_table(records):
-    from keras_uncertainty.experiments.uci import PUBLISHED
+    from keras_uncertainty.experiments.protocols import PUBLISHED
 
     def cell(mean, spread):
         return f"{mean:.2f} ± {spread:.2f}"

@@ -268,3 +268,26 @@ def test_every_epochs_sees_the_networks_at_each_chosen_epoch():
     assert seen == [2, 4, 6]
     assert uci.steps_per_call(4000 * 2) == 32
     assert uci.steps_per_call(6 * 2, align=2) == 2
+
+
+def test_the_scored_log_variance_is_floored_as_in_the_training_loss():
+    """Below the loss's floor the head gets no gradient and can drift to a
+    variance that is 0 in float32; the predictive scores the floored value
+    the loss saw, not a divergence."""
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(6, 1)).astype("float32")
+    mean = y + 1e-3 * rng.normal(size=y.shape).astype("float32")
+
+    def score(log_var):
+        samples = np.concatenate([mean, np.full_like(mean, log_var)], -1)[None]
+        reducer = uci.SplitMixtureNLL(1, 1, [0.0], [2.0])
+        state = tuple(np.asarray(v) for v in reducer.reduce(samples, y))
+        return reducer.finalize(state, 1)
+
+    drifted, diverged = score(-200.0)
+    floored, _ = score(uci.MIN_LOG_VAR)
+    assert not diverged[0]
+    np.testing.assert_allclose(
+        drifted.log_likelihood, floored.log_likelihood, rtol=1e-6
+    )
+    assert np.all(np.isfinite(drifted.log_likelihood))

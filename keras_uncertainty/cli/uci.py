@@ -85,7 +85,7 @@ def _cell(value, spread):
 
 
 def table(results):
-    from keras_uncertainty.experiments.uci import PUBLISHED
+    from keras_uncertainty.experiments.protocols import PUBLISHED
 
     header = (
         f"{'data set':<27} {'method':<18} {'splits':>6} {'RMSE':>14} {'NLL':>14} "

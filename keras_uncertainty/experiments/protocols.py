@@ -67,6 +67,57 @@ MNIST_METHODS = (
 )
 MNIST_BASELINE = "deterministic"
 
+# The published UCI results: (RMSE, its spread, NLL, its spread) per data set
+# and method. MC dropout and Deep Ensembles from ../shared/data/README.md (MC
+# dropout's spread is the standard error, Deep Ensembles' the standard
+# deviation); VI (Graves 2011) and PBP as Hernandez-Lobato & Adams (2015)
+# reported them and Gal & Ghahramani (2016, Table 1, v6) reprint them, with
+# standard errors and the NLL as minus their test log-likelihood.
+PUBLISHED = {
+    "bostonHousing": {
+        "mc-dropout": (2.90, 0.18, 2.40, 0.04),
+        "ensemble": (3.28, 1.00, 2.41, 0.25),
+        "vi": (4.32, 0.29, 2.9, 0.07),
+        "pbp": (3.01, 0.18, 2.57, 0.09),
+    },
+    "concrete": {
+        "mc-dropout": (4.82, 0.16, 2.93, 0.02),
+        "ensemble": (6.03, 0.58, 3.06, 0.18),
+        "vi": (7.19, 0.12, 3.39, 0.02),
+        "pbp": (5.67, 0.09, 3.16, 0.02),
+    },
+    "energy": {
+        "mc-dropout": (0.54, 0.06, 1.21, 0.01),
+        "ensemble": (2.09, 0.29, 1.38, 0.22),
+        "vi": (2.65, 0.08, 2.39, 0.03),
+        "pbp": (1.8, 0.05, 2.04, 0.02),
+    },
+    "naval-propulsion-plant": {
+        "mc-dropout": (0.00, 0.00, -4.45, 0.00),
+        "ensemble": (0.00, 0.00, -5.63, 0.05),
+        "vi": (0.01, 0.0, -3.73, 0.12),
+        "pbp": (0.01, 0.0, -3.73, 0.01),
+    },
+    "protein-tertiary-structure": {
+        "mc-dropout": (4.27, 0.02, 2.87, 0.00),
+        "ensemble": (4.71, 0.06, 2.83, 0.02),
+        "vi": (4.84, 0.03, 2.99, 0.01),
+        "pbp": (4.73, 0.01, 2.97, 0.0),
+    },
+    "wine-quality-red": {
+        "mc-dropout": (0.62, 0.01, 0.93, 0.01),
+        "ensemble": (0.64, 0.04, 0.94, 0.12),
+        "vi": (0.65, 0.01, 0.98, 0.01),
+        "pbp": (0.64, 0.01, 0.97, 0.01),
+    },
+    "yacht": {
+        "mc-dropout": (0.67, 0.05, 1.25, 0.01),
+        "ensemble": (1.58, 0.48, 1.18, 0.21),
+        "vi": (6.89, 0.67, 3.43, 0.16),
+        "pbp": (1.02, 0.05, 1.63, 0.02),
+    },
+}
+
 DEFAULT_PROTOCOL = "default"
 # `uci --protocol NAME`: its epochs multiplier, Adam step, and the methods it
 # runs (None: every method).
