@@ -77,13 +77,14 @@ def cost_figure(records, path):
     from keras_uncertainty.experiments.mnist_methods import METHODS
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for r in records:
+    for k, r in enumerate(sorted(records, key=lambda r: r["nll"])):
         ax.scatter(r["predict_ms"], r["nll"], s=30)
         ax.annotate(
             METHODS[r["method"]].label,
             (r["predict_ms"], r["nll"]),
             textcoords="offset points",
-            xytext=(5, 3),
+            # Alternate above and below so that close points stay readable.
+            xytext=(5, 4 if k % 2 else -11),
             fontsize=8,
         )
     ax.set_xscale("log")
