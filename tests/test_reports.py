@@ -474,7 +474,10 @@ def test_a_field_of_the_wrong_length_is_named():
 # The package's scoring paths ----------------------------------------------------
 
 
-def test_the_uci_protocol_scores_a_group_with_an_infinite_std_as_diverged():
+def test_the_uci_protocol_scores_a_group_whose_std_overflows_by_its_likelihood():
+    """An outlier input's log-variance can be far beyond float32's variances;
+    the group is scored from its mean and its (finite) log-likelihoods, and
+    only a non-finite mean or log-likelihood, or a diverged flag, is NaN."""
     from keras_uncertainty.experiments import uci
 
     y, means, stds = _regression_samples(n=12)
@@ -484,9 +487,16 @@ def test_the_uci_protocol_scores_a_group_with_an_infinite_std_as_diverged():
         for f in ("mean", "std", "aleatoric_std", "epistemic_std")
     }
     two["std"][5, 1] = np.inf  # float32 moments out of range in group 1
-    score = ku.sampling.MixtureScore(ku.RegressionPrediction(**two), np.zeros((12, 2)))
-    assert uci._group_score(score, 1, 12) is None
-    first = uci._group_score(score, 0, 10)  # group 0 on its 10 rows
-    report = m.regression_report(y[:10], first, levels=())
-    assert report["mixture_nll"] == 0.0
-    assert report["rmse"] == m.rmse(y[:10], pred.mean[:10])
+    log_likelihood = -np.abs(np.random.default_rng(0).normal(size=(12, 2)))
+    score = ku.sampling.MixtureScore(ku.RegressionPrediction(**two), log_likelihood)
+    rmse, nll = uci.scored_group(score, [False, False], y, 1)
+    assert rmse == m.rmse(y, pred.mean) and nll == -log_likelihood[:, 1].mean()
+    # Group 0 on its first 10 rows.
+    rmse, nll = uci.scored_group(score, [False, False], y[:10], 0)
+    assert nll == pytest.approx(-log_likelihood[:10, 0].mean())
+    assert np.isnan(uci.scored_group(score, [True, False], y, 0)).all()
+    log_likelihood[3, 0] = -np.inf
+    assert np.isnan(uci.scored_group(score, [False, False], y, 0)).all()
+    two["mean"][2, 1] = np.nan
+    score = ku.sampling.MixtureScore(ku.RegressionPrediction(**two), log_likelihood)
+    assert np.isnan(uci.scored_group(score, [False, False], y, 1)).all()

@@ -166,6 +166,7 @@ class SingleNetworkMethod(UCIMethod):
                     variable.assign(keras.ops.zeros_like(variable))
             model.fit(
                 epoch_stream(x, y, epochs, protocol.seed + split.split),
+                shuffle=False,  # the stream shuffles every pass itself
                 verbose=0,
                 callbacks=list(protocol.callbacks),
             )
@@ -302,6 +303,7 @@ class SWAG(SingleNetworkMethod):
         )
         model.fit(
             epoch_stream(x, y, collect, protocol.seed),
+            shuffle=False,
             verbose=0,
             callbacks=[callback, *protocol.callbacks],
         )
