@@ -52,12 +52,15 @@ class MNISTMethod:
         epochs: Training epochs on the test-only protocol's 8,000 images.
         article_epochs: With the 60,000 training images.
         votes: Whether `predict` counts each sample's vote (sampled methods).
+        one_pass: Whether the model gives its own samples (one per member,
+            or a closed form), so `predict` does not ask for T of them.
         settings: `(setting, value, source)` triples for the defaults table.
     """
 
     name = label = family = None
     epochs, article_epochs = 10, 10
     votes = True
+    one_pass = False  # True: predict ignores num_samples (members or one pass)
     settings = ()
 
     def loss(self):
@@ -89,6 +92,8 @@ class MNISTMethod:
     def predict(self, model, x, num_samples, seed):
         from keras_uncertainty.sampling import predict_classification
 
+        if self.one_pass:
+            num_samples = None  # the model's own samples: one per member or pass
         return predict_classification(
             model, x, num_samples=num_samples, seed=seed, votes=self.votes, verbose=0
         )
@@ -111,15 +116,13 @@ class MCDropout(MNISTMethod):
 class DeepEnsemble(MNISTMethod):
     name, label, family = "ensemble", "Deep Ensemble", "Ensembles"
     members = 5  # Lakshminarayanan et al. (2017)
+    one_pass = True
     settings = (("members", "5 LeNet-5s, random initializations", "[L 2017]"),)
 
     def network(self, num_train):
         from keras_uncertainty.ensemble import Ensemble
 
         return Ensemble(lambda: lenet5(dropout_rate=0.0), self.members)
-
-    def predict(self, model, x, num_samples, seed):
-        return super().predict(model, x, None, seed)  # one sample per member
 
 
 class Deterministic(MNISTMethod):
@@ -208,6 +211,7 @@ class SWAG(Deterministic):
 class BatchEnsemble(MNISTMethod):
     name, label, family = "batch-ensemble", "BatchEnsemble", "Ensembles"
     members = 4
+    one_pass = True
     settings = (("members", "4, rank-1 factors on every layer", "[W 2020]"),)
 
     def network(self, num_train):
@@ -225,13 +229,11 @@ class BatchEnsemble(MNISTMethod):
 
         return BE(network, num_members=self.members)
 
-    def predict(self, model, x, num_samples, seed):
-        return super().predict(model, x, None, seed)  # one sample per member
-
 
 class MIMO(MNISTMethod):
     name, label, family = "mimo", "MIMO", "Ensembles"
     members = 3
+    one_pass = True
     settings = (("members", "3 heads, no input repetition", "[H 2021]"),)
 
     def network(self, num_train):
@@ -252,13 +254,11 @@ class MIMO(MNISTMethod):
             output_activation="softmax",
         )
 
-    def predict(self, model, x, num_samples, seed):
-        return super().predict(model, x, None, seed)  # one sample per member
-
 
 class SNGP(MNISTMethod):
     name, label, family = "sngp", "SNGP", "One pass"
     votes = False
+    one_pass = True
     settings = (
         (
             "normalization",
@@ -287,9 +287,6 @@ class SNGP(MNISTMethod):
         from keras_uncertainty.callbacks import SNGPCovarianceReset
 
         return [SNGPCovarianceReset()]
-
-    def predict(self, model, x, num_samples, seed):
-        return super().predict(model, x, None, seed)
 
 
 class Evidential(MNISTMethod):
