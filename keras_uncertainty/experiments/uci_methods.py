@@ -123,7 +123,9 @@ class SingleNetworkMethod(UCIMethod):
     (`after_fit`), and score it (`score`: by default its samples, through
     `SplitMixtureNLL`)."""
 
-    loss = None  # set in `compile_loss`
+    # Whether every split trains the first split's compiled model (False
+    # when `after_fit` compiles it again).
+    reuses_training = True
 
     def build(self, num_inputs, hidden, num_rows):
         raise NotImplementedError
@@ -138,14 +140,14 @@ class SingleNetworkMethod(UCIMethod):
 
     def run_splits(self, splits, protocol):
         rmses, nlls = np.full(len(splits), np.nan), np.full(len(splits), np.nan)
-        model = None
+        model, compiled_for = None, None
         for k, split in enumerate(splits):
             keras.utils.set_random_seed(protocol.seed + split.split)
             x, y, x_test, y_mean, y_std = _standardize(split)
             epochs = protocol.epochs(split)
             steps = math.ceil(len(x) / SINGLE_NETWORK_BATCH_SIZE)
             fresh = self.build(x.shape[1], split.n_hidden, len(x))
-            if model is None or getattr(model, "steps", None) != (epochs, steps):
+            if not self.reuses_training or compiled_for != (epochs, steps):
                 model = fresh
                 model.compile(
                     keras.optimizers.Adam(
@@ -156,7 +158,7 @@ class SingleNetworkMethod(UCIMethod):
                     loss=self.compile_loss(),
                     steps_per_execution=uci.steps_per_call(epochs * steps),
                 )
-                model.steps = (epochs, steps)
+                compiled_for = (epochs, steps)
             else:
                 # The next split trains the same compiled model from a fresh
                 # initialization and a fresh optimizer: one trace per data
@@ -277,6 +279,7 @@ class SWAG(SingleNetworkMethod):
     )
     collect_fraction = 0.25
     rank = 20
+    reuses_training = False
 
     def build(self, num_inputs, hidden, num_rows):
         return _hidden_then(num_inputs, hidden, keras.layers.Dense(2))
@@ -286,9 +289,8 @@ class SWAG(SingleNetworkMethod):
         from keras_uncertainty.swag import SWAGCallback
 
         collect = max(2, int(round(self.collect_fraction * epochs)))
-        # The MAP weights stay; a constant step explores around them. The
-        # next split compiles its own training again.
-        model.steps = None
+        # The MAP weights stay; a constant step explores around them (so
+        # the next split compiles its own training again: `reuses_training`).
         model.compile(
             keras.optimizers.Adam(protocol.learning_rate / 10),
             loss=self.compile_loss(),
