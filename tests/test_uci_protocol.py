@@ -291,3 +291,55 @@ def test_the_scored_log_variance_is_floored_as_in_the_training_loss():
         drifted.log_likelihood, floored.log_likelihood, rtol=1e-6
     )
     assert np.all(np.isfinite(drifted.log_likelihood))
+
+
+def _trained_together(method, splits, monkeypatch):
+    """Runs `method` on `splits` (1 epoch) and returns the ensemble its
+    splits trained in."""
+    seen = []
+    fit = uci.fit_members
+
+    def recording(*args, **kwargs):
+        seen.append(fit(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(uci, "fit_members", recording)
+    rmses, nlls = uci_methods.METHODS[method].run_splits(splits, _short(1, 2))
+    assert np.all(np.isfinite(rmses)) and np.all(np.isfinite(nlls))
+    (trained,) = seen
+    return trained.model
+
+
+def test_splits_of_a_plain_network_train_together_in_one_packed_ensemble(
+    yacht_splits, monkeypatch
+):
+    ens = _trained_together("laplace", yacht_splits, monkeypatch)
+    assert ens.packed and ens.per_member_inputs and ens.num_members == 2
+    for split, member in zip(yacht_splits, ens.members):
+        # Each split's network standardizes with its own training rows.
+        normalization = member.layers[1]
+        assert type(normalization) is keras.layers.Normalization
+        np.testing.assert_allclose(
+            np.ravel(normalization.mean), split.x_train.mean(0), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_each_variational_split_keeps_its_own_kl_term(yacht_splits):
+    x, y = uci.data_table(yacht_splits)
+    rows = [yacht_splits[0].train_rows[:40], yacht_splits[1].train_rows[:30]]
+    method = uci_methods.METHODS["vi"]
+    members = [
+        method.build(x.shape[1], 4, len(r), uci.normalization_layer(x[r])) for r in rows
+    ]
+    ens = uci.fit_members(members, x, y, rows, method.compile_loss(), 1, 16, 0).model
+    assert not ens.packed  # Flipout layers have no packed twin
+    inputs = np.stack([x[r[:30]] for r in rows], 1).astype("float32")
+    ens(inputs, training=True)
+    # The ensemble's loss adds each member's own KL, weighted by 1 / its
+    # split's training rows: each split's ELBO, as trained alone.
+    per_member = []
+    for r, member in zip(rows, ens.members):
+        kls = [layer for layer in member.layers if hasattr(layer, "kl_divergence")]
+        assert [layer.kl_weight for layer in kls] == [pytest.approx(1.0 / len(r))] * 2
+        per_member += [layer.kl_weight * float(layer.kl_divergence()) for layer in kls]
+    assert float(sum(ens.losses)) == pytest.approx(sum(per_member), rel=1e-5)

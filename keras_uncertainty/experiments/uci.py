@@ -259,32 +259,15 @@ def step_schedule(learning_rate, schedule, total_steps):
 def train_members(
     x, y, member_rows, outputs, hidden, epochs, batch_size, seed, **options
 ):
-    """Trains one network per entry of `member_rows` (the rows it trains on).
+    """Trains one network of the protocol (`member_network`) per entry of
+    `member_rows` (the rows it trains on), through `fit_members`.
 
-    The networks are the members of one packed `ku.Ensemble` with
-    `per_member_inputs` and `weighted_mean`, fed by `member_batches`.
-
-    `options`: `rates` and `decays` (one per member), `adversarial_epsilon`
-    (the ensemble's fast-gradient-sign step, over each member's own feature
-    range), `callbacks`, `learning_rate` (Adam's step, default
-    `LEARNING_RATE`), `schedule` (`"cosine"`, the default: the step decays
-    to 0 along a half cosine over `schedule_epochs`, default `epochs`;
-    `"constant"`), and `every_epochs=(k, function(trained, epoch))` to look
-    at the networks after every k-th epoch.
+    `options`: `rates` and `decays` (one per member), and `fit_members`'s
+    options.
     """
-    callbacks = list(options.pop("callbacks", ()))
-    learning_rate = options.pop("learning_rate", LEARNING_RATE)
-    schedule = options.pop("schedule", SCHEDULE)
-    schedule_epochs = options.pop("schedule_epochs", None) or epochs
-    clip_value = options.pop("clip_value", None)
-    every_epochs = options.pop("every_epochs", None)
     rates = options.pop("rates", None)
     decays = options.pop("decays", None)
-    epsilon = options.pop("adversarial_epsilon", None) or None  # 0: none
-    if options:
-        raise TypeError(f"Unexpected options: {sorted(options)}")
     x_mean, x_std = _standardization(x, member_rows)
-    y_mean, y_std = _standardization(y, member_rows)
     members = [
         member_network(
             x.shape[1],
@@ -298,17 +281,58 @@ def train_members(
         )
         for m in range(len(member_rows))
     ]
+    loss = GaussianNLL(min_log_var=MIN_LOG_VAR) if outputs == 2 else "mse"
+    return fit_members(
+        members, x, y, member_rows, loss, epochs, batch_size, seed, **options
+    )
+
+
+def normalization_layer(x):
+    """`keras.layers.Normalization` with the mean and variance of the rows
+    `x` (a constant column stays 0), as a member network's first layer."""
+    mean, std = _standardization(x, [np.arange(len(x))])
+    return keras.layers.Normalization(mean=mean[0], variance=np.square(std[0]))
+
+
+def fit_members(members, x, y, member_rows, loss, epochs, batch_size, seed, **options):
+    """Trains the Keras networks `members` (each on raw inputs: its input
+    standardization is its own first layer), member m on the rows
+    `member_rows[m]` of `x (R, d)`, `y (R,)`, its targets standardized with
+    those rows' mean and standard deviation, by `loss`.
+
+    The networks are the members of one `ku.Ensemble` with
+    `per_member_inputs` and `weighted_mean` (packed when they pack), fed by
+    `member_batches`: each member makes the updates it would make trained
+    alone on its own stream, with its own regularization losses (a
+    variational layer's KL).
+
+    `options`: `adversarial_epsilon` (the ensemble's fast-gradient-sign
+    step, over each member's own feature range), `callbacks`,
+    `learning_rate` (Adam's step, default `LEARNING_RATE`), `schedule`
+    (`"cosine"`, the default: the step decays to 0 along a half cosine over
+    `schedule_epochs`, default `epochs`; `"constant"`), `clip_value`, and
+    `every_epochs=(k, function(trained, epoch))` to look at the networks
+    after every k-th epoch.
+    """
+    callbacks = list(options.pop("callbacks", ()))
+    learning_rate = options.pop("learning_rate", LEARNING_RATE)
+    schedule = options.pop("schedule", SCHEDULE)
+    schedule_epochs = options.pop("schedule_epochs", None) or epochs
+    clip_value = options.pop("clip_value", None)
+    every_epochs = options.pop("every_epochs", None)
+    epsilon = options.pop("adversarial_epsilon", None) or None  # 0: none
+    if options:
+        raise TypeError(f"Unexpected options: {sorted(options)}")
+    y_mean, y_std = _standardization(y, member_rows)
     model = Ensemble.from_models(
         members,
         per_member_inputs=True,
         weighted_mean=True,  # each member: the mean over its own rows
         adversarial_epsilon=epsilon,
-        pack=True,
         # 240 members' loss logs would cost more than the training step.
         member_logs=False,
     )
     trained = _Trained(model, y_mean, y_std)
-    loss = GaussianNLL(min_log_var=MIN_LOG_VAR) if outputs == 2 else "mse"
     steps_per_pass = math.ceil(max(len(r) for r in member_rows) / batch_size)
     model.compile(
         keras.optimizers.Adam(

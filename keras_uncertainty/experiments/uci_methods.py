@@ -121,13 +121,26 @@ class SingleNetworkMethod(UCIMethod):
 
     Subclasses build the network (`build`), may train it further or wrap it
     (`after_fit`), and score it (`score`: by default its samples, through
-    `SplitMixtureNLL`)."""
+    `SplitMixtureNLL`).
 
-    # Whether every split trains the first split's compiled model (False
-    # when `after_fit` compiles it again).
+    A method whose network trains by plain `fit` (`trains_together`) trains
+    every split's network at once, as the members of one `ku.Ensemble` with
+    `per_member_inputs` (packed when its layers pack), each member on its
+    own split's rows with its own input standardization as its first layer
+    (`uci.fit_members`): the same updates as alone, one compiled step for
+    all splits (about 3x faster for a Flipout or evidential network, more
+    when packed). The others (BatchEnsemble and MIMO, whose models bring
+    their own training step) train split after split on standardized
+    inputs."""
+
+    trains_together = True
+    # Split after split: whether every split trains the first split's
+    # compiled model (False when `after_fit` compiles it again).
     reuses_training = True
 
-    def build(self, num_inputs, hidden, num_rows):
+    def build(self, num_inputs, hidden, num_rows, normalization=None):
+        """The network; `normalization`: its first layer (None: the inputs
+        arrive standardized)."""
         raise NotImplementedError
 
     def compile_loss(self):
@@ -139,6 +152,67 @@ class SingleNetworkMethod(UCIMethod):
         return model
 
     def run_splits(self, splits, protocol):
+        if self.trains_together:
+            return self._run_together(splits, protocol)
+        return self._run_each(splits, protocol)
+
+    def _run_together(self, splits, protocol):
+        keras.utils.set_random_seed(protocol.seed)
+        x, y = uci.data_table(splits)
+        train_rows = [s.train_rows for s in splits]
+        members = [
+            self.build(
+                x.shape[1],
+                split.n_hidden,
+                len(rows),
+                uci.normalization_layer(x[rows]),
+            )
+            for split, rows in zip(splits, train_rows)
+        ]
+        trained = uci.fit_members(
+            members,
+            x,
+            y,
+            train_rows,
+            self.compile_loss(),
+            protocol.epochs(splits[0]),
+            SINGLE_NETWORK_BATCH_SIZE,
+            protocol.seed,
+            callbacks=protocol.callbacks,
+            learning_rate=protocol.learning_rate,
+            schedule=protocol.schedule,
+            clip_value=protocol.clip_value,
+        )
+        return self.score_together(trained, splits, protocol)
+
+    def score_together(self, trained, splits, protocol):
+        """Every split's RMSE and NLL: each member of the trained ensemble
+        (a split's network, on raw inputs) through `after_fit` and `score`.
+        (Sampling the ensemble at once costs more: 25 s against 6 s for
+        10,000 Flipout samples of 4 energy splits.)"""
+        rmses, nlls = np.full(len(splits), np.nan), np.full(len(splits), np.nan)
+        members = trained.model.members  # refreshed once from packed weights
+        for k, (split, member) in enumerate(zip(splits, members)):
+            y_mean, y_std = float(trained.y_mean[k]), float(trained.y_std[k])
+            y_train = ((split.y_train - y_mean) / y_std).astype("float32")[:, None]
+            wrapped = self.after_fit(
+                member,
+                split.x_train.astype("float32"),
+                y_train,
+                protocol,
+                protocol.epochs(split),
+            )
+            rmses[k], nlls[k] = self.score(
+                wrapped,
+                split.x_test.astype("float32"),
+                split.y_test,
+                y_mean,
+                y_std,
+                protocol,
+            )
+        return rmses, nlls
+
+    def _run_each(self, splits, protocol):
         rmses, nlls = np.full(len(splits), np.nan), np.full(len(splits), np.nan)
         model, compiled_for = None, None
         for k, split in enumerate(splits):
@@ -210,9 +284,15 @@ def epoch_stream(x, y, epochs, seed):
     )
 
 
-def _hidden_then(num_inputs, hidden, head):
+def _inputs(num_inputs, normalization):
+    """The network's input and what its first layer sees."""
     inputs = keras.Input((num_inputs,))
-    h = keras.layers.Dense(hidden, activation="relu")(inputs)
+    return inputs, inputs if normalization is None else normalization(inputs)
+
+
+def _hidden_then(num_inputs, hidden, head, normalization=None):
+    inputs, h = _inputs(num_inputs, normalization)
+    h = keras.layers.Dense(hidden, activation="relu")(h)
     return keras.Model(inputs, head(h))
 
 
@@ -226,11 +306,11 @@ class Flipout(SingleNetworkMethod):
         ("KL weight", "1 / N (the ELBO)", "[B 2015]"),
     )
 
-    def build(self, num_inputs, hidden, num_rows):
+    def build(self, num_inputs, hidden, num_rows, normalization=None):
         from keras_uncertainty.layers import DenseFlipout
 
-        inputs = keras.Input((num_inputs,))
-        h = DenseFlipout(hidden, activation="relu", kl_weight=1.0 / num_rows)(inputs)
+        inputs, h = _inputs(num_inputs, normalization)
+        h = DenseFlipout(hidden, activation="relu", kl_weight=1.0 / num_rows)(h)
         return keras.Model(inputs, DenseFlipout(2, kl_weight=1.0 / num_rows)(h))
 
 
@@ -244,8 +324,8 @@ class LastLayerLaplace(SingleNetworkMethod):
         ("predictive", "linearized (GLM), closed form", "[D 2021]"),
     )
 
-    def build(self, num_inputs, hidden, num_rows):
-        return _hidden_then(num_inputs, hidden, keras.layers.Dense(1))
+    def build(self, num_inputs, hidden, num_rows, normalization=None):
+        return _hidden_then(num_inputs, hidden, keras.layers.Dense(1), normalization)
 
     def compile_loss(self):
         # Homoscedastic, as Laplace Redux's regression: the noise is fitted
@@ -281,8 +361,8 @@ class SWAG(SingleNetworkMethod):
     rank = 20
     reuses_training = False
 
-    def build(self, num_inputs, hidden, num_rows):
-        return _hidden_then(num_inputs, hidden, keras.layers.Dense(2))
+    def build(self, num_inputs, hidden, num_rows, normalization=None):
+        return _hidden_then(num_inputs, hidden, keras.layers.Dense(2), normalization)
 
     def after_fit(self, model, x, y, protocol, epochs):
         from keras_uncertainty.swag import SWAG as SWAGModel
@@ -320,8 +400,9 @@ class BatchEnsemble(SingleNetworkMethod):
         ("output", "(mean, log-variance), Gaussian NLL", "[L 2017]"),
     )
     members = 4
+    trains_together = False  # its model brings its own training step
 
-    def build(self, num_inputs, hidden, num_rows):
+    def build(self, num_inputs, hidden, num_rows, normalization=None):
         from keras_uncertainty.ensemble.batch_ensemble import BatchEnsemble as BE
         from keras_uncertainty.layers import BatchEnsembleDense
 
@@ -348,8 +429,9 @@ class MIMO(SingleNetworkMethod):
         ("output", "(mean, log-variance) per head, Gaussian NLL", "[L 2017]"),
     )
     members = 3
+    trains_together = False  # its model brings its own training step
 
-    def build(self, num_inputs, hidden, num_rows):
+    def build(self, num_inputs, hidden, num_rows, normalization=None):
         from keras_uncertainty.ensemble.mimo import MIMO as MIMOModel
 
         def backbone(shape):
@@ -376,10 +458,12 @@ class Evidential(SingleNetworkMethod):
     )
     coeff = 1e-2
 
-    def build(self, num_inputs, hidden, num_rows):
+    def build(self, num_inputs, hidden, num_rows, normalization=None):
         from keras_uncertainty.evidential import NormalInverseGammaHead
 
-        return _hidden_then(num_inputs, hidden, NormalInverseGammaHead(1))
+        return _hidden_then(
+            num_inputs, hidden, NormalInverseGammaHead(1), normalization
+        )
 
     def compile_loss(self):
         from keras_uncertainty.evidential import EvidentialRegressionLoss
