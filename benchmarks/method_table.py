@@ -73,6 +73,60 @@ def uci_table(records):
     return "\n".join(rows)
 
 
+TARGET_ROWS = ("mc-dropout", "ensemble")
+
+
+def uci_summary(records):
+    """Methods by data sets: each cell NLL / RMSE, the data set's best NLL in
+    bold; beneath, the targets: the lower published NLL and the lower
+    published RMSE (with its standard error) of MC dropout and Deep
+    Ensembles. Also returns the run's total hours."""
+    from keras_uncertainty.experiments.protocols import METHODS, PUBLISHED
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    found = {(r["dataset"], r["method"]): r for r in records}
+    best = {
+        d: min((r for r in records if r["dataset"] == d), key=lambda r: r["nll_mean"])[
+            "method"
+        ]
+        for d in datasets
+    }
+    rows = [
+        "| method | " + " | ".join(datasets) + " |",
+        "|---" * (len(datasets) + 1) + "|",
+    ]
+    for method in METHODS:
+        cells = []
+        for d in datasets:
+            r = found.get((d, method))
+            if r is None:
+                cells.append("")
+                continue
+            text = f"{r['nll_mean']:.2f} / {r['rmse_mean']:.2f}"
+            cells.append(f"**{text}**" if best[d] == method else text)
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    # The targets' references: the better of the MC dropout and Deep
+    # Ensembles rows (the papers the benchmark reproduces).
+    targets = {
+        d: {k: v for k, v in PUBLISHED.get(d, {}).items() if k in TARGET_ROWS}
+        for d in datasets
+    }
+    lowest_nll, lowest_rmse = [], []
+    for d in datasets:
+        if not targets[d]:
+            lowest_nll.append("")
+            lowest_rmse.append("")
+            continue
+        name, v = min(targets[d].items(), key=lambda item: item[1][2])
+        lowest_nll.append(f"{v[2]:.2f} ({name})")
+        name, v = min(targets[d].items(), key=lambda item: item[1][0])
+        lowest_rmse.append(f"{v[0]:.2f} ± {v[1]:.2f} ({name})")
+    rows.append("| target NLL (published) | " + " | ".join(lowest_nll) + " |")
+    rows.append("| target RMSE (published) | " + " | ".join(lowest_rmse) + " |")
+    hours = sum(r["seconds"] for r in records) / 3600
+    return "\n".join(rows), hours
+
+
 def cost_figure(records, path):
     from keras_uncertainty.experiments.mnist_methods import METHODS
 
@@ -110,7 +164,10 @@ def main():
     print(f"\nwrote {args.figure}\n")
     if os.path.exists(args.uci):
         with open(args.uci) as f:
-            print(uci_table(json.load(f)["results"]))
+            uci = json.load(f)["results"]
+        print(uci_table(uci))
+        summary, hours = uci_summary(uci)
+        print(f"\n{summary}\n\n{len(uci)} units, {hours:.2f} hours")
 
 
 if __name__ == "__main__":
