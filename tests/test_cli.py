@@ -550,6 +550,41 @@ def test_the_published_protocol_is_one_flag_away(tmp_path, monkeypatch, capsys):
     assert PROTOCOLS["default"]["learning_rate"] == uci.LEARNING_RATE
 
 
+def test_the_time_left_counts_only_the_units_a_resumed_run_will_train(
+    tmp_path, monkeypatch, capsys
+):
+    import types
+
+    from keras_uncertainty.cli import uci as cli_uci
+
+    clock = [0.0]
+    monkeypatch.setattr(
+        cli_uci, "time", types.SimpleNamespace(perf_counter=lambda: clock[0])
+    )
+
+    def ten_seconds(method, call):
+        clock[0] += 10.0
+        return 1.0
+
+    _fake_runs(monkeypatch, ten_seconds)
+    output = str(tmp_path / "r.json")
+    assert (
+        main(["uci", "--splits", "0-1", "--method", "evidential", "--output", output])
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["uci", "--splits", "0-1", "--output", output, "--resume"]) == 0
+    err = capsys.readouterr().err
+    # After one unit of 10 s, 7 units of the same work are left: evidential,
+    # the last, is in the file.
+    count = len(METHODS)
+    assert (
+        f"[2/{count}] yacht hetero-mc-dropout: 2 splits; elapsed 10s, about 1m10s left"
+        in err
+    )
+    assert "yacht evidential: in" in err
+
+
 def test_durations_read_as_seconds_minutes_or_hours():
     from keras_uncertainty.cli.progress import format_duration
 

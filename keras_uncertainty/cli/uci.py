@@ -170,7 +170,14 @@ def _run_uci(args, results_file, error):
         adversarial=args.adversarial_epsilon,
     )
     units = [
-        (label, method, len(splits) * len(splits[0].y_train) * splits[0].n_epochs)
+        (
+            label,
+            method,
+            # A unit the results file already has is skipped: no work left.
+            0
+            if results_file.finished(label, method)
+            else len(splits) * len(splits[0].y_train) * splits[0].n_epochs,
+        )
         for label, splits in plans
         for method in methods
     ]
