@@ -4,21 +4,22 @@ Every method is a `UCIMethod`: `run_splits(splits, protocol)` trains it on
 each `UCISplit` of `splits` (on its training rows only; any choice it makes
 uses the last 20% of them) and returns the test RMSE and NLL per split, in
 the target's original units, NaN where a split diverged. `METHODS` maps the
-command line's names to them; `keras_uncertainty.experiments.uci.run` runs
-any of them and knows none by name.
+command line's names to them; `run` runs any of them and knows none by name.
 
 Two families:
 
 - MC dropout (with and without a variance head) and Deep Ensembles train
   every split (and grid cell, or member) at once, as the members of one
   packed `ku.Ensemble` (see `keras_uncertainty.experiments.uci`).
-- The other methods (`SingleNetworkMethod`) train one network per split
-  through the toolkit's public API, as a user would: the protocol's
+- The other methods (`SingleNetworkMethod`) build one network per split
+  with the toolkit's public API, as a user would: the protocol's
   one-hidden-layer ReLU network (`n_hidden` units) on inputs and targets
   standardized with the split's training rows, Adam with the protocol's
   step schedule, `n_epochs x multiplier` epochs of batches of
-  `SINGLE_NETWORK_BATCH_SIZE`. Their sampled predictions are scored by the
-  same `SplitMixtureNLL` as MC dropout's.
+  `SINGLE_NETWORK_BATCH_SIZE`. Those that train by plain `fit` train every
+  split's network at once (`uci.fit_members`), the others split after
+  split. Their sampled predictions are scored by the same
+  `SplitMixtureNLL` as MC dropout's.
 
 Each class lists its settings and their sources in `settings`, which the
 README's defaults table reproduces.
