@@ -45,6 +45,19 @@ def mnist_table(records):
     return "\n".join(rows)
 
 
+def _by_dataset(records):
+    """The records grouped by data set (in the order each first appears),
+    each data set's methods in the command line's order (a resumed run
+    appends the units it ran again at the end of the file)."""
+    from keras_uncertainty.experiments.protocols import METHODS
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    return sorted(
+        records,
+        key=lambda r: (datasets.index(r["dataset"]), METHODS.index(r["method"])),
+    )
+
+
 def uci_table(records):
     from keras_uncertainty.experiments.protocols import PUBLISHED
 
@@ -56,7 +69,7 @@ def uci_table(records):
         "|---|---|---|---|---|---|",
     ]
     shown = set()
-    for r in records:
+    for r in _by_dataset(records):
         dataset = r["dataset"]
         if dataset not in shown:
             shown.add(dataset)
