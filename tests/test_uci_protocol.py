@@ -307,21 +307,54 @@ def _trained_together(method, splits, monkeypatch):
     rmses, nlls = uci_methods.METHODS[method].run_splits(splits, _short(1, 2))
     assert np.all(np.isfinite(rmses)) and np.all(np.isfinite(nlls))
     (trained,) = seen
-    return trained.model
+    return trained
 
 
 def test_splits_of_a_plain_network_train_together_in_one_packed_ensemble(
     yacht_splits, monkeypatch
 ):
-    ens = _trained_together("laplace", yacht_splits, monkeypatch)
+    trained = _trained_together("laplace", yacht_splits, monkeypatch)
+    ens = trained.model
     assert ens.packed and ens.per_member_inputs and ens.num_members == 2
-    for split, member in zip(yacht_splits, ens.members):
-        # Each split's network standardizes with its own training rows.
-        normalization = member.layers[1]
-        assert type(normalization) is keras.layers.Normalization
+    for k, (split, member) in enumerate(zip(yacht_splits, ens.members)):
+        # Each split's network standardizes its inputs with its own training
+        # rows, and its targets are standardized with them too.
+        (normalization,) = [
+            layer
+            for layer in member.layers
+            if type(layer) is keras.layers.Normalization
+        ]
         np.testing.assert_allclose(
             np.ravel(normalization.mean), split.x_train.mean(0), rtol=1e-5, atol=1e-5
         )
+        np.testing.assert_allclose(
+            np.sqrt(np.ravel(normalization.variance)),
+            split.x_train.std(0),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+        assert trained.y_mean[k] == pytest.approx(split.y_train.mean())
+        assert trained.y_std[k] == pytest.approx(split.y_train.std())
+
+
+def test_a_split_that_diverged_scores_nan_without_stopping_the_others(
+    yacht_splits, monkeypatch
+):
+    fit = uci.fit_members
+
+    def second_split_diverges(*args, **kwargs):
+        trained = fit(*args, **kwargs)
+        for variable in trained.model.trainable_variables:  # packed: (2, ...)
+            value = variable.numpy()
+            value[1] = np.nan
+            variable.assign(value)
+        return trained
+
+    monkeypatch.setattr(uci, "fit_members", second_split_diverges)
+    # SWAG's collection refuses non-finite weights: the split is skipped.
+    rmses, nlls = uci_methods.METHODS["swag"].run_splits(yacht_splits, _short(1, 2))
+    assert np.isfinite(rmses[0]) and np.isfinite(nlls[0])
+    assert np.isnan(rmses[1]) and np.isnan(nlls[1])
 
 
 def test_each_variational_split_keeps_its_own_kl_term(yacht_splits):
@@ -343,3 +376,12 @@ def test_each_variational_split_keeps_its_own_kl_term(yacht_splits):
         assert [layer.kl_weight for layer in kls] == [pytest.approx(1.0 / len(r))] * 2
         per_member += [layer.kl_weight * float(layer.kl_divergence()) for layer in kls]
     assert float(sum(ens.losses)) == pytest.approx(sum(per_member), rel=1e-5)
+    # The training loss is each split's own NLL on its own rows plus its KL.
+    targets = np.stack([(y[r[:30]] - y[r].mean()) / y[r].std() for r in rows], 1)
+    outputs = ens(inputs, training=True)
+    nll = sum(
+        float(method.compile_loss()(targets[:, m, None], outputs[:, m]))
+        for m in range(2)
+    )
+    total = ens.compute_loss(x=inputs, y=targets[..., None], y_pred=outputs)
+    assert float(total) == pytest.approx(nll + float(sum(ens.losses)), rel=1e-5)

@@ -194,6 +194,11 @@ class SingleNetworkMethod(UCIMethod):
         rmses, nlls = np.full(len(splits), np.nan), np.full(len(splits), np.nan)
         members = trained.model.members  # refreshed once from packed weights
         for k, (split, member) in enumerate(zip(splits, members)):
+            if not all(np.all(np.isfinite(w)) for w in member.get_weights()):
+                # A diverged split scores NaN (and is left out, with a
+                # warning) without stopping the others: SWAG's collection
+                # refuses non-finite weights.
+                continue
             y_mean, y_std = float(trained.y_mean[k]), float(trained.y_std[k])
             y_train = ((split.y_train - y_mean) / y_std).astype("float32")[:, None]
             wrapped = self.after_fit(
@@ -283,6 +288,16 @@ def epoch_stream(x, y, epochs, seed):
         .repeat(epochs)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def _standardized_inputs_only(method, normalization):
+    """The split-after-split methods train on standardized inputs."""
+    if normalization is not None:
+        raise ValueError(
+            f"`normalization` must be None for {method.name!r}, which trains "
+            "split after split on standardized inputs; received "
+            f"{normalization!r}"
+        )
 
 
 def _inputs(num_inputs, normalization):
@@ -404,6 +419,7 @@ class BatchEnsemble(SingleNetworkMethod):
     trains_together = False  # its model brings its own training step
 
     def build(self, num_inputs, hidden, num_rows, normalization=None):
+        _standardized_inputs_only(self, normalization)
         from keras_uncertainty.ensemble.batch_ensemble import BatchEnsemble as BE
         from keras_uncertainty.layers import BatchEnsembleDense
 
@@ -433,6 +449,7 @@ class MIMO(SingleNetworkMethod):
     trains_together = False  # its model brings its own training step
 
     def build(self, num_inputs, hidden, num_rows, normalization=None):
+        _standardized_inputs_only(self, normalization)
         from keras_uncertainty.ensemble.mimo import MIMO as MIMOModel
 
         def backbone(shape):
