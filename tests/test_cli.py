@@ -575,11 +575,14 @@ def test_the_time_left_counts_only_the_units_a_resumed_run_will_train(
     capsys.readouterr()
     assert main(["uci", "--splits", "0-1", "--output", output, "--resume"]) == 0
     err = capsys.readouterr().err
-    # After one unit of 10 s, 7 units of the same work are left: evidential,
-    # the last, is in the file.
+    # After one unit of 10 s, every unit but the first and evidential (the
+    # last, in the file) is left, each of the same work.
+    from keras_uncertainty.cli.progress import format_duration
+
     count = len(METHODS)
+    left = format_duration(10.0 * (count - 2))
     assert (
-        f"[2/{count}] yacht hetero-mc-dropout: 2 splits; elapsed 10s, about 1m10s left"
+        f"[2/{count}] yacht hetero-mc-dropout: 2 splits; elapsed 10s, about {left} left"
         in err
     )
     assert "yacht evidential: in" in err
