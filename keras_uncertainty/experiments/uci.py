@@ -199,7 +199,7 @@ class _EveryEpochs(keras.callbacks.Callback):
 
     Steps are read from the optimizer's update count, not from the batch
     index Keras passes (the first or the last step of a multi-step call,
-    depending on the Keras version); `train_members` makes every call end on
+    depending on the Keras version); `fit_members` makes every call end on
     a pass boundary."""
 
     def __init__(self, steps_per_pass, every, at_epoch):
@@ -282,6 +282,9 @@ def train_members(
         for m in range(len(member_rows))
     ]
     loss = GaussianNLL(min_log_var=MIN_LOG_VAR) if outputs == 2 else "mse"
+    # The protocol's networks always pack: 240 of them unpacked would be
+    # far slower, so a change that stops them packing must fail loudly.
+    options.setdefault("pack", True)
     return fit_members(
         members, x, y, member_rows, loss, epochs, batch_size, seed, **options
     )
@@ -304,7 +307,9 @@ def fit_members(members, x, y, member_rows, loss, epochs, batch_size, seed, **op
     `per_member_inputs` and `weighted_mean` (packed when they pack), fed by
     `member_batches`: each member makes the updates it would make trained
     alone on its own stream, with its own regularization losses (a
-    variational layer's KL).
+    variational layer's KL). (Exactly so when the members have as many rows
+    each, as a data set's splits do: a member with fewer rows gets the
+    longest member's number of steps per pass, padded rows weighing 0.)
 
     `options`: `adversarial_epsilon` (the ensemble's fast-gradient-sign
     step, over each member's own feature range), `callbacks`,
@@ -312,9 +317,11 @@ def fit_members(members, x, y, member_rows, loss, epochs, batch_size, seed, **op
     (`"cosine"`, the default: the step decays to 0 along a half cosine over
     `schedule_epochs`, default `epochs`; `"constant"`), `clip_value`, and
     `every_epochs=(k, function(trained, epoch))` to look at the networks
-    after every k-th epoch.
+    after every k-th epoch, and `pack` (`ku.Ensemble`'s: None packs when
+    the members pack; True requires it).
     """
     callbacks = list(options.pop("callbacks", ()))
+    pack = options.pop("pack", None)
     learning_rate = options.pop("learning_rate", LEARNING_RATE)
     schedule = options.pop("schedule", SCHEDULE)
     schedule_epochs = options.pop("schedule_epochs", None) or epochs
@@ -331,6 +338,7 @@ def fit_members(members, x, y, member_rows, loss, epochs, batch_size, seed, **op
         adversarial_epsilon=epsilon,
         # 240 members' loss logs would cost more than the training step.
         member_logs=False,
+        pack=pack,
     )
     trained = _Trained(model, y_mean, y_std)
     steps_per_pass = math.ceil(max(len(r) for r in member_rows) / batch_size)
