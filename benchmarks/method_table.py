@@ -45,6 +45,14 @@ def mnist_table(records):
     return "\n".join(rows)
 
 
+def _number(value):
+    """Two decimals, or two significant digits below 0.01 (naval's RMSE is
+    0.0002 to 0.009, all "0.00" at two decimals)."""
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.2g}"
+    return f"{value:.2f}"
+
+
 def _by_dataset(records):
     """The records grouped by data set (in the order each first appears),
     each data set's methods in the command line's order (a resumed run
@@ -62,7 +70,7 @@ def uci_table(records):
     from keras_uncertainty.experiments.protocols import PUBLISHED
 
     def cell(mean, spread):
-        return f"{mean:.2f} ± {spread:.2f}"
+        return f"{_number(mean)} ± {_number(spread)}"
 
     rows = [
         "| data set | method | splits | RMSE | NLL | seconds |",
@@ -115,7 +123,7 @@ def uci_summary(records):
             if r is None:
                 cells.append("")
                 continue
-            text = f"{r['nll_mean']:.2f} / {r['rmse_mean']:.2f}"
+            text = f"{_number(r['nll_mean'])} / {_number(r['rmse_mean'])}"
             cells.append(f"**{text}**" if best[d] == method else text)
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
     # The targets' references: the better of the MC dropout and Deep
