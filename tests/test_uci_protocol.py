@@ -385,3 +385,10 @@ def test_each_variational_split_keeps_its_own_kl_term(yacht_splits):
     )
     total = ens.compute_loss(x=inputs, y=targets[..., None], y_pred=outputs)
     assert float(total) == pytest.approx(nll + float(sum(ens.losses)), rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["batch-ensemble", "mimo"])
+def test_split_after_split_methods_refuse_a_normalization_layer(method):
+    normalization = uci.normalization_layer(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="`normalization` must be None for"):
+        uci_methods.METHODS[method].build(3, 4, 10, normalization)

@@ -230,7 +230,7 @@ def member_network(num_inputs, hidden, outputs, x_mean, x_std, rate, decay, seed
     standardization, dropout of `rate` (None: none) on the inputs and the
     hidden layer, one hidden ReLU layer, an L2 of `decay` on the kernels."""
     inputs = keras.Input((num_inputs,))
-    h = keras.layers.Normalization(mean=x_mean, variance=np.square(x_std))(inputs)
+    h = _normalization(x_mean, x_std)(inputs)
     if rate is not None:
         h = MCDropout(rate, seed=seed)(h)
     regularizer = keras.regularizers.L2(decay) if decay else None
@@ -290,11 +290,15 @@ def train_members(
     )
 
 
+def _normalization(mean, std):
+    return keras.layers.Normalization(mean=mean, variance=np.square(std))
+
+
 def normalization_layer(x):
     """`keras.layers.Normalization` with the mean and variance of the rows
     `x` (a constant column stays 0), as a member network's first layer."""
     mean, std = _standardization(x, [np.arange(len(x))])
-    return keras.layers.Normalization(mean=mean[0], variance=np.square(std[0]))
+    return _normalization(mean[0], std[0])
 
 
 def fit_members(members, x, y, member_rows, loss, epochs, batch_size, seed, **options):

@@ -135,9 +135,6 @@ class SingleNetworkMethod(UCIMethod):
     inputs."""
 
     trains_together = True
-    # Split after split: whether every split trains the first split's
-    # compiled model (False when `after_fit` compiles it again).
-    reuses_training = True
 
     def build(self, num_inputs, hidden, num_rows, normalization=None):
         """The network; `normalization`: its first layer (None: the inputs
@@ -227,7 +224,7 @@ class SingleNetworkMethod(UCIMethod):
             epochs = protocol.epochs(split)
             steps = math.ceil(len(x) / SINGLE_NETWORK_BATCH_SIZE)
             fresh = self.build(x.shape[1], split.n_hidden, len(x))
-            if not self.reuses_training or compiled_for != (epochs, steps):
+            if compiled_for != (epochs, steps):
                 model = fresh
                 model.compile(
                     keras.optimizers.Adam(
@@ -375,7 +372,6 @@ class SWAG(SingleNetworkMethod):
     )
     collect_fraction = 0.25
     rank = 20
-    reuses_training = False
 
     def build(self, num_inputs, hidden, num_rows, normalization=None):
         return _hidden_then(num_inputs, hidden, keras.layers.Dense(2), normalization)
@@ -385,8 +381,7 @@ class SWAG(SingleNetworkMethod):
         from keras_uncertainty.swag import SWAGCallback
 
         collect = max(2, int(round(self.collect_fraction * epochs)))
-        # The MAP weights stay; a constant step explores around them (so
-        # the next split compiles its own training again: `reuses_training`).
+        # The MAP weights stay; a constant step explores around them.
         model.compile(
             keras.optimizers.Adam(protocol.learning_rate / 10),
             loss=self.compile_loss(),
