@@ -452,7 +452,11 @@ def _main(argv):
     except UsageError as exc:
         error(str(exc))
     if not args.verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # "3" hides TensorFlow's C++ error lines too: a run prints lines such
+        # as oneDNN's "E ... supports DT_INT64 only on platforms with
+        # AVX-512. Falling back ..." mid-run, which are not failures (a real
+        # failure raises, and the command reports it in one line).
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with _startup_logs_hidden(args.verbose):
         _import_tensorflow(args.command)
         _find_devices()
