@@ -6,6 +6,10 @@ from keras_uncertainty.layers.batch_ensemble import (
     BatchEnsembleDense,
 )
 from keras_uncertainty.layers.conversion import ConversionReport, to_mc_dropout
+from keras_uncertainty.layers.grouped_conv import (
+    grouped_convolution_formulation,
+    set_grouped_convolution_formulation,
+)
 from keras_uncertainty.layers.mc_attention import MCMultiHeadAttention
 from keras_uncertainty.layers.mc_dropout import (
     MCDropout,
@@ -84,6 +88,8 @@ __all__ = [
     "RandomFeatureGaussianProcess",
     "SNGPModel",
     "SNGPSpectralNormalization",
+    "grouped_convolution_formulation",
+    "set_grouped_convolution_formulation",
     "set_kl_weight",
     "to_mc_dropout",
 ]

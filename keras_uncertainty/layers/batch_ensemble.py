@@ -35,6 +35,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_uncertainty._validation import check_positive_int
+from keras_uncertainty.layers.grouped_conv import grouped_convolution
 from keras_uncertainty.layers.packed import _int_tuple
 
 _PACKAGE = "keras_uncertainty"
@@ -593,7 +594,7 @@ class BatchEnsembleConv2D(_BatchEnsembleLayer):
             self._member_kernels(inputs.dtype),
             (*self.kernel_size, channels, self.num_members * self.filters),
         )
-        outputs = tf.nn.convolution(
+        outputs = grouped_convolution(
             inputs,
             kernels,
             strides=self.strides,

@@ -38,6 +38,7 @@ from keras import ops
 
 from keras_uncertainty._validation import check_positive_int, check_rate, check_seed
 from keras_uncertainty.layers import _masks
+from keras_uncertainty.layers.grouped_conv import grouped_convolution
 
 _PACKAGE = "keras_uncertainty"
 
@@ -498,7 +499,7 @@ class _PackedConv(keras.layers.Layer):
         With M * in input channels and an `(..., in, M * out)` kernel the
         convolution is grouped (group m sees member m's channels); with in
         input channels it is one ordinary convolution of all members."""
-        outputs = tf.nn.convolution(
+        outputs = grouped_convolution(
             inputs,
             tf.cast(self._folded_kernel(), inputs.dtype),
             strides=self.strides,

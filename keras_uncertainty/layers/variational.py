@@ -40,6 +40,7 @@ from keras import ops
 
 from keras_uncertainty import _keras_compat
 from keras_uncertainty._validation import check_bool, check_positive_int
+from keras_uncertainty.layers.grouped_conv import grouped_convolution
 from keras_uncertainty.layers.mc_layer import MCLayer
 from keras_uncertainty.layers.packed import fold_members, unfold_members
 from keras_uncertainty.sampling import keys
@@ -676,21 +677,13 @@ class _ConvFlipout(_Variational):
             kernel,
             strides=self.strides,
             padding=self.padding,
-            data_format=self.data_format,
+            data_format="channels_last",
             dilation_rate=self.dilation_rate,
         )
 
-    def _per_channel(self, values):
-        """`(..., C)` values broadcast on the channel axis of the outputs."""
-        if self.data_format == "channels_last":
-            return values
-        return ops.reshape(values, (*ops.shape(values)[:-1], -1, *([1] * self.rank)))
-
     def _channel_signs(self, rows, channels):
         signs = _rademacher(self, (rows, channels))
-        if self.data_format == "channels_last":
-            return ops.reshape(signs, (rows, *([1] * self.rank), channels))
-        return ops.reshape(signs, (rows, channels, *([1] * self.rank)))
+        return ops.reshape(signs, (rows, *([1] * self.rank), channels))
 
     per_sample_noise = True
 
@@ -698,8 +691,6 @@ class _ConvFlipout(_Variational):
         """The perturbation of `samples` sample-major row blocks, block t
         with its own kernel `kernels[t]` (and bias `bias[t]`): one grouped
         convolution, the T blocks side by side on the channel axis."""
-        if self.data_format == "channels_first":
-            x = tf.transpose(x, (0, *range(2, self.rank + 2), 1))
         dims = tf.unstack(tf.shape(x))
         per_sample = tf.reshape(x, tf.stack([samples, -1, *dims[1:]]))
         folded = fold_members(per_sample)  # (n, *spatial, T * C)
@@ -708,7 +699,7 @@ class _ConvFlipout(_Variational):
         moved = tf.transpose(kernels, (*range(1, rank + 2), 0, rank + 2))
         size = [int(d) for d in self.kernel_loc.shape[:-1]]
         kernel = tf.reshape(moved, (*size, -1))
-        out = tf.nn.convolution(
+        out = grouped_convolution(
             folded,
             kernel,
             strides=self.strides,
@@ -719,17 +710,18 @@ class _ConvFlipout(_Variational):
         if bias is not None:
             out = out + tf.reshape(bias, (samples, 1, *([1] * rank), -1))
         dims = tf.unstack(tf.shape(out))
-        out = tf.reshape(out, tf.stack([-1, *dims[2:]]))
-        if self.data_format == "channels_first":
-            out = tf.transpose(out, (0, rank + 1, *range(1, rank + 1)))
-        return out
+        return tf.reshape(out, tf.stack([-1, *dims[2:]]))
 
     def call(self, inputs, training=None):
         x = ops.convert_to_tensor(inputs, self.compute_dtype)
+        if self.data_format == "channels_first":
+            # TensorFlow's CPU convolutions take channels last only: the
+            # layer computes channels last and transposes back.
+            x = ops.transpose(x, (0, *range(2, self.rank + 2), 1))
         params = self._params(x.dtype)
         mean = self._conv(x, ops.cast(self.kernel_loc, x.dtype))
         if self.use_bias:
-            mean = mean + self._per_channel(ops.cast(self.bias_loc, x.dtype))
+            mean = mean + ops.cast(self.bias_loc, x.dtype)
         noise, samples = self._flipout_noise()
         rows = ops.shape(x)[0]
         channels = int(self.kernel_loc.shape[-2])
@@ -749,10 +741,13 @@ class _ConvFlipout(_Variational):
                 bias_noise = None if bias_noise is None else bias_noise[0]
             perturbation = self._conv(signed, params[0][1] * noise[0])
             if bias_noise is not None:
-                perturbation = perturbation + self._per_channel(bias_noise)
+                perturbation = perturbation + bias_noise
         out = mean + perturbation * self._channel_signs(rows, self.filters)
         self._add_kl_loss(noise)
-        return self.activation(out)
+        out = self.activation(out)
+        if self.data_format == "channels_first":
+            out = ops.transpose(out, (0, self.rank + 1, *range(1, self.rank + 1)))
+        return out
 
     def get_config(self):
         return {
