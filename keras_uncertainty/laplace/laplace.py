@@ -15,9 +15,10 @@ from keras_uncertainty._validation import (
 )
 from keras_uncertainty.laplace import _glm
 from keras_uncertainty.laplace import _numerics as num
+from keras_uncertainty.laplace._last_layer import check_activation, find_last_layer
+from keras_uncertainty.laplace._last_layer import invalid as _invalid
 from keras_uncertainty.laplace.model import LastLayerPosterior, build_model
 from keras_uncertainty.posthoc.base import PostHocMethod
-from keras_uncertainty.sampling import graph
 from keras_uncertainty.sampling.predictions import (
     ClassificationPrediction,
     RegressionPrediction,
@@ -30,13 +31,6 @@ _HESSIANS = ("full", "kron", "diag")
 _PREDICTIVES = ("probit", "mc")
 # probit: softmax(mu / sqrt(1 + pi/8 var)) (MacKay 1992; Daxberger et al. 2021).
 _PROBIT = np.pi / 8.0
-
-
-def _invalid(name, expected, value):
-    return ValueError(
-        f"Invalid value received for argument `{name}`. Expected {expected}. "
-        f"Received: {name}={value!r}"
-    )
 
 
 def _as_array(x, name):
@@ -96,9 +90,17 @@ class Laplace(PostHocMethod):
     For a linear model with a Gaussian likelihood every step is exact: the
     posterior, predictive and evidence are Bayesian linear regression's.
 
-    The network's last layer must be a `keras.layers.Dense` (linear
+    The network's output must be computed by a `keras.layers.Dense` on
+    `(batch, d)` inputs, its last linear layer (`last_layer`), with a linear
     activation for regression; softmax or linear, read as logits, for
-    classification). Its inputs are the features `phi`.
+    classification. Its inputs are the features `phi`. The Dense layer may
+    be followed by weightless layers that only reshape (`Reshape`,
+    `Flatten`, `Identity`) or apply the activation (`Activation`,
+    `Softmax`): a model ending `Dense(10, name="logits")` and
+    `Activation("softmax")` is read as one ending `Dense(10,
+    activation="softmax")` (a categorical likelihood on the logits). Any
+    other trailing layer (a `Lambda`, a custom layer, a `Normalization`) is
+    refused.
 
     - `subset="last_layer"`: the posterior covers the Dense layer's kernel
       and bias (the rest stays at its trained values). The GGN is
@@ -136,7 +138,8 @@ class Laplace(PostHocMethod):
 
     Args:
         model: A trained Functional or Sequential `keras.Model` with one
-            output, computed by a final `keras.layers.Dense`.
+            output, computed by a final `keras.layers.Dense` (then, at
+            most, weightless activation and reshape layers).
         likelihood: "regression" (Gaussian) or "classification"
             (categorical).
         subset: "last_layer" or "all".
@@ -218,36 +221,30 @@ class Laplace(PostHocMethod):
         check_positive_int(self.batch_size, "batch_size")
 
     def _structure(self):
-        """The base network's functional view, its last Dense layer and the
-        tensor of its features."""
-        view = graph.functional_view(self.model)
-        outputs = None if view is None else keras.tree.flatten(view.outputs)
-        if view is None or len(outputs) != 1:
-            raise _invalid(
-                "model",
-                "a Functional or Sequential model with one output",
-                self.model.name,
-            )
-        last = view.layers[-1]
-        if not isinstance(last, keras.layers.Dense) or last.output is not outputs[0]:
-            raise _invalid(
-                "model",
-                "a model whose output is computed by a final keras.layers.Dense",
-                f"last layer {type(last).__name__}",
-            )
-        activation = keras.activations.serialize(last.activation)
-        name = activation if isinstance(activation, str) else activation.get("config")
-        allowed = ("linear",)
-        if self.likelihood == "classification":
-            allowed = ("linear", "softmax")
-        if name not in allowed:
-            raise _invalid(
-                "model",
-                f"a final Dense layer with activation in {allowed} for "
-                f"{self.likelihood}",
-                name,
-            )
-        return view, last
+        """The network's last linear layer (`_last_layer.find_last_layer`),
+        checked against the likelihood."""
+        last = find_last_layer(self.model)
+        check_activation(last, self.likelihood)
+        return last
+
+    @property
+    def last_layer(self):
+        """The `keras.layers.Dense` the posterior is built on: the model's
+        last linear layer, found through trailing weightless activation and
+        reshape layers.
+
+        Raises:
+            ValueError: The model has no such layer.
+        """
+        return find_last_layer(self.model).dense
+
+    def __repr__(self):
+        text = super().__repr__()
+        try:
+            name = self.last_layer.name
+        except ValueError:
+            name = None
+        return f"{text[:-1]}, last_layer={name!r})"
 
     def _uses_variance_head(self, width):
         head = self.variance_head
@@ -277,7 +274,7 @@ class Laplace(PostHocMethod):
             self, fitted.
         """
         self._check_params()
-        view, last = self._structure()
+        last = self._structure().dense
         x = _as_array(x, "x")
         y = _as_array(y, "y")
         n = _rows(x)
@@ -403,7 +400,7 @@ class Laplace(PostHocMethod):
         each Dense layer of the network whose kernel is followed by its bias
         (or has none) in `model.trainable_variables` gets a Kronecker block
         from its augmented inputs on `x`; every other weight a diagonal."""
-        view, _ = self._structure()
+        view = self._structure().view
         variables = list(self.model.trainable_variables)
         starts = np.cumsum([0] + [int(np.prod(v.shape)) for v in variables])
         index = {id(v): i for i, v in enumerate(variables)}
@@ -536,15 +533,15 @@ class Laplace(PostHocMethod):
         model)."""
 
         def build():
-            view, last = self._structure()
-            features = keras.Model(view.inputs, last.input)
+            last = self._structure()
+            features = keras.Model(last.view.inputs, last.features)
 
             @tf.function(reduce_retracing=True, autograph=False)
             def flat_features(inputs):
                 phi = features(inputs, training=False)
                 return tf.reshape(phi, (tf.shape(phi)[0], -1))
 
-            return features, last, flat_features
+            return features, last.dense, flat_features
 
         return _compiled(self.model, "features", build)
 
@@ -735,7 +732,7 @@ class Laplace(PostHocMethod):
                 "(use `predict` for the all-layer GLM predictive). Received: "
                 f"subset={self.subset!r}"
             )
-        view, last = self._structure()
+        last = self._structure()
         stats = self.fit_statistics_
         factors = num.sampling_factor(self._eigen(), self._scale())
         log_noise = None
@@ -751,4 +748,4 @@ class Laplace(PostHocMethod):
             log_noise,
             name="laplace_posterior",
         )
-        return build_model(view, last.input, posterior)
+        return build_model(last.view, last.features, posterior)
