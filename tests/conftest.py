@@ -108,3 +108,25 @@ def start_in_background(request, tmp_path_factory):
     yield start
     for run in runs:
         run.stop()
+
+
+# The two tiers. `python -m pytest` runs the default tier (unit, statistical
+# and small end-to-end tests; under 8 minutes on two cores); `--slow` adds the
+# slow tier (notebooks, training end to end, killed runs, memory), which
+# `.ci/run` always runs. An explicit `-m` expression selects by itself.
+def pytest_addoption(parser):
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        default=False,
+        help="also run the slow tier (tests marked `slow`), as .ci/run does",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow") or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]

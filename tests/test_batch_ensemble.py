@@ -12,6 +12,9 @@ import keras_uncertainty as ku
 from keras_uncertainty.layers import batch_ensemble
 from keras_uncertainty.layers.batch_ensemble import RandomSign
 
+# Runs again with TF_ENABLE_ONEDNN_OPTS=0 in .ci/run (see pyproject's markers).
+pytestmark = pytest.mark.kernels
+
 M = 4
 
 

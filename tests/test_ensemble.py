@@ -10,6 +10,9 @@ import tensorflow as tf
 import keras_uncertainty as ku
 from keras_uncertainty.ensemble.training import bootstrap_counts
 
+# Runs again with TF_ENABLE_ONEDNN_OPTS=0 in .ci/run (see pyproject's markers).
+pytestmark = pytest.mark.kernels
+
 
 def _member(dropout_rate=0.0, hidden=16):
     return ku.models.mlp(8, 2, hidden_units=(hidden,), dropout_rate=dropout_rate)

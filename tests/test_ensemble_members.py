@@ -10,6 +10,9 @@ import tensorflow as tf
 import keras_uncertainty as ku
 from keras_uncertainty.ensemble import adversarial, training
 
+# Runs again with TF_ENABLE_ONEDNN_OPTS=0 in .ci/run (see pyproject's markers).
+pytestmark = pytest.mark.kernels
+
 NUM_INPUTS = 3
 BATCH = 8
 # Member m trains on ROWS[m] rows; the shorter ones are padded with masked rows.

@@ -9,6 +9,9 @@ import tensorflow as tf
 
 import keras_uncertainty as ku
 
+# Runs again with TF_ENABLE_ONEDNN_OPTS=0 in .ci/run (see pyproject's markers).
+pytestmark = pytest.mark.kernels
+
 # Both formulations sum the same products in a different order.
 FLOAT32_ROUNDING = {"rtol": 1e-5, "atol": 1e-5}
 

@@ -7,6 +7,9 @@ import tensorflow as tf
 
 import keras_uncertainty as ku
 
+# Runs again with TF_ENABLE_ONEDNN_OPTS=0 in .ci/run (see pyproject's markers).
+pytestmark = pytest.mark.kernels
+
 
 def _backbone(shape):
     inputs = keras.Input(shape)

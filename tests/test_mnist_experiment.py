@@ -9,6 +9,9 @@ from keras_uncertainty.cli.main import main
 from keras_uncertainty.experiments import mnist
 from keras_uncertainty.sampling.graph import stochastic_layers
 
+# Runs again with TF_ENABLE_ONEDNN_OPTS=0 in .ci/run (see pyproject's markers).
+pytestmark = pytest.mark.kernels
+
 
 def test_rotation_by_90_degrees_is_numpys_counter_clockwise_turn():
     rng = np.random.default_rng(0)

@@ -47,8 +47,20 @@ def executed(request):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+# The notebooks that train packed convolutional ensembles, BatchEnsembles or
+# Bayesian convolutions run again with oneDNN off in .ci/run.
+_KERNELS = ("03_", "06_", "07_", "08_")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.kernels) if p.name.startswith(_KERNELS) else p
+        for p in NOTEBOOKS
+    ],
+    ids=[p.stem for p in NOTEBOOKS],
+)
 def test_notebook_runs_without_error(path, executed):
     notebook = executed[path].result()  # re-raises the CellExecutionError
     saved = nbformat.read(path, as_version=4)

@@ -9,6 +9,9 @@ import pytest
 import keras_uncertainty as ku
 from keras_uncertainty.ensemble import packing
 
+# Runs again with TF_ENABLE_ONEDNN_OPTS=0 in .ci/run (see pyproject's markers).
+pytestmark = pytest.mark.kernels
+
 
 def _conv2d_member(padding="valid", strides=1, pool=keras.layers.AveragePooling2D):
     return keras.Sequential(

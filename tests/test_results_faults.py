@@ -485,6 +485,7 @@ def _units(folder):
 
 
 @pytest.mark.slow  # trains LeNet-5s (64 images, one epoch)
+@pytest.mark.kernels
 def test_mnist_writes_each_method_as_it_finishes_and_resume_matches_a_full_run(
     tmp_path, tiny_mnist, capsys
 ):
@@ -507,6 +508,7 @@ def test_mnist_writes_each_method_as_it_finishes_and_resume_matches_a_full_run(
 
 
 @pytest.mark.slow  # trains LeNet-5s (64 images, one epoch)
+@pytest.mark.kernels
 def test_mnist_interrupted_keeps_the_finished_methods_for_resume(
     tmp_path, tiny_mnist, monkeypatch, capsys
 ):
@@ -532,6 +534,7 @@ def test_mnist_interrupted_keeps_the_finished_methods_for_resume(
 
 
 @pytest.mark.slow  # trains LeNet-5s (64 images, one epoch)
+@pytest.mark.kernels
 def test_mnist_resume_refuses_a_changed_unit_file_and_other_settings(
     tmp_path, tiny_mnist, finished_mc_dropout_run, capsys
 ):
@@ -564,6 +567,7 @@ def test_mnist_resume_refuses_a_changed_unit_file_and_other_settings(
 
 
 @pytest.mark.slow  # trains LeNet-5s (64 images, one epoch)
+@pytest.mark.kernels
 def test_mnist_rerun_without_resume_replaces_its_own_unit_files_only(
     tmp_path, tiny_mnist, finished_mc_dropout_run
 ):
@@ -579,6 +583,7 @@ def test_mnist_rerun_without_resume_replaces_its_own_unit_files_only(
 
 
 @pytest.mark.slow  # trains LeNet-5s (64 images, one epoch)
+@pytest.mark.kernels
 def test_mnist_unit_files_failing_to_write_keep_the_report_and_exit_4(
     tmp_path, tiny_mnist, finished_mc_dropout_run, monkeypatch, capsys
 ):
@@ -604,6 +609,7 @@ def test_mnist_unit_files_failing_to_write_keep_the_report_and_exit_4(
 
 
 @pytest.mark.slow  # trains LeNet-5s (64 images, one epoch)
+@pytest.mark.kernels
 def test_mnist_figures_failing_to_write_keep_the_report_and_exit_4(
     tmp_path, tiny_mnist, monkeypatch, capsys
 ):

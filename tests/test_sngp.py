@@ -13,6 +13,9 @@ import tensorflow as tf
 
 import keras_uncertainty as ku
 
+# Runs again with TF_ENABLE_ONEDNN_OPTS=0 in .ci/run (see pyproject's markers).
+pytestmark = pytest.mark.kernels
+
 SN = ku.layers.SNGPSpectralNormalization
 GP = ku.layers.RandomFeatureGaussianProcess
 

@@ -12,6 +12,9 @@ from scipy import integrate, stats
 
 import keras_uncertainty as ku
 
+# Runs again with TF_ENABLE_ONEDNN_OPTS=0 in .ci/run (see pyproject's markers).
+pytestmark = pytest.mark.kernels
+
 L = ku.layers
 # Bounds in standard errors: every statistical check below is a sum or a
 # mean whose standard error is computed, and a 5-sigma bound fails by chance

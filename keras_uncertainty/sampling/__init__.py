@@ -24,7 +24,12 @@ from keras_uncertainty.sampling.engine import (
     reducing_step,
 )
 from keras_uncertainty.sampling.graph import is_stochastic, tile_rows
-from keras_uncertainty.sampling.keys import random_bits16, random_normal, random_uniform
+from keras_uncertainty.sampling.keys import (
+    SEEDED_TOLERANCE,
+    random_bits16,
+    random_normal,
+    random_uniform,
+)
 from keras_uncertainty.sampling.predictions import (
     ClassificationPrediction,
     MixtureScore,
@@ -61,6 +66,7 @@ __all__ = [
     "Reducer",
     "RegressionMoments",
     "RegressionPrediction",
+    "SEEDED_TOLERANCE",
     "SampledModel",
     "TiledInputsModel",
     "TiledTwinModel",

@@ -9,8 +9,16 @@ two threads (or two requests to one SavedModel) never touch the same state.
 
 Every random draw during the call is a hash of (key, draw, member, sample,
 input, unit): sample `s` of input `i` gets the same mask whatever chunk of
-samples or inputs it falls in, whatever `batch_size`, on any device or
-replica. `draw` numbers the random draws of the traced forward pass in the
+samples or inputs it falls in, whatever `batch_size`, on any device, replica
+or kernel set. The random bits (and the masks and uniforms made of them) are
+bit-identical; normal draws (the inverse normal CDF of those uniforms, which
+CPU kernels compute with vector or scalar code by an entry's position in
+the tensor) and what the network computes from the draws are equal to
+float32 rounding (`SEEDED_TOLERANCE`), and bit-identical
+only for the same call shape on the same kernels: matrix and convolution
+kernels (Eigen's, oneDNN's, cuDNN's) block their sums by the number of rows
+in a call, so the same draws in a call of another shape can round
+differently. `draw` numbers the random draws of the traced forward pass in the
 order the layers run, so each layer (and each call of a shared layer) has
 its own stream.
 
@@ -31,6 +39,11 @@ import threading
 import keras
 import numpy as np
 import tensorflow as tf
+
+# How far apart two seeded results of the same draws may be when the calls
+# differ in shape, device or kernel set (a few float32 roundings of a
+# layer's sums); `np.testing.assert_allclose(a, b, **SEEDED_TOLERANCE)`.
+SEEDED_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 
 _LOCAL = threading.local()
 # Odd constants of the hash (Wellons' lowbias32) and of the counter steps.
