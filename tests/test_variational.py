@@ -177,12 +177,20 @@ def test_conv_flipout_matches_keras_conv_at_zero_scale(
     # With a vanishing posterior scale the layer is the Keras convolution
     # with the posterior means: same output shape and values.
     layer = layer_class(4, 3, posterior_scale_init=1e-20, seed=0, **kwargs)
-    reference = keras_class(4, 3, **kwargs)
     x = np.random.default_rng(0).normal(size=(5, *shape)).astype("float32")
     out = np.asarray(layer(x))
-    reference.build(x.shape)
+    # TensorFlow's CPU kernels convolve channels last only: the reference
+    # convolves the transposed inputs (the layer must accept channels first
+    # on any device).
+    channels_first = kwargs.get("data_format") == "channels_first"
+    last = {k: v for k, v in kwargs.items() if k != "data_format"}
+    reference = keras_class(4, 3, data_format="channels_last", **last)
+    x_last = np.moveaxis(x, 1, -1) if channels_first else x
+    reference.build(x_last.shape)
     reference.set_weights([np.asarray(layer.kernel_loc), np.asarray(layer.bias_loc)])
-    expected = np.asarray(reference(x))
+    expected = np.asarray(reference(x_last))
+    if channels_first:
+        expected = np.moveaxis(expected, -1, 1)
     assert out.shape == expected.shape
     assert layer.compute_output_shape((None, *shape)) == (None, *expected.shape[1:])
     np.testing.assert_allclose(out, expected, atol=1e-5)
