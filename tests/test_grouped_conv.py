@@ -83,6 +83,33 @@ def test_batch_ensemble_conv_trains_without_grouped_kernels(without_grouped_kern
     assert all(np.all(np.isfinite(g)) for g in grads)
 
 
+def _grouped_training_step_runs():
+    """Whether this process's CPU kernels train a grouped convolution with a
+    bias, checked the way a user's training step would run it."""
+    x = tf.random.normal((2, 6, 6, 4))
+    kernel = tf.Variable(tf.random.normal((3, 3, 2, 6)))
+    bias = tf.Variable(tf.zeros((6,)))
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            convolved = tf.nn.convolution(x, kernel)
+            loss = tf.reduce_sum(tf.nn.relu(tf.nn.bias_add(convolved, bias)))
+        return tape.gradient(loss, [kernel, bias])
+
+    with tf.device("/CPU:0"):
+        try:
+            step()
+            return True
+        except tf.errors.OpError:
+            return False
+
+
+def test_auto_picks_the_grouped_form_exactly_where_it_trains():
+    expected = "grouped" if _grouped_training_step_runs() else "split"
+    assert ku.layers.grouped_convolution_formulation("CPU") == expected
+
+
 @pytest.mark.parametrize("kind", ["CPU", "GPU"])
 def test_a_formulation_is_decided_per_device_kind(kind):
     formulation = ku.layers.grouped_convolution_formulation(kind)

@@ -602,9 +602,11 @@ class BatchEnsembleConv2D(_BatchEnsembleLayer):
             dilations=self.dilation_rate,
         )
         if self.bias is not None:
-            outputs = tf.nn.bias_add(
-                outputs, tf.reshape(ops.cast(self.bias, outputs.dtype), [-1])
-            )
+            # An add, not `tf.nn.bias_add`: the graph optimizer fuses a
+            # convolution with a BiasAdd, and TensorFlow's own CPU kernels
+            # have no fused grouped convolution (a model traced where the
+            # grouped form runs, then served on such a CPU, would fail).
+            outputs = outputs + tf.reshape(ops.cast(self.bias, outputs.dtype), [-1])
         if self._activation_is_elementwise():
             outputs = self.activation(outputs)
         return outputs
