@@ -21,6 +21,7 @@ from keras_uncertainty.layers.mc_dropout import (
     MCSpatialDropout3D,
 )
 from keras_uncertainty.layers.mc_recurrent import LAYER_TWINS, cell_twin
+from keras_uncertainty.sampling.graph import quiet_input_names
 
 # Exact classes only: a subclass of `Dropout` may draw its own way, so it is
 # reported (and warned about) rather than silently given another `call`.
@@ -171,7 +172,9 @@ def _copy_with_state(model):
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.keras")
         try:
-            with warnings.catch_warnings():
+            # Reloading a model built on a dict of inputs not named after
+            # its keys repeats the warning the user's model gave.
+            with warnings.catch_warnings(), quiet_input_names():
                 # NumPy 2 asks Keras's variables for `copy=`: Keras's concern.
                 warnings.filterwarnings("ignore", message="__array__ implementation")
                 # An optimizer compiled but never stepped has no slots yet.

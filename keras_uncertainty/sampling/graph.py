@@ -11,6 +11,9 @@ MC dropout before its head), runs once per input instead of T times.
 Subclassed models get their inputs tiled.
 """
 
+import contextlib
+import warnings
+
 import keras
 import tensorflow as tf
 from keras import tree
@@ -61,6 +64,19 @@ def functional_view(model):
     if isinstance(model, keras.Sequential):
         return keras.Model(model.inputs, model.outputs, name=model.name)
     return model
+
+
+@contextlib.contextmanager
+def quiet_input_names():
+    """Silences Keras's warning that a dict of inputs is not named after its
+    keys (`keras.Input(name=...)`) while a model's graph is rebuilt: the
+    user's model already gave it (a keras_hub backbone is built that way),
+    and its keys, not the names, match the inputs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="When providing `inputs` as a dict", category=UserWarning
+        )
+        yield
 
 
 def tile_rows(tensor, num_samples):
@@ -126,19 +142,23 @@ class TiledTwin:
                 outputs = layer(*args, **kwargs)
             return outputs
 
-        if getattr(model, "compiled", False):
-            # `clone_model` also rebuilds a Functional model's compile
-            # settings, and fails on a loss it cannot deserialize (a user's
-            # unregistered function): clone an uncompiled view of the graph.
-            model = keras.Model(model.input, model.output, name=model.name)
-        clone = keras.models.clone_model(
-            model, clone_function=lambda layer: layer, call_function=call_layer
-        )
-        # The model's output structure (a dict stays a dict).
-        outputs = tree.map_structure(tile_once, clone.output)
-        if not isinstance(outputs, (dict, list, tuple)):
-            outputs = [outputs]
-        self.model = keras.Model(clone.inputs, outputs, name=f"{model.name}_tiled")
+        with quiet_input_names():
+            if getattr(model, "compiled", False):
+                # `clone_model` also rebuilds a Functional model's compile
+                # settings, and fails on a loss it cannot deserialize (a
+                # user's unregistered function): clone an uncompiled view.
+                model = keras.Model(model.input, model.output, name=model.name)
+            clone = keras.models.clone_model(
+                model, clone_function=lambda layer: layer, call_function=call_layer
+            )
+            # The model's output structure (a dict stays a dict), and its
+            # input structure (`clone.input`, not the flat `clone.inputs`):
+            # a dict of inputs is then matched by its keys, as the model
+            # matches it, whatever the names of its `keras.Input`s.
+            outputs = tree.map_structure(tile_once, clone.output)
+            if not isinstance(outputs, (dict, list, tuple)):
+                outputs = [outputs]
+            self.model = keras.Model(clone.input, outputs, name=f"{model.name}_tiled")
         self.floats_per_row = floats_per_row(model)
 
     def __call__(self, inputs):

@@ -8,6 +8,12 @@ generator of batches. In-memory inputs are sliced; the others are streamed and r
 into chunks of the same size as the in-memory path uses, so the compiled
 step sees the same shapes (no retracing per batch) and, with a seed, draws
 the same samples. Memory is bounded by one chunk plus one batch.
+
+Structures are matched to a Functional model's inputs as Keras matches them
+(`match_inputs`, the one place that decides it): a dict by the keys of the
+dict the model was built with (`model.input`), whatever the `keras.Input`
+names and the order of the keys; a dict given to a model built on a list of
+inputs by their `keras.Input` names; lists and tuples by position.
 """
 
 import collections.abc
@@ -30,6 +36,25 @@ def _is_array(value):
     return tf.is_tensor(value) or isinstance(value, np.ndarray)
 
 
+def _rows(x, name="x"):
+    """A list or tuple of rows of one input as one array."""
+    if not x:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected at least "
+            "one row. Received: an empty list"
+        )
+    try:
+        return np.asarray(
+            [keras.ops.convert_to_numpy(v) if tf.is_tensor(v) else v for v in x]
+        )
+    except ValueError as error:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a list of "
+            "rows of the same shape (one input) or a list of arrays (one per "
+            f"model input). Received: a list that is neither ({error})"
+        ) from None
+
+
 def _as_arrays(view, x):
     """Reads a list or tuple as `model.predict` does.
 
@@ -40,25 +65,199 @@ def _as_arrays(view, x):
     if not isinstance(x, (list, tuple)) or (view is not None and len(view.inputs) > 1):
         return x
     if not x:
-        raise ValueError(
-            "Invalid value received for argument `x`. Expected at least one "
-            "row. Received: an empty list"
-        )
+        return _rows(x)
     if view is not None and len(x) == 1 and _is_array(x[0]):
         if len(np.shape(x[0])) == len(view.inputs[0].shape):
             return x[0]
     if view is None and all(_is_array(v) for v in x):
         return x  # a subclassed model's list of inputs
+    return _rows(x)
+
+
+def _is_input(value):
+    return isinstance(value, keras.KerasTensor)
+
+
+def _sorted_keys(keys):
     try:
-        return np.asarray(
-            [keras.ops.convert_to_numpy(v) if tf.is_tensor(v) else v for v in x]
-        )
-    except ValueError as error:
+        return sorted(keys)
+    except TypeError:  # keys of several types
+        return sorted(keys, key=repr)
+
+
+def _received(x):
+    """What `x` is, for messages."""
+    if isinstance(x, dict):
+        return f"a dict with keys {list(x)}"
+    if isinstance(x, (list, tuple)):
+        return f"a {type(x).__name__} of {len(x)} entries"
+    if _is_array(x):
+        return f"an array of shape {tuple(np.shape(x))}"
+    return f"a {type(x).__name__}"
+
+
+def _key_mismatch(name, expected, received, what, extra_allowed=False):
+    missing = [key for key in expected if key not in received]
+    unexpected = [] if extra_allowed else [k for k in received if k not in expected]
+    if not missing and not unexpected:
+        return
+    details = "; ".join(
+        f"{label}: {keys}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected))
+        if keys
+    )
+    raise ValueError(
+        f"Invalid value received for argument `{name}`. Expected a dict with "
+        f"{what} {list(expected)}. Received: a dict with keys {list(received)} "
+        f"({details})"
+    )
+
+
+def _leaf(x, name):
+    """One model input's array, as given (tensors are converted later)."""
+    if isinstance(x, dict):
         raise ValueError(
-            "Invalid value received for argument `x`. Expected a list of rows "
-            "of the same shape (one input) or a list of arrays (one per "
-            f"model input). Received: a list that is neither ({error})"
-        ) from None
+            f"Invalid value received for argument `{name}`. Expected an array "
+            f"(one model input). Received: {_received(x)}"
+        )
+    if isinstance(x, (list, tuple)):
+        return _rows(x, name)
+    return x
+
+
+def _match(struct, x, name):
+    """`x` in the structure `struct` (a structure of `keras.Input`s)."""
+    if _is_input(struct):
+        return _leaf(x, name)
+    if isinstance(struct, dict):
+        keys = list(struct)
+        if isinstance(x, dict):
+            _key_mismatch(name, keys, list(x), "the keys of the model's inputs")
+            return {k: _match(struct[k], x[k], f"{name}[{k!r}]") for k in keys}
+        # A list for a dict: by position in sorted key order (the order of
+        # `model.inputs`), and only where that is the order the dict was
+        # built in, as Keras allows it.
+        if (
+            isinstance(x, (list, tuple))
+            and len(x) == len(keys)
+            and keys == _sorted_keys(keys)
+        ):
+            return {
+                k: _match(struct[k], v, f"{name}[{i}]")
+                for i, (k, v) in enumerate(zip(keys, x))
+            }
+        if len(keys) == 1 and _is_input(struct[keys[0]]) and _is_array(x):
+            return {keys[0]: x}  # the one input of a one-key dict, given bare
+        hint = ""
+        if isinstance(x, (list, tuple)):
+            hint = (
+                " (a list is read by position only when the model's dict of "
+                "inputs was built with its keys in sorted order, as Keras "
+                "reads it)"
+            )
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a dict "
+            f"with the keys of the model's inputs {keys}. Received: "
+            f"{_received(x)}{hint}"
+        )
+    entries = list(struct)
+    if isinstance(x, dict) and all(_is_input(t) for t in entries):
+        # A dict for a list of inputs: by their `keras.Input` names, as
+        # Keras reads it; other keys are left alone.
+        names = [t.name for t in entries]
+        _key_mismatch(
+            name,
+            names,
+            list(x),
+            "the names of the model's inputs (their `keras.Input(name=...)`)",
+            extra_allowed=True,
+        )
+        return type(struct)(_leaf(x[n], f"{name}[{n!r}]") for n in names)
+    if isinstance(x, (list, tuple)) and len(x) == len(entries):
+        return type(struct)(
+            _match(s, v, f"{name}[{i}]") for i, (s, v) in enumerate(zip(entries, x))
+        )
+    if len(entries) == 1 and _is_input(entries[0]) and not isinstance(x, dict):
+        return type(struct)([_leaf(x, name)])  # a one-input list, given bare
+    raise ValueError(
+        f"Invalid value received for argument `{name}`. Expected "
+        f"{len(entries)} model inputs (a {type(struct).__name__} in the order "
+        f"of `model.inputs`). Received: {_received(x)}"
+    )
+
+
+def match_inputs(view, x, where="x"):
+    """`x` in the structure of the model's inputs, matched as Keras matches it.
+
+    The one place that decides which array feeds which model input, for
+    sampling, the tiled twin and the exported signature. It follows
+    `keras.Model`'s own rules (Functional `_standardize_inputs`):
+
+    - a model built on a dict of inputs (`model.input` is a dict, as for a
+      keras_hub backbone) takes a dict with exactly those keys, in any
+      order, whatever the names of its `keras.Input`s (a list is read by
+      position in sorted key order, only when the dict was built in that
+      order);
+    - a model built on a list of inputs takes a list or tuple by position,
+      or a dict by the inputs' `keras.Input` names (other keys ignored);
+    - a single-input model takes an array, a tensor, a list of rows, a
+      one-element list around its array, or a dict holding its
+      `keras.Input` name;
+    - nested structures (a dict holding a list) are matched level by level,
+      lists and tuples alike.
+
+    Args:
+        view: The model's Functional view (`sampling.graph.functional_view`),
+            or None for a subclassed model, whose inputs are taken as they
+            come (a list or tuple of rows becomes one array).
+        x: One batch of inputs, anything `model.predict` takes in memory.
+        where: The argument's name, for messages.
+
+    Returns:
+        `x` in the structure of `view.input` (its leaves arrays or tensors),
+        so that `keras.tree.flatten` gives them in `view.inputs` order.
+
+    Raises:
+        ValueError: naming the argument, what the model expects and what
+            was received (a missing or unexpected key, a wrong count).
+    """
+    if view is None:
+        return _as_arrays(None, x)
+    struct = view.input
+    flat = tree.flatten(struct)
+    if len(flat) == 1 and (
+        _is_input(struct) or (isinstance(struct, (list, tuple)) and len(struct) == 1)
+    ):
+        # One input: a dict by its name; a list of rows or `[array]`.
+        if isinstance(x, dict):
+            _key_mismatch(
+                where,
+                [flat[0].name],
+                list(x),
+                "the name of the model's input (its `keras.Input(name=...)`)",
+                extra_allowed=True,
+            )
+            x = x[flat[0].name]
+        x = _leaf(_as_arrays(view, x), where)
+        return x if _is_input(struct) else type(struct)([x])
+    return _match(struct, x, where)
+
+
+def _path_name(where, path):
+    return where + "".join(
+        f"[{key!r}]" if isinstance(key, str) else f"[{key}]" for key in path
+    )
+
+
+def _adjust_rank(spec, array):
+    """A trailing axis of size 1 added where the input has one, as Keras
+    adds it: a column `(n,)` (a data frame's, in a dict) feeds an input of
+    shape `(1,)`. Keras also drops a trailing axis of size 1 that the input
+    lacks; that is refused here, as a likely mistake."""
+    expected = tuple(spec.shape)
+    if array.ndim == len(expected) - 1 and expected and expected[-1] == 1:
+        return array[..., None]
+    return array
 
 
 def _is_text(array, expected_dtype):
@@ -116,26 +315,42 @@ def flatten_inputs(view, x, where="x"):
     Returns:
         `(flat, n)`: a list of arrays and their common number of rows.
     """
+    flat, n, _ = _flatten(view, x, where)
+    return flat, n
+
+
+def _flatten(view, x, where):
+    """`flatten_inputs`, and `x` matched to the model's input structure."""
     if x is None:
         raise ValueError(
             f"Invalid value received for argument `{where}`. Expected an "
             "array, a structure of arrays or a dataset. Received: "
             f"{where}=None"
         )
+    matched = match_inputs(view, x, where)
+    paths, leaves = [], []
+    for path, value in tree.flatten_with_path(matched):
+        paths.append(path)
+        leaves.append(value)
     flat = [
         np.asarray(keras.ops.convert_to_numpy(v) if tf.is_tensor(v) else v)
-        for v in tree.flatten(_as_arrays(view, x))
+        for v in leaves
     ]
-    specs = None
-    if view is not None and len(view.inputs) == len(flat) and not isinstance(x, dict):
-        specs = view.inputs
+    specs = None if view is None else tree.flatten(view.input)
     for i, array in enumerate(flat):
-        name = where if len(flat) == 1 else f"{where}[{i}]"
+        if len(flat) == 1:
+            name = where
+        elif specs is None:
+            name = f"{where}[{i}]"
+        else:
+            name = _path_name(where, paths[i])
         if array.ndim == 0:
             raise ValueError(
                 f"Invalid value received for argument `{name}`. Expected an "
                 f"array with a batch dimension. Received: a scalar {array!r}"
             )
+        if specs is not None:
+            array = flat[i] = _adjust_rank(specs[i], array)
         expected_dtype = None if specs is None else specs[i].dtype
         if _is_text(array, expected_dtype):
             flat[i] = _text_array(array, name, expected_dtype)
@@ -175,7 +390,7 @@ def flatten_inputs(view, x, where="x"):
             "Invalid value received for argument `x`. Expected at least one "
             "row. Received: 0 rows"
         )
-    return flat, n
+    return flat, n, matched
 
 
 def _dataset_batches(dataset):
@@ -215,7 +430,9 @@ class InputStream:
             it goes (`targets()`, for callbacks that score predictions).
 
     Attributes:
-        structure: The structure of one batch of inputs (a tree of 0s).
+        structure: The structure of one batch of inputs (a tree of 0s):
+            the model's (`model.input`) when its view is known, `x`'s
+            otherwise.
         first: The flat arrays of the first batch (their shapes and dtypes
             name the compiled step).
         num_rows: N for in-memory inputs; None for streamed ones.
@@ -244,19 +461,17 @@ class InputStream:
             self._pending = [first]
             self.num_rows = None
         else:
-            first = flatten_inputs(view, x)[0]
+            first, _, self._structure_source = _flatten(view, x, "x")
             self._batches = None
             self._pending = [first]
             self.num_rows = first[0].shape[0]
-            self._structure_source = _as_arrays(view, x)
         self.first = tuple(first)
         self.structure = tree.map_structure(lambda _: 0, self._structure_source)
 
     def _checked(self, batches):
         for index, element in enumerate(batches):
             x, y, _ = keras.utils.unpack_x_y_sample_weight(element)
-            x = _as_arrays(self._view, x)
-            flat, n = flatten_inputs(self._view, x, where=f"x (batch {index})")
+            flat, n, x = _flatten(self._view, x, where=f"x (batch {index})")
             if index == 0:
                 self._structure_source = x
                 self._trailing = [(a.shape[1:], a.dtype) for a in flat]

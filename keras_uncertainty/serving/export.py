@@ -38,7 +38,34 @@ def _signature_name(tensor, index, count):
     return name
 
 
+def _path_signature_name(path, index):
+    """The name of an input of a dict (or nested) structure in the
+    signature: its path of keys, `token_ids` or `pair_0`, the name a
+    TensorFlow Serving request uses."""
+    name = re.sub(r"\W", "_", "_".join(str(key) for key in path))
+    if not name or name[0].isdigit():
+        return f"inputs_{index}"
+    return name
+
+
+def _is_flat(inputs):
+    """Whether a model's inputs are one tensor or a flat list of them (the
+    endpoints then take them as separate arguments)."""
+    if isinstance(inputs, keras.KerasTensor):
+        return True
+    return isinstance(inputs, (list, tuple)) and all(
+        isinstance(t, keras.KerasTensor) for t in inputs
+    )
+
+
 def _input_specs(model):
+    """`(structure, specs, structured)` of the model's inputs.
+
+    `specs` are the `tf.TensorSpec`s of the flat inputs (`model.inputs`
+    order); `structured` says whether the endpoints take them as one
+    argument in the model's input structure (a dict of inputs, or a nested
+    structure, as `model.export` takes it: `serve({"token_ids": ...})`)
+    rather than as separate arguments (`serve(a, b)`)."""
     view = sampled_model(model).input_view  # checked by the caller
     if view is None:
         raise ValueError(
@@ -48,22 +75,27 @@ def _input_specs(model):
             f"({type(model).__name__}); build it with `keras.Input`."
         )
     inputs = view.input
-    flat = tree.flatten(inputs)
+    structured = not _is_flat(inputs)
+    paths = tree.flatten_with_path(inputs)
     specs = [
         tf.TensorSpec(
             (None, *tensor.shape[1:]),
             tensor.dtype,
-            name=_signature_name(tensor, i, len(flat)),
+            name=(
+                _path_signature_name(path, i)
+                if structured
+                else _signature_name(tensor, i, len(paths))
+            ),
         )
-        for i, tensor in enumerate(flat)
+        for i, (path, tensor) in enumerate(paths)
     ]
     names = [spec.name for spec in specs]
-    if len(set(names)) != len(names):
+    if len(set(names)) != len(names) or "seed" in names:  # `serve_seeded`'s
         specs = [
             tf.TensorSpec(spec.shape, spec.dtype, name=f"inputs_{i}")
             for i, spec in enumerate(specs)
         ]
-    return tree.map_structure(lambda _: 0, inputs), specs
+    return tree.map_structure(lambda _: 0, inputs), specs, structured
 
 
 def _check_call_size(num_samples, per_member, floats_per_row, per_sample=0):
@@ -214,6 +246,16 @@ def export(
       same seed gives each input row the same samples, in any process and
       whatever else is in the batch (row i of a batch counts as input i).
 
+    The inputs are taken as the model takes them. A model built on a dict
+    of inputs (a keras_hub backbone's `{"token_ids": ..., "padding_mask":
+    ...}`) or on a nested structure takes one argument of that structure,
+    as `model.export` does: `served.serve({"token_ids": t, "padding_mask":
+    m})`, its keys in any order, whatever the `keras.Input` names; the
+    signature names each input by its key (`token_ids`), the name a
+    TensorFlow Serving request uses. A model with one input, or a list of
+    inputs, takes them as separate arguments: `served.serve(x)`,
+    `served.serve(a, b)`, `served.serve_seeded(a, b, seed)`.
+
     The outputs are a dict: `mean`, `std`, `aleatoric_std`, `epistemic_std`
     (float32, `(batch, k)`) for regression; `probs` (float32,
     `(batch, C)`), `entropy`, `expected_entropy`, `mutual_information`
@@ -317,7 +359,7 @@ def export(
     reducer = task_reducer(model, task, from_logits, votes, variance_head)
     conformal_plan = _conformal_plan(conformal, reducer)
     adapter = check_model(model, asked, reducer)
-    structure, specs = _input_specs(model)
+    structure, specs, structured = _input_specs(model)
     step, floats_per_row = reducing_step(model, reducer, structure)
     per_member = adapter.samples_per_member(num_samples)
     total = adapter.num_members * per_member
@@ -364,12 +406,27 @@ def export(
     def seeded_key(seed):
         return keys.key_tensor_from_seed(seed)
 
-    def serve(*flat_inputs):
-        return summarize(flat_inputs, fresh_key())
+    seed_spec = tf.TensorSpec([], tf.int64, name="seed")
+    if structured:
+        # One argument in the model's input structure, matched by key as
+        # the model matches it (`tree.flatten` orders it as `specs`).
+        signature = [tree.pack_sequence_as(structure, specs)]
 
-    def serve_seeded(*args):
-        *flat_inputs, seed = args
-        return summarize(flat_inputs, seeded_key(seed))
+        def serve(inputs):
+            return summarize(tree.flatten(inputs), fresh_key())
+
+        def serve_seeded(inputs, seed):
+            return summarize(tree.flatten(inputs), seeded_key(seed))
+
+    else:
+        signature = list(specs)
+
+        def serve(*flat_inputs):
+            return summarize(flat_inputs, fresh_key())
+
+        def serve_seeded(*args):
+            *flat_inputs, seed = args
+            return summarize(flat_inputs, seeded_key(seed))
 
     if not model.built:
         # Keras exports only built models; one call on a row of zeros builds
@@ -381,11 +438,9 @@ def export(
         )
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serve", serve, input_signature=specs)
+    archive.add_endpoint("serve", serve, input_signature=signature)
     archive.add_endpoint(
-        "serve_seeded",
-        serve_seeded,
-        input_signature=[*specs, tf.TensorSpec([], tf.int64, name="seed")],
+        "serve_seeded", serve_seeded, input_signature=[*signature, seed_spec]
     )
     if "verbose" in inspect.signature(archive.write_out).parameters:
         archive.write_out(filepath, verbose=verbose)
