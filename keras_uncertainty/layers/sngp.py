@@ -620,7 +620,10 @@ class SNGPSampledModel(SampledModel):
             outputs = getattr(model, "outputs", None) or []
             if len(outputs) == 1 and outputs[0] is head.output:
                 self.regression_head = head
-                self.feature_model = keras.Model(model.inputs, head.input)
+                # `model.input`: the model's input structure (a dict stays a
+                # dict, matched by its keys), not the flat `model.inputs`.
+                with graph.quiet_input_names():
+                    self.feature_model = keras.Model(model.input, head.input)
 
     def samples_per_member(self, num_samples):
         return 1 if self.regression_head is None else 2
