@@ -416,7 +416,7 @@ class Laplace(PostHocMethod):
             dense[i] = layer
         if dense:
             layers = [dense[i] for i in sorted(dense)]
-            probe = keras.Model(view.inputs, [layer.input for layer in layers])
+            probe = keras.Model(view.input, [layer.input for layer in layers])
             outputs = [[] for _ in layers]
             for chunk in self._batches(x):
                 values = probe(chunk, training=False)
@@ -534,7 +534,7 @@ class Laplace(PostHocMethod):
 
         def build():
             last = self._structure()
-            features = keras.Model(last.view.inputs, last.features)
+            features = keras.Model(last.view.input, last.features)
 
             @tf.function(reduce_retracing=True, autograph=False)
             def flat_features(inputs):
