@@ -146,7 +146,8 @@ class Ensemble(keras.Model):
     one network of `ku.layers.Packed*` layers with a member axis, so the
     optimizer makes one update per kind of variable instead of one per
     member (exact for the element-wise optimizers: SGD, Adam, AdamW,
-    RMSprop, Adagrad, Adadelta, Adamax, Nadam, Lion, Ftrl; compiling a
+    RMSprop, Adagrad, Adadelta, Adamax, Nadam, Lion, Ftrl, also inside the
+    `LossScaleOptimizer` that `mixed_float16` compiles with; compiling a
     packed ensemble with another optimizer, or with `clipnorm`, raises an
     error that says to pass `pack=False`). Other members (BatchNormalization,
     ...) train side by side with their own variables.
@@ -616,13 +617,15 @@ class Ensemble(keras.Model):
         member_loss = training.as_loss_object(loss)
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
         if self.packed and not training.packed_update_is_exact(self.optimizer):
+            # A loss-scale wrapper (mixed_float16) is judged by what it wraps.
+            inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
             raise ValueError(
                 "Invalid value received for argument `optimizer`. A packed "
                 "ensemble updates its members through shared (M, ...) "
                 "variables, exact only for element-wise optimizers without "
                 "`clipnorm` (SGD, Adam, AdamW, RMSprop, ...). Received: "
-                f"{_describe(self.optimizer)} (clipnorm="
-                f"{self.optimizer.clipnorm}). Build the ensemble with "
+                f"{_describe(inner)} (clipnorm="
+                f"{inner.clipnorm}). Build the ensemble with "
                 "`pack=False` to train each member with its own variables."
             )
         self.member_loss = member_loss

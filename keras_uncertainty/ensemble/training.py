@@ -33,7 +33,15 @@ def packed_update_is_exact(optimizer):
     would see all members' gradients at once, and other optimizers (LAMB's
     per-variable trust ratio, loss-scale wrappers, ...) are not known to be.
     `global_clipnorm` is exact: the global norm spans every member either way.
+    A `keras.optimizers.LossScaleOptimizer` (what `compile` wraps the
+    optimizer in under the `mixed_float16` policy) is judged by the optimizer
+    it wraps: the loss scale multiplies every gradient alike, and a step it
+    skips (a non-finite gradient) is skipped for every member, as it would
+    be for members with their own variables under one optimizer.
     """
+    loss_scale = getattr(keras.optimizers, "LossScaleOptimizer", ())
+    if isinstance(optimizer, loss_scale):
+        optimizer = optimizer.inner_optimizer
     return type(optimizer) in ELEMENTWISE_OPTIMIZERS and optimizer.clipnorm is None
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops, tree
 
+from keras_uncertainty._precision import float32_layer_dtype
 from keras_uncertainty.losses.gaussian_nll import gaussian_nll
 from keras_uncertainty.sampling import SampledModel, graph, keys
 
@@ -20,7 +21,9 @@ class LastLayerPosterior(keras.layers.Layer):
     classification; `(means, log-variances)` for regression, the
     log-variance `log sigma_noise^2` for a homoscedastic model, the head's
     own for a variance head. `sample(phi, t)` returns `t` samples, each with
-    its own draw of the last layer's weights from the posterior.
+    its own draw of the last layer's weights from the posterior. It
+    computes in float32 under a `mixed_float16` or `mixed_bfloat16` global
+    policy (the features below it arrive in half precision and are cast).
 
     Args:
         likelihood: "regression" or "classification".
@@ -50,6 +53,9 @@ class LastLayerPosterior(keras.layers.Layer):
         log_noise_variance=None,
         **kwargs,
     ):
+        # The posterior's draws and the features they multiply stay float32
+        # under a mixed-precision policy (Keras's advice for an output layer).
+        kwargs["dtype"] = float32_layer_dtype(kwargs.get("dtype"), type(self))
         super().__init__(**kwargs)
         self.likelihood = likelihood
         self.structure = structure
@@ -148,7 +154,7 @@ class LastLayerPosterior(keras.layers.Layer):
     def sample(self, phi, num_samples):
         """`t * n` rows (sample-major) of outputs for `n` rows of features,
         each sample with its own weight draw."""
-        phi_aug = self._augment(tf.convert_to_tensor(phi))
+        phi_aug = self._augment(tf.cast(phi, self.compute_dtype))
         means_map = tf.matmul(phi_aug, self.weights_map[:, : self.num_means])
         noise = self.weight_noise(num_samples)  # (t, d1, k)
         means = means_map[None] + tf.einsum("ni,tik->tnk", phi_aug, noise)

@@ -25,6 +25,7 @@ import keras
 from keras import ops
 
 from keras_uncertainty import _keras_compat
+from keras_uncertainty._precision import float32_layer_dtype
 from keras_uncertainty._validation import (
     check_bool,
     check_positive_finite,
@@ -283,6 +284,10 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
         task="classification",
         **kwargs,
     ):
+        # float32 under a mixed-precision global policy: the precision sums
+        # phi phi^T over every training row (float16 overflows at 65504) and
+        # the random features take the cosine of large projections.
+        kwargs["dtype"] = float32_layer_dtype(kwargs.get("dtype"), type(self))
         super().__init__(**kwargs)
         self.task = _check_choice(task, "task", _TASKS)
         self.units = check_positive_int(units, "units")

@@ -13,6 +13,8 @@ import numbers
 import keras
 from keras import ops
 
+from keras_uncertainty._precision import widen
+
 _PACKAGE = "keras_uncertainty"
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 # The scaled squared error (y - mu)^2 * exp(-s) is computed exactly while it
@@ -94,7 +96,9 @@ def scaled_squared_error(squared_error, log_var):
 
 
 def _nll(y_true, y_pred, beta=0.0, min_log_var=None, include_constant=False):
-    mean, log_var = split_mean_log_var(y_pred)
+    # float32 for half-precision predictions (a mixed-precision model's):
+    # exp(-log_var) and the squared errors overflow float16 at 65504.
+    mean, log_var = split_mean_log_var(widen(y_pred))
     y_true = _align_targets(y_true, mean)
     if min_log_var is not None:
         log_var = ops.maximum(log_var, min_log_var)
@@ -119,6 +123,8 @@ def gaussian_nll(y_true, y_pred):
     `(y - mu)^2 / exp(log_var)` would exceed `exp(80)` (or `log_var < -80`)
     the exponential is continued by its tangent (see
     `scaled_squared_error`); everywhere else the value is the formula's.
+    float16 and bfloat16 predictions (a mixed-precision model's) are
+    computed in float32.
 
     Args:
         y_true: Targets, shape `(N, k)`, or `(N,)` when k = 1.

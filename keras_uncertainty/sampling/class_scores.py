@@ -18,6 +18,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from keras_uncertainty.sampling import formulas
 from keras_uncertainty.sampling.reducers import Reducer
 
 # The floor of `ku.metrics.classification_nll`: probabilities are floored at
@@ -45,7 +46,7 @@ def log_class_probabilities(samples, from_logits):
     classes, `(log(1 - p), log p)` (`log_sigmoid(-z), log_sigmoid(z)` for a
     logit z). Zero probabilities give `-inf`.
     """
-    samples = tf.cast(samples, tf.float32)
+    samples = formulas.float32_samples(samples, from_logits)
     if samples.shape[-1] == 1:
         if from_logits:
             return tf.concat(

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_uncertainty._precision import is_half
 from keras_uncertainty.losses.gaussian_nll import split_mean_log_var
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
@@ -67,9 +68,33 @@ def regression_moments(samples, variance_head):
     return shift + mean_centred, m2_mu, mean_var
 
 
+def float32_samples(samples, from_logits):
+    """Classifier samples `(t, n, ..., C)` in float32.
+
+    Probabilities that arrive in float16 or bfloat16 (a mixed-precision
+    model's softmax) sum to 1 only to within their rounding (about 1e-3 per
+    row): they are renormalized over the classes after the cast, so the
+    mean probabilities sum to 1 and the entropies are those of
+    distributions.
+
+    Args:
+        samples: Probabilities (or logits when `from_logits`), any float
+            dtype.
+        from_logits: Whether `samples` are logits (never renormalized).
+
+    Returns:
+        The samples as a float32 tensor.
+    """
+    half = is_half(tf.convert_to_tensor(samples).dtype)
+    samples = ops.cast(samples, "float32")
+    if half and not from_logits and samples.shape[-1] != 1:
+        samples = samples / ops.sum(samples, axis=-1, keepdims=True)
+    return samples
+
+
 def class_probabilities(samples, from_logits):
     """Class probabilities of each sample; one sigmoid unit becomes 2 classes."""
-    samples = ops.cast(samples, "float32")
+    samples = float32_samples(samples, from_logits)
     if samples.shape[-1] == 1:
         positive = ops.sigmoid(samples) if from_logits else samples
         return ops.concatenate([1.0 - positive, positive], axis=-1)

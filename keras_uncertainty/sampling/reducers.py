@@ -30,6 +30,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from keras_uncertainty._precision import widen
 from keras_uncertainty.sampling import formulas
 from keras_uncertainty.sampling.predictions import (
     ClassificationPrediction,
@@ -103,7 +104,8 @@ class Reducer:
 
 
 class RawSamples(Reducer):
-    """The samples themselves, `(members * T, N, ...)`, member-major.
+    """The samples themselves, `(members * T, N, ...)`, member-major
+    (float16 and bfloat16 outputs as float32).
 
     Args:
         num_members: M; chunks of samples are merged per member, so that a
@@ -116,7 +118,8 @@ class RawSamples(Reducer):
         self.num_members = num_members
 
     def reduce(self, samples):
-        return (samples,)
+        # Half-precision outputs come back as float32 (float64 stays).
+        return (widen(samples),)
 
     def merge(self, a, count_a, b, count_b):
         def by_member(values):
