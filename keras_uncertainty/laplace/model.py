@@ -175,7 +175,7 @@ class LaplaceSampledModel(SampledModel):
         super().__init__(model)
         self.stochastic = True
         self.floats_per_row = graph.floats_per_row(model)
-        self.feature_model = keras.Model(model.inputs, model.posterior.input)
+        self.feature_model = keras.Model(model.input, model.posterior.input)
 
     def stochastic_layers(self):
         return [self.model.posterior]
@@ -238,7 +238,7 @@ class LaplaceModel(keras.Model):
 def build_model(base_view, features, posterior):
     """A `LaplaceModel` on `base_view`'s inputs and its `features` tensor."""
     outputs = posterior(features)
-    inputs = base_view.inputs
+    inputs = base_view.input  # the structure Keras matches inputs by
     if len(tree.flatten(inputs)) == 1:
         inputs = tree.flatten(inputs)[0]
     return LaplaceModel(inputs, outputs, name=f"{base_view.name}_laplace")
