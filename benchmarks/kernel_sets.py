@@ -31,6 +31,10 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL_SETS = {"onednn": "1", "eigen": "0"}
+LABELS = {
+    "onednn": "oneDNN (`TF_ENABLE_ONEDNN_OPTS=1`)",
+    "eigen": "TensorFlow's own kernels (`=0`)",
+}
 
 
 def worker(repeats, mnist_dir):
@@ -54,7 +58,7 @@ def worker(repeats, mnist_dir):
 
 def markdown(results):
     rows = [
-        "| measurement | " + " | ".join(results) + " | target |",
+        "| measurement | " + " | ".join(LABELS[k] for k in results) + " | target |",
         "|---|" + "---|" * len(results) + "---|",
     ]
 

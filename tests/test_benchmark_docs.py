@@ -53,3 +53,15 @@ def test_the_published_tables_are_those_of_the_result_files():
     page = PAGE.read_text()
     assert summary in page
     assert table.uci_table(uci) in page
+
+
+def test_the_kernel_sets_table_is_that_of_its_result_file():
+    path = ROOT / "benchmarks" / "kernel_sets.py"
+    spec = importlib.util.spec_from_file_location("kernel_sets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = json.loads(
+        (ROOT / "benchmarks" / "results" / "kernel_sets.json").read_text()
+    )
+    table = module.markdown(results["kernel_sets"])
+    assert table in (ROOT / "README.md").read_text()
