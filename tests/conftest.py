@@ -112,8 +112,9 @@ def start_in_background(request, tmp_path_factory):
 
 # The two tiers. `python -m pytest` runs the default tier (unit, statistical
 # and small end-to-end tests; under 8 minutes on two cores); `--slow` adds the
-# slow tier (notebooks, training end to end, killed runs, memory), which
-# `.ci/run` always runs. An explicit `-m` expression selects by itself.
+# slow tier (notebooks, training end to end: MNIST and UCI runs with their
+# resumed and faulted variants), which `.ci/run` always runs. An explicit `-m`
+# expression selects by itself.
 def pytest_addoption(parser):
     parser.addoption(
         "--slow",

@@ -236,15 +236,20 @@ def test_nested_dict_holding_a_list_matches_model_predict(pair):
         [keras.layers.Dense(2)(first), keras.layers.Dense(2)(second), single]
     )
     hidden = keras.layers.Dropout(0.5)(merged)
-    model = _quietly(
-        lambda: keras.Model(
-            {"pair": [first, second], "single": single},
-            {
-                "kind": keras.layers.Dense(C, activation="softmax")(hidden),
-                "value": keras.layers.Dense(1)(hidden),
-            },
+    try:
+        model = _quietly(
+            lambda: keras.Model(
+                {"pair": [first, second], "single": single},
+                {
+                    "kind": keras.layers.Dense(C, activation="softmax")(hidden),
+                    "value": keras.layers.Dense(1)(hidden),
+                },
+            )
         )
-    )
+    except ValueError as error:  # Keras before 3.4 builds flat dicts only
+        if "must be KerasTensors" not in str(error):
+            raise
+        pytest.skip(f"Keras {keras.__version__} builds no nested input dicts")
     rng = np.random.default_rng(2)
     a = rng.normal(size=(N, 3)).astype("float32")
     b = rng.normal(size=(N, 2)).astype("float32")

@@ -186,6 +186,29 @@ def _match(struct, x, name):
     )
 
 
+def flatten_with_path(structure):
+    """`(path, leaf)` pairs of a nested structure, in `keras.tree.flatten`'s
+    order (dict keys sorted, lists and tuples by position): Keras's own
+    `keras.tree.flatten_with_path` where it has one (3.4 and later), the same
+    walk here for the Keras versions without it."""
+    if hasattr(tree, "flatten_with_path"):
+        return tree.flatten_with_path(structure)
+    pairs = []
+
+    def walk(node, path):
+        if isinstance(node, collections.abc.Mapping):
+            for key in sorted(node):
+                walk(node[key], (*path, key))
+        elif isinstance(node, (list, tuple)):
+            for index, value in enumerate(node):
+                walk(value, (*path, index))
+        else:
+            pairs.append((path, node))
+
+    walk(structure, ())
+    return pairs
+
+
 def match_inputs(view, x, where="x"):
     """`x` in the structure of the model's inputs, matched as Keras matches it.
 
@@ -329,7 +352,7 @@ def _flatten(view, x, where):
         )
     matched = match_inputs(view, x, where)
     paths, leaves = [], []
-    for path, value in tree.flatten_with_path(matched):
+    for path, value in flatten_with_path(matched):
         paths.append(path)
         leaves.append(value)
     flat = [

@@ -21,6 +21,7 @@ from keras_uncertainty.sampling import (
     task_reducer,
 )
 from keras_uncertainty.sampling.engine import resolve_num_samples, sample_floats
+from keras_uncertainty.sampling.inputs import flatten_with_path
 from keras_uncertainty.sampling.reducers import (
     ClassificationSummary,
     PerOutput,
@@ -76,7 +77,7 @@ def _input_specs(model):
         )
     inputs = view.input
     structured = not _is_flat(inputs)
-    paths = tree.flatten_with_path(inputs)
+    paths = flatten_with_path(inputs)
     specs = [
         tf.TensorSpec(
             (None, *tensor.shape[1:]),
