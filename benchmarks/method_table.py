@@ -70,7 +70,8 @@ def uci_table(records):
     from keras_uncertainty.experiments.protocols import PUBLISHED
 
     def cell(mean, spread):
-        return f"{_number(mean)} ± {_number(spread)}"
+        # A standard error of one split is null: `n/a`, not a spread of 0.
+        return f"{_number(mean)} ± {'n/a' if spread is None else _number(spread)}"
 
     rows = [
         "| data set | method | splits | RMSE | NLL | seconds |",

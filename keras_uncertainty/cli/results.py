@@ -298,13 +298,14 @@ _RECORD_FIELDS = {
 def _field_problem(field, kind, value):
     """Whether `value` is a valid `field` of a record of `kind`: a non-empty
     string, an integer >= 1, or a number >= 0 (NaN, or None for an NLL
-    where it was not computed; only `nll_mean` may be negative)."""
+    where it was not computed and for a standard error of one split; only
+    `nll_mean` may be negative)."""
     if kind is str:
         return not (isinstance(value, str) and value != "")
     if kind is int:
         return not (type(value) is int and value >= 1)
     return not (
-        (value is None and field.startswith("nll"))
+        (value is None and (field.startswith("nll") or field.endswith("_se")))
         or (
             isinstance(value, (int, float))
             and not isinstance(value, bool)

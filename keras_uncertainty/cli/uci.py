@@ -81,7 +81,8 @@ class _Progress(keras.callbacks.Callback):
 def _cell(value, spread):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return f"{value:.2f} ± {spread:.2f}"
+    # No standard error from one split: `n/a`, not a spread of 0.
+    return f"{value:.2f} ± {'n/a' if spread is None else f'{spread:.2f}'}"
 
 
 def table(results):

