@@ -162,3 +162,42 @@ def test_one_split_has_no_standard_error_in_the_result_the_file_and_the_tables(
     table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(table)
     assert "| 1.50 ± n/a | 2.50 ± n/a |" in table.uci_table([record])
+
+
+# Evidential classification: labels checked as Keras checks them ---------------
+
+
+@pytest.mark.parametrize("labels", [[5, 1], [-1, 0], [0.7, 1.0]])
+def test_evidential_classification_loss_refuses_labels_that_are_not_classes(labels):
+    """7 of 2 classes or -1 was an all-zero target, 0.7 class 0."""
+    loss = ku.evidential.EvidentialClassificationLoss(annealing_epochs=None)
+    alpha = np.array([[2.0, 1.0], [1.0, 3.0]], "float32")
+    with pytest.raises(ValueError, match=r"`y_true`.*labels in \[0, 2\).*Received"):
+        loss(np.array(labels), alpha)
+    # Valid labels: the loss of their one-hot rows.
+    np.testing.assert_allclose(
+        loss(np.array([0, 1]), alpha), loss(np.eye(2, dtype="float32"), alpha)
+    )
+
+
+def _dirichlet_model(jit_compile):
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), ku.evidential.DirichletHead(2)])
+    model.compile(
+        "adam",
+        loss=ku.evidential.EvidentialClassificationLoss(annealing_epochs=None),
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def test_fit_on_labels_outside_the_classes_raises_naming_them():
+    import tensorflow as tf
+
+    x = np.zeros((8, 3), "float32")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels in \[0, 2\)"):
+        _dirichlet_model(False).fit(x, np.full(8, 7), epochs=1, verbose=0)
+    # XLA drops the assertion: the loss is NaN there, never a plausible number.
+    history = _dirichlet_model(True).fit(x, np.full(8, 7), epochs=1, verbose=0)
+    assert np.isnan(history.history["loss"][0])

@@ -154,6 +154,59 @@ def dirichlet_expected_entropy(alpha):
     )
 
 
+def _label_problem(num_classes):
+    return (
+        "Invalid value received for argument `y_true`. Expected integer class "
+        f"labels in [0, {num_classes}) (K={num_classes} classes; or one-hot "
+        "rows). Received: labels"
+    )
+
+
+def checked_labels(labels, num_classes):
+    """Integer class labels, checked as Keras's sparse cross-entropy checks
+    them: each must be a whole number in `[0, num_classes)` (an out-of-range
+    label is not an all-zero target, and 0.7 is not class 0).
+
+    Eager labels are checked up front (a `ValueError` naming the first
+    offending labels); in a graph (`fit`'s step) by `tf.debugging.Assert`,
+    which raises `InvalidArgumentError` with the same message. XLA
+    (`jit_compile`) drops assertions: there the returned validity mask lets
+    the caller make an invalid label's loss NaN (as Keras's sparse
+    cross-entropy's is on GPU), never a plausible number.
+
+    Args:
+        labels: `(...)` labels, integer or float.
+        num_classes: K.
+
+    Returns:
+        `(int32 labels, valid mask)`.
+    """
+    labels = tf.convert_to_tensor(labels)
+    if labels.dtype.is_floating:
+        whole = tf.equal(labels, tf.round(labels))  # False for NaN
+    elif labels.dtype.is_integer:
+        whole = tf.ones_like(labels, tf.bool)
+    else:
+        raise ValueError(f"{_label_problem(num_classes)} of dtype {labels.dtype.name}")
+    valid = whole & (labels >= 0) & (labels < num_classes)
+    if tf.executing_eagerly():
+        if not bool(np.all(valid.numpy())):
+            bad = labels.numpy()[~valid.numpy()]
+            raise ValueError(
+                f"{_label_problem(num_classes)} {bad[:5].tolist()} ({bad.size} invalid)"
+            )
+    else:
+        check = tf.debugging.Assert(
+            tf.reduce_all(valid),
+            [_label_problem(num_classes), tf.boolean_mask(labels, ~valid)],
+            summarize=5,
+        )
+        with tf.control_dependencies([check]):
+            labels = tf.identity(labels)
+    safe = tf.where(valid, labels, tf.zeros_like(labels))
+    return tf.cast(safe, tf.int32), valid
+
+
 def _one_hot_targets(y_true, alpha):
     num_classes = alpha.shape[-1]
     rank = len(alpha.shape)
@@ -167,7 +220,10 @@ def _one_hot_targets(y_true, alpha):
             f"/ `(N, 1)` for K={num_classes} classes. Received: y_true with "
             f"shape {tuple(y_true.shape)}"
         )
-    return ops.one_hot(ops.cast(y_true, "int32"), num_classes, dtype=alpha.dtype)
+    labels, valid = checked_labels(y_true, num_classes)
+    one_hot = ops.one_hot(labels, num_classes, dtype=alpha.dtype)
+    # Only where an assertion was dropped (XLA): an invalid label's row NaN.
+    return tf.where(valid[..., None], one_hot, tf.constant(np.nan, alpha.dtype))
 
 
 def dirichlet_mse(y_one_hot, alpha):
@@ -215,7 +271,11 @@ class EvidentialClassificationLoss(SuppliesReducer, keras.losses.Loss):
             `annealing_epochs` is None).
 
     Call arguments:
-        y_true: One-hot `(N, K)` or integer labels `(N,)` / `(N, 1)`.
+        y_true: One-hot `(N, K)` or integer labels `(N,)` / `(N, 1)`. Labels
+            are checked as Keras's sparse cross-entropy checks them: a label
+            outside `[0, K)` or not a whole number (7 of 2 classes, -1, 0.7)
+            raises (`ValueError` eagerly, `InvalidArgumentError` in `fit`);
+            under XLA, which drops the check, its loss is NaN.
         y_pred: `(N, K)` concentrations (`DirichletHead`).
 
     Example:
