@@ -6,13 +6,16 @@ that splits predictive uncertainty into aleatoric and epistemic parts.
 Importing the package loads neither Keras nor TensorFlow: each public name
 is imported on first use (PEP 562), so `keras-uncertainty` checks its
 arguments in a fraction of a second. The first part that loads Keras checks
-that Keras runs on TensorFlow (see `keras_uncertainty._backend`).
+that Keras runs on TensorFlow (see `keras_uncertainty._backend`). Once Keras
+is imported (before or after this package), the package's Keras classes are
+registered, so `keras.models.load_model` loads the models it saves (see
+`keras_uncertainty._registration`).
 """
 
 import importlib
 import typing
 
-from keras_uncertainty import _backend
+from keras_uncertainty import _backend, _registration
 
 __version__ = "0.2.0"
 
@@ -138,3 +141,8 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(_LAZY))
+
+
+# Last, as it may import the package's parts now (Keras already imported):
+# the package's Keras classes are registered once Keras is imported.
+_registration.install()

@@ -9,10 +9,17 @@ loads, and the finder steps aside once the check has passed. The modules in
 `KERAS_FREE` (the command line's parser and the protocol defaults) never
 trigger it, so the command line checks its arguments before TensorFlow loads.
 
+When the check is what imports Keras, the part being found is not loaded
+yet, so the package's Keras classes are registered (`_registration`) once
+that part has loaded: importing them while it is only being found would run
+it twice.
+
 This module imports neither Keras nor TensorFlow at import time.
 """
 
 import sys
+
+from keras_uncertainty import _registration
 
 PACKAGE = "keras_uncertainty"
 # Parts of the package that import neither Keras nor TensorFlow.
@@ -20,6 +27,7 @@ KERAS_FREE = frozenset(
     {
         f"{PACKAGE}.__main__",
         f"{PACKAGE}._backend",
+        f"{PACKAGE}._registration",
         f"{PACKAGE}.cli",
         f"{PACKAGE}.cli.__main__",
         f"{PACKAGE}.cli.main",
@@ -62,13 +70,24 @@ def check():
 
 class _CheckFirst:
     """A `sys.meta_path` finder that runs `check()` before the first part of
-    the package that may load Keras; it finds nothing itself (the ordinary
-    finders load the module)."""
+    the package that may load Keras. It finds nothing itself (the ordinary
+    finders load the module), except when the check imported Keras: then it
+    returns the ordinary finders' spec with a loader that registers the
+    package's Keras classes once the part has loaded."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname.startswith(f"{PACKAGE}.") and fullname not in KERAS_FREE:
+        if not fullname.startswith(f"{PACKAGE}.") or fullname in KERAS_FREE:
+            return None
+        with _registration.held():
             check()
-        return None
+        if not _registration.pending():
+            return None
+        spec = _registration.spec_then(
+            fullname, path, target, _registration.register, self
+        )
+        if spec is None:  # nothing to load twice
+            _registration.register()
+        return spec
 
 
 def _remove_finder():

@@ -299,12 +299,42 @@ def _qualified_name(cls):
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _class_from_name(name):
-    module, _, qualname = name.rpartition(".")
-    value = importlib.import_module(module)
-    for part in qualname.split("."):
-        value = getattr(value, part)
-    return value
+# The reducers `PerOutput.from_config` rebuilds by the name `get_config`
+# records: this package's, and no other (a config never makes it import a
+# module it names). Others are given with `custom_objects`.
+_KNOWN_REDUCERS = {
+    f"keras_uncertainty.{name}": name.rpartition(".")
+    for name in (
+        "sampling.reducers.RawSamples",
+        "sampling.reducers.RegressionMoments",
+        "sampling.reducers.ClassificationSummary",
+        "sampling.reducers.MixtureNLL",
+        "sampling.class_scores.ClassificationScores",
+        "evidential.classification.EvidentialClassificationSummary",
+        "evidential.regression.EvidentialRegressionSummary",
+    )
+}
+
+
+def _class_from_name(name, custom_objects):
+    """The Reducer class `get_config` recorded as `name`: one given in
+    `custom_objects` (by that name or the class's own), or one of this
+    package's (`_KNOWN_REDUCERS`); anything else is refused before any
+    import."""
+    if custom_objects and isinstance(name, str):
+        short = name.rpartition(".")[2]
+        for key in (name, short):
+            if key in custom_objects:
+                return custom_objects[key]
+    if not isinstance(name, str) or name not in _KNOWN_REDUCERS:
+        raise ValueError(
+            "Invalid value received for argument `config`. Expected reducers "
+            f"among this package's ({', '.join(sorted(_KNOWN_REDUCERS))}) or "
+            "given in `custom_objects` {name: Reducer subclass}; a config "
+            f"never makes it import a module. Received: a reducer named {name!r}"
+        )
+    module, _, attribute = _KNOWN_REDUCERS[name]
+    return getattr(importlib.import_module(f"keras_uncertainty.{module}"), attribute)
 
 
 class PerOutput(Reducer):
@@ -370,11 +400,52 @@ class PerOutput(Reducer):
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config, custom_objects=None):
+        """A `PerOutput` from `get_config()` output.
+
+        Each output's reducer is rebuilt from the class name the config
+        records, which must be one of this package's reducers or a key of
+        `custom_objects`: a config never makes this import a module.
+
+        Args:
+            config: A dict as `get_config` returns.
+            custom_objects: Optional dict `{name: Reducer subclass}` for
+                reducers defined outside this package, keyed by the name
+                `get_config` records (`"module.ClassName"`) or the class name.
+
+        Returns:
+            A new `PerOutput`.
+
+        Raises:
+            ValueError: A malformed config, or a reducer neither of this
+                package nor in `custom_objects`.
+        """
+        if custom_objects is not None and not (
+            isinstance(custom_objects, dict)
+            and all(
+                isinstance(v, type) and issubclass(v, Reducer)
+                for v in custom_objects.values()
+            )
+        ):
+            raise ValueError(
+                "Invalid value received for argument `custom_objects`. "
+                "Expected None or a dict {name: ku.sampling.Reducer subclass}. "
+                f"Received: custom_objects={custom_objects!r}"
+            )
+        entries = config.get("reducers") if isinstance(config, dict) else None
+        if not isinstance(entries, (list, tuple)) or not all(
+            isinstance(e, (list, tuple)) and len(e) == 3 and isinstance(e[2], dict)
+            for e in entries
+        ):
+            raise ValueError(
+                "Invalid value received for argument `config`. Expected a dict "
+                "{'reducers': [[output name, reducer class name, reducer "
+                f"config], ...]}} as get_config returns. Received: {config!r}"
+            )
         return cls(
             {
-                name: _class_from_name(class_name).from_config(sub)
-                for name, class_name, sub in config["reducers"]
+                name: _class_from_name(class_name, custom_objects).from_config(sub)
+                for name, class_name, sub in entries
             }
         )
 

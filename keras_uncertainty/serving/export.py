@@ -1,10 +1,16 @@
 """`ku.export`: a SavedModel whose endpoint returns the uncertainty summary."""
 
 import contextlib
+import ctypes
+import errno
 import inspect
 import io
 import os
 import re
+import shutil
+import sys
+import tempfile
+import warnings
 
 import keras
 import tensorflow as tf
@@ -219,6 +225,119 @@ def _conformal_plan(conformal, reducer):
     return plan
 
 
+def _target_folder(filepath, overwrite):
+    """The absolute path of the folder to write; refuses an existing path
+    unless `overwrite`, and then anything there but a folder."""
+    target = os.path.abspath(os.fspath(filepath))
+    if not os.path.lexists(target):
+        return target
+    if not overwrite:
+        raise ValueError(
+            "Invalid value received for argument `filepath`. Expected a path "
+            "that does not exist yet, or `overwrite=True` to replace the "
+            f"folder there. Received: filepath={os.fspath(filepath)!r}, which "
+            "exists (overwrite=False)"
+        )
+    if os.path.islink(target) or not os.path.isdir(target):
+        kind = "a symbolic link" if os.path.islink(target) else "not a folder"
+        raise ValueError(
+            "Invalid value received for argument `filepath`. Expected, with "
+            "overwrite=True, a folder to replace (a file or a symbolic link is "
+            f"never replaced). Received: filepath={os.fspath(filepath)!r}, "
+            f"which is {kind}"
+        )
+    return target
+
+
+def _exchange(a, b):
+    """Swaps the folders `a` and `b` in one step (Linux's `renameat2` with
+    `RENAME_EXCHANGE`), so that a reader of `b` sees the old folder or the
+    new one, never neither. False where the system or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p] * 2 + [ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    if not renameat2(
+        at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange
+    ):
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), b)
+
+
+def _remove_old(path):
+    """Removes the replaced export; the new one is in place, so a failure
+    here warns instead of failing the export."""
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):
+        warnings.warn(
+            f"ku.export: the replaced export could not be removed from {path}; "
+            "remove it by hand.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _move_into_place(staging, target, overwrite, filepath):
+    """Renames the complete export `staging` to `target`. With `overwrite`,
+    an existing `target` is swapped out in one step where the system can,
+    else renamed aside just before (and back if the rename fails), then
+    removed."""
+    if overwrite and os.path.isdir(target) and not os.path.islink(target):
+        if _exchange(staging, target):
+            _remove_old(staging)  # the old export, swapped out
+            return
+        aside = tempfile.mkdtemp(prefix=".ku-export-", dir=os.path.dirname(target))
+        try:
+            os.rename(target, aside)  # over the empty folder `aside`
+        except BaseException:
+            os.rmdir(aside)
+            raise
+        try:
+            os.rename(staging, target)
+        except BaseException:
+            os.rename(aside, target)
+            raise
+        _remove_old(aside)
+        return
+    try:
+        os.rename(staging, target)  # fails on a folder made meanwhile
+    except OSError as error:
+        if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+            raise
+        _target_folder(filepath, overwrite)  # raises the ValueError
+        raise
+
+
+def _write_atomically(archive, target, filepath, verbose, overwrite):
+    """Writes the SavedModel to a temporary folder beside `target` and
+    renames it into place; on any failure the temporary folder is removed
+    and what was at `target` is left as it was."""
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".ku-export-", dir=parent)
+    try:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            if "verbose" in inspect.signature(archive.write_out).parameters:
+                archive.write_out(staging, verbose=verbose)
+            else:  # Keras < 3.6 always prints the summary
+                archive.write_out(staging)
+        _move_into_place(staging, target, overwrite, filepath)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if verbose:
+        sys.stdout.write(printed.getvalue().replace(staging, os.fspath(filepath)))
+
+
 def export(
     model,
     filepath,
@@ -229,6 +348,7 @@ def export(
     variance_head=None,
     verbose=False,
     conformal=None,
+    overwrite=False,
 ):
     """Writes a TensorFlow SavedModel that serves predictive uncertainty.
 
@@ -292,10 +412,16 @@ def export(
     with keys prefixed by the output's name: `task={"price": "regression",
     "kind": "classification"}` serves `price_mean`, ..., `kind_probs`, ...
 
+    The SavedModel is written to a temporary folder beside `filepath` and
+    renamed into place once complete, so a failed or interrupted export
+    leaves no half-written folder (and no temporary one) behind, and an
+    earlier export at `filepath` is never mixed with the new one.
+
     Args:
         model: A Functional or Sequential `keras.Model` with MC layers, or a
             `ku.Ensemble`.
-        filepath: Folder to write the SavedModel to.
+        filepath: Folder to write the SavedModel to; it must not exist yet,
+            unless `overwrite=True`. Missing parent folders are created.
         task: `"regression"` or `"classification"` for a model with one
             output; for several, a dict `{output name or index: task}` whose
             tasks are names or dicts of a task and its options (see
@@ -318,6 +444,12 @@ def export(
             or sets the endpoints also return (see above); for a dict of
             tasks, a dict `{output name: fitted method}`, whose keys are
             then prefixed like the summary's.
+        overwrite: Whether to replace a folder that exists at `filepath`
+            (ValueError if False, the default). The old folder is replaced
+            only by a complete new export: on Linux in one step (`renameat2`
+            exchanging the two folders), elsewhere renamed aside just before
+            the new one is renamed into place; then it is removed. A file or
+            a symbolic link at `filepath` is never replaced.
 
     Returns:
         The `filepath` written.
@@ -342,6 +474,8 @@ def export(
             "Invalid value received for argument `filepath`. Expected a path "
             f"(str or os.PathLike). Received: {type(filepath).__name__}"
         )
+    check_bool(overwrite, "overwrite")
+    target = _target_folder(filepath, overwrite)
     asked = check_positive_int(num_samples, "num_samples", allow_none=True)
     num_samples = resolve_num_samples(asked)
     for name, value in (
@@ -443,14 +577,5 @@ def export(
     archive.add_endpoint(
         "serve_seeded", serve_seeded, input_signature=[*signature, seed_spec]
     )
-    if "verbose" in inspect.signature(archive.write_out).parameters:
-        archive.write_out(filepath, verbose=verbose)
-    else:  # Keras < 3.6 always prints the summary
-        quiet = (
-            contextlib.nullcontext()
-            if verbose
-            else contextlib.redirect_stdout(io.StringIO())
-        )
-        with quiet:
-            archive.write_out(filepath)
+    _write_atomically(archive, target, filepath, verbose, overwrite)
     return filepath
