@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,100 @@ def test_fit_on_labels_outside_the_classes_raises_naming_them():
     # XLA drops the assertion: the loss is NaN there, never a plausible number.
     history = _dirichlet_model(True).fit(x, np.full(8, 7), epochs=1, verbose=0)
     assert np.isnan(history.history["loss"][0])
+
+
+# Conformal and recalibration ------------------------------------------------------
+
+
+def test_cqr_sorts_crossed_quantiles_and_never_returns_lower_above_upper():
+    """Test quantiles crossed on every row (calibration ones crossed on
+    half): the interval is CQR's on the sorted bands, computed here by hand
+    (the conformal rank of the sorted calibration scores)."""
+    rng = np.random.default_rng(0)
+    n, alpha = 200, 0.1
+    y = rng.normal(size=n)
+    low, high = rng.normal(-1.5, 0.3, n), rng.normal(1.5, 0.3, n)
+    low[::2], high[::2] = high[::2], low[::2]
+    cqr = ku.conformal.ConformalizedQuantileRegressor(alpha).fit((low, high), y)
+    band_low, band_high = np.minimum(low, high), np.maximum(low, high)
+    scores = np.sort(np.maximum(band_low - y, y - band_high))
+    q = scores[int(np.ceil((n + 1) * (1 - alpha))) - 1]
+    test_low, test_high = np.array([1.0, 2.0, 0.5]), np.array([-1.0, -2.0, -0.5])
+    interval = cqr.predict_interval((test_low, test_high))
+    np.testing.assert_allclose(interval.lower, test_high - q)
+    np.testing.assert_allclose(interval.upper, test_low + q)
+    assert np.all(interval.lower <= interval.upper)
+
+
+def test_cqr_collapses_a_band_narrower_than_its_negative_quantile_to_its_midpoint():
+    y = np.zeros(100)
+    cqr = ku.conformal.ConformalizedQuantileRegressor(0.1).fit(
+        (np.full(100, -5.0), np.full(100, 5.0)), y
+    )
+    assert cqr.quantile_[0, 0] == -5.0  # every point 5 inside its band
+    interval = cqr.predict_interval((np.array([1.0, -1.0]), np.array([2.0, 9.0])))
+    np.testing.assert_array_equal(interval.lower, [1.5, -1.0 + 5.0])
+    np.testing.assert_array_equal(interval.upper, [1.5, 9.0 - 5.0])
+
+
+def test_conformal_alpha_set_after_fit_is_validated_where_it_is_used():
+    rng = np.random.default_rng(1)
+    method = ku.conformal.SplitConformalRegressor(0.1).fit(
+        rng.normal(size=50), rng.normal(size=50)
+    )
+    method.alpha = 5
+    with pytest.raises(ValueError, match=r"argument `alpha`.*Received: alpha=5"):
+        method.predict_interval(np.zeros(3))
+    with pytest.raises(ValueError, match=r"argument `alpha`"):
+        method.transform(np.zeros(3))
+
+
+def test_conformal_classifier_refuses_a_score_setting_changed_after_fit():
+    """Its calibration scores were computed with the fit's settings."""
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet(np.ones(3), size=60)
+    labels = rng.integers(0, 3, size=60)
+    method = ku.conformal.ConformalClassifier(0.1, score="aps").fit(probs, labels)
+    method.score = "lac"
+    with pytest.raises(ValueError, match=r"argument `score`.*'aps'.*score='lac'"):
+        method.predict_set(probs)
+    method.score = "aps"
+    method.alpha = 0.2  # the scores do not depend on alpha: honoured
+    assert method.predict_set(probs).shape == (60, 3)
+
+
+@pytest.mark.parametrize("argument", ["prediction", "y"])
+def test_conformal_fit_refuses_complex_input_naming_the_argument(argument):
+    """Cast to float64, the imaginary parts were dropped with a NumPy warning."""
+    values = {"prediction": np.arange(20.0), "y": np.arange(20.0)}
+    values[argument] = values[argument] + 1j
+    method = ku.conformal.SplitConformalRegressor(0.1)
+    with pytest.raises(ValueError, match=rf"argument `{argument}`.*real numbers"):
+        method.fit(values["prediction"], values["y"])
+
+
+def test_conformal_warning_for_a_small_calibration_set_names_its_count_and_level():
+    with pytest.warns(UserWarning, match=r"\(5 points\).*alpha=0.1.*at least 9"):
+        ku.conformal.SplitConformalRegressor(0.1).fit(np.zeros(5), np.ones(5))
+
+
+def test_quantile_recalibration_on_too_few_points_warns_naming_count_and_level():
+    """One point gave 29% coverage at 90% without a word; a 90% interval
+    needs a calibration point at or below its 0.05 tail: 20 points."""
+    rng = np.random.default_rng(3)
+    test = (np.zeros(4), np.ones(4))
+    one = ku.calibration.QuantileRecalibration().fit(
+        (np.zeros(1), np.ones(1)), np.array([0.3])
+    )
+    with pytest.warns(
+        UserWarning, match=r"fitted on 1 calibration point.*0.9 interval"
+    ):
+        one.interval(test, 0.9)
+    with pytest.warns(UserWarning, match=r"fitted on 1 .*0.05 quantile.*at least 20"):
+        one.quantile(test, 0.05)
+    enough = ku.calibration.QuantileRecalibration().fit(
+        (np.zeros(20), np.ones(20)), rng.normal(size=20)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enough.interval(test, 0.9)

@@ -3,7 +3,9 @@
 calibrated regression")."""
 
 import dataclasses
+import math
 import statistics
+import warnings
 
 import numpy as np
 
@@ -76,12 +78,36 @@ class RecalibratedRegression:
             the knots of each output's map `R` (from 0 to 1).
         y_thresholds: A tuple of k non-decreasing arrays: `R` there (from 0
             to 1); `R` is linear between knots.
+        num_points: The number n of calibration points `R` was fitted on
+            (None: not known). `R` is fitted to data only from level `1/n`
+            (its lowest calibration point); a quantile or interval whose
+            tail level `p` (`min(level, 1 - level)`; `(1 - level) / 2` for an
+            interval) is below it is interpolated toward the anchors, not
+            calibrated (one point gave 29% coverage at 90%): it warns,
+            naming n, the level and the `ceil(1 / p)` points needed.
     """
 
     mean: np.ndarray
     std: np.ndarray
     x_thresholds: tuple
     y_thresholds: tuple
+    num_points: int | None = None
+
+    def _check_tail(self, tail, what):
+        """Warns when `num_points` cannot resolve the tail level `tail`."""
+        n = self.num_points
+        if n is None or n * tail >= 1 - 1e-9:
+            return
+        need = math.ceil(1 / tail - 1e-9)
+        warnings.warn(
+            f"QuantileRecalibration was fitted on {n} calibration point(s), "
+            f"too few for {what}: its map is fitted to data only from level "
+            f"1/n = {1 / n:.3g}, and the tail level {tail:.3g} is interpolated "
+            "toward the anchors (0, 0) and (1, 1), not calibrated; at least "
+            f"{need} calibration points are needed.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def cdf(self, y):
         """The recalibrated CDF at `y`: `R(Phi((y - mean) / std))`.
@@ -114,6 +140,10 @@ class RecalibratedRegression:
             float64 array shaped like `mean`.
         """
         level = unit_interval(level, "level")
+        self._check_tail(min(level, 1.0 - level), f"the {level:g} quantile")
+        return self._quantile(level)
+
+    def _quantile(self, level):
         z = np.array(
             [
                 _NORMAL.inv_cdf(
@@ -137,7 +167,8 @@ class RecalibratedRegression:
             `(lower, upper)`, two float64 arrays shaped like `mean`.
         """
         level = unit_interval(level, "level")
-        return self.quantile(0.5 - 0.5 * level), self.quantile(0.5 + 0.5 * level)
+        self._check_tail(0.5 - 0.5 * level, f"a {level:g} interval")
+        return self._quantile(0.5 - 0.5 * level), self._quantile(0.5 + 0.5 * level)
 
 
 class QuantileRecalibration(PostHocMethod):
@@ -174,6 +205,10 @@ class QuantileRecalibration(PostHocMethod):
         y_thresholds_: A list of k non-decreasing arrays: `R` at the knots
             (from 0 to 1).
         num_outputs_: k, the number of output columns (1 for `(N,)` means).
+        n_: The number of calibration points. Too few for a level (fewer
+            than `1 / p` for a tail level `p`: 20 for a 90% interval) make
+            its quantiles and intervals warn, naming the count and the
+            level (see `RecalibratedRegression`).
 
     Example:
 
@@ -217,6 +252,7 @@ class QuantileRecalibration(PostHocMethod):
         self.x_thresholds_ = x_thresholds
         self.y_thresholds_ = y_thresholds
         self.num_outputs_ = levels.shape[1]
+        self.n_ = int(count)
 
     def transform(self, prediction):
         """The prediction with its recalibrated CDF.
@@ -252,6 +288,7 @@ class QuantileRecalibration(PostHocMethod):
             std=std,
             x_thresholds=tuple(np.array(x) for x in self.x_thresholds_),
             y_thresholds=tuple(np.array(r) for r in self.y_thresholds_),
+            num_points=getattr(self, "n_", None),  # None: an earlier state
         )
 
     def calibrated_cdf(self, prediction, y):

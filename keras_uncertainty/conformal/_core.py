@@ -58,12 +58,18 @@ def float_array(value, name, allow_inf=False):
         )
     if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
         value = value.numpy()
+    what = type(value).__name__
     try:
-        array = np.asarray(value, dtype=np.float64)
+        array = np.asarray(value)
+        if array.ndim:
+            what = f"dtype {array.dtype}"
+        if array.dtype.kind == "c":  # float64 would drop the imaginary parts
+            raise TypeError
+        array = array.astype(np.float64)
     except (TypeError, ValueError):
         raise ValueError(
             f"Invalid value received for argument `{name}`. Expected an array "
-            f"of numbers. Received: {type(value).__name__}"
+            f"of real numbers. Received: {what}"
         ) from None
     if array.size == 0:
         raise ValueError(
@@ -175,10 +181,12 @@ def conformal_quantiles(sorted_scores, counts, alpha, owner, what="group"):
     quantiles[too_few] = np.inf
     if np.any(too_few):
         need = int(math.ceil((1.0 - alpha) / alpha))
+        small = counts[too_few].tolist()
         where = (
-            "the calibration set"
+            f"the calibration set ({small[0]} points)"
             if len(counts) == 1
-            else f"{int(np.count_nonzero(too_few))} {what}(s)"
+            else f"{len(small)} {what}(s) (with {', '.join(map(str, small[:5]))}"
+            f"{', ...' if len(small) > 5 else ''} points)"
         )
         warnings.warn(
             f"{owner}: {where} has too few points for alpha={alpha:g} "
@@ -216,12 +224,49 @@ def group_index(groups_, groups, n):
     return clipped
 
 
+def _same(a, b):
+    """Whether two settings are the same value (True is not 1)."""
+    try:
+        return isinstance(a, bool) == isinstance(b, bool) and bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
 class ConformalMethod(PostHocMethod):
     """Shared by the conformal regressors and classifier: `alpha` at init,
-    overridable per call; `transform` is the method's prediction."""
+    overridable per call; `transform` is the method's prediction.
+
+    The calibration scores do not depend on `alpha`, so an `alpha` set
+    after `fit` is honoured: validated where it is used (`method.alpha = 5`
+    raises there). The settings the scores do depend on (the classifier's
+    `score`, `penalty`, ...) are fixed at `fit`, kept validated in
+    `settings_` (scikit-learn style); one changed after `fit` is refused at
+    the next use with a ValueError naming it, never mixed silently with
+    scores fitted under another: refit."""
 
     def _check_params(self):
         self.alpha = check_alpha(self.alpha)
 
+    def _fix_settings(self):
+        """At `fit`, after `_check_params`: the settings its scores use."""
+        config = self.get_config()
+        config.pop("alpha")
+        self.settings_ = config
+
+    def _check_settings(self):
+        """Refuses a setting changed since `fit` (but `alpha`)."""
+        fitted = getattr(self, "settings_", None)
+        if fitted is None:  # a state saved before `settings_` existed
+            return
+        for name, value in self.get_config().items():
+            if name in fitted and not _same(value, fitted[name]):
+                raise ValueError(
+                    f"Invalid value received for argument `{name}`. Expected "
+                    f"the value `fit` used, {fitted[name]!r}: the calibration "
+                    f"scores were computed with it (call `fit` again). "
+                    f"Received: {name}={value!r}, set after `fit`"
+                )
+
     def _alpha(self, alpha):
-        return self.alpha if alpha is None else check_alpha(alpha)
+        self._check_settings()
+        return check_alpha(self.alpha if alpha is None else alpha)

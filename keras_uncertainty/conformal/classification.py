@@ -165,7 +165,13 @@ class ConformalClassifier(ConformalMethod):
             rule, the default); False adds the most probable class to every
             empty set.
 
+    The settings but `alpha` are fixed at `fit` (`settings_`): the
+    calibration scores depend on them, so one changed after `fit` is
+    refused at the next use with a ValueError naming it (refit). An `alpha`
+    set after `fit` is used, validated where it is used.
+
     Attributes:
+        settings_: The validated settings (but `alpha`) `fit` used.
         quantile_: `(G,)` quantile at `alpha`: G = 1, or C with
             `class_conditional`.
         scores_: `(n, 1)` calibration scores, sorted within each class with
@@ -304,6 +310,7 @@ class ConformalClassifier(ConformalMethod):
         """
         self._check_params()
         labels, probs = classification_inputs(labels, _probs(prediction))
+        self._fix_settings()
         self._draws = np.random.default_rng(self.seed)
         u = self._draw(len(labels), None)
         own = _label_scores(probs, labels, self.score, u, self.penalty, self.k_reg)[

@@ -60,6 +60,24 @@ class QuantilePrediction:
         return cls(lower=values[:, :k], upper=values[:, k:])
 
 
+def sorted_band(lower, upper, xp=np):
+    """A quantile band with crossed quantiles sorted: `(min, max)` of the
+    two, element-wise (`xp`: numpy, or TensorFlow in a served graph)."""
+    return xp.minimum(lower, upper), xp.maximum(lower, upper)
+
+
+def cqr_bounds(lower, upper, q, xp=np):
+    """CQR's interval `[lo - q, hi + q]` of the sorted band (`sorted_band`);
+    where `q < 0` narrows it past zero width, the band's midpoint (never
+    `lower > upper`). One formula for `predict_interval` (numpy) and the
+    served graph of `ku.export` (`xp=tf`)."""
+    lower, upper = sorted_band(lower, upper, xp)
+    low, high = lower - q, upper + q
+    middle = 0.5 * lower + 0.5 * upper
+    crossed = low > high
+    return xp.where(crossed, middle, low), xp.where(crossed, middle, high)
+
+
 def _bad_prediction(expected, prediction):
     return ValueError(
         "Invalid value received for argument `prediction`. Expected "
@@ -241,7 +259,8 @@ class SplitConformalRegressor(_ConformalRegressor):
 
     Args:
         alpha: Miscoverage level in (0, 1) (0.1: 90% intervals); each call
-            of `predict_interval` may ask for another.
+            of `predict_interval` may ask for another; one set after `fit`
+            is used (and validated) from then on.
 
     Attributes:
         quantile_: `(G, k)` conformal quantile at the `alpha` of `fit`, per
@@ -367,6 +386,15 @@ class ConformalizedQuantileRegressor(_ConformalRegressor):
     k upper ones; with MC dropout or an ensemble, the averaged output
     `ku.predict_regression(model, x, variance_head=False).mean`).
 
+    Crossed quantiles (a head can predict `lo > hi` for some inputs: the
+    pinball losses of the two quantiles are trained independently) are
+    sorted, at `fit` and at prediction: the band is `[min(lo, hi),
+    max(lo, hi)]` (the rearrangement of Chernozhukov et al. 2010, which
+    only brings each estimate closer to the true quantiles). Where
+    `q < 0` narrows a band below zero width (`hi - lo < -2q`), the
+    interval is the band's midpoint, `lower == upper`: never `lower >
+    upper`.
+
     Args:
         alpha: Miscoverage level in (0, 1); the head's quantiles are usually
             `alpha / 2` and `1 - alpha / 2`, but any band works.
@@ -406,10 +434,12 @@ class ConformalizedQuantileRegressor(_ConformalRegressor):
                 "Invalid value received for argument `upper`. Expected the "
                 f"shape of `lower`, {lower.shape}. Received: shape {upper.shape}"
             )
+        # Crossed quantiles sorted (see the class docstring).
+        lower, upper = sorted_band(lower, upper)
         return {"lower": lower, "upper": upper}
 
     def _score(self, parts, y):
         return np.maximum(parts["lower"] - y, y - parts["upper"])
 
     def _bounds(self, parts, q):
-        return parts["lower"] - q, parts["upper"] + q
+        return cqr_bounds(parts["lower"], parts["upper"], q)

@@ -15,6 +15,7 @@ from keras_uncertainty.conformal.regression import (
     ConformalizedQuantileRegressor,
     NormalizedConformalRegressor,
     SplitConformalRegressor,
+    cqr_bounds,
 )
 
 REGRESSORS = (
@@ -133,8 +134,7 @@ def serving_outputs(method, summary, prefix=""):
             f"shape {tuple(mean.shape)}"
         )
     if isinstance(method, ConformalizedQuantileRegressor):
-        lower = mean[:, :k] - q[0]
-        upper = mean[:, k:] + q[0]
+        lower, upper = cqr_bounds(mean[:, :k], mean[:, k:], q[0], tf)
     elif isinstance(method, NormalizedConformalRegressor):
         half = tf.cast(summary[prefix + "std"], tf.float64) * q[0]
         lower, upper = mean - half, mean + half

@@ -14,6 +14,12 @@ def as_array(value, name, dtype=np.float64):
         )
     if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
         value = value.numpy()
+    if np.asarray(value).dtype.kind == "c" and np.dtype(dtype).kind != "c":
+        # A real dtype would drop the imaginary parts (NumPy only warns).
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected real "
+            f"numbers. Received: complex values"
+        )
     array = np.asarray(value, dtype=dtype)
     if array.size == 0:
         raise ValueError(
