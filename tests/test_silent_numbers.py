@@ -299,3 +299,34 @@ def test_quantile_recalibration_on_too_few_points_warns_naming_count_and_level()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         enough.interval(test, 0.9)
+
+
+# Feature-space OOD scorers at large and small norms ---------------------------
+
+
+def _features_and_labels():
+    rng = np.random.default_rng(4)
+    return rng.normal(size=(120, 4)), rng.integers(0, 3, 120), rng.normal(size=(6, 4))
+
+
+@pytest.mark.parametrize("scale", [1e160, 1e200, 1e-200])
+def test_feature_scorers_give_the_scores_of_the_same_features_at_unit_scale(scale):
+    """Mahalanobis distances do not depend on the features' unit; the log
+    density moves by the Jacobian, `-D log scale`. (At 1e200 Mahalanobis
+    scored 0.0 and FeatureDensity NaN, at 1e-200 both refused the fit.)"""
+    features, labels, test = _features_and_labels()
+    plain = ku.ood.Mahalanobis().fit(features, labels).transform(test)
+    scaled = ku.ood.Mahalanobis().fit(features * scale, labels)
+    np.testing.assert_allclose(scaled.transform(test * scale), plain, rtol=1e-10)
+    plain = ku.ood.FeatureDensity().fit(features, labels).transform(test)
+    scaled = ku.ood.FeatureDensity().fit(features * scale, labels)
+    np.testing.assert_allclose(
+        scaled.transform(test * scale), plain + 4 * np.log(scale), rtol=1e-10
+    )
+
+
+def test_feature_scorers_score_a_point_beyond_float64_as_infinitely_far():
+    features, labels, test = _features_and_labels()
+    for scorer in (ku.ood.Mahalanobis(), ku.ood.FeatureDensity()):
+        scores = scorer.fit(features, labels).transform(test * 1e200)
+        assert np.all(scores == np.inf), type(scorer).__name__

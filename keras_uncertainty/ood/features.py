@@ -119,8 +119,23 @@ def _labels(value, num_rows):
     return labels
 
 
-def _regularized_cholesky(covariance, ridge, what):
-    """Lower Cholesky factor of `covariance + ridge * (trace / D) * I`."""
+def _power_of_two_scale(values):
+    """A power of two near the largest `|value|` (1 for all zeros).
+
+    The scorers fit on `values / scale`: dividing by a power of two is
+    exact, so features of ordinary size give bit for bit the same fit,
+    while the squares and products of features at 1e200 (or 1e-200) neither
+    overflow nor underflow float64 (they did: covariance inf, Mahalanobis
+    scores 0.0 and FeatureDensity NaN)."""
+    peak = float(np.max(np.abs(values)))
+    if not 0 < peak < np.inf:
+        return 1.0
+    return float(2.0 ** np.round(np.log2(peak)))
+
+
+def _regularized_cholesky(covariance, ridge, what, unit=1.0):
+    """Lower Cholesky factor of `covariance + ridge * (trace / D) * I`
+    (`covariance` in units of `unit`: the fit's scale, squared)."""
     dim = covariance.shape[-1]
     scale = np.trace(covariance) / dim
     regularized = covariance + (ridge * scale) * np.eye(dim)
@@ -129,9 +144,9 @@ def _regularized_cholesky(covariance, ridge, what):
     except np.linalg.LinAlgError:
         raise ValueError(
             f"The {what} is not positive definite even with the ridge "
-            f"(mean variance {scale:.4g}): the features do not vary within "
-            "the classes along some direction. Expected a larger `ridge` "
-            f"(Received: ridge={ridge!r}) or features that vary."
+            f"(mean variance {scale * unit:.4g}): the features do not vary "
+            "within the classes along some direction. Expected a larger "
+            f"`ridge` (Received: ridge={ridge!r}) or features that vary."
         ) from None
 
 
@@ -195,9 +210,11 @@ class _ClassGaussians(PostHocMethod):
         return super().transform(features)
 
     def _grouped(self, features, labels):
-        """The rows sorted by class and centred on their class means (a new
-        array, so the input is never modified), the classes, the class
-        means and counts, and the start of each class among the rows."""
+        """The rows sorted by class, divided by `scale` (a power of two near
+        their largest magnitude, `_power_of_two_scale`) and centred on their
+        class means (a new array, so the input is never modified), the
+        classes, the class means (in units of `scale`) and counts, the
+        start of each class among the rows, and `scale`."""
         features = _features(features)
         labels = _labels(labels, len(features))
         classes, inverse, counts = np.unique(
@@ -212,13 +229,14 @@ class _ClassGaussians(PostHocMethod):
             )
         order = np.argsort(inverse, kind="stable")
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        rows = features[order]
+        scale = _power_of_two_scale(features)
+        rows = features[order] / scale
         means = np.empty((len(classes), rows.shape[1]))
         for c, (start, count) in enumerate(zip(starts, counts)):
             block = rows[start : start + count]
             means[c] = block.mean(axis=0)
             block -= means[c]  # in place: no (N, D) temporary
-        return rows, classes, means, counts, starts
+        return rows, classes, means, counts, starts, scale
 
     def _test_features(self, features):
         self._check_is_fitted("transform")
@@ -259,7 +277,11 @@ class Mahalanobis(_ClassGaussians):
     The ridge is relative to the mean feature variance, so it does not
     depend on the features' scale; the default 1e-6 only matters for a
     (nearly) singular `Sigma` (more feature dimensions than rows, or
-    collapsed features).
+    collapsed features). The fit is computed on the features divided by a
+    power of two near their largest magnitude (exact), so features at
+    1e200 or 1e-200 score as the same features at 1 would; `covariance_`
+    is then `inf` where `Sigma` exceeds float64 (features beyond about
+    1e154), while the scores use `cholesky_`, which does not.
 
     Args:
         ridge: Finite number >= 0, the relative ridge above.
@@ -281,13 +303,17 @@ class Mahalanobis(_ClassGaussians):
     """
 
     def _fit(self, features, labels):
-        centered, classes, means, _, _ = self._grouped(features, labels)
+        centered, classes, means, _, _, scale = self._grouped(features, labels)
         covariance = (centered.T @ centered) / len(centered)
-        cholesky = _regularized_cholesky(covariance, self.ridge, "shared covariance")
+        cholesky = _regularized_cholesky(
+            covariance, self.ridge, "shared covariance", scale * scale
+        )
         self.classes_ = classes
-        self.means_ = means
-        self.covariance_ = covariance
-        self.cholesky_ = cholesky
+        # Back to the features' units (exact: powers of two).
+        self.means_ = means * scale
+        with np.errstate(over="ignore"):
+            self.covariance_ = covariance * scale * scale
+        self.cholesky_ = cholesky * scale
 
     def class_distances(self, features):
         """Squared Mahalanobis distances to every class mean.
@@ -297,7 +323,7 @@ class Mahalanobis(_ClassGaussians):
 
         Returns:
             `(N, C)` float64, `(f - mu_c)^T Sigma_r^-1 (f - mu_c)` for the
-            classes of `classes_`.
+            classes of `classes_`; `+inf` where it exceeds float64.
 
         Raises:
             NotFittedError: `fit` has not been called.
@@ -310,11 +336,18 @@ class Mahalanobis(_ClassGaussians):
         whitening = _whitening(self.cholesky_).T
         whitened = (features - center) @ whitening
         means = (self.means_ - center) @ whitening
-        distances = (
-            np.sum(whitened**2, axis=1)[:, None]
-            - 2.0 * whitened @ means.T
-            + np.sum(means**2, axis=1)[None, :]
-        )
+        with np.errstate(over="ignore", invalid="ignore"):
+            distances = (
+                np.sum(whitened**2, axis=1)[:, None]
+                - 2.0 * whitened @ means.T
+                + np.sum(means**2, axis=1)[None, :]
+            )
+            # A row beyond float64's distances (features at 1e200 against a
+            # fit at 1): +inf, summed directly, never inf - inf = NaN.
+            far = np.flatnonzero(~np.all(np.isfinite(distances), axis=1))
+            if far.size:
+                gaps = whitened[far, None, :] - means[None, :, :]
+                distances[far] = np.sum(gaps**2, axis=2)
         return np.maximum(distances, 0.0)
 
     def _transform(self, features):
@@ -347,7 +380,12 @@ class FeatureDensity(_ClassGaussians):
     agree for balanced classes, up to the constant `log C`). A class with
     fewer rows than feature dimensions has a singular `Sigma_c`: the ridge
     then decides the density along the missing directions; raise it, or
-    reduce the dimension, if that matters.
+    reduce the dimension, if that matters. As for `Mahalanobis`, the fit
+    is computed on features divided by a power of two near their largest
+    magnitude (features at 1e160 give the densities of the same features at
+    1, less `D log 1e160`; `covariances_` is `inf` where it exceeds
+    float64), and a point too far from every class for float64 scores
+    `+inf`, never NaN.
 
     Args:
         ridge: Finite number >= 0, the relative ridge above.
@@ -370,7 +408,8 @@ class FeatureDensity(_ClassGaussians):
     _min_per_class = 2
 
     def _fit(self, features, labels):
-        centered, classes, means, counts, starts = self._grouped(features, labels)
+        grouped = self._grouped(features, labels)
+        centered, classes, means, counts, starts, scale = grouped
         dim = centered.shape[1]
         covariances = np.empty((len(classes), dim, dim))
         cholesky = np.empty_like(covariances)
@@ -378,13 +417,18 @@ class FeatureDensity(_ClassGaussians):
             block = centered[start : start + count]
             covariances[c] = (block.T @ block) / (count - 1)
             cholesky[c] = _regularized_cholesky(
-                covariances[c], self.ridge, f"covariance of class {classes[c]!r}"
+                covariances[c],
+                self.ridge,
+                f"covariance of class {classes[c]!r}",
+                scale * scale,
             )
         self.classes_ = classes
-        self.means_ = means
-        self.covariances_ = covariances
+        # Back to the features' units (exact: powers of two).
+        self.means_ = means * scale
+        with np.errstate(over="ignore"):
+            self.covariances_ = covariances * scale * scale
         self.priors_ = counts / len(centered)
-        self.cholesky_ = cholesky
+        self.cholesky_ = cholesky * scale
 
     def class_log_densities(self, features):
         """`log N(f | mu_c, Sigma_c,r)` of every class (no prior).
@@ -403,7 +447,8 @@ class FeatureDensity(_ClassGaussians):
         out = np.empty((len(features), len(self.classes_)))
         for c, (mean, factor) in enumerate(zip(self.means_, self.cholesky_)):
             whitened = (features - mean) @ _whitening(factor).T
-            squared = np.sum(whitened**2, axis=1)
+            with np.errstate(over="ignore"):  # beyond float64: +inf
+                squared = np.sum(whitened**2, axis=1)
             log_det = 2.0 * np.sum(np.log(np.diag(factor)))
             out[:, c] = -0.5 * (dim * _LOG_2PI + log_det + squared)
         return out
@@ -422,7 +467,11 @@ class FeatureDensity(_ClassGaussians):
         """
         joint = self.class_log_densities(features) + np.log(self.priors_)
         top = joint.max(axis=1)
-        return top + np.log(np.sum(np.exp(joint - top[:, None]), axis=1))
+        # Too far from every class for float64 (every log density -inf):
+        # log p = -inf, not the NaN of -inf - (-inf).
+        top = np.where(np.isfinite(top), top, 0.0)
+        with np.errstate(divide="ignore"):
+            return top + np.log(np.sum(np.exp(joint - top[:, None]), axis=1))
 
     def _transform(self, features):
         return -self.log_density(features)
