@@ -330,3 +330,57 @@ def test_feature_scorers_score_a_point_beyond_float64_as_infinitely_far():
     for scorer in (ku.ood.Mahalanobis(), ku.ood.FeatureDensity()):
         scores = scorer.fit(features, labels).transform(test * 1e200)
         assert np.all(scores == np.inf), type(scorer).__name__
+
+
+# Laplace and ensembles: inputs checked before work, a random network refused ------
+
+
+def _small_classifier(mc_dropout=False):
+    import keras
+
+    layers = [keras.Input((4,)), keras.layers.Dense(8, activation="relu")]
+    if mc_dropout:
+        layers.append(ku.layers.MCDropout(0.5))
+    layers.append(keras.layers.Dense(3, activation="softmax"))
+    return keras.Sequential(layers)
+
+
+def test_laplace_refuses_a_network_with_mc_layers_naming_them():
+    """Its features were random: two identical `predict` calls differed."""
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(32, 4)).astype("float32"), rng.integers(0, 3, 32)
+    laplace = ku.laplace.Laplace(_small_classifier(mc_dropout=True), "classification")
+    with pytest.raises(ValueError, match=r"argument `model`.*MC layers \['mc_dropout"):
+        laplace.fit(x, y)
+
+
+@pytest.mark.parametrize(
+    "x, received",
+    [
+        (np.zeros((32, 3), "float32"), r"shape \(None, 4\).*Received: shape \(32, 3\)"),
+        (np.full((32, 4), "a"), r"Received: strings"),
+    ],
+)
+def test_laplace_checks_its_inputs_before_any_work_naming_x(x, received):
+    """Were an InvalidArgumentError (a wrong width) and an UnimplementedError
+    (strings) from inside TensorFlow."""
+    rng = np.random.default_rng(6)
+    good = rng.normal(size=(32, 4)).astype("float32")
+    labels = rng.integers(0, 3, 32)
+    laplace = ku.laplace.Laplace(_small_classifier(), "classification")
+    with pytest.raises(ValueError, match=rf"argument `x`.*{received}"):
+        laplace.fit(x, labels)
+    laplace.fit(good, labels)
+    with pytest.raises(ValueError, match=rf"argument `x`.*{received}"):
+        laplace.predict(x)
+
+
+def test_ensemble_fit_checks_the_inputs_against_its_members_before_training():
+    """28x28 images for a 32x32 LeNet were a MatMul error from inside the step."""
+    ensemble = ku.Ensemble(lambda: ku.models.lenet5(dropout_rate=0), num_members=2)
+    ensemble.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(
+        ValueError,
+        match=r"argument `x`.*\(None, 32, 32, 1\).*Received: shape \(4, 28, 28, 1\)",
+    ):
+        ensemble.fit(np.zeros((4, 28, 28, 1), "float32"), np.zeros(4, int), verbose=0)

@@ -23,6 +23,8 @@ from keras_uncertainty.ensemble import adversarial, packing, training
 from keras_uncertainty.ensemble.callbacks import TerminateOnNonFiniteMember
 from keras_uncertainty.ensemble.mixture import member_mixture
 from keras_uncertainty.layers.packed import share_across_members
+from keras_uncertainty.sampling import graph
+from keras_uncertainty.sampling.inputs import _is_streamed, flatten_inputs
 
 _PACKAGE = "keras_uncertainty"
 
@@ -705,7 +707,10 @@ class Ensemble(keras.Model):
 
         With `bootstrap=True`, or `adversarial_epsilon` without
         `feature_range`, `x` must be an array (the resample counts and the
-        feature range are computed from it).
+        feature range are computed from it). In-memory inputs are checked
+        against the members' inputs (shape and dtype) before training: a
+        mismatch (28x28 images for a 32x32 LeNet) is one ValueError naming
+        `x`, not an error from inside the compiled step.
 
         Args:
             terminate_on_nan: Whether to add a
@@ -722,6 +727,7 @@ class Ensemble(keras.Model):
                 `sample_weight`).
             **kwargs: `keras.Model.fit` arguments.
         """
+        self._check_inputs(x)
         if self.adversarial_epsilon is not None:
             self._set_adversarial_step(x, sample_weight, feature_range)
         elif feature_range is not None:
@@ -750,6 +756,27 @@ class Ensemble(keras.Model):
             # have, trained alone.
             packing.store_members(self.packed_network, self.member_store.models)
         return history
+
+    def _check_inputs(self, x):
+        """In-memory `x` against member 0's inputs (`flatten_inputs`: the
+        same rules as sampling), before any work; streamed inputs and
+        subclassed members are left to Keras."""
+        if x is None or _is_streamed(x):
+            return
+        view = graph.functional_view(self.member_template)
+        if view is None:
+            return
+        if self.per_member_inputs:
+            if not hasattr(x, "shape"):
+                return  # a structure of per-member inputs: left to Keras
+            if len(x.shape) < 2 or x.shape[1] != self.num_members:
+                raise ValueError(
+                    "Invalid value received for argument `x`. Expected "
+                    f"per-member inputs (batch, {self.num_members}, ...), "
+                    f"one slice per member. Received: shape {tuple(x.shape)}"
+                )
+            x = x[:, 0]
+        flatten_inputs(view, x, "x")
 
     def _set_adversarial_step(self, x, sample_weight, feature_range):
         epsilon = self.adversarial_epsilon

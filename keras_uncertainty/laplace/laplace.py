@@ -19,6 +19,8 @@ from keras_uncertainty.laplace._last_layer import check_activation, find_last_la
 from keras_uncertainty.laplace._last_layer import invalid as _invalid
 from keras_uncertainty.laplace.model import LastLayerPosterior, build_model
 from keras_uncertainty.posthoc.base import PostHocMethod
+from keras_uncertainty.sampling import graph
+from keras_uncertainty.sampling.inputs import flatten_inputs
 from keras_uncertainty.sampling.predictions import (
     ClassificationPrediction,
     RegressionPrediction,
@@ -136,10 +138,23 @@ class Laplace(PostHocMethod):
     `ku.export` sample by drawing the last layer's weights from the
     posterior, one draw per sample.
 
+    The network must be deterministic: a model with MC layers
+    (`ku.layers.MCDropout`, Flipout, ...) is refused at `fit` with a
+    ValueError naming them. The approximation linearizes one function
+    around `theta*`; with MC layers the features are random at every call
+    (two identical `predict` calls on a network with MCDropout gave
+    probabilities 0.27 apart). Build it on the network with
+    `keras.layers.Dropout` (off at inference) in their place, with the same
+    weights.
+
+    `fit`, `predict` and `predict_f` check their inputs against the model's
+    inputs (shape and dtype) before any work, with a ValueError naming `x`.
+
     Args:
-        model: A trained Functional or Sequential `keras.Model` with one
-            output, computed by a final `keras.layers.Dense` (then, at
-            most, weightless activation and reshape layers).
+        model: A trained, deterministic Functional or Sequential
+            `keras.Model` with one output, computed by a final
+            `keras.layers.Dense` (then, at most, weightless activation and
+            reshape layers).
         likelihood: "regression" (Gaussian) or "classification"
             (categorical).
         subset: "last_layer" or "all".
@@ -246,6 +261,26 @@ class Laplace(PostHocMethod):
             name = None
         return f"{text[:-1]}, last_layer={name!r})"
 
+    def _check_deterministic(self):
+        """Refuses a model with MC layers (see the class docstring)."""
+        random = [layer.name for layer in graph.stochastic_layers(self.model)]
+        if random:
+            raise ValueError(
+                "Invalid value received for argument `model`. Expected a "
+                "deterministic network: the Laplace approximation linearizes "
+                "it at its weights, and MC layers make its features random at "
+                "every call (predictions would differ between identical "
+                "calls). Build it on the network with keras.layers.Dropout "
+                "(off at inference) in their place. Received: a model with MC "
+                f"layers {random[:5]}"
+            )
+
+    def _inputs(self, x):
+        """`x` checked against the model's inputs (`flatten_inputs`: shape
+        and dtype, one ValueError naming `x`) before any work, as arrays."""
+        flatten_inputs(self._structure().view, x, "x")
+        return _as_array(x, "x")
+
     def _uses_variance_head(self, width):
         head = self.variance_head
         if self.likelihood != "regression":
@@ -274,8 +309,9 @@ class Laplace(PostHocMethod):
             self, fitted.
         """
         self._check_params()
+        self._check_deterministic()
         last = self._structure().dense
-        x = _as_array(x, "x")
+        x = self._inputs(x)
         y = _as_array(y, "y")
         n = _rows(x)
         if y.shape[0] != n:
@@ -592,7 +628,7 @@ class Laplace(PostHocMethod):
             and `(N, k, k)` covariances `J Sigma J^T` (float64).
         """
         self._check_is_fitted("predict_f")
-        x = _as_array(x, "x")
+        x = self._inputs(x)
         return self._glm(x)[:2]
 
     def _glm(self, x, num_samples=0, seed=None):
@@ -655,7 +691,7 @@ class Laplace(PostHocMethod):
             raise _invalid("predictive", f"one of {_PREDICTIVES}", predictive)
         check_positive_int(num_samples, "num_samples")
         seed = check_seed(seed)
-        x = _as_array(x, "x")
+        x = self._inputs(x)
         draws = num_samples if self.likelihood == "classification" else 0
         f_mean, f_var, log_var, sum_probs, sum_entropy = self._glm(x, draws, seed)
         if self.likelihood == "regression":
