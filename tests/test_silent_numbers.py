@@ -384,3 +384,21 @@ def test_ensemble_fit_checks_the_inputs_against_its_members_before_training():
         match=r"argument `x`.*\(None, 32, 32, 1\).*Received: shape \(4, 28, 28, 1\)",
     ):
         ensemble.fit(np.zeros((4, 28, 28, 1), "float32"), np.zeros(4, int), verbose=0)
+
+
+def test_sngp_regression_head_refuses_a_loss_without_a_variance_head():
+    """Compiled with "mse", its (mean, log-variance) output was read as a
+    2-column mean."""
+    import keras
+
+    inputs = keras.Input((2,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    head = ku.layers.RandomFeatureGaussianProcess(
+        1, num_inducing=16, task="regression"
+    )(hidden)
+    model = ku.layers.SNGPModel(inputs, head)
+    with pytest.raises(ValueError, match=r"argument `loss`.*Received: loss='mse'"):
+        model.compile("adam", "mse")
+    model.compile("adam", ku.losses.gaussian_nll)
+    x = np.random.default_rng(7).normal(size=(16, 2)).astype("float32")
+    assert ku.predict_regression(model, x).mean.shape == (16, 1)

@@ -594,6 +594,17 @@ def gaussian_process_layers(model):
     ]
 
 
+def regression_output_head(model):
+    """The model's GP regression head when it computes the model's one
+    output (`SNGPSampledModel` reads its moments), else None."""
+    layers = gaussian_process_layers(model)
+    if len(layers) == 1 and layers[0].task == "regression":
+        outputs = getattr(model, "outputs", None) or []
+        if len(outputs) == 1 and outputs[0] is layers[0].output:
+            return layers[0]
+    return None
+
+
 class SNGPSampledModel(SampledModel):
     """How the engine predicts an `SNGPModel`: one deterministic forward
     pass whose output is already the mean-field predictive, so one sample
@@ -618,17 +629,14 @@ class SNGPSampledModel(SampledModel):
     def __init__(self, model):
         super().__init__(model)
         self.floats_per_row = graph.floats_per_row(model)
-        self.regression_head = None
-        layers = gaussian_process_layers(model)
-        if len(layers) == 1 and layers[0].task == "regression":
-            head = layers[0]
-            outputs = getattr(model, "outputs", None) or []
-            if len(outputs) == 1 and outputs[0] is head.output:
-                self.regression_head = head
-                # `model.input`: the model's input structure (a dict stays a
-                # dict, matched by its keys), not the flat `model.inputs`.
-                with graph.quiet_input_names():
-                    self.feature_model = keras.Model(model.input, head.input)
+        self.regression_head = regression_output_head(model)
+        if self.regression_head is not None:
+            # `model.input`: the model's input structure (a dict stays a
+            # dict, matched by its keys), not the flat `model.inputs`.
+            with graph.quiet_input_names():
+                self.feature_model = keras.Model(
+                    model.input, self.regression_head.input
+                )
 
     def samples_per_member(self, num_samples):
         return 1 if self.regression_head is None else 2
@@ -674,7 +682,10 @@ class SNGPModel(keras.Model):
     `ku.losses.gaussian_nll`), `ku.predict_regression(model, x)` gives the
     GP's mean, `aleatoric_std = sigma` and `epistemic_std = sqrt(phi^T
     Sigma phi)` from one pass (two sigma points, see `SNGPSampledModel`;
-    `ku.sample` returns those two points).
+    `ku.sample` returns those two points). `compile` refuses, with a
+    ValueError naming `loss`, a loss that does not declare
+    `variance_head = True` (`"mse"` fitted the log-variance columns as
+    means, and `ku.predict_regression` then read a 2-column mean).
 
     Args:
         *args: `inputs, outputs` as a functional `keras.Model` takes them:
@@ -700,6 +711,27 @@ class SNGPModel(keras.Model):
                 "Invalid value received for argument `outputs`. Expected a "
                 "model with a ku.layers.RandomFeatureGaussianProcess layer. "
                 "Received: none among the layers of the model"
+            )
+
+    def compile(self, *args, **kwargs):
+        """`keras.Model.compile`, refusing a loss a regression GP head
+        cannot use (see the class docstring)."""
+        super().compile(*args, **kwargs)
+        from keras_uncertainty.sampling.sampler import has_variance_head
+
+        if (
+            regression_output_head(self) is not None
+            and has_variance_head(self) is False
+        ):
+            loss = self.loss
+            received = loss if isinstance(loss, str) else type(loss).__name__
+            raise ValueError(
+                "Invalid value received for argument `loss`. Expected a loss "
+                "on the GP regression head's (means, log-variances) output, "
+                "one that declares `variance_head = True` "
+                "(ku.losses.gaussian_nll or ku.losses.GaussianNLL): another "
+                "fits the log-variance columns as means, read back as a "
+                f"second mean. Received: loss={received!r}"
             )
 
     def gaussian_process_layers(self):
