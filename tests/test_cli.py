@@ -394,6 +394,39 @@ def test_ctrl_c_during_start_up_exits_130_without_a_traceback():
     assert "Traceback" not in err and "interrupted" in err
 
 
+# The command, with TensorFlow's Python logger used during the run (as its
+# "tf.function retracing" notes are): TensorFlow made its log handler while
+# the quiet start-up hid stderr.
+_LOGGING_LAUNCHER = """
+import sys
+from keras_uncertainty.cli import main as cli
+demo = cli.run_demo
+def run_demo(*args):
+    import tensorflow as tf
+    tf.get_logger().warning("a retracing note")
+    tf.get_logger().error("an error record")
+    demo(*args)
+cli.run_demo = run_demo
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_quiet_run_logs_tensorflows_errors_to_stderr_without_logging_errors():
+    result = subprocess.run(
+        [sys.executable, "-c", _LOGGING_LAUNCHER, "demo", "--epochs", "1"]
+        + ["--num-samples", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    # Not "--- Logging error --- OSError: [Errno 9] Bad file descriptor": the
+    # handler writes to the real stderr, not to the closed stand-in.
+    assert "Logging error" not in result.stderr
+    assert "an error record" in result.stderr  # errors are shown
+    assert "a retracing note" not in result.stderr  # quiet: warnings hidden
+
+
 # Two yacht splits, briefly trained: the run of the end-to-end test, and the
 # one that is killed and resumed.
 _SMALL_RUN = [

@@ -262,16 +262,22 @@ def test_a_signal_during_a_write_is_delivered_after_it(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
 
 
-# The command line, with training replaced by a unit that waits after the
-# first one: the test sends its signal while the second unit runs.
+# The command line, with training replaced by a unit that, after the first
+# one, trains a tiny network for minutes (with the command's callbacks, as
+# every fit of a method has them): the test sends its signal while the second
+# unit runs.
 _WAITING_LAUNCHER = """
-import sys, time
+import sys
+import keras, numpy as np
 from keras_uncertainty.cli.main import main
 from keras_uncertainty.experiments import uci, uci_methods
-def run(dataset, method, *args, **kwargs):
+def run(dataset, method, splits, protocol):
     if method != "mc-dropout":
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
         open(sys.argv[1], "w").close()
-        time.sleep(120)
+        model.fit(np.zeros((8, 1)), np.zeros((8, 1)), epochs=10**6, verbose=0,
+                  callbacks=list(protocol.callbacks))
     return uci.Result(dataset, method, 2, 1.0, 0.1, 2.0, 0.2, 3.0)
 uci_methods.run = run
 sys.exit(main(sys.argv[2:]))

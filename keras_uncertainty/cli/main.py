@@ -20,6 +20,10 @@ fraction of a second. Exit statuses:
 - 143 (SIGTERM) and 129 (SIGHUP): ended like Ctrl-C, what had finished is
   kept.
 
+A signal only sets a flag (`keras_uncertainty.cli.results.handle_signals`);
+the run stops where it checks it: after each training batch and epoch, and
+between units (a second signal stops it at once).
+
 Results files (`uci --output`, `mnist --output-dir`'s `results.json`) are
 written after every finished data set and method, atomically, with their
 status; see `keras_uncertainty.cli.results.ResultsFile`.
@@ -28,6 +32,7 @@ status; see `keras_uncertainty.cli.results.ResultsFile`.
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -313,15 +318,17 @@ def run_demo(epochs, num_samples, seed):
     import numpy as np
 
     import keras_uncertainty as ku
+    from keras_uncertainty.cli.stopping import StopCheck
 
     keras.utils.set_random_seed(seed)
     x, y = ku.datasets.toy_regression(seed=seed)
     model = ku.models.article_regression_mlp(num_inputs=1, dropout_rate=0.1)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=ku.losses.gaussian_nll)
-    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
+    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0, callbacks=[StopCheck()])
     points = np.array([[-2.5], [-1.5], [0.0], [1.5], [2.5], [5.0]], "float32")
     where = ["data", "data", "gap", "data", "data", "outside"]
     pred = ku.predict_regression(model, points, num_samples=num_samples, seed=seed)
+    _results.check_stop()
     print(f"Trained {epochs} epochs on {len(x)} points; T = {num_samples} samples.")
     print(
         f"{'x':>6} {'where':>8} {'mean':>8} {'std':>8} {'aleatoric':>10} "
@@ -344,7 +351,9 @@ def main(argv=None):
     Returns:
         The exit status. A usage error exits (`SystemExit`, status 2) instead.
     """
-    previous = _results.handle_termination()  # SIGTERM, SIGHUP: like Ctrl-C
+    # SIGINT, SIGTERM and SIGHUP set a flag that the run checks where it can
+    # stop (between batches, epochs and units), never raising elsewhere.
+    previous = _results.handle_signals()
     try:
         return _main(argv)
     except KeyboardInterrupt as exc:
@@ -352,7 +361,7 @@ def main(argv=None):
         sys.stderr.write(f"\nkeras-uncertainty: {word}\n")
         return status
     finally:
-        _results.restore_handlers(previous)
+        _results.end_signals(previous)
 
 
 def _exit_interrupted(signum, frame):
@@ -396,7 +405,7 @@ def _startup_logs_hidden(verbose):
     real_stderr = sys.stderr
     with tempfile.TemporaryFile() as hidden:
         os.dup2(hidden.fileno(), 2)
-        sys.stderr = open(saved, "w", closefd=False)
+        stand_in = sys.stderr = open(saved, "w", closefd=False)
         failed = True
         try:
             yield
@@ -404,12 +413,58 @@ def _startup_logs_hidden(verbose):
         finally:
             sys.stderr.flush()
             sys.stderr = real_stderr
+            # A logging handler made meanwhile (TensorFlow's, absl's) took
+            # the stand-in as its stream: it writes to the real stderr from
+            # now on, not to the descriptor closed below (a "--- Logging
+            # error --- OSError: [Errno 9] Bad file descriptor" traceback at
+            # each record, or worse, a later file that reuses the number).
+            _repoint_log_handlers(stand_in, real_stderr)
+            stand_in.close()  # closefd=False: `saved` stays open until:
             os.dup2(saved, 2)
             os.close(saved)
             if failed:
                 hidden.seek(0)
                 real_stderr.write(hidden.read().decode(errors="replace"))
                 real_stderr.flush()
+
+
+def _log_handlers():
+    """Every live `logging` handler: those of the loggers, and those made
+    but not attached (absl keeps its Python handler until `absl.app` runs)."""
+    handlers = {}
+    loggers = [logging.root, *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            handlers[id(handler)] = handler
+    for ref in list(getattr(logging, "_handlerList", ())):
+        handler = ref()
+        if handler is not None:
+            handlers[id(handler)] = handler
+    return list(handlers.values())
+
+
+def _repoint_log_handlers(old, new):
+    """Makes every stream handler that writes to `old` write to `new`."""
+    for handler in _log_handlers():
+        if isinstance(handler, logging.StreamHandler) and handler.stream is old:
+            handler.setStream(new)
+
+
+@contextlib.contextmanager
+def _tensorflow_warnings_hidden(verbose):
+    """Hides TensorFlow's Python log records below ERROR (its
+    "tf.function retracing" notes about the benchmark's many models) for the
+    run, unless `--verbose`; the logger's level is restored after it."""
+    if verbose:
+        yield
+        return
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _find_devices():
@@ -460,6 +515,11 @@ def _main(argv):
     with _startup_logs_hidden(args.verbose):
         _import_tensorflow(args.command)
         _find_devices()
+    with _tensorflow_warnings_hidden(args.verbose):
+        return _run(args, results_file, error)
+
+
+def _run(args, results_file, error):
     if args.command == "demo":
         run_demo(args.epochs, args.num_samples, args.seed)
         return 0

@@ -12,9 +12,12 @@ import numpy as np
 from keras_uncertainty.cli.progress import format_duration
 from keras_uncertainty.cli.results import (
     WRITE_FAILED,
+    check_stop,
     interrupt_status,
+    stop_requested,
     write_bytes_atomic,
 )
+from keras_uncertainty.cli.stopping import StopCheck
 from keras_uncertainty.cli.usage import UsageError
 
 DATASET = "mnist"  # the results file's `dataset` of every unit
@@ -76,11 +79,6 @@ class _Progress(keras.callbacks.Callback):
         sys.stderr.flush()
 
 
-# The article's methods: their votes for its two eights are printed and
-# drawn.
-_ARTICLE_METHODS = ("mc-dropout", "ensemble")
-
-
 def _label(method):
     from keras_uncertainty.experiments.mnist_methods import METHODS
 
@@ -95,6 +93,19 @@ def _methods(report):
     from keras_uncertainty.experiments.mnist_methods import METHODS
 
     return sorted({m for m, _ in report.scores}, key=list(METHODS).index)
+
+
+def _voting(report, methods):
+    """The methods among `methods` whose predictions count the votes of
+    several samples (MC dropout, the ensembles, VI, SWAG, ...); the one-pass
+    and closed-form predictives (Laplace, SNGP, evidential, the baseline's
+    single vote) have no votes to show."""
+    voting = []
+    for method in methods:
+        votes = report.predictions[method, 0].votes
+        if votes is not None and np.asarray(votes).sum(axis=-1).max() > 1:
+            voting.append(method)
+    return voting
 
 
 def benchmark_table(report, timings):
@@ -137,11 +148,11 @@ def report_text(report, num_samples, timings=None):
         f"conformal (LAC) set size at alpha {mnist.CONFORMAL_ALPHA}, and its "
         "coverage)"
     )
-    lines.append("")
-    lines.append("Votes of the samples for the article's two eights:")
-    for method in methods:
-        if method not in _ARTICLE_METHODS:
-            continue
+    voting = _voting(report, methods)
+    if voting:
+        lines.append("")
+        lines.append("Votes of the samples for the article's two eights:")
+    for method in voting:
         for index in mnist.EXAMPLES:
             p = report.predictions[method, 0]
             votes = p.votes[index]
@@ -196,6 +207,11 @@ def write_figures(report, output_dir):
     each written atomically (the old file or the new one, never a part);
     returns the paths written.
 
+    `votes.png` shows every method whose samples vote (see `_voting`); a
+    run of methods without votes (`--method laplace`, `sngp`,
+    `evidential`) has none to show and does not write it. The retention
+    curves and reliability diagrams show every method.
+
     Raises:
         OSError: A figure could not be written (those before it were).
     """
@@ -211,7 +227,7 @@ def write_figures(report, output_dir):
 
     os.makedirs(output_dir, exist_ok=True)
     methods = _methods(report)
-    sampled = [m for m in methods if m in _ARTICLE_METHODS]
+    sampled = _voting(report, methods)
     paths = []
 
     def save(fig, name):
@@ -223,20 +239,21 @@ def write_figures(report, output_dir):
         write_bytes_atomic(path, png.getvalue())
         paths.append(path)
 
-    fig, axes = plt.subplots(
-        len(sampled),
-        len(mnist.EXAMPLES),
-        figsize=(10, 3.5 * len(sampled)),
-        squeeze=False,
-    )
-    for row, method in enumerate(sampled):
-        for col, index in enumerate(mnist.EXAMPLES):
-            ax = plots.vote_histogram(
-                report.predictions[method, 0], index, ax=axes[row, col]
-            )
-            ax.set_title(f"{_label(method)}, image {index}: " + ax.get_title())
-            ax.title.set_fontsize(8)
-    save(fig, "votes.png")
+    if sampled:
+        fig, axes = plt.subplots(
+            len(sampled),
+            len(mnist.EXAMPLES),
+            figsize=(10, 3.5 * len(sampled)),
+            squeeze=False,
+        )
+        for row, method in enumerate(sampled):
+            for col, index in enumerate(mnist.EXAMPLES):
+                ax = plots.vote_histogram(
+                    report.predictions[method, 0], index, ax=axes[row, col]
+                )
+                ax.set_title(f"{_label(method)}, image {index}: " + ax.get_title())
+                ax.title.set_fontsize(8)
+        save(fig, "votes.png")
 
     fig, axes = plt.subplots(
         1, len(mnist.ROTATIONS), figsize=(5.5 * len(mnist.ROTATIONS), 4.5)
@@ -452,6 +469,17 @@ def _run_mnist(args, results_file, error):
         sys.stderr.write(f"mnist {method}: in {results_file.path}, skipped\n")
     progress = _UnitProgress()
     writer = _UnitWriter(results_file, args.output_dir, progress)
+
+    # A signal sets a flag (see `results.handle_signals`), checked here
+    # between units and by `StopCheck` between batches and epochs.
+    def started(*unit):
+        check_stop()
+        progress.started(*unit)
+
+    def finished_unit(*unit):
+        writer(*unit)  # a unit that finished is kept
+        check_stop()
+
     try:
         report = mnist.run(
             data,
@@ -459,11 +487,11 @@ def _run_mnist(args, results_file, error):
             epochs=args.epochs,
             num_samples=args.num_samples,
             seed=args.seed,
-            callbacks=[_Progress()],
+            callbacks=[_Progress(), StopCheck()],
             train=train,
             finished=finished,
-            on_finished=writer,
-            on_started=progress.started,
+            on_finished=finished_unit,
+            on_started=started,
         )
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP
         status, word = interrupt_status(exc)
@@ -483,9 +511,23 @@ def _run_mnist(args, results_file, error):
         for r in results_file.results
     }
     print(report_text(report, args.num_samples, timings))
-    status = 0
-    if not results_file.close("complete") and results_file.write_error is not None:
+    # The figures, then the final status: a signal until then ends the run
+    # as "interrupted" (the report is printed, every unit is in the file).
+    paths, figure_error, stopped = [], None, None
+    try:
+        check_stop()
+        paths = write_figures(report, args.output_dir)
+        check_stop()
+    except OSError as exc:
+        figure_error = exc
+    except KeyboardInterrupt as exc:
+        stopped = exc
+    if stopped is None:
+        stopped = stop_requested()
+    final = "complete" if stopped is None else "interrupted"
+    if not results_file.close(final) and results_file.write_error is not None:
         writer.error = results_file.write_error
+    status = 0 if stopped is None else interrupt_status(stopped)[0]
     if writer.error is not None:
         sys.stderr.write(
             f"cannot write the results in {args.output_dir}: "
@@ -493,15 +535,22 @@ def _run_mnist(args, results_file, error):
             "complete (an earlier results.json there is intact)\n"
         )
         status = WRITE_FAILED
-    try:
-        paths = write_figures(report, args.output_dir)
-    except OSError as exc:
-        why = exc.strerror or str(exc)
+    if figure_error is not None:
+        why = figure_error.strerror or str(figure_error)
         sys.stderr.write(
             f"cannot write the figures in {args.output_dir}: {why}; the report "
             "above is complete\n"
         )
         return WRITE_FAILED
+    if stopped is not None:
+        kept = (
+            f", every method is in {results_file.path}" if writer.error is None else ""
+        )
+        sys.stderr.write(
+            f"\n{interrupt_status(stopped)[1]} after the evaluation: the report "
+            f"above is complete{kept}\n"
+        )
+        return status
     for path in [results_file.path, *paths]:
         print(f"wrote {path}")
     return status

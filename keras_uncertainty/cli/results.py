@@ -642,6 +642,81 @@ def restore_handlers(previous):
         signal.signal(signum, handler)
 
 
+# Signals that end a command's run (Ctrl-C, `kill`, `docker stop`, a closed
+# terminal): the exit status is 130 for SIGINT, else 128 + the number.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Stop:
+    """The stop a signal requested: the first signal's number (None: no
+    signal yet) and how many arrived."""
+
+    signum = None
+    count = 0
+
+
+def _request_stop(signum, frame):
+    # Only notes the signal: an exception raised here would land in whatever
+    # frame runs, a finalizer or weakref callback included, where Python
+    # prints "Exception ignored in ..." and carries on. The run stops where
+    # it checks (`check_stop`). A second signal raises at once (a forced
+    # stop; the flag stays set, so a check still stops the run should that
+    # exception be swallowed).
+    _Stop.count += 1
+    if _Stop.signum is None:
+        _Stop.signum = signum
+    if _Stop.count > 1:
+        raise _stop_exception(_Stop.signum)
+
+
+def _stop_exception(signum):
+    if signum == signal.SIGINT:
+        return KeyboardInterrupt()
+    return Terminated(signum)
+
+
+def handle_signals():
+    """Makes SIGINT, SIGTERM and SIGHUP request a stop instead of raising
+    where the program happens to be: the handler sets a flag that
+    `check_stop` (called between batches, epochs and units) turns into
+    `KeyboardInterrupt` (SIGINT) or `Terminated` (SIGTERM, SIGHUP). A second
+    signal raises at once. Clears an earlier request; returns the previous
+    handlers for `end_signals` (none outside the main thread, where the
+    signals are left alone)."""
+    _Stop.signum, _Stop.count = None, 0
+    previous = {}
+    try:
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, _request_stop)
+    except ValueError:  # not the main thread
+        pass
+    return previous
+
+
+def end_signals(previous):
+    """Restores the handlers `handle_signals` replaced and clears the
+    request."""
+    restore_handlers(previous)
+    _Stop.signum, _Stop.count = None, 0
+
+
+def stop_requested():
+    """The exception a received stop signal asks for (`KeyboardInterrupt`
+    or `Terminated`), or None."""
+    if _Stop.signum is None:
+        return None
+    return _stop_exception(_Stop.signum)
+
+
+def check_stop():
+    """Raises `KeyboardInterrupt` (SIGINT) or `Terminated` (SIGTERM,
+    SIGHUP) when a stop signal was received (see `handle_signals`); called
+    where a run can stop."""
+    exc = stop_requested()
+    if exc is not None:
+        raise exc
+
+
 def interrupt_status(exc):
     """The exit status and the word for a `KeyboardInterrupt` (or a
     `Terminated`): (130, "interrupted") or (143, "terminated by SIGTERM")."""

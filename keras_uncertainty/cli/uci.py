@@ -9,9 +9,12 @@ import keras
 from keras_uncertainty.cli.progress import format_duration
 from keras_uncertainty.cli.results import (
     WRITE_FAILED,
+    check_stop,
     data_identity,
     interrupt_status,
+    stop_requested,
 )
+from keras_uncertainty.cli.stopping import StopCheck
 from keras_uncertainty.cli.usage import parse_splits
 from keras_uncertainty.experiments.protocols import METHODS
 
@@ -183,10 +186,13 @@ def _run_uci(args, results_file, error):
         for method in methods
     ]
     progress = _Progress(units)
-    protocol = dataclasses.replace(protocol, callbacks=(progress,))
+    # A signal sets a flag (see `results.handle_signals`), checked by
+    # `StopCheck` between batches and epochs and here between units.
+    protocol = dataclasses.replace(protocol, callbacks=(progress, StopCheck()))
     failed, interrupted = [], None
     try:
         for index, (label, method, _) in enumerate(units):
+            check_stop()
             splits = dict(plans)[label]
             if results_file.finished(label, method):
                 sys.stderr.write(f"{label} {method}: in {results_file.path}, skipped\n")
@@ -203,11 +209,17 @@ def _run_uci(args, results_file, error):
             progress.end(
                 f"RMSE {result.rmse_mean:.3g}, NLL {result.nll_mean:.3g}, done"
             )
+        check_stop()  # a signal during the last unit's evaluation
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP
         interrupted = interrupt_status(exc)
         sys.stderr.write(
             f"\n{interrupted[1]}: the finished data sets and methods follow\n"
         )
+    if interrupted is None and stop_requested() is not None:
+        # A signal after the last check: the end is decided here, before
+        # the final status is written (a later one changes nothing).
+        interrupted = interrupt_status(stop_requested())
+        sys.stderr.write(f"\n{interrupted[1]}\n")
     if interrupted:
         status = "interrupted"
     elif failed:
