@@ -539,29 +539,42 @@ def export(
         )
 
     def seeded_key(seed):
-        return keys.key_tensor_from_seed(seed)
+        return keys.key_tensor_from_seed(tf.ensure_shape(seed, [], name="seed"))
 
-    seed_spec = tf.TensorSpec([], tf.int64, name="seed")
+    # The endpoints take inputs of any shape (their dtypes fixed) and check
+    # the shape in-graph, an InvalidArgumentError naming the input and the
+    # expected shape: a loaded tf.function whose input binding fails (a
+    # request of another width or rank) keeps its lock in TensorFlow 2.21,
+    # and every later call from another thread would wait forever.
+    relaxed = [tf.TensorSpec(None, spec.dtype, name=spec.name) for spec in specs]
+
+    def checked(flat_inputs):
+        return [
+            tf.ensure_shape(x, spec.shape, name=spec.name)
+            for x, spec in zip(flat_inputs, specs)
+        ]
+
+    seed_spec = tf.TensorSpec(None, tf.int64, name="seed")
     if structured:
         # One argument in the model's input structure, matched by key as
         # the model matches it (`tree.flatten` orders it as `specs`).
-        signature = [tree.pack_sequence_as(structure, specs)]
+        signature = [tree.pack_sequence_as(structure, relaxed)]
 
         def serve(inputs):
-            return summarize(tree.flatten(inputs), fresh_key())
+            return summarize(checked(tree.flatten(inputs)), fresh_key())
 
         def serve_seeded(inputs, seed):
-            return summarize(tree.flatten(inputs), seeded_key(seed))
+            return summarize(checked(tree.flatten(inputs)), seeded_key(seed))
 
     else:
-        signature = list(specs)
+        signature = list(relaxed)
 
         def serve(*flat_inputs):
-            return summarize(flat_inputs, fresh_key())
+            return summarize(checked(flat_inputs), fresh_key())
 
         def serve_seeded(*args):
             *flat_inputs, seed = args
-            return summarize(flat_inputs, seeded_key(seed))
+            return summarize(checked(flat_inputs), seeded_key(seed))
 
     if not model.built:
         # Keras exports only built models; one call on a row of zeros builds
