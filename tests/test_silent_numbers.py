@@ -402,3 +402,29 @@ def test_sngp_regression_head_refuses_a_loss_without_a_variance_head():
     model.compile("adam", ku.losses.gaussian_nll)
     x = np.random.default_rng(7).normal(size=(16, 2)).astype("float32")
     assert ku.predict_regression(model, x).mean.shape == (16, 1)
+
+
+# Served summaries of finite rows near float32's largest values -------------------
+
+
+def test_served_regression_summary_of_a_1e38_row_is_finite_and_scales(tmp_path):
+    """A linear network with MC dropout: the seeded endpoint draws the same
+    masks for row 0 whatever its value, so the row 1e38 serves 1e38 times
+    the summary of the row 1 (it served mean -inf: float32 sums)."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((1,))
+    dropped = ku.layers.MCDropout(0.5)(inputs)
+    outputs = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")(dropped)
+    model = keras.Model(inputs, outputs)
+    path = ku.export(model, tmp_path / "served", "regression", 50, variance_head=False)
+    served = tf.saved_model.load(str(path))
+    seed = tf.constant(3, tf.int64)
+    one = served.serve_seeded(tf.constant([[1.0]]), seed)
+    big = served.serve_seeded(tf.constant([[1e38]]), seed)
+    for name in ("mean", "std", "epistemic_std"):
+        value = np.asarray(big[name], np.float64)
+        assert np.all(np.isfinite(value)), name
+        np.testing.assert_allclose(value, 1e38 * np.asarray(one[name]), rtol=1e-6)

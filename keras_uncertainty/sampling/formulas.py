@@ -45,13 +45,16 @@ def regression_moments(samples, variance_head):
         variance_head: Whether the last axis carries log-variances.
 
     Returns:
-        `(mean_mu, m2_mu, mean_var)`, each `(n, ..., k)`: the sample mean of
-        mu, the sum of squared deviations of mu from it (two-pass on the
-        deviations from the first sample, so that a large mean does not
-        cancel a small spread), and the sample mean of
-        `sigma^2 = exp(log_var)` (zeros without a variance head).
+        `(mean_mu, m2_mu, mean_var)`, each `(n, ..., k)` float64: the
+        sample mean of mu, the sum of squared deviations of mu from it
+        (two-pass on the deviations from the first sample, so that a large
+        mean does not cancel a small spread), and the sample mean of
+        `sigma^2 = exp(log_var)` (zeros without a variance head). Computed
+        in float64: the sums and squares of samples near float32's largest
+        values (1e38) overflow float32 (a served mean of -inf and NaN
+        bounds for a finite row) but not float64.
     """
-    samples = ops.cast(samples, "float32")
+    samples = ops.cast(samples, "float64")
     if variance_head:
         mu, log_var = split_mean_log_var(samples)
         mean_var = ops.mean(ops.exp(log_var), axis=0)

@@ -166,7 +166,11 @@ class RegressionMoments(Reducer):
         )
 
     def summary(self, state, num_samples):
-        return regression_summary(*state, num_samples)
+        # Computed in float64 (the state's), served in float32: a field of
+        # a finite row is finite whenever its value fits float32 (beyond
+        # it, inf), never a float32 overflow inside the formulas.
+        fields = regression_summary(*state, num_samples)
+        return {name: tf.cast(value, tf.float32) for name, value in fields.items()}
 
 
 class ClassificationSummary(Reducer):

@@ -769,8 +769,8 @@ def _check_finite_output(model, **fields):
         warnings.warn(
             f"Model '{model.name}' produced NaN or infinite values in "
             f"{', '.join(bad)} for finite inputs (for a log-variance head: "
-            "exp(log_var) overflows float32 above about 88). The returned "
-            "values contain them.",
+            "exp(log_var), taken in float64, overflows above about 709). The "
+            "returned values contain them.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -778,9 +778,9 @@ def _check_finite_output(model, **fields):
 
 def _check_aleatoric_underflow(model, reducer, prediction, stacklevel=4):
     """Warns when a variance head's aleatoric std is exactly 0 for finite
-    log-variances: `exp(log_var)` underflows float32 below about -104 (and
-    `sqrt` of a subnormal mean variance may round to 0), so the noise the
-    model predicts is lost, not zero."""
+    log-variances: `exp(log_var)`, taken in float64
+    (`formulas.regression_moments`), underflows below about -745, so the
+    noise the model predicts is lost, not zero."""
     if isinstance(reducer, PerOutput):
         inner = list(reducer.reducers.values())
         reducer = inner[0] if len(inner) == 1 else None
@@ -794,10 +794,10 @@ def _check_aleatoric_underflow(model, reducer, prediction, stacklevel=4):
     if zero:
         warnings.warn(
             f"Model '{model.name}' produced an aleatoric_std of exactly 0 in "
-            f"{zero} of {std.size} entries: exp(log_var) underflows float32 "
-            "below about -104, so those log-variances (finite but very "
-            "negative) lose the noise they predict. aleatoric_std (and std) "
-            "contain the zeros.",
+            f"{zero} of {std.size} entries: exp(log_var), taken in float64, "
+            "underflows below about -745, so those log-variances (finite but "
+            "very negative) lose the noise they predict. aleatoric_std (and "
+            "std) contain the zeros.",
             RuntimeWarning,
             stacklevel=stacklevel,
         )
