@@ -70,13 +70,55 @@ def check_positive_finite(value, name):
     return float(value)
 
 
-def check_seed(seed):
-    """Checks a random seed: None or a non-negative integer."""
+# The largest seed: every seed becomes an int64 (a seed generator's state,
+# the key hash of `sampling.keys`).
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed, name="seed"):
+    """Checks a random seed: None or an integer in [0, 2**63 - 1]."""
     if seed is None:
         return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or not 0 <= seed <= MAX_SEED
+    ):
         raise ValueError(
-            "Invalid value received for argument `seed`. Expected None or a "
-            f"non-negative integer. Received: seed={seed!r}"
+            f"Invalid value received for argument `{name}`. Expected None or a "
+            f"non-negative integer of at most 2**63 - 1. Received: {name}={seed!r}"
         )
     return int(seed)
+
+
+def value_errors_from_config(cls):
+    """Class decorator: `cls.from_config` raises the `ValueError` that
+    `__init__` raises for an invalid saved value as it is.
+
+    Keras's `Operation.from_config` (which a layer without its own inherits)
+    wraps every error of `__init__` in a `TypeError` ("Error when
+    deserializing class ..."), so a `.keras` file with a dropout rate of 5
+    would fail with a `TypeError` holding the message; `keras.models.
+    load_model` passes a `ValueError` raised by `from_config` through
+    unchanged, so the user sees the one-line `ValueError` naming the
+    argument. Other errors stay as Keras raises them.
+    """
+    own = vars(cls).get("from_config")
+
+    def from_config(klass, config, *args, **kwargs):
+        try:
+            if own is not None:
+                return own.__get__(None, klass)(config, *args, **kwargs)
+            return super(cls, klass).from_config(config, *args, **kwargs)
+        except TypeError as error:
+            cause = error.__context__
+            if isinstance(cause, ValueError):
+                raise cause from None
+            raise
+
+    from_config.__doc__ = (
+        "Creates the layer from its config; an invalid value raises the "
+        "`ValueError` of `__init__`."
+    )
+    cls.from_config = classmethod(from_config)
+    return cls

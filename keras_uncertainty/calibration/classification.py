@@ -33,6 +33,7 @@ import warnings
 
 import numpy as np
 
+from keras_uncertainty import _budget
 from keras_uncertainty._validation import check_positive_finite, check_positive_int
 from keras_uncertainty.calibration._isotonic import isotonic_fit, isotonic_predict
 from keras_uncertainty.metrics._checks import as_array, classification_inputs
@@ -219,9 +220,13 @@ class _OneVsRest(_ClassificationRecalibration):
     `1 - p`; with C > 2 the mapped rows are divided by their sum (a row
     mapped to all 0 becomes uniform)."""
 
+    def _check_columns(self, count):
+        """Called with the number of mapped classes before any is fitted."""
+
     def _fit_scores(self, scores, labels):
         classes = scores.probs.shape[1]
         columns = [1] if classes == 2 else range(classes)
+        self._check_columns(len(columns))
         fitted = [
             self._fit_column(scores.probs[:, c], (labels == c).astype(np.float64))
             for c in columns
@@ -410,7 +415,10 @@ class HistogramBinning(_OneVsRest):
     of the returned `ClassificationPrediction`.
 
     Args:
-        num_bins: Positive integer, the number of equal-width bins.
+        num_bins: Positive integer, the number of equal-width bins. Refused
+            (`ValueError`, before any bin exists) when its arrays, about
+            `8 * (9 + 4 K) * num_bins` bytes for K mapped classes, exceed
+            `keras_uncertainty._budget.MAX_WORKING_BYTES` (16 GiB).
 
     Attributes:
         bin_edges_: `(num_bins + 1,)` the bin edges, `linspace(0, 1, B + 1)`.
@@ -435,6 +443,25 @@ class HistogramBinning(_OneVsRest):
 
     def _check_params(self):
         self.num_bins = check_positive_int(self.num_bins, "num_bins")
+        self._check_memory(1)
+
+    def _check_columns(self, count):
+        self._check_memory(count)
+
+    def _check_memory(self, columns):
+        """Refuses, before any bin exists, a `num_bins` whose arrays for
+        `columns` mapped classes exceed the memory budget."""
+        b = self.num_bins + 1
+        most = _budget.most_within(8 * (9 + 4 * columns))
+        _budget.check_bytes(
+            "num_bins",
+            self.num_bins,
+            8 * b * (9 + 4 * columns),
+            f"the float64 bin edges, counts and values of {columns} mapped "
+            f"class(es) and their temporaries ({8 * (9 + 4 * columns)} bytes "
+            "per bin)",
+            f"Use fewer bins (at most {most} fit; 10 to 20 is usual).",
+        )
 
     @staticmethod
     def _bin_of(edges, probs):

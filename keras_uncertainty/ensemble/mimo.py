@@ -95,7 +95,20 @@ def build_mimo_network(
     concatenated = (*input_shape[:-1], num_members * input_shape[-1])
     h = keras.layers.Reshape(concatenated, name="concatenate_members")(h)
     backbone = build_fn(concatenated)
+    if not callable(backbone):
+        raise ValueError(
+            "Invalid value received for argument `build_fn`. Expected a "
+            "callable build_fn(input_shape) returning a keras.Model (or a "
+            f"callable on a keras.Input). Received: build_fn({concatenated}) "
+            f"returned {type(backbone).__name__} {backbone!r:.80}"
+        )
     features = backbone(h)
+    if not isinstance(features, keras.KerasTensor):
+        raise ValueError(
+            "Invalid value received for argument `build_fn`. Expected a "
+            "backbone that maps a keras.Input to one (N, d) tensor of "
+            f"features. Received: a backbone returning {type(features).__name__}"
+        )
     if len(features.shape) != 2:
         raise ValueError(
             "Invalid value received for argument `build_fn`. Expected a "

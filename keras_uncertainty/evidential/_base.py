@@ -4,7 +4,10 @@ import numbers
 
 import keras
 
+from keras_uncertainty._validation import value_errors_from_config
 
+
+@value_errors_from_config
 class DenseHead(keras.layers.Layer):
     """A `Dense(width_per_unit * units)` whose outputs `_parameters` maps to
     a distribution's parameters (the evidential heads' common part).

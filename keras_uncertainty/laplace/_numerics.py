@@ -179,21 +179,42 @@ def last_layer_ggn(structure, phi, lambdas):
     return Eigen.from_matrix(ggn.reshape(p, p))
 
 
-def jacobian_ggn(structure, jacobians, lambdas):
-    """The GGN from per-example Jacobians `(N, k, P)` (all-layer)."""
-    if structure == "diag":
-        # sum_n sum_ab J_nap L_nab J_nbp
-        diagonal = np.einsum("nap,nab,nbp->p", jacobians, lambdas, jacobians)
-        return Eigen.from_diagonal(diagonal)
-    weighted = np.einsum("nab,nbp->nap", lambdas, jacobians)
-    p = jacobians.shape[-1]
-    ggn = np.tensordot(jacobians.reshape(-1, p), weighted.reshape(-1, p), axes=(0, 0))
-    return Eigen.from_matrix(ggn)
+class JacobianGGN:
+    """The all-layer GGN, "full" or "diag", summed over batches of
+    per-example Jacobians (so that only one batch is held at a time).
+
+    Args:
+        structure: "full" or "diag".
+        num_params: P.
+    """
+
+    def __init__(self, structure, num_params):
+        self.structure = structure
+        shape = (num_params, num_params) if structure == "full" else (num_params,)
+        self.total = np.zeros(shape)
+
+    def add(self, jacobians, lambdas):
+        """Adds `sum_n J_n^T Lambda_n J_n` of a batch `(b, k, P)`."""
+        if self.structure == "diag":
+            # sum_n sum_ab J_nap L_nab J_nbp
+            self.total += np.einsum("nap,nab,nbp->p", jacobians, lambdas, jacobians)
+            return
+        weighted = np.einsum("nab,nbp->nap", lambdas, jacobians)
+        p = jacobians.shape[-1]
+        self.total += np.tensordot(
+            jacobians.reshape(-1, p), weighted.reshape(-1, p), axes=(0, 0)
+        )
+
+    def eigen(self):
+        if self.structure == "diag":
+            return Eigen.from_diagonal(self.total)
+        return Eigen.from_matrix(self.total)
 
 
-def jacobian_kfac(jacobians, lambdas, segments):
-    """All-layer KFAC (Martens & Grosse 2015; Ritter et al. 2018): the GGN
-    block-diagonal over layers, each Dense layer's block `kron(A, G)`.
+class JacobianKFAC:
+    """All-layer KFAC (Martens & Grosse 2015; Ritter et al. 2018), summed
+    over batches of examples: the GGN block-diagonal over layers, each Dense
+    layer's block `kron(A, G)`.
 
     For a Dense layer with augmented inputs `a~_n = [a_n, 1]` (`d1` wide)
     and `d2` outputs, the Jacobian of the outputs in its weights is
@@ -205,36 +226,58 @@ def jacobian_kfac(jacobians, lambdas, segments):
     `J_n` and `a~_n`: `g_n[c, j] = sum_i a~_n[i] J_n[c, i, j] / |a~_n|^2`
     (exact; an example with `a~_n = 0`, possible only without a bias, adds
     nothing to the exact block and is left out of `G`). Other parameters
-    keep their exact GGN diagonal.
+    keep their exact GGN diagonal. Every term is a sum over examples, so
+    the batches of `add` give the same blocks as all rows at once.
 
     Args:
-        jacobians: `(N, k, P)` per-example Jacobians.
-        lambdas: `(N, k, k)` output Hessians.
-        segments: Consecutive parameter ranges covering `0..P`:
-            `(start, stop, inputs)` with `inputs (N, d1)` the augmented
-            inputs of a Dense layer whose kernel (and bias) are `start:stop`
-            row-major, or `(start, stop, None)` for a diagonal range.
+        ranges: `(start, stop, d1)` per consecutive parameter range, `d1`
+            the augmented input width of a Dense layer's block, or None for
+            a range held diagonally.
     """
-    n = jacobians.shape[0]
-    eigenvalues, blocks = [], []
-    for start, stop, inputs in segments:
-        part = jacobians[..., start:stop]
-        if inputs is None:
-            diagonal = np.einsum("nap,nab,nbp->p", part, lambdas, part)
-            eigenvalues.append(np.maximum(diagonal, 0.0))
-            blocks.append((start, stop, None, None))
-            continue
-        d1 = inputs.shape[1]
-        part = part.reshape(n, -1, d1, (stop - start) // d1)
-        norms = np.sum(np.square(inputs), axis=1)
-        safe = np.where(norms > 0, norms, 1.0)
-        g = np.einsum("ni,ncij->ncj", inputs, part) / safe[:, None, None]
-        g = np.where((norms > 0)[:, None, None], g, 0.0)
-        right = np.einsum("nai,nab,nbj->ij", g, lambdas, g)
-        block = Eigen.from_kron(inputs.T @ inputs / max(n, 1), right)
-        eigenvalues.append(block.eigenvalues)
-        blocks.append((start, stop, *block.factors))
-    return Eigen("blocks", np.concatenate(eigenvalues), tuple(blocks))
+
+    def __init__(self, ranges):
+        self.ranges = list(ranges)
+        self.count = 0
+        self.sums = []
+        for start, stop, d1 in self.ranges:
+            if d1 is None:
+                self.sums.append(np.zeros(stop - start))
+            else:
+                d2 = (stop - start) // d1
+                self.sums.append((np.zeros((d1, d1)), np.zeros((d2, d2))))
+
+    def add(self, jacobians, lambdas, inputs):
+        """Adds a batch: Jacobians `(b, k, P)`, output Hessians `(b, k, k)`
+        and, per range, the augmented inputs `(b, d1)` (None where
+        diagonal)."""
+        n = jacobians.shape[0]
+        self.count += n
+        for i, ((start, stop, d1), rows) in enumerate(zip(self.ranges, inputs)):
+            part = jacobians[..., start:stop]
+            if d1 is None:
+                self.sums[i] += np.einsum("nap,nab,nbp->p", part, lambdas, part)
+                continue
+            part = part.reshape(n, -1, d1, (stop - start) // d1)
+            norms = np.sum(np.square(rows), axis=1)
+            safe = np.where(norms > 0, norms, 1.0)
+            g = np.einsum("ni,ncij->ncj", rows, part) / safe[:, None, None]
+            g = np.where((norms > 0)[:, None, None], g, 0.0)
+            left, right = self.sums[i]
+            left += rows.T @ rows
+            right += np.einsum("nai,nab,nbj->ij", g, lambdas, g)
+
+    def eigen(self):
+        eigenvalues, blocks = [], []
+        for (start, stop, d1), total in zip(self.ranges, self.sums):
+            if d1 is None:
+                eigenvalues.append(np.maximum(total, 0.0))
+                blocks.append((start, stop, None, None))
+                continue
+            left, right = total
+            block = Eigen.from_kron(left / max(self.count, 1), right)
+            eigenvalues.append(block.eigenvalues)
+            blocks.append((start, stop, *block.factors))
+        return Eigen("blocks", np.concatenate(eigenvalues), tuple(blocks))
 
 
 def jacobian_variance(eigen, jacobians, scale):

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_uncertainty import _budget
 from keras_uncertainty._validation import (
     check_bool,
     check_positive_finite,
@@ -149,6 +150,20 @@ class Laplace(PostHocMethod):
 
     `fit`, `predict` and `predict_f` check their inputs against the model's
     inputs (shape and dtype) before any work, with a ValueError naming `x`.
+
+    Memory: before any work, `fit` adds up the bytes its structures take
+    and refuses (a ValueError naming the largest: `hessian`, `batch_size`
+    or `x`, with what to do instead) a fit above
+    `keras_uncertainty._budget.MAX_WORKING_BYTES` (16 GiB): the features and
+    output Hessians of the N rows in float64; the Hessian, `"full"` `5 P^2`
+    float64 values with its eigendecomposition (P = `d1 * k` last-layer,
+    every trainable weight all-layer: 16 GiB holds P up to about 20700),
+    `"kron"` its factors, `"diag"` P values; all-layer, one batch of
+    per-example Jacobians, `32 * batch_size * k * P` bytes (they are
+    computed and summed one batch at a time, never all held). `predict`
+    checks its covariances `(N, k, k)` and batch structures the same way,
+    and `posterior_covariance` / `posterior_precision` their dense
+    `(P, P)` matrix.
 
     Args:
         model: A trained, deterministic Functional or Sequential
@@ -316,15 +331,16 @@ class Laplace(PostHocMethod):
         n = _rows(x)
         if y.shape[0] != n:
             raise _invalid("y", f"{n} rows, one per input", y.shape)
-        kernel = np.asarray(keras.ops.convert_to_numpy(last.kernel), np.float64)
         use_bias = bool(last.use_bias)
+        width = int(last.kernel.shape[1])
+        head = self._uses_variance_head(width)
+        k = width // 2 if head else width
+        self._check_memory(n, k, head)
+        kernel = np.asarray(keras.ops.convert_to_numpy(last.kernel), np.float64)
         weights = kernel
         if use_bias:
             bias = np.asarray(keras.ops.convert_to_numpy(last.bias), np.float64)
             weights = np.concatenate([kernel, bias[None]], axis=0)
-        width = weights.shape[1]
-        head = self._uses_variance_head(width)
-        k = width // 2 if head else width
         phi = self._features(x)
         z = phi @ weights
         targets = self._targets(y, n, k)
@@ -345,12 +361,7 @@ class Laplace(PostHocMethod):
             eigen = num.last_layer_ggn(self.hessian, phi, lambdas)
             mean = weights[:, :k].ravel()
         else:
-            jacobians, mean = self._jacobians(x, k)
-            if self.hessian == "kron":
-                segments = self._kfac_segments(x)
-                eigen = num.jacobian_kfac(jacobians, lambdas, segments)
-            else:
-                eigen = num.jacobian_ggn(self.hessian, jacobians, lambdas)
+            mean, eigen = self._all_layer_ggn(x, k, lambdas)
         self.posterior_mean_ = mean
         self.hessian_ = eigen.to_state()
         self.num_data_ = n
@@ -413,29 +424,54 @@ class Laplace(PostHocMethod):
 
         return jacobians, variables
 
-    def _jacobians(self, x, k):
-        """Per-example Jacobians `(N, k, P)` of the mean outputs in every
-        trainable weight, and the weights `(P,)`."""
-        function, variables = _compiled(
+    def _jacobian_step(self, k):
+        """The compiled per-example Jacobians of a batch (`(b, k, P)` in
+        every trainable weight) and the variables, in their order."""
+        return _compiled(
             self.model, ("jacobians", k), lambda: self._jacobian_function(k)
         )
-        n = _rows(x)
-        out = []
-        for lo in range(0, n, self.batch_size):
-            chunk = keras.tree.map_structure(
-                lambda a, lo=lo: tf.convert_to_tensor(a[lo : lo + self.batch_size]), x
-            )
-            out.append(np.asarray(function(chunk), np.float64))
+
+    def _all_layer_ggn(self, x, k, lambdas):
+        """The weights `(P,)` and the all-layer GGN in eigen form, from the
+        per-example Jacobians of one batch of `batch_size` rows at a time
+        (never all of them at once)."""
+        function, variables = self._jacobian_step(k)
         mean = np.concatenate(
             [np.ravel(keras.ops.convert_to_numpy(v)) for v in variables]
         ).astype(np.float64)
-        return np.concatenate(out, axis=0), mean
+        if self.hessian == "kron":
+            ranges, layers = self._kfac_plan()
+            probe = None
+            if layers:
+                view = self._structure().view
+                probe = keras.Model(view.input, [layer.input for layer in layers])
+            total = num.JacobianKFAC(ranges)
+        else:
+            total = num.JacobianGGN(self.hessian, mean.size)
+        lo = 0
+        for chunk in self._batches(x):
+            jacobians = np.asarray(function(chunk), np.float64)
+            hi = lo + jacobians.shape[0]
+            if self.hessian == "kron":
+                inputs = self._kfac_inputs(ranges, layers, probe, chunk)
+                total.add(jacobians, lambdas[lo:hi], inputs)
+            else:
+                total.add(jacobians, lambdas[lo:hi])
+            lo = hi
+        return mean, total.eigen()
 
-    def _kfac_segments(self, x):
-        """The parameter ranges of all-layer KFAC (`_numerics.jacobian_kfac`):
-        each Dense layer of the network whose kernel is followed by its bias
-        (or has none) in `model.trainable_variables` gets a Kronecker block
-        from its augmented inputs on `x`; every other weight a diagonal."""
+    def _kfac_plan(self):
+        """The parameter ranges of all-layer KFAC (`_numerics.JacobianKFAC`)
+        and the Dense layers of its Kronecker blocks: each Dense layer of the
+        network whose kernel is followed by its bias (or has none) in
+        `model.trainable_variables` gets a Kronecker block from its augmented
+        inputs; every other weight a diagonal.
+
+        Returns:
+            `(ranges, layers)`: `(start, stop, d1)` per range (`d1` the
+            augmented input width of a block, None for a diagonal range),
+            and the blocks' layers in order.
+        """
         view = self._structure().view
         variables = list(self.model.trainable_variables)
         starts = np.cumsum([0] + [int(np.prod(v.shape)) for v in variables])
@@ -450,29 +486,177 @@ class Laplace(PostHocMethod):
             if layer.use_bias and index.get(id(layer.bias)) != i + 1:
                 continue  # not laid out [kernel; bias]: diagonal
             dense[i] = layer
-        if dense:
-            layers = [dense[i] for i in sorted(dense)]
-            probe = keras.Model(view.input, [layer.input for layer in layers])
-            outputs = [[] for _ in layers]
-            for chunk in self._batches(x):
-                values = probe(chunk, training=False)
-                values = values if isinstance(values, (list, tuple)) else [values]
-                for store, value in zip(outputs, values):
-                    store.append(np.asarray(value, np.float64))
-            inputs = {
-                i: num.augment(np.concatenate(store, axis=0), layer.use_bias)
-                for (i, layer), store in zip(sorted(dense.items()), outputs)
-            }
-        segments, i = [], 0
+        ranges, layers, i = [], [], 0
         while i < len(variables):
             if i in dense:
-                width = 2 if dense[i].use_bias else 1
-                segments.append((int(starts[i]), int(starts[i + width]), inputs[i]))
+                layer = dense[i]
+                width = 2 if layer.use_bias else 1
+                d1 = int(layer.kernel.shape[0]) + int(layer.use_bias)
+                ranges.append((int(starts[i]), int(starts[i + width]), d1))
+                layers.append(layer)
                 i += width
             else:
-                segments.append((int(starts[i]), int(starts[i + 1]), None))
+                ranges.append((int(starts[i]), int(starts[i + 1]), None))
                 i += 1
-        return segments
+        return ranges, layers
+
+    @staticmethod
+    def _kfac_inputs(ranges, layers, probe, chunk):
+        """The augmented inputs `(b, d1)` of each Kronecker block on a batch
+        (None for a diagonal range)."""
+        values = []
+        if probe is not None:
+            out = probe(chunk, training=False)
+            out = out if isinstance(out, (list, tuple)) else [out]
+            values = [
+                num.augment(np.asarray(value, np.float64), layer.use_bias)
+                for value, layer in zip(out, layers)
+            ]
+        blocks = iter(values)
+        return [None if d1 is None else next(blocks) for _, _, d1 in ranges]
+
+    # Memory -----------------------------------------------------------------
+
+    def _sizes(self, k):
+        """`(d1, P)`: the last layer's augmented input width and the weights
+        the posterior covers (`d1 * k` last-layer, every trainable weight
+        all-layer)."""
+        last = self._structure().dense
+        d1 = int(last.kernel.shape[0]) + int(bool(last.use_bias))
+        if self.subset == "last_layer":
+            return d1, d1 * k
+        sizes = [int(np.prod(v.shape)) for v in self.model.trainable_variables]
+        return d1, sum(sizes)
+
+    def _hessian_part(self, n, k, p):
+        """`(bytes, needs, instead)` of the Hessian structure of `fit`."""
+        others = "hessian='kron' (KFAC) or hessian='diag'"
+        if self.subset == "all":
+            others += ", or subset='last_layer'"
+        else:
+            others += ", or fewer features (a narrower layer before the last Dense)"
+        if self.hessian == "full":
+            return (
+                40 * p * p,
+                f"the ({p}, {p}) float64 GGN of P={p} weights and its "
+                "eigendecomposition (5 P^2 x 8 bytes)",
+                f"Use {others}.",
+            )
+        if self.hessian == "diag":
+            return 16 * p, f"the float64 diagonal of P={p} weights", ""
+        if self.subset == "last_layer":
+            d1 = p // k
+            return (
+                40 * (d1 * d1 + k * k) + 16 * p,
+                f"the Kronecker factors ({d1}, {d1}) and ({k}, {k}) in float64 "
+                "and their eigendecompositions",
+                "Use hessian='diag', or fewer features (a narrower layer "
+                "before the last Dense).",
+            )
+        ranges, _ = self._kfac_plan()
+        size = 16 * p
+        for start, stop, d1 in ranges:
+            if d1 is not None:
+                d2 = (stop - start) // d1
+                size += 40 * (d1 * d1 + d2 * d2)
+        return (
+            size,
+            f"the per-layer Kronecker factors of P={p} weights in float64",
+            "Use hessian='diag', or subset='last_layer'.",
+        )
+
+    def _jacobian_part(self, n, k, p, per_entry):
+        """`(bytes, needs, instead)` of one batch of all-layer Jacobians."""
+        rows = min(self.batch_size, n)
+        fits = _budget.most_within(per_entry * k * p)
+        return (
+            per_entry * rows * k * p,
+            f"one batch of per-example Jacobians ({rows} rows x {k} outputs x "
+            f"{p} weights, {per_entry} bytes each in float32, float64 and "
+            "their products)",
+            f"Use a smaller batch_size (at most {fits} rows fit), "
+            "subset='last_layer', or a smaller network.",
+        )
+
+    @staticmethod
+    def _refuse(parts):
+        """Raises the budget's `ValueError` when the parts (`(name, value,
+        bytes, needs, instead)`, held at once) exceed it, naming the
+        largest part."""
+        total = sum(part[2] for part in parts)
+        if total <= _budget.working_budget():
+            return
+        name, value, size, needs, instead = max(parts, key=lambda part: part[2])
+        others = total - size
+        if others:
+            needs += f" (and {_budget.format_bytes(others)} for the rest)"
+        _budget.check_bytes(name, value, total, needs, instead)
+
+    def _check_memory(self, n, k, head):
+        """Refuses, before any work, a `fit` whose structures would exceed
+        `keras_uncertainty._budget.MAX_WORKING_BYTES`: the features and
+        output Hessians of the N rows, the Hessian structure and, all-layer,
+        one batch of per-example Jacobians."""
+        d1, p = self._sizes(k)
+        dense_lambdas = self.likelihood == "classification" or head
+        width = 2 * k if head else k
+        data = 24 * n * d1 + 16 * n * width
+        data += 16 * n * k * k if dense_lambdas else 0
+        fits = _budget.most_within(data // max(n, 1))
+        parts = [
+            (
+                "x",
+                f"{n} rows",
+                data,
+                f"the features ({n} x {d1}) and output Hessians ({n} x {k} x "
+                f"{k}) of the rows in float64",
+                f"Fit on fewer rows (at most {fits} fit), or a network with "
+                "fewer features or outputs.",
+            ),
+            ("hessian", self.hessian, *self._hessian_part(n, k, p)),
+        ]
+        if self.subset == "all":
+            parts.append(
+                ("batch_size", self.batch_size, *self._jacobian_part(n, k, p, 32))
+            )
+        self._refuse(parts)
+
+    def _check_predict_memory(self, n):
+        """Refuses, before any work, a prediction whose outputs or batch
+        structures would exceed the budget."""
+        stats = self.fit_statistics_
+        k = stats["k"]
+        d1, p = self._sizes(k)
+        width = 2 * k if stats["variance_head"] else k
+        outputs = 16 * n * (k * k + width + k)
+        fits = _budget.most_within(outputs // max(n, 1))
+        parts = [
+            (
+                "x",
+                f"{n} rows",
+                outputs,
+                f"the predictive covariances ({n} x {k} x {k}) and means in float64",
+                f"Predict slices of x (at most {fits} rows per call).",
+            )
+        ]
+        if self.subset == "all":
+            parts.append(("x", f"{n} rows", 24 * n * d1, "the rows' features", ""))
+            parts.append(
+                ("batch_size", self.batch_size, *self._jacobian_part(n, k, p, 40))
+            )
+        elif self.hessian == "full":
+            rows = min(self.batch_size, n)
+            parts.append(
+                (
+                    "batch_size",
+                    self.batch_size,
+                    8 * p * p + 16 * rows * k * p,
+                    f"the ({p}, {p}) posterior root and one batch of rows "
+                    "rotated into it",
+                    "Use a smaller batch_size, or fit hessian='kron'.",
+                )
+            )
+        self._refuse(parts)
 
     # Evidence -----------------------------------------------------------------
 
@@ -542,6 +726,20 @@ class Laplace(PostHocMethod):
             self._eigen(), self._noise_precision(), self.prior_precision_
         )
 
+    def _check_dense(self, method):
+        """Refuses a dense `(P, P)` matrix (and the basis it is built
+        from) above the budget."""
+        p = int(self.posterior_mean_.size)
+        _budget.check_bytes(
+            "hessian",
+            self.hessian,
+            24 * p * p,
+            f"the dense ({p}, {p}) float64 matrix of `{method}` and the basis "
+            "it is built from",
+            "Use predict / predict_f, which never form it, or read the "
+            "posterior in eigen form from `hessian_`.",
+        )
+
     def posterior_covariance(self):
         """The posterior covariance as a dense `(P, P)` matrix (float64).
 
@@ -549,6 +747,7 @@ class Laplace(PostHocMethod):
             `(s H + delta I)^-1`, in the layout of `posterior_mean_`.
         """
         self._check_is_fitted("posterior_covariance")
+        self._check_dense("posterior_covariance")
         return self._eigen().dense(self._scale())
 
     def posterior_precision(self):
@@ -558,6 +757,7 @@ class Laplace(PostHocMethod):
             A float64 array.
         """
         self._check_is_fitted("posterior_precision")
+        self._check_dense("posterior_precision")
         eigen = self._eigen()
         return eigen.dense(1.0 / self._scale())
 
@@ -643,19 +843,20 @@ class Laplace(PostHocMethod):
         else:
             pair = np.random.default_rng(seed).integers(0, 2**31 - 1, size=2)
         n = _rows(x)
+        self._check_predict_memory(n)
         size = self.batch_size
         draws = tf.constant(num_samples, tf.int32)
+        chunks = self._batches(x)
         if self.subset == "last_layer":
             step = self._step()
             weights = tf.constant(stats["weights"], tf.float64)
             factors = self._graph_factors(scale)
-            chunks = self._batches(x)
         else:
             phi = self._features(x)
             z = phi @ stats["weights"]
-            jacobians, _ = self._jacobians(x, k)
-            f_var = num.jacobian_variance(self._eigen(), jacobians, scale)
             f_mean, rest = z[:, :k], z[:, k:]
+            jacobian_step, _ = self._jacobian_step(k)
+            eigen = self._eigen()
         parts = []
         for b, lo in enumerate(range(0, n, size)):
             key = tf.constant([pair[0], pair[1] + b], tf.int64)
@@ -663,10 +864,12 @@ class Laplace(PostHocMethod):
                 out = step(next(chunks), weights, factors, draws, key)
             else:
                 rows = slice(lo, lo + size)
+                jacobians = np.asarray(jacobian_step(next(chunks)), np.float64)
+                f_var = num.jacobian_variance(eigen, jacobians, scale)
                 sums = _glm.mc_step(
-                    tf.constant(f_mean[rows]), tf.constant(f_var[rows]), draws, key
+                    tf.constant(f_mean[rows]), tf.constant(f_var), draws, key
                 )
-                out = (f_mean[rows], f_var[rows], rest[rows], *sums)
+                out = (f_mean[rows], f_var, rest[rows], *sums)
             parts.append([np.asarray(v) for v in out])
         return tuple(np.concatenate(p, axis=0) for p in zip(*parts))
 

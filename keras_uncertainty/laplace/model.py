@@ -1,18 +1,114 @@
 """`LaplaceModel`: a fitted last-layer Laplace posterior, sampled by the engine."""
 
+import math
+import numbers
+
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops, tree
 
+from keras_uncertainty import _budget
 from keras_uncertainty._precision import float32_layer_dtype
+from keras_uncertainty._validation import (
+    check_bool,
+    check_positive_int,
+    value_errors_from_config,
+)
 from keras_uncertainty.losses.gaussian_nll import gaussian_nll
 from keras_uncertainty.sampling import SampledModel, graph, keys
 
 _PACKAGE = "keras_uncertainty"
+_LIKELIHOODS = ("regression", "classification")
+_STRUCTURES = ("full", "kron", "diag")
+
+
+def _invalid(name, expected, value):
+    return ValueError(
+        f"Invalid value received for argument `{name}`. Expected {expected}. "
+        f"Received: {name}={value!r}"
+    )
+
+
+def _choice(value, name, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise _invalid(name, f"one of {choices}", value)
+    return value
+
+
+def _check_log_noise(value):
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+    ):
+        raise _invalid("log_noise_variance", "None or a finite number", value)
+    return float(value)
+
+
+class _Placeholder:
+    """The shape of a weight a saved file fills (nothing allocated)."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+
+def _shape_of(value, name):
+    """The shape of an array (or placeholder) as a tuple of ints >= 1."""
+    shape = value.shape if hasattr(value, "shape") else np.shape(value)
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1
+        for d in shape
+    ):
+        key = "weights_shape" if name == "weights_map" else "factor_shapes"
+        raise _invalid(key, "a shape of positive integers", shape)
+    return tuple(int(d) for d in shape)
+
+
+def _check_shapes(likelihood, structure, k, log_noise, weights, factors):
+    """Checks the posterior's shapes against each other and the memory
+    budget (before any allocation); returns them."""
+    if len(weights) != 2:
+        raise _invalid("weights_shape", "[d1, outputs]", list(weights))
+    d1, width = weights
+    heads = likelihood == "regression" and log_noise is None
+    expected_width = 2 * k if heads else k
+    if width != expected_width:
+        raise _invalid(
+            "weights_shape",
+            f"{expected_width} columns for num_means={k} ({likelihood}"
+            f"{', a variance head' if heads else ''})",
+            list(weights),
+        )
+    p = d1 * k
+    expected = {
+        "full": [(p, p)],
+        "kron": [(d1, d1), (k, k), (d1, k)],
+        "diag": [(p,)],
+    }[structure]
+    if list(factors) != expected:
+        raise _invalid(
+            "factor_shapes",
+            f"{[list(s) for s in expected]} for structure={structure!r} with "
+            f"weights_shape={list(weights)}",
+            [list(s) for s in factors],
+        )
+    floats = d1 * width + sum(math.prod(s) for s in factors)
+    _budget.check_bytes(
+        "weights_shape",
+        list(weights),
+        2 * _budget.FLOAT32 * floats,
+        f"the posterior's float32 weights ({floats} values, held twice while "
+        "they load)",
+        "Fit the posterior with hessian='kron' or 'diag', or on fewer features.",
+    )
+    return tuple(weights), [tuple(s) for s in factors]
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+@value_errors_from_config
 class LastLayerPosterior(keras.layers.Layer):
     """The Gaussian posterior of a Dense layer's weights (held as constants).
 
@@ -57,23 +153,55 @@ class LastLayerPosterior(keras.layers.Layer):
         # under a mixed-precision policy (Keras's advice for an output layer).
         kwargs["dtype"] = float32_layer_dtype(kwargs.get("dtype"), type(self))
         super().__init__(**kwargs)
-        self.likelihood = likelihood
-        self.structure = structure
-        self.num_means = int(num_means)
-        self.use_bias = bool(use_bias)
-        self.log_noise_variance = log_noise_variance
+        self.likelihood = _choice(likelihood, "likelihood", _LIKELIHOODS)
+        self.structure = _choice(structure, "structure", _STRUCTURES)
+        self.num_means = check_positive_int(num_means, "num_means")
+        if isinstance(use_bias, np.bool_):
+            use_bias = bool(use_bias)
+        self.use_bias = check_bool(use_bias, "use_bias")
+        self.log_noise_variance = _check_log_noise(log_noise_variance)
+        if factors is None or isinstance(factors, (str, bytes)):
+            raise _invalid("factors", "a list of arrays", factors)
+        self.weights_shape, self.factor_shapes = _check_shapes(
+            self.likelihood,
+            self.structure,
+            self.num_means,
+            self.log_noise_variance,
+            _shape_of(weights_map, "weights_map"),
+            [_shape_of(f, "factors") for f in factors],
+        )
+        # The arrays become weights in `build`, once the features' width is
+        # checked against them (None: zeros that a saved file fills).
+        self._initial = (weights_map, list(factors))
 
-        def constant(name, value):
-            value = np.asarray(value, np.float32)
+    def build(self, input_shape):
+        width = input_shape[-1]
+        d1 = self.weights_shape[0]
+        if width is not None and int(width) + int(self.use_bias) != d1:
+            raise _invalid(
+                "weights_shape",
+                f"{int(width) + int(self.use_bias)} rows: the {width} features "
+                f"the layer is called on{' and the bias row' if self.use_bias else ''}",
+                list(self.weights_shape),
+            )
+        weights_map, factors = self._initial
+
+        def constant(name, shape, value):
+            initializer = "zeros"
+            if value is not None and not isinstance(value, _Placeholder):
+                value = np.asarray(value, np.float32)
+                initializer = keras.initializers.Constant(value)
             return self.add_weight(
-                name=name,
-                shape=value.shape,
-                initializer=keras.initializers.Constant(value),
-                trainable=False,
+                name=name, shape=shape, initializer=initializer, trainable=False
             )
 
-        self.weights_map = constant("weights_map", weights_map)
-        self.factors = [constant(f"factor_{i}", f) for i, f in enumerate(factors)]
+        self.weights_map = constant("weights_map", self.weights_shape, weights_map)
+        self.factors = [
+            constant(f"factor_{i}", shape, f)
+            for i, (shape, f) in enumerate(zip(self.factor_shapes, factors))
+        ]
+        self._initial = None
+        self.built = True
 
     def get_config(self):
         # The posterior's arrays are weights (saved with the model's
@@ -84,8 +212,8 @@ class LastLayerPosterior(keras.layers.Layer):
             {
                 "likelihood": self.likelihood,
                 "structure": self.structure,
-                "weights_shape": list(self.weights_map.shape),
-                "factor_shapes": [list(f.shape) for f in self.factors],
+                "weights_shape": list(self.weights_shape),
+                "factor_shapes": [list(s) for s in self.factor_shapes],
                 "num_means": self.num_means,
                 "use_bias": self.use_bias,
                 "log_noise_variance": self.log_noise_variance,
@@ -95,16 +223,26 @@ class LastLayerPosterior(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
+        """The layer of a saved config: its settings and shapes are checked
+        (choices, shapes consistent with each other and with the features it
+        is called on, the memory budget) before any weight is allocated; the
+        weights are zeros until the saved values load."""
         config = dict(config)
-        weights_map = np.zeros(config.pop("weights_shape"), np.float32)
-        factors = [np.zeros(s, np.float32) for s in config.pop("factor_shapes")]
+        for key in ("weights_shape", "factor_shapes"):
+            if key not in config:
+                raise _invalid(key, "a list of dimensions (a saved config)", None)
+        weights_map = _Placeholder(config.pop("weights_shape"))
+        shapes = config.pop("factor_shapes")
+        if not isinstance(shapes, (list, tuple)):
+            raise _invalid("factor_shapes", "a list of shapes", shapes)
+        factors = [_Placeholder(shape) for shape in shapes]
         return cls(weights_map=weights_map, factors=factors, **config)
 
     @property
     def floats_per_sample(self):
         """Floats one sample's weight draw holds (its normals, the drawn
         weights and, for "full", the product with the square root)."""
-        return 3 * int(self.weights_map.shape[0]) * self.num_means
+        return 3 * int(self.weights_shape[0]) * self.num_means
 
     def _augment(self, phi):
         if not self.use_bias:
@@ -203,7 +341,12 @@ class LaplaceModel(keras.Model):
 
     Saved with `model.save("laplace.keras")` (the network and the
     posterior's arrays in one file) and read back with
-    `keras.models.load_model`, it samples as before.
+    `keras.models.load_model`, it samples as before. The file's config is
+    checked before any weight is allocated (`LastLayerPosterior.from_config`):
+    the likelihood and structure, the posterior's shapes against each other
+    and against the features the layer is called on, and their bytes
+    against `keras_uncertainty._budget.MAX_WORKING_BYTES`; a ValueError
+    names the value.
 
     Args:
         *args: `inputs, outputs` as a functional `keras.Model` takes them:

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_uncertainty._validation import check_positive_int
+from keras_uncertainty._validation import check_positive_int, value_errors_from_config
 from keras_uncertainty.layers.grouped_conv import grouped_convolution
 from keras_uncertainty.layers.packed import _int_tuple
 
@@ -125,6 +125,7 @@ def _fast_weight_initializer(value):
     return keras.initializers.get(value)
 
 
+@value_errors_from_config
 class _BatchEnsembleLayer(keras.layers.Layer):
     """What the Dense and Conv2D versions share: the per-member weights, the
     member-major batch check and the per-member scaling of rows."""

@@ -3,6 +3,7 @@
 import keras
 
 from keras_uncertainty import _keras_compat
+from keras_uncertainty._validation import value_errors_from_config
 from keras_uncertainty.layers._twins import become
 from keras_uncertainty.layers.mc_dropout import MCDropout
 
@@ -20,6 +21,7 @@ def convert_nested_dropouts(layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+@value_errors_from_config
 class MCMultiHeadAttention(keras.layers.MultiHeadAttention):
     """`keras.layers.MultiHeadAttention` whose attention dropout stays on.
 

@@ -5,7 +5,7 @@ import inspect
 import keras
 
 from keras_uncertainty import _keras_compat
-from keras_uncertainty._validation import check_seed
+from keras_uncertainty._validation import check_seed, value_errors_from_config
 from keras_uncertainty.sampling import keys
 
 _PACKAGE = "keras_uncertainty"
@@ -21,6 +21,7 @@ def _parent_takes_seed(cls):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+@value_errors_from_config
 class MCLayer(keras.layers.Layer):
     """Base class of the layers that draw Monte Carlo samples at inference.
 

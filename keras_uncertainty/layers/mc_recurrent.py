@@ -15,7 +15,7 @@ these; they can also be used directly in a new model.
 
 import keras
 
-from keras_uncertainty._validation import check_rate
+from keras_uncertainty._validation import check_rate, value_errors_from_config
 from keras_uncertainty.layers import _masks
 from keras_uncertainty.layers._twins import become
 from keras_uncertainty.layers.mc_layer import MCLayer
@@ -23,6 +23,7 @@ from keras_uncertainty.layers.mc_layer import MCLayer
 _PACKAGE = "keras_uncertainty"
 
 
+@value_errors_from_config
 class _MCRecurrentMasks:
     """Mixin for Keras's dropout RNN cells: always-on masks from the call key.
 
@@ -140,6 +141,7 @@ def cell_twin(cell_class):
     return twin
 
 
+@value_errors_from_config
 class _MCRecurrentLayer:
     """Mixin for Keras's RNN layers: the cell becomes its MC twin and the
     layer runs its dropout path (Keras's fused LSTM / GRU kernels apply the

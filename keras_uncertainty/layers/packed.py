@@ -36,7 +36,12 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_uncertainty._validation import check_positive_int, check_rate, check_seed
+from keras_uncertainty._validation import (
+    check_positive_int,
+    check_rate,
+    check_seed,
+    value_errors_from_config,
+)
 from keras_uncertainty.layers import _masks
 from keras_uncertainty.layers.grouped_conv import grouped_convolution
 
@@ -171,6 +176,7 @@ def to_member_major(inputs, layout, num_members):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+@value_errors_from_config
 class PackedDense(keras.layers.Layer):
     """M Dense layers side by side: `(M, batch, k)` -> `(M, batch, units)`.
 
@@ -270,6 +276,7 @@ class PackedDense(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+@value_errors_from_config
 class PackedDropout(keras.layers.Layer):
     """Dropout with its own rate for each member: `(M, batch, ...)` inputs.
 
@@ -412,6 +419,7 @@ def _int_tuple(value, rank, name):
     return tuple(int(v) for v in values)
 
 
+@value_errors_from_config
 class _PackedConv(keras.layers.Layer):
     """M channels-last convolutions of `rank` spatial dimensions."""
 
@@ -632,6 +640,7 @@ _POOLING = (
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+@value_errors_from_config
 class PackedPooling(keras.layers.Wrapper):
     """A channels-last pooling layer applied to every member.
 
@@ -685,6 +694,7 @@ class PackedPooling(keras.layers.Wrapper):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+@value_errors_from_config
 class PackedFlatten(keras.layers.Layer):
     """`keras.layers.Flatten` of every member: `(M, batch, ...)` ->
     `(M, batch, features)`, features in each member's channels-last order.
@@ -718,6 +728,7 @@ class PackedFlatten(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+@value_errors_from_config
 class PackedNormalization(keras.layers.Layer):
     """Each member's own standardization: `(x[m] - mean[m]) / sqrt(var[m])`.
 

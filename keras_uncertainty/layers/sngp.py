@@ -24,13 +24,14 @@ import numbers
 import keras
 from keras import ops
 
-from keras_uncertainty import _keras_compat
+from keras_uncertainty import _budget, _keras_compat
 from keras_uncertainty._precision import float32_layer_dtype
 from keras_uncertainty._validation import (
     check_bool,
     check_positive_finite,
     check_positive_int,
     check_seed,
+    value_errors_from_config,
 )
 from keras_uncertainty.sampling import SampledModel, graph, keys
 
@@ -45,6 +46,7 @@ def _l2_normalize(x):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+@value_errors_from_config
 class SNGPSpectralNormalization(keras.layers.Wrapper):
     """Bounds the spectral norm of a layer's kernel by `norm_multiplier`.
 
@@ -181,7 +183,35 @@ def _check_choice(value, name, choices):
     return value
 
 
+# Bytes per entry of the (D, D) matrices: the float32 precision and cached
+# covariance, and the float64 inverse with its symmetrized copies and
+# workspace (measured peak: about 12 float32-sized copies).
+_BYTES_PER_COVARIANCE_ENTRY = 48
+
+
+def _check_inducing_memory(num_inducing, features, units):
+    """Refuses, before any weight exists, a `num_inducing` whose matrices
+    (the `(D, D)` precision, covariance and float64 inverse, and, once the
+    input width is known, the `(features, D)` random kernel and `(D, units)`
+    output) exceed `keras_uncertainty._budget.MAX_WORKING_BYTES`."""
+    d = num_inducing
+    size = _BYTES_PER_COVARIANCE_ENTRY * d * d
+    if features is not None:
+        size += _budget.FLOAT32 * d * (features + 1 + int(units))
+    most = math.isqrt(_budget.most_within(_BYTES_PER_COVARIANCE_ENTRY))
+    _budget.check_bytes(
+        "num_inducing",
+        num_inducing,
+        size,
+        f"the ({d}, {d}) precision and covariance matrices and the float64 "
+        f"inverse ({_BYTES_PER_COVARIANCE_ENTRY} bytes per entry)",
+        f"Use fewer random features (at most about {most} fit; the SNGP "
+        "paper uses 1024).",
+    )
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+@value_errors_from_config
 class RandomFeatureGaussianProcess(keras.layers.Layer):
     """SNGP's output layer: a random-feature Gaussian process.
 
@@ -233,6 +263,10 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
         units: Positive integer, the number of classes (1 for a binary
             sigmoid output).
         num_inducing: Positive integer D, the number of random features.
+            Refused (`ValueError`, before any weight exists) when its
+            matrices, about `48 * D**2` bytes, exceed
+            `keras_uncertainty._budget.MAX_WORKING_BYTES` (16 GiB: D up to
+            about 18900).
         gp_kernel_scale: Finite float > 0, the RBF length scale `l`.
         gp_cov_momentum: -1 (or any negative number) for exact accumulation,
             else a momentum in (0, 1) for a moving average.
@@ -292,6 +326,7 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
         self.task = _check_choice(task, "task", _TASKS)
         self.units = check_positive_int(units, "units")
         self.num_inducing = check_positive_int(num_inducing, "num_inducing")
+        _check_inducing_memory(self.num_inducing, None, units)
         self.gp_kernel_scale = check_positive_finite(gp_kernel_scale, "gp_kernel_scale")
         if (
             isinstance(gp_cov_momentum, bool)
@@ -356,6 +391,7 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
             )
         features = int(input_shape[-1])
         d = self.num_inducing
+        _check_inducing_memory(d, features, self.units)
         if self.input_norm is not None:
             self.input_norm.build(input_shape)
         seed = self.seed

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import tree
 
+from keras_uncertainty import _budget
 from keras_uncertainty._validation import check_bool, check_positive_int
 from keras_uncertainty.sampling.contract import sampled_model
 from keras_uncertainty.sampling.engine import (
@@ -36,15 +37,10 @@ _WARNED_VARIANCE_HEAD = weakref.WeakSet()
 
 # The most bytes `ku.sample` returns, and one `ku.export` serve call may hold
 # in activations for a single input row: a larger request is refused before
-# any work, with its size and how to split it.
-MAX_RESULT_BYTES = 16 * 2**30
-
-
-def format_bytes(count):
-    """`count` bytes in GB (10**9) or MB, for messages."""
-    if count >= 10**9:
-        return f"{count / 10**9:.3g} GB"
-    return f"{count / 10**6:.3g} MB"
+# any work, with its size and how to split it. Defined with the package's
+# other memory budgets in `keras_uncertainty._budget`.
+MAX_RESULT_BYTES = _budget.MAX_RESULT_BYTES
+format_bytes = _budget.format_bytes
 
 
 def _check_result_size(adapter, stream, num_samples):

@@ -32,11 +32,15 @@ import numpy as np
 import tensorflow as tf
 from keras import tree
 
-from keras_uncertainty import _keras_compat
-from keras_uncertainty._validation import check_positive_finite, check_positive_int
+from keras_uncertainty import _budget, _keras_compat
+from keras_uncertainty._validation import (
+    check_positive_finite,
+    check_positive_int,
+    check_seed,
+)
 from keras_uncertainty.sampling import SampledModel, graph, keys
 from keras_uncertainty.swag.callback import SWAGCallback
-from keras_uncertainty.swag.state import SWAGState
+from keras_uncertainty.swag.state import SWAGState, check_max_rank, state_bytes
 
 # Smallest diagonal variance kept (the reference code's `var_clamp`).
 VAR_CLAMP = 1e-30
@@ -196,8 +200,9 @@ class SWAG(keras.Model):
             (`tf.vectorized_map` turns a per-sample convolution kernel into
             a slow batched one). On a GPU, not measured here, the batched
             kernels avoid T sequential launches per layer.
-        seed: Optional integer seed of the generator used when the draws
-            run outside a sampling call (calling `draw_weights` directly).
+        seed: Optional integer seed in [0, 2**63 - 1] of the generator used
+            when the draws run outside a sampling call (calling
+            `draw_weights` directly).
         name: Optional name of the model.
 
     Example:
@@ -257,6 +262,7 @@ class SWAG(keras.Model):
                 f"{state.num_params} weights (collected shapes {state.shapes})"
             )
         scale = check_positive_finite(scale, "scale")
+        seed = check_seed(seed)
         rank = _check_rank(rank, state.rank)
         bn_batches = check_positive_int(bn_batches, "bn_batches")
         bn_batch_size = check_positive_int(bn_batch_size, "bn_batch_size")
@@ -500,8 +506,6 @@ class SWAG(keras.Model):
         Returns:
             A `(T, P)` numpy array, in `model.trainable_variables` order.
         """
-        from keras_uncertainty._validation import check_seed
-
         num_samples = check_positive_int(num_samples, "num_samples")
         key = keys.key_from_seed(check_seed(seed))
         call_key = keys.CallKey(
@@ -555,25 +559,42 @@ class SWAG(keras.Model):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        """A SWAG with placeholder moments, filled when its weights load."""
+        """A SWAG with placeholder moments, filled when its weights load.
+
+        The saved sizes are checked before any placeholder is allocated:
+        `max_rank` within `keras_uncertainty._budget.MAX_SWAG_RANK`,
+        `stored_rank == min(num_snapshots, max_rank)`, the BatchNormalization
+        rows at most `bn_batches * bn_batch_size`, shaped as the network's
+        input, and the bytes of it all within
+        `keras_uncertainty._budget.MAX_WORKING_BYTES` (a `ValueError` naming
+        the value).
+        """
         config = dict(config)
         model = keras.saving.deserialize_keras_object(
             config.pop("model"), custom_objects=custom_objects
         )
         num_params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-        stored_rank = config.pop("stored_rank")
+        max_rank, num_snapshots, stored_rank = _check_saved_ranks(config)
+        rows = _check_saved_rows(config.pop("bn_update_rows", None), model, config)
+        _budget.check_bytes(
+            "stored_rank",
+            stored_rank,
+            _saved_bytes(max_rank, stored_rank, num_params, rows),
+            f"the SWAG moments of the file's network ({num_params} weights, "
+            f"max_rank={max_rank}) and their placeholders",
+            "Save the SWAG model with fewer deviations (a smaller max_rank).",
+        )
         # Placeholders of the saved shapes (a variance of 1, so nothing is
         # clamped); `load_own_variables` puts the saved values in.
         state = SWAGState.from_state(
             {
-                "max_rank": config.pop("max_rank"),
-                "num_snapshots": config.pop("num_snapshots"),
+                "max_rank": max_rank,
+                "num_snapshots": num_snapshots,
                 "mean": np.zeros(num_params),
                 "sq_mean": np.ones(num_params),
                 "deviations": np.zeros((stored_rank, num_params)),
             }
         )
-        rows = config.pop("bn_update_rows")
         if rows is not None:
             config["bn_update_data"] = np.zeros(rows["shape"], rows["dtype"])
         with warnings.catch_warnings():
@@ -591,6 +612,100 @@ class SWAG(keras.Model):
                 self.bn_batches,
                 self.bn_batch_size,
             )
+
+
+def _saved_int(config, key):
+    """A positive integer of a saved config (refused before any allocation)."""
+    if key not in config:
+        raise ValueError(
+            f"Invalid value received for argument `{key}`. Expected a positive "
+            f"integer in the saved SWAG config. Received: no `{key}`"
+        )
+    return check_positive_int(config.pop(key), key)
+
+
+def _check_saved_ranks(config):
+    """`(max_rank, num_snapshots, stored_rank)` of a saved config: positive
+    integers, `max_rank` within `_budget.MAX_SWAG_RANK` and `stored_rank`
+    the deviations such a state stores, `min(num_snapshots, max_rank)`."""
+    max_rank = check_max_rank(_saved_int(config, "max_rank"))
+    num_snapshots = _saved_int(config, "num_snapshots")
+    stored_rank = _saved_int(config, "stored_rank")
+    if stored_rank != min(num_snapshots, max_rank):
+        raise ValueError(
+            "Invalid value received for argument `stored_rank`. Expected "
+            f"min(num_snapshots, max_rank) = {min(num_snapshots, max_rank)}, "
+            "the deviations such a state stores. Received: "
+            f"stored_rank={stored_rank}"
+        )
+    for key in ("bn_batches", "bn_batch_size"):
+        if key in config:
+            config[key] = check_positive_int(config[key], key)
+    return max_rank, num_snapshots, stored_rank
+
+
+def _check_saved_rows(rows, model, config):
+    """The saved BatchNormalization rows' `{"shape", "dtype"}`: at most
+    `bn_batches * bn_batch_size` rows shaped as the network's input."""
+    if rows is None:
+        return None
+    if not isinstance(rows, dict) or set(rows) != {"shape", "dtype"}:
+        raise ValueError(
+            "Invalid value received for argument `bn_update_rows`. Expected "
+            'None or {"shape": [...], "dtype": "..."}. Received: '
+            f"bn_update_rows={rows!r}"
+        )
+    shape = rows["shape"]
+    if (
+        not isinstance(shape, (list, tuple))
+        or not shape
+        or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
+        )
+    ):
+        raise ValueError(
+            "Invalid value received for argument `bn_update_rows`. Expected a "
+            f"shape of positive integers. Received: shape={shape!r}"
+        )
+    try:
+        dtype = np.dtype(rows["dtype"])
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "biuf":
+        raise ValueError(
+            "Invalid value received for argument `bn_update_rows`. Expected a "
+            f"numeric dtype. Received: dtype={rows['dtype']!r}"
+        )
+    most = config.get("bn_batches", 4) * config.get("bn_batch_size", 128)
+    if shape[0] > most:
+        raise ValueError(
+            "Invalid value received for argument `bn_update_rows`. Expected at "
+            f"most bn_batches * bn_batch_size = {most} rows. Received: "
+            f"shape={list(shape)}"
+        )
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) == 1 and None not in tuple(inputs[0].shape[1:]):
+        expected = [int(d) for d in inputs[0].shape[1:]]
+        if list(shape[1:]) != expected:
+            raise ValueError(
+                "Invalid value received for argument `bn_update_rows`. "
+                f"Expected rows of shape {expected}, the network's input. "
+                f"Received: shape={list(shape)}"
+            )
+    return {"shape": [int(d) for d in shape], "dtype": dtype.name}
+
+
+def _saved_bytes(max_rank, stored_rank, num_params, rows):
+    """The bytes a loaded SWAG allocates: its placeholders and state (float64
+    moments, twice), its float32 sampling copies, and the BatchNormalization
+    rows (the placeholder, the weight, the plan's constants)."""
+    size = 2 * state_bytes(stored_rank, num_params)
+    size += state_bytes(max_rank, num_params)
+    size += _budget.FLOAT32 * (stored_rank + 2) * num_params
+    if rows is not None:
+        itemsize = np.dtype(rows["dtype"]).itemsize
+        size += 3 * itemsize * int(np.prod(rows["shape"], dtype=object))
+    return size
 
 
 def _merge_sample_axis(value):

@@ -15,9 +15,11 @@ memory is `(K + 2) * P * 8` bytes for P weights.
 
 import numbers
 import os
+import zipfile
 
 import numpy as np
 
+from keras_uncertainty import _budget
 from keras_uncertainty._validation import check_positive_int
 
 _FORMAT = "keras_uncertainty.swag/1"
@@ -25,6 +27,104 @@ _FORMAT = "keras_uncertainty.swag/1"
 
 def _received(value):
     return f"{type(value).__name__} {getattr(value, 'shape', '')}".strip()
+
+
+def _invalid_state(expected, received):
+    return ValueError(
+        "Invalid value received for argument `state`. Expected "
+        f"{expected}. Received: {received}"
+    )
+
+
+def check_max_rank(max_rank, name="max_rank"):
+    """A positive integer of at most `_budget.MAX_SWAG_RANK`."""
+    max_rank = check_positive_int(max_rank, name)
+    if max_rank > _budget.MAX_SWAG_RANK:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected at most "
+            f"{_budget.MAX_SWAG_RANK} deviations "
+            "(keras_uncertainty._budget.MAX_SWAG_RANK; the SWAG paper keeps "
+            f"20). Received: {name}={max_rank}"
+        )
+    return max_rank
+
+
+def state_bytes(max_rank, num_params):
+    """The bytes a `SWAGState` of `num_params` weights holds: the running
+    mean, second moment and `max_rank` deviations in float64, and a copy of
+    one snapshot while it is collected."""
+    return _budget.FLOAT64 * (int(max_rank) + 3) * int(num_params)
+
+
+def check_state_memory(max_rank, num_params, name="max_rank"):
+    """Refuses, before allocation, SWAG moments above the memory budget."""
+    most = _budget.most_within(_budget.FLOAT64 * int(num_params)) - 3
+    _budget.check_bytes(
+        name,
+        max_rank,
+        state_bytes(max_rank, num_params),
+        f"the SWAG moments of {num_params} weights ((max_rank + 3) x P float64 values)",
+        f"Keep fewer deviations (max_rank <= {max(most, 0)} fits), or collect "
+        "the moments of fewer weights.",
+    )
+
+
+def _count(value, name):
+    """An integer count from a state: an int, a numpy integer or a 0-d
+    integer array."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise _invalid_state(f"{name}, an integer >= 1", f"{name}={value!r}")
+    return int(value)
+
+
+def _floats(value, name):
+    """A float64 array of finite values from a state."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise _invalid_state(f"{name}, an array of floats", str(error)) from None
+    if array.dtype == object or not (
+        np.issubdtype(array.dtype, np.floating)
+        or np.issubdtype(array.dtype, np.integer)
+    ):
+        raise _invalid_state(
+            f"{name}, an array of floats", f"{name} of dtype {array.dtype}"
+        )
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise _invalid_state(
+            f"finite values in {name}", f"NaN or infinite values in {name}"
+        )
+    return array
+
+
+def _dim(value):
+    """A dimension: a non-negative integer (Python or numpy), else TypeError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(value)
+    if value < 0:
+        raise TypeError(value)
+    return int(value)
+
+
+def _shapes(shapes, num_params):
+    """The collected variable shapes from a state, summing to `num_params`."""
+    if shapes is None:
+        return [(num_params,)]
+    try:
+        result = [tuple(_dim(d) for d in shape) for shape in shapes]
+    except TypeError:
+        raise _invalid_state(
+            "shapes, a list of shapes of non-negative integers",
+            f"shapes={shapes!r}",
+        ) from None
+    if sum(int(np.prod(shape, dtype=object)) for shape in result) != num_params:
+        raise _invalid_state(
+            f"shapes of {num_params} weights in all", f"shapes={shapes!r}"
+        )
+    return result
 
 
 class SWAGState:
@@ -42,7 +142,10 @@ class SWAGState:
 
     Args:
         max_rank: Positive integer K, the most deviations kept (the paper
-            uses 20).
+            uses 20), at most `keras_uncertainty._budget.MAX_SWAG_RANK`
+            (10000). The first snapshot refuses (before allocating) moments
+            above `keras_uncertainty._budget.MAX_WORKING_BYTES` (16 GiB:
+            `(K + 3) * P * 8` bytes).
 
     Example:
 
@@ -54,7 +157,7 @@ class SWAGState:
     """
 
     def __init__(self, max_rank=20):
-        self.max_rank = check_positive_int(max_rank, "max_rank")
+        self.max_rank = check_max_rank(max_rank)
         self.num_snapshots = 0
         self.shapes = None
         self.mean = None
@@ -133,6 +236,7 @@ class SWAGState:
                 "training diverge?)"
             )
         if self.mean is None:
+            check_state_memory(self.max_rank, flat.size)
             self.shapes = shapes
             self.mean = np.zeros(flat.shape, np.float64)
             self.sq_mean = np.zeros(flat.shape, np.float64)
@@ -177,6 +281,13 @@ class SWAGState:
 
         Returns:
             A `SWAGState` that collects on from where the saved one stopped.
+
+        Raises:
+            ValueError: naming `state`, for a missing key or a value of the
+                wrong kind (counts that are not positive integers, arrays
+                that are not finite floats, a negative second moment,
+                shapes that do not add up to the weights) or moments above
+                the memory budget.
         """
         needed = ("max_rank", "num_snapshots", "mean", "sq_mean", "deviations")
         if not isinstance(state, dict) or any(k not in state for k in needed):
@@ -186,21 +297,21 @@ class SWAGState:
                 f"dict of `SWAGState.get_state()` (keys {list(needed)}). "
                 f"Received: {got}"
             )
-        result = cls(int(state["max_rank"]))
-        count = state["num_snapshots"]
-        if isinstance(count, np.ndarray):
-            count = count.item()
-        if not isinstance(count, numbers.Integral) or count < 1:
-            raise ValueError(
-                "Invalid value received for argument `state`. Expected "
-                f"num_snapshots >= 1. Received: {count!r}"
-            )
-        mean = np.asarray(state["mean"], np.float64)
-        sq_mean = np.asarray(state["sq_mean"], np.float64)
-        deviations = np.asarray(state["deviations"], np.float64)
-        rank = min(int(count), result.max_rank)
+        max_rank = _count(state["max_rank"], "max_rank")
+        try:
+            check_max_rank(max_rank)
+        except ValueError:
+            raise _invalid_state(
+                f"max_rank <= {_budget.MAX_SWAG_RANK}", f"max_rank={max_rank}"
+            ) from None
+        count = _count(state["num_snapshots"], "num_snapshots")
+        mean = _floats(state["mean"], "mean")
+        sq_mean = _floats(state["sq_mean"], "sq_mean")
+        deviations = _floats(state["deviations"], "deviations")
+        rank = min(count, max_rank)
         if (
             mean.ndim != 1
+            or mean.size == 0
             or sq_mean.shape != mean.shape
             or deviations.shape != (rank, mean.shape[0])
         ):
@@ -210,18 +321,25 @@ class SWAGState:
                 f"({rank}, P). Received: mean {mean.shape}, sq_mean "
                 f"{sq_mean.shape}, deviations {deviations.shape}"
             )
-        result.num_snapshots = int(count)
+        if np.any(sq_mean < 0):
+            raise _invalid_state(
+                "sq_mean >= 0 (a mean of squares)", "negative values in sq_mean"
+            )
+        shapes = _shapes(state.get("shapes"), mean.shape[0])
+        try:
+            check_state_memory(max_rank, mean.shape[0])
+        except ValueError as error:
+            raise _invalid_state(
+                "moments within the memory budget", str(error)
+            ) from None
+        result = cls(max_rank)
+        result.num_snapshots = count
         result.mean, result.sq_mean = mean.copy(), sq_mean.copy()
         result.ring = np.zeros((result.max_rank, mean.shape[0]), np.float64)
         start = result.num_snapshots - rank
         for j in range(rank):
             result.ring[(start + j) % result.max_rank] = deviations[j]
-        shapes = state.get("shapes")
-        result.shapes = (
-            [tuple(int(d) for d in s) for s in shapes]
-            if shapes is not None
-            else [tuple(mean.shape)]
-        )
+        result.shapes = shapes
         return result
 
     def save(self, path):
@@ -245,26 +363,92 @@ class SWAGState:
     def load(cls, path):
         """Reads a state written by `save`.
 
+        The file's arrays are checked (their declared shapes against the
+        bytes the file holds and the memory budget) before any is read.
+
         Args:
             path: The `.npz` file.
 
         Returns:
             A `SWAGState`.
+
+        Raises:
+            ValueError: The file cannot be read, is not a complete file
+                written by `save` (a truncated or damaged one), or its state
+                is invalid.
         """
-        with np.load(os.fspath(path), allow_pickle=False) as data:
-            state = {key: data[key] for key in data.files}
+        name = os.fspath(path)
+
+        def unreadable(reason):
+            return ValueError(
+                "Invalid value received for argument `path`. Expected a file "
+                f"written by `SWAGState.save`. Received: {name!r}, {reason}"
+            )
+
+        try:
+            with open(name, "rb") as handle:
+                if not zipfile.is_zipfile(handle):
+                    raise unreadable("which is not an .npz (zip) file")
+                handle.seek(0)
+                with np.load(handle, allow_pickle=False) as data:
+                    _check_npz_sizes(data, unreadable, name)
+                    state = {key: data[key] for key in data.files}
+        except ValueError as error:
+            if str(error).startswith("Invalid value received for argument"):
+                raise
+            raise unreadable(f"which cannot be read ({error})") from None
+        except (OSError, EOFError, KeyError, zipfile.BadZipFile) as error:
+            reason = getattr(error, "strerror", None) or error
+            raise unreadable(
+                f"which cannot be read ({type(error).__name__}: {reason})"
+            ) from None
         if str(state.get("format", "")) != _FORMAT:
             raise ValueError(
                 "Invalid value received for argument `path`. Expected a file "
                 f"written by `SWAGState.save` (format {_FORMAT!r}). Received: "
-                f"{os.fspath(path)!r} without it"
+                f"{name!r} without it"
             )
-        shapes, offset = [], 0
-        for rank in state.pop("shape_ranks", np.zeros(0, np.int64)):
-            shapes.append(tuple(state["shape_dims"][offset : offset + int(rank)]))
-            offset += int(rank)
-        state.pop("shape_dims", None)
+        try:
+            ranks = [int(r) for r in state.pop("shape_ranks", np.zeros(0, np.int64))]
+            dims = state.pop("shape_dims", np.zeros(0, np.int64))
+            if any(r < 0 for r in ranks) or sum(ranks) != len(dims):
+                raise ValueError(f"shape_ranks {ranks} for {len(dims)} dims")
+            shapes, offset = [], 0
+            for rank in ranks:
+                shapes.append(tuple(int(d) for d in dims[offset : offset + rank]))
+                offset += rank
+        except (TypeError, ValueError) as error:
+            raise unreadable(f"with invalid variable shapes ({error})") from None
         state["shapes"] = shapes
-        state["max_rank"] = int(state["max_rank"])
-        state["num_snapshots"] = int(state["num_snapshots"])
         return cls.from_state(state)
+
+
+def _check_npz_sizes(data, unreadable, name):
+    """Reads the array headers of an open `.npz` (nothing else): each
+    array's declared size must fit in the member that holds it, and all
+    together in the memory budget."""
+    total = 0
+    for key in data.files:
+        info = data.zip.getinfo(f"{key}.npy")
+        with data.zip.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            else:
+                raise unreadable(f"whose array {key!r} has .npy version {version}")
+        size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if dtype.hasobject or size > info.file_size:
+            raise unreadable(
+                f"whose array {key!r} declares shape {shape} of {dtype} "
+                f"({size} bytes) in {info.file_size} bytes"
+            )
+        total += size
+    _budget.check_bytes(
+        "path",
+        name,
+        total,
+        "the arrays of the file",
+        "Load a state saved with fewer deviations or weights.",
+    )
