@@ -21,6 +21,11 @@ import keras_uncertainty as ku
 from keras_uncertainty import _budget
 
 MIB = 2**20
+# The lazily imported parts, loaded here: no refusal below times an import.
+HistogramBinning = ku.calibration.HistogramBinning
+Laplace = ku.laplace.Laplace
+RandomFeatureGaussianProcess = ku.layers.RandomFeatureGaussianProcess
+SWAGState = ku.swag.SWAGState
 
 
 def _rss():
@@ -93,14 +98,12 @@ def test_the_budgets_are_documented_constants_in_one_module():
 
 
 def test_the_working_budget_is_read_at_each_check_so_it_can_be_raised(monkeypatch):
-    message = refused(
-        lambda: ku.calibration.HistogramBinning(num_bins=10**9), r"`num_bins`"
-    )
+    message = refused(lambda: HistogramBinning(num_bins=10**9), r"`num_bins`")
     assert "16 GiB" in message and "keras_uncertainty._budget" in message
     monkeypatch.setattr(_budget, "MAX_WORKING_BYTES", 2**40)
-    assert ku.calibration.HistogramBinning(num_bins=10**9).num_bins == 10**9
+    assert HistogramBinning(num_bins=10**9).num_bins == 10**9
     monkeypatch.setattr(_budget, "MAX_WORKING_BYTES", 2**20)
-    refused(lambda: ku.calibration.HistogramBinning(num_bins=10**5), r"1 MiB")
+    refused(lambda: HistogramBinning(num_bins=10**5), r"1 MiB")
 
 
 # Laplace --------------------------------------------------------------
@@ -116,7 +119,7 @@ def test_a_full_last_layer_hessian_of_2000_features_by_50_classes_is_refused():
     model = _dense_classifier(2000, 50)
     x = np.zeros((8, 2000), "float32")
     y = np.arange(8)
-    laplace = ku.laplace.Laplace(model, "classification", hessian="full")
+    laplace = Laplace(model, "classification", hessian="full")
     message = refused(lambda: laplace.fit(x, y), r"`hessian`", 80 * 10**9)
     assert "hessian='full'" in message and "100050" in message
     assert "hessian='kron' (KFAC)" in message and "fewer features" in message
@@ -129,7 +132,7 @@ def test_an_all_layer_full_hessian_of_33k_weights_is_refused():
     h = keras.layers.Dense(170, activation="relu")(h)
     model = keras.Model(inputs, keras.layers.Dense(3)(h))
     assert model.count_params() > 33_000
-    laplace = ku.laplace.Laplace(model, "regression", subset="all", hessian="full")
+    laplace = Laplace(model, "regression", subset="all", hessian="full")
     x, y = np.zeros((16, 10), "float32"), np.zeros((16, 3), "float32")
     message = refused(lambda: laplace.fit(x, y), r"`hessian`", 8 * 10**9)
     assert "KFAC" in message and "subset='last_layer'" in message
@@ -139,7 +142,7 @@ def test_an_all_layer_jacobian_batch_above_the_budget_names_the_batch_size():
     inputs = keras.Input((10,))
     h = keras.layers.Dense(180, activation="relu")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(3)(h))
-    laplace = ku.laplace.Laplace(
+    laplace = Laplace(
         model, "regression", subset="all", hessian="diag", batch_size=10**6
     )
     x = np.zeros((10**5, 10), "float32")
@@ -161,9 +164,7 @@ def test_all_layer_jacobians_are_held_one_batch_at_a_time():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 4)).astype("float32")
     y = rng.normal(size=(2000, 1)).astype("float32")
-    laplace = ku.laplace.Laplace(
-        model, "regression", subset="all", hessian="diag", batch_size=50
-    )
+    laplace = Laplace(model, "regression", subset="all", hessian="diag", batch_size=50)
     laplace.fit(x[:50], y[:50])  # compiles the Jacobian step
     tracemalloc.start()
     try:
@@ -179,7 +180,7 @@ def test_all_layer_jacobians_are_held_one_batch_at_a_time():
 def test_a_dense_posterior_matrix_above_the_budget_is_refused(monkeypatch):
     model = _dense_classifier(30, 4)
     x = np.random.default_rng(0).normal(size=(20, 30)).astype("float32")
-    laplace = ku.laplace.Laplace(model, "classification", hessian="kron")
+    laplace = Laplace(model, "classification", hessian="kron")
     laplace.fit(x, np.arange(20) % 4)
     assert laplace.posterior_covariance().shape == (124, 124)
     monkeypatch.setattr(_budget, "MAX_WORKING_BYTES", 64 * 1024)
@@ -192,7 +193,7 @@ def test_a_dense_posterior_matrix_above_the_budget_is_refused(monkeypatch):
 def test_a_laplace_file_whose_config_asks_for_huge_weights_is_refused(tmp_path):
     model = _dense_classifier(6, 3)
     x = np.random.default_rng(0).normal(size=(20, 6)).astype("float32")
-    sampled = ku.laplace.Laplace(model, "classification").fit(x, np.arange(20) % 3)
+    sampled = Laplace(model, "classification").fit(x, np.arange(20) % 3)
     path = tmp_path / "laplace.keras"
     sampled.as_model().save(path)
 
@@ -226,7 +227,7 @@ def test_a_laplace_file_whose_config_asks_for_huge_weights_is_refused(tmp_path):
 
 def test_a_million_inducing_points_are_refused_before_any_weight():
     message = refused(
-        lambda: ku.layers.RandomFeatureGaussianProcess(3, num_inducing=10**6),
+        lambda: RandomFeatureGaussianProcess(3, num_inducing=10**6),
         r"`num_inducing`",
         10**12,
     )
@@ -235,7 +236,7 @@ def test_a_million_inducing_points_are_refused_before_any_weight():
 
 def test_a_file_asking_for_a_million_inducing_points_is_refused(tmp_path):
     model = keras.Sequential(
-        [keras.Input((4,)), ku.layers.RandomFeatureGaussianProcess(3, num_inducing=8)]
+        [keras.Input((4,)), RandomFeatureGaussianProcess(3, num_inducing=8)]
     )
     path = tmp_path / "gp.keras"
     model.save(path)
@@ -251,12 +252,12 @@ def test_a_file_asking_for_a_million_inducing_points_is_refused(tmp_path):
 
 def test_a_billion_histogram_bins_are_refused_and_fit_counts_the_classes():
     message = refused(
-        lambda: ku.calibration.HistogramBinning(num_bins=10**9),
+        lambda: HistogramBinning(num_bins=10**9),
         r"`num_bins`",
         23 * 10**9,
     )
     assert "fewer bins" in message
-    binning = ku.calibration.HistogramBinning(num_bins=10**8)
+    binning = HistogramBinning(num_bins=10**8)
     probs = np.full((4, 10), 0.1)
     message = refused(
         lambda: binning.fit(probs, np.arange(4), from_logits=False),
@@ -280,7 +281,7 @@ def swag_file(tmp_path_factory):
             keras.layers.Dense(1),
         ]
     )
-    state = ku.swag.SWAGState(max_rank=3)
+    state = SWAGState(max_rank=3)
     for i in range(3):
         state.collect([w + 0.1 * i for w in model.trainable_weights])
     x = np.random.default_rng(0).normal(size=(20, 3)).astype("float32")
@@ -319,10 +320,10 @@ def test_a_crafted_swag_file_is_refused_before_its_moments_are_allocated(
 
 
 def test_swag_ranks_and_moments_are_bounded_before_collection(monkeypatch):
-    message = refused(lambda: ku.swag.SWAGState(max_rank=10**6), r"`max_rank`")
+    message = refused(lambda: SWAGState(max_rank=10**6), r"`max_rank`")
     assert "MAX_SWAG_RANK" in message
     monkeypatch.setattr(_budget, "MAX_WORKING_BYTES", MIB)
-    state = ku.swag.SWAGState(max_rank=100)
+    state = SWAGState(max_rank=100)
     message = refused(lambda: state.collect(np.zeros(10_000)), r"`max_rank`", 8 * 10**6)
     assert "max_rank <= 10 fits" in message
     assert state.num_snapshots == 0 and state.mean is None
@@ -331,7 +332,7 @@ def test_swag_ranks_and_moments_are_bounded_before_collection(monkeypatch):
 def test_a_swag_state_file_declaring_arrays_larger_than_it_holds_is_refused(
     tmp_path,
 ):
-    state = ku.swag.SWAGState(max_rank=2)
+    state = SWAGState(max_rank=2)
     for w in ([0.0, 1.0], [1.0, 1.0], [2.0, 4.0]):
         state.collect(np.array(w))
     path = tmp_path / "state.npz"
@@ -348,5 +349,5 @@ def test_a_swag_state_file_declaring_arrays_larger_than_it_holds_is_refused(
     with zipfile.ZipFile(path, "w") as archive:
         for name, data in files.items():
             archive.writestr(name, data)
-    message = refused(lambda: ku.swag.SWAGState.load(path), r"`path`", 8 * 10**10)
+    message = refused(lambda: SWAGState.load(path), r"`path`", 8 * 10**10)
     assert "declares shape (100000, 100000)" in message
