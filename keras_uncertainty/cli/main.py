@@ -429,17 +429,17 @@ def _startup_logs_hidden(verbose):
 
 
 def _log_handlers():
-    """Every live `logging` handler: those of the loggers, and those made
-    but not attached (absl keeps its Python handler until `absl.app` runs)."""
+    """Every live `logging` handler: those of the loggers, and absl's (made
+    at import, attached to a logger only once `absl.app` runs)."""
     handlers = {}
     loggers = [logging.root, *logging.Logger.manager.loggerDict.values()]
     for logger in loggers:
         for handler in getattr(logger, "handlers", ()):
             handlers[id(handler)] = handler
-    for ref in list(getattr(logging, "_handlerList", ())):
-        handler = ref()
-        if handler is not None:
-            handlers[id(handler)] = handler
+    absl_logging = sys.modules.get("absl.logging")
+    if absl_logging is not None:
+        handler = absl_logging.get_absl_handler().python_handler
+        handlers[id(handler)] = handler
     return list(handlers.values())
 
 
