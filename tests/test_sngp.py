@@ -42,13 +42,17 @@ def _softmax(z):
     ],
 )
 def test_spectral_norm_is_bounded_by_norm_multiplier(layer, shape):
+    # A seeded kernel: how fast the power iteration converges depends on the
+    # gap between the kernel's top singular values (seed 0's Dense kernel has
+    # a ratio of 0.986, about the slowest; 40 calls bring it within 2e-5).
+    keras.utils.set_random_seed(0)
     wrapper = SN(layer(), norm_multiplier=0.9, power_iterations=3, seed=0)
     x = np.random.default_rng(0).normal(size=shape).astype("float32")
     wrapper(x)
     kernel = wrapper.layer.kernel
     kernel.assign(kernel.numpy() * 10.0)  # well above the bound
     assert _spectral_norm(kernel.numpy()) > 2.0
-    for _ in range(10):  # u converges across training calls
+    for _ in range(40):  # u converges across training calls
         wrapper(x, training=True)
     norm = _spectral_norm(kernel.numpy())
     assert norm <= 0.9 * (1 + 1e-4)
