@@ -2,13 +2,13 @@
 the argument, not tracebacks from inside Keras, numpy or TensorFlow."""
 
 import gc
-import json
 import warnings
 import zipfile
 
 import keras
 import numpy as np
 import pytest
+from keras_files import layer_config, rewrite_config
 
 import keras_uncertainty as ku
 from keras_uncertainty.layers.packed import PackedDense
@@ -20,26 +20,6 @@ def _one_line(error, argument):
     assert message.startswith(f"Invalid value received for argument `{argument}`.")
     assert "Received:" in message
     return message
-
-
-def _rewrite_config(path, change, out):
-    with zipfile.ZipFile(path) as archive:
-        files = {name: archive.read(name) for name in archive.namelist()}
-    config = json.loads(files["config.json"])
-    change(config)
-    files["config.json"] = json.dumps(config).encode()
-    with zipfile.ZipFile(out, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return out
-
-
-def _layer_config(config, class_name):
-    return next(
-        layer["config"]
-        for layer in config["config"]["layers"]
-        if layer["class_name"] == class_name
-    )
 
 
 @pytest.fixture(scope="module")
@@ -185,9 +165,9 @@ def test_a_last_layer_posterior_with_a_bogus_structure_is_refused_at_load(tmp_pa
     laplace = ku.laplace.Laplace(model, "classification").fit(x, np.arange(12) % 3)
     path = tmp_path / "laplace.keras"
     laplace.as_model().save(path)
-    crafted = _rewrite_config(
+    crafted = rewrite_config(
         path,
-        lambda c: _layer_config(c, "LastLayerPosterior").update(structure="bogus"),
+        lambda c: layer_config(c, "LastLayerPosterior").update(structure="bogus"),
         tmp_path / "bogus.keras",
     )
     with pytest.raises(ValueError) as error:
@@ -241,9 +221,9 @@ def test_an_invalid_value_in_a_keras_file_is_our_value_error_not_a_type_error(
     tmp_path, build, class_name, change, argument
 ):
     path = _save(build(), tmp_path / "model.keras")
-    crafted = _rewrite_config(
+    crafted = rewrite_config(
         path,
-        lambda c: _layer_config(c, class_name).update(change),
+        lambda c: layer_config(c, class_name).update(change),
         tmp_path / "crafted.keras",
     )
     with pytest.raises(ValueError) as error:

@@ -7,7 +7,6 @@ instead, raised within a second, with no numpy allocation of note
 memory by anything like the refused amount.
 """
 
-import json
 import os
 import time
 import tracemalloc
@@ -16,6 +15,7 @@ import zipfile
 import keras
 import numpy as np
 import pytest
+from keras_files import layer_config, rewrite_config
 
 import keras_uncertainty as ku
 from keras_uncertainty import _budget
@@ -60,27 +60,6 @@ def refused(call, match, refused_bytes=None):
     assert "\n" not in message
     assert message.startswith("Invalid value received for argument `")
     return message
-
-
-def _rewrite_config(path, change, out):
-    """Copies a `.keras` file with its config.json changed by `change`."""
-    with zipfile.ZipFile(path) as archive:
-        files = {name: archive.read(name) for name in archive.namelist()}
-    config = json.loads(files["config.json"])
-    change(config)
-    files["config.json"] = json.dumps(config).encode()
-    with zipfile.ZipFile(out, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return out
-
-
-def _layer_config(config, class_name):
-    return next(
-        layer["config"]
-        for layer in config["config"]["layers"]
-        if layer["class_name"] == class_name
-    )
 
 
 # The budget -----------------------------------------------------------
@@ -198,14 +177,14 @@ def test_a_laplace_file_whose_config_asks_for_huge_weights_is_refused(tmp_path):
     sampled.as_model().save(path)
 
     def huge(config):
-        layer = _layer_config(config, "LastLayerPosterior")
+        layer = layer_config(config, "LastLayerPosterior")
         layer.update(
             weights_shape=[10**5, 10**5],
             num_means=10**5,
             factor_shapes=[[10**5, 10**5], [10**5, 10**5], [10**5, 10**5]],
         )
 
-    crafted = _rewrite_config(path, huge, tmp_path / "huge.keras")
+    crafted = rewrite_config(path, huge, tmp_path / "huge.keras")
     assert os.path.getsize(crafted) < 64 * 1024
     message = refused(
         lambda: keras.models.load_model(crafted), r"`weights_shape`", 37 * 2**30
@@ -213,11 +192,11 @@ def test_a_laplace_file_whose_config_asks_for_huge_weights_is_refused(tmp_path):
     assert "16 GiB" in message
 
     def other_width(config):
-        _layer_config(config, "LastLayerPosterior").update(
+        layer_config(config, "LastLayerPosterior").update(
             weights_shape=[9, 3], factor_shapes=[[9, 9], [3, 3], [9, 3]]
         )
 
-    crafted = _rewrite_config(path, other_width, tmp_path / "width.keras")
+    crafted = rewrite_config(path, other_width, tmp_path / "width.keras")
     message = refused(lambda: keras.models.load_model(crafted), r"`weights_shape`")
     assert "7 rows: the 6 features" in message
 
@@ -240,9 +219,9 @@ def test_a_file_asking_for_a_million_inducing_points_is_refused(tmp_path):
     )
     path = tmp_path / "gp.keras"
     model.save(path)
-    crafted = _rewrite_config(
+    crafted = rewrite_config(
         path,
-        lambda c: _layer_config(c, "RandomFeatureGaussianProcess").update(
+        lambda c: layer_config(c, "RandomFeatureGaussianProcess").update(
             num_inducing=10**6
         ),
         tmp_path / "crafted.keras",
@@ -312,7 +291,7 @@ def swag_file(tmp_path_factory):
 def test_a_crafted_swag_file_is_refused_before_its_moments_are_allocated(
     swag_file, tmp_path, change, argument
 ):
-    crafted = _rewrite_config(
+    crafted = rewrite_config(
         swag_file, lambda c: c["config"].update(change), tmp_path / "crafted.keras"
     )
     assert os.path.getsize(crafted) < 64 * 1024
