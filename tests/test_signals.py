@@ -78,7 +78,7 @@ def _interrupted_run(args, training, signum, delay):
                 os.kill(os.getpid(), signum)
                 sent.append(signum)
                 return
-            wait /= 2
+            wait /= 2  # the fit ended first: earlier into the next one
 
     training.running.clear()
     training.done.clear()
@@ -109,17 +109,20 @@ def _interrupt_many_times(command, method, args, folder, monkeypatch, capsys, ti
     for attempt in range(times):
         signum = rng.choice(sorted(_STATUS))
         delay = rng.uniform(0.0, _MAX_DELAY)
-        output = folder / f"{method}-{attempt}"
-        if command == "mnist":
-            where = ["--output-dir", str(output)]
-            results = output / "results.json"
-        else:
-            where = ["--output", f"{output}.json"]
-            results = folder / f"{method}-{attempt}.json"
-        code, sent = _interrupted_run(
-            [*args, "--method", method, *where], training, signum, delay
-        )
-        err = capsys.readouterr().err
+        for retry, wait in enumerate((delay, delay / 8, 0.0)):  # short fits
+            output = folder / f"{method}-{attempt}-{retry}"
+            if command == "mnist":
+                where = ["--output-dir", str(output)]
+                results = output / "results.json"
+            else:
+                where = ["--output", f"{output}.json"]
+                results = folder / f"{method}-{attempt}-{retry}.json"
+            code, sent = _interrupted_run(
+                [*args, "--method", method, *where], training, signum, wait
+            )
+            err = capsys.readouterr().err
+            if sent:
+                break
         assert sent, f"{method}: no fit ran long enough to be interrupted"
         outcome = (method, signal.Signals(signum).name, round(delay, 2))
         status = json.loads(results.read_text())["status"]
