@@ -8,7 +8,7 @@ Each case builds the same backbone twice: "det" with a Dense softmax head,
 "sngp" with every hidden Dense/Conv wrapped in
 `ku.layers.SNGPSpectralNormalization` and a
 `ku.layers.RandomFeatureGaussianProcess` head (D random features, 10
-classes), as `ku.layers.SNGPModel`. Cases:
+classes), as `ku.sngp.SNGPModel`. Cases:
 
 - cnn: 28x28x1 inputs, Conv 32, Conv 32, pool, Conv 64, pool, Dense 128
   (the last-layer CNN of mc_sampling.py), D = 1024.
@@ -74,7 +74,7 @@ def build(kind, head, num_inducing=1024):
         gp_class = _NoCovarianceGP if head == "sngp_nocov" else None
         gp_class = gp_class or ku.layers.RandomFeatureGaussianProcess
         h = _backbone(kind, inputs, wrap=True)
-        model = ku.layers.SNGPModel(inputs, gp_class(10, num_inducing, seed=0)(h))
+        model = ku.sngp.SNGPModel(inputs, gp_class(10, num_inducing, seed=0)(h))
     model.compile("adam", "sparse_categorical_crossentropy")
     return model
 

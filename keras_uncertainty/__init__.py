@@ -22,6 +22,7 @@ __version__ = "0.2.0"
 # Public name -> the module that defines it; a name equal to its module's
 # last part is the submodule itself.
 _LAZY = {
+    "batch_ensemble": "keras_uncertainty.batch_ensemble",
     "calibration": "keras_uncertainty.calibration",
     "callbacks": "keras_uncertainty.callbacks",
     "conformal": "keras_uncertainty.conformal",
@@ -31,17 +32,19 @@ _LAZY = {
     "layers": "keras_uncertainty.layers",
     "losses": "keras_uncertainty.losses",
     "metrics": "keras_uncertainty.metrics",
+    "mimo": "keras_uncertainty.mimo",
     "models": "keras_uncertainty.models",
     "ood": "keras_uncertainty.ood",
     "plots": "keras_uncertainty.plots",
     "posthoc": "keras_uncertainty.posthoc",
     "sampling": "keras_uncertainty.sampling",
     "serving": "keras_uncertainty.serving",
+    "sngp": "keras_uncertainty.sngp",
     "swag": "keras_uncertainty.swag",
     "testing": "keras_uncertainty.testing",
-    "BatchEnsemble": "keras_uncertainty.ensemble.batch_ensemble",
+    "BatchEnsemble": "keras_uncertainty.batch_ensemble",
     "Ensemble": "keras_uncertainty.ensemble",
-    "MIMO": "keras_uncertainty.ensemble",
+    "MIMO": "keras_uncertainty.mimo",
     "ClassificationPrediction": "keras_uncertainty.sampling",
     "RegressionPrediction": "keras_uncertainty.sampling",
     "has_variance_head": "keras_uncertainty.sampling",
@@ -58,6 +61,7 @@ __all__ = [
     "Ensemble",
     "MIMO",
     "RegressionPrediction",
+    "batch_ensemble",
     "calibration",
     "callbacks",
     "conformal",
@@ -69,6 +73,7 @@ __all__ = [
     "layers",
     "losses",
     "metrics",
+    "mimo",
     "models",
     "ood",
     "plots",
@@ -77,12 +82,14 @@ __all__ = [
     "predict_classification",
     "predict_regression",
     "sample",
+    "sngp",
     "swag",
     "testing",
 ]
 
 if typing.TYPE_CHECKING:  # what IDEs and type checkers see
     from keras_uncertainty import (
+        batch_ensemble,
         calibration,
         callbacks,
         conformal,
@@ -92,17 +99,20 @@ if typing.TYPE_CHECKING:  # what IDEs and type checkers see
         layers,
         losses,
         metrics,
+        mimo,
         models,
         ood,
         plots,
         posthoc,
+        sngp,
         swag,
         testing,
     )
     from keras_uncertainty import sampling as sampling
     from keras_uncertainty import serving as serving
-    from keras_uncertainty.ensemble import MIMO, Ensemble
-    from keras_uncertainty.ensemble.batch_ensemble import BatchEnsemble
+    from keras_uncertainty.batch_ensemble import BatchEnsemble
+    from keras_uncertainty.ensemble import Ensemble
+    from keras_uncertainty.mimo import MIMO
     from keras_uncertainty.sampling import (
         ClassificationPrediction,
         RegressionPrediction,

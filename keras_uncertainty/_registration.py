@@ -36,8 +36,7 @@ import threading
 # `keras.saving.register_keras_serializable` (a test checks the list is
 # complete).
 MODULES = (
-    "keras_uncertainty.ensemble.batch_ensemble",
-    "keras_uncertainty.ensemble.mimo",
+    "keras_uncertainty.batch_ensemble.model",
     "keras_uncertainty.ensemble.model",
     "keras_uncertainty.evidential.classification",
     "keras_uncertainty.evidential.regression",
@@ -52,6 +51,8 @@ MODULES = (
     "keras_uncertainty.layers.variational",
     "keras_uncertainty.losses.gaussian_nll",
     "keras_uncertainty.losses.pinball",
+    "keras_uncertainty.mimo.model",
+    "keras_uncertainty.sngp.model",
     "keras_uncertainty.swag.model",
 )
 

@@ -424,7 +424,7 @@ def test_nan_stop_is_a_visible_callback_that_can_be_left_out(data):
             epochs=3,
             batch_size=64,
             verbose=0,
-            callbacks=[ku.callbacks.TerminateOnNonFiniteMember()],
+            callbacks=[ku.ensemble.TerminateOnNonFiniteMember()],
             terminate_on_nan=False,
         )
 

@@ -286,7 +286,7 @@ def test_sngp_regression_head_reads_a_dict_of_inputs_by_key():
         1, num_inducing=8, task="regression", seed=1
     )
     model = _quietly(
-        lambda: ku.layers.SNGPModel({"wide": wide, "narrow": narrow}, head(hidden))
+        lambda: ku.sngp.SNGPModel({"wide": wide, "narrow": narrow}, head(hidden))
     )
     model.compile("sgd", ku.losses.gaussian_nll)
     rng = np.random.default_rng(3)

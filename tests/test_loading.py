@@ -169,7 +169,7 @@ def _models(x):
     hidden = ku.layers.SNGPSpectralNormalization(
         _dense(8, activation="relu"), 0.95, seed=0
     )(inputs)
-    models["sngp"] = ku.layers.SNGPModel(
+    models["sngp"] = ku.sngp.SNGPModel(
         inputs,
         ku.layers.RandomFeatureGaussianProcess(3, num_inducing=16, seed=0)(hidden),
     )

@@ -56,7 +56,7 @@ def _sngp():
         keras.layers.Dense(8, activation="relu")
     )(inputs)
     outputs = ku.layers.RandomFeatureGaussianProcess(K, num_inducing=16)(hidden)
-    return ku.layers.SNGPModel(inputs, outputs)
+    return ku.sngp.SNGPModel(inputs, outputs)
 
 
 BUILDERS = {

@@ -32,7 +32,7 @@ def _blobs(n=300, seed=0):
 
 def test_shapes_and_channel_concatenation():
     mimo = ku.MIMO(_conv_backbone, (6, 6, 2), num_outputs=5, num_members=3)
-    assert ku.ensemble.MIMO is ku.MIMO
+    assert ku.mimo.MIMO is ku.MIMO
     x = np.random.default_rng(0).normal(size=(4, 6, 6, 2)).astype("float32")
     assert tuple(mimo(x).shape) == (4, 3, 5)
     member_x = np.random.default_rng(1).normal(size=(4, 3, 6, 6, 2))

@@ -243,7 +243,7 @@ def _sngp(task):
         gp = ku.layers.RandomFeatureGaussianProcess(
             units, num_inducing=32, task=task, seed=0
         )
-        return ku.layers.SNGPModel(inputs, gp(h))
+        return ku.sngp.SNGPModel(inputs, gp(h))
 
     return build
 
@@ -251,7 +251,7 @@ def _sngp(task):
 def _sngp_train(model):
     classes = model.output.shape[-1] == 3
     loss = "sparse_categorical_crossentropy" if classes else ku.losses.gaussian_nll
-    _fit(model, X, LABELS if classes else Y, loss, [ku.callbacks.SNGPCovarianceReset()])
+    _fit(model, X, LABELS if classes else Y, loss, [ku.sngp.SNGPCovarianceReset()])
 
 
 def _evidential(head):

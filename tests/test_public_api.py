@@ -287,3 +287,57 @@ def test_every_public_name_has_a_docstring_with_its_sections():
     hooks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hooks)
     assert hooks.docstring_problems() == []
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("layers.SNGPModel", "sngp.SNGPModel"),
+        ("callbacks.SNGPCovarianceReset", "sngp.SNGPCovarianceReset"),
+        ("callbacks.TerminateOnNonFiniteMember", "ensemble.TerminateOnNonFiniteMember"),
+        ("ensemble.MIMO", "mimo.MIMO"),
+        ("ensemble.build_mimo_network", "mimo.build_mimo_network"),
+        ("ensemble.mimo.MIMO", "mimo.MIMO"),
+        ("ensemble.batch_ensemble.BatchEnsemble", "batch_ensemble.BatchEnsemble"),
+    ],
+)
+def test_a_moved_name_still_resolves_for_one_release_with_a_deprecation_warning(
+    old, new
+):
+    import importlib
+
+    def resolve(path):
+        *module, name = path.split(".")
+        return getattr(
+            importlib.import_module(".".join(["keras_uncertainty", *module])), name
+        )
+
+    with pytest.warns(
+        DeprecationWarning, match=rf"ku\.{old}.*moved to ku\.{new}.*0\.4"
+    ):
+        value = resolve(old)
+    assert value is resolve(new)
+    with pytest.raises(AttributeError, match="no attribute 'Nonsense'"):
+        resolve(old.rpartition(".")[0] + ".Nonsense")
+
+
+def test_each_method_lives_in_its_own_package():
+    # The model, its sampling adapter and its own callbacks, side by side.
+    assert (
+        ku.sngp.SNGPModel.as_sampled_model.__module__ == "keras_uncertainty.sngp.model"
+    )
+    assert ku.sngp.SNGPCovarianceReset.__module__ == "keras_uncertainty.sngp.callbacks"
+    assert ku.MIMO.__module__ == "keras_uncertainty.mimo.model"
+    assert ku.BatchEnsemble.__module__ == "keras_uncertainty.batch_ensemble.model"
+    assert ku.ensemble.TerminateOnNonFiniteMember.__module__ == (
+        "keras_uncertainty.ensemble.callbacks"
+    )
+    assert ku.callbacks.__all__ == ["UncertaintyMetrics"]
+    import keras
+
+    for name in ku.layers.__all__:
+        value = getattr(ku.layers, name)
+        building_block = (keras.layers.Layer, keras.regularizers.Regularizer)
+        if isinstance(value, type) and not issubclass(value, building_block):
+            # Layers (and their regularizer), and the conversion's report.
+            assert name == "ConversionReport", name

@@ -396,7 +396,7 @@ def test_sngp_regression_head_refuses_a_loss_without_a_variance_head():
     head = ku.layers.RandomFeatureGaussianProcess(
         1, num_inducing=16, task="regression"
     )(hidden)
-    model = ku.layers.SNGPModel(inputs, head)
+    model = ku.sngp.SNGPModel(inputs, head)
     with pytest.raises(ValueError, match=r"argument `loss`.*Received: loss='mse'"):
         model.compile("adam", "mse")
     model.compile("adam", ku.losses.gaussian_nll)

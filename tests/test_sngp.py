@@ -122,7 +122,7 @@ def _head_model(seed=0, **kwargs):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((4,))
     gp = GP(3, num_inducing=64, gp_cov_ridge_penalty=2.0, seed=seed, **kwargs)
-    model = ku.layers.SNGPModel(inputs, gp(inputs))
+    model = ku.sngp.SNGPModel(inputs, gp(inputs))
     # lr 0: the weights (so phi and p) stay fixed over the epochs.
     model.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
     return model, gp
@@ -147,7 +147,7 @@ def blob_data():
 def test_precision_is_the_sum_over_the_last_epoch(blob_data):
     x, y = blob_data
     model, gp = _head_model()
-    reset = ku.callbacks.SNGPCovarianceReset()
+    reset = ku.sngp.SNGPCovarianceReset()
     model.fit(
         x, y, epochs=3, batch_size=16, shuffle=False, verbose=0, callbacks=[reset]
     )
@@ -193,7 +193,7 @@ def trained_head(blob_data):
         batch_size=16,
         shuffle=False,
         verbose=0,
-        callbacks=[ku.callbacks.SNGPCovarianceReset()],
+        callbacks=[ku.sngp.SNGPCovarianceReset()],
     )
     return model, gp, x
 
@@ -262,7 +262,7 @@ def _sngp_mlp(seed=0):
     h = SN(keras.layers.Dense(64, activation="relu"), 0.95, seed=seed)(inputs)
     h = SN(keras.layers.Dense(64, activation="relu"), 0.95, seed=seed + 1)(h)
     outputs = GP(3, num_inducing=256, seed=seed)(h)
-    model = ku.layers.SNGPModel(inputs, outputs, name="sngp")
+    model = ku.sngp.SNGPModel(inputs, outputs, name="sngp")
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
@@ -280,7 +280,7 @@ def sngp_blobs():
         epochs=10,
         batch_size=64,
         verbose=0,
-        callbacks=[ku.callbacks.SNGPCovarianceReset()],
+        callbacks=[ku.sngp.SNGPCovarianceReset()],
     )
     return model, x, y
 
@@ -310,7 +310,7 @@ def test_keras_round_trip_keeps_the_covariance(sngp_blobs, tmp_path):
     path = str(tmp_path / "sngp.keras")
     model.save(path)  # saved stale: the covariance is computed after loading
     loaded = keras.models.load_model(path)
-    assert type(loaded) is ku.layers.SNGPModel
+    assert type(loaded) is ku.sngp.SNGPModel
     gp2 = loaded.gaussian_process_layers()[0]
     np.testing.assert_array_equal(
         gp2.precision_matrix.numpy(), gp.precision_matrix.numpy()
@@ -395,7 +395,7 @@ def test_gaussian_process_needs_2d_inputs_and_models_need_one():
         GP(3)(keras.Input((4, 4)))
     inputs = keras.Input((2,))
     with pytest.raises(ValueError, match="RandomFeatureGaussianProcess"):
-        ku.layers.SNGPModel(inputs, keras.layers.Dense(3)(inputs))
+        ku.sngp.SNGPModel(inputs, keras.layers.Dense(3)(inputs))
     plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
     plain.compile("sgd", "sparse_categorical_crossentropy")
     with pytest.raises(ValueError, match="SNGPCovarianceReset"):
@@ -403,7 +403,7 @@ def test_gaussian_process_needs_2d_inputs_and_models_need_one():
             np.zeros((4, 2)),
             np.zeros(4),
             verbose=0,
-            callbacks=[ku.callbacks.SNGPCovarianceReset()],
+            callbacks=[ku.sngp.SNGPCovarianceReset()],
         )
 
 
@@ -419,7 +419,7 @@ def test_regression_head_matches_bayesian_linear_regression(tmp_path):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((2,))
     gp = GP(1, num_inducing=48, task="regression", seed=5)
-    model = ku.layers.SNGPModel(inputs, gp(inputs))
+    model = ku.sngp.SNGPModel(inputs, gp(inputs))
     model.compile(keras.optimizers.SGD(0.0), ku.losses.gaussian_nll)
     gp.log_noise_variance.assign([np.log(0.25)])
     model.fit(
@@ -429,7 +429,7 @@ def test_regression_head_matches_bayesian_linear_regression(tmp_path):
         batch_size=16,
         shuffle=False,
         verbose=0,
-        callbacks=[ku.callbacks.SNGPCovarianceReset()],
+        callbacks=[ku.sngp.SNGPCovarianceReset()],
     )
     phi = _numpy_features(gp, x)
     precision = np.eye(48) + phi.T @ phi / 0.25

@@ -21,10 +21,11 @@ from keras import ops, tree
 from keras_uncertainty._validation import check_positive_int
 from keras_uncertainty.ensemble import adversarial, packing, training
 from keras_uncertainty.ensemble.callbacks import TerminateOnNonFiniteMember
-from keras_uncertainty.ensemble.mixture import member_mixture
+from keras_uncertainty.ensemble.sampled import EnsembleSampledModel
 from keras_uncertainty.layers.packed import share_across_members
 from keras_uncertainty.sampling import graph
 from keras_uncertainty.sampling.inputs import _is_streamed, flatten_inputs
+from keras_uncertainty.sampling.mixture import member_mixture
 
 _PACKAGE = "keras_uncertainty"
 
@@ -407,8 +408,6 @@ class Ensemble(keras.Model):
         Returns:
             An `EnsembleSampledModel`.
         """
-        from keras_uncertainty.ensemble.sampled import EnsembleSampledModel
-
         return EnsembleSampledModel(self)
 
     # Prediction -------------------------------------------------------------
@@ -714,7 +713,7 @@ class Ensemble(keras.Model):
 
         Args:
             terminate_on_nan: Whether to add a
-                `ku.callbacks.TerminateOnNonFiniteMember` (unless `callbacks`
+                `ku.ensemble.TerminateOnNonFiniteMember` (unless `callbacks`
                 holds one, or `member_logs=False`): a member whose loss
                 becomes NaN or infinite stops training with a warning that
                 names it.

@@ -24,6 +24,9 @@ class EnsembleSampledModel(SampledModel):
     inputs; other members are each sampled through their own
     `SampledModel` (a tiled twin for Functional members) and stacked.
     Members without a stochastic layer give one sample each.
+
+    Args:
+        ensemble: The `ku.Ensemble` sampled.
     """
 
     def __init__(self, ensemble):

@@ -1,6 +1,15 @@
-"""Layers that keep Monte Carlo sampling on at inference, and packed layers
-that hold many member networks' weights on a leading member axis."""
+"""Keras layers, and only layers: the ones that keep Monte Carlo sampling on
+at inference (MC dropout, Flipout and reparameterization layers), packed and
+BatchEnsemble layers that hold many members' weights on a member axis, and
+the SNGP layers.
 
+A method's model, its sampling adapter and its callbacks live in the
+method's own package (`ku.sngp`, `ku.batch_ensemble`, `ku.mimo`,
+`ku.ensemble`, ...); its layers stay here, next to each other, because they
+are building blocks a user composes into any network, as `keras.layers`.
+"""
+
+from keras_uncertainty import _deprecation
 from keras_uncertainty.layers.batch_ensemble import (
     BatchEnsembleConv2D,
     BatchEnsembleDense,
@@ -42,7 +51,6 @@ from keras_uncertainty.layers.packed import (
 )
 from keras_uncertainty.layers.sngp import (
     RandomFeatureGaussianProcess,
-    SNGPModel,
     SNGPSpectralNormalization,
 )
 from keras_uncertainty.layers.variational import (
@@ -86,10 +94,14 @@ __all__ = [
     "PackedNormalization",
     "PackedPooling",
     "RandomFeatureGaussianProcess",
-    "SNGPModel",
     "SNGPSpectralNormalization",
     "grouped_convolution_formulation",
     "set_grouped_convolution_formulation",
     "set_kl_weight",
     "to_mc_dropout",
 ]
+
+# Moved in 0.3 (see the CHANGELOG): kept here one release, with a warning.
+__getattr__ = _deprecation.moved_names(
+    __name__, {"SNGPModel": "keras_uncertainty.sngp"}
+)

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_uncertainty.layers.sngp import gaussian_process_layers
+from keras_uncertainty.sngp.model import gaussian_process_layers
 
 
 class SNGPCovarianceReset(keras.callbacks.Callback):
