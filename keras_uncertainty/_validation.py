@@ -3,6 +3,8 @@
 import math
 import numbers
 
+import numpy as np
+
 # Dropout masks compare 16-bit draws with `round(rate * 2**16)` (see
 # `layers/_masks.py`): a rate must leave at least one of the 65536 levels
 # kept, `round(rate * 2**16) <= 2**16 - 1`, else nothing is kept and the
@@ -122,3 +124,185 @@ def value_errors_from_config(cls):
     )
     cls.from_config = classmethod(from_config)
     return cls
+
+
+# Arrays ---------------------------------------------------------------------
+
+
+def as_array(value, name, dtype=np.float64, *, allow_inf=False):
+    """The one array check: `value` (an array, a list, a Keras or TensorFlow
+    tensor) as a non-empty numpy array, refusing what would be silently
+    wrong.
+
+    Refused, with a ValueError naming `name`, what was expected and what was
+    received: None; complex values (a real dtype would drop the imaginary
+    parts, which NumPy only warns about); values that do not convert to
+    `dtype` (strings, ragged lists); an empty array; NaN, and infinities
+    unless `allow_inf`.
+
+    Args:
+        value: The argument's value.
+        name: The argument's name, for the messages.
+        dtype: The dtype of the result (float64 by default); None keeps the
+            value's own dtype (integer labels, booleans).
+        allow_inf: Whether `+-inf` is accepted (NaN never is).
+
+    Returns:
+        The numpy array (a copy only where the conversion needs one).
+    """
+    if value is None:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected an array. "
+            f"Received: {name}=None"
+        )
+    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
+        value = value.numpy()
+    what = type(value).__name__
+    try:
+        array = np.asarray(value)
+        if array.ndim:
+            what = f"dtype {array.dtype}"
+        if array.dtype.kind == "c" and (dtype is None or np.dtype(dtype).kind != "c"):
+            raise ValueError(
+                f"Invalid value received for argument `{name}`. Expected an "
+                f"array of real numbers. Received: complex values ({what})"
+            )
+        if dtype is not None:
+            array = array.astype(dtype, copy=False)
+    except (TypeError, ValueError) as error:
+        if str(error).startswith("Invalid value received"):
+            raise
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected an array "
+            f"of real numbers. Received: {what}"
+        ) from None
+    if array.size == 0:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a "
+            f"non-empty array. Received: shape {array.shape}"
+        )
+    if array.dtype.kind in "fc":
+        bad = np.isnan(array) if allow_inf else ~np.isfinite(array)
+        if np.any(bad):
+            expected = "no NaN" if allow_inf else "finite values"
+            kind = "NaN" if allow_inf else "NaN or infinite"
+            raise ValueError(
+                f"Invalid value received for argument `{name}`. Expected "
+                f"{expected}. Received: {int(np.count_nonzero(bad))} {kind} "
+                "entries"
+            )
+    return array
+
+
+def same_shape(**arrays):
+    """Checks that every array has the shape of the first (keyword names are
+    the argument names in the message)."""
+    names = list(arrays)
+    first = arrays[names[0]]
+    for name in names[1:]:
+        if arrays[name].shape != first.shape:
+            raise ValueError(
+                f"Expected `{names[0]}` and `{name}` to have the same shape. "
+                f"Received: {names[0]} with shape {first.shape} and {name} "
+                f"with shape {arrays[name].shape}"
+            )
+
+
+def check_positive_std(std, name="std", strict=True):
+    """Checks standard deviations: `> 0` (or `>= 0` with `strict=False`)."""
+    bad = std <= 0 if strict else std < 0
+    if np.any(bad):
+        bound = "> 0" if strict else ">= 0"
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected standard "
+            f"deviations {bound}. Received: {int(np.sum(bad))} entries "
+            f"{'<= 0' if strict else '< 0'} (smallest {std.min()!r})"
+        )
+    return std
+
+
+def regression_inputs(y_true, mean, std=None):
+    """Checked float64 `y_true`, `mean` (and `std > 0`) of one shape; a
+    `(N,)` target may meet `(N, 1)` predictions.
+
+    Returns:
+        `(y_true, mean)`, or `(y_true, mean, std)` when `std` is given.
+    """
+    y_true = as_array(y_true, "y_true")
+    mean = as_array(mean, "mean")
+    if y_true.ndim == mean.ndim - 1 and mean.shape[-1] == 1:
+        y_true = y_true[..., None]
+    same_shape(y_true=y_true, mean=mean)
+    if std is None:
+        return y_true, mean
+    std = as_array(std, "std")
+    same_shape(mean=mean, std=std)
+    return y_true, mean, check_positive_std(std)
+
+
+def check_probs(value, name="probs", tolerance=1e-3):
+    """Checked `(N, C)` probabilities: a finite, non-empty 2-D float64 array
+    of non-negative rows that each sum to 1 within `tolerance`.
+
+    Args:
+        value: The argument's value (array, list or tensor).
+        name: The argument's name, for the messages.
+        tolerance: The largest accepted `|sum_c p_c - 1|` of a row.
+
+    Returns:
+        The float64 `(N, C)` array, unchanged.
+    """
+    probs = as_array(value, name)
+    if probs.ndim != 2:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected shape "
+            f"(N, C). Received: shape {probs.shape}"
+        )
+    sums = probs.sum(-1)
+    if np.any(probs < 0) or np.any(np.abs(sums - 1) > tolerance):
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected "
+            f"non-negative rows that sum to 1 (within {tolerance}). Received: "
+            f"row sums from {sums.min():.4g} to {sums.max():.4g}"
+            f" and smallest entry {probs.min():.4g}"
+        )
+    return probs
+
+
+def classification_inputs(labels, probs, tolerance=1e-3):
+    """Checked integer labels `(N,)` in `[0, C)` and probabilities `(N, C)`
+    (see `check_probs`).
+
+    Returns:
+        `(labels, probs)`.
+    """
+    probs = check_probs(probs, "probs", tolerance)
+    labels = as_array(labels, "labels", dtype=None)
+    if labels.shape != probs.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            "Invalid value received for argument `labels`. Expected integer "
+            f"class indices of shape {probs.shape[:1]}. Received: dtype "
+            f"{labels.dtype} and shape {labels.shape}"
+        )
+    if labels.min() < 0 or labels.max() >= probs.shape[1]:
+        raise ValueError(
+            "Invalid value received for argument `labels`. Expected class "
+            f"indices in [0, {probs.shape[1] - 1}]. Received: values from "
+            f"{labels.min()} to {labels.max()}"
+        )
+    return labels, probs
+
+
+def unit_interval(value, name, closed=False):
+    """A level in (0, 1), or a fraction in [0, 1] with `closed=True`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        ok = False
+    else:
+        ok = 0 <= value <= 1 if closed else 0 < value < 1
+    if not ok:
+        interval = "[0, 1]" if closed else "(0, 1)"
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a number "
+            f"in {interval}. Received: {name}={value!r}"
+        )
+    return float(value)

@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 
+from keras_uncertainty._validation import as_array
 from keras_uncertainty.posthoc.base import PostHocMethod
 
 
@@ -48,48 +49,9 @@ def check_alpha(alpha, name="alpha"):
     return float(alpha)
 
 
-def float_array(value, name, allow_inf=False):
-    """A float64 numpy array of `value` (arrays, lists, tensors), refusing
-    NaN (and infinities unless `allow_inf`)."""
-    if value is None:
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected an array. "
-            f"Received: {name}=None"
-        )
-    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
-        value = value.numpy()
-    what = type(value).__name__
-    try:
-        array = np.asarray(value)
-        if array.ndim:
-            what = f"dtype {array.dtype}"
-        if array.dtype.kind == "c":  # float64 would drop the imaginary parts
-            raise TypeError
-        array = array.astype(np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected an array "
-            f"of real numbers. Received: {what}"
-        ) from None
-    if array.size == 0:
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a "
-            f"non-empty array. Received: shape {array.shape}"
-        )
-    bad = np.isnan(array) if allow_inf else ~np.isfinite(array)
-    if np.any(bad):
-        what = "no NaN" if allow_inf else "finite values"
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected {what}. "
-            f"Received: {int(np.count_nonzero(bad))} NaN"
-            f"{'' if allow_inf else ' or infinite'} entries"
-        )
-    return array
-
-
 def match_target(y, like, name="y"):
     """`y` as float64 shaped like `like` (`(N,)` may meet `(N, 1)`)."""
-    y = float_array(y, name)
+    y = as_array(y, name)
     if y.ndim == like.ndim - 1 and like.shape[-1] == 1:
         y = y[..., None]
     if y.shape != like.shape:

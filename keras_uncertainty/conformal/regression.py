@@ -2,15 +2,16 @@
 optionally group-conditional (Mondrian)."""
 
 import dataclasses
+import warnings
 
 import numpy as np
 
+from keras_uncertainty._validation import as_array, check_positive_std
 from keras_uncertainty.conformal._core import (
     ConformalMethod,
     Interval,
     check_groups,
     conformal_quantiles,
-    float_array,
     group_index,
     match_target,
     sort_scores,
@@ -49,7 +50,7 @@ class QuantilePrediction:
         Returns:
             A `QuantilePrediction` with `(N, k)` fields.
         """
-        values = float_array(values, "prediction")
+        values = as_array(values, "prediction")
         if values.ndim != 2 or values.shape[-1] % 2:
             raise ValueError(
                 "Invalid value received for argument `prediction`. Expected "
@@ -85,9 +86,40 @@ def _bad_prediction(expected, prediction):
     )
 
 
+# The arrays each regressor reads, by keyword (`fit(mean=..., y=...)`).
+ARRAY_KEYWORDS = ("mean", "std", "lower", "upper")
+
+
+def _is_pair(prediction):
+    return isinstance(prediction, (tuple, list)) and len(prediction) == 2
+
+
+def _has_fields(prediction, *names):
+    """Whether `prediction` is an object with these fields (a
+    `RegressionPrediction`, say); a numpy array's own `.mean` / `.std`
+    methods do not count."""
+    return not isinstance(prediction, np.ndarray) and all(
+        hasattr(prediction, name) and not callable(getattr(prediction, name))
+        for name in names
+    )
+
+
+_SPLIT_EXPECTED = (
+    "a RegressionPrediction, an object with `mean`, a (mean, std) pair, an "
+    "array of means, or mean= by keyword"
+)
+_CQR_EXPECTED = (
+    "a QuantilePrediction, lower= and upper= by keyword, a quantile head's "
+    "(N, 2k) output or a RegressionPrediction of it"
+)
+
+
 class _ConformalRegressor(ConformalMethod):
     """Split conformal regression on a score `s(prediction, y)`; see the
     public subclasses."""
+
+    # The arrays the score reads, by keyword.
+    _needs = ()
 
     def __init__(self, alpha=0.1):
         self.alpha = alpha
@@ -95,9 +127,54 @@ class _ConformalRegressor(ConformalMethod):
 
     # Subclass parts ----------------------------------------------------------
 
-    def _read(self, prediction):
-        """`prediction` -> dict of float64 arrays of one shape."""
+    def _from_prediction(self, prediction):
+        """A `prediction` given positionally -> dict of its raw arrays,
+        keyed by `_needs`."""
         raise NotImplementedError
+
+    def _check_parts(self, parts, keyword=False):
+        """Raw arrays -> checked float64 arrays of one shape (`keyword`:
+        whether they were given by keyword, for the messages)."""
+        raise NotImplementedError
+
+    def _read(self, prediction, arrays=None):
+        """`prediction`, or the arrays given by keyword -> dict of float64
+        arrays of one shape, keyed by `_needs`."""
+        owner = type(self).__name__
+        given = {k: v for k, v in (arrays or {}).items() if v is not None}
+        if given:
+            if prediction is not None:
+                raise ValueError(
+                    "Invalid value received for argument `prediction`. Expected "
+                    f"None when the arrays are given by keyword "
+                    f"({', '.join(f'{k}=' for k in given)}): one or the other. "
+                    f"Received: {type(prediction).__name__}"
+                )
+            for name in given:
+                if name not in self._needs:
+                    raise ValueError(
+                        f"Invalid value received for argument `{name}`. "
+                        f"Expected None: {owner} reads "
+                        f"{' and '.join(f'`{k}`' for k in self._needs)} only. "
+                        f"Received: an array for `{name}`"
+                    )
+            for name in self._needs:
+                if name not in given:
+                    raise ValueError(
+                        f"Invalid value received for argument `{name}`. "
+                        f"Expected an array: {owner} reads "
+                        f"{' and '.join(f'`{k}`' for k in self._needs)}. "
+                        f"Received: {name}=None"
+                    )
+            return self._check_parts(given, keyword=True)
+        if prediction is None:
+            raise ValueError(
+                "Invalid value received for argument `prediction`. Expected "
+                "a prediction, or the arrays by keyword ("
+                f"{', '.join(f'{k}=' for k in self._needs)}). Received: "
+                "prediction=None"
+            )
+        return self._check_parts(self._from_prediction(prediction))
 
     def _score(self, parts, y):
         raise NotImplementedError
@@ -107,23 +184,43 @@ class _ConformalRegressor(ConformalMethod):
 
     # The contract -----------------------------------------------------------
 
-    def fit(self, prediction, y, groups=None):
+    def fit(
+        self,
+        prediction=None,
+        y=None,
+        groups=None,
+        *,
+        mean=None,
+        std=None,
+        lower=None,
+        upper=None,
+    ):
         """Fits the conformal quantile on a held-out calibration set.
 
         Args:
-            prediction: Predictions on the calibration set (see the class).
+            prediction: Predictions on the calibration set (see the class),
+                or None when the arrays are given by keyword.
             y: `(N,)` or `(N, k)` calibration targets, shaped like the
                 predictions (`(N,)` against `(N, 1)` is accepted).
             groups: Optional `(N,)` group labels (integers or strings): a
                 separate quantile per group (Mondrian conformal prediction),
                 so coverage holds within each group. Then `predict_interval`
                 needs the groups of the new points too.
+            mean: The predicted means, by keyword (instead of `prediction`;
+                `SplitConformalRegressor`, `NormalizedConformalRegressor`).
+            std: The predicted standard deviations, by keyword
+                (`NormalizedConformalRegressor`).
+            lower: The lower quantiles, by keyword
+                (`ConformalizedQuantileRegressor`).
+            upper: The upper quantiles, by keyword
+                (`ConformalizedQuantileRegressor`).
 
         Returns:
             self, fitted.
         """
         self._check_params()
-        parts = self._read(prediction)
+        arrays = {"mean": mean, "std": std, "lower": lower, "upper": upper}
+        parts = self._read(prediction, arrays)
         like = next(iter(parts.values()))
         y = match_target(y, like)
         if groups is not None:
@@ -164,16 +261,31 @@ class _ConformalRegressor(ConformalMethod):
             type(self).__name__,
         )
 
-    def predict_interval(self, prediction, alpha=None, groups=None):
+    def predict_interval(
+        self,
+        prediction=None,
+        alpha=None,
+        groups=None,
+        *,
+        mean=None,
+        std=None,
+        lower=None,
+        upper=None,
+    ):
         """Prediction intervals with finite-sample coverage `1 - alpha`.
 
         Args:
-            prediction: New predictions, of the kind `fit` was given.
+            prediction: New predictions, in any form the class takes (see
+                the class), or None when the arrays are given by keyword.
             alpha: Miscoverage level in (0, 1); None: the `alpha` given at
                 construction.
             groups: `(N,)` group labels of the new points: required when
                 `fit` was given groups, refused otherwise; each must be a
                 group seen by `fit`.
+            mean: By keyword, as in `fit`.
+            std: By keyword, as in `fit`.
+            lower: By keyword, as in `fit`.
+            upper: By keyword, as in `fit`.
 
         Returns:
             An `Interval` of float64 arrays shaped like the predictions.
@@ -183,7 +295,8 @@ class _ConformalRegressor(ConformalMethod):
         """
         self._check_is_fitted("predict_interval")
         q = self.quantile(alpha)
-        parts = self._read(prediction)
+        arrays = {"mean": mean, "std": std, "lower": lower, "upper": upper}
+        parts = self._read(prediction, arrays)
         like = next(iter(parts.values()))
         n = len(like)
         if self.groups_ is None:
@@ -211,34 +324,39 @@ class _ConformalRegressor(ConformalMethod):
         lower, upper = self._bounds(parts, rows.reshape(like.shape))
         return Interval(lower=lower, upper=upper)
 
-    def transform(self, prediction, groups=None):
-        """`predict_interval(prediction, groups=groups)` at the `alpha` given
-        at construction.
+    def transform(self, prediction=None, groups=None, **arrays):
+        """`predict_interval(prediction, groups=groups, **arrays)` at the
+        `alpha` given at construction.
 
         Args:
-            prediction: New predictions.
+            prediction: New predictions (or None with the arrays by keyword).
             groups: Their groups, for a Mondrian method.
+            **arrays: `mean=`, `std=`, `lower=`, `upper=`, as in `fit`.
 
         Returns:
             An `Interval`.
         """
-        return self.predict_interval(prediction, groups=groups)
+        return self.predict_interval(prediction, groups=groups, **arrays)
 
     def _transform(self, prediction):
         return self.predict_interval(prediction)
 
-    def fit_transform(self, prediction, y, groups=None):
-        """`fit(prediction, y, groups).transform(prediction, groups)`.
+    def fit_transform(self, prediction=None, y=None, groups=None, **arrays):
+        """`fit(prediction, y, groups, **arrays)`, then
+        `transform(prediction, groups, **arrays)`.
 
         Args:
-            prediction: Calibration predictions.
+            prediction: Calibration predictions (or None with the arrays by
+                keyword).
             y: Their targets.
             groups: Their groups (optional).
+            **arrays: `mean=`, `std=`, `lower=`, `upper=`, as in `fit`.
 
         Returns:
             An `Interval`.
         """
-        return self.fit(prediction, y, groups).transform(prediction, groups)
+        fitted = self.fit(prediction, y, groups, **arrays)
+        return fitted.transform(prediction, groups, **arrays)
 
 
 class SplitConformalRegressor(_ConformalRegressor):
@@ -254,8 +372,11 @@ class SplitConformalRegressor(_ConformalRegressor):
     warning (at `fit` and at each use). Each target of an `(N, k)`
     prediction gets its own quantile.
 
-    `prediction`: a `ku.RegressionPrediction` (its `mean` is used), anything
-    with a `mean` attribute, or an array of point predictions.
+    Inputs (the same forms as `NormalizedConformalRegressor`'s, of which
+    this one reads only the means): a `ku.RegressionPrediction` (its `mean`),
+    anything with a `mean` attribute, a `(mean, std)` pair (the std is not
+    used), an array of point predictions, or the means by keyword,
+    `fit(mean=..., y=...)` / `predict_interval(mean=...)`.
 
     Args:
         alpha: Miscoverage level in (0, 1) (0.1: 90% intervals); each call
@@ -279,16 +400,21 @@ class SplitConformalRegressor(_ConformalRegressor):
     >>> interval.lower, interval.upper
     """
 
-    def _read(self, prediction):
+    _needs = ("mean",)
+
+    def _from_prediction(self, prediction):
+        if isinstance(prediction, QuantilePrediction):
+            raise _bad_prediction(_SPLIT_EXPECTED, prediction)
+        if _has_fields(prediction, "mean"):
+            return {"mean": prediction.mean}
+        if _is_pair(prediction):  # (mean, std): the std is not used
+            return {"mean": prediction[0]}
         if isinstance(prediction, (tuple, list)):
-            raise _bad_prediction(
-                "a RegressionPrediction, an object with `mean`, or an array of means",
-                prediction,
-            )
-        mean = getattr(prediction, "mean", prediction)
-        if callable(mean):  # a numpy array's own .mean method
-            mean = prediction
-        return {"mean": float_array(mean, "prediction")}
+            raise _bad_prediction(_SPLIT_EXPECTED, prediction)
+        return {"mean": prediction}
+
+    def _check_parts(self, parts, keyword=False):
+        return {"mean": as_array(parts["mean"], "mean" if keyword else "prediction")}
 
     def _score(self, parts, y):
         with np.errstate(over="ignore"):
@@ -310,8 +436,10 @@ class NormalizedConformalRegressor(_ConformalRegressor):
     `[mean - q std, mean + q std]`: wider where the model is less sure, with
     the same marginal guarantee as `SplitConformalRegressor`.
 
-    `prediction`: a `ku.RegressionPrediction`, anything with `mean` and
-    `std` attributes, or a `(mean, std)` pair; `std > 0`.
+    Inputs: a `ku.RegressionPrediction`, anything with `mean` and `std`
+    attributes, a `(mean, std)` pair, or the arrays by keyword,
+    `fit(mean=..., std=..., y=...)`; `std > 0`. A bare array (means without
+    standard deviations) is refused.
 
     Args:
         alpha: Miscoverage level in (0, 1); each call of `predict_interval`
@@ -331,33 +459,29 @@ class NormalizedConformalRegressor(_ConformalRegressor):
     >>> interval = conformal.predict_interval(ku.predict_regression(model, x))
     """
 
-    def _read(self, prediction):
-        if isinstance(prediction, (tuple, list)) and len(prediction) == 2:
-            mean, std = prediction
-        elif hasattr(prediction, "mean") and hasattr(prediction, "std"):
-            if isinstance(prediction, np.ndarray):
-                raise _bad_prediction(
-                    "a RegressionPrediction or a (mean, std) pair", prediction
-                )
-            mean, std = prediction.mean, prediction.std
-        else:
-            raise _bad_prediction(
-                "a RegressionPrediction or a (mean, std) pair", prediction
-            )
-        mean = float_array(mean, "mean")
-        std = float_array(std, "std")
+    _needs = ("mean", "std")
+
+    def _from_prediction(self, prediction):
+        expected = (
+            "a RegressionPrediction, a (mean, std) pair, or mean= and std= by keyword"
+        )
+        if isinstance(prediction, QuantilePrediction):
+            raise _bad_prediction(expected, prediction)
+        if _is_pair(prediction):
+            return {"mean": prediction[0], "std": prediction[1]}
+        if _has_fields(prediction, "mean", "std"):
+            return {"mean": prediction.mean, "std": prediction.std}
+        raise _bad_prediction(expected, prediction)
+
+    def _check_parts(self, parts, keyword=False):
+        mean = as_array(parts["mean"], "mean")
+        std = as_array(parts["std"], "std")
         if std.shape != mean.shape:
             raise ValueError(
                 "Invalid value received for argument `std`. Expected the shape "
                 f"of `mean`, {mean.shape}. Received: shape {std.shape}"
             )
-        if np.any(std <= 0):
-            raise ValueError(
-                "Invalid value received for argument `std`. Expected standard "
-                f"deviations > 0. Received: {int(np.sum(std <= 0))} entries "
-                f"<= 0 (smallest {std.min()!r})"
-            )
-        return {"mean": mean, "std": std}
+        return {"mean": mean, "std": check_positive_std(std)}
 
     def _score(self, parts, y):
         with np.errstate(over="ignore"):
@@ -381,10 +505,14 @@ class ConformalizedQuantileRegressor(_ConformalRegressor):
     width adapts to the input as the quantile head learned it; the
     coverage guarantee is that of split conformal prediction.
 
-    `prediction`: a `QuantilePrediction(lower, upper)`, a `(lower, upper)`
-    pair of arrays, or the head's `(N, 2k)` output (k lower quantiles, then
-    k upper ones; with MC dropout or an ensemble, the averaged output
-    `ku.predict_regression(model, x, variance_head=False).mean`).
+    Inputs: a `QuantilePrediction(lower, upper)`, the quantiles by keyword
+    (`fit(lower=..., upper=..., y=...)`), the head's `(N, 2k)` output (k
+    lower quantiles, then k upper ones), or a `ku.RegressionPrediction` of
+    that head (with MC dropout or an ensemble,
+    `ku.predict_regression(model, x, variance_head=False)`, whose `mean`
+    is the averaged output). Deprecated since 0.3 (removed in 0.4): a
+    `(lower, upper)` pair, which the other regressors read as
+    `(mean, std)`; it still works, with a DeprecationWarning.
 
     Crossed quantiles (a head can predict `lo > hi` for some inputs: the
     pinball losses of the two quantiles are trained independently) are
@@ -414,21 +542,34 @@ class ConformalizedQuantileRegressor(_ConformalRegressor):
     >>> interval = cqr.predict_interval(model.predict(x_test))
     """
 
-    def _read(self, prediction):
+    _needs = ("lower", "upper")
+
+    def _from_prediction(self, prediction):
         if isinstance(prediction, QuantilePrediction):
-            lower, upper = prediction.lower, prediction.upper
-        elif isinstance(prediction, (tuple, list)) and len(prediction) == 2:
-            lower, upper = prediction
-        elif dataclasses.is_dataclass(prediction):
-            raise _bad_prediction(
-                "a QuantilePrediction, a (lower, upper) pair or a (N, 2k) array",
-                prediction,
+            return {"lower": prediction.lower, "upper": prediction.upper}
+        if _is_pair(prediction):
+            warnings.warn(
+                "ConformalizedQuantileRegressor with a (lower, upper) pair is "
+                "deprecated and will be removed in 0.4: to the other conformal "
+                "regressors a pair is (mean, std). Pass the quantiles by "
+                "keyword, fit(lower=..., upper=..., y=...), or a "
+                "QuantilePrediction(lower, upper).",
+                DeprecationWarning,
+                stacklevel=4,
             )
+            return {"lower": prediction[0], "upper": prediction[1]}
+        if _has_fields(prediction, "mean"):  # the averaged quantile head
+            values = prediction.mean
+        elif isinstance(prediction, (tuple, list)) or _has_fields(prediction, "lower"):
+            raise _bad_prediction(_CQR_EXPECTED, prediction)
         else:
-            split = QuantilePrediction.from_array(prediction)
-            lower, upper = split.lower, split.upper
-        lower = float_array(lower, "lower")
-        upper = float_array(upper, "upper")
+            values = prediction
+        split = QuantilePrediction.from_array(values)
+        return {"lower": split.lower, "upper": split.upper}
+
+    def _check_parts(self, parts, keyword=False):
+        lower = as_array(parts["lower"], "lower")
+        upper = as_array(parts["upper"], "upper")
         if lower.shape != upper.shape:
             raise ValueError(
                 "Invalid value received for argument `upper`. Expected the "
