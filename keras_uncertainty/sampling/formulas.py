@@ -147,3 +147,21 @@ def gaussian_log_density(y, mu, log_var):
     """In-graph `log N(y | mu, exp(log_var))`, elementwise:
     `-0.5 * (log(2 pi) + log_var + (y - mu)^2 * exp(-log_var))`."""
     return -0.5 * (_LOG_2PI + log_var + tf.square(y - mu) * tf.exp(-log_var))
+
+
+def log_softmax(logits, axis=-1):
+    """numpy `log softmax(z)_c = z_c - log sum_j exp(z_j)`, stable: computed
+    as `(z - max z) - log sum_j exp(z_j - max z)`, so no `exp` overflows and
+    a very negative logit keeps its log-probability instead of `log 0`.
+    (In a graph, `keras.ops.log_softmax`.)
+
+    Args:
+        logits: A float numpy array of logits.
+        axis: The class axis.
+
+    Returns:
+        A float numpy array of log-probabilities, shaped like `logits`.
+    """
+    logits = np.asarray(logits)
+    shifted = logits - np.max(logits, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
