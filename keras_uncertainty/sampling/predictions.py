@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from keras_uncertainty.sampling.formulas import entropy
+from keras_uncertainty._validation import as_array, check_probs
+from keras_uncertainty.sampling.formulas import entropy, log_softmax
 
 
 def _math(value):
@@ -161,6 +162,80 @@ class ClassificationPrediction(_Rows):
             **fields,
             label=np.argmax(fields["probs"], axis=-1),
             votes=None if votes is None else np.asarray(votes, np.int64),
+        )
+
+    @classmethod
+    def from_probs(cls, probs, tolerance=1e-3):
+        """The prediction of one probability vector per input (a
+        deterministic classifier's softmax, or probabilities averaged
+        elsewhere), read as one sample.
+
+        `probs` is kept as given (float64); `label = argmax_c probs_c`
+        (lowest index on ties); `entropy = expected_entropy =
+        -sum_c probs_c log probs_c` (nats, `0 log 0 = 0`);
+        `mutual_information = 0` (one sample cannot disagree with itself);
+        `votes` is None.
+
+        Args:
+            probs: `(N, C)` probabilities: finite, non-negative, each row
+                summing to 1 within `tolerance`.
+            tolerance: The largest accepted `|sum_c probs_c - 1|` per row.
+
+        Returns:
+            A `ClassificationPrediction`.
+
+        Raises:
+            ValueError: `probs` is not 2-D, not finite, has a negative
+                entry or a row whose sum is off 1 by more than `tolerance`
+                (the message names `probs`, what was expected and what was
+                received).
+
+        Example:
+
+        >>> pred = ku.ClassificationPrediction.from_probs(model.predict(x))
+        >>> ku.conformal.ConformalClassifier(0.1).fit(pred, labels)
+        """
+        probs = check_probs(probs, "probs", tolerance)
+        return cls._one_sample(probs)
+
+    @classmethod
+    def from_logits(cls, logits):
+        """The prediction of one logit vector per input, read as one sample:
+        `probs = softmax(logits) = exp(log_softmax(logits))` (computed
+        stably, `formulas.log_softmax`), then the fields of `from_probs`.
+
+        Args:
+            logits: `(N, C)` finite logits.
+
+        Returns:
+            A `ClassificationPrediction` (see `from_probs` for each field).
+
+        Raises:
+            ValueError: `logits` is not 2-D or not finite (the message names
+                `logits`, what was expected and what was received).
+
+        Example:
+
+        >>> pred = ku.ClassificationPrediction.from_logits(logit_model.predict(x))
+        """
+        logits = as_array(logits, "logits")
+        if logits.ndim != 2:
+            raise ValueError(
+                "Invalid value received for argument `logits`. Expected shape "
+                f"(N, C). Received: shape {logits.shape}"
+            )
+        return cls._one_sample(np.exp(log_softmax(logits)))
+
+    @classmethod
+    def _one_sample(cls, probs):
+        total = entropy(probs)
+        return cls(
+            probs=probs,
+            label=np.argmax(probs, axis=-1),
+            entropy=total,
+            expected_entropy=total.copy(),
+            mutual_information=np.zeros_like(total),
+            votes=None,
         )
 
 
