@@ -28,114 +28,16 @@ binary task, the positive class in column 1), and:
   `votes` is None.
 """
 
-import dataclasses
 import warnings
 
 import numpy as np
 
 from keras_uncertainty import _budget
 from keras_uncertainty._validation import check_positive_finite, check_positive_int
+from keras_uncertainty.calibration._inputs import read_labels, read_scores, result
 from keras_uncertainty.calibration._isotonic import isotonic_fit, isotonic_predict
-from keras_uncertainty.metrics._checks import as_array, classification_inputs
 from keras_uncertainty.posthoc.base import PostHocMethod
-from keras_uncertainty.sampling.formulas import entropy
-from keras_uncertainty.sampling.predictions import ClassificationPrediction
-
-_TINY = np.finfo(np.float64).tiny
-
-
-def _log_softmax(logits):
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Scores:
-    """One classifier output, read: probabilities, logits, and its source."""
-
-    probs: np.ndarray  # (N, C)
-    logits: np.ndarray  # (N, C): given logits, or log(probs)
-    prediction: object  # the ClassificationPrediction, or None for an array
-
-
-def _read(prediction, from_logits):
-    """Reads a `ClassificationPrediction` or an array (see the module)."""
-    if isinstance(prediction, ClassificationPrediction):
-        if from_logits is not None:
-            raise ValueError(
-                "Invalid value received for argument `from_logits`. Expected "
-                "None with a ClassificationPrediction, which holds "
-                f"probabilities. Received: from_logits={from_logits!r}"
-            )
-        _, probs = classification_inputs(
-            np.zeros(len(np.asarray(prediction.probs)), np.int64), prediction.probs
-        )
-        logits = np.log(np.maximum(probs, _TINY))
-        return _Scores(probs, logits, prediction)
-    if dataclasses.is_dataclass(prediction):
-        raise ValueError(
-            "Invalid value received for argument `prediction`. Expected a "
-            "ClassificationPrediction or an array. Received: "
-            f"{type(prediction).__name__}"
-        )
-    if not isinstance(from_logits, bool):
-        raise ValueError(
-            "Invalid value received for argument `from_logits`. Expected True "
-            "(the array holds logits) or False (it holds probabilities) with "
-            f"an array. Received: from_logits={from_logits!r}"
-        )
-    name = "logits" if from_logits else "probs"
-    values = as_array(prediction, name)
-    if values.ndim == 2 and values.shape[1] == 1:
-        values = values[:, 0]
-    if values.ndim == 1:  # a binary task: the positive class's score
-        if from_logits:
-            logits = np.stack([np.zeros_like(values), values], axis=1)
-        else:
-            if np.any(values < 0) or np.any(values > 1):
-                raise ValueError(
-                    f"Invalid value received for argument `{name}`. Expected "
-                    "probabilities of the positive class in [0, 1]. Received: "
-                    f"values from {values.min():.4g} to {values.max():.4g}"
-                )
-            probs = np.stack([1.0 - values, values], axis=1)
-            return _Scores(probs, np.log(np.maximum(probs, _TINY)), None)
-    elif values.ndim == 2:
-        if from_logits:
-            logits = values
-        else:
-            _, probs = classification_inputs(np.zeros(len(values), np.int64), values)
-            return _Scores(probs, np.log(np.maximum(probs, _TINY)), None)
-    else:
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected shape "
-            f"(N, C), or (N,) or (N, 1) for a binary task. Received: shape "
-            f"{values.shape}"
-        )
-    return _Scores(np.exp(_log_softmax(logits)), logits, None)
-
-
-def _labels(labels, scores):
-    labels, _ = classification_inputs(labels, scores.probs)
-    return labels
-
-
-def _result(scores, probs):
-    """The new `ClassificationPrediction` (see the module for each field)."""
-    new_entropy = entropy(probs)
-    label = np.argmax(probs, axis=-1)
-    if scores.prediction is not None:
-        return dataclasses.replace(
-            scores.prediction, probs=probs, label=label, entropy=new_entropy
-        )
-    return ClassificationPrediction(
-        probs=probs,
-        label=label,
-        entropy=new_entropy,
-        expected_entropy=new_entropy.copy(),
-        mutual_information=np.zeros_like(new_entropy),
-        votes=None,
-    )
+from keras_uncertainty.sampling.formulas import log_softmax
 
 
 class _ClassificationRecalibration(PostHocMethod):
@@ -158,8 +60,8 @@ class _ClassificationRecalibration(PostHocMethod):
             self.
         """
         self._check_params()
-        scores = _read(prediction, from_logits)
-        labels = _labels(labels, scores)
+        scores = read_scores(prediction, from_logits)
+        labels = read_labels(labels, scores)
         self._fit_scores(scores, labels)
         self.num_classes_ = int(scores.probs.shape[1])
         return self
@@ -180,7 +82,7 @@ class _ClassificationRecalibration(PostHocMethod):
             NotFittedError: `fit` has not been called.
         """
         self._check_is_fitted("transform")
-        scores = _read(prediction, from_logits)
+        scores = read_scores(prediction, from_logits)
         classes = scores.probs.shape[1]
         if classes != self.num_classes_:
             raise ValueError(
@@ -188,7 +90,7 @@ class _ClassificationRecalibration(PostHocMethod):
                 f"{self.num_classes_} classes, as in `fit`. Received: "
                 f"{classes} classes"
             )
-        return _result(scores, self._map_scores(scores))
+        return result(scores, self._map_scores(scores))
 
     def fit_transform(self, prediction, labels, from_logits=None):
         """`fit(prediction, labels, from_logits).transform(prediction,
@@ -206,8 +108,8 @@ class _ClassificationRecalibration(PostHocMethod):
         return fitted.transform(prediction, from_logits)
 
     def _fit(self, prediction, labels):
-        scores = _read(prediction, None)
-        self._fit_scores(scores, _labels(labels, scores))
+        scores = read_scores(prediction, None)
+        self._fit_scores(scores, read_labels(labels, scores))
         self.num_classes_ = int(scores.probs.shape[1])
 
     def _transform(self, prediction):
@@ -314,7 +216,7 @@ class VectorScaling(_ClassificationRecalibration):
     @staticmethod
     def _nll_grad_hessian(logits, onehot, scale, bias, order=2):
         n, classes = logits.shape
-        log_probs = _log_softmax(logits * scale + bias)
+        log_probs = log_softmax(logits * scale + bias)
         nll = -np.sum(log_probs * onehot) / n
         if order == 0:
             return nll, None, None
@@ -389,7 +291,7 @@ class VectorScaling(_ClassificationRecalibration):
         self.n_iter_ = int(steps)
 
     def _map_scores(self, scores):
-        return np.exp(_log_softmax(scores.logits * self.scale_ + self.bias_))
+        return np.exp(log_softmax(scores.logits * self.scale_ + self.bias_))
 
 
 class HistogramBinning(_OneVsRest):

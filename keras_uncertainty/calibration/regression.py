@@ -9,17 +9,13 @@ import warnings
 
 import numpy as np
 
+from keras_uncertainty._validation import as_array, regression_inputs, unit_interval
 from keras_uncertainty.calibration._isotonic import (
     isotonic_fit,
     isotonic_inverse,
     isotonic_predict,
 )
-from keras_uncertainty.metrics._checks import (
-    as_array,
-    regression_inputs,
-    unit_interval,
-)
-from keras_uncertainty.metrics.regression import _standard_normal_cdf, _standardized
+from keras_uncertainty.metrics.regression import gaussian_pit
 from keras_uncertainty.posthoc.base import PostHocMethod
 from keras_uncertainty.sampling.predictions import RegressionPrediction
 
@@ -119,7 +115,7 @@ class RecalibratedRegression:
             float64 array shaped like `mean`, in `[0, 1]`.
         """
         y, mean, std = regression_inputs(y, self.mean, self.std)
-        levels = _columns(_standard_normal_cdf(_standardized(y, mean, std)))
+        levels = _columns(gaussian_pit(y, mean, std))
         mapped = np.stack(
             [
                 isotonic_predict(x, r, levels[:, j])
@@ -237,7 +233,7 @@ class QuantileRecalibration(PostHocMethod):
     def _fit(self, prediction, y):
         mean, std = _mean_std(prediction)
         y, mean, std = regression_inputs(y, mean, std)
-        levels = _columns(_standard_normal_cdf(_standardized(y, mean, std)))
+        levels = _columns(gaussian_pit(y, mean, std))
         count = len(levels)
         x_thresholds, y_thresholds = [], []
         for column in levels.T:

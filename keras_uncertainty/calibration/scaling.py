@@ -6,35 +6,36 @@ import warnings
 
 import numpy as np
 
-from keras_uncertainty._validation import check_positive_finite, check_positive_int
-from keras_uncertainty.metrics._checks import (
+from keras_uncertainty._validation import (
     as_array,
+    check_positive_finite,
+    check_positive_int,
+    check_probs,
     classification_inputs,
     regression_inputs,
 )
+from keras_uncertainty.calibration._inputs import (
+    log_probs,
+    read_labels,
+    read_scores,
+    result,
+)
 from keras_uncertainty.posthoc.base import PostHocMethod
-from keras_uncertainty.sampling.formulas import entropy
+from keras_uncertainty.sampling.formulas import entropy, log_softmax
 from keras_uncertainty.sampling.predictions import (
     ClassificationPrediction,
     RegressionPrediction,
 )
 
 
-def _log_softmax(logits):
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
-
-
 def _log_probs(probs):
-    """Checked `(N, C)` probabilities -> their logs (0 is clipped to the
-    smallest float, so a class with probability 0 stays all but impossible)."""
-    _, probs = classification_inputs(np.zeros(len(probs), np.int64), probs)
-    return np.log(np.maximum(probs, np.finfo(np.float64).tiny))
+    """Checked `(N, C)` probabilities -> their logs (see `log_probs`)."""
+    return log_probs(check_probs(probs, "probs"))
 
 
 def _deprecated(call, instead):
     warnings.warn(
-        f"{call} with an array is deprecated and will be removed in 0.4; {instead}",
+        f"{call} is deprecated and will be removed in 0.4; {instead}",
         DeprecationWarning,
         stacklevel=3,
     )
@@ -72,10 +73,19 @@ class TemperatureScaling(PostHocMethod):
       `entropy = expected_entropy + mutual_information` no longer holds
       after the transform. Rank by `mutual_information` as before.
 
-    Deprecated since 0.3 (removed in 0.4): `fit(logits, labels)` and
-    `transform(logits)` with arrays of logits (or of probabilities with
-    `from_probs=True`); `transform` then returns the `(N, C)` array of
-    calibrated probabilities. Each call warns once.
+    Arrays, read as by every classification calibrator (see
+    `ku.calibration.classification`), with `from_logits` said: `(N, C)`
+    logits (`from_logits=True`, calibrated as `softmax(logits / T)`) or
+    probabilities (`from_logits=False`, read through their logs), or the
+    positive class's scores of a binary task as `(N,)`. `transform` then
+    returns a new `ClassificationPrediction` of one sample (as
+    `ClassificationPrediction.from_probs`).
+
+    Deprecated since 0.3 (removed in 0.4): an array without `from_logits`
+    (read as logits, or as probabilities with `from_probs=True`);
+    `transform` then returns the `(N, C)` array of calibrated
+    probabilities. Each call warns once, saying how to state
+    `from_logits`.
 
     Args:
         bounds: `(low, high)`, finite, `0 < low < high`: the range of T.
@@ -138,31 +148,70 @@ class TemperatureScaling(PostHocMethod):
             )
         return logits
 
-    def fit(self, prediction, labels, from_probs=None):
+    def _check_forms(self, prediction, from_logits, from_probs):
+        """Refuses what `fit` / `transform` cannot read; whether the array
+        form is the deprecated one (no `from_logits`)."""
+        _refuse_other_prediction(prediction, ClassificationPrediction)
+        if isinstance(prediction, ClassificationPrediction):
+            self._check_from_probs(from_probs)
+            read_scores(prediction, from_logits)  # from_logits must be None
+            return False
+        if from_logits is not None and from_probs is not None:
+            raise ValueError(
+                "Invalid value received for argument `from_probs`. Expected "
+                "None with `from_logits` (`from_probs=True` is the deprecated "
+                "spelling of `from_logits=False`). Received: "
+                f"from_probs={from_probs!r}"
+            )
+        return from_logits is None
+
+    @staticmethod
+    def _legacy_instead(call):
+        return (
+            "pass a ClassificationPrediction (as ku.predict_classification "
+            f"returns), or say what the array holds: {call}(logits, ..., "
+            f"from_logits=True) or {call}(probs, ..., from_logits=False), "
+            "which return a ClassificationPrediction. Without `from_logits` "
+            "the array is read as logits (as probabilities with "
+            "from_probs=True)."
+        )
+
+    def fit(self, prediction, labels, from_logits=None, from_probs=None):
         """Fits the temperature on held-out predictions and labels.
 
         Args:
-            prediction: A `ku.ClassificationPrediction`. Deprecated: an
-                `(N, C)` array of logits, or of probabilities with
-                `from_probs=True`.
+            prediction: A `ku.ClassificationPrediction` (read through the
+                logs of its `probs`), or an array with `from_logits` said:
+                `(N, C)` logits (`from_logits=True`) or probabilities
+                (`from_logits=False`, read through their logs), or `(N,)` /
+                `(N, 1)` scores of the positive class of a binary task (as
+                in `ku.calibration.classification`).
             labels: `(N,)` integer labels.
-            from_probs: Only for the deprecated array form: whether the
-                array holds probabilities (their logs are used as logits).
+            from_logits: None with a `ClassificationPrediction`; True or
+                False with an array. Deprecated: an array without it, read
+                as logits (one DeprecationWarning per call, which says how
+                to state it).
+            from_probs: Deprecated spelling of `from_logits=False` (only
+                without `from_logits`).
 
         Returns:
             self.
         """
-        _refuse_other_prediction(prediction, ClassificationPrediction)
+        legacy = self._check_forms(prediction, from_logits, from_probs)
         if isinstance(prediction, ClassificationPrediction):
-            self._check_from_probs(from_probs)
             return super().fit(prediction, labels)
-        _deprecated(
-            "TemperatureScaling.fit(logits, labels)",
-            "pass a ClassificationPrediction (as ku.predict_classification "
-            "returns): fit(prediction, labels).",
-        )
         self._check_params()
-        self._fit_logits(self._array_logits(prediction, from_probs), labels, 3)
+        if legacy:
+            _deprecated(
+                "TemperatureScaling.fit(logits, labels) with an array and no "
+                "`from_logits`",
+                self._legacy_instead("fit"),
+            )
+            logits = self._array_logits(prediction, from_probs)
+            self._fit_logits(logits, labels, 3)
+            return self
+        scores = read_scores(prediction, from_logits)
+        self._fit_logits(scores.logits, read_labels(labels, scores), 3)
         return self
 
     def _fit(self, prediction, labels):
@@ -174,7 +223,7 @@ class TemperatureScaling(PostHocMethod):
         rows = np.arange(len(labels))
 
         def nll(log_t):
-            return -np.mean(_log_softmax(logits / math.exp(log_t))[rows, labels])
+            return -np.mean(log_softmax(logits / math.exp(log_t))[rows, labels])
 
         # Golden-section search on log T (the NLL is unimodal there).
         low, high = math.log(self.bounds[0]), math.log(self.bounds[1])
@@ -212,38 +261,58 @@ class TemperatureScaling(PostHocMethod):
                     stacklevel=stacklevel,
                 )
 
-    def transform(self, prediction, from_probs=None):
+    def transform(self, prediction, from_logits=None, from_probs=None):
         """Recalibrates a prediction with the fitted temperature.
 
         Args:
-            prediction: A `ku.ClassificationPrediction`. Deprecated: an
-                `(N, C)` array of logits, or of probabilities with
-                `from_probs=True`.
-            from_probs: Only for the deprecated array form (see `fit`).
+            prediction: As in `fit`, with the same number of classes.
+            from_logits: As in `fit`: None with a `ClassificationPrediction`;
+                True or False with an array.
+            from_probs: Deprecated, as in `fit`.
 
         Returns:
             A new `ClassificationPrediction` (see the class docstring for
-            each field); for the deprecated array form, the `(N, C)` array
-            `softmax(logits / temperature_)`.
+            each field; from an array, read as one sample:
+            `ClassificationPrediction.from_probs` of the calibrated
+            probabilities); for the deprecated array form without
+            `from_logits`, the `(N, C)` array `softmax(logits /
+            temperature_)`.
 
         Raises:
             NotFittedError: `fit` has not been called.
         """
-        _refuse_other_prediction(prediction, ClassificationPrediction)
+        legacy = self._check_forms(prediction, from_logits, from_probs)
         if isinstance(prediction, ClassificationPrediction):
-            self._check_from_probs(from_probs)
             return super().transform(prediction)
         self._check_is_fitted("transform")
-        _deprecated(
-            "TemperatureScaling.transform(logits)",
-            "pass a ClassificationPrediction (as ku.predict_classification "
-            "returns) to get a calibrated one: transform(prediction).",
-        )
-        logits = self._array_logits(prediction, from_probs)
-        return np.exp(_log_softmax(logits / self.temperature_))
+        if legacy:
+            _deprecated(
+                "TemperatureScaling.transform(logits) with an array and no "
+                "`from_logits`",
+                self._legacy_instead("transform"),
+            )
+            logits = self._array_logits(prediction, from_probs)
+            return np.exp(log_softmax(logits / self.temperature_))
+        scores = read_scores(prediction, from_logits)
+        return result(scores, np.exp(log_softmax(scores.logits / self.temperature_)))
+
+    def fit_transform(self, prediction, labels, from_logits=None):
+        """`fit(prediction, labels, from_logits).transform(prediction,
+        from_logits)`.
+
+        Args:
+            prediction: The held-out predictions (as in `fit`).
+            labels: Their labels.
+            from_logits: As in `fit`.
+
+        Returns:
+            The recalibrated `prediction`.
+        """
+        fitted = self.fit(prediction, labels, from_logits)
+        return fitted.transform(prediction, from_logits)
 
     def _transform(self, prediction):
-        probs = np.exp(_log_softmax(_log_probs(prediction.probs) / self.temperature_))
+        probs = np.exp(log_softmax(_log_probs(prediction.probs) / self.temperature_))
         return dataclasses.replace(prediction, probs=probs, entropy=entropy(probs))
 
 
@@ -340,7 +409,7 @@ class VarianceScaling(PostHocMethod):
             return super().transform(prediction)
         self._check_is_fitted("transform")
         _deprecated(
-            "VarianceScaling.transform(std)",
+            "VarianceScaling.transform(std) with an array",
             "pass a RegressionPrediction (as ku.predict_regression returns) "
             "to get a calibrated one: transform(prediction).",
         )

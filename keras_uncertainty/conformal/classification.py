@@ -4,13 +4,12 @@ import numbers
 
 import numpy as np
 
-from keras_uncertainty._validation import check_bool
+from keras_uncertainty._validation import check_bool, classification_inputs
 from keras_uncertainty.conformal._core import (
     ConformalMethod,
     SortedScores,
     conformal_quantiles,
 )
-from keras_uncertainty.metrics._checks import classification_inputs
 
 SCORES = ("lac", "aps", "raps")
 

@@ -31,6 +31,7 @@ from keras_uncertainty.metrics.regression import (
     crps_gaussian,
     gaussian_log_density,
     gaussian_nll,
+    gaussian_pit,
     interval_coverage,
     interval_score,
     mixture_log_density,
@@ -38,6 +39,7 @@ from keras_uncertainty.metrics.regression import (
     regression_calibration_curve,
     regression_calibration_error,
     rmse,
+    sharpness,
 )
 from keras_uncertainty.metrics.reports import (
     classification_report,
@@ -63,6 +65,7 @@ __all__ = [
     "fpr_at_tpr",
     "gaussian_log_density",
     "gaussian_nll",
+    "gaussian_pit",
     "interval_coverage",
     "interval_score",
     "max_calibration_error",
@@ -78,4 +81,5 @@ __all__ = [
     "retention_curve",
     "rmse",
     "set_coverage",
+    "sharpness",
 ]

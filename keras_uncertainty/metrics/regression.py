@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_uncertainty._validation import check_positive_int as positive_int
+from keras_uncertainty._validation import check_positive_std
 from keras_uncertainty.metrics._checks import (
     as_array,
     regression_inputs,
@@ -312,3 +313,62 @@ def regression_calibration_error(y_true, mean, std, num_levels=20):
     """
     expected, observed = regression_calibration_curve(y_true, mean, std, num_levels)
     return float(np.mean(np.abs(observed - expected)))
+
+
+def gaussian_pit(y_true, mean, std):
+    """The probability integral transform of each target under its Gaussian
+    predictive distribution: `Phi((y_true - mean) / std)`.
+
+    For a calibrated model these levels are uniform on `[0, 1]`; they are
+    the input of `ku.calibration.QuantileRecalibration` (Kuleshov et al.
+    2018) and of the calibration curve. `Phi` is computed through `erfc`,
+    so the lower tail keeps its relative precision (no `1 + erf`
+    cancellation), and `(y_true - mean) / std` does not overflow where the
+    difference alone would.
+
+    Args:
+        y_true: `(N,)` or `(N, k)` targets.
+        mean: Predictive means, shaped like `y_true` (`(N,)` targets against
+            `(N, 1)` means work).
+        std: Predictive standard deviations (> 0), shaped like `mean`.
+
+    Returns:
+        float64 array shaped like `mean`, in `[0, 1]`.
+    """
+    y_true, mean, std = regression_inputs(y_true, mean, std)
+    return _standard_normal_cdf(_standardized(y_true, mean, std))
+
+
+def sharpness(std):
+    """Sharpness of a regressor's predictive distributions, as
+    uncertainty-toolbox defines it: the root mean predicted variance,
+    `sqrt(mean(std^2))` over every point and target.
+
+    Lower is sharper (more concentrated predictions). Sharpness says nothing
+    of calibration: read it next to a calibration measure
+    (`regression_calibration_error`) or a proper score (`gaussian_nll`,
+    `crps_gaussian`), which reward sharpness only as far as it stays
+    calibrated (Gneiting et al. 2007).
+
+    Args:
+        std: `(N,)` or `(N, k)` predictive standard deviations (>= 0,
+            finite), or a `ku.RegressionPrediction` (its `std`).
+
+    Returns:
+        float >= 0, in the units of the targets.
+    """
+    if (
+        hasattr(std, "std")
+        and not isinstance(std, np.ndarray)
+        and not callable(std.std)
+    ):
+        std = std.std
+    std = check_positive_std(as_array(std, "std"), strict=False)
+    with np.errstate(over="ignore"):
+        squares = np.square(std)
+    # float64's largest std squared overflows: sqrt(mean(std^2)) from the
+    # scaled values then.
+    if not np.all(np.isfinite(squares)):
+        top = float(np.max(std))
+        return top * math.sqrt(_mean(np.square(std / top)))
+    return math.sqrt(_mean(squares))
