@@ -252,21 +252,49 @@ def check_probs(value, name="probs", tolerance=1e-3):
     Returns:
         The float64 `(N, C)` array, unchanged.
     """
-    probs = as_array(value, name)
-    if probs.ndim != 2:
+    return check_distributions(shaped_array(value, name, "(N, C)"), name, tolerance)
+
+
+def shaped_array(value, name, shape="(N, C)", hint=""):
+    """`as_array(value, name)` of the rank that `shape` spells: `"(N, C)"` a
+    2-D array, `"(T, N, C)"` a 3-D one; else a ValueError "Expected shape
+    {shape}{hint}. Received: shape ..." naming `name`.
+
+    Args:
+        value: The argument's value (array, list or tensor).
+        name: The argument's name, for the messages.
+        shape: The expected shape, as the message writes it.
+        hint: Text after the expected shape in the message (": one ...").
+
+    Returns:
+        The float64 numpy array.
+    """
+    array = as_array(value, name)
+    if array.ndim != len(shape.split(",")):
         raise ValueError(
             f"Invalid value received for argument `{name}`. Expected shape "
-            f"(N, C). Received: shape {probs.shape}"
+            f"{shape}{hint}. Received: shape {array.shape}"
         )
-    sums = probs.sum(-1)
-    if np.any(probs < 0) or np.any(np.abs(sums - 1) > tolerance):
+    return array
+
+
+def check_distributions(array, name, tolerance=1e-3):
+    """Checks that every row of `array` (its last axis, any rank) is a
+    probability vector: non-negative entries summing to 1 within
+    `tolerance`, else a ValueError naming `name`.
+
+    Returns:
+        `array`, unchanged.
+    """
+    sums = array.sum(-1)
+    if np.any(array < 0) or np.any(np.abs(sums - 1) > tolerance):
         raise ValueError(
             f"Invalid value received for argument `{name}`. Expected "
             f"non-negative rows that sum to 1 (within {tolerance}). Received: "
             f"row sums from {sums.min():.4g} to {sums.max():.4g}"
-            f" and smallest entry {probs.min():.4g}"
+            f" and smallest entry {array.min():.4g}"
         )
-    return probs
+    return array
 
 
 def classification_inputs(labels, probs, tolerance=1e-3):

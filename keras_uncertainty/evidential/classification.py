@@ -29,8 +29,10 @@ import tensorflow as tf
 from keras import ops
 
 from keras_uncertainty.evidential._base import DenseHead, SuppliesReducer
-from keras_uncertainty.sampling.formulas import entropy
-from keras_uncertainty.sampling.predictions import ClassificationPrediction
+from keras_uncertainty.sampling.predictions import (
+    ClassificationPrediction,
+    classification_summary,
+)
 from keras_uncertainty.sampling.reducers import Reducer
 
 _PACKAGE = "keras_uncertainty"
@@ -479,29 +481,18 @@ class EvidentialClassificationSummary(Reducer):
                 "outputs evidence + 1). Received: values down to "
                 f"{float(np.min(min_alpha)):.3g}"
             )
-        probs = sum_probs / num_samples
-        total = entropy(probs)
-        expected = sum_expected / num_samples
+        fields = classification_summary(sum_probs, sum_expected, num_samples)
         return EvidentialClassificationPrediction(
-            probs=probs,
-            label=np.argmax(probs, axis=-1),
-            entropy=total,
-            expected_entropy=expected,
-            mutual_information=np.maximum(total - expected, 0.0),
+            **fields,
+            label=np.argmax(fields["probs"], axis=-1),
             votes=None,
             vacuity=sum_vacuity / num_samples,
         )
 
     def summary(self, state, num_samples):
         sum_probs, sum_expected, sum_vacuity, _ = state
-        probs = sum_probs / num_samples
-        total = entropy(probs)
-        expected = sum_expected / num_samples
         return {
-            "probs": probs,
-            "entropy": total,
-            "expected_entropy": expected,
-            "mutual_information": tf.maximum(total - expected, 0.0),
+            **classification_summary(sum_probs, sum_expected, num_samples),
             "vacuity": sum_vacuity / num_samples,
         }
 

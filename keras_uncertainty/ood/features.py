@@ -13,8 +13,7 @@ import numbers
 import keras
 import numpy as np
 
-from keras_uncertainty._validation import check_positive_int
-from keras_uncertainty.metrics._checks import as_array
+from keras_uncertainty._validation import as_array, check_positive_int, shaped_array
 from keras_uncertainty.posthoc.base import PostHocMethod
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
@@ -98,14 +97,12 @@ def layer_features(model, x, layer, batch_size=256):
 
 
 def _features(value, name="features"):
-    array = as_array(value, name)
-    if array.ndim != 2:
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected shape "
-            f"(N, D): one feature vector per row (pool or flatten feature "
-            f"maps first). Received: shape {array.shape}"
-        )
-    return array
+    return shaped_array(
+        value,
+        name,
+        "(N, D)",
+        ": one feature vector per row (pool or flatten feature maps first)",
+    )
 
 
 def _labels(value, num_rows):

@@ -13,45 +13,23 @@ float64 numpy), and those that read probabilities also take a
 
 import numpy as np
 
-from keras_uncertainty._validation import check_positive_finite
-from keras_uncertainty.metrics._checks import as_array
+from keras_uncertainty._validation import (
+    check_distributions,
+    check_positive_finite,
+    check_probs,
+    shaped_array,
+)
+from keras_uncertainty.sampling import formulas
 from keras_uncertainty.sampling.predictions import ClassificationPrediction
 
 # Rows of probabilities must sum to 1 within this (float32 softmax output).
 _SUM_TOLERANCE = 1e-3
 
 
-def _matrix(value, name, shape="(N, C)"):
-    array = as_array(value, name)
-    if array.ndim != len(shape.split(",")):
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected shape "
-            f"{shape}. Received: shape {array.shape}"
-        )
-    return array
-
-
-def _check_distributions(array, name):
-    sums = array.sum(-1)
-    if np.any(array < 0) or np.any(np.abs(sums - 1) > _SUM_TOLERANCE):
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected "
-            f"non-negative rows that sum to 1 (within {_SUM_TOLERANCE}). "
-            f"Received: row sums from {sums.min():.4g} to {sums.max():.4g} and "
-            f"smallest entry {array.min():.4g}"
-        )
-    return array
-
-
 def _probs(value, name="probs"):
     if isinstance(value, ClassificationPrediction):
         value = value.probs
-    return _check_distributions(_matrix(value, name), name)
-
-
-def _entropy(probs):
-    """`-sum_c p_c log p_c` over the last axis, with `0 log 0 = 0`."""
-    return -np.sum(probs * np.log(np.where(probs > 0, probs, 1.0)), axis=-1)
+    return check_probs(value, name, _SUM_TOLERANCE)
 
 
 def msp(probs):
@@ -83,7 +61,7 @@ def max_logit(logits):
     Returns:
         `(N,)` float64 scores.
     """
-    return -np.max(_matrix(logits, "logits"), axis=-1)
+    return -np.max(shaped_array(logits, "logits"), axis=-1)
 
 
 def energy(logits, temperature=1.0):
@@ -102,7 +80,7 @@ def energy(logits, temperature=1.0):
         `(N,)` float64 scores.
     """
     temperature = check_positive_finite(temperature, "temperature")
-    scaled = _matrix(logits, "logits") / temperature
+    scaled = shaped_array(logits, "logits") / temperature
     top = np.max(scaled, axis=-1)
     rest = np.log(np.sum(np.exp(scaled - top[:, None]), axis=-1))
     return -temperature * (top + rest)
@@ -124,7 +102,7 @@ def entropy(probs):
     """
     if isinstance(probs, ClassificationPrediction):
         return np.asarray(probs.entropy, np.float64)
-    return _entropy(_probs(probs))
+    return formulas.entropy(_probs(probs))
 
 
 def mutual_information(samples):
@@ -145,11 +123,10 @@ def mutual_information(samples):
     """
     if isinstance(samples, ClassificationPrediction):
         return np.asarray(samples.mutual_information, np.float64)
-    array = _check_distributions(
-        _matrix(samples, "samples", shape="(T, N, C)"), "samples"
+    array = check_distributions(
+        shaped_array(samples, "samples", "(T, N, C)"), "samples", _SUM_TOLERANCE
     )
-    total = _entropy(array.mean(axis=0))
-    return np.maximum(total - _entropy(array).mean(axis=0), 0.0)
+    return formulas.entropy_split_of_samples(array)[2]
 
 
 def variation_ratio(votes):
@@ -177,7 +154,7 @@ def variation_ratio(votes):
                 "prediction with votes=None"
             )
         votes = votes.votes
-    counts = _matrix(votes, "votes")
+    counts = shaped_array(votes, "votes")
     totals = counts.sum(-1)
     if np.any(counts < 0) or np.any(counts != np.round(counts)) or np.any(totals < 1):
         raise ValueError(
@@ -225,7 +202,7 @@ def scores_from_prediction(prediction, logits=None, temperature=1.0):
     if prediction.votes is not None:
         scores["variation_ratio"] = variation_ratio(prediction)
     if logits is not None:
-        logits_array = _matrix(logits, "logits")
+        logits_array = shaped_array(logits, "logits")
         if logits_array.shape != np.shape(prediction.probs):
             raise ValueError(
                 "Expected `logits` to have the shape of `prediction.probs`. "

@@ -165,3 +165,71 @@ def log_softmax(logits, axis=-1):
     logits = np.asarray(logits)
     shifted = logits - np.max(logits, axis=axis, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+# The split of the predictive entropy of T samples (or of a second-order
+# distribution) into its aleatoric and epistemic parts, with `p_bar` the mean
+# probabilities and `E[H]` the expected entropy of the samples:
+#
+#     total               = H[p_bar] = -sum_c p_bar_c log p_bar_c   (0 log 0 = 0)
+#     expected            = E[H] = mean_t H[p_t]
+#     mutual_information  = max(total - expected, 0)
+#
+# `total >= expected` by Jensen's inequality (the entropy is concave); float
+# rounding below 0 is clipped to 0. One numpy form (the final summaries of
+# `ku.predict_classification`, `ku.evidential`, `ku.ood`, Laplace) and one
+# graph form (`ku.export`, in-graph summaries), side by side.
+
+
+def entropy_split(mean_probs, expected_entropy):
+    """numpy split of the predictive entropy: `(total, expected, mutual
+    information)` with `total = H[mean_probs] = -sum_c p_c log p_c` (nats,
+    `0 log 0 = 0`), `expected = expected_entropy` and
+    `mutual_information = max(total - expected, 0)` (>= 0 by Jensen's
+    inequality; float rounding below 0 clipped).
+
+    Args:
+        mean_probs: `(..., C)` mean probabilities `p_bar = mean_t p_t`
+            (anything `np.asarray` takes).
+        expected_entropy: `(...)` the mean entropy of the samples,
+            `mean_t H[p_t]` (or a closed form, such as a Dirichlet's).
+
+    Returns:
+        `(total, expected, mutual_information)`, numpy arrays of shape
+        `(...)`.
+    """
+    total = entropy(np.asarray(mean_probs))
+    expected = np.asarray(expected_entropy)
+    return total, expected, np.maximum(total - expected, 0.0)
+
+
+def entropy_split_graph(mean_probs, expected_entropy):
+    """In-graph (TensorFlow) form of `entropy_split`, the same formula:
+    `total = -sum_c xlogy(p_c, p_c)`, `mutual_information =
+    max(total - expected, 0)`.
+
+    Args:
+        mean_probs: `(..., C)` mean probabilities, a tensor.
+        expected_entropy: `(...)` the mean entropy of the samples, a tensor.
+
+    Returns:
+        `(total, expected, mutual_information)`, tensors of shape `(...)`
+        (`expected` is `expected_entropy` as given).
+    """
+    total = entropy(tf.convert_to_tensor(mean_probs))
+    return total, expected_entropy, tf.maximum(total - expected_entropy, 0.0)
+
+
+def entropy_split_of_samples(samples):
+    """numpy `entropy_split` of T sampled probability vectors: the mean
+    `p_bar = mean_t p_t` and the expected entropy `mean_t H[p_t]` over the
+    first axis.
+
+    Args:
+        samples: `(T, ..., C)` probabilities.
+
+    Returns:
+        `(total, expected, mutual_information)`, each `(...)`.
+    """
+    samples = np.asarray(samples)
+    return entropy_split(samples.mean(axis=0), entropy(samples).mean(axis=0))

@@ -6,7 +6,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_uncertainty._validation import as_array, check_probs
-from keras_uncertainty.sampling.formulas import entropy, log_softmax
+from keras_uncertainty.sampling.formulas import (
+    entropy,
+    entropy_split,
+    entropy_split_graph,
+    log_softmax,
+)
 
 
 def _math(value):
@@ -46,17 +51,17 @@ def classification_summary(sum_probs, sum_entropy, num_samples):
 
     Returns:
         A dict with `probs`, `entropy`, `expected_entropy` and
-        `mutual_information`.
+        `mutual_information` (`formulas.entropy_split` of numpy arrays,
+        `formulas.entropy_split_graph` of tensors).
     """
     probs = sum_probs / num_samples
-    total = entropy(probs)
-    expected = sum_entropy / num_samples
+    split = entropy_split if isinstance(probs, np.ndarray) else entropy_split_graph
+    total, expected, mutual_information = split(probs, sum_entropy / num_samples)
     return {
         "probs": probs,
         "entropy": total,
         "expected_entropy": expected,
-        # >= 0 by Jensen's inequality; float rounding below 0 is clipped.
-        "mutual_information": _math(total).maximum(total - expected, 0.0),
+        "mutual_information": mutual_information,
     }
 
 
