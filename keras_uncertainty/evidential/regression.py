@@ -34,6 +34,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_uncertainty.evidential._base import DenseHead, SuppliesReducer
+from keras_uncertainty.losses.gaussian_nll import align_targets
 from keras_uncertainty.sampling.predictions import RegressionPrediction
 from keras_uncertainty.sampling.reducers import Reducer
 
@@ -144,22 +145,6 @@ def split_nig(y_pred):
     return tuple(y_pred[..., i * k : (i + 1) * k] for i in range(4))
 
 
-def _align_targets(y_true, gamma):
-    y_true = ops.cast(y_true, gamma.dtype)
-    if len(y_true.shape) == len(gamma.shape) - 1:
-        y_true = ops.expand_dims(y_true, -1)
-    k_true, k_pred = y_true.shape[-1], gamma.shape[-1]
-    if len(y_true.shape) != len(gamma.shape) or (
-        k_true is not None and k_pred is not None and k_true != k_pred
-    ):
-        raise ValueError(
-            "Expected `y_pred` to have last dimension 4*k for `y_true` with k "
-            f"targets. Received: y_true with shape {tuple(y_true.shape)} and "
-            f"y_pred with {k_pred} targets (4*{k_pred} columns)"
-        )
-    return y_true
-
-
 def nig_nll(y_true, y_pred):
     """Negative log-likelihood of `y_true` under the NIG's Student-t marginal.
 
@@ -180,7 +165,7 @@ def nig_nll(y_true, y_pred):
         `(N, k)` per-target NLL.
     """
     gamma, nu, alpha, beta = split_nig(y_pred)
-    y_true = _align_targets(y_true, gamma)
+    y_true = align_targets(y_true, gamma, columns=4, unit="targets")
     omega = 2.0 * beta * (1.0 + nu)
     return (
         _HALF_LOG_PI
@@ -203,7 +188,7 @@ def nig_regularizer(y_true, y_pred):
         `(N, k)`.
     """
     gamma, nu, alpha, _ = split_nig(y_pred)
-    y_true = _align_targets(y_true, gamma)
+    y_true = align_targets(y_true, gamma, columns=4, unit="targets")
     return ops.abs(y_true - gamma) * (2.0 * nu + alpha)
 
 

@@ -51,19 +51,34 @@ def split_mean_log_var(y_pred):
     return y_pred[..., :k], y_pred[..., k:]
 
 
-def _align_targets(y_true, mean):
-    """Gives `y_true` the shape of `mean`, accepting `(N,)` for one target."""
-    y_true = ops.cast(y_true, mean.dtype)
-    if len(y_true.shape) == len(mean.shape) - 1:
+def align_targets(y_true, per_target, columns=2, unit="means"):
+    """Gives `y_true` the shape (and dtype) of `per_target`, one column per
+    target, accepting `(N,)` for one target: the target check of every
+    regression loss whose `y_pred` holds `columns` columns per target.
+
+    Args:
+        y_true: Targets, `(N, k)` or `(N,)` when k = 1.
+        per_target: A `(N, k)` slice of `y_pred` (the means, or the NIG's
+            gamma).
+        columns: Columns of `y_pred` per target (2: mean and log-variance;
+            4: a Normal-Inverse-Gamma), for the message.
+        unit: What the k columns of `per_target` are, for the message.
+
+    Returns:
+        `y_true` cast to `per_target`'s dtype, `(N, k)`; a ValueError when
+        its number of targets does not match.
+    """
+    y_true = ops.cast(y_true, per_target.dtype)
+    if len(y_true.shape) == len(per_target.shape) - 1:
         y_true = ops.expand_dims(y_true, -1)
-    k_true, k_pred = y_true.shape[-1], mean.shape[-1]
-    if len(y_true.shape) != len(mean.shape) or (
+    k_true, k_pred = y_true.shape[-1], per_target.shape[-1]
+    if len(y_true.shape) != len(per_target.shape) or (
         k_true is not None and k_pred is not None and k_true != k_pred
     ):
         raise ValueError(
-            "Expected `y_pred` to have last dimension 2*k for `y_true` with k "
-            f"targets. Received: y_true with shape {tuple(y_true.shape)} and "
-            f"y_pred with {k_pred} means (2*{k_pred} columns)"
+            f"Expected `y_pred` to have last dimension {columns}*k for `y_true` "
+            f"with k targets. Received: y_true with shape {tuple(y_true.shape)} "
+            f"and y_pred with {k_pred} {unit} ({columns}*{k_pred} columns)"
         )
     return y_true
 
@@ -99,7 +114,7 @@ def _nll(y_true, y_pred, beta=0.0, min_log_var=None, include_constant=False):
     # float32 for half-precision predictions (a mixed-precision model's):
     # exp(-log_var) and the squared errors overflow float16 at 65504.
     mean, log_var = split_mean_log_var(widen(y_pred))
-    y_true = _align_targets(y_true, mean)
+    y_true = align_targets(y_true, mean)
     if min_log_var is not None:
         log_var = ops.maximum(log_var, min_log_var)
     loss = 0.5 * (log_var + scaled_squared_error(ops.square(y_true - mean), log_var))
