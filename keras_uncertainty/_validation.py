@@ -334,3 +334,73 @@ def unit_interval(value, name, closed=False):
             f"in {interval}. Received: {name}={value!r}"
         )
     return float(value)
+
+
+# Layer arguments --------------------------------------------------------------
+
+
+def check_choice(value, name, choices, lower=False):
+    """Checks that `value` is one of `choices` (compared in lower case when
+    `lower`, and then returned in lower case); else a ValueError "Expected
+    one of [...]" naming `name`."""
+    candidate = value.lower() if lower and isinstance(value, str) else value
+    try:
+        ok = (isinstance(value, str) or not lower) and candidate in choices
+    except (TypeError, ValueError):  # an array compared with the choices
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected one of "
+            f"{list(choices)}. Received: {name}={value!r}"
+        )
+    return candidate
+
+
+def int_tuple(value, rank, name):
+    """A positive integer, or `rank` of them (a tuple, list or other
+    sequence), as a tuple of `rank` Python ints: a convolution's
+    `kernel_size`, `strides` or `dilation_rate`."""
+    values = None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        values = (value,) * rank
+    elif not isinstance(value, (str, bytes, bool)):
+        try:
+            values = tuple(value)
+        except TypeError:
+            values = None
+    if (
+        values is None
+        or len(values) != rank
+        or any(
+            isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1
+            for v in values
+        )
+    ):
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a "
+            f"positive integer or a tuple of {rank} positive integers. "
+            f"Received: {name}={value!r}"
+        )
+    return tuple(int(v) for v in values)
+
+
+def check_conv_arguments(rank, kernel_size, strides, padding, dilation_rate):
+    """The checked arguments of a convolution with `rank` spatial axes:
+    `kernel_size`, `strides` and `dilation_rate` as `int_tuple`s, `padding`
+    `"valid"` or `"same"` (any case, returned in lower case), and not both
+    `strides` and `dilation_rate` above 1 (as Keras's convolutions).
+
+    Returns:
+        `(kernel_size, strides, padding, dilation_rate)`.
+    """
+    kernel_size = int_tuple(kernel_size, rank, "kernel_size")
+    strides = int_tuple(strides, rank, "strides")
+    padding = check_choice(padding, "padding", ("valid", "same"), lower=True)
+    dilation_rate = int_tuple(dilation_rate, rank, "dilation_rate")
+    if max(strides) > 1 and max(dilation_rate) > 1:
+        raise ValueError(
+            "Invalid value received for arguments `strides` and "
+            "`dilation_rate`. Expected at most one of them above 1. "
+            f"Received: strides={strides}, dilation_rate={dilation_rate}"
+        )
+    return kernel_size, strides, padding, dilation_rate

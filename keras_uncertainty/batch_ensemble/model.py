@@ -18,8 +18,8 @@ from keras_uncertainty import _keras_compat
 from keras_uncertainty._validation import check_positive_int
 from keras_uncertainty.layers.batch_ensemble import (
     BatchEnsembleConv2D,
-    _BatchEnsembleLayer,
-    unfold_members,
+    BatchEnsembleLayer,
+    unfold_members_to_rows,
 )
 from keras_uncertainty.sampling import SampledModel, graph
 from keras_uncertainty.sampling.mixture import member_mixture
@@ -33,7 +33,7 @@ def _network_members(network):
     counts = {
         layer.name: layer.num_members
         for layer in _keras_compat.flatten_layers(network)
-        if isinstance(layer, _BatchEnsembleLayer)
+        if isinstance(layer, BatchEnsembleLayer)
     }
     if not counts:
         raise ValueError(
@@ -270,11 +270,11 @@ class BatchEnsemble(keras.Model):
                 if layout == "folded" and _pools_folded(layer):
                     outputs = layer(outputs)
                     continue
-                outputs = unfold_members(outputs, members)
+                outputs = unfold_members_to_rows(outputs, members)
                 layout = "rows"
             outputs = layer(outputs, training=training)
         if layout == "folded":
-            outputs = unfold_members(outputs, members)
+            outputs = unfold_members_to_rows(outputs, members)
         return outputs
 
     def build(self, input_shape=None):

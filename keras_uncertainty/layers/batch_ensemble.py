@@ -34,9 +34,12 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_uncertainty._validation import check_positive_int, value_errors_from_config
+from keras_uncertainty._validation import (
+    check_conv_arguments,
+    check_positive_int,
+    value_errors_from_config,
+)
 from keras_uncertainty.layers.grouped_conv import grouped_convolution
-from keras_uncertainty.layers.packed import _int_tuple
 
 _PACKAGE = "keras_uncertainty"
 
@@ -107,8 +110,11 @@ class RandomSign(keras.initializers.Initializer):
         return {"probability": self.probability, "seed": self.seed}
 
 
-def unfold_members(inputs, num_members):
-    """Folded `(B, h, w, M * C)` -> member-major rows `(M * B, h, w, C)`."""
+def unfold_members_to_rows(inputs, num_members):
+    """Folded `(B, h, w, M * C)` -> member-major rows `(M * B, h, w, C)`
+    (member m's rows `[m * B, (m + 1) * B)`). Compare
+    `layers.packed.unfold_members_to_axis`, which gives a leading member
+    axis `(M, B, h, w, C)`."""
     dims = tf.shape(inputs)
     height = inputs.shape[1] if inputs.shape[1] is not None else dims[1]
     width = inputs.shape[2] if inputs.shape[2] is not None else dims[2]
@@ -126,9 +132,13 @@ def _fast_weight_initializer(value):
 
 
 @value_errors_from_config
-class _BatchEnsembleLayer(keras.layers.Layer):
+class BatchEnsembleLayer(keras.layers.Layer):
     """What the Dense and Conv2D versions share: the per-member weights, the
-    member-major batch check and the per-member scaling of rows."""
+    member-major batch check and the per-member scaling of rows.
+
+    The base class of `ku.layers.BatchEnsembleDense` and
+    `BatchEnsembleConv2D`: `isinstance(layer, BatchEnsembleLayer)` tells a
+    BatchEnsemble layer (as `ku.batch_ensemble.BatchEnsemble` does)."""
 
     def _init_common(
         self,
@@ -348,7 +358,7 @@ _COMMON_ARGS = """num_members: Positive integer M.
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class BatchEnsembleDense(_BatchEnsembleLayer):
+class BatchEnsembleDense(BatchEnsembleLayer):
     __doc__ = f"""M Dense layers that share one kernel (BatchEnsemble).
 
     Member m computes `activation(((x * r_m) @ W) * s_m + b_m)`, a
@@ -444,7 +454,7 @@ class BatchEnsembleDense(_BatchEnsembleLayer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class BatchEnsembleConv2D(_BatchEnsembleLayer):
+class BatchEnsembleConv2D(BatchEnsembleLayer):
     __doc__ = f"""M Conv2D layers that share one kernel (BatchEnsemble).
 
     Member m computes `activation(conv(x * r_m, W) * s_m + b_m)`, a
@@ -494,22 +504,12 @@ class BatchEnsembleConv2D(_BatchEnsembleLayer):
     ):
         super().__init__(**kwargs)
         self.filters = check_positive_int(filters, "filters")
-        self.kernel_size = _int_tuple(kernel_size, 2, "kernel_size")
-        self.strides = _int_tuple(strides, 2, "strides")
-        padding = str(padding).lower()
-        if padding not in ("valid", "same"):
-            raise ValueError(
-                "Invalid value received for argument `padding`. Expected "
-                f"'valid' or 'same'. Received: padding={padding!r}"
-            )
-        self.padding = padding
-        self.dilation_rate = _int_tuple(dilation_rate, 2, "dilation_rate")
-        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
-            raise ValueError(
-                "Invalid value received for arguments `strides` and "
-                "`dilation_rate`. Expected one of them to be 1. Received: "
-                f"strides={self.strides}, dilation_rate={self.dilation_rate}"
-            )
+        (
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            self.dilation_rate,
+        ) = check_conv_arguments(2, kernel_size, strides, padding, dilation_rate)
         self._init_common(
             self.filters,
             num_members,
@@ -559,7 +559,7 @@ class BatchEnsembleConv2D(_BatchEnsembleLayer):
         folded = tf.transpose(by_member, (1, 2, 3, 0, 4))
         folded = tf.reshape(folded, [-1, height, width, self.num_members * channels])
         outputs = self.folded_call(folded)
-        unfolded = unfold_members(outputs, self.num_members)
+        unfolded = unfold_members_to_rows(outputs, self.num_members)
         if self._activation_is_elementwise():
             return unfolded
         return self.activation(unfolded)

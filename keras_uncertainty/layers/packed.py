@@ -37,6 +37,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_uncertainty._validation import (
+    check_conv_arguments,
     check_positive_int,
     check_rate,
     check_seed,
@@ -157,8 +158,11 @@ def fold_members(inputs):
     return tf.reshape(moved, tf.stack([*dims[:-2], dims[-2] * dims[-1]]))
 
 
-def unfold_members(inputs, num_members):
-    """Folded `(batch, *spatial, M * C)` -> member-major `(M, batch, *spatial, C)`."""
+def unfold_members_to_axis(inputs, num_members):
+    """Folded `(batch, *spatial, M * C)` -> member-major `(M, batch, *spatial, C)`
+    (a leading member axis; the inverse of `fold_members`). Compare
+    `layers.batch_ensemble.unfold_members_to_rows`, which stacks the members
+    on the rows."""
     dims = _dims(inputs)
     channels = inputs.shape[-1] // num_members
     split = tf.reshape(inputs, tf.stack([*dims[:-1], num_members, channels]))
@@ -171,7 +175,7 @@ def to_member_major(inputs, layout, num_members):
     if layout == "shared":
         return share_across_members(inputs, num_members)
     if layout == "folded":
-        return unfold_members(inputs, num_members)
+        return unfold_members_to_axis(inputs, num_members)
     return inputs
 
 
@@ -254,7 +258,7 @@ class PackedDense(keras.layers.Layer):
 
     def packed_call(self, inputs, layout, training=None):
         if layout == "folded":
-            inputs = unfold_members(inputs, self.num_members)
+            inputs = unfold_members_to_axis(inputs, self.num_members)
         return self(inputs), "member"
 
     def compute_output_shape(self, input_shape):
@@ -405,20 +409,6 @@ class PackedDropout(keras.layers.Layer):
         }
 
 
-def _int_tuple(value, rank, name):
-    values = (value,) * rank if isinstance(value, numbers.Integral) else tuple(value)
-    if len(values) != rank or not all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
-        for v in values
-    ):
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a "
-            f"positive integer or a tuple of {rank} of them. Received: "
-            f"{name}={value!r}"
-        )
-    return tuple(int(v) for v in values)
-
-
 @value_errors_from_config
 class _PackedConv(keras.layers.Layer):
     """M channels-last convolutions of `rank` spatial dimensions."""
@@ -443,23 +433,15 @@ class _PackedConv(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.filters = check_positive_int(filters, "filters")
-        self.kernel_size = _int_tuple(kernel_size, self.rank, "kernel_size")
         self.num_members = check_positive_int(num_members, "num_members")
-        self.strides = _int_tuple(strides, self.rank, "strides")
-        padding = str(padding).lower()
-        if padding not in ("valid", "same"):
-            raise ValueError(
-                "Invalid value received for argument `padding`. Expected "
-                f"'valid' or 'same'. Received: padding={padding!r}"
-            )
-        self.padding = padding
-        self.dilation_rate = _int_tuple(dilation_rate, self.rank, "dilation_rate")
-        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
-            raise ValueError(
-                "Invalid value received for arguments `strides` and "
-                "`dilation_rate`. Expected one of them to be 1. Received: "
-                f"strides={self.strides}, dilation_rate={self.dilation_rate}"
-            )
+        (
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            self.dilation_rate,
+        ) = check_conv_arguments(
+            self.rank, kernel_size, strides, padding, dilation_rate
+        )
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -526,7 +508,7 @@ class _PackedConv(keras.layers.Layer):
     def call(self, inputs):
         if len(inputs.shape) == self.rank + 3:
             inputs = fold_members(inputs)
-        return unfold_members(self.convolve_folded(inputs), self.num_members)
+        return unfold_members_to_axis(self.convolve_folded(inputs), self.num_members)
 
     def compute_output_shape(self, input_shape):
         batch = input_shape[0] if len(input_shape) == self.rank + 2 else input_shape[1]
@@ -806,7 +788,7 @@ class PackedNormalization(keras.layers.Layer):
 
     def packed_call(self, inputs, layout, training=None):
         if layout == "folded":
-            inputs = unfold_members(inputs, self.num_members)
+            inputs = unfold_members_to_axis(inputs, self.num_members)
         return self(inputs), "member"
 
     def compute_output_shape(self, input_shape):

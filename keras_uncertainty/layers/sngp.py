@@ -28,6 +28,7 @@ from keras_uncertainty import _budget
 from keras_uncertainty._precision import float32_layer_dtype
 from keras_uncertainty._validation import (
     check_bool,
+    check_choice,
     check_positive_finite,
     check_positive_int,
     check_seed,
@@ -173,15 +174,6 @@ class SNGPSpectralNormalization(keras.layers.Wrapper):
         return config
 
 
-def _check_choice(value, name, choices):
-    if value not in choices:
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected one of "
-            f"{choices}. Received: {name}={value!r}"
-        )
-    return value
-
-
 # Bytes per entry of the (D, D) matrices: the float32 precision and cached
 # covariance, and the float64 inverse with its symmetrized copies and
 # workspace (measured peak: about 12 float32-sized copies).
@@ -322,7 +314,7 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
         # the random features take the cosine of large projections.
         kwargs["dtype"] = float32_layer_dtype(kwargs.get("dtype"), type(self))
         super().__init__(**kwargs)
-        self.task = _check_choice(task, "task", _TASKS)
+        self.task = check_choice(task, "task", _TASKS)
         self.units = check_positive_int(units, "units")
         self.num_inducing = check_positive_int(num_inducing, "num_inducing")
         _check_inducing_memory(self.num_inducing, None, units)
@@ -343,7 +335,7 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
         self.gp_cov_ridge_penalty = check_positive_finite(
             gp_cov_ridge_penalty, "gp_cov_ridge_penalty"
         )
-        self.gp_cov_likelihood = _check_choice(
+        self.gp_cov_likelihood = check_choice(
             gp_cov_likelihood, "gp_cov_likelihood", _LIKELIHOODS
         )
         if (
@@ -361,7 +353,7 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
         self.scale_random_features = check_bool(
             scale_random_features, "scale_random_features"
         )
-        self.activation = _check_choice(activation, "activation", _ACTIVATIONS)
+        self.activation = check_choice(activation, "activation", _ACTIVATIONS)
         if (
             self.task == "classification"
             and self.activation == "softmax"

@@ -39,10 +39,15 @@ import tensorflow as tf
 from keras import ops
 
 from keras_uncertainty import _keras_compat
-from keras_uncertainty._validation import check_bool, check_positive_int
+from keras_uncertainty._validation import (
+    check_bool,
+    check_choice,
+    check_conv_arguments,
+    check_positive_int,
+)
 from keras_uncertainty.layers.grouped_conv import grouped_convolution
 from keras_uncertainty.layers.mc_layer import MCLayer
-from keras_uncertainty.layers.packed import fold_members, unfold_members
+from keras_uncertainty.layers.packed import fold_members, unfold_members_to_axis
 from keras_uncertainty.sampling import keys
 
 _PACKAGE = "keras_uncertainty"
@@ -84,34 +89,6 @@ def _check_finite(value, name, low, low_open, high=None, high_open=False):
 def check_kl_weight(kl_weight):
     """Checks a KL weight: a finite number >= 0."""
     return _check_finite(kl_weight, "kl_weight", 0.0, False)
-
-
-def _check_choice(value, name, choices):
-    if not isinstance(value, str) or value.lower() not in choices:
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected one of "
-            f"{list(choices)}. Received: {name}={value!r}"
-        )
-    return value.lower()
-
-
-def _int_tuple(value, rank, name):
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = (value,) * rank
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != rank
-        or any(
-            isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1
-            for v in value
-        )
-    ):
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a "
-            f"positive integer or a tuple of {rank} positive integers. "
-            f"Received: {name}={value!r}"
-        )
-    return tuple(int(v) for v in value)
 
 
 def _rho_of(scale):
@@ -198,7 +175,7 @@ class _Variational(MCLayer):
         self.posterior_scale_init = _check_finite(
             posterior_scale_init, "posterior_scale_init", 0.0, True
         )
-        self.prior = _check_choice(prior, "prior", _PRIORS)
+        self.prior = check_choice(prior, "prior", _PRIORS, lower=True)
         self.prior_scale = _check_finite(prior_scale, "prior_scale", 0.0, True)
         self.mixture_scale = _check_finite(mixture_scale, "mixture_scale", 0.0, True)
         self.mixture_weight = _check_finite(
@@ -563,8 +540,8 @@ class DenseFlipout(_DenseBase):
 
     def __init__(self, units, sampling_signs="both", **kwargs):
         super().__init__(units, **kwargs)
-        self.sampling_signs = _check_choice(
-            sampling_signs, "sampling_signs", ("both", "narrow")
+        self.sampling_signs = check_choice(
+            sampling_signs, "sampling_signs", ("both", "narrow"), lower=True
         )
 
     def get_config(self):
@@ -617,22 +594,20 @@ class _ConvFlipout(_Variational):
     ):
         super().__init__(**kwargs)
         self.filters = check_positive_int(filters, "filters")
-        self.kernel_size = _int_tuple(kernel_size, self.rank, "kernel_size")
-        self.strides = _int_tuple(strides, self.rank, "strides")
-        self.padding = _check_choice(padding, "padding", ("valid", "same"))
-        self.data_format = _check_choice(
+        (
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            self.dilation_rate,
+        ) = check_conv_arguments(
+            self.rank, kernel_size, strides, padding, dilation_rate
+        )
+        self.data_format = check_choice(
             data_format or keras.config.image_data_format(),
             "data_format",
             ("channels_last", "channels_first"),
+            lower=True,
         )
-        self.dilation_rate = _int_tuple(dilation_rate, self.rank, "dilation_rate")
-        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
-            raise ValueError(
-                "Invalid value received for arguments `strides` and "
-                "`dilation_rate`. Expected at most one of them above 1. "
-                f"Received: strides={self.strides}, "
-                f"dilation_rate={self.dilation_rate}"
-            )
 
     def _channel_axis(self):
         return -1 if self.data_format == "channels_last" else 1
@@ -706,7 +681,7 @@ class _ConvFlipout(_Variational):
             padding=self.padding.upper(),
             dilations=self.dilation_rate,
         )
-        out = unfold_members(out, samples)  # (T, n, *spatial, F)
+        out = unfold_members_to_axis(out, samples)  # (T, n, *spatial, F)
         if bias is not None:
             out = out + tf.reshape(bias, (samples, 1, *([1] * rank), -1))
         dims = tf.unstack(tf.shape(out))
