@@ -31,10 +31,14 @@ KERAS_FREE = frozenset(
         f"{PACKAGE}.cli",
         f"{PACKAGE}.cli.__main__",
         f"{PACKAGE}.cli.main",
+        f"{PACKAGE}.cli.durable",
         f"{PACKAGE}.cli.results",
         f"{PACKAGE}.cli.usage",
+        f"{PACKAGE}.datasets",
+        f"{PACKAGE}.datasets.names",
         f"{PACKAGE}.experiments",
         f"{PACKAGE}.experiments.protocols",
+        f"{PACKAGE}.experiments.registry",
     }
 )
 

@@ -6,7 +6,7 @@ import pytest
 
 import keras_uncertainty as ku
 from keras_uncertainty.cli.main import main
-from keras_uncertainty.experiments import mnist
+from keras_uncertainty.experiments import mnist, mnist_methods, protocols, registry
 from keras_uncertainty.sampling.graph import stochastic_layers
 
 # Runs again with TF_ENABLE_ONEDNN_OPTS=0 in .ci/run (see pyproject's markers).
@@ -90,16 +90,15 @@ def test_report_decides_with_every_methods_uncertainty(small_report):
         assert small_report.predictions[method, mnist.NOISE].probs.shape == (2000, 10)
 
 
-def test_every_mnist_method_is_one_class_on_the_contract():
-    from keras_uncertainty.experiments import mnist_methods, protocols
-
+def test_every_mnist_method_is_one_registry_entry_on_the_contract():
     assert tuple(mnist_methods.METHODS) == (
         *protocols.MNIST_METHODS,
         protocols.MNIST_BASELINE,
     )
     for name, method in mnist_methods.METHODS.items():
-        assert isinstance(method, mnist_methods.MNISTMethod) and method.name == name
-        assert method.label and method.family and method.settings
+        assert isinstance(method, registry.Method) and method.name == name
+        assert method is registry.METHODS[name]
+        assert method.label and method.family and method.settings["mnist"]
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_uncertainty as ku
-from keras_uncertainty.experiments import protocols, uci, uci_methods
+from keras_uncertainty.experiments import protocols, registry, uci, uci_methods
 
 
 @pytest.fixture(scope="module")
@@ -18,17 +18,18 @@ def _short(epochs=3, num_samples=20, **kwargs):
     return uci_methods.Protocol(epochs / 40, 1e-2, "cosine", num_samples, 0, **kwargs)
 
 
-def test_every_method_of_the_command_line_is_one_class_on_the_contract():
+def test_every_method_of_the_command_line_is_one_registry_entry_on_the_contract():
     assert tuple(uci_methods.METHODS) == protocols.METHODS
     for name, method in uci_methods.METHODS.items():
-        assert isinstance(method, uci_methods.UCIMethod) and method.name == name
-        assert method.family and method.settings
+        assert isinstance(method, registry.Method) and method.name == name
+        assert method is registry.METHODS[name]
+        assert method.family and method.settings["uci"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", protocols.METHODS)
 def test_each_method_scores_every_split_in_original_units(yacht_splits, method):
-    rmses, nlls = uci_methods.METHODS[method].run_splits(yacht_splits, _short())
+    rmses, nlls = uci_methods.METHODS[method].uci_run(yacht_splits, _short())
     assert rmses.shape == nlls.shape == (2,)
     assert np.all(np.isfinite(rmses)) and np.all(np.isfinite(nlls))
     # Scored in the target's units (std about 15), not standardized ones.
@@ -222,12 +223,12 @@ def test_run_warns_and_averages_the_splits_that_did_not_diverge(monkeypatch):
         return np.array([1.0, np.nan, 3.0]), np.array([2.0, np.nan, 4.0])
 
     ensemble = uci_methods.METHODS["ensemble"]
-    monkeypatch.setattr(ensemble, "run_splits", half_diverged)
+    monkeypatch.setattr(ensemble, "uci_run", half_diverged)
     with pytest.warns(RuntimeWarning, match=r"diverged .* on splits \[1\]"):
         result = uci_methods.run("yacht", "ensemble", splits, _short())
     assert result.num_splits == 2 and result.rmse_mean == 2.0
     monkeypatch.setattr(
-        ensemble, "run_splits", lambda *a: (np.full(3, np.nan), np.full(3, np.nan))
+        ensemble, "uci_run", lambda *a: (np.full(3, np.nan), np.full(3, np.nan))
     )
     with pytest.raises(FloatingPointError, match="every split"):
         uci_methods.run("yacht", "ensemble", splits, _short())
@@ -304,7 +305,7 @@ def _trained_together(method, splits, monkeypatch):
         return seen[-1]
 
     monkeypatch.setattr(uci, "fit_members", recording)
-    rmses, nlls = uci_methods.METHODS[method].run_splits(splits, _short(1, 2))
+    rmses, nlls = uci_methods.METHODS[method].uci_run(splits, _short(1, 2))
     assert np.all(np.isfinite(rmses)) and np.all(np.isfinite(nlls))
     (trained,) = seen
     return trained
@@ -352,7 +353,7 @@ def test_a_split_that_diverged_scores_nan_without_stopping_the_others(
 
     monkeypatch.setattr(uci, "fit_members", second_split_diverges)
     # SWAG's collection refuses non-finite weights: the split is skipped.
-    rmses, nlls = uci_methods.METHODS["swag"].run_splits(yacht_splits, _short(1, 2))
+    rmses, nlls = uci_methods.METHODS["swag"].uci_run(yacht_splits, _short(1, 2))
     assert np.isfinite(rmses[0]) and np.isfinite(nlls[0])
     assert np.isnan(rmses[1]) and np.isnan(nlls[1])
 
@@ -362,9 +363,10 @@ def test_each_variational_split_keeps_its_own_kl_term(yacht_splits):
     rows = [yacht_splits[0].train_rows[:40], yacht_splits[1].train_rows[:30]]
     method = uci_methods.METHODS["vi"]
     members = [
-        method.build(x.shape[1], 4, len(r), uci.normalization_layer(x[r])) for r in rows
+        method.uci_network(x.shape[1], 4, len(r), uci.normalization_layer(x[r]))
+        for r in rows
     ]
-    ens = uci.fit_members(members, x, y, rows, method.compile_loss(), 1, 16, 0).model
+    ens = uci.fit_members(members, x, y, rows, method.uci_loss(), 1, 16, 0).model
     assert not ens.packed  # Flipout layers have no packed twin
     inputs = np.stack([x[r[:30]] for r in rows], 1).astype("float32")
     ens(inputs, training=True)
@@ -380,8 +382,7 @@ def test_each_variational_split_keeps_its_own_kl_term(yacht_splits):
     targets = np.stack([(y[r[:30]] - y[r].mean()) / y[r].std() for r in rows], 1)
     outputs = ens(inputs, training=True)
     nll = sum(
-        float(method.compile_loss()(targets[:, m, None], outputs[:, m]))
-        for m in range(2)
+        float(method.uci_loss()(targets[:, m, None], outputs[:, m])) for m in range(2)
     )
     total = ens.compute_loss(x=inputs, y=targets[..., None], y_pred=outputs)
     assert float(total) == pytest.approx(nll + float(sum(ens.losses)), rel=1e-5)
@@ -391,4 +392,4 @@ def test_each_variational_split_keeps_its_own_kl_term(yacht_splits):
 def test_split_after_split_methods_refuse_a_normalization_layer(method):
     normalization = uci.normalization_layer(np.ones((4, 3)))
     with pytest.raises(ValueError, match="`normalization` must be None for"):
-        uci_methods.METHODS[method].build(3, 4, 10, normalization)
+        uci_methods.METHODS[method].uci_network(3, 4, 10, normalization)

@@ -2,8 +2,9 @@
 
 Arguments are parsed and checked, and output paths prepared, before
 TensorFlow is imported: importing `keras_uncertainty` loads nothing heavy
-(its public names load on first use), and this module, `usage`, `results`
-and `keras_uncertainty.experiments.protocols` import neither Keras nor
+(its public names load on first use), and this module, `usage`, `results`,
+`durable`, `keras_uncertainty.experiments.protocols` and the method
+registry (`keras_uncertainty.experiments.registry`) import neither Keras nor
 TensorFlow. A usage error prints one line and exits with status 2 in a
 fraction of a second. Exit statuses:
 
@@ -20,7 +21,7 @@ fraction of a second. Exit statuses:
 - 143 (SIGTERM) and 129 (SIGHUP): ended like Ctrl-C, what had finished is
   kept.
 
-A signal only sets a flag (`keras_uncertainty.cli.results.handle_signals`);
+A signal only sets a flag (`keras_uncertainty.cli.durable.handle_signals`);
 the run stops where it checks it: after each training batch and epoch, and
 between units (a second signal stops it at once).
 
@@ -38,12 +39,16 @@ import signal
 import sys
 import tempfile
 
+import keras_uncertainty as ku
 from keras_uncertainty import _backend
-from keras_uncertainty.cli import results as _results
-from keras_uncertainty.cli import usage
-from keras_uncertainty.cli.results import MnistResultsFile, ResultsFile
+from keras_uncertainty.cli import durable, usage
+from keras_uncertainty.cli.results import (
+    MNIST_RESULTS_NAME,
+    MnistResultsFile,
+    ResultsFile,
+)
 from keras_uncertainty.cli.usage import UsageError
-from keras_uncertainty.experiments import protocols
+from keras_uncertainty.experiments import protocols, registry
 
 # What each command imports once its arguments are checked: TensorFlow and
 # the parts of the package it runs (see `_import_tensorflow`).
@@ -54,12 +59,8 @@ _COMMAND_MODULES = {
         "keras_uncertainty.models",
         "keras_uncertainty.sampling",
     ),
-    "uci": (
-        "keras_uncertainty.cli.uci",
-        "keras_uncertainty.experiments.uci",
-        "keras_uncertainty.experiments.uci_methods",
-    ),
-    "mnist": ("keras_uncertainty.cli.mnist", "keras_uncertainty.experiments.mnist"),
+    "uci": ("keras_uncertainty.cli.uci",),
+    "mnist": ("keras_uncertainty.cli.mnist",),
 }
 
 
@@ -117,7 +118,7 @@ def build_parser():
     uci.add_argument(
         "--method",
         default="all",
-        choices=[*protocols.METHODS, "all"],
+        choices=[*registry.names(registry.UCI), "all"],
     )
     uci.add_argument(
         "--splits",
@@ -199,7 +200,7 @@ def build_parser():
     mnist.add_argument(
         "--method",
         default="all",
-        choices=[*protocols.MNIST_METHODS, "all"],
+        choices=[*registry.names(registry.MNIST), "all"],
         help="the deterministic baseline always runs too (default: all)",
     )
     mnist.add_argument(
@@ -314,10 +315,10 @@ def run_demo(epochs, num_samples, seed):
         num_samples: MC dropout samples per prediction.
         seed: The random seed of the data, the weights and the samples.
     """
+    # Lazily: this module is read before TensorFlow loads.
     import keras
     import numpy as np
 
-    import keras_uncertainty as ku
     from keras_uncertainty.cli.stopping import StopCheck
 
     keras.utils.set_random_seed(seed)
@@ -328,7 +329,7 @@ def run_demo(epochs, num_samples, seed):
     points = np.array([[-2.5], [-1.5], [0.0], [1.5], [2.5], [5.0]], "float32")
     where = ["data", "data", "gap", "data", "data", "outside"]
     pred = ku.predict_regression(model, points, num_samples=num_samples, seed=seed)
-    _results.check_stop()
+    durable.check_stop()
     print(f"Trained {epochs} epochs on {len(x)} points; T = {num_samples} samples.")
     print(
         f"{'x':>6} {'where':>8} {'mean':>8} {'std':>8} {'aleatoric':>10} "
@@ -353,15 +354,15 @@ def main(argv=None):
     """
     # SIGINT, SIGTERM and SIGHUP set a flag that the run checks where it can
     # stop (between batches, epochs and units), never raising elsewhere.
-    previous = _results.handle_signals()
+    previous = durable.handle_signals()
     try:
         return _main(argv)
     except KeyboardInterrupt as exc:
-        status, word = _results.interrupt_status(exc)
+        status, word = durable.interrupt_status(exc)
         sys.stderr.write(f"\nkeras-uncertainty: {word}\n")
         return status
     finally:
-        _results.end_signals(previous)
+        durable.end_signals(previous)
 
 
 def _exit_interrupted(signum, frame):
@@ -500,7 +501,7 @@ def _main(argv):
         if args.command == "mnist":
             usage.check_output_dir(args.output_dir)
             results_file = MnistResultsFile(
-                os.path.join(args.output_dir, _results.MNIST_RESULTS_NAME),
+                os.path.join(args.output_dir, MNIST_RESULTS_NAME),
                 mnist_settings(args),
                 resume=args.resume,
             )

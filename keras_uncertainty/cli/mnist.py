@@ -2,23 +2,29 @@
 
 import hashlib
 import io
+import json
 import os
+import re
 import sys
 import time
 
 import keras
+import matplotlib
 import numpy as np
 
-from keras_uncertainty.cli.progress import format_duration
-from keras_uncertainty.cli.results import (
-    WRITE_FAILED,
+import keras_uncertainty as ku
+from keras_uncertainty.cli.durable import (
     check_stop,
     interrupt_status,
     stop_requested,
     write_bytes_atomic,
 )
+from keras_uncertainty.cli.progress import format_duration
+from keras_uncertainty.cli.results import WRITE_FAILED
 from keras_uncertainty.cli.stopping import StopCheck
 from keras_uncertainty.cli.usage import UsageError
+from keras_uncertainty.datasets import DownloadError, load_mnist
+from keras_uncertainty.experiments import mnist, registry
 
 DATASET = "mnist"  # the results file's `dataset` of every unit
 # The largest unit file `--resume` reads (one is about 2.6 MB with the
@@ -80,9 +86,7 @@ class _Progress(keras.callbacks.Callback):
 
 
 def _label(method):
-    from keras_uncertainty.experiments.mnist_methods import METHODS
-
-    return METHODS[method].label
+    return registry.METHODS[method].label
 
 
 def _short(method):
@@ -90,9 +94,8 @@ def _short(method):
 
 
 def _methods(report):
-    from keras_uncertainty.experiments.mnist_methods import METHODS
-
-    return sorted({m for m, _ in report.scores}, key=list(METHODS).index)
+    order = list(registry.methods(registry.MNIST, baseline=True))
+    return sorted({m for m, _ in report.scores}, key=order.index)
 
 
 def _voting(report, methods):
@@ -137,8 +140,6 @@ def benchmark_table(report, timings):
 def report_text(report, num_samples, timings=None):
     """The printed report: the benchmark table, votes, referral and shift
     tables (`timings`: see `benchmark_table`)."""
-    from keras_uncertainty.experiments import mnist
-
     methods = _methods(report)
     lines = [f"MNIST, {report.protocol}:"]
     lines.extend(benchmark_table(report, timings or {}))
@@ -215,16 +216,13 @@ def write_figures(report, output_dir):
     Raises:
         OSError: A figure could not be written (those before it were).
     """
-    import io
-
-    import matplotlib
-
+    # pyplot picks its backend when first imported: only here, after "Agg"
+    # is chosen (the command's one lazy import; a run that stops earlier
+    # never loads it).
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from keras_uncertainty import plots
-    from keras_uncertainty.experiments import mnist
-
+    plots = ku.plots
     os.makedirs(output_dir, exist_ok=True)
     methods = _methods(report)
     sampled = _voting(report, methods)
@@ -303,8 +301,6 @@ def _load_finished(results_file, output_dir):
     Raises:
         UsageError: A file is missing, changed or unreadable.
     """
-    from keras_uncertainty.experiments import mnist
-
     finished = {}
     for record in results_file.results:
         path = os.path.join(output_dir, record["file"])
@@ -348,8 +344,6 @@ class _UnitWriter:
         self.replaced = set() if results_file.carried else _named_files(results_file)
 
     def __call__(self, method, predictions, scores, seconds, decisions, timing):
-        from keras_uncertainty.experiments import mnist
-
         if self.progress is not None:
             self.progress.finished(method, scores[0], seconds)
         buffer = io.BytesIO()
@@ -403,9 +397,6 @@ class _UnitWriter:
 
 def _named_files(results_file):
     """The unit files an existing results file names (none if unreadable)."""
-    import json
-    import re
-
     try:
         if os.path.getsize(results_file.path) > MAX_UNIT_BYTES:
             return set()
@@ -415,12 +406,7 @@ def _named_files(results_file):
     except (OSError, ValueError, KeyError, TypeError):
         return set()
     # Only files named as this command names them are ever removed.
-    from keras_uncertainty.experiments.protocols import (
-        MNIST_BASELINE,
-        MNIST_METHODS,
-    )
-
-    methods = "|".join(map(re.escape, (*MNIST_METHODS, MNIST_BASELINE)))
+    methods = "|".join(map(re.escape, registry.methods(registry.MNIST, baseline=True)))
     ours = re.compile(rf"({methods})-[0-9a-f]{{12}}\.npz")
     return {n for n in names if isinstance(n, str) and ours.fullmatch(n)}
 
@@ -444,9 +430,6 @@ def run_mnist(args, results_file, error):
 
 
 def _run_mnist(args, results_file, error):
-    from keras_uncertainty.datasets import DownloadError, load_mnist
-    from keras_uncertainty.experiments import mnist
-
     try:
         data = load_mnist(args.data_dir, split="test")
         try:
@@ -470,7 +453,7 @@ def _run_mnist(args, results_file, error):
     progress = _UnitProgress()
     writer = _UnitWriter(results_file, args.output_dir, progress)
 
-    # A signal sets a flag (see `results.handle_signals`), checked here
+    # A signal sets a flag (see `durable.handle_signals`), checked here
     # between units and by `StopCheck` between batches and epochs.
     def started(*unit):
         check_stop()

@@ -2,12 +2,12 @@
 
 import keras
 
-from keras_uncertainty.cli.results import check_stop
+from keras_uncertainty.cli.durable import check_stop
 
 
 class StopCheck(keras.callbacks.Callback):
     """Ends a `fit` when SIGINT, SIGTERM or SIGHUP was received (see
-    `keras_uncertainty.cli.results.handle_signals`): at its start and after
+    `keras_uncertainty.cli.durable.handle_signals`): at its start and after
     every batch (every compiled call, with `steps_per_execution`) and epoch
     it raises `KeyboardInterrupt` or `Terminated`, which the command turns
     into the status `interrupted` and exit status 130 (143, 129)."""

@@ -1,22 +1,27 @@
 """`keras-uncertainty uci`: the UCI regression benchmark against published numbers."""
 
+import dataclasses
 import math
 import sys
 import time
 
 import keras
 
-from keras_uncertainty.cli.progress import format_duration
-from keras_uncertainty.cli.results import (
-    WRITE_FAILED,
+from keras_uncertainty.cli.durable import (
     check_stop,
-    data_identity,
     interrupt_status,
     stop_requested,
 )
+from keras_uncertainty.cli.progress import format_duration
+from keras_uncertainty.cli.results import WRITE_FAILED, data_identity
 from keras_uncertainty.cli.stopping import StopCheck
 from keras_uncertainty.cli.usage import parse_splits
-from keras_uncertainty.experiments.protocols import METHODS
+from keras_uncertainty.datasets import load_uci
+from keras_uncertainty.experiments import registry, uci, uci_methods
+from keras_uncertainty.experiments.protocols import PUBLISHED
+
+# `--method all`: every method of the registry that runs under the protocol.
+METHODS = registry.names(registry.UCI)
 
 
 class _Progress(keras.callbacks.Callback):
@@ -89,8 +94,6 @@ def _cell(value, spread):
 
 
 def table(results):
-    from keras_uncertainty.experiments.protocols import PUBLISHED
-
     header = (
         f"{'data set':<27} {'method':<18} {'splits':>6} {'RMSE':>14} {'NLL':>14} "
         f"{'MC dropout RMSE':>16} {'NLL':>13} {'Deep Ens. RMSE':>15} {'NLL':>13} "
@@ -139,11 +142,6 @@ def run_uci(args, results_file, error):
 
 
 def _run_uci(args, results_file, error):
-    import dataclasses
-
-    from keras_uncertainty.datasets import load_uci
-    from keras_uncertainty.experiments import uci, uci_methods
-
     datasets = args.datasets or ["yacht"]
     methods = METHODS if args.method == "all" else (args.method,)
     try:
@@ -186,7 +184,7 @@ def _run_uci(args, results_file, error):
         for method in methods
     ]
     progress = _Progress(units)
-    # A signal sets a flag (see `results.handle_signals`), checked by
+    # A signal sets a flag (see `durable.handle_signals`), checked by
     # `StopCheck` between batches and epochs and here between units.
     protocol = dataclasses.replace(protocol, callbacks=(progress, StopCheck()))
     failed, interrupted = [], None

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from keras_uncertainty.datasets import _files
-from keras_uncertainty.experiments.protocols import UCI_DATASETS
+from keras_uncertainty.datasets.names import UCI_DATASETS
 
 _REQUIRED = (
     "data.txt",

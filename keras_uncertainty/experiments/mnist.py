@@ -1,7 +1,7 @@
 """The MNIST epistemic-uncertainty article, with referral and rotation shift.
 
 LeNet-5 with whole-channel MC dropout, a Deep Ensemble of plain LeNet-5s,
-and every other method of `keras_uncertainty.experiments.mnist_methods`.
+and every other MNIST method of `keras_uncertainty.experiments.registry`.
 With the training set (the article's protocol): trained on the 60,000
 training images, evaluated on the 10,000 test images. Without it (offline):
 trained on test images 2000-9999 and evaluated on 0-1999. Both evaluation
@@ -20,9 +20,12 @@ import numpy as np
 
 from keras_uncertainty import metrics
 from keras_uncertainty.conformal import ConformalClassifier
-from keras_uncertainty.experiments import mnist_methods
-from keras_uncertainty.experiments.protocols import MNIST_METHODS as METHODS
-from keras_uncertainty.sampling.predictions import ClassificationPrediction
+from keras_uncertainty.experiments import registry
+from keras_uncertainty.sampling import ClassificationPrediction
+
+# The `mnist` command's methods, in the order they run and are reported
+# (the registry's); the deterministic baseline runs after them.
+METHODS = registry.names(registry.MNIST)
 
 TRAIN_IMAGES = slice(2000, 10000)
 TEST_IMAGES = slice(0, 2000)
@@ -37,16 +40,17 @@ CONFORMAL_ALPHA = 0.05
 # The article: 32x32 inputs normalized with mean 0.137 and std 0.3081,
 # dropout 0.5, Adam 1e-3, batch 64, 10 epochs, T = 100.
 IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD = 32, 0.137, 0.3081
+LEARNING_RATE, BATCH_SIZE = 1e-3, 64  # every network's Adam step and batch
 # The article's 10 epochs over 60,000 images are about 9,400 updates; the
 # 8,000 images here give 1,250 per 10 epochs. The plain networks (ensemble
 # members, the baseline) have converged by then; the dropout network, whose
 # channel dropout slows learning, is still fitting (and uncertain about
 # every digit, typical eights included), so it trains 30 epochs (each
-# method's `epochs`; with the training set, its `article_epochs`).
+# method's `mnist_epochs`; with the training set, `mnist_article_epochs`).
 NUM_SAMPLES = 100
 RETAINED = np.linspace(0.5, 1.0, 11)  # Filos et al.'s 50% to 100%
 # The referral baseline: one plain network's softmax entropy.
-DETERMINISTIC = "deterministic"
+DETERMINISTIC = registry.baseline(registry.MNIST)
 
 
 def rotate(images, degrees):
@@ -239,8 +243,9 @@ def run(
     Args:
         mnist: The test set, a `ku.datasets.MNIST`.
         methods: Among `METHODS`.
-        epochs: Overrides the methods' epochs (each method's `epochs`
-            offline, `article_epochs` with the training set).
+        epochs: Overrides the methods' epochs (each method's
+            `mnist_epochs` offline, `mnist_article_epochs` with the
+            training set).
         num_samples: T.
         seed: Seeds training and sampling.
         callbacks: Keras callbacks for every `fit`.
@@ -261,7 +266,9 @@ def run(
             ones included).
 
     The deterministic baseline is a plain LeNet-5 trained like one member
-    of the ensemble. Each method is `mnist_methods.METHODS[name]`.
+    of the ensemble. Each method is `registry.METHODS[name]`, built by its
+    `mnist_build`, trained by its `mnist_fit` and predicted by its
+    `mnist_predict`.
     """
     start = time.perf_counter()
     finished = dict(finished or {})
@@ -280,10 +287,10 @@ def run(
         if by_shift is None:
             if on_started is not None:
                 on_started(name, index, len(run_units))
-            method = mnist_methods.METHODS[name]
+            method = registry.METHODS[name]
             keras.utils.set_random_seed(seed)
-            model = method.build(len(x_train))
-            predictor = method.fit(
+            model = method.mnist_build(len(x_train))
+            predictor = method.mnist_fit(
                 model,
                 x_train,
                 y_train,
@@ -294,7 +301,7 @@ def run(
             by_shift = {}
             for shift, x in tests.items():
                 began = time.perf_counter()
-                by_shift[shift] = method.predict(predictor, x, num_samples, seed)
+                by_shift[shift] = method.mnist_predict(predictor, x, num_samples, seed)
                 if shift == 0:
                     timing["predict_ms"] = 1000 * (time.perf_counter() - began) / len(x)
         unit_scores = {}
@@ -337,7 +344,7 @@ def _protocol(mnist, train):
             prepare(mnist.images[TRAIN_IMAGES]),
             mnist.labels[TRAIN_IMAGES],
             TEST_IMAGES,
-            "epochs",
+            "mnist_epochs",
             protocol,
         )
     protocol = (
@@ -345,7 +352,13 @@ def _protocol(mnist, train):
         f"images, evaluated on the {len(mnist.labels):,} test images"
     )
     evaluated = slice(0, len(mnist.labels))
-    return prepare(train.images), train.labels, evaluated, "article_epochs", protocol
+    return (
+        prepare(train.images),
+        train.labels,
+        evaluated,
+        "mnist_article_epochs",
+        protocol,
+    )
 
 
 _FIELDS = ("probs", "entropy", "expected_entropy", "mutual_information", "votes")

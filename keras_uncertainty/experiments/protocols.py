@@ -1,33 +1,18 @@
-"""The UCI benchmark's protocols and defaults, in one place.
+"""The benchmark's protocols and defaults, in one place.
 
 `keras_uncertainty.experiments.uci` trains with these defaults and
-`keras-uncertainty uci` offers them as flags. This module imports neither
-Keras nor TensorFlow, so the command line reads it before TensorFlow loads.
+`keras-uncertainty uci` offers them as flags; the methods, their names and
+their settings are the registry's (`keras_uncertainty.experiments.registry`).
+This module imports neither Keras nor TensorFlow, so the command line reads
+it before TensorFlow loads.
 """
 
-# The data sets of the benchmark, by folder name (`ku.datasets.UCI_DATASETS`).
-UCI_DATASETS = (
-    "bostonHousing",
-    "concrete",
-    "energy",
-    "naval-propulsion-plant",
-    "protein-tertiary-structure",
-    "wine-quality-red",
-    "yacht",
-)
-# The methods, in the order they run and are reported (one class each in
-# `keras_uncertainty.experiments.uci_methods`).
-METHODS = (
-    "mc-dropout",
-    "hetero-mc-dropout",
-    "ensemble",
-    "vi",
-    "laplace",
-    "swag",
-    "batch-ensemble",
-    "mimo",
-    "evidential",
-)
+from keras_uncertainty.datasets.names import UCI_DATASETS  # noqa: F401 (re-exported)
+from keras_uncertainty.experiments import registry
+
+# The `uci` command's methods, in the order they run and are reported: the
+# registry's (`registry.names("uci")`).
+METHODS = registry.names(registry.UCI)
 # Adam's step size. The papers' code uses Keras's default 1e-3; see the
 # "UCI benchmark" section of docs/guide/benchmarks.md for the runs that chose
 # these defaults.
@@ -52,20 +37,9 @@ PUBLISHED_SCHEDULE = "constant"
 PUBLISHED_METHODS = ("mc-dropout",)
 
 # The `mnist` command's methods, in the order they run and are reported
-# (one class each in `keras_uncertainty.experiments.mnist_methods`); the
-# deterministic baseline runs after them.
-MNIST_METHODS = (
-    "mc-dropout",
-    "ensemble",
-    "vi",
-    "laplace",
-    "swag",
-    "batch-ensemble",
-    "mimo",
-    "sngp",
-    "evidential",
-)
-MNIST_BASELINE = "deterministic"
+# (the registry's); the deterministic baseline runs after them.
+MNIST_METHODS = registry.names(registry.MNIST)
+MNIST_BASELINE = registry.baseline(registry.MNIST)
 
 # The published UCI results: (RMSE, its spread, NLL, its spread) per data set
 # and method. MC dropout and Deep Ensembles from ../shared/data/README.md (MC
@@ -136,8 +110,8 @@ PROTOCOLS = {
     },
 }
 
-# The sources of the methods' settings (`settings` of each method class);
-# "ours": chosen here, with its reason in the class or the benchmarks page.
+# The sources of the methods' settings (`settings` of each registry entry);
+# "ours": chosen here, with its reason in the entry or the benchmarks page.
 SOURCES = {
     "[A]": "the MNIST epistemic-uncertainty article this toolkit reproduces",
     "[A 2020]": "Amini et al. 2020, Deep Evidential Regression",
@@ -155,19 +129,20 @@ SOURCES = {
 }
 
 
-def settings_table(methods):
-    """The defaults table of `methods` (`{name: method}` with `family` and
-    `settings` attributes) as Markdown rows: method, setting, value, source.
+def settings_table(methods, protocol):
+    """The defaults table of `methods` under `protocol` as Markdown rows:
+    method, setting, value, source.
 
     Args:
-        methods: A `METHODS` registry (`uci_methods` or `mnist_methods`).
+        methods: `{name: method}` of registry entries (`registry.methods`).
+        protocol: `"uci"` or `"mnist"`.
 
     Returns:
         The table's text.
     """
     rows = ["| method | setting | default | source |", "| --- | --- | --- | --- |"]
     for name, method in methods.items():
-        for k, (setting, value, source) in enumerate(method.settings):
+        for k, (setting, value, source) in enumerate(method.settings[protocol]):
             rows.append(
                 f"| {f'`{name}`' if k == 0 else ''} | {setting} | {value} | {source} |"
             )

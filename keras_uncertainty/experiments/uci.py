@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_uncertainty.ensemble.model import Ensemble
+import keras_uncertainty as ku
 from keras_uncertainty.experiments.protocols import (  # noqa: F401 (re-exported)
     ADVERSARIAL_EPSILON,
     LEARNING_RATE,
@@ -30,9 +30,8 @@ from keras_uncertainty.experiments.protocols import (  # noqa: F401 (re-exported
     PUBLISHED,
     SCHEDULE,
 )
-from keras_uncertainty.layers.mc_dropout import MCDropout
 from keras_uncertainty.losses import GaussianNLL
-from keras_uncertainty.metrics.regression import rmse
+from keras_uncertainty.metrics import rmse
 from keras_uncertainty.sampling import (
     MixtureNLL,
     MixtureScore,
@@ -193,7 +192,7 @@ def member_batches(x, targets, member_rows, epochs, batch_size, seed):
 
 @dataclasses.dataclass
 class _Trained:
-    model: Ensemble  # per_member_inputs: member m reads column m
+    model: object  # ku.Ensemble, per_member_inputs: member m reads column m
     y_mean: np.ndarray  # (M,)
     y_std: np.ndarray  # (M,)
 
@@ -237,11 +236,11 @@ def member_network(num_inputs, hidden, outputs, x_mean, x_std, rate, decay, seed
     inputs = keras.Input((num_inputs,))
     h = _normalization(x_mean, x_std)(inputs)
     if rate is not None:
-        h = MCDropout(rate, seed=seed)(h)
+        h = ku.layers.MCDropout(rate, seed=seed)(h)
     regularizer = keras.regularizers.L2(decay) if decay else None
     h = keras.layers.Dense(hidden, activation="relu", kernel_regularizer=regularizer)(h)
     if rate is not None:
-        h = MCDropout(rate, seed=None if seed is None else seed + 1)(h)
+        h = ku.layers.MCDropout(rate, seed=None if seed is None else seed + 1)(h)
     return keras.Model(
         inputs, keras.layers.Dense(outputs, kernel_regularizer=regularizer)(h)
     )
@@ -340,7 +339,7 @@ def fit_members(members, x, y, member_rows, loss, epochs, batch_size, seed, **op
     if options:
         raise TypeError(f"Unexpected options: {sorted(options)}")
     y_mean, y_std = _standardization(y, member_rows)
-    model = Ensemble.from_models(
+    model = ku.Ensemble.from_models(
         members,
         per_member_inputs=True,
         weighted_mean=True,  # each member: the mean over its own rows
@@ -588,20 +587,21 @@ def _weight_decay(rate, tau, num_rows):
     return LENGTH_SCALE**2 * (1 - rate) / (2.0 * num_rows * tau)
 
 
-def deep_ensemble(splits, protocol):
+def deep_ensemble(splits, protocol, members=ENSEMBLE_MEMBERS):
     """Deep Ensembles on every split at once; `(rmses, nlls)` per split.
 
     Each split's number of epochs is chosen on its validation rows (the last
     20% of its training rows): the mixture's validation NLL is scored every
     `epochs // ENSEMBLE_CHECKS` epochs, and the retrain on all training rows
-    keeps each split's members as they were at that split's best epoch."""
+    keeps each split's members as they were at that split's best epoch.
+    `members`: per split (the registry's `ensemble` entry gives it)."""
     x, y = data_table(splits)
     fit_rows, validation_rows = zip(*(_split_validation(s.train_rows) for s in splits))
     epochs = protocol.epochs(splits[0])
     seed = protocol.seed
 
     def each_member(per_split):
-        return [rows for rows in per_split for _ in range(ENSEMBLE_MEMBERS)]
+        return [rows for rows in per_split for _ in range(members)]
 
     def train(member_rows, num_epochs, look):
         return train_members(
@@ -628,7 +628,7 @@ def deep_ensemble(splits, protocol):
 
     def score(trained, epoch):
         scores[epoch] = evaluate_members(
-            trained, x, y, each_member(validation_rows), 1, seed, group=ENSEMBLE_MEMBERS
+            trained, x, y, each_member(validation_rows), 1, seed, group=members
         )[1]
 
     train(each_member(fit_rows), epochs, score)
@@ -640,10 +640,8 @@ def deep_ensemble(splits, protocol):
 
     def keep(trained, epoch):
         for s in np.flatnonzero(chosen == epoch):
-            members = slice(s * ENSEMBLE_MEMBERS, (s + 1) * ENSEMBLE_MEMBERS)
-            snapshots[s] = [
-                v.numpy()[members] for v in trained.model.trainable_variables
-            ]
+            block = slice(s * members, (s + 1) * members)
+            snapshots[s] = [v.numpy()[block] for v in trained.model.trainable_variables]
 
     train_rows = [s.train_rows for s in splits]
     trained = train(each_member(train_rows), int(chosen.max()), keep)
@@ -651,7 +649,7 @@ def deep_ensemble(splits, protocol):
         variable.assign(np.concatenate([snapshots[s][k] for s in range(len(splits))]))
     test_rows = [s.test_rows for s in splits]
     return evaluate_members(
-        trained, x, y, each_member(test_rows), 1, seed, group=ENSEMBLE_MEMBERS
+        trained, x, y, each_member(test_rows), 1, seed, group=members
     )
 
 

@@ -1,0 +1,725 @@
+"""The benchmark's methods: one registry entry per method, for every protocol.
+
+`keras-uncertainty uci` and `keras-uncertainty mnist` run the methods of
+`METHODS`, and their `--method` choices are its names (`names("uci")`,
+`names("mnist")`). Each entry is one `Method` subclass that declares:
+
+- `name` (the command line's `--method`), `label` (tables and figures) and
+  `family` (the README's families of methods);
+- `settings`: for each protocol it runs in (`"uci"`, `"mnist"`), its
+  defaults as `(setting, value, source)` triples, the source a key of
+  `keras_uncertainty.experiments.protocols.SOURCES` or "ours" (the
+  benchmarks page's defaults tables are `protocols.settings_table` of
+  these);
+- how it builds, trains and predicts under each protocol: the `uci_*` and
+  `mnist_*` hooks of `Method`, whose defaults serve most methods. The
+  protocols (`keras_uncertainty.experiments.uci_methods.run` and
+  `keras_uncertainty.experiments.mnist.run`) call the hooks and know no
+  method by name; the hooks know no protocol's loop.
+
+Every network is built from the toolkit's public names (`ku.MIMO`,
+`ku.layers.DenseFlipout`, ...), as a user would, and predicts through
+`ku.predict_classification` (MNIST) or the sampling engine's
+`ku.sampling.reduce_samples` with the protocol's mixture score (UCI), except
+where an entry says why not (Laplace: `laplace_predictive`; the evidential
+networks: `ku.evidential.predict_*`; the deterministic baseline).
+
+Adding a method: write its model in its own folder of the toolkit, then one
+subclass here (its name, settings with their sources, and the hooks it
+changes) and one line in `METHODS`.
+
+Importing this module loads neither Keras, TensorFlow nor numpy: the
+command line reads the names and the settings before TensorFlow loads. The
+hooks reach Keras, numpy and the protocols' engines through the
+module-level names `keras`, `np`, `uci`, `runner` and `mnist`, which import their
+module on first use (`_OnFirstUse`, the registry's one lazy import); the
+toolkit's own names come through `keras_uncertainty` (`ku`), which loads each
+on first use itself.
+"""
+
+import importlib
+import math
+
+import keras_uncertainty as ku
+
+
+class _OnFirstUse:
+    """A module imported on the first use of one of its attributes: the
+    registry's one lazy import (see the module docstring). Nothing is
+    imported while only names and settings are read."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attribute):
+        module = importlib.import_module(self._name)
+        return getattr(module, attribute)
+
+    def __repr__(self):
+        return f"<{self._name}, imported on first use>"
+
+
+keras = _OnFirstUse("keras")
+np = _OnFirstUse("numpy")
+# The UCI protocol's engine (data tables, packed training, mixture scores),
+# its runner (the single-network training loops), and the MNIST protocol.
+uci = _OnFirstUse("keras_uncertainty.experiments.uci")
+runner = _OnFirstUse("keras_uncertainty.experiments.uci_methods")
+mnist = _OnFirstUse("keras_uncertainty.experiments.mnist")
+
+UCI, MNIST = "uci", "mnist"
+
+
+def laplace_predictive(laplace, x):
+    """A fitted `ku.laplace.Laplace`'s closed-form GLM predictive of `x` (a
+    `ku.RegressionPrediction` or `ku.ClassificationPrediction`).
+
+    The one place where the registry predicts with a method's own
+    `predict` rather than `ku.predict_*`: `ku.predict_*(laplace, x)` raises
+    until the toolkit's one verb covers Laplace (issue 36, item 2); then
+    this becomes `ku.predict_regression` / `ku.predict_classification`.
+    """
+    return laplace.predict(x)
+
+
+class Method:
+    """One method of the benchmark, under every protocol it runs in.
+
+    Attributes:
+        name: The command line's `--method` name.
+        label: Its name in tables and figures.
+        family: The README's family (MC dropout, Ensembles, ...).
+        settings: `{protocol: ((setting, value, source), ...)}`, one entry
+            per protocol the method runs in (see the module docstring).
+        members: Members (or heads) of an ensemble-like method.
+        uci_trains_together: UCI: whether every split's network trains at
+            once, as the members of one `ku.Ensemble` (`uci_network` must
+            then accept its first layer as `normalization`); False: split
+            after split, on standardized inputs.
+        mnist_epochs: MNIST: training epochs on the test-only protocol's
+            8,000 images.
+        mnist_article_epochs: With the 60,000 training images.
+        votes: MNIST: whether `mnist_predict` counts each sample's vote.
+        one_pass: MNIST: whether the model gives its own samples (one per
+            member, or a closed form), so `mnist_predict` asks for none.
+        baseline: Whether it is the MNIST protocol's reference (run after
+            the chosen methods, never chosen).
+    """
+
+    name = label = family = None
+    settings = {}
+    members = None
+    uci_trains_together = True
+    mnist_epochs = mnist_article_epochs = 10
+    votes = True
+    one_pass = False
+    baseline = False
+
+    def runs_in(self, protocol):
+        """Whether the method runs under `protocol` (`"uci"`, `"mnist"`)."""
+        return protocol in self.settings
+
+    # UCI --------------------------------------------------------------------
+
+    def uci_run(self, splits, protocol):
+        """Trains and tests on every `UCISplit` of `splits` under `protocol`
+        (a `uci.Protocol`); returns `(rmses, nlls)` per split, in the
+        target's units, NaN where a split diverged. By default one network
+        per split (`runner.single_network`), built by `uci_network`."""
+        return runner.single_network(self, splits, protocol)
+
+    def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
+        """The network of one split: `hidden` ReLU units, `num_rows`
+        training rows; `normalization`: its first layer (None: the inputs
+        arrive standardized)."""
+        raise NotImplementedError
+
+    def uci_loss(self):
+        """The training loss (on standardized targets)."""
+        return ku.losses.GaussianNLL(min_log_var=uci.MIN_LOG_VAR)
+
+    def uci_after_fit(self, model, x, y, protocol, epochs):
+        """What a trained network becomes before it predicts (a post-hoc
+        method fits here); `x`, `y` standardized training rows."""
+        return model
+
+    def uci_score(self, model, x_test, y_test, y_mean, y_std, protocol):
+        """Test RMSE and NLL in the target's units (NaN if not finite): by
+        default of the model's samples, streamed through the sampling
+        engine and scored as the MC dropout protocol's mixture."""
+        reducer = uci.SplitMixtureNLL(1, 1, [y_mean], [y_std])
+        score, diverged = ku.sampling.reduce_samples(
+            model,
+            x_test,
+            reducer,
+            self.uci_num_samples(protocol),
+            seed=protocol.seed,
+            verbose=0,
+            y=y_test[:, None],
+        )
+        return uci.scored_group(score, diverged, y_test)
+
+    def uci_num_samples(self, protocol):
+        """Samples per test input (None: the model's own, one per member)."""
+        return protocol.num_samples
+
+    # MNIST ------------------------------------------------------------------
+
+    def mnist_network(self, num_train):
+        """The untrained network, for `num_train` training images."""
+        raise NotImplementedError
+
+    def mnist_loss(self):
+        return "sparse_categorical_crossentropy"
+
+    def mnist_build(self, num_train):
+        """The compiled, untrained network (Adam at the article's step)."""
+        model = self.mnist_network(num_train)
+        model.compile(
+            keras.optimizers.Adam(mnist.LEARNING_RATE),
+            loss=self.mnist_loss(),
+        )
+        return model
+
+    def mnist_callbacks(self):
+        """The method's own training callbacks."""
+        return []
+
+    def mnist_fit(self, model, x, y, epochs, callbacks=()):
+        """Trains `model` (and fits what a post-hoc method adds); returns
+        what `mnist_predict` takes."""
+        return _fit(model, x, y, epochs, [*self.mnist_callbacks(), *callbacks])
+
+    def mnist_predict(self, model, x, num_samples, seed):
+        """A `ku.ClassificationPrediction` of `x`: `ku.predict_classification`
+        with T = `num_samples` (the model's own samples when `one_pass`)."""
+        if self.one_pass:
+            num_samples = None  # the model's own samples: one per member or pass
+        return ku.predict_classification(
+            model, x, num_samples=num_samples, seed=seed, votes=self.votes, verbose=0
+        )
+
+
+def _fit(model, x, y, epochs, callbacks):
+    """The MNIST protocol's training: batches of the article's 64."""
+    model.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=mnist.BATCH_SIZE,
+        verbose=0,
+        callbacks=list(callbacks),
+    )
+    return model
+
+
+# Network pieces ---------------------------------------------------------------
+
+
+def _standardized_inputs_only(method, normalization):
+    """The split-after-split UCI methods train on standardized inputs."""
+    if normalization is not None:
+        raise ValueError(
+            f"`normalization` must be None for {method.name!r}, which trains "
+            "split after split on standardized inputs; received "
+            f"{normalization!r}"
+        )
+
+
+def _inputs(num_inputs, normalization):
+    """The UCI network's input and what its first layer sees."""
+    inputs = keras.Input((num_inputs,))
+    return inputs, inputs if normalization is None else normalization(inputs)
+
+
+def _hidden_then(num_inputs, hidden, head, normalization=None):
+    """The UCI protocol's one hidden ReLU layer, then `head`."""
+    inputs, h = _inputs(num_inputs, normalization)
+    h = keras.layers.Dense(hidden, activation="relu")(h)
+    return keras.Model(inputs, head(h))
+
+
+def lenet_layers(conv=None, dense=None, wrap=lambda layer: layer):
+    """The MNIST protocol's LeNet-5 trunk (without its output layer) as a
+    list of layers: `conv(filters, size, activation)` and `dense(units,
+    activation)` make its weighted layers (Keras's by default), `wrap` wraps
+    each (SNGP's spectral normalization).
+
+    Every MNIST network is the article's LeNet-5 (`ku.models.lenet5`: Conv
+    6@5x5 tanh, average pool, Conv 16@5x5 tanh, average pool, Dense 120 and
+    84 tanh, a softmax over the 10 digits) with each method's change."""
+    conv = conv or (
+        lambda f, k, activation: keras.layers.Conv2D(f, k, activation=activation)
+    )
+    dense = dense or (
+        lambda u, activation: keras.layers.Dense(u, activation=activation)
+    )
+    return [
+        keras.Input((32, 32, 1)),
+        wrap(conv(6, 5, "tanh")),
+        keras.layers.AveragePooling2D(2),
+        wrap(conv(16, 5, "tanh")),
+        keras.layers.AveragePooling2D(2),
+        keras.layers.Flatten(),
+        wrap(dense(120, "tanh")),
+        wrap(dense(84, "tanh")),
+    ]
+
+
+# The methods ------------------------------------------------------------------
+
+
+class MCDropout(Method):
+    name, label, family = "mc-dropout", "MC dropout", "MC dropout"
+    settings = {
+        UCI: (
+            ("network", "input and hidden dropout, 1 hidden ReLU layer", "[G&G 2016]"),
+            ("grid", "dropout rate x tau from the data folder", "[G&G 2016]"),
+            ("weight decay", "l^2 (1 - p) / (2 N tau), l = 0.01", "[G&G 2016]"),
+            ("batch", "128", "[G&G 2016]"),
+        ),
+        MNIST: (
+            ("network", "LeNet-5, channel dropout 0.5 after each convolution", "[A]"),
+            ("samples", "T = 100", "[A]"),
+        ),
+    }
+    # 8,000 images give 1,250 updates per 10 epochs (the article: 9,400);
+    # the channel dropout network is still fitting after 10.
+    mnist_epochs = 30
+    heteroscedastic = False
+
+    def uci_run(self, splits, protocol):
+        # Every split and grid cell at once, as one packed `ku.Ensemble`.
+        return uci.dropout_grid(splits, protocol, self.heteroscedastic)
+
+    def mnist_network(self, num_train):
+        return ku.models.lenet5(dropout_rate=0.5)
+
+
+class HeteroMCDropout(MCDropout):
+    name, label = "hetero-mc-dropout", "MC dropout, variance head"
+    settings = {
+        UCI: (
+            ("network", "as MC dropout, (mean, log-variance) output", "[K&G 2017]"),
+            ("grid", "dropout rate from the data folder, tau = 1", "ours"),
+            ("loss", "Gaussian NLL, log-variance floor -20", "[K&G 2017]"),
+            ("batch", "128", "[G&G 2016]"),
+        ),
+    }
+    heteroscedastic = True
+
+
+class DeepEnsemble(Method):
+    name, label, family = "ensemble", "Deep Ensemble", "Ensembles"
+    settings = {
+        UCI: (
+            ("members", "5, (mean, log-variance) output, Gaussian NLL", "[L 2017]"),
+            ("adversarial step", "1% of each feature's range", "[L 2017]"),
+            ("batch", "32", "ours"),
+            ("epochs", "chosen on the validation rows (20 checks)", "ours"),
+        ),
+        MNIST: (("members", "5 LeNet-5s, random initializations", "[L 2017]"),),
+    }
+    members = 5  # Lakshminarayanan et al. (2017)
+    one_pass = True
+
+    def uci_run(self, splits, protocol):
+        # Every split's members at once, as one packed `ku.Ensemble`.
+        return uci.deep_ensemble(splits, protocol, members=self.members)
+
+    def mnist_network(self, num_train):
+        return ku.Ensemble(lambda: ku.models.lenet5(dropout_rate=0.0), self.members)
+
+
+class Flipout(Method):
+    name, label, family = "vi", "Flipout VI", "Bayesian weights"
+    settings = {
+        UCI: (
+            ("layers", "DenseFlipout hidden and output, (mean, log-variance)", "ours"),
+            ("posterior", "mean-field Gaussian, scale 1e-3 at start", "[W 2018]"),
+            ("prior", "N(0, 1)", "[B 2015]"),
+            ("KL weight", "1 / N (the ELBO)", "[B 2015]"),
+        ),
+        MNIST: (
+            ("layers", "DenseFlipout for the three Dense layers", "ours"),
+            ("prior, KL", "N(0, 1), KL weight 1 / N", "[B 2015]"),
+            ("samples", "T = 100", "[A]"),
+        ),
+    }
+    mnist_epochs = 30
+
+    def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
+        flipout = ku.layers.DenseFlipout
+        inputs, h = _inputs(num_inputs, normalization)
+        h = flipout(hidden, activation="relu", kl_weight=1.0 / num_rows)(h)
+        return keras.Model(inputs, flipout(2, kl_weight=1.0 / num_rows)(h))
+
+    def mnist_network(self, num_train):
+        def dense(units, activation):
+            return ku.layers.DenseFlipout(
+                units, activation=activation, kl_weight=1 / num_train
+            )
+
+        return keras.Sequential(
+            [*lenet_layers(dense=dense), dense(10, "softmax")], name="lenet5_flipout"
+        )
+
+
+class LastLayerLaplace(Method):
+    name, label, family = "laplace", "Laplace", "Bayesian weights"
+    settings = {
+        UCI: (
+            ("network", "MAP network, MSE, no weight decay", "[D 2021]"),
+            ("posterior", "last layer, KFAC GGN", "[D 2021]"),
+            ("prior precision, noise", "fitted by the marginal likelihood", "[D 2021]"),
+            ("predictive", "linearized (GLM), closed form", "[D 2021]"),
+        ),
+        MNIST: (
+            (
+                "posterior",
+                "last layer, KFAC GGN, prior by marginal likelihood",
+                "[D 2021]",
+            ),
+            ("predictive", "probit (GLM)", "[D 2021]"),
+        ),
+    }
+    votes = False
+
+    def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
+        return _hidden_then(num_inputs, hidden, keras.layers.Dense(1), normalization)
+
+    def uci_loss(self):
+        # Homoscedastic, as Laplace Redux's regression: the noise is fitted
+        # with the prior. (A variance head trained for the protocol's 10x
+        # epochs drives its training variances toward 0 and the last-layer
+        # posterior does not cover it: NLL 14.0 against 3.1 on boston's
+        # splits 0-2 in a probe.)
+        return "mse"
+
+    def uci_after_fit(self, model, x, y, protocol, epochs):
+        return ku.laplace.Laplace(model, "regression", variance_head=False).fit(x, y)
+
+    def uci_score(self, model, x_test, y_test, y_mean, y_std, protocol):
+        prediction = laplace_predictive(model, x_test)
+        # Back to target units in float64 (float32 would round a target far
+        # from 0, such as one near 1e9, to its spacing there).
+        mean = np.asarray(prediction.mean, np.float64)[:, 0] * y_std + y_mean
+        std = np.asarray(prediction.std, np.float64)[:, 0] * y_std
+        if not (np.all(np.isfinite(mean)) and np.all(std > 0)):
+            return np.nan, np.nan
+        return ku.metrics.rmse(y_test, mean), ku.metrics.gaussian_nll(y_test, mean, std)
+
+    def mnist_network(self, num_train):
+        return ku.models.lenet5(dropout_rate=0.0)
+
+    def mnist_fit(self, model, x, y, epochs, callbacks=()):
+        super().mnist_fit(model, x, y, epochs, callbacks)
+        return ku.laplace.Laplace(model, "classification").fit(x, y)
+
+    def mnist_predict(self, model, x, num_samples, seed):
+        return laplace_predictive(model, x)
+
+
+class SWAG(Method):
+    name, label, family = "swag", "SWAG", "Bayesian weights"
+    settings = {
+        UCI: (
+            ("network", "MAP (mean, log-variance) network", "ours"),
+            (
+                "collection",
+                "25% more epochs, Adam at 1/10 the step, every epoch",
+                "ours",
+            ),
+            ("rank", "20 deviations, scale 0.5", "[M 2019]"),
+        ),
+        MNIST: (
+            ("collection", "5 more epochs, Adam 1e-4, 4 snapshots per epoch", "ours"),
+            ("rank", "20 deviations, scale 0.5", "[M 2019]"),
+            ("samples", "T = 100", "[A]"),
+        ),
+    }
+    rank = 20
+    uci_collect_fraction = 0.25
+    mnist_collect_epochs = 5
+
+    def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
+        return _hidden_then(num_inputs, hidden, keras.layers.Dense(2), normalization)
+
+    def uci_after_fit(self, model, x, y, protocol, epochs):
+        collect = max(2, int(round(self.uci_collect_fraction * epochs)))
+        steps = math.ceil(len(x) / runner.SINGLE_NETWORK_BATCH_SIZE)
+        # The MAP weights stay; a constant step explores around them.
+        model.compile(
+            keras.optimizers.Adam(protocol.learning_rate / 10),
+            loss=self.uci_loss(),
+            steps_per_execution=uci.steps_per_call(steps),
+        )
+        # One snapshot per pass over the rows (the stream is one Keras epoch).
+        callback = ku.swag.SWAGCallback(
+            collect_every=steps, unit="batch", max_rank=min(self.rank, collect)
+        )
+        model.fit(
+            runner.epoch_stream(x, y, collect, protocol.seed),
+            shuffle=False,
+            verbose=0,
+            callbacks=[callback, *protocol.callbacks],
+        )
+        return ku.swag.SWAG(model, callback, rank=min(self.rank, collect))
+
+    def mnist_network(self, num_train):
+        return ku.models.lenet5(dropout_rate=0.0)
+
+    def mnist_fit(self, model, x, y, epochs, callbacks=()):
+        _fit(model, x, y, epochs, callbacks)
+        model.compile(
+            keras.optimizers.Adam(mnist.LEARNING_RATE / 10),
+            loss=self.mnist_loss(),
+        )
+        steps = -(-len(x) // mnist.BATCH_SIZE)
+        collect = ku.swag.SWAGCallback(collect_every=max(1, steps // 4), unit="batch")
+        _fit(model, x, y, self.mnist_collect_epochs, [collect, *callbacks])
+        return ku.swag.SWAG(model, collect)
+
+
+class BatchEnsemble(Method):
+    name, label, family = "batch-ensemble", "BatchEnsemble", "Ensembles"
+    settings = {
+        UCI: (
+            ("members", "4, rank-1 factors on every Dense layer", "[W 2020]"),
+            ("output", "(mean, log-variance), Gaussian NLL", "[L 2017]"),
+        ),
+        MNIST: (("members", "4, rank-1 factors on every layer", "[W 2020]"),),
+    }
+    members = 4
+    uci_trains_together = False  # its model brings its own training step
+    one_pass = True
+
+    def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
+        _standardized_inputs_only(self, normalization)
+        dense = ku.layers.BatchEnsembleDense
+
+        def network(m):
+            return keras.Sequential(
+                [
+                    keras.Input((num_inputs,)),
+                    dense(hidden, m, activation="relu"),
+                    dense(2, m),
+                ]
+            )
+
+        return ku.BatchEnsemble(network, num_members=self.members)
+
+    def uci_num_samples(self, protocol):
+        return None  # one sample per member
+
+    def mnist_network(self, num_train):
+        def network(m):
+            def conv(filters, size, activation):
+                return ku.layers.BatchEnsembleConv2D(
+                    filters, size, m, activation=activation
+                )
+
+            def dense(units, activation):
+                return ku.layers.BatchEnsembleDense(units, m, activation=activation)
+
+            return keras.Sequential([*lenet_layers(conv, dense), dense(10, "softmax")])
+
+        return ku.BatchEnsemble(network, num_members=self.members)
+
+
+class MIMO(Method):
+    name, label, family = "mimo", "MIMO", "Ensembles"
+    settings = {
+        UCI: (
+            ("members", "3 heads, no input repetition", "[H 2021]"),
+            ("output", "(mean, log-variance) per head, Gaussian NLL", "[L 2017]"),
+        ),
+        MNIST: (("members", "3 heads, no input repetition", "[H 2021]"),),
+    }
+    members = 3
+    uci_trains_together = False  # its model brings its own training step
+    one_pass = True
+
+    def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
+        _standardized_inputs_only(self, normalization)
+
+        def backbone(shape):
+            inputs = keras.Input(shape)
+            return keras.Model(
+                inputs, keras.layers.Dense(hidden, activation="relu")(inputs)
+            )
+
+        return ku.MIMO(backbone, (num_inputs,), num_outputs=2, num_members=self.members)
+
+    def uci_num_samples(self, protocol):
+        return None  # one sample per member
+
+    def mnist_network(self, num_train):
+        def backbone(shape):
+            inputs = keras.Input(shape)
+            hidden = inputs
+            for layer in lenet_layers()[1:]:
+                hidden = layer(hidden)
+            return keras.Model(inputs, hidden)
+
+        return ku.MIMO(
+            backbone,
+            (32, 32, 1),
+            num_outputs=10,
+            num_members=self.members,
+            output_activation="softmax",
+        )
+
+
+def _sngp(name):
+    """SNGP's model and callback by their public name: in `ku.sngp` (its
+    folder, issue 36 item 1), else where they were before it
+    (`ku.layers.SNGPModel`, `ku.callbacks.SNGPCovarianceReset`)."""
+    home = getattr(ku, "sngp", None)
+    if home is not None and hasattr(home, name):
+        return getattr(home, name)
+    return getattr(ku.layers if name == "SNGPModel" else ku.callbacks, name)
+
+
+class SNGP(Method):
+    name, label, family = "sngp", "SNGP", "One pass"
+    settings = {
+        MNIST: (
+            (
+                "normalization",
+                "spectral, norm bound 0.95, every weighted layer",
+                "[L 2020]",
+            ),
+            ("output", "random-feature GP, 1024 features, mean-field", "[L 2020]"),
+        ),
+    }
+    votes = False
+    one_pass = True
+
+    def mnist_network(self, num_train):
+        def normalize(layer):
+            return ku.layers.SNGPSpectralNormalization(layer, norm_multiplier=0.95)
+
+        trunk = keras.Sequential(lenet_layers(wrap=normalize))
+        inputs = keras.Input((32, 32, 1))
+        outputs = ku.layers.RandomFeatureGaussianProcess(10)(trunk(inputs))
+        return _sngp("SNGPModel")(inputs, outputs)
+
+    def mnist_callbacks(self):
+        return [_sngp("SNGPCovarianceReset")()]
+
+
+class Evidential(Method):
+    name, label, family = "evidential", "Evidential", "One pass"
+    settings = {
+        UCI: (
+            ("head", "Normal-Inverse-Gamma", "[A 2020]"),
+            ("loss", "NIG NLL + 0.01 x evidence regularizer", "[A 2020]"),
+            ("NLL", "the Student-t marginal", "[A 2020]"),
+        ),
+        MNIST: (
+            ("head", "Dirichlet (evidence by softplus)", "[S 2018]"),
+            ("loss", "expected MSE + annealed KL to the uniform Dirichlet", "[S 2018]"),
+        ),
+    }
+    votes = False
+    uci_coeff = 1e-2
+
+    def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
+        head = ku.evidential.NormalInverseGammaHead(1)
+        return _hidden_then(num_inputs, hidden, head, normalization)
+
+    def uci_loss(self):
+        return ku.evidential.EvidentialRegressionLoss(self.uci_coeff)
+
+    def uci_score(self, model, x_test, y_test, y_mean, y_std, protocol):
+        # The Student-t marginal's NLL from the head's parameters (one pass;
+        # no sampled mixture to score).
+        outputs = model.predict(x_test, verbose=0)
+        standardized = (y_test - y_mean) / y_std
+        # The Student-t's NLL in original units: the standardized one plus
+        # log(y_std), the Jacobian of the standardization.
+        nll = ku.evidential.nig_nll(standardized[:, None], outputs)
+        nll = np.asarray(nll, np.float64)[:, 0]
+        mean = ku.evidential.split_nig(outputs)[0]
+        mean = np.asarray(mean, np.float64)[:, 0] * y_std + y_mean
+        if not (np.all(np.isfinite(nll)) and np.all(np.isfinite(mean))):
+            return np.nan, np.nan
+        return ku.metrics.rmse(y_test, mean), float(nll.mean() + math.log(y_std))
+
+    def mnist_network(self, num_train):
+        return keras.Sequential([*lenet_layers(), ku.evidential.DirichletHead(10)])
+
+    def mnist_loss(self):
+        return ku.evidential.EvidentialClassificationLoss()
+
+    def mnist_callbacks(self):
+        return [ku.evidential.KLAnnealing()]
+
+    def mnist_predict(self, model, x, num_samples, seed):
+        # The Dirichlet's closed form, through the evidential verb.
+        return ku.evidential.predict_classification(model, x, verbose=0)
+
+
+class Deterministic(Method):
+    name, label, family = "deterministic", "deterministic softmax", "baseline"
+    settings = {MNIST: (("network", "LeNet-5, one pass, softmax entropy", "[A]"),)}
+    votes = False
+    baseline = True
+
+    def mnist_network(self, num_train):
+        return ku.models.lenet5(dropout_rate=0.0)
+
+    def mnist_predict(self, model, x, num_samples, seed):
+        # One pass: the moments of a single probability sample.
+        probs = model.predict(x, batch_size=1024, verbose=0)[None]
+        sums = [
+            keras.ops.convert_to_numpy(v)
+            for v in ku.sampling.formulas.classification_moments(probs, False)
+        ]
+        return ku.ClassificationPrediction.from_moments(*sums, 1)
+
+
+# Every method, in the order the commands run and report them.
+METHODS = {
+    method.name: method
+    for method in (
+        MCDropout(),
+        HeteroMCDropout(),
+        DeepEnsemble(),
+        Flipout(),
+        LastLayerLaplace(),
+        SWAG(),
+        BatchEnsemble(),
+        MIMO(),
+        SNGP(),
+        Evidential(),
+        Deterministic(),
+    )
+}
+
+
+def methods(protocol, baseline=False):
+    """`{name: Method}` of the methods that run under `protocol`, in
+    `METHODS`'s order; the baseline last when `baseline`."""
+    chosen = {
+        n: m for n, m in METHODS.items() if m.runs_in(protocol) and not m.baseline
+    }
+    if baseline:
+        chosen.update(
+            {n: m for n, m in METHODS.items() if m.runs_in(protocol) and m.baseline}
+        )
+    return chosen
+
+
+def names(protocol):
+    """The `--method` choices of `protocol`'s command (the baseline is
+    not a choice: it always runs)."""
+    return tuple(methods(protocol))
+
+
+def baseline(protocol):
+    """The name of `protocol`'s baseline, or None."""
+    return next(
+        (n for n, m in METHODS.items() if m.runs_in(protocol) and m.baseline), None
+    )
