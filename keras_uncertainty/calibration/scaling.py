@@ -10,6 +10,7 @@ from keras_uncertainty._validation import (
     as_array,
     check_positive_finite,
     check_positive_int,
+    check_positive_std,
     check_probs,
     classification_inputs,
     regression_inputs,
@@ -413,13 +414,7 @@ class VarianceScaling(PostHocMethod):
             "pass a RegressionPrediction (as ku.predict_regression returns) "
             "to get a calibrated one: transform(prediction).",
         )
-        std = as_array(prediction, "std")
-        if np.any(std <= 0):
-            raise ValueError(
-                "Invalid value received for argument `std`. Expected standard "
-                f"deviations > 0. Received: smallest {std.min()!r}"
-            )
-        return self.scale_ * std
+        return self.scale_ * check_positive_std(as_array(prediction, "std"))
 
     def _transform(self, prediction):
         scale = self.scale_
