@@ -700,8 +700,15 @@ METHODS = {
 
 
 def methods(protocol, baseline=False):
-    """`{name: Method}` of the methods that run under `protocol`, in
-    `METHODS`'s order; the baseline last when `baseline`."""
+    """The methods that run under `protocol`.
+
+    Args:
+        protocol: `"uci"` or `"mnist"`.
+        baseline: Whether to add the protocol's baseline (last).
+
+    Returns:
+        `{name: Method}`, in `METHODS`'s order.
+    """
     chosen = {
         n: m for n, m in METHODS.items() if m.runs_in(protocol) and not m.baseline
     }
@@ -713,13 +720,21 @@ def methods(protocol, baseline=False):
 
 
 def names(protocol):
-    """The `--method` choices of `protocol`'s command (the baseline is
-    not a choice: it always runs)."""
+    """The `--method` choices of `protocol`'s command (the baseline is not
+    a choice: it always runs).
+
+    Args:
+        protocol: `"uci"` or `"mnist"`.
+
+    Returns:
+        The names, a tuple in `METHODS`'s order.
+    """
     return tuple(methods(protocol))
 
 
 def baseline(protocol):
-    """The name of `protocol`'s baseline, or None."""
+    """The name of `protocol`'s baseline (`"mnist"`: `"deterministic"`), or
+    None."""
     return next(
         (n for n, m in METHODS.items() if m.runs_in(protocol) and m.baseline), None
     )
