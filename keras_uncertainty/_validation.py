@@ -58,18 +58,52 @@ def check_positive_int(value, name, allow_none=False):
     return int(value)
 
 
-def check_positive_finite(value, name):
-    """Checks that `value` is a finite real number > 0."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not (math.isfinite(value) and value > 0)
-    ):
+def check_finite(
+    value,
+    name,
+    low=None,
+    low_open=False,
+    high=None,
+    high_open=False,
+    allow_none=False,
+    hint="",
+):
+    """Checks that `value` is a finite real number (not a bool) within the
+    bounds given: `> low` (`low_open`) or `>= low`, `< high` (`high_open`)
+    or `<= high`; None too when `allow_none`. Else a ValueError "Expected a
+    finite number >= low and <= high{hint}" naming `name`.
+
+    Returns:
+        `float(value)` (None for an allowed None).
+    """
+    if value is None and allow_none:
+        return None
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and math.isfinite(value)
+        and (low is None or (value > low if low_open else value >= low))
+        and (high is None or (value < high if high_open else value <= high))
+    )
+    if not ok:
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if low_open else '>='} {low}")
+        if high is not None:
+            bounds.append(f"{'<' if high_open else '<='} {high}")
+        expected = " ".join(["a finite number", " and ".join(bounds)]).strip()
+        if allow_none:
+            expected = f"None or {expected}"
         raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a finite "
-            f"number > 0. Received: {name}={value!r}"
+            f"Invalid value received for argument `{name}`. Expected "
+            f"{expected}{hint}. Received: {name}={value!r}"
         )
     return float(value)
+
+
+def check_positive_finite(value, name):
+    """Checks that `value` is a finite real number > 0."""
+    return check_finite(value, name, 0, low_open=True)
 
 
 # The largest seed: every seed becomes an int64 (a seed generator's state,

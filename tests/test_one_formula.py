@@ -290,3 +290,40 @@ def test_ood_array_checks_are_the_shared_ones():
         ku.ood.msp(np.array([[np.nan, 1.0]]))
     with pytest.raises(ValueError, match=r"`features`. Expected shape \(N, D\): one"):
         ku.ood.Mahalanobis().fit(np.zeros((4, 2, 2)), np.zeros(4, int))
+
+
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (
+            lambda v: ku.evidential.EvidentialClassificationLoss(kl_weight=v),
+            "kl_weight",
+        ),
+        (lambda v: ku.evidential.EvidentialRegressionLoss(coeff=v), "coeff"),
+        (lambda v: ku.ood.Mahalanobis(ridge=v), "ridge"),
+        (lambda v: ku.layers.DenseFlipout(2, kl_weight=v), "kl_weight"),
+    ],
+)
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf"), True, "1"])
+def test_every_non_negative_number_is_checked_alike(make, name, value):
+    with pytest.raises(
+        ValueError,
+        match=rf"argument `{name}`\. Expected a finite number >= 0(\.0)?\. "
+        rf"Received: {name}=",
+    ):
+        make(value)
+
+
+def test_check_finite_bounds_and_none():
+    check = _validation.check_finite
+    assert check(None, "m", allow_none=True) is None
+    assert check(3, "m", 0) == 3.0 and isinstance(check(3, "m", 0), float)
+    with pytest.raises(ValueError, match=r"Expected None or a finite number\. "):
+        check(float("nan"), "m", allow_none=True)
+    with pytest.raises(ValueError, match=r"Expected a finite number > 0 and < 1\."):
+        check(1, "p", 0, True, 1, True)
+    with pytest.raises(ValueError, match=r">= 0 \(pi / 8\)\. Received: f=-1"):
+        check(-1, "f", 0, hint=" (pi / 8)")
+    assert _validation.check_positive_finite(0.5, "s") == 0.5
+    with pytest.raises(ValueError, match=r"`s`\. Expected a finite number > 0\."):
+        _validation.check_positive_finite(0, "s")

@@ -20,14 +20,17 @@ start of each epoch.
 """
 
 import dataclasses
-import math
-import numbers
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_uncertainty._validation import (
+    check_choice,
+    check_finite,
+    check_positive_int,
+)
 from keras_uncertainty.evidential._base import DenseHead, SuppliesReducer
 from keras_uncertainty.sampling.predictions import (
     ClassificationPrediction,
@@ -89,12 +92,7 @@ class DirichletHead(DenseHead):
             bias_regularizer=bias_regularizer,
             **kwargs,
         )
-        if evidence not in EVIDENCE_FUNCTIONS:
-            raise ValueError(
-                "Invalid value received for argument `evidence`. Expected one "
-                f"of {EVIDENCE_FUNCTIONS}. Received: evidence={evidence!r}"
-            )
-        self.evidence = evidence
+        self.evidence = check_choice(evidence, "evidence", EVIDENCE_FUNCTIONS)
 
     def _parameters(self, logits):
         if self.evidence == "softplus":
@@ -301,30 +299,10 @@ class EvidentialClassificationLoss(SuppliesReducer, keras.losses.Loss):
         **kwargs,
     ):
         super().__init__(reduction=reduction, name=name, **kwargs)
-        if annealing_epochs is not None and (
-            isinstance(annealing_epochs, bool)
-            or not isinstance(annealing_epochs, numbers.Integral)
-            or annealing_epochs < 1
-        ):
-            raise ValueError(
-                "Invalid value received for argument `annealing_epochs`. "
-                "Expected a positive integer or None. Received: "
-                f"annealing_epochs={annealing_epochs!r}"
-            )
-        if (
-            isinstance(kl_weight, bool)
-            or not isinstance(kl_weight, numbers.Real)
-            or not math.isfinite(kl_weight)
-            or kl_weight < 0
-        ):
-            raise ValueError(
-                "Invalid value received for argument `kl_weight`. Expected a "
-                f"finite float >= 0. Received: kl_weight={kl_weight!r}"
-            )
-        self.annealing_epochs = (
-            None if annealing_epochs is None else int(annealing_epochs)
+        self.annealing_epochs = check_positive_int(
+            annealing_epochs, "annealing_epochs", allow_none=True
         )
-        self.kl_weight = float(kl_weight)
+        self.kl_weight = check_finite(kl_weight, "kl_weight", 0)
         self.annealing_coefficient = None
         if self.annealing_epochs is not None:
             self.annealing_coefficient = keras.Variable(

@@ -26,13 +26,13 @@ which is smaller by the factor `(alpha - 1) / alpha`. Intervals read from
 """
 
 import math
-import numbers
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_uncertainty._validation import check_finite, check_positive_finite
 from keras_uncertainty.evidential._base import DenseHead, SuppliesReducer
 from keras_uncertainty.losses.gaussian_nll import align_targets
 from keras_uncertainty.sampling.predictions import RegressionPrediction
@@ -40,20 +40,6 @@ from keras_uncertainty.sampling.reducers import Reducer
 
 _PACKAGE = "keras_uncertainty"
 _HALF_LOG_PI = 0.5 * math.log(math.pi)
-
-
-def _check_epsilon(epsilon):
-    if (
-        isinstance(epsilon, bool)
-        or not isinstance(epsilon, numbers.Real)
-        or not math.isfinite(epsilon)
-        or epsilon <= 0
-    ):
-        raise ValueError(
-            "Invalid value received for argument `epsilon`. Expected a finite "
-            f"float > 0. Received: epsilon={epsilon!r}"
-        )
-    return float(epsilon)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -107,7 +93,7 @@ class NormalInverseGammaHead(DenseHead):
             bias_regularizer=bias_regularizer,
             **kwargs,
         )
-        self.epsilon = _check_epsilon(epsilon)
+        self.epsilon = check_positive_finite(epsilon, "epsilon")
 
     def _parameters(self, raw):
         k = self.units
@@ -234,17 +220,7 @@ class EvidentialRegressionLoss(SuppliesReducer, keras.losses.Loss):
         **kwargs,
     ):
         super().__init__(reduction=reduction, name=name, **kwargs)
-        if (
-            isinstance(coeff, bool)
-            or not isinstance(coeff, numbers.Real)
-            or not math.isfinite(coeff)
-            or coeff < 0
-        ):
-            raise ValueError(
-                "Invalid value received for argument `coeff`. Expected a finite "
-                f"float >= 0. Received: coeff={coeff!r}"
-            )
-        self.coeff = float(coeff)
+        self.coeff = check_finite(coeff, "coeff", 0)
 
     def call(self, y_true, y_pred):
         loss = nig_nll(y_true, y_pred)

@@ -504,12 +504,8 @@ class BatchEnsembleConv2D(BatchEnsembleLayer):
     ):
         super().__init__(**kwargs)
         self.filters = check_positive_int(filters, "filters")
-        (
-            self.kernel_size,
-            self.strides,
-            self.padding,
-            self.dilation_rate,
-        ) = check_conv_arguments(2, kernel_size, strides, padding, dilation_rate)
+        conv = check_conv_arguments(2, kernel_size, strides, padding, dilation_rate)
+        self.kernel_size, self.strides, self.padding, self.dilation_rate = conv
         self._init_common(
             self.filters,
             num_members,

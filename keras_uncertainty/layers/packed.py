@@ -434,14 +434,9 @@ class _PackedConv(keras.layers.Layer):
         super().__init__(**kwargs)
         self.filters = check_positive_int(filters, "filters")
         self.num_members = check_positive_int(num_members, "num_members")
-        (
-            self.kernel_size,
-            self.strides,
-            self.padding,
-            self.dilation_rate,
-        ) = check_conv_arguments(
-            self.rank, kernel_size, strides, padding, dilation_rate
-        )
+        given = (kernel_size, strides, padding, dilation_rate)
+        conv = check_conv_arguments(self.rank, *given)
+        self.kernel_size, self.strides, self.padding, self.dilation_rate = conv
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)

@@ -29,6 +29,7 @@ from keras_uncertainty._precision import float32_layer_dtype
 from keras_uncertainty._validation import (
     check_bool,
     check_choice,
+    check_finite,
     check_positive_finite,
     check_positive_int,
     check_seed,
@@ -338,17 +339,12 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
         self.gp_cov_likelihood = check_choice(
             gp_cov_likelihood, "gp_cov_likelihood", _LIKELIHOODS
         )
-        if (
-            isinstance(mean_field_factor, bool)
-            or not isinstance(mean_field_factor, numbers.Real)
-            or not (math.isfinite(mean_field_factor) and mean_field_factor >= 0)
-        ):
-            raise ValueError(
-                "Invalid value received for argument `mean_field_factor`. "
-                "Expected a finite number >= 0 (pi / 8 for the probit "
-                f"approximation). Received: mean_field_factor={mean_field_factor!r}"
-            )
-        self.mean_field_factor = float(mean_field_factor)
+        self.mean_field_factor = check_finite(
+            mean_field_factor,
+            "mean_field_factor",
+            0,
+            hint=" (pi / 8 for the probit approximation)",
+        )
         self.normalize_input = check_bool(normalize_input, "normalize_input")
         self.scale_random_features = check_bool(
             scale_random_features, "scale_random_features"

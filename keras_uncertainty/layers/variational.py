@@ -43,6 +43,7 @@ from keras_uncertainty._validation import (
     check_bool,
     check_choice,
     check_conv_arguments,
+    check_finite,
     check_positive_int,
 )
 from keras_uncertainty.layers.grouped_conv import grouped_convolution
@@ -67,28 +68,9 @@ __all__ = [
 ]
 
 
-def _check_finite(value, name, low, low_open, high=None, high_open=False):
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, numbers.Real)
-        and math.isfinite(value)
-        and (value > low if low_open else value >= low)
-        and (high is None or (value < high if high_open else value <= high))
-    )
-    if not ok:
-        bound = f"> {low}" if low_open else f">= {low}"
-        if high is not None:
-            bound += f" and {'<' if high_open else '<='} {high}"
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a finite "
-            f"number {bound}. Received: {name}={value!r}"
-        )
-    return float(value)
-
-
 def check_kl_weight(kl_weight):
     """Checks a KL weight: a finite number >= 0."""
-    return _check_finite(kl_weight, "kl_weight", 0.0, False)
+    return check_finite(kl_weight, "kl_weight", 0.0, False)
 
 
 def _rho_of(scale):
@@ -172,13 +154,13 @@ class _Variational(MCLayer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.use_bias = check_bool(use_bias, "use_bias")
         self.variational_bias = check_bool(variational_bias, "variational_bias")
-        self.posterior_scale_init = _check_finite(
+        self.posterior_scale_init = check_finite(
             posterior_scale_init, "posterior_scale_init", 0.0, True
         )
         self.prior = check_choice(prior, "prior", _PRIORS, lower=True)
-        self.prior_scale = _check_finite(prior_scale, "prior_scale", 0.0, True)
-        self.mixture_scale = _check_finite(mixture_scale, "mixture_scale", 0.0, True)
-        self.mixture_weight = _check_finite(
+        self.prior_scale = check_finite(prior_scale, "prior_scale", 0.0, True)
+        self.mixture_scale = check_finite(mixture_scale, "mixture_scale", 0.0, True)
+        self.mixture_weight = check_finite(
             mixture_weight, "mixture_weight", 0.0, True, 1.0, False
         )
         self.activation = keras.activations.get(activation)
@@ -594,14 +576,9 @@ class _ConvFlipout(_Variational):
     ):
         super().__init__(**kwargs)
         self.filters = check_positive_int(filters, "filters")
-        (
-            self.kernel_size,
-            self.strides,
-            self.padding,
-            self.dilation_rate,
-        ) = check_conv_arguments(
-            self.rank, kernel_size, strides, padding, dilation_rate
-        )
+        given = (kernel_size, strides, padding, dilation_rate)
+        conv = check_conv_arguments(self.rank, *given)
+        self.kernel_size, self.strides, self.padding, self.dilation_rate = conv
         self.data_format = check_choice(
             data_format or keras.config.image_data_format(),
             "data_format",

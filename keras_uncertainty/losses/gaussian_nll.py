@@ -8,12 +8,12 @@ its gradients well scaled without a positivity constraint.
 """
 
 import math
-import numbers
 
 import keras
 from keras import ops
 
 from keras_uncertainty._precision import widen
+from keras_uncertainty._validation import check_finite, unit_interval
 
 _PACKAGE = "keras_uncertainty"
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
@@ -210,26 +210,8 @@ class GaussianNLL(keras.losses.Loss):
         **kwargs,
     ):
         super().__init__(reduction=reduction, name=name, **kwargs)
-        if (
-            isinstance(beta, bool)
-            or not isinstance(beta, numbers.Real)
-            or not 0 <= beta <= 1
-        ):
-            raise ValueError(
-                "Invalid value received for argument `beta`. Expected a float "
-                f"in the range [0, 1]. Received: beta={beta!r}"
-            )
-        if min_log_var is not None and (
-            isinstance(min_log_var, bool)
-            or not isinstance(min_log_var, numbers.Real)
-            or not math.isfinite(min_log_var)
-        ):
-            raise ValueError(
-                "Invalid value received for argument `min_log_var`. Expected "
-                f"None or a finite float. Received: min_log_var={min_log_var!r}"
-            )
-        self.beta = float(beta)
-        self.min_log_var = None if min_log_var is None else float(min_log_var)
+        self.beta = unit_interval(beta, "beta", closed=True)
+        self.min_log_var = check_finite(min_log_var, "min_log_var", allow_none=True)
         self.include_constant = bool(include_constant)
 
     def call(self, y_true, y_pred):

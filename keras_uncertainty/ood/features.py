@@ -13,7 +13,12 @@ import numbers
 import keras
 import numpy as np
 
-from keras_uncertainty._validation import as_array, check_positive_int, shaped_array
+from keras_uncertainty._validation import (
+    as_array,
+    check_finite,
+    check_positive_int,
+    shaped_array,
+)
 from keras_uncertainty.posthoc.base import PostHocMethod
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
@@ -166,17 +171,7 @@ class _ClassGaussians(PostHocMethod):
         self._check_params()
 
     def _check_params(self):
-        ridge = self.ridge
-        if (
-            isinstance(ridge, bool)
-            or not isinstance(ridge, numbers.Real)
-            or not (np.isfinite(ridge) and ridge >= 0)
-        ):
-            raise ValueError(
-                "Invalid value received for argument `ridge`. Expected a "
-                f"finite number >= 0. Received: ridge={ridge!r}"
-            )
-        self.ridge = float(ridge)
+        self.ridge = check_finite(self.ridge, "ridge", 0)
 
     def fit(self, features, labels):
         """Fits the class-conditional Gaussians.
