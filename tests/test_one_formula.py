@@ -97,6 +97,28 @@ def test_log_softmax_numpy_and_graph_forms_equal_scipy():
     np.testing.assert_allclose(np.asarray(graph), reference, rtol=1e-12, atol=1e-15)
 
 
+def test_logsumexp_numpy_and_graph_forms_equal_scipy():
+    rng = np.random.default_rng(8)
+    values = 50 * rng.normal(size=(5, 6))
+    values[0] = [800.0, 799.0, -np.inf, 0.0, 1.0, 2.0]  # exp(800) overflows
+    reference = logsumexp(values, axis=-1)
+    np.testing.assert_allclose(formulas.logsumexp(values), reference, rtol=1e-12)
+    np.testing.assert_allclose(
+        formulas.logsumexp(values.T, axis=0), reference, rtol=1e-12
+    )
+    graph = keras.ops.logsumexp(tf.constant(values), axis=-1)
+    np.testing.assert_allclose(np.asarray(graph), reference, rtol=1e-12)
+    # A slice of only -inf: -inf, not NaN (the Mahalanobis/density case).
+    assert formulas.logsumexp(np.full((1, 3), -np.inf))[0] == -np.inf
+    # The energy score is its negation at T = 1, -T logsumexp(z / T) else.
+    logits = values[1:]
+    np.testing.assert_allclose(ku.ood.energy(logits), -logsumexp(logits, axis=-1))
+    np.testing.assert_allclose(
+        ku.ood.energy(logits, temperature=2.0),
+        -2.0 * logsumexp(logits / 2.0, axis=-1),
+    )
+
+
 # --------------------------------------------------------------------------
 # Former call sites, through the public APIs
 

@@ -20,6 +20,7 @@ from keras_uncertainty._validation import (
     shaped_array,
 )
 from keras_uncertainty.posthoc.base import PostHocMethod
+from keras_uncertainty.sampling import formulas
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -458,12 +459,9 @@ class FeatureDensity(_ClassGaussians):
             NotFittedError: `fit` has not been called.
         """
         joint = self.class_log_densities(features) + np.log(self.priors_)
-        top = joint.max(axis=1)
         # Too far from every class for float64 (every log density -inf):
-        # log p = -inf, not the NaN of -inf - (-inf).
-        top = np.where(np.isfinite(top), top, 0.0)
-        with np.errstate(divide="ignore"):
-            return top + np.log(np.sum(np.exp(joint - top[:, None]), axis=1))
+        # log p = -inf (formulas.logsumexp), not NaN.
+        return formulas.logsumexp(joint, axis=1)
 
     def _transform(self, features):
         return -self.log_density(features)

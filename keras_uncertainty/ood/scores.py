@@ -81,9 +81,7 @@ def energy(logits, temperature=1.0):
     """
     temperature = check_positive_finite(temperature, "temperature")
     scaled = shaped_array(logits, "logits") / temperature
-    top = np.max(scaled, axis=-1)
-    rest = np.log(np.sum(np.exp(scaled - top[:, None]), axis=-1))
-    return -temperature * (top + rest)
+    return -temperature * formulas.logsumexp(scaled, axis=-1)
 
 
 def entropy(probs):

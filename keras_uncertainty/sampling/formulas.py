@@ -233,3 +233,24 @@ def entropy_split_of_samples(samples):
     """
     samples = np.asarray(samples)
     return entropy_split(samples.mean(axis=0), entropy(samples).mean(axis=0))
+
+
+def logsumexp(values, axis=-1):
+    """numpy `log sum_c exp(v_c)` over `axis`, stable: computed as
+    `m + log sum_c exp(v_c - m)` with `m = max_c v_c`, so no `exp`
+    overflows; a slice of only `-inf` gives `-inf` (not the NaN of
+    `-inf - (-inf)`). (In a graph, `keras.ops.logsumexp`.)
+
+    Args:
+        values: A float numpy array (anything `np.asarray` takes).
+        axis: The axis to reduce.
+
+    Returns:
+        A float numpy array, `values`' shape without `axis`.
+    """
+    values = np.asarray(values)
+    top = np.max(values, axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        rest = np.log(np.sum(np.exp(values - top), axis=axis, keepdims=True))
+    return np.squeeze(top + rest, axis=axis)
