@@ -49,14 +49,14 @@ class _OnFirstUse:
     imported while only names and settings are read."""
 
     def __init__(self, name):
-        self._name = name
+        self.import_name = name
 
     def __getattr__(self, attribute):
-        module = importlib.import_module(self._name)
+        module = importlib.import_module(self.import_name)
         return getattr(module, attribute)
 
     def __repr__(self):
-        return f"<{self._name}, imported on first use>"
+        return f"<{self.import_name}, imported on first use>"
 
 
 keras = _OnFirstUse("keras")
