@@ -262,7 +262,7 @@ def test_engine_weight_sampling_matches_the_glm_predictive(linear_data):
     model = _linear_model(mean)
     for hessian in ("kron", "full", "diag"):
         la = ku.laplace.Laplace(model, "regression", hessian=hessian).fit(x, y)
-        sampled = la.as_model()
+        sampled = la.as_model("weights")
         assert isinstance(sampled, ku.laplace.LaplaceModel)
         assert ku.has_variance_head(sampled)
         glm = la.predict(x[:20])
@@ -288,7 +288,7 @@ def test_engine_weight_sampling_matches_the_glm_predictive(linear_data):
 def test_classification_sampling_and_export_serve(classifier_data, tmp_path):
     model, x, labels = classifier_data
     la = ku.laplace.Laplace(model, "classification").fit(x, labels)
-    sampled = la.as_model()
+    sampled = la.as_model("weights")
     pred = ku.predict_classification(sampled, x[:30], num_samples=2000, seed=0)
     mc = la.predict(x[:30], predictive="mc", num_samples=2000, seed=0)
     assert np.max(np.abs(pred.probs - mc.probs)) < 0.02

@@ -23,7 +23,7 @@ def _flipout():
 
 def _laplace(x, y):
     net = keras.Sequential([keras.Input((D,)), *_classifier_layers()])
-    return ku.laplace.Laplace(net, "classification").fit(x, y).as_model()
+    return ku.laplace.Laplace(net, "classification").fit(x, y).as_model("weights")
 
 
 def _swag(x, y):

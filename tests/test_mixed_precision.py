@@ -180,11 +180,13 @@ def _plain(num_outputs, activation=None):
 
 def _laplace_regression(model, trained):
     laplace = ku.laplace.Laplace(model, "regression", variance_head=False)
-    return laplace.fit(X, Y).as_model()
+    return laplace.fit(X, Y).as_model("weights")
 
 
 def _laplace_classification(model, trained):
-    return ku.laplace.Laplace(model, "classification").fit(X, LABELS).as_model()
+    return ku.laplace.Laplace(model, "classification").fit(X, LABELS).as_model(
+        "weights"
+    )
 
 
 def _swag_train(model):

@@ -23,6 +23,7 @@ from keras_uncertainty.layers.batch_ensemble import (
 )
 from keras_uncertainty.sampling import SampledModel, graph
 from keras_uncertainty.sampling.mixture import member_mixture
+from keras_uncertainty.sampling.outputs import declared_layout
 
 _PACKAGE = "keras_uncertainty"
 
@@ -91,20 +92,17 @@ def _fold(tensor):
     return tf.reshape(tensor, [-1, *rest])
 
 
-def mixture(outputs, loss, num_members):
+def mixture(outputs, layout, num_members):
     """The members' uniform mixture of `(B, M, ...)` outputs -> `(B, ...)`.
 
-    As `ku.Ensemble.mixture`: a loss that declares `variance_head` gives the
-    mixture's mean and log-variance; a loss with `from_logits=True` gives
+    As `ku.Ensemble.mixture`, for the `(variance_head, from_logits)` layout
+    the compiled loss declares (`keras_uncertainty.sampling.outputs.declared_layout`):
+    a variance head gives the mixture's mean and log-variance; logits give
     the logits of the mean probabilities; otherwise the mean of the outputs.
     """
-    from keras_uncertainty.sampling.class_scores import loss_from_logits
-
+    variance_head, from_logits = layout
     return member_mixture(
-        outputs,
-        num_members,
-        variance_head=loss is not None and bool(getattr(loss, "variance_head", False)),
-        from_logits=loss is not None and loss_from_logits(loss),
+        outputs, num_members, variance_head=variance_head, from_logits=from_logits
     )
 
 
@@ -334,14 +332,11 @@ class BatchEnsemble(keras.Model):
         Returns:
             `(B, ...)` tensors, structured as `outputs`.
         """
-        loss = getattr(self, "loss", None)
-        if isinstance(loss, str):
-            loss = keras.losses.get(loss)
         if isinstance(outputs, (dict, list, tuple)):
             return tree.map_structure(
-                lambda t: mixture(t, None, self.num_members), outputs
+                lambda t: mixture(t, (False, False), self.num_members), outputs
             )
-        return mixture(outputs, loss, self.num_members)
+        return mixture(outputs, declared_layout(self), self.num_members)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -19,59 +19,26 @@ from keras_uncertainty.sampling import (
     sampled_model,
     task_reducer,
 )
-from keras_uncertainty.sampling.class_scores import loss_from_logits
+from keras_uncertainty.sampling.outputs import (
+    activation_says_logits,
+    declared_task,
+    loss_from_logits,
+    output_loss,
+)
 
 _TASKS = ("auto", "regression", "classification")
 _ARG = "Invalid value received for argument `validation_data`. "
 _NUM_BINS = 15
-# Losses that make a model a classifier (names as strings, functions or
-# `keras.losses.Loss` classes, compared in lower case without underscores).
-_CLASSIFICATION_LOSSES = (
-    "sparsecategoricalcrossentropy",
-    "categoricalcrossentropy",
-    "binarycrossentropy",
-    "categoricalfocalcrossentropy",
-    "binaryfocalcrossentropy",
-)
-_REGRESSION_LOSSES = (
-    "mse",
-    "mae",
-    "meansquarederror",
-    "meanabsoluteerror",
-    "huber",
-    "logcosh",
-    "meansquaredlogarithmicerror",
-    "meanabsolutepercentageerror",
-)
-
-
-def _loss_name(loss):
-    if isinstance(loss, str):
-        name = loss
-    elif isinstance(loss, keras.losses.Loss):
-        fn = getattr(loss, "fn", None)
-        name = getattr(fn, "__name__", None) or type(loss).__name__
-    else:
-        name = getattr(loss, "__name__", "")
-    return name.lower().replace("_", "")
 
 
 def task_of_loss(model):
     """What the compiled loss says: `(task, from_logits)`, None where it
     does not say (no loss, a custom loss, several losses)."""
-    if has_variance_head(model):
-        return "regression", None
-    loss = getattr(model, "loss", None)
-    if loss is None or isinstance(loss, (dict, list, tuple)):
-        return None, None
-    if hasattr(loss, "task_reducer"):  # the loss says how to reduce (evidential)
-        return getattr(loss, "task", None), False
-    name = _loss_name(loss)
-    if name in _CLASSIFICATION_LOSSES:
-        return "classification", loss_from_logits(loss)
-    if name in _REGRESSION_LOSSES:
-        return "regression", None
-    return None, None
+    loss = output_loss(model)
+    task = declared_task(loss)
+    if task != "classification":
+        return task, None
+    return task, loss_from_logits(loss)
 
 
 def _output_shape(model):
@@ -83,24 +50,6 @@ def _output_shape(model):
     if view is None or len(view.outputs) != 1:
         return None
     return tuple(view.outputs[0].shape)
-
-
-def _output_is_logits(model):
-    """Guesses logits from the last layer's activation: linear -> True,
-    softmax / sigmoid -> False, anything else -> None."""
-    template = getattr(model, "member_template", model)
-    layers = getattr(template, "layers", None)
-    if not layers:
-        return None
-    last = layers[-1]
-    if isinstance(last, keras.layers.Softmax):
-        return False
-    name = getattr(getattr(last, "activation", None), "__name__", None)
-    if name == "linear":
-        return True
-    if name in ("softmax", "sigmoid"):
-        return False
-    return None
 
 
 def _is_probability_rows(y):
@@ -326,7 +275,7 @@ class UncertaintyMetrics(keras.callbacks.Callback):
             if loss_task == "classification":
                 from_logits = loss_logits
             else:
-                from_logits = bool(_output_is_logits(self.model))
+                from_logits = bool(activation_says_logits(self.model))
                 guessed.append(f"from_logits={from_logits}")
         if guessed and not self._warned:
             self._warned = True

@@ -26,6 +26,7 @@ from keras_uncertainty.layers.packed import share_across_members
 from keras_uncertainty.sampling import graph
 from keras_uncertainty.sampling.inputs import _is_streamed, flatten_inputs
 from keras_uncertainty.sampling.mixture import member_mixture
+from keras_uncertainty.sampling.outputs import declared_layout
 
 _PACKAGE = "keras_uncertainty"
 
@@ -433,15 +434,12 @@ class Ensemble(keras.Model):
         Returns:
             A `(batch, ...)` tensor.
         """
-        from keras_uncertainty.sampling import has_variance_head
-        from keras_uncertainty.sampling.class_scores import loss_from_logits
-
-        loss = self.member_loss
+        variance_head, from_logits = declared_layout(self)
         return member_mixture(
             outputs,
             self.num_members,
-            variance_head=loss is not None and bool(has_variance_head(self)),
-            from_logits=loss is not None and loss_from_logits(loss),
+            variance_head=variance_head,
+            from_logits=from_logits,
         )
 
     def predict_step(self, data):

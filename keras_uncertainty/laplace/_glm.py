@@ -25,19 +25,26 @@ def last_layer_variance(structure, phi, factors, k):
     return tf.einsum("nap,p,nbp->nab", jq, scale, jq)
 
 
-def mc_sums(f_mean, f_var, num_samples, seed):
-    """Sums over `num_samples` draws of the logits of `softmax(f)` `(n, k)`
-    and of its entropy `(n,)`."""
-    n, k = tf.shape(f_mean)[0], tf.shape(f_mean)[1]
+def draw_logits(f_mean, f_var, eps):
+    """Draws `f ~ N(f_mean, f_var)` `(t, n, k)` from standard normals `eps
+    (t, n, k)`, through the Cholesky root of each `f_var (n, k, k)`."""
+    k = tf.shape(f_mean)[1]
     eye = tf.eye(k, dtype=f_var.dtype)
     # A tiny jitter factorizes the rank-deficient directions (the softmax's
     # shift invariance makes f_var singular along the ones vector).
     jitter = 1e-10 * tf.linalg.trace(f_var) / tf.cast(k, f_var.dtype) + 1e-30
     root = tf.linalg.cholesky(f_var + jitter[:, None, None] * eye)
+    return f_mean[None] + tf.einsum("nab,tnb->tna", root, eps)
+
+
+def mc_sums(f_mean, f_var, num_samples, seed):
+    """Sums over `num_samples` draws of the logits of `softmax(f)` `(n, k)`
+    and of its entropy `(n,)`."""
+    n, k = tf.shape(f_mean)[0], tf.shape(f_mean)[1]
     eps = tf.random.stateless_normal(
         tf.stack([num_samples, n, k]), seed, dtype=f_mean.dtype
     )
-    logits = f_mean[None] + tf.einsum("nab,tnb->tna", root, eps)
+    logits = draw_logits(f_mean, f_var, eps)
     log_probs = tf.nn.log_softmax(logits, axis=-1)
     probs = tf.exp(log_probs)
     entropy = -tf.reduce_sum(probs * log_probs, axis=-1)

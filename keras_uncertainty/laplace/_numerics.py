@@ -16,6 +16,8 @@ nothing, and the marginal likelihood is a sum over `lam`.
 
 import numpy as np
 
+from keras_uncertainty.sampling.formulas import log_softmax
+
 # Rows per chunk of the vectorized contractions: bounds temporaries to about
 # 2^23 floats (64 MiB).
 _CHUNK_FLOATS = 2**23
@@ -35,14 +37,8 @@ def augment(phi, use_bias):
 
 
 def softmax(z):
-    z = z - np.max(z, axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / np.sum(e, axis=-1, keepdims=True)
-
-
-def log_softmax(z):
-    z = z - np.max(z, axis=-1, keepdims=True)
-    return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+    """`exp(log_softmax(z))` (`formulas.log_softmax`, the one log-softmax)."""
+    return np.exp(log_softmax(z))
 
 
 def output_hessians(likelihood, z, precision=None):

@@ -1,6 +1,7 @@
 """`Laplace`: a Gaussian posterior around a trained network's weights."""
 
 import threading
+import warnings
 import weakref
 
 import keras
@@ -9,6 +10,7 @@ import tensorflow as tf
 
 from keras_uncertainty import _budget
 from keras_uncertainty._validation import (
+    as_array,
     check_bool,
     check_positive_finite,
     check_positive_int,
@@ -18,40 +20,46 @@ from keras_uncertainty.laplace import _glm
 from keras_uncertainty.laplace import _numerics as num
 from keras_uncertainty.laplace._last_layer import check_activation, find_last_layer
 from keras_uncertainty.laplace._last_layer import invalid as _invalid
-from keras_uncertainty.laplace.model import LastLayerPosterior, build_model
-from keras_uncertainty.posthoc.base import PostHocMethod
-from keras_uncertainty.sampling import graph
+from keras_uncertainty.laplace.model import (
+    PREDICTIVES,
+    PROBIT_FACTOR,
+    LastLayerPosterior,
+    build_model,
+)
+from keras_uncertainty.posthoc.base import FittedMethod
+from keras_uncertainty.sampling import (
+    graph,
+    has_variance_head,
+    predict_classification,
+    predict_regression,
+    sampled_model,
+)
 from keras_uncertainty.sampling.inputs import flatten_inputs
 from keras_uncertainty.sampling.predictions import (
     ClassificationPrediction,
     RegressionPrediction,
 )
-from keras_uncertainty.sampling.sampler import has_variance_head
 
 _LIKELIHOODS = ("regression", "classification")
 _SUBSETS = ("last_layer", "all")
 _HESSIANS = ("full", "kron", "diag")
 _PREDICTIVES = ("probit", "mc")
-# probit: softmax(mu / sqrt(1 + pi/8 var)) (MacKay 1992; Daxberger et al. 2021).
-_PROBIT = np.pi / 8.0
+_PROBIT = PROBIT_FACTOR
 
 
 def _as_array(x, name):
-    if tf.is_tensor(x):
-        x = keras.ops.convert_to_numpy(x)
+    """`x` (a structure of arrays or tensors) as numpy arrays of their own
+    dtypes, each checked by `_validation.as_array` and given rows."""
     if isinstance(x, (list, tuple)):
         return [_as_array(item, name) for item in x]
     if isinstance(x, dict):
         return {key: _as_array(item, name) for key, item in x.items()}
+    if tf.is_tensor(x):
+        x = keras.ops.convert_to_numpy(x)
     array = np.asarray(x)
-    if array.ndim == 0 or array.shape[0] == 0:
+    if array.ndim == 0:
         raise _invalid(name, "an array with at least one row", array.shape)
-    if np.issubdtype(array.dtype, np.inexact) and not np.all(np.isfinite(array)):
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected finite "
-            "values. Received: NaN or infinite values"
-        )
-    return array
+    return as_array(array, name, dtype=None)
 
 
 # Compiled functions of a model (features, GLM steps, Jacobians), kept while
@@ -75,7 +83,7 @@ def _rows(x):
     return first.shape[0]
 
 
-class Laplace(PostHocMethod):
+class Laplace(FittedMethod):
     """The Laplace approximation of a trained Keras network (post hoc).
 
     Fitted on the training data, it puts a Gaussian around the trained
@@ -203,6 +211,8 @@ class Laplace(PostHocMethod):
     >>> pred = la.predict(x_test)  # a ku.ClassificationPrediction
     >>> ku.export(la.as_model(), "served/1", task="classification")
     """
+
+    _fitted_on = "the network's training inputs and their targets"
 
     def __init__(
         self,
@@ -876,6 +886,13 @@ class Laplace(PostHocMethod):
     def predict(self, x, predictive="probit", num_samples=100, seed=None):
         """The GLM predictive of `x`.
 
+        For the last-layer posterior this is `ku.predict_regression(
+        self.as_model(predictive), x, ...)` / `ku.predict_classification(...)`
+        with `batch_size=self.batch_size`: the same compiled pass, the same
+        draws for the same seed (`ku.predict_classification(laplace, x)`
+        gives it too). The all-layer posterior computes the per-example
+        Jacobians batch by batch.
+
         Args:
             x: Inputs.
             predictive: Classification: "probit" (the probit approximation,
@@ -895,6 +912,20 @@ class Laplace(PostHocMethod):
         check_positive_int(num_samples, "num_samples")
         seed = check_seed(seed)
         x = self._inputs(x)
+        if self.subset == "last_layer":
+            model = self.as_model(predictive)
+            if self.likelihood == "regression":
+                return predict_regression(
+                    model, x, batch_size=self.batch_size, seed=seed, verbose=0
+                )
+            return predict_classification(
+                model,
+                x,
+                num_samples,
+                batch_size=self.batch_size,
+                seed=seed,
+                verbose=0,
+            )
         draws = num_samples if self.likelihood == "classification" else 0
         f_mean, f_var, log_var, sum_probs, sum_entropy = self._glm(x, draws, seed)
         if self.likelihood == "regression":
@@ -909,38 +940,38 @@ class Laplace(PostHocMethod):
                 aleatoric_std=np.sqrt(aleatoric),
                 epistemic_std=np.sqrt(epistemic),
             )
-        expected = sum_entropy / num_samples
         if predictive == "mc":
             probs = sum_probs / num_samples
         else:
             kappa = 1.0 / np.sqrt(1.0 + _PROBIT * np.diagonal(f_var, axis1=1, axis2=2))
             probs = num.softmax(f_mean * kappa)
-        total = -np.sum(probs * np.log(np.clip(probs, 1e-300, None)), axis=-1)
-        return ClassificationPrediction(
-            probs=probs,
-            label=np.argmax(probs, axis=-1),
-            entropy=total,
-            expected_entropy=expected,
-            mutual_information=np.maximum(total - expected, 0.0),
-            votes=None,
+        return ClassificationPrediction.from_moments(
+            probs * num_samples, sum_entropy, None, num_samples
         )
 
-    def _transform(self, prediction):
-        return self.predict(prediction)
-
     def transform(self, x):
-        """`predict(x)`: the GLM predictive of new inputs.
+        """Deprecated (removed in 0.4): `predict(x)`.
+
+        `Laplace` is fitted on training inputs, not on held-out predictions
+        as a `ku.posthoc.PostHocMethod` is, so it predicts; `transform` is
+        kept one release for code written against 0.2.
 
         Args:
             x: Inputs.
 
         Returns:
-            A `ku.RegressionPrediction` or `ku.ClassificationPrediction`.
+            `predict(x)`.
         """
-        return super().transform(x)
+        warnings.warn(
+            "Laplace.transform(x) is deprecated and removed in 0.4: use "
+            "Laplace.predict(x) (or ku.predict_*(laplace, x)).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.predict(x)
 
     def fit_transform(self, x, y):
-        """`fit(x, y).predict(x)`.
+        """Deprecated (removed in 0.4): `fit(x, y).predict(x)`.
 
         Args:
             x: Training inputs.
@@ -949,28 +980,62 @@ class Laplace(PostHocMethod):
         Returns:
             The GLM predictive of `x`.
         """
+        warnings.warn(
+            "Laplace.fit_transform(x, y) is deprecated and removed in 0.4: "
+            "use Laplace.fit(x, y).predict(x).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self.fit(x, y).predict(x)
 
-    # Sampling through the engine ------------------------------------------------
+    # Predicting through the engine ----------------------------------------------
 
-    def as_model(self):
-        """A `keras.Model` sampled by drawing the last layer's weights.
+    def as_sampled_model(self):
+        """The engine's view of the fitted posterior: what `ku.predict_*`,
+        `ku.predict`, `ku.sample` and `ku.export` use when given this
+        `Laplace` (the GLM predictive of `as_model()`).
+
+        Returns:
+            A `ku.laplace.LaplaceGLMSampledModel`.
+        """
+        return sampled_model(self.as_model())
+
+    def as_model(self, predictive="probit"):
+        """A `keras.Model` of the fitted posterior, for the engine.
+
+        Args:
+            predictive: "probit" (the default) or "mc": the GLM predictive,
+                as `predict` computes it (regression: in closed form, two
+                sigma points); "weights": T draws of the last layer's
+                weights from the posterior, one per sample (the spread of
+                the sampled networks rather than the linearized one's).
 
         Returns:
             A `ku.laplace.LaplaceModel` (last-layer subset only) that
-            `ku.predict_*`, `ku.sample` and `ku.export` sample: T samples
-            are T draws of the Dense layer's weights from the posterior.
-            It holds the posterior as constants: refit, then call
-            `as_model()` again.
+            `ku.predict_*`, `ku.sample` and `ku.export` predict. It holds the
+            posterior as constants (kept while the fitted values stay the
+            same: refitting or a new prior precision gives a new model).
         """
         self._check_is_fitted("as_model")
+        if predictive not in PREDICTIVES:
+            raise _invalid("predictive", f"one of {PREDICTIVES}", predictive)
         if self.subset != "last_layer":
             raise ValueError(
                 "Invalid value received for argument `subset`. Expected "
-                "'last_layer': `as_model` samples the last layer's weights "
+                "'last_layer': the engine predicts the last layer's posterior "
                 "(use `predict` for the all-layer GLM predictive). Received: "
                 f"subset={self.subset!r}"
             )
+        key = (
+            predictive,
+            self.prior_precision_,
+            self.sigma_noise_,
+            id(self.hessian_),
+            id(self.fit_statistics_),
+        )
+        cache = self.__dict__.setdefault("_models", {})
+        if key in cache:
+            return cache[key]
         last = self._structure()
         stats = self.fit_statistics_
         factors = num.sampling_factor(self._eigen(), self._scale())
@@ -985,6 +1050,11 @@ class Laplace(PostHocMethod):
             stats["k"],
             stats["use_bias"],
             log_noise,
+            predictive=predictive,
             name="laplace_posterior",
         )
-        return build_model(last.view, last.features, posterior)
+        # Models of an earlier fit or prior precision are let go.
+        for stale in [k for k in cache if k[1:] != key[1:]]:
+            del cache[stale]
+        cache[key] = build_model(last.view, last.features, posterior)
+        return cache[key]

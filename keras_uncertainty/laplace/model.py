@@ -1,4 +1,16 @@
-"""`LaplaceModel`: a fitted last-layer Laplace posterior, sampled by the engine."""
+"""`LaplaceModel`: a fitted last-layer Laplace posterior, predicted by the engine.
+
+Two ways to predict it, chosen when it is built (`Laplace.as_model(
+predictive=...)`) and saved with it:
+
+- the GLM predictive ("probit", the default, or "mc"): the linearized
+  network's output distribution `N(f_mean, f_var)`, `f_var = J Sigma J^T`,
+  computed in float64 from one forward pass of the features
+  (`LaplaceGLMSampledModel`): closed form for regression, the probit
+  approximation (or Monte Carlo over the logits) for classification;
+- "weights": T draws of the last layer's weights from the posterior, one
+  per sample (`LaplaceSampledModel`).
+"""
 
 import math
 import numbers
@@ -15,12 +27,23 @@ from keras_uncertainty._validation import (
     check_positive_int,
     value_errors_from_config,
 )
+from keras_uncertainty.laplace import _glm
 from keras_uncertainty.losses.gaussian_nll import gaussian_nll
-from keras_uncertainty.sampling import SampledModel, graph, keys
+from keras_uncertainty.sampling import (
+    ClassificationSummary,
+    RegressionMoments,
+    SampledModel,
+    graph,
+    keys,
+)
 
 _PACKAGE = "keras_uncertainty"
 _LIKELIHOODS = ("regression", "classification")
 _STRUCTURES = ("full", "kron", "diag")
+# "probit" and "mc": the GLM predictive; "weights": sampled weights.
+PREDICTIVES = ("probit", "mc", "weights")
+# probit: softmax(mu / sqrt(1 + pi/8 var)) (MacKay 1992; Daxberger et al. 2021).
+PROBIT_FACTOR = math.pi / 8.0
 
 
 def _invalid(name, expected, value):
@@ -133,6 +156,9 @@ class LastLayerPosterior(keras.layers.Layer):
         use_bias: Whether `phi` is augmented with a constant 1.
         log_noise_variance: `log sigma_noise^2` (homoscedastic regression),
             else None.
+        predictive: How the engine predicts the model: "probit" or "mc"
+            (the GLM predictive, `glm_moments`; the posterior is then held
+            in float64) or "weights" (`sample`).
     """
 
     stochastic_at_inference = True
@@ -147,6 +173,7 @@ class LastLayerPosterior(keras.layers.Layer):
         num_means,
         use_bias,
         log_noise_variance=None,
+        predictive="weights",
         **kwargs,
     ):
         # The posterior's draws and the features they multiply stay float32
@@ -160,6 +187,9 @@ class LastLayerPosterior(keras.layers.Layer):
             use_bias = bool(use_bias)
         self.use_bias = check_bool(use_bias, "use_bias")
         self.log_noise_variance = _check_log_noise(log_noise_variance)
+        # "weights" by default: a file saved before the GLM predictive
+        # existed samples weights, as it did.
+        self.predictive = _choice(predictive, "predictive", PREDICTIVES)
         if factors is None or isinstance(factors, (str, bytes)):
             raise _invalid("factors", "a list of arrays", factors)
         self.weights_shape, self.factor_shapes = _check_shapes(
@@ -186,13 +216,20 @@ class LastLayerPosterior(keras.layers.Layer):
             )
         weights_map, factors = self._initial
 
+        # The GLM predictive is computed in float64, as `Laplace.fit` fits it.
+        dtype = "float32" if self.predictive == "weights" else "float64"
+
         def constant(name, shape, value):
             initializer = "zeros"
             if value is not None and not isinstance(value, _Placeholder):
-                value = np.asarray(value, np.float32)
+                value = np.asarray(value, dtype)
                 initializer = keras.initializers.Constant(value)
             return self.add_weight(
-                name=name, shape=shape, initializer=initializer, trainable=False
+                name=name,
+                shape=shape,
+                initializer=initializer,
+                trainable=False,
+                dtype=dtype,
             )
 
         self.weights_map = constant("weights_map", self.weights_shape, weights_map)
@@ -217,6 +254,7 @@ class LastLayerPosterior(keras.layers.Layer):
                 "num_means": self.num_means,
                 "use_bias": self.use_bias,
                 "log_noise_variance": self.log_noise_variance,
+                "predictive": self.predictive,
             }
         )
         return config
@@ -250,7 +288,7 @@ class LastLayerPosterior(keras.layers.Layer):
         ones = ops.ones_like(phi[:, :1])
         return ops.concatenate([phi, ones], axis=-1)
 
-    def _format(self, means, phi_aug):
+    def _format(self, means, phi_aug, weights):
         """Engine format from sampled (or MAP) mean outputs `(rows, k)`,
         with `phi_aug` the matching rows of features."""
         if self.likelihood == "classification":
@@ -258,13 +296,57 @@ class LastLayerPosterior(keras.layers.Layer):
         if self.log_noise_variance is not None:
             log_var = ops.full_like(means, self.log_noise_variance)
         else:
-            log_var = ops.matmul(phi_aug, self.weights_map[:, self.num_means :])
+            log_var = ops.matmul(phi_aug, weights[:, self.num_means :])
         return ops.concatenate([means, log_var], axis=-1)
 
     def call(self, phi):
         phi_aug = self._augment(phi)
-        means = ops.matmul(phi_aug, self.weights_map[:, : self.num_means])
-        return self._format(means, phi_aug)
+        # A GLM posterior holds float64 weights; the MAP output stays in the
+        # layer's dtype.
+        weights = ops.cast(self.weights_map, phi_aug.dtype)
+        means = ops.matmul(phi_aug, weights[:, : self.num_means])
+        return self._format(means, phi_aug, weights)
+
+    @tf.autograph.experimental.do_not_convert
+    def glm_moments(self, phi):
+        """The GLM predictive of features `phi (n, d)`, in float64.
+
+        Returns:
+            `(f_mean (n, k), f_var (n, k, k), log_var)`: the linearized
+            outputs' means and covariances `J Sigma J^T` (for the last
+            layer, `J = phi~ (x) I`), and, for regression, the noise's
+            log-variances `(n, k)` (`log sigma_noise^2`, or the head's);
+            None for classification.
+        """
+        phi_aug = self._augment(tf.cast(phi, tf.float64))
+        weights = tf.cast(self.weights_map, tf.float64)
+        k = self.num_means
+        f_mean = tf.matmul(phi_aug, weights[:, :k])
+        f_var = _glm.last_layer_variance(
+            self.structure, phi_aug, self._variance_factors(), k
+        )
+        log_var = None
+        if self.likelihood == "regression":
+            if self.log_noise_variance is not None:
+                log_var = tf.fill(
+                    tf.shape(f_mean), tf.constant(self.log_noise_variance, tf.float64)
+                )
+            else:
+                log_var = tf.matmul(phi_aug, weights[:, k:])
+        return f_mean, f_var, log_var
+
+    def _variance_factors(self):
+        """The square-root factors as `_glm.last_layer_variance` reads them
+        (`Sigma = R R^T`)."""
+        factors = [tf.cast(f, tf.float64) for f in self.factors]
+        d1, k = int(self.weights_shape[0]), self.num_means
+        if self.structure == "diag":
+            return (tf.reshape(tf.square(factors[0]), (d1, k)),)
+        if self.structure == "kron":
+            u_a, u_g, root = factors
+            return (u_a, u_g, tf.square(root))
+        (root,) = factors  # (P, P), rows in (input, output) order
+        return (tf.reshape(root, (d1, k, -1)), tf.ones(tf.shape(root)[1:], tf.float64))
 
     def compute_output_shape(self, input_shape):
         k = self.num_means
@@ -297,7 +379,9 @@ class LastLayerPosterior(keras.layers.Layer):
         noise = self.weight_noise(num_samples)  # (t, d1, k)
         means = means_map[None] + tf.einsum("ni,tik->tnk", phi_aug, noise)
         means = tf.reshape(means, (-1, self.num_means))
-        return self._format(means, graph.tile_rows(phi_aug, num_samples))
+        return self._format(
+            means, graph.tile_rows(phi_aug, num_samples), self.weights_map
+        )
 
 
 class LaplaceSampledModel(SampledModel):
@@ -322,6 +406,150 @@ class LaplaceSampledModel(SampledModel):
     def forward(self, inputs, num_samples):
         phi = self.feature_model(inputs, training=False)
         return self.model.posterior.sample(phi, num_samples)
+
+
+class ProbitSummary(ClassificationSummary):
+    """The probit GLM predictive's summary (`LaplaceGLMSampledModel`).
+
+    Each sample is `[probs, H[softmax(f_t)]]` `(n, C + 1)`: the probit
+    probabilities `softmax(f_mean / sqrt(1 + pi/8 diag f_var))` (the same in
+    every sample) and the entropy of one draw `f_t ~ N(f_mean, f_var)` of
+    the logits. Summed over the samples like `ClassificationSummary`'s state,
+    it finalizes to a `ClassificationPrediction` whose `probs` are the probit
+    probabilities, `entropy = H[probs]`, `expected_entropy` the mean of the
+    draws' entropies and `mutual_information = max(entropy -
+    expected_entropy, 0)`.
+    """
+
+    uncertainty_in_output = True
+
+    def __init__(self):
+        super().__init__(from_logits=False, votes=False)
+
+    def get_config(self):
+        return {}
+
+    def reduce(self, samples):
+        samples = tf.cast(samples, tf.float64)
+        return (
+            tf.reduce_sum(samples[..., :-1], axis=0),
+            tf.reduce_sum(samples[..., -1], axis=0),
+        )
+
+    def summary(self, state, num_samples):
+        fields = super().summary(state, num_samples)
+        return {name: tf.cast(value, tf.float32) for name, value in fields.items()}
+
+
+class LaplaceGLMSampledModel(SampledModel):
+    """How the engine predicts a `LaplaceModel` built for the GLM predictive
+    (`predictive="probit"` or `"mc"`): the network below the last layer runs
+    once per input, and `f_mean`, `f_var = J Sigma J^T` follow in float64
+    (`LastLayerPosterior.glm_moments`). It declares its output (see
+    `keras_uncertainty.sampling.outputs`):
+
+    - regression: two samples, the sigma points `(f_mean -/+ sqrt(diag
+      f_var), log sigma^2)`: their mixture has exactly the GLM mean, its
+      epistemic variance `diag f_var` and the noise `sigma^2` (or the
+      head's) as the aleatoric part, whatever `num_samples` says;
+    - classification, "probit": `num_samples` draws of the logits for the
+      expected entropy, summarised by `ProbitSummary`;
+    - classification, "mc": the softmax of `num_samples` draws of the
+      logits, summarised as any sample of probabilities.
+
+    Args:
+        model: The `LaplaceModel`.
+    """
+
+    uncertainty_in_output = True
+
+    def __init__(self, model):
+        super().__init__(model)
+        posterior = model.posterior
+        self.task = posterior.likelihood
+        self.link = posterior.predictive
+        self.stochastic = self.task == "classification"
+        k = posterior.num_means
+        below = graph.floats_per_row(model)
+        # The covariance (k, k), its root and the draws, in float64.
+        self.floats_per_row = None if below is None else below + 6 * k * k + 4 * k
+        self.feature_model = keras.Model(model.input, posterior.input)
+
+    def stochastic_layers(self):
+        return []
+
+    def samples_per_member(self, num_samples):
+        return 2 if self.task == "regression" else num_samples
+
+    def task_reducer(self, task, from_logits=False, votes=False, variance_head=None):
+        """The reducer of the GLM predictive (see the class docstring).
+
+        Args:
+            task: The posterior's likelihood; another raises a ValueError.
+            from_logits: Must be False (the output is not logits).
+            votes: Classification with "mc": whether to count the draws'
+                argmax votes; must be False otherwise.
+            variance_head: Must be None or True (regression).
+
+        Returns:
+            A `ku.sampling.Reducer`.
+        """
+        if task != self.task:
+            raise ValueError(
+                "Invalid value received for argument `task`. Expected "
+                f"'{self.task}' for a Laplace posterior fitted with that "
+                f"likelihood. Received: task={task!r}"
+            )
+        if from_logits:
+            raise _invalid(
+                "from_logits", "False: the GLM predictive gives probabilities", True
+            )
+        if task == "regression":
+            if variance_head is False:
+                raise _invalid(
+                    "variance_head",
+                    "None or True: the GLM predictive has a noise variance",
+                    False,
+                )
+            return RegressionMoments(True)
+        if self.link == "mc":
+            return ClassificationSummary(False, votes)
+        if votes:
+            raise _invalid(
+                "votes",
+                "False with the probit predictive (build the model with "
+                "`as_model(predictive='mc')` to count the draws' votes)",
+                True,
+            )
+        return ProbitSummary()
+
+    @tf.autograph.experimental.do_not_convert
+    def forward(self, inputs, num_samples):
+        phi = self.feature_model(inputs, training=False)
+        phi = tf.reshape(phi, (tf.shape(phi)[0], -1))
+        f_mean, f_var, log_var = self.model.posterior.glm_moments(phi)
+        n, k = tf.shape(f_mean)[0], tf.shape(f_mean)[1]
+        if self.task == "regression":
+            # Sigma point s (global index, whatever the chunking) goes -, +.
+            first = keys.current().sample_offset
+            index = tf.range(num_samples) + tf.cast(first, tf.int32)
+            sign = tf.cast(2 * (index % 2) - 1, tf.float64)
+            spread = tf.sqrt(tf.linalg.diag_part(f_var))
+            means = f_mean[None] + sign[:, None, None] * spread[None]
+            noise = tf.broadcast_to(log_var[None], tf.shape(means))
+            out = tf.concat([means, noise], axis=-1)
+            return tf.reshape(out, (-1, 2 * k))
+        eps = keys.random_normal((num_samples * n, k), None, dtype="float64")
+        logits = _glm.draw_logits(f_mean, f_var, tf.reshape(eps, (-1, n, k)))
+        log_probs = tf.nn.log_softmax(logits, axis=-1)
+        if self.link == "mc":
+            return tf.reshape(tf.exp(log_probs), (-1, k))
+        entropy = -tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1)
+        kappa = tf.math.rsqrt(1.0 + PROBIT_FACTOR * tf.linalg.diag_part(f_var))
+        probs = tf.nn.softmax(f_mean * kappa, axis=-1)
+        probs = tf.broadcast_to(probs[None], tf.shape(logits))
+        out = tf.concat([probs, entropy[..., None]], axis=-1)
+        return tf.reshape(out, (-1, k + 1))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -373,9 +601,12 @@ class LaplaceModel(keras.Model):
         """The engine's view of the model (see `ku.sampling.SampledModel`).
 
         Returns:
-            A `LaplaceSampledModel`.
+            A `LaplaceGLMSampledModel` for the GLM predictive ("probit",
+            "mc"), a `LaplaceSampledModel` for sampled weights.
         """
-        return LaplaceSampledModel(self)
+        if self.posterior.predictive == "weights":
+            return LaplaceSampledModel(self)
+        return LaplaceGLMSampledModel(self)
 
 
 def build_model(base_view, features, posterior):

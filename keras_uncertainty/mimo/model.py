@@ -19,6 +19,7 @@ from keras import ops, tree
 from keras_uncertainty._validation import check_positive_int
 from keras_uncertainty.sampling import SampledModel
 from keras_uncertainty.sampling.mixture import member_mixture
+from keras_uncertainty.sampling.outputs import declared_layout
 
 _PACKAGE = "keras_uncertainty"
 
@@ -534,10 +535,12 @@ class MIMO(keras.Model):
     def mixture(self, outputs):
         """The heads' uniform mixture in one head's format.
 
-        `(N, M, K)` -> `(N, K)`: for `(mean, log-variance)` heads (compiled
-        with a loss that declares `variance_head`) the mixture's mean and
-        log-variance `log(mean_m sigma_m^2 + var_m mu_m)`; otherwise the
-        mean of the heads (the mixture's probabilities for softmax heads).
+        `(N, M, K)` -> `(N, K)`, as `ku.Ensemble.mixture`: for `(mean,
+        log-variance)` heads (compiled with a loss that declares
+        `variance_head`) the mixture's mean and log-variance `log(mean_m
+        sigma_m^2 + var_m mu_m)`; for logits (a loss with `from_logits=True`)
+        the logits of the mean probabilities; otherwise the mean of the
+        heads (the mixture's probabilities for softmax heads).
 
         Args:
             outputs: `(N, M, K)` head outputs.
@@ -545,10 +548,13 @@ class MIMO(keras.Model):
         Returns:
             `(N, K)`.
         """
-        from keras_uncertainty.sampling import has_variance_head
-
-        head = getattr(self, "loss", None) is not None and bool(has_variance_head(self))
-        return member_mixture(outputs, self.num_members, variance_head=head)
+        variance_head, from_logits = declared_layout(self)
+        return member_mixture(
+            outputs,
+            self.num_members,
+            variance_head=variance_head,
+            from_logits=from_logits,
+        )
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -1,9 +1,10 @@
 """Compiled Monte Carlo sampling and the combination of samples.
 
 The contracts a method is built on: `SampledModel` (how a model is
-sampled), `Reducer` (what a call computes from the samples), the per-call
-random draws (`random_bits16`, `random_uniform`, `random_normal`) and the
-engine call `reduce_samples`.
+sampled), `OutputSpec` (what its output means, `output_spec`), `Reducer`
+(what a call computes from the samples), the per-call random draws
+(`random_bits16`, `random_uniform`, `random_normal`) and the engine call
+`reduce_samples`.
 """
 
 from keras_uncertainty.sampling.class_scores import (
@@ -30,6 +31,13 @@ from keras_uncertainty.sampling.keys import (
     random_normal,
     random_uniform,
 )
+from keras_uncertainty.sampling.outputs import (
+    OutputSpec,
+    has_variance_head,
+    output_names,
+    output_spec,
+    task_reducer,
+)
 from keras_uncertainty.sampling.predictions import (
     ClassificationPrediction,
     MixtureScore,
@@ -44,13 +52,10 @@ from keras_uncertainty.sampling.reducers import (
     RegressionMoments,
 )
 from keras_uncertainty.sampling.sampler import (
-    has_variance_head,
-    output_names,
     predict,
     predict_classification,
     predict_regression,
     sample,
-    task_reducer,
 )
 
 __all__ = [
@@ -61,6 +66,7 @@ __all__ = [
     "ClassificationSummary",
     "MixtureNLL",
     "MixtureScore",
+    "OutputSpec",
     "PerOutput",
     "RawSamples",
     "Reducer",
@@ -75,6 +81,7 @@ __all__ = [
     "input_stream",
     "is_stochastic",
     "output_names",
+    "output_spec",
     "predict",
     "predict_classification",
     "predict_regression",

@@ -26,19 +26,6 @@ from keras_uncertainty.sampling.reducers import Reducer
 _LOG_FLOOR = math.log(np.finfo(np.float64).tiny)
 
 
-def loss_from_logits(loss):
-    """`from_logits` of a compiled loss: the attribute of Keras's
-    crossentropy objects, else the `from_logits` of the loss's config; False
-    for names and functions (Keras's default, probabilities)."""
-    from_logits = getattr(loss, "from_logits", None)
-    if from_logits is None and hasattr(loss, "get_config"):
-        try:
-            from_logits = loss.get_config().get("from_logits")
-        except (NotImplementedError, TypeError, AttributeError):
-            from_logits = None
-    return bool(from_logits)
-
-
 def log_class_probabilities(samples, from_logits):
     """In-graph log-probabilities `(t, n, C)` of `(t, n, C)` samples.
 

@@ -187,16 +187,25 @@ def sampled_model(model):
     """The `SampledModel` of `model`, cached while its layers stay the same.
 
     Args:
-        model: A `keras.Model`.
+        model: A `keras.Model`; a `SampledModel` (returned as it is, so a
+            call that resolved it once passes it on); or a method object
+            that is not a Keras model but defines `as_sampled_model()` (a
+            fitted `ku.laplace.Laplace`).
 
     Returns:
         `model.as_sampled_model()` when the model defines it, else a
         `TiledTwinModel` (Functional, Sequential) or a `TiledInputsModel`.
     """
+    if isinstance(model, SampledModel):
+        return model
     if not isinstance(model, keras.Model):
+        hook = getattr(model, "as_sampled_model", None)
+        if callable(hook):
+            return _checked(hook())
         raise ValueError(
             "Invalid value received for argument `model`. Expected a "
-            f"keras.Model. Received: {type(model).__name__}"
+            "keras.Model (or a fitted method with `as_sampled_model()`, such "
+            f"as ku.laplace.Laplace). Received: {type(model).__name__}"
         )
     layers = _layer_ids(model)
     with _CACHE_LOCK:
@@ -205,16 +214,20 @@ def sampled_model(model):
             return cached[1]
         hook = getattr(model, "as_sampled_model", None)
         if callable(hook):
-            adapter = hook()
-            if not isinstance(adapter, SampledModel):
-                raise ValueError(
-                    "Invalid value received for argument `model`. Expected "
-                    "`as_sampled_model()` to return a ku.sampling.SampledModel. "
-                    f"Received: {type(adapter).__name__}"
-                )
+            adapter = _checked(hook())
         elif graph.functional_view(model) is not None:
             adapter = TiledTwinModel(model)
         else:
             adapter = TiledInputsModel(model)
         _CACHE[model] = (layers, adapter)
         return adapter
+
+
+def _checked(adapter):
+    if not isinstance(adapter, SampledModel):
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected "
+            "`as_sampled_model()` to return a ku.sampling.SampledModel. "
+            f"Received: {type(adapter).__name__}"
+        )
+    return adapter

@@ -93,7 +93,8 @@ def check_model(model, num_samples=None, reducer=None):
     member whatever `num_samples` says).
 
     Args:
-        model: A `keras.Model`.
+        model: A `keras.Model`, or its `SampledModel` (see
+            `ku.sampling.sampled_model`).
         num_samples: The number of samples asked for explicitly, or None
             (the default).
         reducer: The `ku.sampling.Reducer` the samples go to, or None.
@@ -102,6 +103,7 @@ def check_model(model, num_samples=None, reducer=None):
         The model's `SampledModel` (see `ku.sampling.sampled_model`).
     """
     adapter = sampled_model(model)
+    model = adapter.model
     if (
         num_samples is not None
         and num_samples > 1
@@ -142,7 +144,7 @@ def input_stream(model, x, keep_targets=False):
     """`x` as the `InputStream` that sampling `model` reads.
 
     Args:
-        model: A `keras.Model`.
+        model: A `keras.Model`, or its `SampledModel`.
         x: Anything `model.predict` takes.
         keep_targets: Whether to keep the targets of a streamed `x`.
 
@@ -224,7 +226,7 @@ def reducing_step(model, reducer, structure):
     reducer with `needs_targets`). `ku.export` traces it into a SavedModel.
 
     Args:
-        model: A `keras.Model`.
+        model: A `keras.Model`, or its `SampledModel`.
         reducer: A `ku.sampling.Reducer`.
         structure: The structure of the model's inputs (a tree of 0s).
 
@@ -295,7 +297,8 @@ def reducer_key(reducer):
     return (f"{cls.__module__}.{cls.__qualname__}", text)
 
 
-def _compiled_step(model, reducer, structure, flat, targets):
+def _compiled_step(adapter, reducer, structure, flat, targets):
+    model = adapter.model
     specs = tuple((a.shape[1:], a.dtype.str) for a in flat)
     target_spec = None if targets is None else (targets.shape[1:], targets.dtype.str)
     layers = tuple(id(layer) for layer in getattr(model, "layers", ()))
@@ -303,7 +306,7 @@ def _compiled_step(model, reducer, structure, flat, targets):
     with _COMPILED_LOCK:
         per_model = _COMPILED.setdefault(model, {})
         if key not in per_model:
-            per_model[key] = _CompiledStep(*reducing_step(model, reducer, structure))
+            per_model[key] = _CompiledStep(*reducing_step(adapter, reducer, structure))
         return per_model[key]
 
 
@@ -539,8 +542,9 @@ def reduce_samples(
     with a single output.
 
     Args:
-        model: A `keras.Model` (see `ku.sample`), or one with
-            `as_sampled_model()` (see `ku.sampling.SampledModel`).
+        model: A `keras.Model` (see `ku.sample`), one with
+            `as_sampled_model()` (see `ku.sampling.SampledModel`), or that
+            `SampledModel` itself (resolved once by the caller).
         x: Inputs with N rows: anything `model.predict` takes.
         reducer: A `ku.sampling.Reducer`.
         num_samples: Positive integer T; None: `DEFAULT_NUM_SAMPLES` (100).
@@ -573,6 +577,7 @@ def reduce_samples(
         )
     asked = check_positive_int(num_samples, "num_samples", allow_none=True)
     adapter = check_model(model, asked, reducer)
+    model = adapter.model
     num_samples = resolve_num_samples(asked)
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
     max_rows_per_call = check_positive_int(
@@ -595,7 +600,7 @@ def reduce_samples(
         if reducer.needs_targets:
             first_targets = y[:1] if y is not None else stream.target_rows(0, 1)
         step = _compiled_step(
-            model, reducer, stream.structure, stream.first, first_targets
+            adapter, reducer, stream.structure, stream.first, first_targets
         )
         rows = _rows_per_call(step, max_rows_per_call)
         inputs_per_call = batch_size or max(1, rows // total)

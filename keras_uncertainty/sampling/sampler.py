@@ -1,22 +1,23 @@
 """The public front of sampling: `ku.sample` and `ku.predict_*`.
 
-Each function checks its arguments, picks the reducer of its task from one
-table (`task_reducer`, also used by `ku.export` and the callbacks) and runs
-the engine (`engine.reduce_samples`); the engine knows nothing of tasks.
-The outputs of a multi-output model are reduced by `PerOutput`, one
-reducer per output over the samples of one pass.
+Each function resolves the model's `SampledModel` once, reads what its
+output means from its `OutputSpec` (`outputs.py`, also read by
+`ku.export` and the callbacks; the reducer of the task comes with it) and
+runs the engine (`engine.reduce_samples`) on that `SampledModel`; the
+engine knows nothing of tasks. The outputs of a multi-output model are
+reduced by `PerOutput`, one reducer per output over the samples of one
+pass.
 """
 
 import dataclasses
 import warnings
-import weakref
 
 import keras
 import numpy as np
 from keras import tree
 
 from keras_uncertainty import _budget
-from keras_uncertainty._validation import check_bool, check_positive_int
+from keras_uncertainty._validation import check_positive_int
 from keras_uncertainty.sampling.contract import sampled_model
 from keras_uncertainty.sampling.engine import (
     check_model,
@@ -24,16 +25,8 @@ from keras_uncertainty.sampling.engine import (
     reduce_samples,
     resolve_num_samples,
 )
-from keras_uncertainty.sampling.reducers import (
-    ClassificationSummary,
-    PerOutput,
-    RawSamples,
-    RegressionMoments,
-)
-
-TASKS = ("regression", "classification")
-_TASK_OPTIONS = ("task", "from_logits", "votes", "variance_head")
-_WARNED_VARIANCE_HEAD = weakref.WeakSet()
+from keras_uncertainty.sampling.outputs import output_spec, output_specs
+from keras_uncertainty.sampling.reducers import PerOutput, RawSamples
 
 # The most bytes `ku.sample` returns, and one `ku.export` serve call may hold
 # in activations for a single input row: a larger request is refused before
@@ -78,201 +71,6 @@ def _check_result_size(adapter, stream, num_samples):
         "with ku.predict_regression / ku.predict_classification / ku.predict, "
         "which keep no samples."
     )
-
-
-def output_names(model):
-    """The names of `model`'s outputs, in `model.outputs` order.
-
-    A dict output's keys, else `model.output_names` (a list output's
-    layer names); positions for a model whose names are unknown.
-
-    Args:
-        model: A `keras.Model`.
-
-    Returns:
-        A tuple of names (one for a single-output model), or None when the
-        model has no symbolic outputs (a subclassed model).
-
-    Example:
-
-    >>> ku.sampling.output_names(two_headed)
-    ('kind', 'price')
-    """
-    return sampled_model(model).output_names
-
-
-def _resolve_output(model, output, where="output"):
-    """The name of `output` (a name or an index), or None for the only
-    output of a single-output model; a multi-output model needs one."""
-    names = output_names(model)
-    if output is None:
-        if names is not None and len(names) > 1:
-            raise ValueError(
-                f"Invalid value received for argument `{where}`. Expected one "
-                f"of the model's outputs {list(names)} (a name or an index): "
-                f"model '{model.name}' has {len(names)} outputs. To get them "
-                "all from one pass, use `ku.predict(model, x, tasks={...})`. "
-                "Received: None"
-            )
-        return None
-    is_index = isinstance(output, int) and not isinstance(output, bool)
-    if names is None:
-        if is_index or isinstance(output, str):
-            return output
-    elif is_index and -len(names) <= output < len(names):
-        name = names[output]
-        return None if len(names) == 1 else name
-    elif isinstance(output, str) and output in names:
-        return None if len(names) == 1 else output
-    raise ValueError(
-        f"Invalid value received for argument `{where}`. Expected the name "
-        f"or index of one of the model's outputs {list(names or [])}. "
-        f"Received: {output!r}"
-    )
-
-
-def _output_tensor(model, name):
-    view = sampled_model(model).input_view
-    if view is None:
-        return None
-    if name is None:
-        return tree.flatten(view.output)[0]
-    if isinstance(view.output, dict):
-        return view.output[name]
-    return tree.flatten(view.output)[list(output_names(model)).index(name)]
-
-
-def _output_width(model, name=None):
-    tensor = _output_tensor(model, name)
-    return None if tensor is None else tensor.shape[-1]
-
-
-def _task_options(task):
-    """`(task, options)` of a task given as a string or a dict."""
-    if isinstance(task, dict):
-        unknown = sorted(set(task) - set(_TASK_OPTIONS))
-        if "task" not in task or unknown:
-            raise ValueError(
-                "Invalid value received for argument `task`. Expected a task "
-                f"name {TASKS} or a dict with 'task' and any of "
-                f"{_TASK_OPTIONS[1:]}. Received: {task!r}"
-            )
-        options = {k: v for k, v in task.items() if k != "task"}
-        return task["task"], options
-    return task, {}
-
-
-def task_reducer(
-    model, task, from_logits=False, votes=False, variance_head=None, output=None
-):
-    """The reducer of `task`: the one table of tasks and their reducers.
-
-    Args:
-        model: The `keras.Model` sampled (its loss and output width decide
-            `variance_head` when it is None).
-        task: `"regression"` (`RegressionMoments`) or `"classification"`
-            (`ClassificationSummary`); or, for a model with several outputs,
-            a dict `{output name or index: task}` whose tasks are names or
-            dicts `{"task": ..., "from_logits": ..., "votes": ...,
-            "variance_head": ...}`, giving a `PerOutput` reducer that
-            summarises every output named from one pass.
-        from_logits: Classification: whether the model outputs logits.
-        votes: Classification: whether to count argmax votes.
-        variance_head: Regression: whether the output is `(means,
-            log-variances)`; None reads the model (see `predict_regression`).
-        output: The output to summarise (a name or an index) of a model with
-            several outputs; the result is then a `PerOutput` of one output.
-
-    Returns:
-        A `ku.sampling.Reducer`.
-
-    Example:
-
-    >>> reducer = ku.sampling.task_reducer(model, "classification")
-    >>> both = ku.sampling.task_reducer(
-    ...     two_headed, {"price": "regression", "kind": "classification"})
-    """
-    if isinstance(task, dict):
-        if output is not None:
-            raise ValueError(
-                "Invalid value received for argument `output`. Expected None "
-                "with a dict of tasks (it names the outputs). Received: "
-                f"output={output!r}"
-            )
-        return PerOutput(
-            {
-                name: reducer
-                for name, (_, reducer, _) in _per_output_tasks(
-                    model, task, from_logits, votes, variance_head
-                ).items()
-            }
-        )
-    name = _resolve_output(model, output)
-    reducer = _one_task_reducer(model, task, from_logits, votes, variance_head, name)
-    return reducer if name is None else PerOutput({name: reducer})
-
-
-def _per_output_tasks(model, tasks, from_logits, votes, variance_head):
-    """`{output name: (key given, reducer, from_logits)}` of a dict of tasks."""
-    if not tasks:
-        raise ValueError(
-            "Invalid value received for argument `tasks`. Expected a non-empty "
-            "dict {output name or index: task}. Received: {}"
-        )
-    names = output_names(model)
-    resolved = {}
-    for key, spec in tasks.items():
-        name = _resolve_output(model, key, where="tasks")
-        if name is None:  # the only output of a single-output model
-            name = names[0] if names else 0
-        if name in resolved:
-            raise ValueError(
-                "Invalid value received for argument `tasks`. Expected each "
-                f"output once. Received: output {name!r} twice"
-            )
-        task, options = _task_options(spec)
-        options = {
-            "from_logits": from_logits,
-            "votes": votes,
-            "variance_head": variance_head if task == "regression" else None,
-            **options,
-        }
-        if task == "regression":
-            options["from_logits"] = options["votes"] = False
-        reducer = _one_task_reducer(model, task, output=name, **options)
-        resolved[name] = (key, reducer, bool(options["from_logits"]))
-    return resolved
-
-
-def _one_task_reducer(
-    model, task, from_logits=False, votes=False, variance_head=None, output=None
-):
-    if task not in TASKS:
-        raise ValueError(
-            "Invalid value received for argument `task`. Expected one of "
-            f"{TASKS}. Received: task={task!r}"
-        )
-    check_bool(from_logits, "from_logits")
-    check_bool(votes, "votes")
-    supplied = _loss_reducer(model, output, task, from_logits, votes, variance_head)
-    if supplied is not None:
-        return supplied
-    if task == "regression":
-        if from_logits or votes:
-            raise ValueError(
-                "Invalid value received for argument `task`. `from_logits` and "
-                "`votes` apply to task='classification'. Received: "
-                f"task='regression' with from_logits={from_logits}, "
-                f"votes={votes}"
-            )
-        return RegressionMoments(resolve_variance_head(model, variance_head, output))
-    if variance_head is not None:
-        raise ValueError(
-            "Invalid value received for argument `variance_head`. It applies "
-            "to task='regression'. Received: task='classification' with "
-            f"variance_head={variance_head}"
-        )
-    return ClassificationSummary(from_logits, votes)
 
 
 def sample(
@@ -345,16 +143,17 @@ def sample(
     >>> samples.std(axis=0)  # spread of the predictions
     """
     adapter = sampled_model(model)
+    model = adapter.model
     asked = check_positive_int(num_samples, "num_samples", allow_none=True)
-    check_model(model, asked)
-    stream = input_stream(model, x)
+    check_model(adapter, asked)
+    stream = input_stream(adapter, x)
     _check_result_size(adapter, stream, resolve_num_samples(asked))
     x = stream
     names = adapter.output_names
     raw = RawSamples(adapter.num_members)
     if names is None or len(names) == 1:
         out = reduce_samples(
-            model,
+            adapter,
             x,
             raw,
             num_samples,
@@ -367,7 +166,7 @@ def sample(
         return out
     reducer = PerOutput({name: raw for name in names})
     by_name = reduce_samples(
-        model,
+        adapter,
         x,
         reducer,
         num_samples,
@@ -382,128 +181,9 @@ def sample(
     return [by_name[name] for name in names]
 
 
-def has_variance_head(model, output=None):
-    """Whether `model`'s output is `(means, log-variances)`.
-
-    True when the model (or, for a `ku.Ensemble`, its member loss) is
-    compiled with a loss that declares `variance_head = True`, as
-    `ku.losses.gaussian_nll` and `ku.losses.GaussianNLL` do (a custom
-    heteroscedastic loss can declare it too); False when compiled with any
-    other loss. An uncompiled model gives None: the caller decides.
-
-    Args:
-        model: A `keras.Model`.
-        output: For a model with several outputs compiled with a dict or
-            list of losses, the output (name or index) whose loss is read.
-
-    Returns:
-        True, False, or None when the model has no loss.
-
-    Example:
-
-    >>> model.compile("adam", loss=ku.losses.gaussian_nll)
-    >>> ku.has_variance_head(model)
-    True
-    """
-    loss = getattr(model, "loss", None)
-    if loss is None:
-        return None
-    return bool(getattr(_output_loss(model, output), "variance_head", False))
-
-
-def _output_loss(model, output=None):
-    """The compiled loss object of `model` (of `output` for a model compiled
-    with a dict or list of losses), a registered name resolved; None when
-    there is none or it cannot be resolved."""
-    loss = getattr(model, "loss", None)
-    if loss is None:
-        return None
-    if isinstance(loss, (dict, list, tuple)):
-        names = output_names(model) or ()
-        if isinstance(loss, dict):
-            if isinstance(output, int) and 0 <= output < len(names):
-                output = names[output]
-            loss = loss.get(output)
-        elif isinstance(output, str) and output in names:
-            loss = loss[list(names).index(output)]
-        elif isinstance(output, int) and -len(loss) <= output < len(loss):
-            loss = loss[output]
-        else:
-            loss = None
-        if loss is None:
-            return None
-    if isinstance(loss, str):
-        resolved = keras.saving.get_registered_object(loss)
-        if resolved is None:
-            try:
-                resolved = keras.losses.get(loss)
-            except ValueError:
-                return None
-        loss = resolved
-    return loss
-
-
-def _loss_reducer(model, output, task, from_logits, votes, variance_head):
-    """The reducer the output's compiled loss supplies, or None.
-
-    A loss whose output is not a sample of means (and log-variances) or
-    probabilities (an evidential head's distribution parameters, which the
-    generic reducers would read silently wrong) says how to reduce it: its
-    `task_reducer(task, from_logits=..., votes=..., variance_head=...)`
-    returns the `Reducer` (or raises a ValueError for a task or option it
-    does not support)."""
-    if not isinstance(model, keras.Model):
-        return None
-    supply = getattr(_output_loss(model, output), "task_reducer", None)
-    if supply is None:
-        return None
-    return supply(
-        task, from_logits=from_logits, votes=votes, variance_head=variance_head
-    )
-
-
-def resolve_variance_head(model, variance_head, output=None):
-    """`variance_head` as given, or read from the compiled loss (see
-    `predict_regression`), checked against the output width.
-
-    An uncompiled model whose output width is even is read as (means,
-    log-variances), with a warning (once per model) that says how to state
-    it."""
-    is_model = isinstance(model, keras.Model)
-    width = _output_width(model, output) if is_model else None
-    if variance_head is None:
-        variance_head = has_variance_head(model, output) if is_model else None
-        if variance_head is None:
-            variance_head = width is not None and width % 2 == 0
-            if variance_head and model not in _WARNED_VARIANCE_HEAD:
-                _WARNED_VARIANCE_HEAD.add(model)
-                warnings.warn(
-                    f"Model '{model.name}' is not compiled, so its output of "
-                    f"even width {width} is read as (means, log-variances): "
-                    f"{width // 2} means, then {width // 2} log-variances. "
-                    "Say which it is with `variance_head=True` (a "
-                    "`ku.losses.gaussian_nll` head) or `variance_head=False` "
-                    f"({width} means), or compile the model with its loss.",
-                    UserWarning,
-                    stacklevel=5,
-                )
-    elif not isinstance(variance_head, bool):
-        raise ValueError(
-            "Invalid value received for argument `variance_head`. Expected "
-            f"True, False or None. Received: variance_head={variance_head!r}"
-        )
-    if variance_head and width is not None and width % 2:
-        raise ValueError(
-            "Invalid value received for argument `model`. Expected an output "
-            "whose last dimension is 2*k (k means, then k log-variances). "
-            f"Received: last dimension {width}"
-        )
-    return variance_head
-
-
-def _run_one(model, x, reducer, args):
+def _run_one(adapter, x, reducer, args):
     """Runs the reducer of one output; a `PerOutput` of one gives its result."""
-    result = reduce_samples(model, x, reducer, **args)
+    result = reduce_samples(adapter, x, reducer, **args)
     if isinstance(reducer, PerOutput):
         (result,) = result.values()
     return result
@@ -555,17 +235,16 @@ def predict_regression(
     >>> pred = ku.predict_regression(model, x_test, num_samples=100)
     >>> pred.mean, pred.aleatoric_std, pred.epistemic_std
     """
-    reducer = task_reducer(
-        model, "regression", variance_head=variance_head, output=output
-    )
+    adapter = sampled_model(model)
+    spec = output_spec(adapter, "regression", output, variance_head=variance_head)
     prediction = _run_one(
-        model,
+        adapter,
         x,
-        reducer,
+        spec.reducer,
         _engine_args(num_samples, batch_size, seed, verbose, max_rows_per_call),
     )
-    _check_finite_output(model, **_fields(prediction))
-    _check_aleatoric_underflow(model, reducer, prediction)
+    _check_finite_output(adapter.model, **_fields(prediction))
+    _check_aleatoric_underflow(adapter.model, spec.reducer, prediction)
     return prediction
 
 
@@ -575,7 +254,7 @@ def predict_classification(
     num_samples=None,
     batch_size=None,
     seed=None,
-    from_logits=False,
+    from_logits=None,
     votes=False,
     verbose="auto",
     output=None,
@@ -599,9 +278,11 @@ def predict_classification(
         batch_size: Inputs per compiled call, as in `model.predict`; None
             picks it (see `ku.sample`).
         seed: Optional non-negative integer for reproducible samples.
-        from_logits: Whether the model outputs logits. Without it the
-            outputs must be probabilities (in [0, 1], each row summing to
-            1), else a ValueError suggests `from_logits=True`.
+        from_logits: Whether the model outputs logits. None: what the
+            model's compiled loss declares (a Keras crossentropy's
+            `from_logits`), else probabilities. Probabilities must be in
+            [0, 1], each row summing to 1, else a ValueError suggests
+            `from_logits=True`.
         votes: Whether to count how many samples choose each class
             (`prediction.votes`; None otherwise). It costs an argmax per
             sample, so it is off by default.
@@ -619,21 +300,17 @@ def predict_classification(
     >>> pred = ku.predict_classification(model, x_test, num_samples=100, votes=True)
     >>> pred.votes[61]  # how many of the 100 samples chose each digit
     """
-    reducer = task_reducer(
-        model,
-        "classification",
-        from_logits=from_logits,
-        votes=votes,
-        output=output,
-    )
+    adapter = sampled_model(model)
+    spec = output_spec(adapter, "classification", output, from_logits, votes)
     prediction = _run_one(
-        model,
+        adapter,
         x,
-        reducer,
+        spec.reducer,
         _engine_args(num_samples, batch_size, seed, verbose, max_rows_per_call),
     )
-    _check_probabilities(prediction, from_logits)
-    _check_finite_output(model, **_fields(prediction))
+    if spec.layout == "probabilities":
+        _check_probabilities(prediction)
+    _check_finite_output(adapter.model, **_fields(prediction))
     return prediction
 
 
@@ -689,21 +366,24 @@ def predict(
             "{output name or index: task}, e.g. {'price': 'regression'}. "
             f"Received: {tasks!r}"
         )
-    resolved = _per_output_tasks(model, tasks, False, False, None)
-    reducer = PerOutput({name: r for name, (_, r, _) in resolved.items()})
+    adapter = sampled_model(model)
+    resolved = output_specs(adapter, tasks)
+    reducer = PerOutput({name: spec.reducer for name, (_, spec) in resolved.items()})
     by_name = reduce_samples(
-        model,
+        adapter,
         x,
         reducer,
         **_engine_args(num_samples, batch_size, seed, verbose, max_rows_per_call),
     )
     results = {}
-    for name, (key, reducer, from_logits) in resolved.items():
+    for name, (key, spec) in resolved.items():
         prediction = by_name[name]
-        if isinstance(reducer, ClassificationSummary):
-            _check_probabilities(prediction, from_logits)
-        _check_finite_output(model, **_fields(prediction))
-        _check_aleatoric_underflow(model, reducer, prediction, stacklevel=4)
+        if spec.layout == "probabilities":
+            _check_probabilities(prediction)
+        _check_finite_output(adapter.model, **_fields(prediction))
+        _check_aleatoric_underflow(
+            adapter.model, spec.reducer, prediction, stacklevel=4
+        )
         results[key] = prediction
     return results
 
@@ -724,9 +404,7 @@ def _engine_args(num_samples, batch_size, seed, verbose, max_rows_per_call):
 _PROBABILITY_TOLERANCE = 5e-3
 
 
-def _check_probabilities(prediction, from_logits):
-    if from_logits:
-        return
+def _check_probabilities(prediction):
     probs = prediction.probs
     finite = np.isfinite(probs).all(axis=-1)
     low = float(np.min(probs[finite], initial=0.0))

@@ -16,24 +16,20 @@ import keras
 import tensorflow as tf
 from keras import tree
 
+from keras_uncertainty._budget import MAX_RESULT_BYTES, format_bytes
 from keras_uncertainty._validation import check_bool, check_positive_int
 from keras_uncertainty.conformal import serving as conformal_serving
 from keras_uncertainty.sampling import (
+    PerOutput,
     check_model,
     keys,
-    output_names,
+    output_spec,
     reducing_step,
     sampled_model,
-    task_reducer,
 )
 from keras_uncertainty.sampling.engine import resolve_num_samples, sample_floats
 from keras_uncertainty.sampling.inputs import flatten_with_path
-from keras_uncertainty.sampling.reducers import (
-    ClassificationSummary,
-    PerOutput,
-    RegressionMoments,
-)
-from keras_uncertainty.sampling.sampler import MAX_RESULT_BYTES, format_bytes
+from keras_uncertainty.sampling.outputs import output_specs
 
 
 def _signature_name(tensor, index, count):
@@ -65,15 +61,16 @@ def _is_flat(inputs):
     )
 
 
-def _input_specs(model):
-    """`(structure, specs, structured)` of the model's inputs.
+def _input_specs(adapter):
+    """`(structure, specs, structured)` of the sampled model's inputs.
 
     `specs` are the `tf.TensorSpec`s of the flat inputs (`model.inputs`
     order); `structured` says whether the endpoints take them as one
     argument in the model's input structure (a dict of inputs, or a nested
     structure, as `model.export` takes it: `serve({"token_ids": ...})`)
     rather than as separate arguments (`serve(a, b)`)."""
-    view = sampled_model(model).input_view  # checked by the caller
+    view = adapter.input_view  # checked by the caller
+    model = adapter.model
     if view is None:
         raise ValueError(
             "Invalid value received for argument `model`. Expected a "
@@ -185,17 +182,19 @@ def _nan_rows(summary, finite):
     return tree.map_structure(mask, summary)
 
 
-def _task_kind(reducer):
-    if isinstance(reducer, ClassificationSummary):
-        return "classification"
-    if isinstance(reducer, RegressionMoments):
-        return "regression"
-    return type(reducer).__name__
+def _served_kind(spec):
+    """What a served summary holds: the task's fields, or, for an output
+    whose declaration brings its own reducer (an evidential head), that
+    reducer's (which no conformal method reads)."""
+    if spec.layout == "declared":
+        return type(spec.reducer).__name__
+    return spec.task
 
 
-def _conformal_plan(conformal, reducer):
+def _conformal_plan(conformal, reducer, kinds):
     """`[(prefix, fitted method)]` of the conformal outputs to serve, each
-    checked against its output's task."""
+    checked against its output's kind (`kinds`: one for a single task, a
+    dict by output name for several)."""
     if conformal is None:
         return []
     if not isinstance(reducer, PerOutput):
@@ -205,7 +204,7 @@ def _conformal_plan(conformal, reducer):
                 "fitted ku.conformal method for a model with one task (a dict "
                 "only with a dict of tasks). Received: a dict"
             )
-        conformal_serving.check_servable(conformal, _task_kind(reducer))
+        conformal_serving.check_servable(conformal, kinds)
         return [("", conformal)]
     if not isinstance(conformal, dict) and len(reducer.reducers) == 1:
         conformal = {next(iter(reducer.reducers)): conformal}
@@ -219,7 +218,7 @@ def _conformal_plan(conformal, reducer):
     plan = []
     for name, method in conformal.items():
         conformal_serving.check_servable(
-            method, _task_kind(reducer.reducers[name]), f"conformal[{name!r}]"
+            method, kinds[name], f"conformal[{name!r}]"
         )
         plan.append((f"{name}_", method))
     return plan
@@ -343,7 +342,7 @@ def export(
     filepath,
     task,
     num_samples=None,
-    from_logits=False,
+    from_logits=None,
     votes=False,
     variance_head=None,
     verbose=False,
@@ -418,8 +417,9 @@ def export(
     earlier export at `filepath` is never mixed with the new one.
 
     Args:
-        model: A Functional or Sequential `keras.Model` with MC layers, or a
-            `ku.Ensemble`.
+        model: A Functional or Sequential `keras.Model` with MC layers, a
+            model of a method (`ku.Ensemble`, `ku.swag.SWAG`, ...), or a
+            fitted `ku.laplace.Laplace` (its GLM predictive).
         filepath: Folder to write the SavedModel to; it must not exist yet,
             unless `overwrite=True`. Missing parent folders are created.
         task: `"regression"` or `"classification"` for a model with one
@@ -434,7 +434,9 @@ def export(
             bytes). A serve call with more rows than fit in that bound fails
             with `InvalidArgumentError` ("serves at most R rows per call"),
             before any work, instead of running out of memory.
-        from_logits: Classification: whether the model outputs logits.
+        from_logits: Classification: whether the model outputs logits. None:
+            what the compiled loss declares, else probabilities (as
+            `ku.predict_classification`).
         votes: Classification: whether to return the argmax vote counts.
         variance_head: Regression: whether the output is `(means,
             log-variances)`; None reads the compiled loss as
@@ -464,11 +466,8 @@ def export(
     >>> ku.export(model, "served/2", task="regression", conformal=fitted)
     >>> tf.saved_model.load("served/2").serve(x_test)["lower"]  # 90% intervals
     """
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            "Invalid value received for argument `model`. Expected a "
-            f"keras.Model. Received: {type(model).__name__}"
-        )
+    adapter = sampled_model(model)
+    model = adapter.model
     if not isinstance(filepath, (str, os.PathLike)):
         raise ValueError(
             "Invalid value received for argument `filepath`. Expected a path "
@@ -478,24 +477,31 @@ def export(
     target = _target_folder(filepath, overwrite)
     asked = check_positive_int(num_samples, "num_samples", allow_none=True)
     num_samples = resolve_num_samples(asked)
+    if from_logits is not None:
+        check_bool(from_logits, "from_logits")
     for name, value in (
-        ("from_logits", from_logits),
         ("votes", votes),
         ("verbose", verbose),
     ):
         check_bool(value, name)
-    names = output_names(model)
+    names = adapter.output_names
     if not isinstance(task, dict) and names is not None and len(names) > 1:
         raise ValueError(
             "Invalid value received for argument `task`. Expected a dict "
             f"{{output: task}} for a model with outputs {list(names)}, e.g. "
             f"{{{names[0]!r}: 'regression'}}. Received: task={task!r}"
         )
-    reducer = task_reducer(model, task, from_logits, votes, variance_head)
-    conformal_plan = _conformal_plan(conformal, reducer)
-    adapter = check_model(model, asked, reducer)
-    structure, specs, structured = _input_specs(model)
-    step, floats_per_row = reducing_step(model, reducer, structure)
+    if isinstance(task, dict):
+        resolved = output_specs(adapter, task, from_logits, votes, variance_head)
+        reducer = PerOutput({n: spec.reducer for n, (_, spec) in resolved.items()})
+        kinds = {n: _served_kind(spec) for n, (_, spec) in resolved.items()}
+    else:
+        spec = output_spec(adapter, task, None, from_logits, votes, variance_head)
+        reducer, kinds = spec.reducer, _served_kind(spec)
+    conformal_plan = _conformal_plan(conformal, reducer, kinds)
+    check_model(adapter, asked, reducer)
+    structure, specs, structured = _input_specs(adapter)
+    step, floats_per_row = reducing_step(adapter, reducer, structure)
     per_member = adapter.samples_per_member(num_samples)
     total = adapter.num_members * per_member
     _check_call_size(num_samples, per_member, floats_per_row, sample_floats(adapter))
