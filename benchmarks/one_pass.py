@@ -26,7 +26,7 @@ order in one process (see `_timing.py`). N = 1000 inputs, one call
   part of the work as in the paper's ResNets: the same three timings.
 - evidential_regression_lenet / evidential_classification_lenet: the same
   CNN with a `NormalInverseGammaHead(1)` / `DirichletHead(10)`;
-  `ku` is `ku.evidential.predict_regression` / `predict_classification`,
+  `ku` is `ku.predict_regression` / `predict_classification` (the head's reducer),
   `floor` one compiled forward pass of the same model. Target: ku <= 1.05x.
 - evidential_regression_mlp: an 8-50-(4) MLP with a NIG head, where one
   forward pass is so cheap that the fixed cost of the call shows.
@@ -147,7 +147,7 @@ def run(repeats):
         1.05,
         **timed_rounds(
             repeats,
-            ku=lambda: ku.evidential.predict_regression(
+            ku=lambda: ku.predict_regression(
                 nig, images, batch_size=N, verbose=0
             ),
             floor=floor(nig, images),
@@ -159,7 +159,7 @@ def run(repeats):
         1.05,
         **timed_rounds(
             repeats,
-            ku=lambda: ku.evidential.predict_classification(
+            ku=lambda: ku.predict_classification(
                 dirichlet, images, batch_size=N, verbose=0
             ),
             floor=floor(dirichlet, images),
@@ -175,7 +175,7 @@ def run(repeats):
         1.05,
         **timed_rounds(
             repeats,
-            ku=lambda: ku.evidential.predict_regression(
+            ku=lambda: ku.predict_regression(
                 mlp, vectors, batch_size=N, verbose=0
             ),
             floor=floor(mlp, vectors),

@@ -186,7 +186,7 @@ def test_regression_trains_predicts_and_round_trips(tmp_path):
             served[field].numpy(), getattr(pred, field)[:7], rtol=1e-5
         )
     # The NIG columns are not a classifier's, nor a (mean, log-variance) head.
-    with pytest.raises(ValueError, match=r"task.*'regression'.*Evidential"):
+    with pytest.raises(ValueError, match=r"task.*'regression'.*NormalInverseGammaHead"):
         ku.predict_classification(model, x)
     with pytest.raises(ValueError, match="variance_head"):
         ku.predict_regression(model, x, variance_head=True)

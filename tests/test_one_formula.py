@@ -188,7 +188,7 @@ def test_evidential_prediction_equals_the_dirichlet_closed_form():
     total = scipy_entropy(probs, axis=-1)
     # E_{p ~ Dir(alpha)}[H(p)] = -sum_c (alpha_c / S)(psi(alpha_c + 1) - psi(S + 1))
     expected = -np.sum(probs * (digamma(alpha + 1) - digamma(strength + 1)), -1)
-    prediction = ku.evidential.predict_classification(model, x)
+    prediction = ku.predict_classification(model, x)
     np.testing.assert_allclose(prediction.probs, probs, rtol=1e-6)
     np.testing.assert_allclose(prediction.entropy, total, rtol=1e-5)
     np.testing.assert_allclose(prediction.expected_entropy, expected, rtol=1e-5)

@@ -221,3 +221,22 @@ def test_the_output_spec_says_what_each_output_means():
     with pytest.warns(UserWarning, match="variance_head"):
         guessed = ku.sampling.output_spec(uncompiled, "regression")
     assert (guessed.layout, guessed.source) == ("means_log_vars", "shape")
+
+
+def test_an_evidential_head_declares_its_output_compiled_or_not():
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(8, "relu")(inputs)
+    classifier = keras.Model(inputs, ku.evidential.DirichletHead(4)(hidden))
+    regressor = keras.Model(inputs, ku.evidential.NormalInverseGammaHead(2)(hidden))
+    x = np.random.default_rng(0).normal(size=(7, 3)).astype("float32")
+    got = ku.predict_classification(classifier, x)  # uncompiled: the head says
+    assert isinstance(got, ku.evidential.EvidentialClassificationPrediction)
+    with pytest.warns(DeprecationWarning, match="ku.predict_classification"):
+        old = ku.evidential.predict_classification(classifier, x, verbose=0)
+    np.testing.assert_array_equal(got.probs, old.probs)
+    np.testing.assert_array_equal(got.vacuity, old.vacuity)
+    reg = ku.predict_regression(regressor, x)
+    with pytest.warns(DeprecationWarning, match="ku.predict_regression"):
+        old = ku.evidential.predict_regression(regressor, x, verbose=0)
+    np.testing.assert_array_equal(reg.epistemic_std, old.epistemic_std)
+    assert ku.sampling.output_spec(regressor, "regression").layout == "declared"

@@ -1,14 +1,15 @@
 """Evidential networks: uncertainty from one forward pass of a prior's head.
 
 - Deep evidential regression (Amini et al. 2020): `NormalInverseGammaHead`,
-  `EvidentialRegressionLoss`, `predict_regression`.
+  `EvidentialRegressionLoss`.
 - Evidential classification (Sensoy et al. 2018): `DirichletHead`,
-  `EvidentialClassificationLoss` with the `KLAnnealing` callback,
-  `predict_classification`.
+  `EvidentialClassificationLoss` with the `KLAnnealing` callback.
 
-Both predict in one compiled pass through the sampling engine
-(`ku.sampling.reduce_samples` with the reducers below), and return the usual
-`ku.RegressionPrediction` / `ku.ClassificationPrediction` fields. Known
+The heads (and the losses) declare their output, so `ku.predict_regression`
+/ `ku.predict_classification`, `ku.export` and `UncertaintyMetrics` read it
+with the reducers below, in one compiled pass, and return the usual
+`ku.RegressionPrediction` / `ku.ClassificationPrediction` fields
+(`ku.evidential.predict_*`, the 0.2 functions, are deprecated). Known
 criticisms: the evidential "epistemic" quantities are not proper epistemic
 uncertainty (Meinert, Gawlikowski & Lavin 2023; Bengs, Huellermeier &
 Waegeman 2022); read them as heuristic scores.

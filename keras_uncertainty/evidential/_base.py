@@ -5,6 +5,7 @@ import numbers
 import keras
 
 from keras_uncertainty._validation import value_errors_from_config
+from keras_uncertainty.sampling.outputs import check_declared_task
 
 
 @value_errors_from_config
@@ -78,10 +79,11 @@ class DenseHead(keras.layers.Layer):
 
 
 class SuppliesReducer:
-    """Mixin of a loss whose output holds a distribution's parameters: it
-    tells `ku.predict_*`, `ku.export` and the callback how to reduce it
-    (`task_reducer`). Subclasses set `task` and define `_summary()`, which
-    returns the reducer."""
+    """Mixin of a loss or an output layer whose output holds a
+    distribution's parameters: it declares how `ku.predict_*`, `ku.export`
+    and the callback reduce it (`task_reducer`, the output declaration of
+    `keras_uncertainty.sampling.outputs`). Subclasses set `task` and define
+    `_summary()`, which returns the reducer."""
 
     task = None
 
@@ -90,12 +92,12 @@ class SuppliesReducer:
 
     def task_reducer(self, task, **options):
         """The reducer `ku.predict_*`, `ku.export` and the
-        `UncertaintyMetrics` callback use for an output compiled with this
-        loss: one pass, the distribution's own split (see the module's
-        `predict_*` function).
+        `UncertaintyMetrics` callback use for an output computed by this
+        head or compiled with this loss: one pass, the distribution's own
+        split.
 
         Args:
-            task: The loss's `task` ("regression" or "classification");
+            task: The declared `task` ("regression" or "classification");
                 another task raises a ValueError.
             **options: The generic reducers' `from_logits`, `votes`,
                 `variance_head`: must be unset.
@@ -103,12 +105,7 @@ class SuppliesReducer:
         Returns:
             A `ku.sampling.Reducer`.
         """
-        if task != self.task:
-            raise ValueError(
-                "Invalid value received for argument `task`. Expected "
-                f"'{self.task}' for a model compiled with {type(self).__name__}. "
-                f"Received: task={task!r}"
-            )
+        check_declared_task(task, self.task, type(self).__name__)
         given = {k: v for k, v in options.items() if v not in (None, False)}
         if given:
             name = next(iter(given))

@@ -20,6 +20,7 @@ start of each epoch.
 """
 
 import dataclasses
+import warnings
 
 import keras
 import numpy as np
@@ -46,7 +47,7 @@ _EXP_CLIP = 10.0
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class DirichletHead(DenseHead):
+class DirichletHead(SuppliesReducer, DenseHead):
     """Dense output layer of Dirichlet concentrations `alpha = evidence + 1`.
 
     Args:
@@ -73,6 +74,13 @@ class DirichletHead(DenseHead):
 
     units_meaning = "an integer >= 2 (classes)"
     min_units = 2
+
+    # The head declares its output (`ku.predict_*` reads it, compiled or
+    # not).
+    task = "classification"
+
+    def _summary(self):
+        return EvidentialClassificationSummary()
 
     def __init__(
         self,
@@ -484,7 +492,9 @@ def predict_classification(
     verbose="auto",
     max_rows_per_call=None,
 ):
-    """Expected class probabilities and the Dirichlet's uncertainty split.
+    """Deprecated (removed in 0.4): `ku.predict_classification(model, x)`.
+
+    Expected class probabilities and the Dirichlet's uncertainty split.
 
     One compiled forward pass through the sampling engine
     (`ku.sampling.reduce_samples` with `EvidentialClassificationSummary`);
@@ -514,6 +524,13 @@ def predict_classification(
     >>> pred = ku.evidential.predict_classification(model, x_test)
     >>> pred.mutual_information, pred.vacuity
     """
+    warnings.warn(
+        "ku.evidential.predict_classification is deprecated and removed in 0.4: "
+        "use ku.predict_classification(model, x, num_samples, batch_size, ...), "
+        "which reads the evidential head (one pass, the same result).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     from keras_uncertainty.evidential import _predict
 
     if not isinstance(model, keras.Model):

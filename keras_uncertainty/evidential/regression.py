@@ -26,6 +26,7 @@ which is smaller by the factor `(alpha - 1) / alpha`. Intervals read from
 """
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -43,7 +44,7 @@ _HALF_LOG_PI = 0.5 * math.log(math.pi)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class NormalInverseGammaHead(DenseHead):
+class NormalInverseGammaHead(SuppliesReducer, DenseHead):
     """Dense output layer of the four Normal-Inverse-Gamma parameters.
 
     A `Dense(4 * units)` whose outputs are mapped to `gamma` (identity),
@@ -74,6 +75,13 @@ class NormalInverseGammaHead(DenseHead):
     """
 
     width_per_unit = 4
+
+    # The head declares its output (`ku.predict_*` reads it, compiled or
+    # not).
+    task = "regression"
+
+    def _summary(self):
+        return EvidentialRegressionSummary()
 
     def __init__(
         self,
@@ -194,7 +202,7 @@ class EvidentialRegressionLoss(SuppliesReducer, keras.losses.Loss):
     Attributes:
         variance_head: False: the output is not (means, log-variances), so
             `ku.has_variance_head` does not read it as one. Predict with
-            `ku.evidential.predict_regression`.
+            `ku.predict_regression`, which reads the head's declaration.
 
     Call arguments:
         y_true: Targets, `(N, k)` or `(N,)`.
@@ -316,7 +324,9 @@ def predict_regression(
     verbose="auto",
     max_rows_per_call=None,
 ):
-    """Predictive mean and aleatoric / epistemic split of an evidential model.
+    """Deprecated (removed in 0.4): `ku.predict_regression(model, x)`.
+
+    Predictive mean and aleatoric / epistemic split of an evidential model.
 
     One compiled forward pass through the sampling engine
     (`ku.sampling.reduce_samples` with `EvidentialRegressionSummary`): no
@@ -357,6 +367,13 @@ def predict_regression(
     >>> pred = ku.evidential.predict_regression(model, x_test)
     >>> pred.mean, pred.aleatoric_std, pred.epistemic_std
     """
+    warnings.warn(
+        "ku.evidential.predict_regression is deprecated and removed in 0.4: "
+        "use ku.predict_regression(model, x, num_samples, batch_size, ...), "
+        "which reads the evidential head (one pass, the same result).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     from keras_uncertainty.evidential import _predict
 
     if not isinstance(model, keras.Model):

@@ -36,6 +36,7 @@ from keras_uncertainty.sampling import (
     graph,
     keys,
 )
+from keras_uncertainty.sampling.outputs import check_declared_task
 
 _PACKAGE = "keras_uncertainty"
 _LIKELIHOODS = ("regression", "classification")
@@ -494,12 +495,7 @@ class LaplaceGLMSampledModel(SampledModel):
         Returns:
             A `ku.sampling.Reducer`.
         """
-        if task != self.task:
-            raise ValueError(
-                "Invalid value received for argument `task`. Expected "
-                f"'{self.task}' for a Laplace posterior fitted with that "
-                f"likelihood. Received: task={task!r}"
-            )
+        check_declared_task(task, self.task, "a Laplace posterior of that likelihood")
         if from_logits:
             raise _invalid(
                 "from_logits", "False: the GLM predictive gives probabilities", True

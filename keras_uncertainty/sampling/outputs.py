@@ -304,6 +304,18 @@ def declared_layout(model):
     return bool(getattr(loss, "variance_head", False)), loss_from_logits(loss)
 
 
+def check_declared_task(task, declared, owner):
+    """A declaration's check of the task it is asked for: `task` must be
+    the one it `declared` (ValueError naming `task` and the `owner`, the
+    declaring loss, layer or method)."""
+    if task != declared:
+        raise ValueError(
+            "Invalid value received for argument `task`. Expected "
+            f"'{declared}' for an output declared by {owner}. "
+            f"Received: task={task!r}"
+        )
+
+
 # Guesses --------------------------------------------------------------------------
 
 
@@ -342,14 +354,9 @@ def activation_says_logits(model, output=None):
     guess is better than a refusal (the `UncertaintyMetrics` callback)."""
     try:
         adapter = sampled_model(model)
-        tensor = output_tensor(adapter, resolve_output(adapter, output))
+        layer = _output_layer(adapter, resolve_output(adapter, output))
     except (ValueError, AttributeError, TypeError):
         return None
-    if tensor is None:
-        return None
-    layer = next(
-        (lay for lay in adapter.input_view.layers if _output_of(lay) is tensor), None
-    )
     if layer is None:
         return None
     if isinstance(layer, keras.layers.Softmax):
@@ -365,15 +372,33 @@ def activation_says_logits(model, output=None):
 # The spec -------------------------------------------------------------------------
 
 
+def _declares(value):
+    return getattr(value, "task_reducer", None) is not None or (
+        getattr(value, "task", None) in TASKS
+    )
+
+
+def _output_layer(adapter, name):
+    """The layer that computes output `name` of one member; None when
+    unknown (no symbolic outputs)."""
+    tensor = output_tensor(adapter, name)
+    if tensor is None:
+        return None
+    return next(
+        (lay for lay in adapter.input_view.layers if _output_of(lay) is tensor), None
+    )
+
+
 def _declarations(adapter, name):
     """The declarations of output `name`, first the model's (its
-    `SampledModel`), then its compiled loss's; `(source, object)` pairs."""
+    `SampledModel`, then the layer that computes the output, such as an
+    evidential head), then its compiled loss's; `(source, object)` pairs."""
     found = []
-    if any(
-        hasattr(adapter, attr) and getattr(adapter, attr) is not None
-        for attr in ("task", "task_reducer")
-    ):
+    if _declares(adapter):
         found.append(("model", adapter))
+    layer = _output_layer(adapter, name)
+    if _declares(layer):
+        found.append(("model", layer))
     model = adapter.model
     if getattr(model, "loss", None) is not None:
         # A compiled model declares through its loss; a loss that cannot be
