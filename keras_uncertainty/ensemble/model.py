@@ -24,7 +24,7 @@ from keras_uncertainty.ensemble.callbacks import TerminateOnNonFiniteMember
 from keras_uncertainty.ensemble.sampled import EnsembleSampledModel
 from keras_uncertainty.layers.packed import share_across_members
 from keras_uncertainty.sampling import graph
-from keras_uncertainty.sampling.inputs import _is_streamed, flatten_inputs
+from keras_uncertainty.sampling.inputs import flatten_inputs, is_streamed
 from keras_uncertainty.sampling.mixture import member_mixture
 from keras_uncertainty.sampling.outputs import declared_layout
 
@@ -758,7 +758,7 @@ class Ensemble(keras.Model):
         """In-memory `x` against member 0's inputs (`flatten_inputs`: the
         same rules as sampling), before any work; streamed inputs and
         subclassed members are left to Keras."""
-        if x is None or _is_streamed(x):
+        if x is None or is_streamed(x):
             return
         view = graph.functional_view(self.member_template)
         if view is None:

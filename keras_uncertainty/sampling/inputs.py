@@ -24,7 +24,9 @@ import tensorflow as tf
 from keras import tree
 
 
-def _is_streamed(x):
+def is_streamed(x):
+    """Whether `x` is read batch by batch (a `tf.data.Dataset`, a
+    `keras.utils.PyDataset` or an iterator of batches) rather than held."""
     if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)):
         return True
     return isinstance(x, collections.abc.Iterator) and not isinstance(
@@ -465,7 +467,7 @@ class InputStream:
         self._view = view
         self._keep_targets = keep_targets
         self._targets = []
-        if _is_streamed(x):
+        if is_streamed(x):
             if isinstance(x, tf.data.Dataset):
                 batches = _dataset_batches(x)
             elif isinstance(x, keras.utils.PyDataset):
