@@ -108,14 +108,23 @@ def two_members(monkeypatch):
 
 
 @pytest.mark.parametrize("name", list(registry.methods("mnist", baseline=True)))
-def test_every_mnist_entry_builds_trains_and_predicts(name, two_members):
+def test_every_mnist_entry_trains_predicts_exports_and_reports_through_the_verb(
+    name, two_members, tmp_path
+):
+    """Every method through the toolkit's one verb: trained with the
+    `UncertaintyMetrics` callback, predicted by `ku.predict_classification`
+    and served by `ku.export` (a fitted Laplace as well)."""
+    import tensorflow as tf
+
     method = registry.METHODS[name]
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 32, 32, 1)).astype("float32")
     y = np.arange(32) % 10
     keras.utils.set_random_seed(0)
     model = method.mnist_build(len(x))
-    predictor = method.mnist_fit(model, x, y, 1)
+    metrics = ku.callbacks.UncertaintyMetrics((x[:8], y[:8]), num_samples=2, seed=0)
+    predictor = method.mnist_fit(model, x, y, 1, callbacks=[metrics])
+    assert np.isfinite(model.history.history["val_mc_accuracy"][-1])
     prediction = method.mnist_predict(predictor, x[:8], 3, 0)
     assert isinstance(prediction, ku.ClassificationPrediction)
     assert prediction.probs.shape == (8, 10)
@@ -123,6 +132,16 @@ def test_every_mnist_entry_builds_trains_and_predicts(name, two_members):
     assert np.all(np.isfinite(prediction.entropy))
     if method.votes:  # the samples' (or members') votes are counted
         assert prediction.votes is not None
+    num_samples = None if method.one_pass else 3
+    verb = ku.predict_classification(predictor, x[:4], num_samples, seed=1, verbose=0)
+    path = ku.export(
+        predictor, str(tmp_path / name), task="classification", num_samples=num_samples
+    )
+    loaded = tf.saved_model.load(path)  # held: its variables live with it
+    served = loaded.serve_seeded(tf.constant(x[:4]), tf.constant(1, tf.int64))
+    np.testing.assert_allclose(
+        served["probs"].numpy(), verb.probs, rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.slow  # about 40 s: the packed grids and the ensemble's checks

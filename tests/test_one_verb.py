@@ -60,7 +60,7 @@ def test_predict_classification_of_a_fitted_laplace_is_its_glm_predictive(
 ):
     model, x, labels = classifier
     la = ku.laplace.Laplace(model, "classification", hessian=hessian).fit(x, labels)
-    got = ku.predict_classification(la, x[:50], seed=3, batch_size=la.batch_size)
+    got = ku.predict_classification(la, x[:50], seed=3)
     want = la.predict(x[:50], seed=3)
     for field in ("probs", "entropy", "expected_entropy", "mutual_information"):
         np.testing.assert_array_equal(getattr(got, field), getattr(want, field))

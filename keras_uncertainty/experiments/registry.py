@@ -20,9 +20,10 @@
 Every network is built from the toolkit's public names (`ku.MIMO`,
 `ku.layers.DenseFlipout`, ...), as a user would, and predicts through
 `ku.predict_classification` (MNIST) or the sampling engine's
-`ku.sampling.reduce_samples` with the protocol's mixture score (UCI), except
-where an entry says why not (Laplace: `laplace_predictive`; the evidential
-networks: `ku.evidential.predict_*`; the deterministic baseline).
+`ku.sampling.reduce_samples` with the protocol's mixture score (UCI), a
+fitted Laplace included (its GLM predictive), except where an entry says
+why not (the evidential network's UCI score, the Student-t NLL of its
+head's parameters; the deterministic baseline's one pass).
 
 Adding a method: write its model in its own folder of the toolkit, then one
 subclass here (its name, settings with their sources, and the hooks it
@@ -68,18 +69,6 @@ runner = _OnFirstUse("keras_uncertainty.experiments.uci_methods")
 mnist = _OnFirstUse("keras_uncertainty.experiments.mnist")
 
 UCI, MNIST = "uci", "mnist"
-
-
-def laplace_predictive(laplace, x):
-    """A fitted `ku.laplace.Laplace`'s closed-form GLM predictive of `x` (a
-    `ku.RegressionPrediction` or `ku.ClassificationPrediction`).
-
-    The one place where the registry predicts with a method's own
-    `predict` rather than `ku.predict_*`: `ku.predict_*(laplace, x)` raises
-    until the toolkit's one verb covers Laplace (issue 36, item 2); then
-    this becomes `ku.predict_regression` / `ku.predict_classification`.
-    """
-    return laplace.predict(x)
 
 
 class Method:
@@ -400,7 +389,8 @@ class LastLayerLaplace(Method):
         return ku.laplace.Laplace(model, "regression", variance_head=False).fit(x, y)
 
     def uci_score(self, model, x_test, y_test, y_mean, y_std, protocol):
-        prediction = laplace_predictive(model, x_test)
+        # The GLM predictive, in closed form (`model` is the fitted Laplace).
+        prediction = ku.predict_regression(model, x_test, verbose=0)
         # Back to target units in float64 (float32 would round a target far
         # from 0, such as one near 1e9, to its spacing there).
         mean = np.asarray(prediction.mean, np.float64)[:, 0] * y_std + y_mean
@@ -417,7 +407,9 @@ class LastLayerLaplace(Method):
         return ku.laplace.Laplace(model, "classification").fit(x, y)
 
     def mnist_predict(self, model, x, num_samples, seed):
-        return laplace_predictive(model, x)
+        # The probit GLM predictive (`model` is the fitted Laplace); its
+        # expected entropy from the default 100 draws of the logits.
+        return ku.predict_classification(model, x, seed=seed, verbose=0)
 
 
 class SWAG(Method):
@@ -571,16 +563,6 @@ class MIMO(Method):
         )
 
 
-def _sngp(name):
-    """SNGP's model and callback by their public name: in `ku.sngp` (its
-    folder, issue 36 item 1), else where they were before it
-    (`ku.layers.SNGPModel`, `ku.callbacks.SNGPCovarianceReset`)."""
-    home = getattr(ku, "sngp", None)
-    if home is not None and hasattr(home, name):
-        return getattr(home, name)
-    return getattr(ku.layers if name == "SNGPModel" else ku.callbacks, name)
-
-
 class SNGP(Method):
     name, label, family = "sngp", "SNGP", "One pass"
     settings = {
@@ -603,10 +585,10 @@ class SNGP(Method):
         trunk = keras.Sequential(lenet_layers(wrap=normalize))
         inputs = keras.Input((32, 32, 1))
         outputs = ku.layers.RandomFeatureGaussianProcess(10)(trunk(inputs))
-        return _sngp("SNGPModel")(inputs, outputs)
+        return ku.sngp.SNGPModel(inputs, outputs)
 
     def mnist_callbacks(self):
-        return [_sngp("SNGPCovarianceReset")()]
+        return [ku.sngp.SNGPCovarianceReset()]
 
 
 class Evidential(Method):
@@ -623,6 +605,7 @@ class Evidential(Method):
         ),
     }
     votes = False
+    one_pass = True  # the Dirichlet's closed form, read from its head
     uci_coeff = 1e-2
 
     def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
@@ -656,9 +639,6 @@ class Evidential(Method):
     def mnist_callbacks(self):
         return [ku.evidential.KLAnnealing()]
 
-    def mnist_predict(self, model, x, num_samples, seed):
-        # The Dirichlet's closed form, through the evidential verb.
-        return ku.evidential.predict_classification(model, x, verbose=0)
 
 
 class Deterministic(Method):

@@ -887,11 +887,11 @@ class Laplace(FittedMethod):
         """The GLM predictive of `x`.
 
         For the last-layer posterior this is `ku.predict_regression(
-        self.as_model(predictive), x, ...)` / `ku.predict_classification(...)`
-        with `batch_size=self.batch_size`: the same compiled pass, the same
-        draws for the same seed (`ku.predict_classification(laplace, x)`
-        gives it too). The all-layer posterior computes the per-example
-        Jacobians batch by batch.
+        self.as_model(predictive), x, ...)` / `ku.predict_classification(...)`:
+        the same compiled pass, chunked by the engine, the same draws for the
+        same seed (`ku.predict_classification(laplace, x, seed=...)` gives
+        it too). The all-layer posterior computes the per-example Jacobians
+        `batch_size` rows at a time.
 
         Args:
             x: Inputs.
@@ -915,17 +915,8 @@ class Laplace(FittedMethod):
         if self.subset == "last_layer":
             model = self.as_model(predictive)
             if self.likelihood == "regression":
-                return predict_regression(
-                    model, x, batch_size=self.batch_size, seed=seed, verbose=0
-                )
-            return predict_classification(
-                model,
-                x,
-                num_samples,
-                batch_size=self.batch_size,
-                seed=seed,
-                verbose=0,
-            )
+                return predict_regression(model, x, seed=seed, verbose=0)
+            return predict_classification(model, x, num_samples, seed=seed, verbose=0)
         draws = num_samples if self.likelihood == "classification" else 0
         f_mean, f_var, log_var, sum_probs, sum_entropy = self._glm(x, draws, seed)
         if self.likelihood == "regression":
