@@ -339,20 +339,30 @@ def classification_inputs(labels, probs, tolerance=1e-3):
         `(labels, probs)`.
     """
     probs = check_probs(probs, "probs", tolerance)
+    return class_indices(labels, *probs.shape), probs
+
+
+def class_indices(labels, num_rows, num_classes):
+    """Checked integer labels: shape `(num_rows,)`, values in
+    `[0, num_classes)`.
+
+    Returns:
+        The labels as a numpy array of their own integer dtype.
+    """
     labels = as_array(labels, "labels", dtype=None)
-    if labels.shape != probs.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+    if labels.shape != (num_rows,) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
             "Invalid value received for argument `labels`. Expected integer "
-            f"class indices of shape {probs.shape[:1]}. Received: dtype "
+            f"class indices of shape {(num_rows,)}. Received: dtype "
             f"{labels.dtype} and shape {labels.shape}"
         )
-    if labels.min() < 0 or labels.max() >= probs.shape[1]:
+    if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(
             "Invalid value received for argument `labels`. Expected class "
-            f"indices in [0, {probs.shape[1] - 1}]. Received: values from "
+            f"indices in [0, {num_classes - 1}]. Received: values from "
             f"{labels.min()} to {labels.max()}"
         )
-    return labels, probs
+    return labels
 
 
 def unit_interval(value, name, closed=False):

@@ -22,8 +22,7 @@ from keras_uncertainty.layers.batch_ensemble import (
     unfold_members_to_rows,
 )
 from keras_uncertainty.sampling import SampledModel, graph
-from keras_uncertainty.sampling.mixture import member_mixture
-from keras_uncertainty.sampling.outputs import declared_layout
+from keras_uncertainty.sampling.mixture import declared_mixture, member_mixture
 
 _PACKAGE = "keras_uncertainty"
 
@@ -90,20 +89,6 @@ def _fold(tensor):
     dims = tf.shape(tensor)
     rest = [s if s is not None else dims[i + 2] for i, s in enumerate(tensor.shape[2:])]
     return tf.reshape(tensor, [-1, *rest])
-
-
-def mixture(outputs, layout, num_members):
-    """The members' uniform mixture of `(B, M, ...)` outputs -> `(B, ...)`.
-
-    As `ku.Ensemble.mixture`, for the `(variance_head, from_logits)` layout
-    the compiled loss declares (`keras_uncertainty.sampling.outputs.declared_layout`):
-    a variance head gives the mixture's mean and log-variance; logits give
-    the logits of the mean probabilities; otherwise the mean of the outputs.
-    """
-    variance_head, from_logits = layout
-    return member_mixture(
-        outputs, num_members, variance_head=variance_head, from_logits=from_logits
-    )
 
 
 class BatchEnsembleSampledModel(SampledModel):
@@ -334,9 +319,9 @@ class BatchEnsemble(keras.Model):
         """
         if isinstance(outputs, (dict, list, tuple)):
             return tree.map_structure(
-                lambda t: mixture(t, (False, False), self.num_members), outputs
+                lambda t: member_mixture(t, self.num_members), outputs
             )
-        return mixture(outputs, declared_layout(self), self.num_members)
+        return declared_mixture(self, outputs, self.num_members)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

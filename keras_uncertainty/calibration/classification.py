@@ -92,21 +92,6 @@ class _ClassificationRecalibration(PostHocMethod):
             )
         return result(scores, self._map_scores(scores))
 
-    def fit_transform(self, prediction, labels, from_logits=None):
-        """`fit(prediction, labels, from_logits).transform(prediction,
-        from_logits)`.
-
-        Args:
-            prediction: The held-out predictions (as in `fit`).
-            labels: Their labels.
-            from_logits: As in `fit`.
-
-        Returns:
-            The recalibrated `prediction`.
-        """
-        fitted = self.fit(prediction, labels, from_logits)
-        return fitted.transform(prediction, from_logits)
-
     def _fit(self, prediction, labels):
         scores = read_scores(prediction, None)
         self._fit_scores(scores, read_labels(labels, scores))

@@ -297,21 +297,6 @@ class TemperatureScaling(PostHocMethod):
         scores = read_scores(prediction, from_logits)
         return result(scores, np.exp(log_softmax(scores.logits / self.temperature_)))
 
-    def fit_transform(self, prediction, labels, from_logits=None):
-        """`fit(prediction, labels, from_logits).transform(prediction,
-        from_logits)`.
-
-        Args:
-            prediction: The held-out predictions (as in `fit`).
-            labels: Their labels.
-            from_logits: As in `fit`.
-
-        Returns:
-            The recalibrated `prediction`.
-        """
-        fitted = self.fit(prediction, labels, from_logits)
-        return fitted.transform(prediction, from_logits)
-
     def _transform(self, prediction):
         probs = np.exp(log_softmax(_log_probs(prediction.probs) / self.temperature_))
         return dataclasses.replace(prediction, probs=probs, entropy=entropy(probs))

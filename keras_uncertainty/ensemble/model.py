@@ -25,8 +25,7 @@ from keras_uncertainty.ensemble.sampled import EnsembleSampledModel
 from keras_uncertainty.layers.packed import share_across_members
 from keras_uncertainty.sampling import graph
 from keras_uncertainty.sampling.inputs import flatten_inputs, is_streamed
-from keras_uncertainty.sampling.mixture import member_mixture
-from keras_uncertainty.sampling.outputs import declared_layout
+from keras_uncertainty.sampling.mixture import declared_mixture
 
 _PACKAGE = "keras_uncertainty"
 
@@ -434,13 +433,7 @@ class Ensemble(keras.Model):
         Returns:
             A `(batch, ...)` tensor.
         """
-        variance_head, from_logits = declared_layout(self)
-        return member_mixture(
-            outputs,
-            self.num_members,
-            variance_head=variance_head,
-            from_logits=from_logits,
-        )
+        return declared_mixture(self, outputs, self.num_members)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

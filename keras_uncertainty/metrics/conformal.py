@@ -8,7 +8,7 @@ matrices, as `ku.conformal.ConformalClassifier.predict_set` returns.
 
 import numpy as np
 
-from keras_uncertainty.metrics._checks import as_array
+from keras_uncertainty._validation import as_array, class_indices
 
 
 def _bounds(lower, upper):
@@ -114,19 +114,7 @@ def set_coverage(labels, sets):
         float in [0, 1].
     """
     sets = _sets(sets)
-    labels = as_array(labels, "labels", dtype=None)
-    if labels.shape != sets.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            "Invalid value received for argument `labels`. Expected integer "
-            f"class indices of shape {sets.shape[:1]}. Received: dtype "
-            f"{labels.dtype} and shape {labels.shape}"
-        )
-    if labels.min() < 0 or labels.max() >= sets.shape[1]:
-        raise ValueError(
-            "Invalid value received for argument `labels`. Expected class "
-            f"indices in [0, {sets.shape[1] - 1}]. Received: values from "
-            f"{labels.min()} to {labels.max()}"
-        )
+    labels = class_indices(labels, *sets.shape)
     return float(np.mean(np.take_along_axis(sets, labels[:, None], axis=1)))
 
 

@@ -18,8 +18,7 @@ from keras import ops, tree
 
 from keras_uncertainty._validation import check_positive_int
 from keras_uncertainty.sampling import SampledModel
-from keras_uncertainty.sampling.mixture import member_mixture
-from keras_uncertainty.sampling.outputs import declared_layout
+from keras_uncertainty.sampling.mixture import declared_mixture
 
 _PACKAGE = "keras_uncertainty"
 
@@ -548,13 +547,7 @@ class MIMO(keras.Model):
         Returns:
             `(N, K)`.
         """
-        variance_head, from_logits = declared_layout(self)
-        return member_mixture(
-            outputs,
-            self.num_members,
-            variance_head=variance_head,
-            from_logits=from_logits,
-        )
+        return declared_mixture(self, outputs, self.num_members)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -240,17 +240,19 @@ class PostHocMethod(FittedMethod):
         self._check_is_fitted("transform")
         return self._transform(prediction)
 
-    def fit_transform(self, prediction, y):
-        """`fit(prediction, y).transform(prediction)`.
+    def fit_transform(self, prediction, y, **options):
+        """`fit(prediction, y, **options).transform(prediction, **options)`.
 
         Args:
             prediction: The held-out predictions.
             y: Their targets.
+            **options: What the subclass's `fit` and `transform` both take
+                (the calibrators' `from_logits`).
 
         Returns:
             The transformed `prediction`.
         """
-        return self.fit(prediction, y).transform(prediction)
+        return self.fit(prediction, y, **options).transform(prediction, **options)
 
 
 def _is_fitted_name(name):

@@ -9,6 +9,17 @@ import math
 from keras import ops
 
 from keras_uncertainty.losses.gaussian_nll import split_mean_log_var
+from keras_uncertainty.sampling.outputs import declared_layout
+
+
+def declared_mixture(model, outputs, num_members):
+    """`member_mixture` of a model's `(B, M, ...)` outputs, in the layout its
+    compiled loss declares (`outputs.declared_layout`: a variance head,
+    logits, or neither)."""
+    variance_head, from_logits = declared_layout(model)
+    return member_mixture(
+        outputs, num_members, variance_head=variance_head, from_logits=from_logits
+    )
 
 
 def member_mixture(outputs, num_members, variance_head=False, from_logits=False):
