@@ -2,30 +2,23 @@
 2015), as the Deep Ensembles paper uses it: each network also trains on its
 own worst-case nudge of the batch."""
 
-import math
-import numbers
-
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_uncertainty._validation import check_finite
+
 
 def check_epsilon(value, name="adversarial_epsilon"):
     """None, or a positive finite float."""
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected None or "
-            "a positive float (a fraction of each input feature's range). "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
+    return check_finite(
+        value,
+        name,
+        0,
+        low_open=True,
+        allow_none=True,
+        hint=" (a fraction of each input feature's range)",
+    )
 
 
 def feature_range_step(x, epsilon, sample_weight=None, per_member_inputs=False):

@@ -23,6 +23,7 @@ from keras_uncertainty.laplace._last_layer import invalid as _invalid
 from keras_uncertainty.laplace.model import (
     PREDICTIVES,
     PROBIT_FACTOR,
+    AllLayerGLMSampledModel,
     LastLayerPosterior,
     build_model,
 )
@@ -35,10 +36,6 @@ from keras_uncertainty.sampling import (
     sampled_model,
 )
 from keras_uncertainty.sampling.inputs import flatten_inputs
-from keras_uncertainty.sampling.predictions import (
-    ClassificationPrediction,
-    RegressionPrediction,
-)
 
 _LIKELIHOODS = ("regression", "classification")
 _SUBSETS = ("last_layer", "all")
@@ -886,12 +883,12 @@ class Laplace(FittedMethod):
     def predict(self, x, predictive="probit", num_samples=100, seed=None):
         """The GLM predictive of `x`.
 
-        For the last-layer posterior this is `ku.predict_regression(
-        self.as_model(predictive), x, ...)` / `ku.predict_classification(...)`:
-        the same compiled pass, chunked by the engine, the same draws for the
-        same seed (`ku.predict_classification(laplace, x, seed=...)` gives
-        it too). The all-layer posterior computes the per-example Jacobians
-        `batch_size` rows at a time.
+        This is `ku.predict_regression(laplace, x)` /
+        `ku.predict_classification(laplace, x, num_samples, seed=seed)`:
+        the same compiled pass through the engine, chunked by it, the same
+        draws for the same seed (last layer: the `as_model(predictive)`
+        model; all layers: the network's per-example Jacobians, in-graph,
+        and the posterior covariance's root).
 
         Args:
             x: Inputs.
@@ -912,33 +909,10 @@ class Laplace(FittedMethod):
         check_positive_int(num_samples, "num_samples")
         seed = check_seed(seed)
         x = self._inputs(x)
-        if self.subset == "last_layer":
-            model = self.as_model(predictive)
-            if self.likelihood == "regression":
-                return predict_regression(model, x, seed=seed, verbose=0)
-            return predict_classification(model, x, num_samples, seed=seed, verbose=0)
-        draws = num_samples if self.likelihood == "classification" else 0
-        f_mean, f_var, log_var, sum_probs, sum_entropy = self._glm(x, draws, seed)
+        model = self._glm_model(predictive)
         if self.likelihood == "regression":
-            epistemic = np.diagonal(f_var, axis1=1, axis2=2)
-            if self.fit_statistics_["variance_head"]:
-                aleatoric = np.exp(log_var)
-            else:
-                aleatoric = np.full_like(f_mean, self.sigma_noise_**2)
-            return RegressionPrediction(
-                mean=f_mean,
-                std=np.sqrt(aleatoric + epistemic),
-                aleatoric_std=np.sqrt(aleatoric),
-                epistemic_std=np.sqrt(epistemic),
-            )
-        if predictive == "mc":
-            probs = sum_probs / num_samples
-        else:
-            kappa = 1.0 / np.sqrt(1.0 + _PROBIT * np.diagonal(f_var, axis1=1, axis2=2))
-            probs = num.softmax(f_mean * kappa)
-        return ClassificationPrediction.from_moments(
-            probs * num_samples, sum_entropy, None, num_samples
-        )
+            return predict_regression(model, x, seed=seed, verbose=0)
+        return predict_classification(model, x, num_samples, seed=seed, verbose=0)
 
     def transform(self, x):
         """Deprecated (removed in 0.4): `predict(x)`.
@@ -984,12 +958,62 @@ class Laplace(FittedMethod):
     def as_sampled_model(self):
         """The engine's view of the fitted posterior: what `ku.predict_*`,
         `ku.predict`, `ku.sample` and `ku.export` use when given this
-        `Laplace` (the GLM predictive of `as_model()`).
+        `Laplace` (its probit GLM predictive).
 
         Returns:
-            A `ku.laplace.LaplaceGLMSampledModel`.
+            A `ku.laplace.LaplaceGLMSampledModel` (last layer: the one of
+            `as_model()`) or a `ku.laplace.AllLayerGLMSampledModel`.
         """
-        return sampled_model(self.as_model())
+        self._check_is_fitted("as_sampled_model")
+        return self._glm_model("probit")
+
+    def _glm_model(self, predictive):
+        """The `SampledModel` of the GLM predictive (built once per fitted
+        state and predictive)."""
+        if self.subset == "last_layer":
+            return sampled_model(self.as_model(predictive))
+        return self._cached(("all", predictive), lambda: self._all_layer(predictive))
+
+    def _all_layer(self, predictive):
+        features, last, _ = self._feature_model()
+        stats = self.fit_statistics_
+        covariance = self.posterior_covariance()
+        try:
+            root = np.linalg.cholesky(covariance)
+        except np.linalg.LinAlgError:  # positive semi-definite by rounding
+            values, vectors = np.linalg.eigh(covariance)
+            root = vectors * np.sqrt(np.clip(values, 0.0, None))
+        log_noise = None
+        if self.sigma_noise_ is not None:
+            log_noise = float(2.0 * np.log(self.sigma_noise_))
+        return AllLayerGLMSampledModel(
+            self.model,
+            self.likelihood,
+            predictive,
+            features,
+            last,
+            stats["k"],
+            stats["weights"],
+            root,
+            log_noise,
+        )
+
+    def _cached(self, kind, build):
+        """`build()` once per `kind` and fitted state (an earlier fit's or
+        prior precision's models are let go)."""
+        state = (
+            self.prior_precision_,
+            self.sigma_noise_,
+            id(self.hessian_),
+            id(self.fit_statistics_),
+        )
+        cache = self.__dict__.setdefault("_models", {})
+        for stale in [key for key in cache if key[1] != state]:
+            del cache[stale]
+        key = (kind, state)
+        if key not in cache:
+            cache[key] = build()
+        return cache[key]
 
     def as_model(self, predictive="probit"):
         """A `keras.Model` of the fitted posterior, for the engine.
@@ -1017,16 +1041,9 @@ class Laplace(FittedMethod):
                 "(use `predict` for the all-layer GLM predictive). Received: "
                 f"subset={self.subset!r}"
             )
-        key = (
-            predictive,
-            self.prior_precision_,
-            self.sigma_noise_,
-            id(self.hessian_),
-            id(self.fit_statistics_),
-        )
-        cache = self.__dict__.setdefault("_models", {})
-        if key in cache:
-            return cache[key]
+        return self._cached(predictive, lambda: self._last_layer_model(predictive))
+
+    def _last_layer_model(self, predictive):
         last = self._structure()
         stats = self.fit_statistics_
         factors = num.sampling_factor(self._eigen(), self._scale())
@@ -1044,8 +1061,4 @@ class Laplace(FittedMethod):
             predictive=predictive,
             name="laplace_posterior",
         )
-        # Models of an earlier fit or prior precision are let go.
-        for stale in [k for k in cache if k[1:] != key[1:]]:
-            del cache[stale]
-        cache[key] = build_model(last.view, last.features, posterior)
-        return cache[key]
+        return build_model(last.view, last.features, posterior)

@@ -24,6 +24,7 @@ from keras_uncertainty import _budget
 from keras_uncertainty._precision import float32_layer_dtype
 from keras_uncertainty._validation import (
     check_bool,
+    check_finite,
     check_positive_int,
     value_errors_from_config,
 )
@@ -58,18 +59,6 @@ def _choice(value, name, choices):
     if not isinstance(value, str) or value not in choices:
         raise _invalid(name, f"one of {choices}", value)
     return value
-
-
-def _check_log_noise(value):
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-    ):
-        raise _invalid("log_noise_variance", "None or a finite number", value)
-    return float(value)
 
 
 class _Placeholder:
@@ -187,7 +176,9 @@ class LastLayerPosterior(keras.layers.Layer):
         if isinstance(use_bias, np.bool_):
             use_bias = bool(use_bias)
         self.use_bias = check_bool(use_bias, "use_bias")
-        self.log_noise_variance = _check_log_noise(log_noise_variance)
+        self.log_noise_variance = check_finite(
+            log_noise_variance, "log_noise_variance", allow_none=True
+        )
         # "weights" by default: a file saved before the GLM predictive
         # existed samples weights, as it did.
         self.predictive = _choice(predictive, "predictive", PREDICTIVES)
@@ -442,12 +433,11 @@ class ProbitSummary(ClassificationSummary):
         return {name: tf.cast(value, tf.float32) for name, value in fields.items()}
 
 
-class LaplaceGLMSampledModel(SampledModel):
-    """How the engine predicts a `LaplaceModel` built for the GLM predictive
-    (`predictive="probit"` or `"mc"`): the network below the last layer runs
-    once per input, and `f_mean`, `f_var = J Sigma J^T` follow in float64
-    (`LastLayerPosterior.glm_moments`). It declares its output (see
-    `keras_uncertainty.sampling.outputs`):
+class GLMSampledModel(SampledModel):
+    """How the engine predicts a Laplace posterior's GLM predictive: the
+    linearized network's outputs `N(f_mean, f_var)`, `f_var = J Sigma J^T`,
+    in float64 from one pass (`moments`, the subclass's). It declares its
+    output (see `keras_uncertainty.sampling.outputs`):
 
     - regression: two samples, the sigma points `(f_mean -/+ sqrt(diag
       f_var), log sigma^2)`: their mixture has exactly the GLM mean, its
@@ -459,22 +449,23 @@ class LaplaceGLMSampledModel(SampledModel):
       logits, summarised as any sample of probabilities.
 
     Args:
-        model: The `LaplaceModel`.
+        model: The `keras.Model` whose inputs it reads.
+        task: The posterior's likelihood.
+        link: "probit" or "mc".
     """
 
     uncertainty_in_output = True
 
-    def __init__(self, model):
+    def __init__(self, model, task, link):
         super().__init__(model)
-        posterior = model.posterior
-        self.task = posterior.likelihood
-        self.link = posterior.predictive
-        self.stochastic = self.task == "classification"
-        k = posterior.num_means
-        below = graph.floats_per_row(model)
-        # The covariance (k, k), its root and the draws, in float64.
-        self.floats_per_row = None if below is None else below + 6 * k * k + 4 * k
-        self.feature_model = keras.Model(model.input, posterior.input)
+        self.task = task
+        self.link = link
+        self.stochastic = task == "classification"
+
+    def moments(self, inputs):
+        """`(f_mean (n, k), f_var (n, k, k), log_var (n, k) or None)` of a
+        chunk of inputs, float64."""
+        raise NotImplementedError
 
     def stochastic_layers(self):
         return []
@@ -521,9 +512,7 @@ class LaplaceGLMSampledModel(SampledModel):
 
     @tf.autograph.experimental.do_not_convert
     def forward(self, inputs, num_samples):
-        phi = self.feature_model(inputs, training=False)
-        phi = tf.reshape(phi, (tf.shape(phi)[0], -1))
-        f_mean, f_var, log_var = self.model.posterior.glm_moments(phi)
+        f_mean, f_var, log_var = self.moments(inputs)
         n, k = tf.shape(f_mean)[0], tf.shape(f_mean)[1]
         if self.task == "regression":
             # Sigma point s (global index, whatever the chunking) goes -, +.
@@ -546,6 +535,115 @@ class LaplaceGLMSampledModel(SampledModel):
         probs = tf.broadcast_to(probs[None], tf.shape(logits))
         out = tf.concat([probs, entropy[..., None]], axis=-1)
         return tf.reshape(out, (-1, k + 1))
+
+
+class LaplaceGLMSampledModel(GLMSampledModel):
+    """The GLM predictive of a `LaplaceModel` built for it
+    (`predictive="probit"` or `"mc"`): the network below the last layer runs
+    once per input, and `f_mean`, `f_var` follow in float64
+    (`LastLayerPosterior.glm_moments`); see `GLMSampledModel`.
+
+    Args:
+        model: The `LaplaceModel`.
+    """
+
+    def __init__(self, model):
+        posterior = model.posterior
+        super().__init__(model, posterior.likelihood, posterior.predictive)
+        k = posterior.num_means
+        below = graph.floats_per_row(model)
+        # The covariance (k, k), its root and the draws, in float64.
+        self.floats_per_row = None if below is None else below + 6 * k * k + 4 * k
+        self.feature_model = keras.Model(model.input, posterior.input)
+
+    def moments(self, inputs):
+        phi = self.feature_model(inputs, training=False)
+        phi = tf.reshape(phi, (tf.shape(phi)[0], -1))
+        return self.model.posterior.glm_moments(phi)
+
+
+class AllLayerGLMSampledModel(GLMSampledModel):
+    """The GLM predictive of an all-layer Laplace posterior (`subset="all"`):
+    per chunk, the network's outputs and their per-example Jacobians in
+    every trainable weight `J (n, k, P)`, then `f_var = (J R)(J R)^T` with
+    `R` the Cholesky root of the posterior covariance (`(P, P)`, float64,
+    a constant of the graph); see `GLMSampledModel`.
+
+    Args:
+        model: The trained network.
+        task: The posterior's likelihood.
+        link: "probit" or "mc".
+        features: The network up to its last Dense layer's inputs.
+        last: That Dense layer.
+        num_means: k, the output columns the posterior covers.
+        weights: `(d1, k_total)` float64 MAP kernel (the bias as a last row
+            when the layer has one).
+        root: `(P, P)` float64 root of the posterior covariance.
+        log_noise_variance: `log sigma_noise^2` (homoscedastic regression),
+            else None.
+    """
+
+    def __init__(
+        self,
+        model,
+        task,
+        link,
+        features,
+        last,
+        num_means,
+        weights,
+        root,
+        log_noise_variance=None,
+    ):
+        super().__init__(model, task, link)
+        self.features = features
+        self.last = last
+        self.num_means = num_means
+        self.weights = tf.constant(weights, tf.float64)
+        self.root = tf.constant(root, tf.float64)
+        self.log_noise_variance = log_noise_variance
+        below = graph.floats_per_row(model)
+        p = int(root.shape[0])
+        # The Jacobian (k, P) and its product with the root, in float64.
+        self.floats_per_row = None if below is None else below + 4 * num_means * p
+
+    def moments(self, inputs):
+        k = self.num_means
+        variables = list(self.model.trainable_variables)
+        with tf.GradientTape() as tape:
+            phi = self.features(inputs, training=False)
+            phi = tf.reshape(phi, (tf.shape(phi)[0], -1))
+            z = tf.matmul(phi, self.last.kernel[:, :k])
+            if self.last.use_bias:
+                z = z + self.last.bias[:k]
+        parts = tape.jacobian(z, variables, experimental_use_pfor=True)
+        rows = tf.shape(z)[0]
+        jacobian = tf.concat(
+            [
+                tf.zeros((rows, k, int(np.prod(v.shape))), z.dtype)
+                if part is None
+                else tf.reshape(part, (rows, k, -1))
+                for part, v in zip(parts, variables)
+            ],
+            axis=-1,
+        )
+        rotated = tf.matmul(tf.cast(jacobian, tf.float64), self.root)  # (n, k, P)
+        f_var = tf.matmul(rotated, rotated, transpose_b=True)
+        phi = tf.cast(phi, tf.float64)
+        if self.last.use_bias:
+            phi = tf.concat([phi, tf.ones_like(phi[:, :1])], axis=1)
+        outputs = tf.matmul(phi, self.weights)
+        f_mean = outputs[:, :k]
+        log_var = None
+        if self.task == "regression":
+            if self.log_noise_variance is not None:
+                log_var = tf.fill(
+                    tf.shape(f_mean),
+                    tf.constant(self.log_noise_variance, tf.float64),
+                )
+            else:
+                log_var = outputs[:, k:]
+        return f_mean, f_var, log_var
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

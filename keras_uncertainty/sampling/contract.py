@@ -20,6 +20,7 @@ Randomness comes from the call key (`keys.py`): `forward` runs inside
 functions of the key, the sample and the input.
 """
 
+import itertools
 import threading
 import weakref
 
@@ -27,6 +28,8 @@ import keras
 from keras import tree
 
 from keras_uncertainty.sampling import graph
+
+_COMPILE_TOKENS = itertools.count()
 
 
 class SampledModel:
@@ -78,6 +81,9 @@ class SampledModel:
     def __init__(self, model):
         self._model_ref = weakref.ref(model)
         self.input_view = graph.functional_view(model)
+        # Tells the engine's compiled steps of two adapters of one model
+        # apart (a Laplace posterior's predictive over its base network).
+        self.compile_token = next(_COMPILE_TOKENS)
 
     @property
     def model(self):

@@ -302,7 +302,8 @@ def _compiled_step(adapter, reducer, structure, flat, targets):
     specs = tuple((a.shape[1:], a.dtype.str) for a in flat)
     target_spec = None if targets is None else (targets.shape[1:], targets.dtype.str)
     layers = tuple(id(layer) for layer in getattr(model, "layers", ()))
-    key = (reducer_key(reducer), repr(structure), specs, target_spec, layers)
+    token = getattr(adapter, "compile_token", None)
+    key = (reducer_key(reducer), repr(structure), specs, target_spec, layers, token)
     with _COMPILED_LOCK:
         per_model = _COMPILED.setdefault(model, {})
         if key not in per_model:
