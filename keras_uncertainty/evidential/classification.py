@@ -32,6 +32,7 @@ from keras_uncertainty._validation import (
     check_finite,
     check_positive_int,
 )
+from keras_uncertainty.evidential import _predict
 from keras_uncertainty.evidential._base import DenseHead, SuppliesReducer
 from keras_uncertainty.sampling.predictions import (
     ClassificationPrediction,
@@ -531,8 +532,6 @@ def predict_classification(
         DeprecationWarning,
         stacklevel=2,
     )
-    from keras_uncertainty.evidential import _predict
-
     if not isinstance(model, keras.Model):
         raise ValueError(
             "Invalid value received for argument `model`. Expected a "

@@ -34,6 +34,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_uncertainty._validation import check_finite, check_positive_finite
+from keras_uncertainty.evidential import _predict
 from keras_uncertainty.evidential._base import DenseHead, SuppliesReducer
 from keras_uncertainty.losses.gaussian_nll import align_targets
 from keras_uncertainty.sampling.predictions import RegressionPrediction
@@ -374,8 +375,6 @@ def predict_regression(
         DeprecationWarning,
         stacklevel=2,
     )
-    from keras_uncertainty.evidential import _predict
-
     if not isinstance(model, keras.Model):
         raise ValueError(
             "Invalid value received for argument `model`. Expected a "
