@@ -107,6 +107,8 @@ def two_members(monkeypatch):
     monkeypatch.setattr(registry.METHODS["ensemble"], "members", 2)
 
 
+@pytest.mark.slow  # about 40 s: ten LeNet-5 variants trained, predicted, served
+@pytest.mark.kernels  # their convolutions, on both kernel sets
 @pytest.mark.parametrize("name", list(registry.methods("mnist", baseline=True)))
 def test_every_mnist_entry_trains_predicts_exports_and_reports_through_the_verb(
     name, two_members, tmp_path
