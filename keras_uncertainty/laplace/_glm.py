@@ -1,10 +1,9 @@
-"""The GLM predictive computed in-graph (float64 after the features).
+"""The GLM predictive's in-graph pieces (float64 after the features).
 
-One compiled step per fitted `Laplace` computes, for a batch of inputs, the
-features, the mean outputs `f_mean`, their covariance `f_var = J Sigma J^T`
-and, for classification, the sums over `num_samples` draws of the logits
-`f ~ N(f_mean, f_var)` of their softmax and its entropy: the whole
-predictive runs on the batches of one forward pass.
+`last_layer_variance` (the covariance `f_var = J Sigma J^T` of a last-layer
+posterior), `draw_logits` (draws of `f ~ N(f_mean, f_var)`), both used by
+the engine's `GLMSampledModel`, and `last_layer_step`, `predict_f`'s
+compiled step.
 """
 
 import tensorflow as tf
@@ -37,42 +36,17 @@ def draw_logits(f_mean, f_var, eps):
     return f_mean[None] + tf.einsum("nab,tnb->tna", root, eps)
 
 
-def mc_sums(f_mean, f_var, num_samples, seed):
-    """Sums over `num_samples` draws of the logits of `softmax(f)` `(n, k)`
-    and of its entropy `(n,)`."""
-    n, k = tf.shape(f_mean)[0], tf.shape(f_mean)[1]
-    eps = tf.random.stateless_normal(
-        tf.stack([num_samples, n, k]), seed, dtype=f_mean.dtype
-    )
-    logits = draw_logits(f_mean, f_var, eps)
-    log_probs = tf.nn.log_softmax(logits, axis=-1)
-    probs = tf.exp(log_probs)
-    entropy = -tf.reduce_sum(probs * log_probs, axis=-1)
-    return tf.reduce_sum(probs, axis=0), tf.reduce_sum(entropy, axis=0)
-
-
 def last_layer_step(features, structure, use_bias, k):
     """The compiled step of a last-layer posterior: `step(inputs, weights,
-    factors, num_samples, seed)` -> `(f_mean, f_var, rest, sum_probs,
-    sum_entropy)`, with `rest` the output columns the posterior does not
-    cover (a variance head's log-variances)."""
+    factors)` -> `(f_mean, f_var)` of a batch (`Laplace.predict_f`)."""
 
     @tf.function(reduce_retracing=True, autograph=False)
-    def step(inputs, weights, factors, num_samples, seed):
+    def step(inputs, weights, factors):
         phi = features(inputs, training=False)
         phi = tf.cast(tf.reshape(phi, (tf.shape(phi)[0], -1)), tf.float64)
         if use_bias:
             phi = tf.concat([phi, tf.ones_like(phi[:, :1])], axis=1)
-        z = tf.matmul(phi, weights)
-        f_mean = z[:, :k]
-        f_var = last_layer_variance(structure, phi, factors, k)
-        sum_probs, sum_entropy = mc_sums(f_mean, f_var, num_samples, seed)
-        return f_mean, f_var, z[:, k:], sum_probs, sum_entropy
+        f_mean = tf.matmul(phi, weights[:, :k])
+        return f_mean, last_layer_variance(structure, phi, factors, k)
 
     return step
-
-
-@tf.function(reduce_retracing=True, autograph=False)
-def mc_step(f_mean, f_var, num_samples, seed):
-    """`mc_sums` compiled, for moments computed elsewhere (all-layer)."""
-    return mc_sums(f_mean, f_var, num_samples, seed)

@@ -22,7 +22,6 @@ from keras_uncertainty.laplace._last_layer import check_activation, find_last_la
 from keras_uncertainty.laplace._last_layer import invalid as _invalid
 from keras_uncertainty.laplace.model import (
     PREDICTIVES,
-    PROBIT_FACTOR,
     AllLayerGLMSampledModel,
     LastLayerPosterior,
     build_model,
@@ -41,7 +40,6 @@ _LIKELIHOODS = ("regression", "classification")
 _SUBSETS = ("last_layer", "all")
 _HESSIANS = ("full", "kron", "diag")
 _PREDICTIVES = ("probit", "mc")
-_PROBIT = PROBIT_FACTOR
 
 
 def _as_array(x, name):
@@ -836,23 +834,18 @@ class Laplace(FittedMethod):
         """
         self._check_is_fitted("predict_f")
         x = self._inputs(x)
-        return self._glm(x)[:2]
+        return self._glm(x)
 
-    def _glm(self, x, num_samples=0, seed=None):
-        """`(f_mean, f_var, rest, sum_probs, sum_entropy)` of `x`, batch by
-        batch (see `_glm.last_layer_step`); the sums over `num_samples`
-        draws of the logits, seeded by `seed` (and the batch)."""
+    def _glm(self, x):
+        """`(f_mean, f_var)` of `x`, `batch_size` rows at a time, in float64
+        (see `_glm.last_layer_step`; all layers: the per-example Jacobians
+        in eigen form): `predict_f`'s path, independent of the engine's."""
         stats = self.fit_statistics_
         k = stats["k"]
         scale = self._scale()
-        if seed is None:
-            pair = np.random.randint(0, 2**31 - 1, size=2)
-        else:
-            pair = np.random.default_rng(seed).integers(0, 2**31 - 1, size=2)
         n = _rows(x)
         self._check_predict_memory(n)
         size = self.batch_size
-        draws = tf.constant(num_samples, tf.int32)
         chunks = self._batches(x)
         if self.subset == "last_layer":
             step = self._step()
@@ -860,23 +853,17 @@ class Laplace(FittedMethod):
             factors = self._graph_factors(scale)
         else:
             phi = self._features(x)
-            z = phi @ stats["weights"]
-            f_mean, rest = z[:, :k], z[:, k:]
+            f_mean = (phi @ stats["weights"])[:, :k]
             jacobian_step, _ = self._jacobian_step(k)
             eigen = self._eigen()
         parts = []
-        for b, lo in enumerate(range(0, n, size)):
-            key = tf.constant([pair[0], pair[1] + b], tf.int64)
+        for lo in range(0, n, size):
             if self.subset == "last_layer":
-                out = step(next(chunks), weights, factors, draws, key)
+                out = step(next(chunks), weights, factors)
             else:
-                rows = slice(lo, lo + size)
                 jacobians = np.asarray(jacobian_step(next(chunks)), np.float64)
                 f_var = num.jacobian_variance(eigen, jacobians, scale)
-                sums = _glm.mc_step(
-                    tf.constant(f_mean[rows]), tf.constant(f_var), draws, key
-                )
-                out = (f_mean[rows], f_var, rest[rows], *sums)
+                out = (f_mean[lo : lo + size], f_var)
             parts.append([np.asarray(v) for v in out])
         return tuple(np.concatenate(p, axis=0) for p in zip(*parts))
 
