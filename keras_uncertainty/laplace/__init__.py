@@ -15,11 +15,11 @@ sampled by drawing the last layer's weights (`LaplaceSampledModel`).
 
 from keras_uncertainty.laplace.laplace import Laplace
 from keras_uncertainty.laplace.model import (
+    GLMSummary,
     LaplaceGLMSampledModel,
     LaplaceModel,
     LaplaceSampledModel,
     LastLayerPosterior,
-    ProbitSummary,
 )
 
 __all__ = [
@@ -28,5 +28,5 @@ __all__ = [
     "LaplaceModel",
     "LaplaceSampledModel",
     "LastLayerPosterior",
-    "ProbitSummary",
+    "GLMSummary",
 ]

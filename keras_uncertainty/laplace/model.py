@@ -400,17 +400,18 @@ class LaplaceSampledModel(SampledModel):
         return self.model.posterior.sample(phi, num_samples)
 
 
-class ProbitSummary(ClassificationSummary):
-    """The probit GLM predictive's summary (`LaplaceGLMSampledModel`).
+class GLMSummary(ClassificationSummary):
+    """The summary of the GLM classification predictive
+    (`GLMSampledModel`), summed in float64.
 
-    Each sample is `[probs, H[softmax(f_t)]]` `(n, C + 1)`: the probit
+    Each sample is `[probs, H[softmax(f_t)]]` `(n, C + 1)`, with `f_t ~
+    N(f_mean, f_var)` one draw of the logits and `probs` the probit
     probabilities `softmax(f_mean / sqrt(1 + pi/8 diag f_var))` (the same in
-    every sample) and the entropy of one draw `f_t ~ N(f_mean, f_var)` of
-    the logits. Summed over the samples like `ClassificationSummary`'s state,
-    it finalizes to a `ClassificationPrediction` whose `probs` are the probit
-    probabilities, `entropy = H[probs]`, `expected_entropy` the mean of the
-    draws' entropies and `mutual_information = max(entropy -
-    expected_entropy, 0)`.
+    every sample) or, for the "mc" predictive, `softmax(f_t)`. Summed over
+    the samples like `ClassificationSummary`'s state, it finalizes to a
+    `ClassificationPrediction` whose `probs` are their mean, `entropy =
+    H[probs]`, `expected_entropy` the mean of the draws' entropies and
+    `mutual_information = max(entropy - expected_entropy, 0)`.
     """
 
     uncertainty_in_output = True
@@ -443,10 +444,9 @@ class GLMSampledModel(SampledModel):
       f_var), log sigma^2)`: their mixture has exactly the GLM mean, its
       epistemic variance `diag f_var` and the noise `sigma^2` (or the
       head's) as the aleatoric part, whatever `num_samples` says;
-    - classification, "probit": `num_samples` draws of the logits for the
-      expected entropy, summarised by `ProbitSummary`;
-    - classification, "mc": the softmax of `num_samples` draws of the
-      logits, summarised as any sample of probabilities.
+    - classification: `num_samples` draws of the logits, summarised by
+      `GLMSummary` in float64: the probit probabilities ("probit") or the
+      draws' mean softmax ("mc"), and the draws' expected entropy.
 
     Args:
         model: The `keras.Model` whose inputs it reads.
@@ -479,8 +479,7 @@ class GLMSampledModel(SampledModel):
         Args:
             task: The posterior's likelihood; another raises a ValueError.
             from_logits: Must be False (the output is not logits).
-            votes: Classification with "mc": whether to count the draws'
-                argmax votes; must be False otherwise.
+            votes: Must be False (no samples of the network vote).
             variance_head: Must be None or True (regression).
 
         Returns:
@@ -499,16 +498,15 @@ class GLMSampledModel(SampledModel):
                     False,
                 )
             return RegressionMoments(True)
-        if self.link == "mc":
-            return ClassificationSummary(False, votes)
         if votes:
             raise _invalid(
                 "votes",
-                "False with the probit predictive (build the model with "
-                "`as_model(predictive='mc')` to count the draws' votes)",
+                "False: the GLM predictive's probabilities are not votes of "
+                "samples (sample the weights, `as_model('weights')`, to count "
+                "votes)",
                 True,
             )
-        return ProbitSummary()
+        return GLMSummary()
 
     @tf.autograph.experimental.do_not_convert
     def forward(self, inputs, num_samples):
@@ -527,12 +525,13 @@ class GLMSampledModel(SampledModel):
         eps = keys.random_normal((num_samples * n, k), None, dtype="float64")
         logits = _glm.draw_logits(f_mean, f_var, tf.reshape(eps, (-1, n, k)))
         log_probs = tf.nn.log_softmax(logits, axis=-1)
-        if self.link == "mc":
-            return tf.reshape(tf.exp(log_probs), (-1, k))
         entropy = -tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1)
-        kappa = tf.math.rsqrt(1.0 + PROBIT_FACTOR * tf.linalg.diag_part(f_var))
-        probs = tf.nn.softmax(f_mean * kappa, axis=-1)
-        probs = tf.broadcast_to(probs[None], tf.shape(logits))
+        if self.link == "mc":
+            probs = tf.exp(log_probs)
+        else:
+            kappa = tf.math.rsqrt(1.0 + PROBIT_FACTOR * tf.linalg.diag_part(f_var))
+            probs = tf.nn.softmax(f_mean * kappa, axis=-1)
+            probs = tf.broadcast_to(probs[None], tf.shape(logits))
         out = tf.concat([probs, entropy[..., None]], axis=-1)
         return tf.reshape(out, (-1, k + 1))
 
