@@ -217,6 +217,11 @@ def test_the_output_spec_says_what_each_output_means():
     spec = ku.sampling.output_spec(head, "regression")
     assert spec.layout == "means_log_vars" and spec.variance_head
     assert spec.reducer.variance_head
+    quantile_head = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    quantile_head.compile(loss=ku.losses.PinballLoss((0.1, 0.9)))
+    spec = ku.sampling.output_spec(quantile_head, "regression")
+    assert (spec.layout, spec.source) == ("quantiles", "loss")
+    assert not spec.reducer.variance_head  # each quantile read as a mean
     uncompiled = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     with pytest.warns(UserWarning, match="variance_head"):
         guessed = ku.sampling.output_spec(uncompiled, "regression")

@@ -52,7 +52,14 @@ from keras_uncertainty.sampling.reducers import (
 )
 
 TASKS = ("regression", "classification")
-LAYOUTS = ("means", "means_log_vars", "probabilities", "logits", "declared")
+LAYOUTS = (
+    "means",
+    "means_log_vars",
+    "quantiles",
+    "probabilities",
+    "logits",
+    "declared",
+)
 _TASK_OPTIONS = ("task", "from_logits", "votes", "variance_head")
 _WARNED_VARIANCE_HEAD = weakref.WeakSet()
 
@@ -86,8 +93,10 @@ class OutputSpec:
         name: The output's name (see `ku.sampling.output_names`); None for
             the only output of a single-output model.
         task: "regression" or "classification".
-        layout: "means", "means_log_vars", "probabilities", "logits", or
-            "declared" (the declaration's `task_reducer` reads it).
+        layout: "means", "means_log_vars", "quantiles" (a quantile head,
+            compiled with `ku.losses.PinballLoss`: one column per quantile,
+            read as means), "probabilities", "logits", or "declared" (the
+            declaration's `task_reducer` reads it).
         width: The output's last dimension; None when unknown.
         source: Where the meaning came from: "arguments", "model", "loss"
             or "shape".
@@ -487,6 +496,8 @@ def output_spec(
                 f"log-variances). Received: last dimension {width}"
             )
         layout = "means_log_vars" if variance_head else "means"
+        if not variance_head and _declared(declarations, "quantiles")[1]:
+            layout = "quantiles"
         reducer = RegressionMoments(variance_head)
         return _spec(name, task, layout, width, source, reducer)
     if variance_head is not None:
