@@ -15,9 +15,9 @@ from keras_uncertainty.sampling import (
     MixtureNLL,
     has_variance_head,
     input_stream,
+    output_spec,
     reduce_samples,
     sampled_model,
-    task_reducer,
 )
 from keras_uncertainty.sampling.outputs import (
     activation_says_logits,
@@ -393,10 +393,9 @@ class UncertaintyMetrics(keras.callbacks.Callback):
 
     # The metrics ----------------------------------------------------------
 
-    def _supplied_classification(self, x, read_targets):
-        """Scores the prediction of the reducer the compiled loss supplies
-        (an evidential head's), with the `ku.metrics` formulas."""
-        reducer = task_reducer(self.model, "classification")
+    def _supplied_classification(self, x, read_targets, reducer):
+        """Scores the prediction of the reducer the output declares (an
+        evidential head's), with the `ku.metrics` formulas."""
         prediction = reduce_samples(
             self.model, x, reducer, self.num_samples, seed=self.seed, verbose=0
         )
@@ -424,8 +423,10 @@ class UncertaintyMetrics(keras.callbacks.Callback):
         return stream, stream.targets
 
     def _regression(self, targets):
-        # During `fit` the model is compiled, so its loss decides.
-        variance_head = bool(has_variance_head(self.model))
+        # During `fit` the model is compiled: its output spec reads the
+        # declaration (a head, the loss).
+        spec = output_spec(self.model, "regression")
+        variance_head = spec.variance_head
         x, read_targets = self._inputs(targets)
         if variance_head:
             # One streamed pass: the prediction and the mixture's NLL.
@@ -440,9 +441,8 @@ class UncertaintyMetrics(keras.callbacks.Callback):
             )
             prediction = score.prediction
         else:
-            reducer = task_reducer(self.model, "regression", variance_head=False)
             prediction = reduce_samples(
-                self.model, x, reducer, self.num_samples, seed=self.seed, verbose=0
+                self.model, x, spec.reducer, self.num_samples, seed=self.seed, verbose=0
             )
         y = np.asarray(read_targets(), np.float64).reshape(prediction.mean.shape)
         if variance_head:
@@ -463,8 +463,11 @@ class UncertaintyMetrics(keras.callbacks.Callback):
 
     def _classification(self, from_logits, targets):
         x, read_targets = self._inputs(targets)
-        if hasattr(getattr(self.model, "loss", None), "task_reducer"):
-            return self._supplied_classification(x, read_targets)
+        # The output's declaration first (an evidential head's reducer); else
+        # the samples are probabilities or logits, as resolved (`_resolve`).
+        spec = output_spec(self.model, "classification")
+        if spec.layout == "declared":
+            return self._supplied_classification(x, read_targets, spec.reducer)
         score = reduce_samples(
             self.model,
             x,

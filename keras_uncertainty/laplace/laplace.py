@@ -34,6 +34,7 @@ from keras_uncertainty.sampling import (
     predict_regression,
     sampled_model,
 )
+from keras_uncertainty.sampling.engine import release_compiled
 from keras_uncertainty.sampling.inputs import flatten_inputs
 
 _LIKELIHOODS = ("regression", "classification")
@@ -136,11 +137,15 @@ class Laplace(FittedMethod):
     diag(f_var)))`, `entropy = H[probs]`, with `expected_entropy` the Monte
     Carlo mean of `H[softmax(f)]` over `num_samples` draws of the GLM
     logits `f ~ N(f_mu, f_var)` and `mutual_information = max(entropy -
-    expected_entropy, 0)`; `predictive="mc"`: every field from those draws,
-    as `ku.predict_classification` computes them. `as_model()` (last
-    layer) returns a `keras.Model` that `ku.predict_*`, `ku.sample` and
-    `ku.export` sample by drawing the last layer's weights from the
-    posterior, one draw per sample.
+    expected_entropy, 0)`; `predictive="mc"`: every field from those draws.
+    The same predictive comes from `ku.predict_regression(la, x)` /
+    `ku.predict_classification(la, x)`, `ku.predict`, `ku.sample` and
+    `ku.export(la, ...)`: one compiled pass through the sampling engine
+    (deterministic but for the draws of the expected entropy, seeded by
+    `seed`). `as_model()` (last layer) returns that GLM predictive as a
+    `keras.Model` to save; `as_model("weights")` one that the engine
+    samples by drawing the last layer's weights from the posterior, one
+    draw per sample.
 
     The network must be deterministic: a model with MC layers
     (`ku.layers.MCDropout`, Flipout, ...) is refused at `fit` with a
@@ -369,6 +374,7 @@ class Laplace(FittedMethod):
             mean, eigen = self._all_layer_ggn(x, k, lambdas)
         self.posterior_mean_ = mean
         self.hessian_ = eigen.to_state()
+        self._fit_token = object()  # the models built from an earlier fit go
         self.num_data_ = n
         self.fit_statistics_ = {
             "k": k,
@@ -940,6 +946,20 @@ class Laplace(FittedMethod):
         )
         return self.fit(x, y).predict(x)
 
+    def set_state(self, state):
+        """`ku.posthoc.FittedMethod.set_state`; the models built from the
+        state before are let go.
+
+        Args:
+            state: A dict of fitted attributes (as `get_state` returns).
+
+        Returns:
+            self.
+        """
+        super().set_state(state)
+        self._fit_token = object()
+        return self
+
     # Predicting through the engine ----------------------------------------------
 
     def as_sampled_model(self):
@@ -991,12 +1011,13 @@ class Laplace(FittedMethod):
         state = (
             self.prior_precision_,
             self.sigma_noise_,
-            id(self.hessian_),
-            id(self.fit_statistics_),
+            self.__dict__.get("_fit_token"),
         )
         cache = self.__dict__.setdefault("_models", {})
         for stale in [key for key in cache if key[1] != state]:
-            del cache[stale]
+            gone = cache.pop(stale)
+            if isinstance(gone, AllLayerGLMSampledModel):
+                release_compiled(gone)  # its steps hold the old posterior
         key = (kind, state)
         if key not in cache:
             cache[key] = build()

@@ -34,6 +34,7 @@ from keras_uncertainty.sampling import (
     ClassificationSummary,
     RegressionMoments,
     SampledModel,
+    formulas,
     graph,
     keys,
 )
@@ -513,21 +514,15 @@ class GLMSampledModel(SampledModel):
         f_mean, f_var, log_var = self.moments(inputs)
         n, k = tf.shape(f_mean)[0], tf.shape(f_mean)[1]
         if self.task == "regression":
-            # Sigma point s (global index, whatever the chunking) goes -, +.
-            first = keys.current().sample_offset
-            index = tf.range(num_samples) + tf.cast(first, tf.int32)
-            sign = tf.cast(2 * (index % 2) - 1, tf.float64)
             spread = tf.sqrt(tf.linalg.diag_part(f_var))
-            means = f_mean[None] + sign[:, None, None] * spread[None]
-            noise = tf.broadcast_to(log_var[None], tf.shape(means))
-            out = tf.concat([means, noise], axis=-1)
-            return tf.reshape(out, (-1, 2 * k))
+            first = keys.current().sample_offset
+            return formulas.sigma_points(f_mean, spread, log_var, num_samples, first)
         eps = keys.random_normal((num_samples * n, k), None, dtype="float64")
         logits = _glm.draw_logits(f_mean, f_var, tf.reshape(eps, (-1, n, k)))
-        log_probs = tf.nn.log_softmax(logits, axis=-1)
-        entropy = -tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1)
+        draws = tf.nn.softmax(logits, axis=-1)
+        entropy = formulas.entropy(draws)
         if self.link == "mc":
-            probs = tf.exp(log_probs)
+            probs = draws
         else:
             kappa = tf.math.rsqrt(1.0 + PROBIT_FACTOR * tf.linalg.diag_part(f_var))
             probs = tf.nn.softmax(f_mean * kappa, axis=-1)
@@ -655,10 +650,13 @@ class LaplaceModel(keras.Model):
     log-variances)` for regression (compiled with `ku.losses.gaussian_nll`,
     so `ku.has_variance_head` is True), with `log sigma_noise^2` for a
     homoscedastic model. `ku.predict_regression`, `ku.predict_classification`,
-    `ku.sample` and `ku.export` sample it: each of the T samples draws the
-    last layer's weights from the posterior (the network below it runs once
-    per input), so the aleatoric part of a regression is `sigma_noise` (or
-    the head's) and the epistemic part the spread of the sampled means.
+    `ku.sample` and `ku.export` predict it as its posterior says
+    (`LastLayerPosterior.predictive`): the GLM predictive ("probit" or "mc",
+    `as_model()`'s default; `LaplaceGLMSampledModel`), or, built with
+    `as_model("weights")`, T samples that each draw the last layer's weights
+    from the posterior (the network below it runs once per input), so the
+    aleatoric part of a regression is `sigma_noise` (or the head's) and the
+    epistemic part the spread of the sampled means.
 
     Saved with `model.save("laplace.keras")` (the network and the
     posterior's arrays in one file) and read back with
@@ -677,7 +675,9 @@ class LaplaceModel(keras.Model):
 
     Example:
 
-    >>> sampled = laplace.as_model()
+    >>> glm = laplace.as_model()  # the probit GLM predictive
+    >>> ku.predict_classification(glm, x_test)
+    >>> sampled = laplace.as_model("weights")  # 100 weight draws
     >>> ku.predict_classification(sampled, x_test, num_samples=100)
     """
 

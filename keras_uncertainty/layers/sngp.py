@@ -582,6 +582,13 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
         width = 2 * self.units if self.task == "regression" else self.units
         return (input_shape[0], width)
 
+    @property
+    def variance_head(self):
+        """True for a regression head, whose output is `(means,
+        log-variances)`; None otherwise (the output declaration read by
+        `ku.predict_*`, see `keras_uncertainty.sampling.outputs`)."""
+        return True if self.task == "regression" else None
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -311,6 +311,20 @@ def _compiled_step(adapter, reducer, structure, flat, targets):
         return per_model[key]
 
 
+def release_compiled(adapter):
+    """Drops the compiled steps traced for `adapter` (kept per model until
+    the model goes): for an adapter that is replaced while its model lives
+    on, such as a refitted Laplace posterior's predictive over its network,
+    whose steps hold the old posterior as constants."""
+    token = getattr(adapter, "compile_token", None)
+    model = adapter.model
+    with _COMPILED_LOCK:
+        per_model = _COMPILED.get(model) if model is not None else None
+        if per_model:
+            for key in [key for key in per_model if key[-1] == token]:
+                del per_model[key]
+
+
 def _legacy_layers(adapter):
     """Stochastic layers whose draws do not follow the call key."""
     return [

@@ -254,3 +254,34 @@ def logsumexp(values, axis=-1):
     with np.errstate(divide="ignore"):
         rest = np.log(np.sum(np.exp(values - top), axis=axis, keepdims=True))
     return np.squeeze(top + rest, axis=axis)
+
+
+def sigma_points(mean, std, log_var, num_samples, first):
+    """In-graph regression samples whose mixture is exactly a Gaussian's
+    mean, epistemic and aleatoric parts: sample s (global index `first + s`,
+    the same whatever the chunking) is `(mean - std, log_var)` for even s and
+    `(mean + std, log_var)` for odd s. Over an even number of samples, their
+    mean is `mean`, the spread of their means (population variance)
+    `std^2` and their noise `exp(log_var)`, so `RegressionMoments` splits
+    the variance exactly (the one-pass methods with a closed-form epistemic
+    variance: SNGP's GP head, the Laplace GLM predictive).
+
+    Args:
+        mean: `(n, k)` means.
+        std: The epistemic standard deviations, broadcastable to `mean`.
+        log_var: The noise's log-variances, broadcastable to `mean`.
+        num_samples: t, the samples of this call (an int or a scalar).
+        first: The global index of the call's first sample.
+
+    Returns:
+        `(t * n, 2k)` rows, sample-major: the means, then the log-variances.
+    """
+    index = tf.range(num_samples) + tf.cast(first, tf.int32)
+    sign = tf.cast(2 * (index % 2) - 1, mean.dtype)  # -, +, -, ...
+    std = tf.broadcast_to(tf.cast(std, mean.dtype), tf.shape(mean))
+    means = mean[None] + sign[:, None, None] * std[None]
+    log_var = tf.broadcast_to(tf.cast(log_var, mean.dtype), tf.shape(mean))
+    noise = tf.broadcast_to(log_var[None], tf.shape(means))
+    width = mean.shape[-1]
+    width = 2 * width if width is not None else 2 * tf.shape(mean)[-1]
+    return tf.reshape(tf.concat([means, noise], axis=-1), (-1, width))

@@ -28,6 +28,8 @@ uses to say what its output means): any of these attributes.
   `ku.losses.gaussian_nll` declares.
 - `from_logits`: True when the output is logits (Keras's crossentropy
   losses carry it).
+- `quantiles`: the quantiles of a quantile head (`ku.losses.PinballLoss`),
+  read as means.
 - `task_reducer(task, from_logits=..., votes=..., variance_head=...)`: a
   method returning the `ku.sampling.Reducer` of an output that is neither
   means nor probabilities (the evidential losses, the Laplace GLM model);
@@ -98,8 +100,9 @@ class OutputSpec:
             read as means), "probabilities", "logits", or "declared" (the
             declaration's `task_reducer` reads it).
         width: The output's last dimension; None when unknown.
-        source: Where the meaning came from: "arguments", "model", "loss"
-            or "shape".
+        source: Where the meaning came from: "arguments", "model", "loss",
+            "shape" (an uncompiled model's width) or "default" (nothing
+            said it: probabilities).
         reducer: The `ku.sampling.Reducer` that summarises its samples
             (wrapped in a `PerOutput` for a named output of a model with
             several outputs).
@@ -466,6 +469,9 @@ def output_spec(
     width = _output_width(adapter, name)
     declarations = _declarations(adapter, name)
     for source, declaration in declarations:
+        declared = getattr(declaration, "task", None)
+        if source == "model" and declared in TASKS:
+            check_declared_task(task, declared, type(declaration).__name__)
         supply = getattr(declaration, "task_reducer", None)
         if supply is not None:
             reducer = supply(
@@ -509,6 +515,7 @@ def output_spec(
     source = "arguments"
     if from_logits is None:
         source, from_logits = _declared(declarations, "from_logits")
+        source = source or "default"  # nothing says: probabilities
         from_logits = bool(from_logits)
     layout = "logits" if from_logits else "probabilities"
     reducer = ClassificationSummary(from_logits, votes)

@@ -11,7 +11,13 @@ from keras import ops
 
 from keras_uncertainty import _keras_compat
 from keras_uncertainty.layers.sngp import RandomFeatureGaussianProcess
-from keras_uncertainty.sampling import SampledModel, graph, has_variance_head, keys
+from keras_uncertainty.sampling import (
+    SampledModel,
+    formulas,
+    graph,
+    has_variance_head,
+    keys,
+)
 
 _PACKAGE = "keras_uncertainty"
 
@@ -80,15 +86,9 @@ class SNGPSampledModel(SampledModel):
             return self.model(inputs, training=False)
         features = self.feature_model(inputs, training=False)
         mean, log_noise, variance = self.regression_head.regression_moments(features)
-        # Sigma point s (global index, whatever the chunking) goes -, +, -, ...
+        spread = ops.sqrt(ops.cast(variance, mean.dtype))[:, None]  # (n, 1)
         first = keys.current().sample_offset
-        index = ops.arange(num_samples, dtype="int32") + ops.cast(first, "int32")
-        sign = ops.cast(2 * (index % 2) - 1, mean.dtype)  # (t,)
-        spread = ops.sqrt(ops.cast(variance, mean.dtype))  # (n,)
-        means = mean[None] + sign[:, None, None] * spread[None, :, None]
-        means = ops.reshape(means, (-1, self.regression_head.units))
-        log_var = ops.zeros_like(means) + log_noise
-        return ops.concatenate([means, log_var], axis=-1)
+        return formulas.sigma_points(mean, spread, log_noise, num_samples, first)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
