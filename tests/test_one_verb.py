@@ -275,3 +275,18 @@ def test_an_all_layer_regression_laplace_is_exact_through_the_verb(regressor, tm
     served = tf.saved_model.load(path)
     out = served.serve(tf.constant(x[:5]))
     np.testing.assert_allclose(out["std"].numpy(), got.std[:5], rtol=1e-5)
+
+
+def test_a_fitted_laplace_serves_conformal_intervals(regressor, tmp_path):
+    model, x, y = regressor
+    la = ku.laplace.Laplace(model, "regression").fit(x[:120], y[:120])
+    calibration = ku.predict_regression(la, x[120:180])
+    conformal = ku.conformal.NormalizedConformalRegressor(alpha=0.1)
+    conformal.fit(calibration, y[120:180])
+    path = ku.export(la, str(tmp_path / "la"), task="regression", conformal=conformal)
+    served = tf.saved_model.load(path)
+    out = served.serve(tf.constant(x[180:190]))
+    interval = conformal.predict_interval(ku.predict_regression(la, x[180:190]))
+    lower, upper = interval.lower, interval.upper
+    np.testing.assert_allclose(out["lower"].numpy(), lower, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["upper"].numpy(), upper, rtol=1e-5, atol=1e-6)

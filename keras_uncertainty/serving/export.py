@@ -20,7 +20,9 @@ from keras_uncertainty._budget import MAX_RESULT_BYTES, format_bytes
 from keras_uncertainty._validation import check_bool, check_positive_int
 from keras_uncertainty.conformal import serving as conformal_serving
 from keras_uncertainty.sampling import (
+    ClassificationSummary,
     PerOutput,
+    RegressionMoments,
     check_model,
     keys,
     output_spec,
@@ -183,12 +185,18 @@ def _nan_rows(summary, finite):
 
 
 def _served_kind(spec):
-    """What a served summary holds: the task's fields, or, for an output
-    whose declaration brings its own reducer (an evidential head), that
-    reducer's (which no conformal method reads)."""
-    if spec.layout == "declared":
-        return type(spec.reducer).__name__
-    return spec.task
+    """What a served summary holds: the task's fields (a reducer of means
+    and variances, or of probabilities, a Laplace GLM predictive's too), or,
+    for an output whose declaration brings a reducer of its own (an
+    evidential head), that reducer's, which no conformal method reads."""
+    if isinstance(spec.reducer, (RegressionMoments, ClassificationSummary)):
+        return spec.task
+    inner = getattr(spec.reducer, "reducers", None)  # a named output's
+    if inner and isinstance(
+        next(iter(inner.values())), (RegressionMoments, ClassificationSummary)
+    ):
+        return spec.task
+    return type(spec.reducer).__name__
 
 
 def _conformal_plan(conformal, reducer, kinds):
