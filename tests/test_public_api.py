@@ -293,6 +293,8 @@ def test_every_public_name_has_a_docstring_with_its_sections():
     "old, new",
     [
         ("layers.SNGPModel", "sngp.SNGPModel"),
+        ("layers.sngp.SNGPModel", "sngp.SNGPModel"),
+        ("layers.sngp.gaussian_process_layers", "sngp.gaussian_process_layers"),
         ("callbacks.SNGPCovarianceReset", "sngp.SNGPCovarianceReset"),
         ("callbacks.TerminateOnNonFiniteMember", "ensemble.TerminateOnNonFiniteMember"),
         ("ensemble.MIMO", "mimo.MIMO"),

@@ -24,7 +24,7 @@ import numbers
 import keras
 from keras import ops
 
-from keras_uncertainty import _budget
+from keras_uncertainty import _budget, _deprecation
 from keras_uncertainty._precision import float32_layer_dtype
 from keras_uncertainty._validation import (
     check_bool,
@@ -613,3 +613,14 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
             }
         )
         return config
+
+
+# Moved in 0.3 to `keras_uncertainty.sngp` (the method's own package): kept
+# here one release, with a warning.
+__getattr__ = _deprecation.moved_names(
+    __name__,
+    {
+        name: "keras_uncertainty.sngp"
+        for name in ("SNGPModel", "SNGPSampledModel", "gaussian_process_layers")
+    },
+)
