@@ -8,36 +8,17 @@ matrices, as `ku.conformal.ConformalClassifier.predict_set` returns.
 
 import numpy as np
 
-from keras_uncertainty._validation import as_array, class_indices
+from keras_uncertainty._validation import as_array, class_indices, same_shape
 
 
 def _bounds(lower, upper):
+    """Checked float64 bounds (the shared array check, infinite bounds
+    allowed) of the same shape; an `Interval` may come as `lower`."""
     if upper is None and hasattr(lower, "lower") and hasattr(lower, "upper"):
         lower, upper = lower.lower, lower.upper
-    arrays = []
-    for name, value in (("lower", lower), ("upper", upper)):
-        if value is None:
-            raise ValueError(
-                f"Invalid value received for argument `{name}`. Expected an "
-                f"array of bounds (or an Interval as `lower`). Received: {name}=None"
-            )
-        if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
-            value = value.numpy()
-        array = np.asarray(value, np.float64)
-        if array.size == 0 or np.any(np.isnan(array)):
-            raise ValueError(
-                f"Invalid value received for argument `{name}`. Expected a "
-                "non-empty array without NaN (infinite bounds are allowed). "
-                f"Received: shape {array.shape}, "
-                f"{int(np.count_nonzero(np.isnan(array)))} NaN entries"
-            )
-        arrays.append(array)
-    lower, upper = arrays
-    if lower.shape != upper.shape:
-        raise ValueError(
-            "Expected `lower` and `upper` to have the same shape. Received: "
-            f"lower with shape {lower.shape} and upper with shape {upper.shape}"
-        )
+    lower = as_array(lower, "lower", allow_inf=True)
+    upper = as_array(upper, "upper", allow_inf=True)
+    same_shape(lower=lower, upper=upper)
     return lower, upper
 
 
