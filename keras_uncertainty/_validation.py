@@ -342,9 +342,9 @@ def classification_inputs(labels, probs, tolerance=1e-3):
     return class_indices(labels, *probs.shape), probs
 
 
-def class_indices(labels, num_rows, num_classes):
+def class_indices(labels, num_rows, num_classes=None):
     """Checked integer labels: shape `(num_rows,)`, values in
-    `[0, num_classes)`.
+    `[0, num_classes)` (any integers when `num_classes` is None).
 
     Returns:
         The labels as a numpy array of their own integer dtype.
@@ -356,7 +356,7 @@ def class_indices(labels, num_rows, num_classes):
             f"class indices of shape {(num_rows,)}. Received: dtype "
             f"{labels.dtype} and shape {labels.shape}"
         )
-    if labels.min() < 0 or labels.max() >= num_classes:
+    if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(
             "Invalid value received for argument `labels`. Expected class "
             f"indices in [0, {num_classes - 1}]. Received: values from "

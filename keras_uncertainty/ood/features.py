@@ -14,9 +14,9 @@ import keras
 import numpy as np
 
 from keras_uncertainty._validation import (
-    as_array,
     check_finite,
     check_positive_int,
+    class_indices,
     shaped_array,
 )
 from keras_uncertainty.posthoc.base import PostHocMethod
@@ -112,14 +112,8 @@ def _features(value, name="features"):
 
 
 def _labels(value, num_rows):
-    labels = as_array(value, "labels", dtype=None)
-    if labels.shape != (num_rows,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            "Invalid value received for argument `labels`. Expected integer "
-            f"class labels of shape ({num_rows},), one per row of `features`. "
-            f"Received: dtype {labels.dtype} and shape {labels.shape}"
-        )
-    return labels
+    """Integer class labels, one per row of `features` (any integers)."""
+    return class_indices(value, num_rows)
 
 
 def _power_of_two_scale(values):
