@@ -40,7 +40,8 @@ from keras_uncertainty.sampling.inputs import flatten_inputs
 _LIKELIHOODS = ("regression", "classification")
 _SUBSETS = ("last_layer", "all")
 _HESSIANS = ("full", "kron", "diag")
-_PREDICTIVES = ("probit", "mc")
+# `predict`'s: the GLM predictives (`as_model` also takes "weights").
+_PREDICTIVES = tuple(p for p in PREDICTIVES if p != "weights")
 
 
 def _as_array(x, name):

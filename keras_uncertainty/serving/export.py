@@ -191,11 +191,6 @@ def _served_kind(spec):
     evidential head), that reducer's, which no conformal method reads."""
     if isinstance(spec.reducer, (RegressionMoments, ClassificationSummary)):
         return spec.task
-    inner = getattr(spec.reducer, "reducers", None)  # a named output's
-    if inner and isinstance(
-        next(iter(inner.values())), (RegressionMoments, ClassificationSummary)
-    ):
-        return spec.task
     return type(spec.reducer).__name__
 
 
