@@ -24,11 +24,13 @@ from keras_uncertainty import _budget
 from keras_uncertainty._precision import float32_layer_dtype
 from keras_uncertainty._validation import (
     check_bool,
+    check_choice,
     check_finite,
     check_positive_int,
     value_errors_from_config,
 )
 from keras_uncertainty.laplace import _glm
+from keras_uncertainty.laplace._last_layer import invalid as _invalid
 from keras_uncertainty.losses.gaussian_nll import gaussian_nll
 from keras_uncertainty.sampling import (
     ClassificationSummary,
@@ -47,19 +49,6 @@ _STRUCTURES = ("full", "kron", "diag")
 PREDICTIVES = ("probit", "mc", "weights")
 # probit: softmax(mu / sqrt(1 + pi/8 var)) (MacKay 1992; Daxberger et al. 2021).
 PROBIT_FACTOR = math.pi / 8.0
-
-
-def _invalid(name, expected, value):
-    return ValueError(
-        f"Invalid value received for argument `{name}`. Expected {expected}. "
-        f"Received: {name}={value!r}"
-    )
-
-
-def _choice(value, name, choices):
-    if not isinstance(value, str) or value not in choices:
-        raise _invalid(name, f"one of {choices}", value)
-    return value
 
 
 class _Placeholder:
@@ -171,8 +160,8 @@ class LastLayerPosterior(keras.layers.Layer):
         # under a mixed-precision policy (Keras's advice for an output layer).
         kwargs["dtype"] = float32_layer_dtype(kwargs.get("dtype"), type(self))
         super().__init__(**kwargs)
-        self.likelihood = _choice(likelihood, "likelihood", _LIKELIHOODS)
-        self.structure = _choice(structure, "structure", _STRUCTURES)
+        self.likelihood = check_choice(likelihood, "likelihood", _LIKELIHOODS)
+        self.structure = check_choice(structure, "structure", _STRUCTURES)
         self.num_means = check_positive_int(num_means, "num_means")
         if isinstance(use_bias, np.bool_):
             use_bias = bool(use_bias)
@@ -182,7 +171,7 @@ class LastLayerPosterior(keras.layers.Layer):
         )
         # "weights" by default: a file saved before the GLM predictive
         # existed samples weights, as it did.
-        self.predictive = _choice(predictive, "predictive", PREDICTIVES)
+        self.predictive = check_choice(predictive, "predictive", PREDICTIVES)
         if factors is None or isinstance(factors, (str, bytes)):
             raise _invalid("factors", "a list of arrays", factors)
         self.weights_shape, self.factor_shapes = _check_shapes(
