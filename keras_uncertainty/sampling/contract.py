@@ -196,7 +196,9 @@ def sampled_model(model):
         model: A `keras.Model`; a `SampledModel` (returned as it is, so a
             call that resolved it once passes it on); or a method object
             that is not a Keras model but defines `as_sampled_model()` (a
-            fitted `ku.laplace.Laplace`).
+            fitted `ku.laplace.Laplace`). Such an object keeps the
+            `SampledModel` it returns while its state is the same: each new
+            one compiles its own steps (it is not cached here).
 
     Returns:
         `model.as_sampled_model()` when the model defines it, else a
