@@ -40,7 +40,9 @@ def test_single_target_accepts_flat_labels():
 def test_include_constant_gives_the_exact_negative_log_density(batch):
     scipy_stats = pytest.importorskip("scipy.stats")
     y, y_pred = batch
-    loss = ku.losses.GaussianNLL(include_constant=True, reduction=None)(y, y_pred)
+    loss = ku.losses.GaussianNLL(beta=0.0, include_constant=True, reduction=None)(
+        y, y_pred
+    )
     std = np.exp(0.5 * y_pred[:, 3:])
     reference = -scipy_stats.norm.logpdf(y, loc=y_pred[:, :3], scale=std).mean(-1)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loss), reference, rtol=1e-5)
@@ -51,7 +53,7 @@ def test_beta_nll_scales_gradients_by_detached_variance(batch):
     beta = 0.5
     pred = tf.Variable(y_pred)
     with tf.GradientTape(persistent=True) as tape:
-        plain = tf.reduce_sum(ku.losses.GaussianNLL("nll", reduction=None)(y, pred))
+        plain = tf.reduce_sum(ku.losses.GaussianNLL(beta=0.0, reduction=None)(y, pred))
         weighted = tf.reduce_sum(
             ku.losses.GaussianNLL(beta=beta, reduction=None)(y, pred)
         )
@@ -71,8 +73,8 @@ def test_faithful_objective_reads_as_the_nll_and_trains_the_mean_by_squared_erro
     # Stirn et al. (2023): d/dmu = -(y - mu), as under a unit variance; d/ds
     # the NLL's 0.5 * (1 - (y - mu)^2 exp(-s)); each over the k = 3 targets.
     y, y_pred = batch
-    loss = ku.losses.GaussianNLL(reduction=None)
-    assert loss.objective == "faithful"
+    loss = ku.losses.GaussianNLL("faithful", reduction=None)
+    assert loss.beta == 0.0
     pred = tf.Variable(y_pred)
     with tf.GradientTape() as tape:
         values = loss(y, pred)
@@ -98,7 +100,9 @@ def test_faithful_mean_fits_what_a_homoscedastic_network_fits():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2)])
     model.compile(
-        keras.optimizers.Adam(0.05), loss=ku.losses.GaussianNLL(), steps_per_execution=50
+        keras.optimizers.Adam(0.05),
+        loss=ku.losses.GaussianNLL("faithful"),
+        steps_per_execution=50,
     )
     full_batches = tf.data.Dataset.from_tensors((x, y)).repeat(400)
     model.fit(full_batches, epochs=1, shuffle=False, verbose=0)
@@ -108,8 +112,9 @@ def test_faithful_mean_fits_what_a_homoscedastic_network_fits():
     np.testing.assert_allclose([slope, intercept], reference, atol=0.05)
 
 
-def test_beta_chooses_the_nll_objective_and_is_refused_with_faithful():
-    assert ku.losses.GaussianNLL(beta=0.5).objective == "nll"
+def test_default_is_beta_nll_and_beta_is_refused_with_faithful():
+    default = ku.losses.GaussianNLL()
+    assert (default.objective, default.beta) == ("nll", 0.5)
     with pytest.raises(ValueError, match="`beta`.*objective='faithful'"):
         ku.losses.GaussianNLL("faithful", beta=0.5)
 
@@ -117,7 +122,7 @@ def test_beta_chooses_the_nll_objective_and_is_refused_with_faithful():
 def test_min_log_var_floors_the_variance():
     y = np.zeros((1, 1), "float32")
     y_pred = np.array([[1.0, -20.0]], "float32")
-    loss = ku.losses.GaussianNLL(min_log_var=-2.0, reduction=None)(y, y_pred)
+    loss = ku.losses.GaussianNLL(beta=0.0, min_log_var=-2.0, reduction=None)(y, y_pred)
     expected = 0.5 * (-2.0 + 1.0 / math.exp(-2.0))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loss), [expected], rtol=1e-6)
 
@@ -172,7 +177,7 @@ def test_loss_config_round_trip():
         restored.include_constant,
     ) == ("nll", 0.5, -7.0, True)
     faithful = keras.losses.deserialize(
-        keras.losses.serialize(ku.losses.GaussianNLL(min_log_var=-3.0))
+        keras.losses.serialize(ku.losses.GaussianNLL("faithful", min_log_var=-3.0))
     )
     assert (faithful.objective, faithful.min_log_var) == ("faithful", -3.0)
 
@@ -185,7 +190,12 @@ def test_loss_and_gradients_are_finite_for_every_finite_log_variance():
     s, r = (a.ravel() for a in np.meshgrid(log_vars, residuals))
     y_true = tf.constant(r[:, None], tf.float32)
     y_pred = tf.Variable(np.stack([np.zeros_like(s), s], -1), dtype=tf.float32)
-    for loss_fn in (ku.losses.gaussian_nll, ku.losses.GaussianNLL(reduction=None)):
+    for loss_fn, beta in (
+        (ku.losses.gaussian_nll, 0.0),
+        (ku.losses.GaussianNLL(beta=0.0, reduction=None), 0.0),
+        (ku.losses.GaussianNLL(reduction=None), 0.5),  # beta-NLL, the default
+        (ku.losses.GaussianNLL("faithful", reduction=None), 0.0),
+    ):
         with tf.GradientTape() as tape:
             loss = loss_fn(y_true, y_pred)
         grad = tape.gradient(loss, y_pred).numpy()
@@ -195,7 +205,7 @@ def test_loss_and_gradients_are_finite_for_every_finite_log_variance():
         with np.errstate(over="ignore"):
             scaled = r**2 * np.exp(np.minimum(-s, 700))
         exact = (s >= -80) & (scaled <= np.exp(80))
-        expected = 0.5 * (s + scaled)
+        expected = 0.5 * (s + scaled) * np.exp(np.minimum(beta * s, 20.0))
         np.testing.assert_allclose(loss.numpy()[exact], expected[exact], rtol=1e-5)
         # Below the threshold the loss keeps growing as the variance shrinks,
         # and the gradient asks for a larger variance.

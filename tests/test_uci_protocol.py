@@ -366,7 +366,8 @@ def test_each_variational_split_keeps_its_own_kl_term(yacht_splits):
         method.uci_network(x.shape[1], 4, len(r), uci.normalization_layer(x[r]))
         for r in rows
     ]
-    ens = uci.fit_members(members, x, y, rows, method.uci_loss(), 1, 16, 0).model
+    loss = method.uci_loss(uci.Protocol(1, 1e-3, "constant", 1, 0))
+    ens = uci.fit_members(members, x, y, rows, loss, 1, 16, 0).model
     assert not ens.packed  # Flipout layers have no packed twin
     inputs = np.stack([x[r[:30]] for r in rows], 1).astype("float32")
     ens(inputs, training=True)
@@ -382,7 +383,7 @@ def test_each_variational_split_keeps_its_own_kl_term(yacht_splits):
     targets = np.stack([(y[r[:30]] - y[r].mean()) / y[r].std() for r in rows], 1)
     outputs = ens(inputs, training=True)
     nll = sum(
-        float(method.uci_loss()(targets[:, m, None], outputs[:, m])) for m in range(2)
+        float(loss(targets[:, m, None], outputs[:, m])) for m in range(2)
     )
     total = ens.compute_loss(x=inputs, y=targets[..., None], y_pred=outputs)
     assert float(total) == pytest.approx(nll + float(sum(ens.losses)), rel=1e-5)

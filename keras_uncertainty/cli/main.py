@@ -166,6 +166,17 @@ def build_parser():
             f"{protocols.ADVERSARIAL_EPSILON:g}; 0: off)"
         ),
     )
+    uci.add_argument(
+        "--variance-objective",
+        choices=protocols.VARIANCE_OBJECTIVES,
+        default=None,
+        help=(
+            "how the variance heads train (beta-nll: ku.losses.GaussianNLL's "
+            "default, beta 0.5; "
+            f"default: the protocol's, {default['variance_objective']} or "
+            f"{published['variance_objective']})"
+        ),
+    )
     uci.add_argument("--seed", type=usage.seed, default=0)
     uci.add_argument(
         "--output",
@@ -261,6 +272,16 @@ def resolve_protocol(args):
             f"--protocol {args.protocol} trains {protocol['epochs_multiplier']:g}x "
             f"epochs; received --epochs-multiplier {args.epochs_multiplier:g}"
         )
+    if args.variance_objective is None:
+        args.variance_objective = protocol["variance_objective"]
+    elif args.protocol != protocols.DEFAULT_PROTOCOL and (
+        args.variance_objective != protocol["variance_objective"]
+    ):
+        raise UsageError(
+            f"--protocol {args.protocol} trains by the "
+            f"{protocol['variance_objective']} objective; received "
+            f"--variance-objective {args.variance_objective}"
+        )
     if protocol["methods"] is not None:
         if args.method == "all":
             args.method = protocol["methods"][0]
@@ -290,6 +311,7 @@ def uci_settings(args):
         "epochs_multiplier": args.epochs_multiplier,
         "num_samples": args.num_samples,
         "adversarial_epsilon": args.adversarial_epsilon,
+        "variance_objective": args.variance_objective,
         "seed": args.seed,
     }
 

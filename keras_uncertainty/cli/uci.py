@@ -170,6 +170,7 @@ def _run_uci(args, results_file, error):
         num_samples=args.num_samples,
         seed=args.seed,
         adversarial=args.adversarial_epsilon,
+        variance_objective=args.variance_objective,
     )
     units = [
         (

@@ -92,6 +92,14 @@ PUBLISHED = {
     },
 }
 
+# How the UCI variance heads train (`uci.variance_loss`): "beta-nll" (the
+# beta-NLL of `ku.losses.GaussianNLL`'s default, beta 0.5), "nll" (plain) or
+# "faithful"; chosen on validation splits cut from the training rows (the
+# benchmarks page's "Variance heads" table). The published protocol's method
+# has no variance head; its value keeps the plain NLL.
+VARIANCE_OBJECTIVES = ("beta-nll", "nll", "faithful")
+VARIANCE_OBJECTIVE = "beta-nll"
+
 DEFAULT_PROTOCOL = "default"
 # `uci --protocol NAME`: its epochs multiplier, Adam step, and the methods it
 # runs (None: every method).
@@ -100,12 +108,14 @@ PROTOCOLS = {
         "epochs_multiplier": EPOCHS_MULTIPLIER,
         "learning_rate": LEARNING_RATE,
         "schedule": SCHEDULE,
+        "variance_objective": VARIANCE_OBJECTIVE,
         "methods": None,
     },
     "published": {
         "epochs_multiplier": PUBLISHED_EPOCHS_MULTIPLIER,
         "learning_rate": PUBLISHED_LEARNING_RATE,
         "schedule": PUBLISHED_SCHEDULE,
+        "variance_objective": "nll",
         "methods": PUBLISHED_METHODS,
     },
 }
@@ -124,6 +134,7 @@ SOURCES = {
     "[L 2020]": "Liu et al. 2020, SNGP",
     "[M 2019]": "Maddox et al. 2019, SWAG",
     "[S 2018]": "Sensoy et al. 2018, Evidential Deep Learning",
+    "[S 2022]": "Seitzer et al. 2022, On the Pitfalls of Heteroscedastic Uncertainty Estimation",
     "[W 2018]": "Wen et al. 2018, Flipout",
     "[W 2020]": "Wen et al. 2020, BatchEnsemble",
 }

@@ -29,6 +29,8 @@ from keras_uncertainty.experiments.protocols import (  # noqa: F401 (re-exported
     METHODS,
     PUBLISHED,
     SCHEDULE,
+    VARIANCE_OBJECTIVE,
+    VARIANCE_OBJECTIVES,
 )
 from keras_uncertainty.losses import GaussianNLL
 from keras_uncertainty.metrics import rmse
@@ -110,6 +112,8 @@ class Protocol:
         adversarial: Deep Ensembles' fast-gradient-sign step (0: none).
         callbacks: Keras callbacks passed to every `fit`.
         clip_value: Adam's element-wise gradient clipping (None: none).
+        variance_objective: How the variance heads train: `"beta-nll"`,
+            `"nll"` or `"faithful"` (see `variance_loss`).
     """
 
     epochs_multiplier: float
@@ -120,9 +124,30 @@ class Protocol:
     adversarial: float = ADVERSARIAL_EPSILON
     callbacks: tuple = ()
     clip_value: float = None
+    variance_objective: str = VARIANCE_OBJECTIVE
 
     def epochs(self, split):
         return max(1, int(round(split.n_epochs * self.epochs_multiplier)))
+
+    def variance_loss(self):
+        """The loss of every (mean, log-variance) network of the protocol
+        (`variance_loss` of its `variance_objective`)."""
+        return variance_loss(self.variance_objective)
+
+
+def variance_loss(objective=VARIANCE_OBJECTIVE):
+    """The protocol's loss of a (mean, log-variance) network, floored at
+    `MIN_LOG_VAR`: `ku.losses.GaussianNLL`'s beta-NLL (`"beta-nll"`, beta
+    0.5), plain NLL (`"nll"`) or faithful objective (`"faithful"`)."""
+    if objective not in VARIANCE_OBJECTIVES:
+        raise ValueError(
+            "Invalid value received for argument `variance_objective`. Expected "
+            f"one of {list(VARIANCE_OBJECTIVES)}. Received: {objective!r}"
+        )
+    if objective == "faithful":
+        return GaussianNLL("faithful", min_log_var=MIN_LOG_VAR)
+    beta = 0.5 if objective == "beta-nll" else 0.0
+    return GaussianNLL("nll", beta=beta, min_log_var=MIN_LOG_VAR)
 
 
 def data_table(splits):
@@ -271,6 +296,7 @@ def train_members(
     """
     rates = options.pop("rates", None)
     decays = options.pop("decays", None)
+    objective = options.pop("variance_objective", VARIANCE_OBJECTIVE)
     x_mean, x_std = _standardization(x, member_rows)
     members = [
         member_network(
@@ -285,7 +311,7 @@ def train_members(
         )
         for m in range(len(member_rows))
     ]
-    loss = GaussianNLL(min_log_var=MIN_LOG_VAR) if outputs == 2 else "mse"
+    loss = variance_loss(objective) if outputs == 2 else "mse"
     # The protocol's networks always pack: 240 of them unpacked would be
     # far slower, so a change that stops them packing must fail loudly.
     options.setdefault("pack", True)
@@ -619,6 +645,7 @@ def deep_ensemble(splits, protocol, members=ENSEMBLE_MEMBERS):
             learning_rate=protocol.learning_rate,
             schedule=protocol.schedule,
             clip_value=protocol.clip_value,
+            variance_objective=protocol.variance_objective,
             # The retrain stops at the chosen epoch of the same schedule.
             schedule_epochs=epochs,
         )
@@ -687,6 +714,7 @@ def dropout_grid(splits, protocol, heteroscedastic):
             learning_rate=protocol.learning_rate,
             schedule=protocol.schedule,
             clip_value=protocol.clip_value,
+            variance_objective=protocol.variance_objective,
         )
 
     def member_taus(configs):

@@ -97,7 +97,7 @@ def _run_together(method, splits, protocol):
         x,
         y,
         train_rows,
-        method.uci_loss(),
+        method.uci_loss(protocol),
         protocol.epochs(splits[0]),
         SINGLE_NETWORK_BATCH_SIZE,
         protocol.seed,
@@ -159,7 +159,7 @@ def _run_each(method, splits, protocol):
                         protocol.learning_rate, protocol.schedule, epochs * steps
                     )
                 ),
-                loss=method.uci_loss(),
+                loss=method.uci_loss(protocol),
                 steps_per_execution=uci.steps_per_call(epochs * steps),
             )
             compiled_for = (epochs, steps)
