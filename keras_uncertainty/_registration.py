@@ -42,6 +42,7 @@ MODULES = (
     "keras_uncertainty.evidential.regression",
     "keras_uncertainty.laplace.model",
     "keras_uncertainty.layers.batch_ensemble",
+    "keras_uncertainty.layers.gaussian_head",
     "keras_uncertainty.layers.mc_attention",
     "keras_uncertainty.layers.mc_dropout",
     "keras_uncertainty.layers.mc_layer",

@@ -5,7 +5,7 @@ Functional model whose layers each feed the next) on rank-2, rank-3 or
 rank-4 inputs (vectors, channels-last sequences or images), every layer of a
 registered kind:
 
-- `Dense`, `Conv1D`, `Conv2D` (no constraint; no regularizer, or L2;
+- `Dense`, `ku.layers.GaussianHead`, `Conv1D`, `Conv2D` (no constraint; no regularizer, or L2;
   channels last, `groups=1`, no causal padding);
 - `Dropout` / `MCDropout` (without `noise_shape`), `SpatialDropout1D` /
   `SpatialDropout2D` / `MCSpatialDropout1D` / `MCSpatialDropout2D`;
@@ -32,6 +32,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_uncertainty.layers.gaussian_head import GaussianHead, PackedGaussianHead
 from keras_uncertainty.layers.mc_dropout import (
     MCDropout,
     MCSpatialDropout1D,
@@ -155,6 +156,29 @@ def _dense_twin(layers, index):
 
 
 register(keras.layers.Dense, _dense_signature, _dense_twin, **_WEIGHTS)
+
+
+def _gaussian_head_signature(layer):
+    common = _weighted_signature(layer)
+    if common is None:
+        return None
+    return ("gaussian_head", layer.targets, layer.stop_variance_gradient, *common)
+
+
+def _gaussian_head_twin(layers, index):
+    first = layers[0]
+    return PackedGaussianHead(
+        first.targets,
+        len(layers),
+        stop_variance_gradient=first.stop_variance_gradient,
+        use_bias=first.use_bias,
+        dtype=first.dtype_policy,
+        name=_name(layers),
+        **_regularizers(layers),
+    )
+
+
+register(GaussianHead, _gaussian_head_signature, _gaussian_head_twin, **_WEIGHTS)
 
 
 # Convolutions ------------------------------------------------------------

@@ -254,10 +254,21 @@ def steps_per_call(total_steps, align=None):
     return 1
 
 
-def member_network(num_inputs, hidden, outputs, x_mean, x_std, rate, decay, seed):
+def member_network(
+    num_inputs,
+    hidden,
+    outputs,
+    x_mean,
+    x_std,
+    rate,
+    decay,
+    seed,
+    variance_objective=VARIANCE_OBJECTIVE,
+):
     """One network of the protocol, as plain Keras: its split's input
     standardization, dropout of `rate` (None: none) on the inputs and the
-    hidden layer, one hidden ReLU layer, an L2 of `decay` on the kernels."""
+    hidden layer, one hidden ReLU layer, an L2 of `decay` on the kernels.
+    Two outputs (mean, log-variance) come from `variance_head`."""
     inputs = keras.Input((num_inputs,))
     h = _normalization(x_mean, x_std)(inputs)
     if rate is not None:
@@ -266,8 +277,21 @@ def member_network(num_inputs, hidden, outputs, x_mean, x_std, rate, decay, seed
     h = keras.layers.Dense(hidden, activation="relu", kernel_regularizer=regularizer)(h)
     if rate is not None:
         h = ku.layers.MCDropout(rate, seed=None if seed is None else seed + 1)(h)
-    return keras.Model(
-        inputs, keras.layers.Dense(outputs, kernel_regularizer=regularizer)(h)
+    if outputs == 2:
+        head = variance_head(variance_objective, kernel_regularizer=regularizer)
+    else:
+        head = keras.layers.Dense(outputs, kernel_regularizer=regularizer)
+    return keras.Model(inputs, head(h))
+
+
+def variance_head(objective=VARIANCE_OBJECTIVE, **kwargs):
+    """The (mean, log-variance) output layer of a network trained by
+    `variance_loss(objective)`: `ku.layers.GaussianHead(1)`, whose variance
+    reads the features with their gradient stopped under `"faithful"`
+    (Stirn et al.'s head; a plain Dense layer else). `kwargs`: the layer's
+    (a regularizer, ...)."""
+    return ku.layers.GaussianHead(
+        1, stop_variance_gradient=objective == "faithful", **kwargs
     )
 
 
@@ -308,6 +332,7 @@ def train_members(
             None if rates is None else float(rates[m]),
             0.0 if decays is None else float(decays[m]),
             seed,
+            objective,
         )
         for m in range(len(member_rows))
     ]

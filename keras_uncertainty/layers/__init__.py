@@ -15,6 +15,7 @@ from keras_uncertainty.layers.batch_ensemble import (
     BatchEnsembleDense,
 )
 from keras_uncertainty.layers.conversion import ConversionReport, to_mc_dropout
+from keras_uncertainty.layers.gaussian_head import GaussianHead, PackedGaussianHead
 from keras_uncertainty.layers.grouped_conv import (
     grouped_convolution_formulation,
     set_grouped_convolution_formulation,
@@ -69,6 +70,7 @@ __all__ = [
     "ConversionReport",
     "DenseFlipout",
     "DenseReparameterization",
+    "GaussianHead",
     "MCConvLSTM1D",
     "MCConvLSTM2D",
     "MCConvLSTM3D",
@@ -90,6 +92,7 @@ __all__ = [
     "PackedDense",
     "PackedDropout",
     "PackedFlatten",
+    "PackedGaussianHead",
     "PackedL2",
     "PackedNormalization",
     "PackedPooling",

@@ -1,0 +1,150 @@
+"""A (mean, log-variance) output layer whose variance cannot bend the features.
+
+The faithful heteroscedastic head of Stirn et al. (2023): the means are a
+Dense layer of the features; the log-variances are a Dense layer of the same
+features with their gradient stopped, so the variance's loss trains only its
+own weights, and the layers below learn from the means' loss alone. With a
+loss that gives the mean the squared error's gradient
+(`ku.losses.GaussianNLL("faithful")`), the network's means are those of the
+homoscedastic network of the same shape, and the variance is fitted to its
+residuals: a variance head can then neither excuse a poor mean nor crowd the
+mean's features out.
+"""
+
+import keras
+from keras import ops
+
+from keras_uncertainty._validation import check_positive_int
+from keras_uncertainty.layers.packed import PackedDense, share_across_members
+
+_PACKAGE = "keras_uncertainty"
+
+
+def _split_matmul(inputs, kernel, targets, stop_variance_gradient):
+    """`inputs @ kernel`, the last `targets` columns computed from the inputs
+    with their gradient stopped (when `stop_variance_gradient`)."""
+    if not stop_variance_gradient:
+        return ops.matmul(inputs, kernel)
+    means = ops.matmul(inputs, kernel[..., :targets])
+    log_vars = ops.matmul(ops.stop_gradient(inputs), kernel[..., targets:])
+    return ops.concatenate([means, log_vars], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GaussianHead(keras.layers.Dense):
+    """Output layer of k means then k log-variances, faithful by default.
+
+    A `keras.layers.Dense` of `2 * targets` linear units (the layout of
+    `ku.losses.GaussianNLL` and `ku.predict_regression`). With
+    `stop_variance_gradient=True` (the default) the log-variance columns read
+    the inputs through `stop_gradient`: the variance's loss trains their
+    weights and biases only, never the layers below, which learn from the
+    means alone (Stirn et al. 2023, "Faithful heteroscedastic regression with
+    neural networks"). Its forward values are those of the Dense layer with
+    the same weights. The layer declares its output (`variance_head = True`),
+    so `ku.predict_regression` reads it without a compiled loss, and a
+    `ku.Ensemble` of networks ending in it packs (`PackedGaussianHead`).
+
+    Args:
+        targets: Positive integer k, the number of regression targets.
+        stop_variance_gradient: Whether the log-variances read the inputs with
+            their gradient stopped (default True; False: a plain Dense).
+        **kwargs: `keras.layers.Dense`'s other arguments (initializers,
+            regularizers, constraints, `use_bias`, `name`, ...); not `units`
+            or `activation` (the outputs are linear).
+
+    Call arguments:
+        inputs: Features `(..., d)`.
+
+    Example:
+
+    >>> inputs = keras.Input((8,))
+    >>> hidden = keras.layers.Dense(50, activation="relu")(inputs)
+    >>> model = keras.Model(inputs, ku.layers.GaussianHead(1)(hidden))
+    >>> model.compile("adam", loss=ku.losses.GaussianNLL("faithful"))
+    """
+
+    task = "regression"
+    variance_head = True
+
+    def __init__(self, targets=1, stop_variance_gradient=True, **kwargs):
+        for name in ("units", "activation"):
+            value = kwargs.pop(name, None)
+            if name == "units" and value is not None:
+                raise ValueError(
+                    "Invalid value received for argument `units`. Expected it "
+                    "unset: the layer has 2 * `targets` units. Received: "
+                    f"units={value!r}"
+                )
+            if name == "activation" and value not in (None, "linear"):
+                raise ValueError(
+                    "Invalid value received for argument `activation`. Expected "
+                    "None (means and log-variances are linear). Received: "
+                    f"activation={value!r}"
+                )
+        self.targets = check_positive_int(targets, "targets")
+        self.stop_variance_gradient = bool(stop_variance_gradient)
+        super().__init__(2 * self.targets, **kwargs)
+
+    def call(self, inputs, training=None):
+        outputs = _split_matmul(
+            inputs, self.kernel, self.targets, self.stop_variance_gradient
+        )
+        if self.bias is not None:
+            outputs = ops.add(outputs, self.bias)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        for name in ("units", "activation"):
+            config.pop(name, None)
+        config.update(
+            targets=self.targets, stop_variance_gradient=self.stop_variance_gradient
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PackedGaussianHead(PackedDense):
+    """M `GaussianHead`s side by side: `(M, batch, d)` -> `(M, batch, 2k)`.
+
+    The packed twin of `GaussianHead` (a `ku.Ensemble` packs its members'
+    heads into one): member m computes its own head with its own weights,
+    the log-variance columns from the inputs with their gradient stopped.
+
+    Args:
+        targets: Positive integer k.
+        num_members: Positive integer M.
+        stop_variance_gradient: As `GaussianHead`'s.
+        **kwargs: `PackedDense`'s other arguments (not `units` or
+            `activation`).
+
+    Call arguments:
+        inputs: `(M, batch, d)` member-major features, or `(batch, d)`.
+    """
+
+    def __init__(self, targets, num_members, stop_variance_gradient=True, **kwargs):
+        kwargs.pop("units", None)
+        kwargs.pop("activation", None)
+        self.targets = check_positive_int(targets, "targets")
+        self.stop_variance_gradient = bool(stop_variance_gradient)
+        super().__init__(2 * self.targets, num_members, **kwargs)
+
+    def call(self, inputs):
+        if len(inputs.shape) == 2:
+            inputs = share_across_members(inputs, self.num_members)
+        outputs = _split_matmul(
+            inputs, self.kernel, self.targets, self.stop_variance_gradient
+        )
+        if self.bias is not None:
+            outputs = outputs + ops.expand_dims(self.bias, 1)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        for name in ("units", "activation"):
+            config.pop(name, None)
+        config.update(
+            targets=self.targets, stop_variance_gradient=self.stop_variance_gradient
+        )
+        return config

@@ -1,0 +1,107 @@
+"""`ku.layers.GaussianHead`: the faithful (mean, log-variance) output layer."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_uncertainty as ku
+
+
+def _network(head, seed=0):
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    return keras.Model(inputs, head(hidden))
+
+
+def test_forward_values_are_those_of_a_dense_layer_with_the_same_weights():
+    model = _network(ku.layers.GaussianHead(2))
+    plain = _network(keras.layers.Dense(4))
+    plain.set_weights(model.get_weights())
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+    np.testing.assert_allclose(model(x), plain(x), rtol=1e-6)
+
+
+def test_the_variance_loss_trains_no_layer_below_the_head():
+    model = _network(ku.layers.GaussianHead(1))
+    x = np.random.default_rng(1).normal(size=(16, 3)).astype("float32")
+    with tf.GradientTape() as tape:
+        log_var = model(x)[:, 1]
+        loss = tf.reduce_sum(tf.square(log_var))
+    hidden_kernel, hidden_bias, head_kernel, head_bias = tape.gradient(
+        loss, model.trainable_variables
+    )
+    assert np.all(hidden_kernel.numpy() == 0) and np.all(hidden_bias.numpy() == 0)
+    assert np.any(head_kernel.numpy()[:, 1] != 0) and head_bias.numpy()[1] != 0
+    assert np.all(head_kernel.numpy()[:, 0] == 0)
+    # The mean's loss trains every layer, as through a Dense layer.
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(model(x)[:, 0]))
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert all(np.any(g.numpy() != 0) for g in grads[:2])
+    # Without the stop the variance's loss reaches the hidden layer.
+    plain = _network(ku.layers.GaussianHead(1, stop_variance_gradient=False))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(plain(x)[:, 1]))
+    assert np.any(tape.gradient(loss, plain.trainable_variables)[0].numpy() != 0)
+
+
+def test_the_head_declares_its_output_for_predict_regression():
+    model = _network(ku.layers.GaussianHead(1))  # not compiled
+    x = np.random.default_rng(2).normal(size=(6, 3)).astype("float32")
+    prediction = ku.predict_regression(model, x, num_samples=2, verbose=0)
+    outputs = model(x).numpy()
+    np.testing.assert_allclose(prediction.mean[:, 0], outputs[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(
+        prediction.aleatoric_std[:, 0], np.exp(0.5 * outputs[:, 1]), rtol=1e-5
+    )
+
+
+def test_an_ensemble_of_heads_packs_and_trains_as_its_members_alone():
+    x = np.random.default_rng(3).normal(size=(32, 3)).astype("float32")
+    y = x[:, :1] * 2.0
+
+    def member():
+        return _network(ku.layers.GaussianHead(1), seed=None)
+
+    keras.utils.set_random_seed(4)
+    ensemble = ku.Ensemble(member, num_members=3)
+    assert ensemble.packed
+    alone = [keras.models.clone_model(m) for m in ensemble.members]
+    for m, original in zip(alone, ensemble.members):
+        m.set_weights(original.get_weights())
+    loss = ku.losses.GaussianNLL("faithful")
+    ensemble.compile(keras.optimizers.SGD(0.1), loss=loss)
+    ensemble.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    for m in alone:
+        m.compile(keras.optimizers.SGD(0.1), loss=loss)
+        m.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    for m, trained in zip(alone, ensemble.members):
+        for a, b in zip(m.get_weights(), trained.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_round_trips_through_a_keras_file(tmp_path):
+    model = _network(ku.layers.GaussianHead(2, stop_variance_gradient=False, name="h"))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    head = loaded.get_layer("h")
+    assert isinstance(head, ku.layers.GaussianHead)
+    assert (head.targets, head.stop_variance_gradient, head.units) == (2, False, 4)
+    x = np.ones((2, 3), "float32")
+    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"targets": 0}, "targets"),
+        ({"targets": 1, "units": 2}, "units"),
+        ({"targets": 1, "activation": "relu"}, "activation"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        ku.layers.GaussianHead(**kwargs)
