@@ -40,7 +40,7 @@ def test_single_target_accepts_flat_labels():
 def test_include_constant_gives_the_exact_negative_log_density(batch):
     scipy_stats = pytest.importorskip("scipy.stats")
     y, y_pred = batch
-    loss = ku.losses.GaussianNLL(beta=0.0, include_constant=True, reduction=None)(
+    loss = ku.losses.GaussianNLL("nll", include_constant=True, reduction=None)(
         y, y_pred
     )
     std = np.exp(0.5 * y_pred[:, 3:])
@@ -53,7 +53,7 @@ def test_beta_nll_scales_gradients_by_detached_variance(batch):
     beta = 0.5
     pred = tf.Variable(y_pred)
     with tf.GradientTape(persistent=True) as tape:
-        plain = tf.reduce_sum(ku.losses.GaussianNLL(beta=0.0, reduction=None)(y, pred))
+        plain = tf.reduce_sum(ku.losses.GaussianNLL("nll", reduction=None)(y, pred))
         weighted = tf.reduce_sum(
             ku.losses.GaussianNLL(beta=beta, reduction=None)(y, pred)
         )
@@ -112,9 +112,11 @@ def test_faithful_mean_fits_what_a_homoscedastic_network_fits():
     np.testing.assert_allclose([slope, intercept], reference, atol=0.05)
 
 
-def test_default_is_beta_nll_and_beta_is_refused_with_faithful():
+def test_default_is_faithful_beta_chooses_nll_and_is_refused_with_faithful():
     default = ku.losses.GaussianNLL()
-    assert (default.objective, default.beta) == ("nll", 0.5)
+    assert (default.objective, default.beta) == ("faithful", 0.0)
+    assert ku.losses.GaussianNLL(beta=0.5).objective == "nll"
+    assert (ku.losses.GaussianNLL("nll").beta) == 0.0
     with pytest.raises(ValueError, match="`beta`.*objective='faithful'"):
         ku.losses.GaussianNLL("faithful", beta=0.5)
 
@@ -122,7 +124,7 @@ def test_default_is_beta_nll_and_beta_is_refused_with_faithful():
 def test_min_log_var_floors_the_variance():
     y = np.zeros((1, 1), "float32")
     y_pred = np.array([[1.0, -20.0]], "float32")
-    loss = ku.losses.GaussianNLL(beta=0.0, min_log_var=-2.0, reduction=None)(y, y_pred)
+    loss = ku.losses.GaussianNLL("nll", min_log_var=-2.0, reduction=None)(y, y_pred)
     expected = 0.5 * (-2.0 + 1.0 / math.exp(-2.0))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loss), [expected], rtol=1e-6)
 
@@ -192,9 +194,9 @@ def test_loss_and_gradients_are_finite_for_every_finite_log_variance():
     y_pred = tf.Variable(np.stack([np.zeros_like(s), s], -1), dtype=tf.float32)
     for loss_fn, beta in (
         (ku.losses.gaussian_nll, 0.0),
-        (ku.losses.GaussianNLL(beta=0.0, reduction=None), 0.0),
-        (ku.losses.GaussianNLL(reduction=None), 0.5),  # beta-NLL, the default
-        (ku.losses.GaussianNLL("faithful", reduction=None), 0.0),
+        (ku.losses.GaussianNLL("nll", reduction=None), 0.0),
+        (ku.losses.GaussianNLL(beta=0.5, reduction=None), 0.5),
+        (ku.losses.GaussianNLL(reduction=None), 0.0),  # faithful, the default
     ):
         with tf.GradientTape() as tape:
             loss = loss_fn(y_true, y_pred)

@@ -171,8 +171,8 @@ def build_parser():
         choices=protocols.VARIANCE_OBJECTIVES,
         default=None,
         help=(
-            "how the variance heads train (beta-nll: ku.losses.GaussianNLL's "
-            "default, beta 0.5; "
+            "how the variance heads train (faithful: ku.losses.GaussianNLL's "
+            "default, Stirn et al. 2023; beta-nll: beta 0.5; nll: plain; "
             f"default: the protocol's, {default['variance_objective']} or "
             f"{published['variance_objective']})"
         ),
