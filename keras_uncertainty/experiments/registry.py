@@ -526,9 +526,18 @@ class MIMO(Method):
             ("members", "3 heads, no input repetition", "[H 2021]"),
             ("output", "(mean, log-variance) per head, Gaussian NLL", "[L 2017]"),
         ),
-        MNIST: (("members", "3 heads, no input repetition", "[H 2021]"),),
+        MNIST: (
+            ("members", "3 heads", "[H 2021]"),
+            ("input repetition", "probability 0.5", "ours"),
+        ),
     }
     members = 3
+    # MNIST: the share of each batch's rows that every head sees. With none,
+    # LeNet-5 is too small for three independent subnetworks (2.4 points
+    # below the plain LeNet-5 on the validation split); Havasi et al. (2021)
+    # trade independence for capacity this way where the network is small
+    # for its task (their ImageNet runs).
+    mnist_repetition_probability = 0.5
     uci_trains_together = False  # its model brings its own training step
     one_pass = True
 
@@ -560,6 +569,7 @@ class MIMO(Method):
             num_outputs=10,
             num_members=self.members,
             output_activation="softmax",
+            repetition_probability=self.mnist_repetition_probability,
         )
 
 
@@ -600,8 +610,8 @@ class Evidential(Method):
             ("NLL", "the Student-t marginal", "[A 2020]"),
         ),
         MNIST: (
-            ("head", "Dirichlet (evidence by softplus)", "[S 2018]"),
-            ("loss", "expected MSE + annealed KL to the uniform Dirichlet", "[S 2018]"),
+            ("head", "Dirichlet (evidence by exp)", "ours"),
+            ("loss", "type-II ML + annealed KL to the uniform Dirichlet", "[S 2018]"),
         ),
     }
     votes = False
