@@ -434,6 +434,12 @@ class EvidentialClassificationLoss(SuppliesReducer, keras.losses.Loss):
         )
         return config
 
+    @classmethod
+    def from_config(cls, config):
+        # A config without `loss` was saved before it existed (0.2), when the
+        # data term was always the expected squared error.
+        return cls(**{"loss": "mse", **config})
+
 
 class KLAnnealing(keras.callbacks.Callback):
     """Sets an `EvidentialClassificationLoss`'s KL coefficient every epoch.
