@@ -143,7 +143,8 @@ def test_classification_loss_variants_against_scipy():
         for targets in (y, labels):
             got = loss(tf.constant(targets), tf.constant(alpha)).numpy()
             np.testing.assert_allclose(got, data + 0.3 * kl, rtol=1e-6)
-        assert ev.EvidentialClassificationLoss.from_config(loss.get_config()).loss == name
+        again = ev.EvidentialClassificationLoss.from_config(loss.get_config())
+        assert again.loss == name
     # A 0.2 file's config has no `loss`: its data term was the squared error.
     old = ev.EvidentialClassificationLoss().get_config()
     del old["loss"]

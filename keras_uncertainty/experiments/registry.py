@@ -528,7 +528,11 @@ class MIMO(Method):
         ),
         MNIST: (
             ("members", "3 heads", "[H 2021]"),
-            ("backbone", "LeNet-5 1.5x as wide (9, 24 filters; 180, 126 units)", "ours"),
+            (
+                "backbone",
+                "LeNet-5 1.5x as wide (9, 24 filters; 180, 126 units)",
+                "ours",
+            ),
             ("input repetition", "probability 0.5", "ours"),
         ),
     }
@@ -662,7 +666,6 @@ class Evidential(Method):
 
     def mnist_callbacks(self):
         return [ku.evidential.KLAnnealing()]
-
 
 
 class Deterministic(Method):
