@@ -166,7 +166,7 @@ def test_default_head_and_loss_give_calibrated_probabilities():
     # experiments (a linear evidence, the expected squared error): on
     # separable clusters and bounded tanh features both classify, but the
     # linear evidence keeps alpha / S far from confident (the MNIST
-    # benchmark's ECE 0.27 of the 0.3 defaults).
+    # benchmark's ECE 0.27 of the 0.2 defaults).
     assert ev.DirichletHead(3).evidence == "exp"
     assert ev.EvidentialClassificationLoss().loss == "log"
     rng = np.random.default_rng(0)
@@ -307,7 +307,8 @@ def test_classification_trains_anneals_predicts_and_round_trips(tmp_path):
     x = (centers[labels] + rng.normal(size=(300, 2))).astype("float32")
     inputs = keras.Input((2,))
     h = keras.layers.Dense(16, activation="relu")(inputs)
-    # The paper's setting (the 0.2 defaults); the defaults are tested below.
+    # The paper's setting (the 0.2 defaults); the defaults: see
+    # test_default_head_and_loss_give_calibrated_probabilities.
     model = keras.Model(inputs, ev.DirichletHead(3, evidence="softplus")(h))
     loss = ev.EvidentialClassificationLoss(annealing_epochs=4, loss="mse")
     model.compile(keras.optimizers.Adam(0.03), loss=loss)
