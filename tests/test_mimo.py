@@ -225,3 +225,28 @@ def test_bad_inputs_raise():
         ku.MIMO(image_features, (5, 5, 1), 3)
     with pytest.raises(ValueError, match="network"):
         ku.MIMO(network="not a model")
+
+
+def test_the_mnist_benchmark_widens_lenet_and_shares_half_of_each_batch():
+    # LeNet-5 is too small for three independent subnetworks: the benchmark
+    # entry widens it 1.5x and repeats half of each batch across the heads
+    # (UCI keeps none).
+    from keras_uncertainty.experiments import registry
+
+    method = registry.METHODS["mimo"]
+    network = method.mnist_network(8000)
+    assert network.num_members == 3 and network.repetition_probability == 0.5
+    assert ("input repetition", "probability 0.5", "ours") in method.settings["mnist"]
+    (backbone,) = [
+        layer for layer in network.network.layers if isinstance(layer, keras.Model)
+    ]
+    widths = [
+        getattr(layer, "filters", None) or layer.units
+        for layer in backbone.layers
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+    ]
+    assert widths == [9, 24, 180, 126]
+    indices = network.training_indices(64).numpy()
+    assert (indices[:, 32:] == indices[0, 32:]).all()
+    assert not (indices[0, :32] == indices[1, :32]).all()
+    assert method.uci_network(4, 8, 100).repetition_probability == 0.0

@@ -2,21 +2,41 @@
 
 The network outputs, per input, the concentration `alpha` of a Dirichlet
 over the class probabilities: `alpha = evidence + 1`, the evidence a
-non-negative function of the logits (softplus, ReLU or exp). The expected
-probabilities are `alpha / S` with the strength `S = sum_c alpha_c`, and the
-vacuity `K / S` (K classes) is 1 without any evidence.
+non-negative function of the logits (exp by default, softplus or ReLU). The
+expected probabilities are `alpha / S` with the strength
+`S = sum_c alpha_c`, and the vacuity `K / S` (K classes) is 1 without any
+evidence.
 
-Training minimises the expected squared error under the Dirichlet (the
-paper's eq. 5) plus an annealed KL divergence from the Dirichlet whose
-correct-class evidence is removed to the uniform `Dir(1)` (eq. 9):
+Training minimises a data term plus an annealed KL divergence from the
+Dirichlet whose correct-class evidence is removed to the uniform `Dir(1)`
+(the paper's eq. 9):
 
-    sum_c (y_c - p_c)^2 + p_c (1 - p_c) / (S + 1)
-      + lambda_t KL(Dir(alpha~) || Dir(1)),
+    data(y, alpha) + lambda_t KL(Dir(alpha~) || Dir(1)),
     alpha~ = y + (1 - y) alpha,   lambda_t = min(1, t / annealing_epochs)
 
 with t the epoch index (0 for the first epoch), which reaches the loss
 through a non-trainable variable that the `KLAnnealing` callback sets at the
-start of each epoch.
+start of each epoch. The data term is one of the paper's three
+(`EvidentialClassificationLoss(loss=...)`):
+
+- `"log"` (default; eq. 3, type-II maximum likelihood):
+  `sum_c y_c (log S - log alpha_c)`, the cross-entropy of `alpha / S`;
+- `"digamma"` (eq. 4, the Bayes risk of the cross-entropy):
+  `sum_c y_c (digamma(S) - digamma(alpha_c))`;
+- `"mse"` (eq. 5, the paper's main choice, the expected squared error):
+  `sum_c (y_c - p_c)^2 + p_c (1 - p_c) / (S + 1)`.
+
+Why the defaults (exp evidence, the log loss) depart from the paper's
+experiments (ReLU or softplus evidence, the expected squared error): the
+probabilities read out, `alpha / S`, can only be confident when the
+right class's evidence is large (0.99 on 10 classes needs about 900). A
+softplus (or ReLU) evidence grows linearly with the logit, which a network
+of bounded (tanh) features and Adam's small steps reach slowly, so the
+read-out stays under-confident (MNIST, LeNet-5, 10 epochs on 6,000 digits:
+accuracy 97.2% at mean confidence 0.68, ECE 0.29, with any of the three
+losses); the exp evidence reaches it at a logit of about 7 (ECE 0.07 with
+the squared error), and the log loss, a proper scoring rule for `alpha / S`,
+removes most of the rest (ECE 0.02-0.04).
 """
 
 import dataclasses
@@ -53,8 +73,11 @@ class DirichletHead(SuppliesReducer, DenseHead):
 
     Args:
         units: Integer K >= 2, the number of classes.
-        evidence: `"softplus"` (default), `"relu"` or `"exp"` (of logits
-            clipped to [-10, 10]): the map from logits to evidence >= 0.
+        evidence: `"exp"` (default; of logits clipped to [-10, 10]),
+            `"softplus"` or `"relu"`: the map from logits to evidence >= 0.
+            The paper's experiments use ReLU; a linear evidence makes the
+            expected probabilities under-confident (see the module
+            docstring), hence exp.
         kernel_initializer: As for `keras.layers.Dense`.
         bias_initializer: As for `keras.layers.Dense`.
         kernel_regularizer: As for `keras.layers.Dense`.
@@ -86,7 +109,7 @@ class DirichletHead(SuppliesReducer, DenseHead):
     def __init__(
         self,
         units,
-        evidence="softplus",
+        evidence="exp",
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -254,12 +277,57 @@ def dirichlet_mse(y_one_hot, alpha):
     )
 
 
+def dirichlet_log_loss(y_one_hot, alpha):
+    """The type-II maximum-likelihood loss (Sensoy eq. 3): the negative log
+    of the Dirichlet-multinomial marginal likelihood of one label,
+    `sum_c y_c (log S - log alpha_c)`, i.e. the cross-entropy of the expected
+    probabilities `alpha / S`.
+
+    Args:
+        y_one_hot: `(..., K)` one-hot targets.
+        alpha: `(..., K)` concentrations > 0.
+
+    Returns:
+        `(...)`.
+    """
+    strength = ops.sum(alpha, axis=-1, keepdims=True)
+    return ops.sum(y_one_hot * (ops.log(strength) - ops.log(alpha)), axis=-1)
+
+
+def dirichlet_digamma_loss(y_one_hot, alpha):
+    """The Bayes risk of the cross-entropy under `Dir(alpha)` (Sensoy eq. 4):
+    `E_{p ~ Dir(alpha)}[-sum_c y_c log p_c]
+    = sum_c y_c (digamma(S) - digamma(alpha_c))`.
+
+    Args:
+        y_one_hot: `(..., K)` one-hot targets.
+        alpha: `(..., K)` concentrations > 0.
+
+    Returns:
+        `(...)`.
+    """
+    strength = ops.sum(alpha, axis=-1, keepdims=True)
+    return ops.sum(
+        y_one_hot * (tf.math.digamma(strength) - tf.math.digamma(alpha)), axis=-1
+    )
+
+
+# The data terms of `EvidentialClassificationLoss(loss=...)`.
+DATA_LOSSES = {
+    "mse": dirichlet_mse,
+    "log": dirichlet_log_loss,
+    "digamma": dirichlet_digamma_loss,
+}
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class EvidentialClassificationLoss(SuppliesReducer, keras.losses.Loss):
-    """Sensoy et al.'s loss: expected MSE + annealed KL to the uniform Dirichlet.
+    """Sensoy et al.'s loss: a data term + annealed KL to the uniform Dirichlet.
 
-    `dirichlet_mse(y, alpha) + coefficient * KL(Dir(alpha~) || Dir(1))`,
-    `alpha~ = y + (1 - y) alpha` (the evidence of the wrong classes).
+    `data(y, alpha) + coefficient * KL(Dir(alpha~) || Dir(1))`,
+    `alpha~ = y + (1 - y) alpha` (the evidence of the wrong classes), the
+    data term `dirichlet_log_loss` (default), `dirichlet_digamma_loss` or
+    `dirichlet_mse` (the paper's eqs. 3, 4 and 5).
 
     With `annealing_epochs=n` the coefficient is
     `kl_weight * min(1, epoch / n)` and lives in the non-trainable variable
@@ -272,6 +340,13 @@ class EvidentialClassificationLoss(SuppliesReducer, keras.losses.Loss):
     Args:
         annealing_epochs: Positive integer n (the paper uses 10), or None.
         kl_weight: Float >= 0, the KL weight once annealed (1 in the paper).
+        loss: The data term: `"log"` (default; type-II maximum likelihood,
+            the cross-entropy of the expected probabilities `alpha / S`),
+            `"digamma"` (the Bayes risk of the cross-entropy) or `"mse"`
+            (the expected squared error, the paper's main experiments).
+            With `"mse"` the expected probabilities stay under-confident
+            (MNIST, LeNet-5: ECE 0.07 with exp evidence, 0.29 with
+            softplus); see the module docstring.
         reduction: Keras loss reduction, default `"sum_over_batch_size"`.
         name: Name of the loss.
 
@@ -303,11 +378,13 @@ class EvidentialClassificationLoss(SuppliesReducer, keras.losses.Loss):
         self,
         annealing_epochs=10,
         kl_weight=1.0,
+        loss="log",
         reduction="sum_over_batch_size",
         name="evidential_classification",
         **kwargs,
     ):
         super().__init__(reduction=reduction, name=name, **kwargs)
+        self.loss = check_choice(loss, "loss", tuple(DATA_LOSSES))
         self.annealing_epochs = check_positive_int(
             annealing_epochs, "annealing_epochs", allow_none=True
         )
@@ -338,7 +415,7 @@ class EvidentialClassificationLoss(SuppliesReducer, keras.losses.Loss):
     def call(self, y_true, y_pred):
         alpha = ops.convert_to_tensor(y_pred)
         y = _one_hot_targets(y_true, alpha)
-        loss = dirichlet_mse(y, alpha)
+        loss = DATA_LOSSES[self.loss](y, alpha)
         if self.annealing_coefficient is None:
             if not self.kl_weight:
                 return loss
@@ -350,8 +427,18 @@ class EvidentialClassificationLoss(SuppliesReducer, keras.losses.Loss):
 
     def get_config(self):
         config = super().get_config()
-        config.update(annealing_epochs=self.annealing_epochs, kl_weight=self.kl_weight)
+        config.update(
+            annealing_epochs=self.annealing_epochs,
+            kl_weight=self.kl_weight,
+            loss=self.loss,
+        )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # A config without `loss` was saved before it existed (0.2), when the
+        # data term was always the expected squared error.
+        return cls(**{"loss": "mse", **config})
 
 
 class KLAnnealing(keras.callbacks.Callback):
@@ -446,9 +533,13 @@ class EvidentialClassificationSummary(Reducer):
         alpha = ops.cast(samples, "float32")
         strength = ops.sum(alpha, axis=-1, keepdims=True)
         num_classes = ops.cast(ops.shape(alpha)[-1], "float32")
+        # In float64: with large evidence (the exp head's reaches e^10) the
+        # expected entropy is a difference of nearly equal digammas, which
+        # float32 would keep to about 1e-3 of its value only.
+        expected_entropy = dirichlet_expected_entropy(ops.cast(samples, "float64"))
         return (
             ops.sum(alpha / strength, axis=0),
-            ops.sum(dirichlet_expected_entropy(alpha), axis=0),
+            ops.cast(ops.sum(expected_entropy, axis=0), "float32"),
             ops.sum(num_classes / strength[..., 0], axis=0),
             ops.min(alpha, axis=(0, -1)),
         )

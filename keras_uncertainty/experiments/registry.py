@@ -537,9 +537,27 @@ class MIMO(Method):
             ("members", "3 heads, no input repetition", "[H 2021]"),
             ("output", "(mean, log-variance) per head, Gaussian NLL", "[L 2017]"),
         ),
-        MNIST: (("members", "3 heads, no input repetition", "[H 2021]"),),
+        MNIST: (
+            ("members", "3 heads", "[H 2021]"),
+            (
+                "backbone",
+                "LeNet-5 1.5x as wide (9, 24 filters; 180, 126 units)",
+                "ours",
+            ),
+            ("input repetition", "probability 0.5", "ours"),
+        ),
     }
     members = 3
+    # MNIST: LeNet-5 is too small for three independent subnetworks (2.4 and
+    # 2.7 points below one plain LeNet-5 on the validation split, seeds 0 and
+    # 1). Two remedies of Havasi et al. (2021), chosen there: a wider
+    # backbone (every filter and unit count times `mnist_width`) and a share
+    # of each batch's rows that every head sees (`repetition_probability`,
+    # which trades member independence for capacity). Repetition alone left
+    # seed 1 0.6 points short; 1.5x and 2x wide with it were 0.7-0.8 points
+    # above the plain network on average, so the cheaper 1.5x.
+    mnist_width = 1.5
+    mnist_repetition_probability = 0.5
     uci_trains_together = False  # its model brings its own training step
     one_pass = True
 
@@ -558,10 +576,19 @@ class MIMO(Method):
         return None  # one sample per member
 
     def mnist_network(self, num_train):
+        def widened(count):
+            return int(round(count * self.mnist_width))
+
+        def conv(filters, size, activation):
+            return keras.layers.Conv2D(widened(filters), size, activation=activation)
+
+        def dense(units, activation):
+            return keras.layers.Dense(widened(units), activation=activation)
+
         def backbone(shape):
             inputs = keras.Input(shape)
             hidden = inputs
-            for layer in lenet_layers()[1:]:
+            for layer in lenet_layers(conv, dense)[1:]:
                 hidden = layer(hidden)
             return keras.Model(inputs, hidden)
 
@@ -571,6 +598,7 @@ class MIMO(Method):
             num_outputs=10,
             num_members=self.members,
             output_activation="softmax",
+            repetition_probability=self.mnist_repetition_probability,
         )
 
 
@@ -611,8 +639,8 @@ class Evidential(Method):
             ("NLL", "the Student-t marginal", "[A 2020]"),
         ),
         MNIST: (
-            ("head", "Dirichlet (evidence by softplus)", "[S 2018]"),
-            ("loss", "expected MSE + annealed KL to the uniform Dirichlet", "[S 2018]"),
+            ("head", "Dirichlet (evidence by exp)", "ours"),
+            ("loss", "type-II ML + annealed KL to the uniform Dirichlet", "[S 2018]"),
         ),
     }
     votes = False
@@ -649,7 +677,6 @@ class Evidential(Method):
 
     def mnist_callbacks(self):
         return [ku.evidential.KLAnnealing()]
-
 
 
 class Deterministic(Method):

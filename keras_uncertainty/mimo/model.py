@@ -274,7 +274,12 @@ class MIMO(keras.Model):
             classifier, None for regression.
         repetition_probability: Float in [0, 1), the fraction of training
             rows every member shares (0 in most of the paper's runs; 0.5 for
-            ImageNet).
+            ImageNet). Raise it, or widen the backbone, when the network is
+            small for its task: M independent subnetworks then each get too
+            little capacity (the MNIST benchmark's 3-head LeNet-5, 10 epochs
+            on 6,000 digits: 94.3% with 0, 97.5% with 0.5, 97.8% with 0.5 and
+            1.5x the width, against 96.7% for one plain LeNet-5; the
+            benchmark uses the last).
         batch_repetitions: Positive integer, how many times the batch is
             repeated before shuffling (the paper's batch repetition; 1).
         seed: Optional integer seed of the shuffles.
