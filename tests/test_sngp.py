@@ -521,7 +521,7 @@ def _oriented_gratings(count, seed):
 
 def _small_cnn(head):
     """A small CNN with a softmax head ("plain"), or as SNGP at the defaults
-    ("sngp") or at those before 0.4 ("sngp_before")."""
+    ("sngp") or at those of 0.2 ("sngp_before")."""
     keras.utils.set_random_seed(0)
     wrap = (lambda layer: layer) if head == "plain" else SN
     inputs = keras.Input((16, 16, 1))
@@ -556,5 +556,5 @@ def test_sngp_at_its_defaults_trains_as_well_as_the_plain_network():
     assert plain > 0.7
     assert sngp >= plain - 0.02
     assert sngp_ece <= 0.05
-    # The defaults before 0.4 (features times sqrt(2 / D)): far behind.
+    # The defaults of 0.2 (features times sqrt(2 / D)): far behind.
     assert before < plain - 0.1 or before_ece > 0.1

@@ -82,8 +82,8 @@ class SNGPSpectralNormalization(keras.layers.Wrapper):
             network wrap every weighted layer, the last hidden Dense
             included, at 0.95: a looser bound, or an unbounded last layer,
             makes the hidden features large against the GP head's length
-            scale and cost 3-6 points of accuracy on a small CNN (issue
-            37). The bounded network needs the GP head's unscaled random
+            scale and cost 2.5-5.4 points of accuracy on a small CNN (issue
+            37, validation images of `benchmarks/sngp.py quality`'s task). The bounded network needs the GP head's unscaled random
             features to reach confident logits: with a Dense softmax head
             instead, the same bounded CNN trained to 28% where the plain
             one reached 89%.
