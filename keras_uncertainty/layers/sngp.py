@@ -83,7 +83,8 @@ class SNGPSpectralNormalization(keras.layers.Wrapper):
             included, at 0.95: a looser bound, or an unbounded last layer,
             makes the hidden features large against the GP head's length
             scale and cost 2.5-5.4 points of accuracy on a small CNN (issue
-            37, validation images of `benchmarks/sngp.py quality`'s task). The bounded network needs the GP head's unscaled random
+            37, on the validation images of `benchmarks/sngp.py quality`).
+            The bounded network needs the GP head's unscaled random
             features to reach confident logits: with a Dense softmax head
             instead, the same bounded CNN trained to 28% where the plain
             one reached 89%.
