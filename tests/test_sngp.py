@@ -90,11 +90,14 @@ def test_spectral_norm_leaves_a_kernel_below_the_bound_unchanged():
 def _numpy_features(layer, x):
     w = layer.random_kernel.numpy()
     b = layer.random_bias.numpy()
-    return math.sqrt(2.0 / layer.num_inducing) * np.cos(x @ w + b)
+    scale = math.sqrt(2.0 / layer.num_inducing) if layer.scale_random_features else 1
+    return scale * np.cos(x @ w + b)
 
 
 def test_random_features_match_the_numpy_formula():
-    layer = GP(3, num_inducing=4000, gp_kernel_scale=2.0, seed=0)
+    layer = GP(
+        3, num_inducing=4000, gp_kernel_scale=2.0, scale_random_features=True, seed=0
+    )
     x = np.random.default_rng(1).normal(size=(6, 5)).astype("float32")
     layer(x)
     np.testing.assert_allclose(
@@ -119,6 +122,10 @@ def test_random_features_match_the_numpy_formula():
 
 
 def _head_model(seed=0, **kwargs):
+    # The paper's formulas (features times sqrt(2 / D), logistic weights),
+    # which the defaults leave (see the tests of the defaults below).
+    kwargs.setdefault("scale_random_features", True)
+    kwargs.setdefault("gp_cov_likelihood", "logistic")
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((4,))
     gp = GP(3, num_inducing=64, gp_cov_ridge_penalty=2.0, seed=seed, **kwargs)
@@ -463,3 +470,91 @@ def test_regression_head_matches_bayesian_linear_regression(tmp_path):
     )
     with pytest.raises(ValueError, match="argument `task`"):
         GP(2, task="ranking")
+
+
+# -- the defaults (issue #37) -------------------------------------------------
+
+
+def test_default_head_has_unscaled_features_and_unit_laplace_weights():
+    # The defaults a user gets: phi = cos(h W + b) (no sqrt(2 / D)), and every
+    # training row adds phi phi^T to the precision whatever its probability.
+    x = np.random.default_rng(3).normal(size=(7, 5)).astype("float32")
+    gp = GP(4, num_inducing=48, seed=0)
+    assert not gp.scale_random_features
+    assert gp.gp_cov_likelihood == "gaussian"
+    gp(x, training=True)
+    phi = np.cos(x @ gp.random_kernel.numpy() + gp.random_bias.numpy())
+    np.testing.assert_allclose(gp.random_features(x).numpy(), phi, atol=1e-5)
+    np.testing.assert_allclose(
+        gp.precision_matrix.numpy(), np.eye(48) + phi.T @ phi, rtol=1e-5, atol=1e-4
+    )
+    # |phi|^2 is about D / 2: the prior variance far from the data.
+    assert (phi**2).sum(-1).mean() == pytest.approx(24, rel=0.25)
+
+
+def test_default_spectral_bound_is_095_on_every_wrapped_kernel():
+    keras.utils.set_random_seed(0)
+    wrapper = SN(keras.layers.Conv2D(4, 3))
+    assert wrapper.norm_multiplier == 0.95
+    assert SN.from_config(wrapper.get_config()).norm_multiplier == 0.95
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype("float32")
+    wrapper(x)
+    wrapper.layer.kernel.assign(wrapper.layer.kernel.numpy() * 20.0)
+    for _ in range(30):
+        wrapper(x, training=True)
+    assert _spectral_norm(wrapper.layer.kernel.numpy()) <= 0.95 * (1 + 1e-3)
+
+
+def _oriented_gratings(count, seed):
+    """16x16 noisy gratings, 4 orientations 45 degrees apart (the class)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, count)
+    theta = (labels + rng.uniform(-0.2, 0.2, count)) * np.pi / 4
+    freq = rng.uniform(0.15, 0.3, count)[:, None, None]
+    phase = rng.uniform(0, 2 * np.pi, count)[:, None, None]
+    yy, xx = (g[None] for g in np.mgrid[0:16, 0:16] - 7.5)
+    along = xx * np.cos(theta)[:, None, None] + yy * np.sin(theta)[:, None, None]
+    images = np.cos(2 * np.pi * freq * along + phase)
+    images = images + 1.5 * rng.normal(size=images.shape)
+    return images[..., None].astype("float32"), labels
+
+
+def _small_cnn(head):
+    """A small CNN with a softmax head ("plain"), or as SNGP at the defaults
+    ("sngp") or at those of 0.2 ("sngp_before")."""
+    keras.utils.set_random_seed(0)
+    wrap = (lambda layer: layer) if head == "plain" else SN
+    inputs = keras.Input((16, 16, 1))
+    h = wrap(keras.layers.Conv2D(16, 3, activation="relu"))(inputs)
+    h = keras.layers.MaxPooling2D(2)(h)
+    h = wrap(keras.layers.Conv2D(16, 3, activation="relu"))(h)
+    h = keras.layers.Flatten()(keras.layers.MaxPooling2D(2)(h))
+    h = wrap(keras.layers.Dense(32, activation="relu"))(h)
+    if head == "plain":
+        return keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(h))
+    before = {"scale_random_features": True, "gp_cov_likelihood": "logistic"}
+    gp = GP(4, seed=0, **(before if head == "sngp_before" else {}))
+    return ku.sngp.SNGPModel(inputs, gp(h))
+
+
+@pytest.mark.slow
+def test_sngp_at_its_defaults_trains_as_well_as_the_plain_network():
+    x, y = _oriented_gratings(2400, seed=0)
+    x_test, y_test = _oriented_gratings(600, seed=1)
+    scores = {}
+    for head in ("plain", "sngp", "sngp_before"):
+        model = _small_cnn(head)
+        model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+        callbacks = [] if head == "plain" else [ku.sngp.SNGPCovarianceReset()]
+        model.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=callbacks)
+        probs = model.predict(x_test, verbose=0)
+        scores[head] = (
+            (probs.argmax(-1) == y_test).mean(),
+            ku.metrics.expected_calibration_error(y_test, probs),
+        )
+    (plain, plain_ece), (sngp, sngp_ece), (before, before_ece) = scores.values()
+    assert plain > 0.7
+    assert sngp >= plain - 0.02
+    assert sngp_ece <= 0.05
+    # The defaults of 0.2 (features times sqrt(2 / D)): far behind.
+    assert before < plain - 0.1 or before_ece > 0.1
