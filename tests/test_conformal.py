@@ -493,6 +493,31 @@ def test_aps_scores_equal_mapies_cumulated_true_label_probability(
     np.testing.assert_allclose(own.ravel(), np.ravel(expected), rtol=1e-12)
 
 
+def test_default_score_is_lac_the_smallest_sets_at_valid_coverage():
+    # A 90%-accurate 10-class classifier at alpha 0.05: LAC's sets hold about
+    # one class, APS's several, both covering at least 95%.
+    rng = np.random.default_rng(7)
+    n, classes = 8000, 10
+    labels = rng.integers(0, classes, n)
+    logits = rng.normal(0, 1, (n, classes))
+    logits[np.arange(n), labels] += 3.2
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    cal, test = slice(0, 4000), slice(4000, None)
+    assert 0.85 < np.mean(probs[test].argmax(1) == labels[test]) < 0.95
+    default = conformal.ConformalClassifier(alpha=0.05)
+    assert default.score == "lac"
+    sizes, covered = {}, {}
+    for name, method in {
+        "lac": default,
+        "aps": conformal.ConformalClassifier(alpha=0.05, score="aps"),
+    }.items():
+        sets = method.fit(probs[cal], labels[cal]).predict_set(probs[test])
+        sizes[name] = sets.sum(1).mean()
+        covered[name] = ku.metrics.set_coverage(labels[test], sets)
+    assert min(covered.values()) >= 0.94  # 0.95 within the test's noise
+    assert sizes["lac"] < 2.0 < sizes["aps"]
+
+
 def test_raps_and_randomized_scores_follow_their_formulas():
     probs = np.array([[0.5, 0.1, 0.3, 0.1]])
     # Ranks by decreasing probability (ties by index): 0, 2, 1, 3.

@@ -51,7 +51,7 @@ def test_beta_nll_scales_gradients_by_detached_variance(batch):
     beta = 0.5
     pred = tf.Variable(y_pred)
     with tf.GradientTape(persistent=True) as tape:
-        plain = tf.reduce_sum(ku.losses.GaussianNLL(reduction=None)(y, pred))
+        plain = tf.reduce_sum(ku.losses.GaussianNLL("nll", reduction=None)(y, pred))
         weighted = tf.reduce_sum(
             ku.losses.GaussianNLL(beta=beta, reduction=None)(y, pred)
         )
@@ -63,6 +63,55 @@ def test_beta_nll_scales_gradients_by_detached_variance(batch):
     values = ku.losses.GaussianNLL(beta=beta, reduction=None)(y, y_pred)
     expected = (_numpy_nll(y, y_pred[:, :3], y_pred[:, 3:]) * weight).mean(-1)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(values), expected, rtol=1e-5)
+
+
+def test_faithful_objective_reads_as_the_nll_and_trains_the_mean_by_squared_error(
+    batch,
+):
+    # Stirn et al. (2023): d/dmu = -(y - mu), as under a unit variance; d/ds
+    # the NLL's 0.5 * (1 - (y - mu)^2 exp(-s)); each over the k = 3 targets.
+    y, y_pred = batch
+    loss = ku.losses.GaussianNLL(reduction=None)
+    assert loss.objective == "faithful"
+    pred = tf.Variable(y_pred)
+    with tf.GradientTape() as tape:
+        values = loss(y, pred)
+        total = tf.reduce_sum(values)
+    grad = tape.gradient(total, pred).numpy()
+    mean, log_var = y_pred[:, :3], y_pred[:, 3:]
+    np.testing.assert_allclose(
+        values.numpy(), _numpy_nll(y, mean, log_var).mean(-1), rtol=1e-5
+    )
+    np.testing.assert_allclose(grad[:, :3], -(y - mean) / 3, rtol=1e-5, atol=1e-7)
+    expected = 0.5 * (1 - (y - mean) ** 2 * np.exp(-log_var)) / 3
+    np.testing.assert_allclose(grad[:, 3:], expected, rtol=1e-4, atol=1e-7)
+
+
+def test_faithful_mean_fits_what_a_homoscedastic_network_fits():
+    # A plain NLL can buy a bad mean with a big variance; the faithful mean is
+    # the least-squares one whatever the variance head does.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (512, 1)).astype("float32")
+    y = (3 * x[:, 0] + rng.normal(0, 0.1 + 2 * (x[:, 0] > 0.5), 512)).astype(
+        "float32"
+    )
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2)])
+    model.compile(
+        keras.optimizers.Adam(0.05), loss=ku.losses.GaussianNLL(), steps_per_execution=50
+    )
+    full_batches = tf.data.Dataset.from_tensors((x, y)).repeat(400)
+    model.fit(full_batches, epochs=1, shuffle=False, verbose=0)
+    kernel, bias = model.layers[-1].get_weights()
+    slope, intercept = kernel[0, 0], bias[0]
+    reference = np.polyfit(x[:, 0], y, 1)
+    np.testing.assert_allclose([slope, intercept], reference, atol=0.05)
+
+
+def test_beta_chooses_the_nll_objective_and_is_refused_with_faithful():
+    assert ku.losses.GaussianNLL(beta=0.5).objective == "nll"
+    with pytest.raises(ValueError, match="`beta`.*objective='faithful'"):
+        ku.losses.GaussianNLL("faithful", beta=0.5)
 
 
 def test_min_log_var_floors_the_variance():
@@ -89,6 +138,8 @@ def test_prediction_width_must_match_targets():
         ({"beta": -0.1}, "beta"),
         ({"beta": 2}, "beta"),
         ({"min_log_var": float("nan")}, "min_log_var"),
+        ({"objective": "mse"}, "objective"),
+        ({"objective": 0.5}, "objective"),
     ],
 )
 def test_bad_loss_arguments_are_rejected(kwargs, name):
@@ -114,11 +165,16 @@ def test_loss_config_round_trip():
     loss = ku.losses.GaussianNLL(beta=0.5, min_log_var=-7.0, include_constant=True)
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert isinstance(restored, ku.losses.GaussianNLL)
-    assert (restored.beta, restored.min_log_var, restored.include_constant) == (
-        0.5,
-        -7.0,
-        True,
+    assert (
+        restored.objective,
+        restored.beta,
+        restored.min_log_var,
+        restored.include_constant,
+    ) == ("nll", 0.5, -7.0, True)
+    faithful = keras.losses.deserialize(
+        keras.losses.serialize(ku.losses.GaussianNLL(min_log_var=-3.0))
     )
+    assert (faithful.objective, faithful.min_log_var) == ("faithful", -3.0)
 
 
 def test_loss_and_gradients_are_finite_for_every_finite_log_variance():
