@@ -453,6 +453,7 @@ def test_uci_swag_predictive_nll_stays_close_to_the_map_and_respects_the_floor()
     swa = np.asarray(swag.predict(x, verbose=0))
     floor = np.log(np.mean((swa[:, 0] - y[:, 0]) ** 2)) + method.uci_floor_offset
     assert samples[..., 1].min() >= floor - 1e-5
+    assert np.any(samples[..., 1] <= floor + 1e-5)  # it binds on this fit
     # The floor binds only on the variance: the unfloored network's means.
     raw = ku.swag.SWAG(model, swag.state, rank=swag.rank)
     raw_samples = np.asarray(ku.sample(raw, x_test, num_samples=100, seed=0))
