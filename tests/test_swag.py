@@ -402,3 +402,63 @@ def test_several_inputs_and_outputs():
         "y": (4, 5, 1),
         "z": (4, 5, 2),
     }
+
+
+def _noisy_regression(seed, n=384):
+    """y = sin(2x) + noise whose scale grows with |x|, standardized-ish."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-2, 2, size=(n, 1)).astype("float32")
+    noise = (0.1 + 0.2 * np.abs(x)) * rng.normal(size=(n, 1))
+    return x, (np.sin(2 * x) + noise).astype("float32")
+
+
+def _gaussian_mixture_nll(samples, y):
+    """Mean NLL of the equal-weight mixture of the T (mean, log-variance)
+    samples `(T, n, 2)`: the independent numpy reference."""
+    mean, log_var = samples[..., 0], samples[..., 1]
+    log_pdf = -0.5 * (
+        np.log(2 * np.pi) + log_var + (y[None, :, 0] - mean) ** 2 / np.exp(log_var)
+    )
+    top = log_pdf.max(0)
+    return float(-np.mean(top + np.log(np.mean(np.exp(log_pdf - top), 0))))
+
+
+@pytest.mark.slow
+def test_uci_swag_predictive_nll_stays_close_to_the_map_and_respects_the_floor():
+    from keras_uncertainty.experiments import registry
+    from keras_uncertainty.experiments.uci_methods import Protocol
+
+    x, y = _noisy_regression(0)
+    x_test, y_test = _noisy_regression(1)
+    method = registry.METHODS["swag"]
+    keras.utils.set_random_seed(0)
+    model = method.uci_network(1, 32, len(x))
+    model.compile(keras.optimizers.Adam(1e-2), loss=method.uci_loss())
+    model.fit(x, y, epochs=60, batch_size=128, verbose=0)
+    map_nll = _gaussian_mixture_nll(
+        np.asarray(model.predict(x_test, verbose=0))[None], y_test
+    )
+    protocol = Protocol(
+        epochs_multiplier=1.0, learning_rate=1e-2, schedule="cosine",
+        num_samples=100, seed=0,
+    )  # fmt: skip
+    swag = method.uci_after_fit(model, x, y, protocol, epochs=40)
+    # The collection runs at the protocol's step, constant.
+    assert float(
+        keras.ops.convert_to_numpy(model.optimizer.learning_rate)
+    ) == pytest.approx(1e-2)
+    samples = np.asarray(ku.sample(swag, x_test, num_samples=100, seed=0))
+    assert samples.shape == (100, len(x_test), 2) and np.all(np.isfinite(samples))
+    # The log-variance floor: log(training MSE of the SWA mean) - 1.
+    swa = np.asarray(swag.predict(x, verbose=0))
+    floor = np.log(np.mean((swa[:, 0] - y[:, 0]) ** 2)) + method.uci_floor_offset
+    assert samples[..., 1].min() >= floor - 1e-5
+    assert np.any(samples[..., 1] <= floor + 1e-5)  # it binds on this fit
+    # The floor binds only on the variance: the unfloored network's means.
+    raw = ku.swag.SWAG(model, swag.state, rank=swag.rank)
+    raw_samples = np.asarray(ku.sample(raw, x_test, num_samples=100, seed=0))
+    np.testing.assert_allclose(
+        samples[..., 0], raw_samples[..., 0], rtol=1e-5, atol=1e-5
+    )
+    swag_nll = _gaussian_mixture_nll(samples, y_test)
+    assert np.isfinite(swag_nll) and swag_nll <= map_nll + 0.1

@@ -229,6 +229,20 @@ def _hidden_then(num_inputs, hidden, head, normalization=None):
     return keras.Model(inputs, head(h))
 
 
+def _floored_log_variance(model, floor):
+    """`model`, a (mean, log-variance) network, with its log-variance output
+    floored at `floor`: the same trainable variables in the same order (so a
+    SWAG state of `model` samples it), no new weights."""
+
+    def clamp(outputs):
+        return keras.ops.concatenate(
+            [outputs[:, :1], keras.ops.maximum(outputs[:, 1:], floor)], axis=-1
+        )
+
+    inputs = keras.Input(model.inputs[0].shape[1:])
+    return keras.Model(inputs, keras.layers.Lambda(clamp)(model(inputs)))
+
+
 def lenet_layers(conv=None, dense=None, wrap=lambda layer: layer):
     """The MNIST protocol's LeNet-5 trunk (without its output layer) as a
     list of layers: `conv(filters, size, activation)` and `dense(units,
@@ -428,12 +442,18 @@ class SWAG(Method):
     settings = {
         UCI: (
             ("network", "MAP (mean, log-variance) network", "ours"),
+            ("loss", "Gaussian NLL (objective 'nll'), log-variance floor -20", "ours"),
             (
                 "collection",
-                "25% more epochs, Adam at 1/10 the step, every epoch",
+                "25% more epochs, Adam at the protocol's step (constant), every epoch",
                 "ours",
             ),
             ("rank", "20 deviations, scale 0.5", "[M 2019]"),
+            (
+                "variance floor",
+                "log-variance >= log(training MSE of the SWA mean) - 1",
+                "ours",
+            ),
         ),
         MNIST: (
             ("collection", "5 more epochs, Adam 1e-4, 4 snapshots per epoch", "ours"),
@@ -444,16 +464,39 @@ class SWAG(Method):
     rank = 20
     uci_collect_fraction = 0.25
     mnist_collect_epochs = 5
+    # Adam's constant step while collecting, times the protocol's (initial)
+    # step. The MAP network ends its cosine schedule at a step of 0 with its
+    # variance head fitted to the training rows (log-variances down to -8 on
+    # wine's quantized targets); at 1/10 of the step the iterates stay next
+    # to it (weight standard deviations ~0.003) and a few validation rows
+    # with a near-zero variance carry the NLL (wine 5.7, boston 25.4 on
+    # splits 0-4's validation rows); at the full step 1.5 and 2.7.
+    uci_collect_step = 1.0
+    # The predicted log-variance is floored at log(MSE of the SWA mean on
+    # the training rows) + this: the variance head may widen the noise
+    # where the data are noisier, not shrink it below what the training
+    # residuals (themselves an underestimate) show. Chosen on validation
+    # rows (see docs/guide/benchmarks.md, "SWAG's variance").
+    uci_floor_offset = -1.0
 
     def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
         return _hidden_then(num_inputs, hidden, keras.layers.Dense(2), normalization)
 
+    def uci_loss(self, protocol):
+        # The plain NLL, whatever the protocol's variance objective: on
+        # splits 0-4's validation rows the faithful loss on this Dense head
+        # gives yacht's MAP network an RMSE of 2.60 (the NLL's: 0.94) and
+        # SWAG's NLL is higher on yacht (2.51 against 1.03), energy (2.13
+        # against 1.40) and wine (1.22 against 1.14); see
+        # docs/guide/benchmarks.md, "SWAG's variance".
+        return uci.variance_loss("nll")
+
     def uci_after_fit(self, model, x, y, protocol, epochs):
         collect = max(2, int(round(self.uci_collect_fraction * epochs)))
         steps = math.ceil(len(x) / runner.SINGLE_NETWORK_BATCH_SIZE)
-        # The MAP weights stay; a constant step explores around them.
+        # From the MAP weights, a constant step explores around them.
         model.compile(
-            keras.optimizers.Adam(protocol.learning_rate / 10),
+            keras.optimizers.Adam(protocol.learning_rate * self.uci_collect_step),
             loss=self.uci_loss(protocol),
             steps_per_execution=uci.steps_per_call(steps),
         )
@@ -467,7 +510,11 @@ class SWAG(Method):
             verbose=0,
             callbacks=[callback, *protocol.callbacks],
         )
-        return ku.swag.SWAG(model, callback, rank=min(self.rank, collect))
+        rank = min(self.rank, collect)
+        swa = ku.swag.SWAG(model, callback, rank=rank).predict(x, verbose=0)
+        mse = float(np.mean((np.asarray(swa, np.float64)[:, 0] - y[:, 0]) ** 2))
+        floor = math.log(max(mse, 1e-12)) + self.uci_floor_offset
+        return ku.swag.SWAG(_floored_log_variance(model, floor), callback, rank=rank)
 
     def mnist_network(self, num_train):
         return ku.models.lenet5(dropout_rate=0.0)

@@ -35,6 +35,16 @@ class SWAGCallback(keras.callbacks.Callback):
     float64 values for P weights; each snapshot costs one copy of the
     weights to the host.
 
+    The step while collecting sets the width of the Gaussian: it must be
+    large enough for the iterates to leave the trained optimum (the paper
+    collects at the SWA learning rate, a high constant one). A step near
+    the end of a decayed schedule keeps the snapshots next to the last
+    weights and gives a posterior hardly wider than that point: on the UCI
+    benchmark's (mean, log-variance) MLP, collecting with Adam at 1/10 of
+    the training's initial step left weight standard deviations near 0.003
+    and a validation NLL of 5.7 on wine (25.4 on bostonHousing), against
+    1.5 (2.7) at the initial step.
+
     At the end of every epoch `logs["swag_snapshots"]` holds the snapshots
     collected so far (so `History` and `CSVLogger` record it). Several `fit`
     calls keep collecting into the same state. A `fit` that collects
