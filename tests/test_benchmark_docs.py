@@ -70,3 +70,14 @@ def test_the_kernel_sets_table_is_that_of_its_result_file():
     )
     table = module.markdown(results["kernel_sets"])
     assert table in (ROOT / "README.md").read_text()
+
+
+def test_the_variance_heads_table_is_that_of_its_result_file():
+    path = ROOT / "benchmarks" / "variance_objective.py"
+    spec = importlib.util.spec_from_file_location("variance_objective", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    record = json.loads(
+        (ROOT / "benchmarks" / "results" / "variance_objective.json").read_text()
+    )
+    assert module.table(record) in PAGE.read_text()
