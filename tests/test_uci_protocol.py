@@ -388,8 +388,98 @@ def test_each_variational_split_keeps_its_own_kl_term(yacht_splits):
     assert float(total) == pytest.approx(nll + float(sum(ens.losses)), rel=1e-5)
 
 
-@pytest.mark.parametrize("method", ["batch-ensemble", "mimo"])
-def test_split_after_split_methods_refuse_a_normalization_layer(method):
-    normalization = uci.normalization_layer(np.ones((4, 3)))
-    with pytest.raises(ValueError, match="`normalization` must be None for"):
-        uci_methods.METHODS[method].uci_network(3, 4, 10, normalization)
+def _multi_head_splits_trained_together_and_alone(name, heads=None):
+    """Two yacht splits of registry entry `name` (BatchEnsemble, MIMO)
+    trained as the runner trains them, and each split's network trained
+    alone, in plain Keras with the method's loss, on its own rows of every
+    batch of the same stream."""
+    splits = [ku.datasets.load_uci("yacht", split=k) for k in range(2)]
+    x, y = uci.data_table(splits)
+    rows = [splits[0].train_rows[:40], splits[1].train_rows[:37]]  # 3 padded
+    method = uci_methods.METHODS[name]
+    keras.utils.set_random_seed(0)
+    members = [
+        method.uci_network(x.shape[1], 8, len(r), uci.normalization_layer(x[r]))
+        for r in rows
+    ]
+    initial = [m.get_weights() for m in members]
+    loss = uci.HeadsLoss(method.uci_loss())
+    trained = uci.fit_members(members, x, y, rows, loss, 3, 16, 0, heads=heads)
+    assert not trained.model.packed and trained.model.per_member_inputs
+    targets = (y[:, None] - trained.y_mean) / trained.y_std
+    stream = uci.member_batches(x, targets, rows, 3, 16, 0, heads)
+    pairs = []
+    for m, member in enumerate(trained.model.members):
+        alone = method.uci_network(
+            x.shape[1], 8, len(rows[m]), uci.normalization_layer(x[rows[m]])
+        )
+        alone.set_weights(initial[m])
+        schedule = keras.optimizers.schedules.CosineDecay(uci.LEARNING_RATE, 9)
+        if heads is None:
+            alone = alone.layers[-1]  # the ku.BatchEnsemble, with its own loss
+        alone.compile(keras.optimizers.Adam(schedule), loss=method.uci_loss())
+        for inputs, target, weight in stream.as_numpy_iterator():
+            own = weight[:, m] > 0
+            alone.train_on_batch(inputs[own, m], target[own, m])
+        pairs.append((alone, member))
+    return pairs
+
+
+@pytest.mark.slow
+def test_a_batch_ensemble_split_trained_with_others_updates_as_trained_alone():
+    for alone, together in _multi_head_splits_trained_together_and_alone(
+        "batch-ensemble"
+    ):
+        assert isinstance(alone, ku.BatchEnsemble)
+        for a, b in zip(alone.get_weights(), together.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_mimo_split_trained_with_others_updates_as_trained_alone():
+    pairs = _multi_head_splits_trained_together_and_alone("mimo", heads=3)
+    for alone, together in pairs:
+        for a, b in zip(alone.get_weights(), together.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        # Scored as a ku.MIMO: its three heads, one sample each.
+        model = uci_methods.METHODS["mimo"].uci_after_fit(together, None, None, None, 0)
+        assert isinstance(model, ku.MIMO) and model.num_members == 3
+
+
+def test_each_mimo_head_reads_its_own_shuffle_of_the_members_batch():
+    rows = [np.arange(10), np.arange(10, 17)]  # the second member: 3 padded
+    x = np.arange(17, dtype="float32")[:, None]
+    targets = np.stack([np.arange(17.0), -np.arange(17.0)], 1)
+    plain = list(uci.member_batches(x, targets, rows, 2, 5, 0).as_numpy_iterator())
+    heads = uci.member_batches(x, targets, rows, 2, 5, 0, heads=3)
+    orders = set()
+    for (px, _, pw), (hx, hy, hw) in zip(plain, heads.as_numpy_iterator()):
+        assert hx.shape == (len(px), 2, 3, 1) and hy.shape == (len(px), 2, 3, 1)
+        for m in range(2):
+            real = np.sort(px[pw[:, m] > 0, m, 0])
+            count = len(real)
+            # The member's real rows first, of weight 1, in every head.
+            assert list(hw[:, m]) == [1.0] * count + [0.0] * (len(px) - count)
+            for k in range(3):
+                np.testing.assert_array_equal(np.sort(hx[:count, m, k, 0]), real)
+                # Each head's targets are its own rows'.
+                np.testing.assert_array_equal(
+                    hy[:count, m, k, 0], (1 - 2 * m) * hx[:count, m, k, 0]
+                )
+                orders.add(tuple(hx[:count, m, k, 0]))
+    assert len(orders) > 10  # the heads' shuffles differ
+
+
+def test_heads_loss_is_the_mean_of_each_heads_loss():
+    loss = uci.HeadsLoss(ku.losses.GaussianNLL())
+    y_pred = np.random.default_rng(0).normal(size=(4, 3, 2)).astype("float32")
+    y_true = np.arange(4.0, dtype="float32")[:, None]
+    expected = np.mean(
+        [float(ku.losses.GaussianNLL()(y_true, y_pred[:, k])) for k in range(3)]
+    )
+    assert float(loss(y_true, y_pred)) == pytest.approx(expected, rel=1e-6)
+    own = np.stack([y_true] * 3, 1) + np.arange(3.0)[:, None]  # (4, 3, 1)
+    expected = np.mean(
+        [float(ku.losses.GaussianNLL()(own[:, k], y_pred[:, k])) for k in range(3)]
+    )
+    assert float(loss(own, y_pred)) == pytest.approx(expected, rel=1e-6)

@@ -81,10 +81,6 @@ class Method:
         settings: `{protocol: ((setting, value, source), ...)}`, one entry
             per protocol the method runs in (see the module docstring).
         members: Members (or heads) of an ensemble-like method.
-        uci_trains_together: UCI: whether every split's network trains at
-            once, as the members of one `ku.Ensemble` (`uci_network` must
-            then accept its first layer as `normalization`); False: split
-            after split, on standardized inputs.
         mnist_epochs: MNIST: training epochs on the test-only protocol's
             8,000 images.
         mnist_article_epochs: With the 60,000 training images.
@@ -98,7 +94,6 @@ class Method:
     name = label = family = None
     settings = {}
     members = None
-    uci_trains_together = True
     mnist_epochs = mnist_article_epochs = 10
     votes = True
     one_pass = False
@@ -203,16 +198,6 @@ def _fit(model, x, y, epochs, callbacks):
 
 
 # Network pieces ---------------------------------------------------------------
-
-
-def _standardized_inputs_only(method, normalization):
-    """The split-after-split UCI methods train on standardized inputs."""
-    if normalization is not None:
-        raise ValueError(
-            f"`normalization` must be None for {method.name!r}, which trains "
-            "split after split on standardized inputs; received "
-            f"{normalization!r}"
-        )
 
 
 def _inputs(num_inputs, normalization):
@@ -483,23 +468,26 @@ class BatchEnsemble(Method):
         MNIST: (("members", "4, rank-1 factors on every layer", "[W 2020]"),),
     }
     members = 4
-    uci_trains_together = False  # its model brings its own training step
     one_pass = True
 
     def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
-        _standardized_inputs_only(self, normalization)
+        # A Functional model around the `ku.BatchEnsemble` (inputs (N, d),
+        # outputs (N, M, 2)), so every split's trains as a member of the
+        # runner's ensemble; its loss is every member's against the same
+        # targets (`uci.HeadsLoss`), as `ku.BatchEnsemble` trains alone.
         dense = ku.layers.BatchEnsembleDense
 
         def network(m):
-            return keras.Sequential(
-                [
-                    keras.Input((num_inputs,)),
-                    dense(hidden, m, activation="relu"),
-                    dense(2, m),
-                ]
-            )
+            inputs, h = _inputs(num_inputs, normalization)
+            h = dense(hidden, m, activation="relu")(h)
+            return keras.Model(inputs, dense(2, m)(h))
 
-        return ku.BatchEnsemble(network, num_members=self.members)
+        model = ku.BatchEnsemble(network, num_members=self.members)
+        inputs = keras.Input((num_inputs,))
+        return keras.Model(inputs, model(inputs))
+
+    def uci_after_fit(self, model, x, y, protocol, epochs):
+        return model.layers[-1]  # the ku.BatchEnsemble: one sample per member
 
     def uci_num_samples(self, protocol):
         return None  # one sample per member
@@ -529,19 +517,28 @@ class MIMO(Method):
         MNIST: (("members", "3 heads, no input repetition", "[H 2021]"),),
     }
     members = 3
-    uci_trains_together = False  # its model brings its own training step
     one_pass = True
 
     def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
-        _standardized_inputs_only(self, normalization)
-
+        # The MIMO network, (N, M, d) inputs (one per head: the runner draws
+        # each head's own shuffle of the batch, as `ku.MIMO.fit` does) to
+        # (N, M, 2), the split's standardization on every head's inputs.
         def backbone(shape):
             inputs = keras.Input(shape)
             return keras.Model(
                 inputs, keras.layers.Dense(hidden, activation="relu")(inputs)
             )
 
-        return ku.MIMO(backbone, (num_inputs,), num_outputs=2, num_members=self.members)
+        network = ku.mimo.build_mimo_network(
+            backbone, (num_inputs,), 2, self.members
+        )
+        if normalization is None:
+            return network
+        inputs = keras.Input((self.members, num_inputs))
+        return keras.Model(inputs, network(normalization(inputs)))
+
+    def uci_after_fit(self, model, x, y, protocol, epochs):
+        return ku.MIMO(network=model)  # its heads: one sample per member
 
     def uci_num_samples(self, protocol):
         return None  # one sample per member
