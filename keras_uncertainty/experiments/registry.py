@@ -118,6 +118,12 @@ class Method:
         arrive standardized)."""
         raise NotImplementedError
 
+    # Builds one model of every split's network with a split axis,
+    # `uci_split_axis(networks, loss)`, for networks that pack neither into
+    # a `ku.Ensemble` nor run fast as its unpacked members; None: the
+    # networks train as the members of a `ku.Ensemble` (`uci.fit_members`).
+    uci_split_axis = None
+
     def uci_loss(self):
         """The training loss (on standardized targets)."""
         return ku.losses.GaussianNLL(min_log_var=uci.MIN_LOG_VAR)
@@ -486,6 +492,13 @@ class BatchEnsemble(Method):
         inputs = keras.Input((num_inputs,))
         return keras.Model(inputs, model(inputs))
 
+    @property
+    def uci_split_axis(self):
+        # Unpacked, 20 splits' BatchEnsembles cost as much as one after the
+        # other (the same small ops); with a split axis each layer is one
+        # batched matmul over the splits.
+        return uci.SplitBatchEnsembles
+
     def uci_after_fit(self, model, x, y, protocol, epochs):
         return model.layers[-1]  # the ku.BatchEnsemble: one sample per member
 
@@ -529,16 +542,31 @@ class MIMO(Method):
                 inputs, keras.layers.Dense(hidden, activation="relu")(inputs)
             )
 
-        network = ku.mimo.build_mimo_network(
-            backbone, (num_inputs,), 2, self.members
-        )
-        if normalization is None:
-            return network
-        inputs = keras.Input((self.members, num_inputs))
-        return keras.Model(inputs, network(normalization(inputs)))
+        # `ku.mimo.build_mimo_network`'s network as a chain of layers that
+        # pack: the heads' inputs side by side (Flatten, member-major), each
+        # head's standardization, the hidden layer, the heads' outputs side
+        # by side, (N, M * 2); `uci_after_fit` splits them into (N, M, 2).
+        members = self.members
+        layers = [keras.layers.Flatten()]
+        if normalization is not None:
+            if not normalization.built:
+                normalization.build((None, num_inputs))
+            layers.append(
+                keras.layers.Normalization(
+                    mean=np.tile(np.ravel(normalization.mean), members),
+                    variance=np.tile(np.ravel(normalization.variance), members),
+                )
+            )
+        layers += [
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dense(members * 2, name="mimo_heads"),
+        ]
+        return keras.Sequential([keras.Input((members, num_inputs)), *layers])
 
     def uci_after_fit(self, model, x, y, protocol, epochs):
-        return ku.MIMO(network=model)  # its heads: one sample per member
+        inputs = keras.Input(model.inputs[0].shape[1:])
+        heads = keras.layers.Reshape((self.members, 2))(model(inputs))
+        return ku.MIMO(network=keras.Model(inputs, heads))  # one sample per head
 
     def uci_num_samples(self, protocol):
         return None  # one sample per member
@@ -635,7 +663,6 @@ class Evidential(Method):
 
     def mnist_callbacks(self):
         return [ku.evidential.KLAnnealing()]
-
 
 
 class Deterministic(Method):

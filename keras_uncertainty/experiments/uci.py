@@ -24,6 +24,7 @@ import tensorflow as tf
 from keras import ops
 
 import keras_uncertainty as ku
+from keras_uncertainty.ensemble.training import member_losses
 from keras_uncertainty.experiments.protocols import (  # noqa: F401 (re-exported)
     ADVERSARIAL_EPSILON,
     LEARNING_RATE,
@@ -230,8 +231,9 @@ class HeadsLoss(keras.losses.Loss):
     """A member's loss on every head of a multi-head network.
 
     The network gives `(N, K, outputs)`, one row per head (a BatchEnsemble's
-    members, a MIMO network's heads); the targets are `(N, 1)`, the same for
-    every head, or `(N, K, 1)`, each head's own (MIMO's shuffles). The
+    members, a MIMO network's heads), or `(N, K * outputs)`, the heads side
+    by side; the targets are `(N, 1)`, the same for every head, or
+    `(N, K, 1)`, each head's own (MIMO's shuffles). The
     per-row loss is `loss` on each head, `(N, K)`: reduced as the ensemble
     reduces a member's loss (its weighted mean), the mean over the rows and
     the heads, the loss of `ku.BatchEnsemble` and of `ku.MIMO` trained
@@ -250,6 +252,11 @@ class HeadsLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
+        if len(y_true.shape) == len(y_pred.shape) + 1:
+            # Heads side by side, (N, K * outputs): head k's are [k * o, (k + 1) * o).
+            y_pred = ops.reshape(
+                y_pred, (-1, y_true.shape[1], y_pred.shape[-1] // y_true.shape[1])
+            )
         if len(y_true.shape) == len(y_pred.shape) - 1:
             y_true = ops.expand_dims(y_true, 1)  # (N, 1, k): every head's
         y_true = ops.broadcast_to(
@@ -258,13 +265,159 @@ class HeadsLoss(keras.losses.Loss):
         return self.loss.call(y_true, y_pred)
 
     def get_config(self):
-        return {"loss": keras.saving.serialize_keras_object(self.loss), "name": self.name}
+        return {
+            "loss": keras.saving.serialize_keras_object(self.loss),
+            "name": self.name,
+        }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         loss = keras.saving.deserialize_keras_object(config.pop("loss"))
         return cls(loss, **config)
+
+
+class SplitBatchEnsembles(keras.Model):
+    """Every split's BatchEnsemble network of the protocol as one network
+    with a split axis, to train them at once.
+
+    `networks` are the splits' networks (`keras.Model`s whose one
+    `ku.BatchEnsemble` holds a `keras.layers.Normalization` and
+    `ku.layers.BatchEnsembleDense` layers, as the registry's
+    `batch-ensemble` entry builds them). Each of their variables becomes one
+    `(S, ...)` variable, started from the splits' own values, and every
+    layer is one batched matmul over the splits: the members of a
+    `ku.Ensemble` would each run alone, as many small steps as splits after
+    split. The loss is each split's own (`HeadsLoss` of the member loss, its
+    weighted mean over its rows and members), summed over the splits, as a
+    `ku.Ensemble` with `per_member_inputs` and `weighted_mean` sums its
+    members' losses: each split makes the updates it would make alone.
+    `store()` copies the trained values back into `networks`.
+
+    Args:
+        networks: The S splits' networks (one architecture).
+        loss: The loss of one member of one split (a `keras.losses.Loss`).
+
+    Call arguments:
+        inputs: `(B, S, d)`: split s reads `inputs[:, s]`.
+        training: Unused (the network has no stochastic layer).
+
+    Returns:
+        `(B, S, K, outputs)`: every split's K members.
+    """
+
+    def __init__(self, networks, loss, **kwargs):
+        kwargs.setdefault("name", "split_batch_ensembles")
+        super().__init__(**kwargs)
+        self.networks = _Untracked(list(networks))
+        models = [_batch_ensemble_of(network) for network in networks]
+
+        def layers_of(kind):
+            return [
+                [layer for layer in m.network.layers if isinstance(layer, kind)]
+                for m in models
+            ]
+
+        self.dense_layers = _Untracked(layers_of(ku.layers.BatchEnsembleDense))
+        normalizations = layers_of(keras.layers.Normalization)
+        self.num_members = models[0].num_members
+        self.loss_of_split = HeadsLoss(loss)
+        self.mean = self.std = None
+        if normalizations[0]:  # each split's own, (1, S, d)
+            mean = np.stack([np.ravel(n[0].mean) for n in normalizations])
+            std = np.stack([np.sqrt(np.ravel(n[0].variance)) for n in normalizations])
+            std = np.maximum(std, keras.config.epsilon())  # as Normalization
+            self.mean = tf.constant(mean[None], tf.float32)
+            self.std = tf.constant(std[None], tf.float32)
+        self.activations = [layer.activation for layer in self.dense_layers.value[0]]
+        self.stacked = []
+        for j in range(len(self.activations)):
+            layers = [split[j] for split in self.dense_layers.value]
+            names = ("kernel", "r", "s", "bias")
+            self.stacked.append(
+                [
+                    self.add_weight(
+                        shape=(len(layers), *getattr(layers[0], name).shape),
+                        initializer=keras.initializers.Constant(
+                            np.stack([getattr(layer, name).numpy() for layer in layers])
+                        ),
+                        name=f"{name}_{j}",
+                    )
+                    for name in names
+                    if getattr(layers[0], name, None) is not None
+                ]
+            )
+
+    def call(self, inputs, training=None):
+        h = ops.cast(inputs, "float32")
+        if self.mean is not None:
+            h = (h - self.mean) / self.std
+        h = ops.transpose(h, (1, 0, 2))[:, None]  # (S, 1, B, d)
+        splits, members = self.stacked[0][0].shape[0], self.num_members
+        for activation, weights in zip(self.activations, self.stacked):
+            kernel, r, s = weights[:3]
+            h = h * r[:, :, None, :]  # (S, K, B, in): member k's input scales
+            batch = ops.shape(h)[2]
+            flat = ops.reshape(h, (splits, -1, h.shape[-1]))
+            h = ops.reshape(ops.matmul(flat, kernel), (splits, members, batch, -1))
+            h = h * s[:, :, None, :]
+            if len(weights) == 4:
+                h = h + weights[3][:, :, None, :]
+            h = activation(h)
+        return ops.transpose(h, (2, 0, 1, 3))  # (B, S, K, outputs)
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        losses = member_losses(
+            self.loss_of_split,
+            y,
+            y_pred,
+            sample_weight,
+            per_member_targets=True,
+            weighted_mean=True,
+        )
+        return ops.sum(losses)
+
+    def store(self):
+        """Copies every split's trained values into its network."""
+        for j, weights in enumerate(self.stacked):
+            values = [w.numpy() for w in weights]
+            for split, layers in enumerate(self.dense_layers.value):
+                layer = layers[j]
+                targets = [layer.kernel, layer.r, layer.s] + (
+                    [layer.bias] if layer.bias is not None else []
+                )
+                for target, value in zip(targets, values):
+                    target.assign(value[split])
+
+    @property
+    def members(self):
+        """The splits' networks, with the trained values."""
+        self.store()
+        return list(self.networks.value)
+
+    @property
+    def packed(self):
+        return True
+
+
+class _Untracked:
+    """Holds models out of Keras's tracking (their variables are not the
+    split-axis model's)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _batch_ensemble_of(network):
+    for layer in [network, *getattr(network, "layers", ())]:
+        if isinstance(layer, ku.BatchEnsemble):
+            return layer
+    raise ValueError(
+        "Invalid value received for argument `networks`. Expected models "
+        f"holding a ku.BatchEnsemble. Received: {network.name!r}"
+    )
 
 
 @dataclasses.dataclass
@@ -415,18 +568,23 @@ def fit_members(members, x, y, member_rows, loss, epochs, batch_size, seed, **op
     every_epochs = options.pop("every_epochs", None)
     epsilon = options.pop("adversarial_epsilon", None) or None  # 0: none
     heads = options.pop("heads", None)
+    split_axis = options.pop("split_axis", None)
     if options:
         raise TypeError(f"Unexpected options: {sorted(options)}")
     y_mean, y_std = _standardization(y, member_rows)
-    model = ku.Ensemble.from_models(
-        members,
-        per_member_inputs=True,
-        weighted_mean=True,  # each member: the mean over its own rows
-        adversarial_epsilon=epsilon,
-        # 240 members' loss logs would cost more than the training step.
-        member_logs=False,
-        pack=pack,
-    )
+    if split_axis is not None:
+        model = split_axis(members, loss)
+        loss = None  # the model's own: each split's, summed
+    else:
+        model = ku.Ensemble.from_models(
+            members,
+            per_member_inputs=True,
+            weighted_mean=True,  # each member: the mean over its own rows
+            adversarial_epsilon=epsilon,
+            # 240 members' loss logs would cost more than the training step.
+            member_logs=False,
+            pack=pack,
+        )
     trained = _Trained(model, y_mean, y_std)
     steps_per_pass = math.ceil(max(len(r) for r in member_rows) / batch_size)
     model.compile(
@@ -453,16 +611,18 @@ def fit_members(members, x, y, member_rows, loss, epochs, batch_size, seed, **op
         # `epsilon * range / std` on its standardized inputs).
         feature_range = np.stack([np.ptp(x[rows], axis=0) for rows in member_rows])
     targets = (y[:, None] - y_mean) / y_std
+    ensemble_options = {}
+    if split_axis is None:
+        # A diverged member (a split's network) must not stop the others:
+        # it scores NaN and its split is left out, with a warning.
+        ensemble_options = {"terminate_on_nan": False, "feature_range": feature_range}
     model.fit(
         member_batches(x, targets, member_rows, epochs, batch_size, seed, heads),
         epochs=1,
         shuffle=False,  # the stream shuffles each member's rows itself
         verbose=0,
         callbacks=callbacks,
-        # A diverged member (a split's network) must not stop the others:
-        # it scores NaN and its split is left out, with a warning.
-        terminate_on_nan=False,
-        feature_range=feature_range,
+        **ensemble_options,
     )
     return trained
 
@@ -753,7 +913,9 @@ def deep_ensemble(
             nlls = np.where(np.isfinite(nlls), nlls, np.inf)  # diverged: never
             improved = nlls < best
             # The first check keeps every split, so each has a snapshot.
-            keep_splits(trained, np.flatnonzero(improved | ~np.isfinite(best)), snapshots)
+            keep_splits(
+                trained, np.flatnonzero(improved | ~np.isfinite(best)), snapshots
+            )
             best[:] = np.where(improved, nlls, best)
 
     trained = train(each_member(fit_rows), epochs, score)

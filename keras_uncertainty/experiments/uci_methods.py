@@ -73,10 +73,10 @@ def single_network(method, splits, protocol):
     ]
     loss = method.uci_loss()
     heads = None
-    if len(members[0].outputs[0].shape) == 3:
+    if len(members[0].inputs[0].shape) == 3:
+        heads = int(members[0].inputs[0].shape[1])
+    if heads is not None or len(members[0].outputs[0].shape) == 3:
         loss = uci.HeadsLoss(loss)
-        if len(members[0].inputs[0].shape) == 3:
-            heads = int(members[0].inputs[0].shape[1])
     trained = uci.fit_members(
         members,
         x,
@@ -91,6 +91,7 @@ def single_network(method, splits, protocol):
         schedule=protocol.schedule,
         clip_value=protocol.clip_value,
         heads=heads,
+        split_axis=method.uci_split_axis,
     )
     return _score_together(method, trained, splits, protocol)
 
