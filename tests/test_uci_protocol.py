@@ -498,3 +498,50 @@ def test_heads_loss_is_the_mean_of_each_heads_loss():
         [float(ku.losses.GaussianNLL()(own[:, k], y_pred[:, k])) for k in range(3)]
     )
     assert float(loss(own, y_pred)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_the_ensembles_best_epoch_choice_keeps_each_split_at_its_best_check(
+    monkeypatch,
+):
+    """With `epoch_choice="best"` one training both chooses and keeps: each
+    split's members are kept as they were at the check of its lowest
+    validation NLL. Scored on its validation rows as test rows, each split
+    gives back the NLL of its best check."""
+    import dataclasses
+
+    splits = [ku.datasets.load_uci("yacht", split=k) for k in range(2)]
+    cut = len(uci._split_validation(splits[0].train_rows)[0])
+    held_out = [
+        dataclasses.replace(
+            s,
+            test_rows=s.train_rows[cut:],
+            x_test=s.x_train[cut:],
+            y_test=s.y_train[cut:],
+        )
+        for s in splits
+    ]
+    scores = []
+    evaluate = uci.evaluate_members
+
+    def recording(*args, **kwargs):
+        rmses, nlls = evaluate(*args, **kwargs)
+        scores.append(nlls)
+        # The validation NLL seen by the choice: the checks after the
+        # second made worse, so each split's best is its second check.
+        return rmses, nlls + (10.0 if len(scores) in (3, 4) else 0.0)
+
+    monkeypatch.setattr(uci, "evaluate_members", recording)
+    trainings = []
+    fit = uci.fit_members
+    monkeypatch.setattr(
+        uci, "fit_members", lambda *a, **k: trainings.append(1) or fit(*a, **k)
+    )
+    monkeypatch.setattr(uci, "ENSEMBLE_CHECKS", 4)
+    _, nlls = uci.deep_ensemble(held_out, _short(8), members=2, epoch_choice="best")
+    assert len(trainings) == 1  # no second training
+    checks = np.stack(scores[:-1])  # (4 checks, 2 splits); the last: the test
+    assert len(checks) == 4
+    # Tested on the validation rows, the kept members score as at check 2.
+    np.testing.assert_allclose(nlls, checks[1], rtol=1e-5)
+    assert not np.allclose(checks[-1], checks[1])

@@ -846,12 +846,20 @@ def deep_ensemble(
     - `"retrain"`: as `"best"` to choose each split's epoch, then a second
       training on all the training rows, each split's members kept at its
       chosen epoch.
+    - `"joint"`: `"retrain"` in one training: every split's members on
+      the first 80% of its rows and its members on all its rows train at
+      once (one packed ensemble of both), the first scored every
+      `epochs // ENSEMBLE_CHECKS` epochs on the last 20%; each split keeps
+      its all-rows members as they were at the first members' best check.
+      (The first members get the others' steps per pass, their padding
+      weighing 0.)
 
     `members`: per split (the registry's `ensemble` entry gives it)."""
-    if epoch_choice not in ("none", "best", "retrain"):
+    if epoch_choice not in ("none", "best", "retrain", "joint"):
         raise ValueError(
             "Invalid value received for argument `epoch_choice`. Expected "
-            f"'none', 'best' or 'retrain'. Received: epoch_choice={epoch_choice!r}"
+            "'none', 'best', 'retrain' or 'joint'. Received: "
+            f"epoch_choice={epoch_choice!r}"
         )
     x, y = data_table(splits)
     fit_rows, validation_rows = zip(*(_split_validation(s.train_rows) for s in splits))
@@ -888,36 +896,54 @@ def deep_ensemble(
             trained, x, y, each_member(per_split), 1, seed, group=members
         )
 
-    def keep_splits(trained, chosen, snapshots):
-        """Each split of `chosen` (indices) keeps its members' weights now."""
+    def keep_splits(trained, chosen, snapshots, first=0):
+        """Each split of `chosen` (indices) keeps the weights its members
+        (from group `first + s`) have now."""
         for s in chosen:
-            block = slice(s * members, (s + 1) * members)
+            block = slice((first + s) * members, (first + s + 1) * members)
             snapshots[s] = [v.numpy()[block] for v in trained.model.trainable_variables]
 
-    def restore(trained, snapshots):
+    def restore(trained, snapshots, first=0):
+        """Groups `first` to `first + S` take the splits' snapshots."""
+        block = slice(first * members, (first + len(splits)) * members)
         for k, variable in enumerate(trained.model.trainable_variables):
-            variable.assign(
-                np.concatenate([snapshots[s][k] for s in range(len(splits))])
-            )
+            value = variable.numpy()
+            value[block] = np.concatenate([snapshots[s][k] for s in range(len(splits))])
+            variable.assign(value)
 
     if epoch_choice == "none":
         return evaluate(train(each_member(train_rows), epochs), test_rows)
     every = max(1, epochs // ENSEMBLE_CHECKS)
     scores, snapshots = {}, {}
     best = np.full(len(splits), np.inf)
+    num = len(splits)
 
     def score(trained, epoch):
-        nlls = evaluate(trained, validation_rows)[1]
+        if epoch_choice == "joint":
+            # The choosing members' validation NLL (groups 0..S-1); groups
+            # S..2S-1, on all the training rows, are scored alongside.
+            nlls = evaluate(trained, validation_rows * 2)[1][:num]
+        else:
+            nlls = evaluate(trained, validation_rows)[1]
         scores[epoch] = nlls
-        if epoch_choice == "best":
+        if epoch_choice in ("best", "joint"):
             nlls = np.where(np.isfinite(nlls), nlls, np.inf)  # diverged: never
             improved = nlls < best
             # The first check keeps every split, so each has a snapshot.
             keep_splits(
-                trained, np.flatnonzero(improved | ~np.isfinite(best)), snapshots
+                trained,
+                np.flatnonzero(improved | ~np.isfinite(best)),
+                snapshots,
+                first=num if epoch_choice == "joint" else 0,
             )
             best[:] = np.where(improved, nlls, best)
 
+    if epoch_choice == "joint":
+        # One training of both: each split's members on 80% of its rows
+        # choose the epoch, its members on all its rows are kept at it.
+        trained = train(each_member(fit_rows) + each_member(train_rows), epochs, score)
+        restore(trained, snapshots, first=num)
+        return tuple(v[num:] for v in evaluate(trained, list(test_rows) * 2))
     trained = train(each_member(fit_rows), epochs, score)
     if epoch_choice == "best":
         restore(trained, snapshots)
