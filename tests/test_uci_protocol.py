@@ -545,3 +545,27 @@ def test_the_ensembles_best_epoch_choice_keeps_each_split_at_its_best_check(
     # Tested on the validation rows, the kept members score as at check 2.
     np.testing.assert_allclose(nlls, checks[1], rtol=1e-5)
     assert not np.allclose(checks[-1], checks[1])
+
+
+@pytest.mark.slow
+def test_the_ensembles_joint_epoch_choice_chooses_and_keeps_in_one_training(
+    monkeypatch,
+):
+    """The default choice: each split's members on 80% of its training rows
+    (choosing) and on all of them (kept) train in one packed ensemble."""
+    splits = [ku.datasets.load_uci("yacht", split=k) for k in range(2)]
+    trainings = []
+    fit = uci.fit_members
+
+    def recording(members, x, y, member_rows, *args, **kwargs):
+        trainings.append([len(rows) for rows in member_rows])
+        return fit(members, x, y, member_rows, *args, **kwargs)
+
+    monkeypatch.setattr(uci, "fit_members", recording)
+    assert uci.ENSEMBLE_EPOCH_CHOICE == "joint"
+    rmses, nlls = uci.deep_ensemble(splits, _short(4), members=2)
+    assert len(trainings) == 1
+    fit_rows = len(uci._split_validation(splits[0].train_rows)[0])
+    all_rows = len(splits[0].train_rows)
+    assert trainings[0] == [fit_rows] * 4 + [all_rows] * 4
+    assert rmses.shape == nlls.shape == (2,) and np.all(np.isfinite(nlls))

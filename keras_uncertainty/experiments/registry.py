@@ -296,7 +296,11 @@ class DeepEnsemble(Method):
             ("members", "5, (mean, log-variance) output, Gaussian NLL", "[L 2017]"),
             ("adversarial step", "1% of each feature's range", "[L 2017]"),
             ("batch", "32", "ours"),
-            ("epochs", "chosen on the validation rows (20 checks)", "ours"),
+            (
+                "epochs",
+                "chosen on the validation rows (20 checks), one training",
+                "ours",
+            ),
         ),
         MNIST: (("members", "5 LeNet-5s, random initializations", "[L 2017]"),),
     }
