@@ -482,9 +482,9 @@ class BatchEnsemble(Method):
 
     def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
         # A Functional model around the `ku.BatchEnsemble` (inputs (N, d),
-        # outputs (N, M, 2)), so every split's trains as a member of the
-        # runner's ensemble; its loss is every member's against the same
-        # targets (`uci.HeadsLoss`), as `ku.BatchEnsemble` trains alone.
+        # outputs (N, M, 2)); the runner trains every split's at once
+        # (`uci_split_axis`), each with the loss of every member against
+        # the same targets (`uci.HeadsLoss`), as `ku.BatchEnsemble` trains.
         dense = ku.layers.BatchEnsembleDense
 
         def network(m):
@@ -537,19 +537,12 @@ class MIMO(Method):
     one_pass = True
 
     def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
-        # The MIMO network, (N, M, d) inputs (one per head: the runner draws
-        # each head's own shuffle of the batch, as `ku.MIMO.fit` does) to
-        # (N, M, 2), the split's standardization on every head's inputs.
-        def backbone(shape):
-            inputs = keras.Input(shape)
-            return keras.Model(
-                inputs, keras.layers.Dense(hidden, activation="relu")(inputs)
-            )
-
-        # `ku.mimo.build_mimo_network`'s network as a chain of layers that
-        # pack: the heads' inputs side by side (Flatten, member-major), each
-        # head's standardization, the hidden layer, the heads' outputs side
-        # by side, (N, M * 2); `uci_after_fit` splits them into (N, M, 2).
+        # `ku.mimo.build_mimo_network`'s network, (N, M, d) inputs (one per
+        # head: the runner draws each head's own shuffle of the batch, as
+        # `ku.MIMO.fit` does), as a chain of layers that pack: the heads'
+        # inputs side by side (Flatten, member-major), each head's
+        # standardization, the hidden layer, the heads' outputs side by
+        # side, (N, M * 2); `uci_after_fit` splits them into (N, M, 2).
         members = self.members
         layers = [keras.layers.Flatten()]
         if normalization is not None:

@@ -231,6 +231,7 @@ def _head_shuffles(rows, weights, heads, seed, step):
     return shuffled, tf.cast(position < real, weights.dtype)
 
 
+@keras.saving.register_keras_serializable(package="keras_uncertainty.experiments")
 class HeadsLoss(keras.losses.Loss):
     """A member's loss on every head of a multi-head network.
 
@@ -247,6 +248,11 @@ class HeadsLoss(keras.losses.Loss):
         loss: The loss of one head (a `keras.losses.Loss`, such as
             `ku.losses.GaussianNLL`).
         name: The loss's name.
+
+    Example:
+
+    >>> loss = HeadsLoss(ku.losses.GaussianNLL())
+    >>> loss(y, outputs)  # y (N, 1), outputs (N, K, 2): mean over N and K
     """
 
     def __init__(self, loss, name=None):
