@@ -433,7 +433,8 @@ def test_uci_swag_predictive_nll_stays_close_to_the_map_and_respects_the_floor()
     method = registry.METHODS["swag"]
     keras.utils.set_random_seed(0)
     model = method.uci_network(1, 32, len(x))
-    model.compile(keras.optimizers.Adam(1e-2), loss=method.uci_loss())
+    loss = method.uci_loss(Protocol(1.0, 1e-2, "cosine", 1, 0))
+    model.compile(keras.optimizers.Adam(1e-2), loss=loss)
     model.fit(x, y, epochs=60, batch_size=128, verbose=0)
     map_nll = _gaussian_mixture_nll(
         np.asarray(model.predict(x_test, verbose=0))[None], y_test

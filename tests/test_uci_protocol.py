@@ -389,8 +389,187 @@ def test_each_variational_split_keeps_its_own_kl_term(yacht_splits):
     assert float(total) == pytest.approx(nll + float(sum(ens.losses)), rel=1e-5)
 
 
-@pytest.mark.parametrize("method", ["batch-ensemble", "mimo"])
-def test_split_after_split_methods_refuse_a_normalization_layer(method):
-    normalization = uci.normalization_layer(np.ones((4, 3)))
-    with pytest.raises(ValueError, match="`normalization` must be None for"):
-        uci_methods.METHODS[method].uci_network(3, 4, 10, normalization)
+def _multi_head_splits_trained_together_and_alone(name, heads=None):
+    """Two yacht splits of registry entry `name` (BatchEnsemble, MIMO)
+    trained as the runner trains them, and each split's network trained
+    alone, in plain Keras with the method's loss, on its own rows of every
+    batch of the same stream."""
+    splits = [ku.datasets.load_uci("yacht", split=k) for k in range(2)]
+    x, y = uci.data_table(splits)
+    rows = [splits[0].train_rows[:40], splits[1].train_rows[:37]]  # 3 padded
+    method = uci_methods.METHODS[name]
+    keras.utils.set_random_seed(0)
+    members = [
+        method.uci_network(x.shape[1], 8, len(r), uci.normalization_layer(x[r]))
+        for r in rows
+    ]
+    initial = [m.get_weights() for m in members]
+    loss = uci.HeadsLoss(method.uci_loss(uci.Protocol(1, 1e-2, "cosine", 1, 0)))
+    trained = uci.fit_members(
+        members,
+        x,
+        y,
+        rows,
+        loss,
+        3,
+        16,
+        0,
+        heads=heads,
+        split_axis=method.uci_split_axis,
+    )
+    # One network of every split: the packed ensemble (MIMO's layers pack) or
+    # one with a split axis (BatchEnsemble's), each layer one batched op.
+    assert trained.model.packed
+    targets = (y[:, None] - trained.y_mean) / trained.y_std
+    stream = uci.member_batches(x, targets, rows, 3, 16, 0, heads)
+    pairs = []
+    for m, member in enumerate(trained.model.members):
+        alone = method.uci_network(
+            x.shape[1], 8, len(rows[m]), uci.normalization_layer(x[rows[m]])
+        )
+        alone.set_weights(initial[m])
+        schedule = keras.optimizers.schedules.CosineDecay(uci.LEARNING_RATE, 9)
+        # The ku.BatchEnsemble, with its own loss; MIMO's network, its heads
+        # (N, 3, 2), by the member loss.
+        trains = method.uci_after_fit(alone, None, None, None, 3)
+        if heads is not None:
+            trains = trains.network
+        trains.compile(
+            keras.optimizers.Adam(schedule),
+            loss=method.uci_loss(uci.Protocol(1, 1e-2, "cosine", 1, 0)),
+        )
+        for inputs, target, weight in stream.as_numpy_iterator():
+            own = weight[:, m] > 0
+            trains.train_on_batch(inputs[own, m], target[own, m])
+        pairs.append((alone, member))
+    return pairs
+
+
+@pytest.mark.slow
+def test_a_batch_ensemble_split_trained_with_others_updates_as_trained_alone():
+    for alone, together in _multi_head_splits_trained_together_and_alone(
+        "batch-ensemble"
+    ):
+        for a, b in zip(alone.get_weights(), together.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_mimo_split_trained_with_others_updates_as_trained_alone():
+    pairs = _multi_head_splits_trained_together_and_alone("mimo", heads=3)
+    for alone, together in pairs:
+        for a, b in zip(alone.get_weights(), together.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        # Scored as a ku.MIMO: its three heads, one sample each.
+        model = uci_methods.METHODS["mimo"].uci_after_fit(together, None, None, None, 0)
+        assert isinstance(model, ku.MIMO) and model.num_members == 3
+
+
+def test_each_mimo_head_reads_its_own_shuffle_of_the_members_batch():
+    rows = [np.arange(10), np.arange(10, 17)]  # the second member: 3 padded
+    x = np.arange(17, dtype="float32")[:, None]
+    targets = np.stack([np.arange(17.0), -np.arange(17.0)], 1)
+    plain = list(uci.member_batches(x, targets, rows, 2, 5, 0).as_numpy_iterator())
+    heads = uci.member_batches(x, targets, rows, 2, 5, 0, heads=3)
+    orders = set()
+    for (px, _, pw), (hx, hy, hw) in zip(plain, heads.as_numpy_iterator()):
+        assert hx.shape == (len(px), 2, 3, 1) and hy.shape == (len(px), 2, 3, 1)
+        for m in range(2):
+            real = np.sort(px[pw[:, m] > 0, m, 0])
+            count = len(real)
+            # The member's real rows first, of weight 1, in every head.
+            assert list(hw[:, m]) == [1.0] * count + [0.0] * (len(px) - count)
+            for k in range(3):
+                np.testing.assert_array_equal(np.sort(hx[:count, m, k, 0]), real)
+                # Each head's targets are its own rows'.
+                np.testing.assert_array_equal(
+                    hy[:count, m, k, 0], (1 - 2 * m) * hx[:count, m, k, 0]
+                )
+                orders.add(tuple(hx[:count, m, k, 0]))
+    assert len(orders) > 10  # the heads' shuffles differ
+
+
+def test_heads_loss_is_the_mean_of_each_heads_loss():
+    loss = uci.HeadsLoss(ku.losses.GaussianNLL())
+    y_pred = np.random.default_rng(0).normal(size=(4, 3, 2)).astype("float32")
+    y_true = np.arange(4.0, dtype="float32")[:, None]
+    expected = np.mean(
+        [float(ku.losses.GaussianNLL()(y_true, y_pred[:, k])) for k in range(3)]
+    )
+    assert float(loss(y_true, y_pred)) == pytest.approx(expected, rel=1e-6)
+    own = np.stack([y_true] * 3, 1) + np.arange(3.0)[:, None]  # (4, 3, 1)
+    expected = np.mean(
+        [float(ku.losses.GaussianNLL()(own[:, k], y_pred[:, k])) for k in range(3)]
+    )
+    assert float(loss(own, y_pred)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_the_ensembles_best_epoch_choice_keeps_each_split_at_its_best_check(
+    monkeypatch,
+):
+    """With `epoch_choice="best"` one training both chooses and keeps: each
+    split's members are kept as they were at the check of its lowest
+    validation NLL. Scored on its validation rows as test rows, each split
+    gives back the NLL of its best check."""
+    import dataclasses
+
+    splits = [ku.datasets.load_uci("yacht", split=k) for k in range(2)]
+    cut = len(uci._split_validation(splits[0].train_rows)[0])
+    held_out = [
+        dataclasses.replace(
+            s,
+            test_rows=s.train_rows[cut:],
+            x_test=s.x_train[cut:],
+            y_test=s.y_train[cut:],
+        )
+        for s in splits
+    ]
+    scores = []
+    evaluate = uci.evaluate_members
+
+    def recording(*args, **kwargs):
+        rmses, nlls = evaluate(*args, **kwargs)
+        scores.append(nlls)
+        # The validation NLL seen by the choice: the checks after the
+        # second made worse, so each split's best is its second check.
+        return rmses, nlls + (10.0 if len(scores) in (3, 4) else 0.0)
+
+    monkeypatch.setattr(uci, "evaluate_members", recording)
+    trainings = []
+    fit = uci.fit_members
+    monkeypatch.setattr(
+        uci, "fit_members", lambda *a, **k: trainings.append(1) or fit(*a, **k)
+    )
+    monkeypatch.setattr(uci, "ENSEMBLE_CHECKS", 4)
+    _, nlls = uci.deep_ensemble(held_out, _short(8), members=2, epoch_choice="best")
+    assert len(trainings) == 1  # no second training
+    checks = np.stack(scores[:-1])  # (4 checks, 2 splits); the last: the test
+    assert len(checks) == 4
+    # Tested on the validation rows, the kept members score as at check 2.
+    np.testing.assert_allclose(nlls, checks[1], rtol=1e-5)
+    assert not np.allclose(checks[-1], checks[1])
+
+
+@pytest.mark.slow
+def test_the_ensembles_joint_epoch_choice_chooses_and_keeps_in_one_training(
+    monkeypatch,
+):
+    """The default choice: each split's members on 80% of its training rows
+    (choosing) and on all of them (kept) train in one packed ensemble."""
+    splits = [ku.datasets.load_uci("yacht", split=k) for k in range(2)]
+    trainings = []
+    fit = uci.fit_members
+
+    def recording(members, x, y, member_rows, *args, **kwargs):
+        trainings.append([len(rows) for rows in member_rows])
+        return fit(members, x, y, member_rows, *args, **kwargs)
+
+    monkeypatch.setattr(uci, "fit_members", recording)
+    assert uci.ENSEMBLE_EPOCH_CHOICE == "joint"
+    rmses, nlls = uci.deep_ensemble(splits, _short(4), members=2)
+    assert len(trainings) == 1
+    fit_rows = len(uci._split_validation(splits[0].train_rows)[0])
+    all_rows = len(splits[0].train_rows)
+    assert trainings[0] == [fit_rows] * 4 + [all_rows] * 4
+    assert rmses.shape == nlls.shape == (2,) and np.all(np.isfinite(nlls))

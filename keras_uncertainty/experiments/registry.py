@@ -81,10 +81,6 @@ class Method:
         settings: `{protocol: ((setting, value, source), ...)}`, one entry
             per protocol the method runs in (see the module docstring).
         members: Members (or heads) of an ensemble-like method.
-        uci_trains_together: UCI: whether every split's network trains at
-            once, as the members of one `ku.Ensemble` (`uci_network` must
-            then accept its first layer as `normalization`); False: split
-            after split, on standardized inputs.
         mnist_epochs: MNIST: training epochs on the test-only protocol's
             8,000 images.
         mnist_article_epochs: With the 60,000 training images.
@@ -98,7 +94,6 @@ class Method:
     name = label = family = None
     settings = {}
     members = None
-    uci_trains_together = True
     mnist_epochs = mnist_article_epochs = 10
     votes = True
     one_pass = False
@@ -122,6 +117,12 @@ class Method:
         training rows; `normalization`: its first layer (None: the inputs
         arrive standardized)."""
         raise NotImplementedError
+
+    # Builds one model of every split's network with a split axis,
+    # `uci_split_axis(networks, loss)`, for networks that pack neither into
+    # a `ku.Ensemble` nor run fast as its unpacked members; None: the
+    # networks train as the members of a `ku.Ensemble` (`uci.fit_members`).
+    uci_split_axis = None
 
     def uci_loss(self, protocol):
         """The training loss (on standardized targets) under `protocol`:
@@ -212,16 +213,6 @@ def _fit(model, x, y, epochs, callbacks):
 
 
 # Network pieces ---------------------------------------------------------------
-
-
-def _standardized_inputs_only(method, normalization):
-    """The split-after-split UCI methods train on standardized inputs."""
-    if normalization is not None:
-        raise ValueError(
-            f"`normalization` must be None for {method.name!r}, which trains "
-            "split after split on standardized inputs; received "
-            f"{normalization!r}"
-        )
 
 
 def _inputs(num_inputs, normalization):
@@ -329,7 +320,11 @@ class DeepEnsemble(Method):
             ("loss", "faithful: GaussianHead and loss", "[S 2023]"),
             ("adversarial step", "1% of each feature's range", "[L 2017]"),
             ("batch", "32", "ours"),
-            ("epochs", "chosen on the validation rows (20 checks)", "ours"),
+            (
+                "epochs",
+                "chosen on the validation rows (20 checks), one training",
+                "ours",
+            ),
         ),
         MNIST: (("members", "5 LeNet-5s, random initializations", "[L 2017]"),),
     }
@@ -549,23 +544,33 @@ class BatchEnsemble(Method):
         MNIST: (("members", "4, rank-1 factors on every layer", "[W 2020]"),),
     }
     members = 4
-    uci_trains_together = False  # its model brings its own training step
     one_pass = True
 
     def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
-        _standardized_inputs_only(self, normalization)
+        # A Functional model around the `ku.BatchEnsemble` (inputs (N, d),
+        # outputs (N, M, 2)); the runner trains every split's at once
+        # (`uci_split_axis`), each with the loss of every member against
+        # the same targets (`uci.HeadsLoss`), as `ku.BatchEnsemble` trains.
         dense = ku.layers.BatchEnsembleDense
 
         def network(m):
-            return keras.Sequential(
-                [
-                    keras.Input((num_inputs,)),
-                    dense(hidden, m, activation="relu"),
-                    dense(2, m),
-                ]
-            )
+            inputs, h = _inputs(num_inputs, normalization)
+            h = dense(hidden, m, activation="relu")(h)
+            return keras.Model(inputs, dense(2, m)(h))
 
-        return ku.BatchEnsemble(network, num_members=self.members)
+        model = ku.BatchEnsemble(network, num_members=self.members)
+        inputs = keras.Input((num_inputs,))
+        return keras.Model(inputs, model(inputs))
+
+    @property
+    def uci_split_axis(self):
+        # Unpacked, 20 splits' BatchEnsembles cost as much as one after the
+        # other (the same small ops); with a split axis each layer is one
+        # batched matmul over the splits.
+        return uci.SplitBatchEnsembles
+
+    def uci_after_fit(self, model, x, y, protocol, epochs):
+        return model.layers[-1]  # the ku.BatchEnsemble: one sample per member
 
     def uci_num_samples(self, protocol):
         return None  # one sample per member
@@ -613,19 +618,36 @@ class MIMO(Method):
     # above the plain network on average, so the cheaper 1.5x.
     mnist_width = 1.5
     mnist_repetition_probability = 0.5
-    uci_trains_together = False  # its model brings its own training step
     one_pass = True
 
     def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
-        _standardized_inputs_only(self, normalization)
-
-        def backbone(shape):
-            inputs = keras.Input(shape)
-            return keras.Model(
-                inputs, keras.layers.Dense(hidden, activation="relu")(inputs)
+        # `ku.mimo.build_mimo_network`'s network, (N, M, d) inputs (one per
+        # head: the runner draws each head's own shuffle of the batch, as
+        # `ku.MIMO.fit` does), as a chain of layers that pack: the heads'
+        # inputs side by side (Flatten, member-major), each head's
+        # standardization, the hidden layer, the heads' outputs side by
+        # side, (N, M * 2); `uci_after_fit` splits them into (N, M, 2).
+        members = self.members
+        layers = [keras.layers.Flatten()]
+        if normalization is not None:
+            if not normalization.built:
+                normalization.build((None, num_inputs))
+            layers.append(
+                keras.layers.Normalization(
+                    mean=np.tile(np.ravel(normalization.mean), members),
+                    variance=np.tile(np.ravel(normalization.variance), members),
+                )
             )
+        layers += [
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dense(members * 2, name="mimo_heads"),
+        ]
+        return keras.Sequential([keras.Input((members, num_inputs)), *layers])
 
-        return ku.MIMO(backbone, (num_inputs,), num_outputs=2, num_members=self.members)
+    def uci_after_fit(self, model, x, y, protocol, epochs):
+        inputs = keras.Input(model.inputs[0].shape[1:])
+        heads = keras.layers.Reshape((self.members, 2))(model(inputs))
+        return ku.MIMO(network=keras.Model(inputs, heads))  # one sample per head
 
     def uci_num_samples(self, protocol):
         return None  # one sample per member

@@ -21,8 +21,10 @@ import warnings
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 import keras_uncertainty as ku
+from keras_uncertainty.ensemble.training import member_losses
 from keras_uncertainty.experiments.protocols import (  # noqa: F401 (re-exported)
     ADVERSARIAL_EPSILON,
     LEARNING_RATE,
@@ -46,6 +48,12 @@ BATCH_SIZE = 128  # the MC dropout experiments
 ENSEMBLE_MEMBERS = 5  # Lakshminarayanan et al. (2017)
 ENSEMBLE_BATCH_SIZE = 32
 ENSEMBLE_CHECKS = 20  # validation scores per training, to choose the epochs
+# How the Deep Ensemble's epochs are chosen (see `deep_ensemble`): "joint"
+# chooses and keeps in one training. On validation splits (5 of yacht,
+# bostonHousing, energy) it scored as well as the retrain or better in 0.4x to
+# 0.95x its time; "best" (no retrain, 80% of the rows) lost up to 20% RMSE,
+# "none" overfit bostonHousing and wine (docs/guide/benchmarks.md).
+ENSEMBLE_EPOCH_CHOICE = "joint"
 VALIDATION_FRACTION = 0.2  # the last 20% of each training split choose the grid
 VALIDATION_SAMPLES = 200  # MC samples per configuration when choosing
 # Floor of the standardized log-variance in the Gaussian NLL (a standard
@@ -177,12 +185,18 @@ def _standardization(values, member_rows):
     return mean, np.where(std > 0, std, 1.0)  # a constant column stays 0
 
 
-def member_batches(x, targets, member_rows, epochs, batch_size, seed):
+def member_batches(x, targets, member_rows, epochs, batch_size, seed, heads=None):
     """`epochs` passes in which every member draws shuffled batches of its own
     rows: `(inputs (b, M, d), targets (b, M, 1), weights (b, M))`, the 0/1
     weights marking each member's real rows (a shorter member's padding has
     weight 0), as a `ku.Ensemble` with `per_member_inputs` trains on them.
-    `targets` is `(R, M)`, every row standardized per member."""
+    `targets` is `(R, M)`, every row standardized per member.
+
+    `heads=K`: each member is a MIMO network whose K heads read their own
+    shuffle of the member's batch (Havasi et al. 2021 without input or
+    batch repetition, as `ku.MIMO`'s `train_step` draws them):
+    `(inputs (b, M, K, d), targets (b, M, K, 1), weights (b, M))`, a
+    member's real rows first in every head's column."""
     index, weight = padded_rows(member_rows)
     members, n = index.shape
     x, targets = tf.constant(x, tf.float32), tf.constant(targets, tf.float32)
@@ -198,20 +212,246 @@ def member_batches(x, targets, member_rows, epochs, batch_size, seed):
         return tf.transpose(rows), tf.transpose(tf.gather(weight, order, batch_dims=1))
 
     def batch(rows, weights):
-        pairs = tf.stack([rows, tf.broadcast_to(member_ids, tf.shape(rows))], -1)
+        ids = member_ids if heads is None else member_ids[:, None]
+        pairs = tf.stack([rows, tf.broadcast_to(ids, tf.shape(rows))], -1)
         y = tf.gather_nd(targets, pairs)[..., None]
         return tf.gather(x, rows), y, weights
 
-    steps = epochs * math.ceil(n / batch_size)
-    return (
+    batches = (
         tf.data.Dataset.range(epochs)
         .map(epoch)
         .flat_map(
             lambda r, w: tf.data.Dataset.from_tensor_slices((r, w)).batch(batch_size)
         )
-        .map(batch, num_parallel_calls=tf.data.AUTOTUNE)
+    )
+    if heads is not None:
+        batches = batches.enumerate().map(
+            lambda step, pair: _head_shuffles(*pair, heads, seed, step)
+        )
+    steps = epochs * math.ceil(n / batch_size)
+    return (
+        batches.map(batch, num_parallel_calls=tf.data.AUTOTUNE)
         .apply(tf.data.experimental.assert_cardinality(steps))
         .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def _head_shuffles(rows, weights, heads, seed, step):
+    """Batch `rows (b, M)` -> `(b, M, K)`: each head's own shuffle of each
+    member's rows of the batch (its real rows, of weight 1, first), and the
+    members' weights `(b, M)` in that order."""
+    keys = tf.random.stateless_uniform(
+        (tf.shape(rows)[0], tf.shape(rows)[1], heads),
+        seed=tf.stack([tf.constant(seed, tf.int64) + 1, step]),
+    )
+    # Padding (weight 0) sorts after every real row, in every head.
+    keys = keys + 2.0 * (1.0 - weights[..., None])
+    order = tf.argsort(keys, axis=0)  # (b, M, K): positions in the batch
+    members = tf.broadcast_to(
+        tf.range(tf.shape(rows)[1], dtype=order.dtype)[:, None], tf.shape(order)
+    )
+    shuffled = tf.gather_nd(rows, tf.stack([order, members], -1))
+    real = tf.reduce_sum(weights, axis=0)  # (M,)
+    position = tf.cast(tf.range(tf.shape(rows)[0]), weights.dtype)[:, None]
+    return shuffled, tf.cast(position < real, weights.dtype)
+
+
+@keras.saving.register_keras_serializable(package="keras_uncertainty.experiments")
+class HeadsLoss(keras.losses.Loss):
+    """A member's loss on every head of a multi-head network.
+
+    The network gives `(N, K, outputs)`, one row per head (a BatchEnsemble's
+    members, a MIMO network's heads), or `(N, K * outputs)`, the heads side
+    by side; the targets are `(N, 1)`, the same for every head, or
+    `(N, K, 1)`, each head's own (MIMO's shuffles). The
+    per-row loss is `loss` on each head, `(N, K)`: reduced as the ensemble
+    reduces a member's loss (its weighted mean), the mean over the rows and
+    the heads, the loss of `ku.BatchEnsemble` and of `ku.MIMO` trained
+    alone.
+
+    Args:
+        loss: The loss of one head (a `keras.losses.Loss`, such as
+            `ku.losses.GaussianNLL`).
+        name: The loss's name.
+
+    Example:
+
+    >>> loss = HeadsLoss(ku.losses.GaussianNLL())
+    >>> loss(y, outputs)  # y (N, 1), outputs (N, K, 2): mean over N and K
+    """
+
+    def __init__(self, loss, name=None):
+        loss = keras.losses.get(loss)
+        super().__init__(name=name or f"heads_{loss.name}", reduction=loss.reduction)
+        self.loss = loss
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, y_pred.dtype)
+        if len(y_true.shape) == len(y_pred.shape) + 1:
+            # Heads side by side, (N, K * outputs): head k's are [k * o, (k + 1) * o).
+            y_pred = ops.reshape(
+                y_pred, (-1, y_true.shape[1], y_pred.shape[-1] // y_true.shape[1])
+            )
+        if len(y_true.shape) == len(y_pred.shape) - 1:
+            y_true = ops.expand_dims(y_true, 1)  # (N, 1, k): every head's
+        y_true = ops.broadcast_to(
+            y_true, (*ops.shape(y_pred)[:-1], ops.shape(y_true)[-1])
+        )
+        return self.loss.call(y_true, y_pred)
+
+    def get_config(self):
+        return {
+            "loss": keras.saving.serialize_keras_object(self.loss),
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        loss = keras.saving.deserialize_keras_object(config.pop("loss"))
+        return cls(loss, **config)
+
+
+class SplitBatchEnsembles(keras.Model):
+    """Every split's BatchEnsemble network of the protocol as one network
+    with a split axis, to train them at once.
+
+    `networks` are the splits' networks (`keras.Model`s whose one
+    `ku.BatchEnsemble` holds a `keras.layers.Normalization` and
+    `ku.layers.BatchEnsembleDense` layers, as the registry's
+    `batch-ensemble` entry builds them). Each of their variables becomes one
+    `(S, ...)` variable, started from the splits' own values, and every
+    layer is one batched matmul over the splits: the members of a
+    `ku.Ensemble` would each run alone, as many small steps as splits after
+    split. The loss is each split's own (`HeadsLoss` of the member loss, its
+    weighted mean over its rows and members), summed over the splits, as a
+    `ku.Ensemble` with `per_member_inputs` and `weighted_mean` sums its
+    members' losses: each split makes the updates it would make alone.
+    `store()` copies the trained values back into `networks`.
+
+    Args:
+        networks: The S splits' networks (one architecture).
+        loss: The loss of one member of one split (a `keras.losses.Loss`).
+
+    Call arguments:
+        inputs: `(B, S, d)`: split s reads `inputs[:, s]`.
+        training: Unused (the network has no stochastic layer).
+
+    Returns:
+        `(B, S, K, outputs)`: every split's K members.
+    """
+
+    def __init__(self, networks, loss, **kwargs):
+        kwargs.setdefault("name", "split_batch_ensembles")
+        super().__init__(**kwargs)
+        self.networks = _Untracked(list(networks))
+        models = [_batch_ensemble_of(network) for network in networks]
+
+        def layers_of(kind):
+            return [
+                [layer for layer in m.network.layers if isinstance(layer, kind)]
+                for m in models
+            ]
+
+        self.dense_layers = _Untracked(layers_of(ku.layers.BatchEnsembleDense))
+        normalizations = layers_of(keras.layers.Normalization)
+        self.num_members = models[0].num_members
+        self.loss_of_split = HeadsLoss(loss)
+        self.mean = self.std = None
+        if normalizations[0]:  # each split's own, (1, S, d)
+            mean = np.stack([np.ravel(n[0].mean) for n in normalizations])
+            std = np.stack([np.sqrt(np.ravel(n[0].variance)) for n in normalizations])
+            std = np.maximum(std, keras.config.epsilon())  # as Normalization
+            self.mean = tf.constant(mean[None], tf.float32)
+            self.std = tf.constant(std[None], tf.float32)
+        self.activations = [layer.activation for layer in self.dense_layers.value[0]]
+        self.stacked = []
+        for j in range(len(self.activations)):
+            layers = [split[j] for split in self.dense_layers.value]
+            names = ("kernel", "r", "s", "bias")
+            self.stacked.append(
+                [
+                    self.add_weight(
+                        shape=(len(layers), *getattr(layers[0], name).shape),
+                        initializer=keras.initializers.Constant(
+                            np.stack([getattr(layer, name).numpy() for layer in layers])
+                        ),
+                        name=f"{name}_{j}",
+                    )
+                    for name in names
+                    if getattr(layers[0], name, None) is not None
+                ]
+            )
+
+    def call(self, inputs, training=None):
+        h = ops.cast(inputs, "float32")
+        if self.mean is not None:
+            h = (h - self.mean) / self.std
+        h = ops.transpose(h, (1, 0, 2))[:, None]  # (S, 1, B, d)
+        splits, members = self.stacked[0][0].shape[0], self.num_members
+        for activation, weights in zip(self.activations, self.stacked):
+            kernel, r, s = weights[:3]
+            h = h * r[:, :, None, :]  # (S, K, B, in): member k's input scales
+            batch = ops.shape(h)[2]
+            flat = ops.reshape(h, (splits, -1, h.shape[-1]))
+            h = ops.reshape(ops.matmul(flat, kernel), (splits, members, batch, -1))
+            h = h * s[:, :, None, :]
+            if len(weights) == 4:
+                h = h + weights[3][:, :, None, :]
+            h = activation(h)
+        return ops.transpose(h, (2, 0, 1, 3))  # (B, S, K, outputs)
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        losses = member_losses(
+            self.loss_of_split,
+            y,
+            y_pred,
+            sample_weight,
+            per_member_targets=True,
+            weighted_mean=True,
+        )
+        return ops.sum(losses)
+
+    def store(self):
+        """Copies every split's trained values into its network."""
+        for j, weights in enumerate(self.stacked):
+            values = [w.numpy() for w in weights]
+            for split, layers in enumerate(self.dense_layers.value):
+                layer = layers[j]
+                targets = [layer.kernel, layer.r, layer.s] + (
+                    [layer.bias] if layer.bias is not None else []
+                )
+                for target, value in zip(targets, values):
+                    target.assign(value[split])
+
+    @property
+    def members(self):
+        """The splits' networks, with the trained values."""
+        self.store()
+        return list(self.networks.value)
+
+    @property
+    def packed(self):
+        return True
+
+
+class _Untracked:
+    """Holds models out of Keras's tracking (their variables are not the
+    split-axis model's)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _batch_ensemble_of(network):
+    for layer in [network, *getattr(network, "layers", ())]:
+        if isinstance(layer, ku.BatchEnsemble):
+            return layer
+    raise ValueError(
+        "Invalid value received for argument `networks`. Expected models "
+        f"holding a ku.BatchEnsemble. Received: {network.name!r}"
     )
 
 
@@ -376,8 +616,9 @@ def fit_members(members, x, y, member_rows, loss, epochs, batch_size, seed, **op
     (`"cosine"`, the default: the step decays to 0 along a half cosine over
     `schedule_epochs`, default `epochs`; `"constant"`), `clip_value`, and
     `every_epochs=(k, function(trained, epoch))` to look at the networks
-    after every k-th epoch, and `pack` (`ku.Ensemble`'s: None packs when
-    the members pack; True requires it).
+    after every k-th epoch, `pack` (`ku.Ensemble`'s: None packs when
+    the members pack; True requires it), and `heads=K` for MIMO networks
+    whose K heads read their own shuffles of the batch (`member_batches`).
     """
     callbacks = list(options.pop("callbacks", ()))
     pack = options.pop("pack", None)
@@ -387,18 +628,24 @@ def fit_members(members, x, y, member_rows, loss, epochs, batch_size, seed, **op
     clip_value = options.pop("clip_value", None)
     every_epochs = options.pop("every_epochs", None)
     epsilon = options.pop("adversarial_epsilon", None) or None  # 0: none
+    heads = options.pop("heads", None)
+    split_axis = options.pop("split_axis", None)
     if options:
         raise TypeError(f"Unexpected options: {sorted(options)}")
     y_mean, y_std = _standardization(y, member_rows)
-    model = ku.Ensemble.from_models(
-        members,
-        per_member_inputs=True,
-        weighted_mean=True,  # each member: the mean over its own rows
-        adversarial_epsilon=epsilon,
-        # 240 members' loss logs would cost more than the training step.
-        member_logs=False,
-        pack=pack,
-    )
+    if split_axis is not None:
+        model = split_axis(members, loss)
+        loss = None  # the model's own: each split's, summed
+    else:
+        model = ku.Ensemble.from_models(
+            members,
+            per_member_inputs=True,
+            weighted_mean=True,  # each member: the mean over its own rows
+            adversarial_epsilon=epsilon,
+            # 240 members' loss logs would cost more than the training step.
+            member_logs=False,
+            pack=pack,
+        )
     trained = _Trained(model, y_mean, y_std)
     steps_per_pass = math.ceil(max(len(r) for r in member_rows) / batch_size)
     model.compile(
@@ -425,16 +672,18 @@ def fit_members(members, x, y, member_rows, loss, epochs, batch_size, seed, **op
         # `epsilon * range / std` on its standardized inputs).
         feature_range = np.stack([np.ptp(x[rows], axis=0) for rows in member_rows])
     targets = (y[:, None] - y_mean) / y_std
+    ensemble_options = {}
+    if split_axis is None:
+        # A diverged member (a split's network) must not stop the others:
+        # it scores NaN and its split is left out, with a warning.
+        ensemble_options = {"terminate_on_nan": False, "feature_range": feature_range}
     model.fit(
-        member_batches(x, targets, member_rows, epochs, batch_size, seed),
+        member_batches(x, targets, member_rows, epochs, batch_size, seed, heads),
         epochs=1,
         shuffle=False,  # the stream shuffles each member's rows itself
         verbose=0,
         callbacks=callbacks,
-        # A diverged member (a split's network) must not stop the others:
-        # it scores NaN and its split is left out, with a warning.
-        terminate_on_nan=False,
-        feature_range=feature_range,
+        **ensemble_options,
     )
     return trained
 
@@ -638,23 +887,52 @@ def _weight_decay(rate, tau, num_rows):
     return LENGTH_SCALE**2 * (1 - rate) / (2.0 * num_rows * tau)
 
 
-def deep_ensemble(splits, protocol, members=ENSEMBLE_MEMBERS):
+def deep_ensemble(
+    splits, protocol, members=ENSEMBLE_MEMBERS, epoch_choice=ENSEMBLE_EPOCH_CHOICE
+):
     """Deep Ensembles on every split at once; `(rmses, nlls)` per split.
 
-    Each split's number of epochs is chosen on its validation rows (the last
-    20% of its training rows): the mixture's validation NLL is scored every
-    `epochs // ENSEMBLE_CHECKS` epochs, and the retrain on all training rows
-    keeps each split's members as they were at that split's best epoch.
+    `epoch_choice` (`ENSEMBLE_EPOCH_CHOICE` by default) says how long each
+    split's members train, with the protocol's step schedule over its
+    `epochs`:
+
+    - `"none"`: every split trains on all its training rows for all the
+      epochs (the step decaying to 0 with the cosine schedule), as the
+      other methods do: one training, no validation.
+    - `"best"`: every split trains on the first 80% of its training rows;
+      the mixture's NLL on the last 20% is scored every `epochs //
+      ENSEMBLE_CHECKS` epochs, and each split keeps its members as they
+      were at its best check (early stopping that restores the best
+      epoch): one training, `ENSEMBLE_CHECKS` validation scores.
+    - `"retrain"`: as `"best"` to choose each split's epoch, then a second
+      training on all the training rows, each split's members kept at its
+      chosen epoch.
+    - `"joint"`: `"retrain"` in one training: every split's members on
+      the first 80% of its rows and its members on all its rows train at
+      once (one packed ensemble of both), the first scored every
+      `epochs // ENSEMBLE_CHECKS` epochs on the last 20%; each split keeps
+      its all-rows members as they were at the first members' best check.
+      (The first members get the others' steps per pass, their padding
+      weighing 0.)
+
     `members`: per split (the registry's `ensemble` entry gives it)."""
+    if epoch_choice not in ("none", "best", "retrain", "joint"):
+        raise ValueError(
+            "Invalid value received for argument `epoch_choice`. Expected "
+            "'none', 'best', 'retrain' or 'joint'. Received: "
+            f"epoch_choice={epoch_choice!r}"
+        )
     x, y = data_table(splits)
     fit_rows, validation_rows = zip(*(_split_validation(s.train_rows) for s in splits))
+    train_rows = [s.train_rows for s in splits]
+    test_rows = [s.test_rows for s in splits]
     epochs = protocol.epochs(splits[0])
     seed = protocol.seed
 
     def each_member(per_split):
         return [rows for rows in per_split for _ in range(members)]
 
-    def train(member_rows, num_epochs, look):
+    def train(member_rows, num_epochs, look=None):
         return train_members(
             x,
             y,
@@ -666,43 +944,83 @@ def deep_ensemble(splits, protocol, members=ENSEMBLE_MEMBERS):
             seed,
             adversarial_epsilon=protocol.adversarial,
             callbacks=protocol.callbacks,
-            every_epochs=(every, look),
+            every_epochs=None if look is None else (every, look),
             learning_rate=protocol.learning_rate,
             schedule=protocol.schedule,
             clip_value=protocol.clip_value,
             variance_objective=protocol.variance_objective,
-            # The retrain stops at the chosen epoch of the same schedule.
+            # A retrain stops at the chosen epoch of the same schedule.
             schedule_epochs=epochs,
         )
 
+    def evaluate(trained, per_split):
+        return evaluate_members(
+            trained, x, y, each_member(per_split), 1, seed, group=members
+        )
+
+    def keep_splits(trained, chosen, snapshots, first=0):
+        """Each split of `chosen` (indices) keeps the weights its members
+        (from group `first + s`) have now."""
+        for s in chosen:
+            block = slice((first + s) * members, (first + s + 1) * members)
+            snapshots[s] = [v.numpy()[block] for v in trained.model.trainable_variables]
+
+    def restore(trained, snapshots, first=0):
+        """Groups `first` to `first + S` take the splits' snapshots."""
+        block = slice(first * members, (first + len(splits)) * members)
+        for k, variable in enumerate(trained.model.trainable_variables):
+            value = variable.numpy()
+            value[block] = np.concatenate([snapshots[s][k] for s in range(len(splits))])
+            variable.assign(value)
+
+    if epoch_choice == "none":
+        return evaluate(train(each_member(train_rows), epochs), test_rows)
     every = max(1, epochs // ENSEMBLE_CHECKS)
-    scores = {}
+    scores, snapshots = {}, {}
+    best = np.full(len(splits), np.inf)
+    num = len(splits)
 
     def score(trained, epoch):
-        scores[epoch] = evaluate_members(
-            trained, x, y, each_member(validation_rows), 1, seed, group=members
-        )[1]
+        if epoch_choice == "joint":
+            # The choosing members' validation NLL (groups 0..S-1); groups
+            # S..2S-1, on all the training rows, are scored alongside.
+            nlls = evaluate(trained, validation_rows * 2)[1][:num]
+        else:
+            nlls = evaluate(trained, validation_rows)[1]
+        scores[epoch] = nlls
+        if epoch_choice in ("best", "joint"):
+            nlls = np.where(np.isfinite(nlls), nlls, np.inf)  # diverged: never
+            improved = nlls < best
+            # The first check keeps every split, so each has a snapshot.
+            keep_splits(
+                trained,
+                np.flatnonzero(improved | ~np.isfinite(best)),
+                snapshots,
+                first=num if epoch_choice == "joint" else 0,
+            )
+            best[:] = np.where(improved, nlls, best)
 
-    train(each_member(fit_rows), epochs, score)
+    if epoch_choice == "joint":
+        # One training of both: each split's members on 80% of its rows
+        # choose the epoch, its members on all its rows are kept at it.
+        trained = train(each_member(fit_rows) + each_member(train_rows), epochs, score)
+        restore(trained, snapshots, first=num)
+        return tuple(v[num:] for v in evaluate(trained, list(test_rows) * 2))
+    trained = train(each_member(fit_rows), epochs, score)
+    if epoch_choice == "best":
+        restore(trained, snapshots)
+        return evaluate(trained, test_rows)
     checked = np.array(sorted(scores))
     table = np.stack([scores[e] for e in checked])  # (checks, splits)
     table = np.where(np.isfinite(table), table, np.inf)
     chosen = checked[table.argmin(axis=0)]
-    snapshots = {}
 
     def keep(trained, epoch):
-        for s in np.flatnonzero(chosen == epoch):
-            block = slice(s * members, (s + 1) * members)
-            snapshots[s] = [v.numpy()[block] for v in trained.model.trainable_variables]
+        keep_splits(trained, np.flatnonzero(chosen == epoch), snapshots)
 
-    train_rows = [s.train_rows for s in splits]
     trained = train(each_member(train_rows), int(chosen.max()), keep)
-    for k, variable in enumerate(trained.model.trainable_variables):
-        variable.assign(np.concatenate([snapshots[s][k] for s in range(len(splits))]))
-    test_rows = [s.test_rows for s in splits]
-    return evaluate_members(
-        trained, x, y, each_member(test_rows), 1, seed, group=members
-    )
+    restore(trained, snapshots)
+    return evaluate(trained, test_rows)
 
 
 def dropout_grid(splits, protocol, heteroscedastic):

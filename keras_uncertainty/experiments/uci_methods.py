@@ -18,12 +18,11 @@ Two families:
   (`n_hidden` units) on inputs and targets standardized with the split's
   training rows, Adam with the protocol's step schedule,
   `n_epochs x multiplier` epochs of batches of `SINGLE_NETWORK_BATCH_SIZE`.
-  Those that train by plain `fit` train every split's network at once
-  (`uci.fit_members`), the others split after split. Their sampled
-  predictions are scored by the same `SplitMixtureNLL` as MC dropout's.
+  Every split's network trains at once (`uci.fit_members`; BatchEnsemble's
+  and MIMO's heads by `uci.HeadsLoss`). Their sampled predictions are
+  scored by the same `SplitMixtureNLL` as MC dropout's.
 """
 
-import math
 import time
 
 import keras
@@ -45,41 +44,21 @@ SINGLE_NETWORK_BATCH_SIZE = 128
 METHODS = registry.methods(registry.UCI)
 
 
-def _standardize(split):
-    """The split's inputs and targets standardized with its training rows."""
-    x_mean, x_std = split.x_train.mean(0), split.x_train.std(0)
-    x_std = np.where(x_std > 0, x_std, 1.0)
-    y_mean, y_std = float(split.y_train.mean()), float(split.y_train.std())
-    y_std = y_std if y_std > 0 else 1.0
-    return (
-        ((split.x_train - x_mean) / x_std).astype("float32"),
-        ((split.y_train - y_mean) / y_std).astype("float32")[:, None],
-        ((split.x_test - x_mean) / x_std).astype("float32"),
-        y_mean,
-        y_std,
-    )
-
-
 def single_network(method, splits, protocol):
     """Trains and scores one network per split of registry entry `method`
     (`uci_network`, `uci_loss`, `uci_after_fit`, `uci_score`); returns
     `(rmses, nlls)`.
 
-    A method whose network trains by plain `fit` (`uci_trains_together`)
-    trains every split's network at once, as the members of one
+    Every split's network trains at once, as the members of one
     `ku.Ensemble` with `per_member_inputs` (packed when its layers pack),
     each member on its own split's rows with its own input standardization
     as its first layer (`uci.fit_members`): the same updates as alone, one
     compiled step for all splits (about 3x faster for a Flipout or
-    evidential network, more when packed). The others (BatchEnsemble and
-    MIMO, whose models bring their own training step) train split after
-    split on standardized inputs."""
-    if method.uci_trains_together:
-        return _run_together(method, splits, protocol)
-    return _run_each(method, splits, protocol)
-
-
-def _run_together(method, splits, protocol):
+    evidential network, more when packed). A multi-head network, whose
+    outputs are `(N, K, outputs)` (BatchEnsemble's members, MIMO's heads),
+    trains with `uci.HeadsLoss` of the method's loss: its mean over the
+    heads, each against the targets; one whose inputs are `(N, K, d)`
+    (MIMO) reads each head's own shuffle of the split's batch."""
     keras.utils.set_random_seed(protocol.seed)
     x, y = uci.data_table(splits)
     train_rows = [s.train_rows for s in splits]
@@ -92,12 +71,18 @@ def _run_together(method, splits, protocol):
         )
         for split, rows in zip(splits, train_rows)
     ]
+    loss = method.uci_loss(protocol)
+    heads = None
+    if len(members[0].inputs[0].shape) == 3:
+        heads = int(members[0].inputs[0].shape[1])
+    if heads is not None or len(members[0].outputs[0].shape) == 3:
+        loss = uci.HeadsLoss(loss)
     trained = uci.fit_members(
         members,
         x,
         y,
         train_rows,
-        method.uci_loss(protocol),
+        loss,
         protocol.epochs(splits[0]),
         SINGLE_NETWORK_BATCH_SIZE,
         protocol.seed,
@@ -105,6 +90,8 @@ def _run_together(method, splits, protocol):
         learning_rate=protocol.learning_rate,
         schedule=protocol.schedule,
         clip_value=protocol.clip_value,
+        heads=heads,
+        split_axis=method.uci_split_axis,
     )
     return _score_together(method, trained, splits, protocol)
 
@@ -138,47 +125,6 @@ def _score_together(method, trained, splits, protocol):
             y_mean,
             y_std,
             protocol,
-        )
-    return rmses, nlls
-
-
-def _run_each(method, splits, protocol):
-    rmses, nlls = np.full(len(splits), np.nan), np.full(len(splits), np.nan)
-    model, compiled_for = None, None
-    for k, split in enumerate(splits):
-        keras.utils.set_random_seed(protocol.seed + split.split)
-        x, y, x_test, y_mean, y_std = _standardize(split)
-        epochs = protocol.epochs(split)
-        steps = math.ceil(len(x) / SINGLE_NETWORK_BATCH_SIZE)
-        fresh = method.uci_network(x.shape[1], split.n_hidden, len(x))
-        if compiled_for != (epochs, steps):
-            model = fresh
-            model.compile(
-                keras.optimizers.Adam(
-                    uci.step_schedule(
-                        protocol.learning_rate, protocol.schedule, epochs * steps
-                    )
-                ),
-                loss=method.uci_loss(protocol),
-                steps_per_execution=uci.steps_per_call(epochs * steps),
-            )
-            compiled_for = (epochs, steps)
-        else:
-            # The next split trains the same compiled model from a fresh
-            # initialization and a fresh optimizer: one trace per data set,
-            # not one per split (seconds each).
-            model.set_weights(fresh.get_weights())
-            for variable in model.optimizer.variables:
-                variable.assign(keras.ops.zeros_like(variable))
-        model.fit(
-            epoch_stream(x, y, epochs, protocol.seed + split.split),
-            shuffle=False,  # the stream shuffles every pass itself
-            verbose=0,
-            callbacks=list(protocol.callbacks),
-        )
-        wrapped = method.uci_after_fit(model, x, y, protocol, epochs)
-        rmses[k], nlls[k] = method.uci_score(
-            wrapped, x_test, split.y_test, y_mean, y_std, protocol
         )
     return rmses, nlls
 
