@@ -184,7 +184,11 @@ def markdown(rows):
 # -- quality: SNGP at its defaults against the plain network ------------------
 
 GRATINGS_NOISE = 0.6
-GRATINGS_SPLITS = {"train": (0, 10000), "validation": (10000, 12000), "test": (12000, 14000)}
+GRATINGS_SPLITS = {
+    "train": (0, 10000),
+    "validation": (10000, 12000),
+    "test": (12000, 14000),
+}
 # The defaults of 0.2 (issue 37), spelled out.
 OLD_BOUND = 0.95
 OLD_HEAD = {"scale_random_features": True, "gp_cov_likelihood": "logistic"}
@@ -213,7 +217,8 @@ def smooth_noise(count=2000, seed=1):
     """Out-of-distribution images: white noise through a 3x3 box filter
     (times 3, about the gratings' pixel spread), no grating."""
     noise = np.random.default_rng(seed).normal(size=(count, 32, 32, 1))
-    pooled = keras.layers.AveragePooling2D(3, 1, padding="same")(noise.astype("float32"))
+    pool = keras.layers.AveragePooling2D(3, 1, padding="same")
+    pooled = pool(noise.astype("float32"))
     return 3.0 * keras.ops.convert_to_numpy(pooled)
 
 
@@ -249,7 +254,14 @@ def quality_row(head, seed, split="test", epochs=5):
     model = small_cnn(head, seed)
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
     callbacks = [] if head == "plain" else [ku.sngp.SNGPCovarianceReset()]
-    model.fit(x[train], y[train], epochs=epochs, batch_size=64, verbose=0, callbacks=callbacks)
+    model.fit(
+        x[train],
+        y[train],
+        epochs=epochs,
+        batch_size=64,
+        verbose=0,
+        callbacks=callbacks,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the plain network's one-sample note
         near = ku.predict_classification(model, x[evaluated], verbose=0)

@@ -139,7 +139,8 @@ def table(record):
         "| method | objective | " + " | ".join(sets) + " |",
         "|---|---|" + "---|" * len(sets),
     ]
-    for method, objectives in [(REFERENCE, ("mse",))] + [(m, OBJECTIVES) for m in METHODS]:
+    rows_of = [(REFERENCE, ("mse",))] + [(m, OBJECTIVES) for m in METHODS]
+    for method, objectives in rows_of:
         for objective in objectives:
             row = []
             for dataset in sets:

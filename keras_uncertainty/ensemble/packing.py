@@ -5,7 +5,7 @@ Functional model whose layers each feed the next) on rank-2, rank-3 or
 rank-4 inputs (vectors, channels-last sequences or images), every layer of a
 registered kind:
 
-- `Dense`, `ku.layers.GaussianHead`, `Conv1D`, `Conv2D` (no constraint; no regularizer, or L2;
+- `Dense`, `GaussianHead`, `Conv1D`, `Conv2D` (no constraint; no regularizer, or L2;
   channels last, `groups=1`, no causal padding);
 - `Dropout` / `MCDropout` (without `noise_shape`), `SpatialDropout1D` /
   `SpatialDropout2D` / `MCSpatialDropout1D` / `MCSpatialDropout2D`;

@@ -135,8 +135,14 @@ SOURCES = {
     "[L 2020]": "Liu et al. 2020, SNGP",
     "[M 2019]": "Maddox et al. 2019, SWAG",
     "[S 2018]": "Sensoy et al. 2018, Evidential Deep Learning",
-    "[S 2022]": "Seitzer et al. 2022, On the Pitfalls of Heteroscedastic Uncertainty Estimation",
-    "[S 2023]": "Stirn et al. 2023, Faithful Heteroscedastic Regression with Neural Networks",
+    "[S 2022]": (
+        "Seitzer et al. 2022, On the Pitfalls of Heteroscedastic Uncertainty "
+        "Estimation"
+    ),
+    "[S 2023]": (
+        "Stirn et al. 2023, Faithful Heteroscedastic Regression with Neural "
+        "Networks"
+    ),
     "[W 2018]": "Wen et al. 2018, Flipout",
     "[W 2020]": "Wen et al. 2020, BatchEnsemble",
 }

@@ -347,7 +347,7 @@ class Flipout(Method):
             ("posterior", "mean-field Gaussian, scale 1e-3 at start", "[W 2018]"),
             ("prior", "N(0, 1)", "[B 2015]"),
             ("KL weight", "1 / N (the ELBO)", "[B 2015]"),
-            ("likelihood", "Gaussian NLL (the ELBO's), not the faithful loss", "[B 2015]"),
+            ("likelihood", "the ELBO's Gaussian NLL, not faithful", "[B 2015]"),
         ),
         MNIST: (
             ("layers", "DenseFlipout for the three Dense layers", "ours"),
