@@ -417,6 +417,8 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+# A subprocess end to end: the slow tier (CI runs it).
+@pytest.mark.slow
 def test_a_quiet_run_logs_tensorflows_errors_to_stderr_without_logging_errors():
     result = subprocess.run(
         [sys.executable, "-c", _LOGGING_LAUNCHER, "demo", "--epochs", "1"]

@@ -731,6 +731,8 @@ def _two_regression_heads():
     return keras.Model(inputs, {"reg": reg, "band": band})
 
 
+# A subprocess end to end: the slow tier (CI runs it).
+@pytest.mark.slow
 def test_served_intervals_and_sets_equal_the_in_process_ones(
     classifier, class_inputs, tmp_path
 ):

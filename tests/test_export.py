@@ -117,6 +117,8 @@ def test_a_seeded_call_repeats_exactly_across_calls_and_loads(served_regression)
     assert not np.array_equal(reference["mean"], served["a1"]["mean"])
 
 
+# A subprocess end to end: the slow tier (CI runs it).
+@pytest.mark.slow
 def test_saved_model_cli_lists_the_signature_and_its_named_outputs(served_regression):
     path, _, _ = served_regression
     cli = Path(sys.executable).parent / "saved_model_cli"

@@ -239,6 +239,8 @@ def _load_in_new_processes(folder, models, expected):
     return reports
 
 
+# A subprocess end to end: the slow tier (CI runs it).
+@pytest.mark.slow
 def test_a_saved_mc_dropout_model_loads_after_either_import_order(tmp_path):
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(1).normal(size=(5, 4)).astype("float32")
@@ -281,6 +283,8 @@ def test_every_saved_model_loads_after_importing_the_package_in_either_order(
         assert report["evidential"]["loss"] == "EvidentialRegressionLoss"
 
 
+# A subprocess end to end: the slow tier (CI runs it).
+@pytest.mark.slow
 def test_importing_the_package_then_keras_imports_no_module_twice():
     # The first part of the package imported before Keras loads Keras (the
     # backend check) and registers the classes once that part has loaded.

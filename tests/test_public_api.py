@@ -207,6 +207,8 @@ def other_backend_runs():
             process.communicate()
 
 
+# A subprocess end to end: the slow tier (CI runs it).
+@pytest.mark.slow
 @pytest.mark.parametrize("statement", _OTHER_BACKEND_STATEMENTS)
 def test_importing_with_another_keras_backend_names_it_and_the_fix(
     statement, other_backend_runs
