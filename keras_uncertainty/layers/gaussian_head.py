@@ -30,6 +30,17 @@ def _split_matmul(inputs, kernel, targets, stop_variance_gradient):
     return ops.concatenate([means, log_vars], axis=-1)
 
 
+def _head_config(layer, config):
+    """The Dense config of a head, its units and activation replaced by
+    `targets` and `stop_variance_gradient` (its `__init__`'s arguments)."""
+    for name in ("units", "activation"):
+        config.pop(name, None)
+    config.update(
+        targets=layer.targets, stop_variance_gradient=layer.stop_variance_gradient
+    )
+    return config
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class GaussianHead(keras.layers.Dense):
     """Output layer of k means then k log-variances, faithful by default.
@@ -95,13 +106,7 @@ class GaussianHead(keras.layers.Dense):
         return outputs
 
     def get_config(self):
-        config = super().get_config()
-        for name in ("units", "activation"):
-            config.pop(name, None)
-        config.update(
-            targets=self.targets, stop_variance_gradient=self.stop_variance_gradient
-        )
-        return config
+        return _head_config(self, super().get_config())
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -141,10 +146,4 @@ class PackedGaussianHead(PackedDense):
         return outputs
 
     def get_config(self):
-        config = super().get_config()
-        for name in ("units", "activation"):
-            config.pop(name, None)
-        config.update(
-            targets=self.targets, stop_variance_gradient=self.stop_variance_gradient
-        )
-        return config
+        return _head_config(self, super().get_config())
