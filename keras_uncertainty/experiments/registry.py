@@ -361,8 +361,8 @@ class Flipout(Method):
         # The ELBO's likelihood, whatever the protocol's variance objective:
         # the faithful loss and beta-NLL shrink the data term's gradient
         # against the KL's, and the posterior underfits (validation rows:
-        # energy RMSE 1.38 with the NLL, 2.32 faithful, 2.12 beta-NLL; yacht
-        # 0.93, 2.66 and 1.26; the benchmarks page's "Variance heads" table).
+        # energy RMSE 1.40 with the NLL, 2.51 faithful, 2.01 beta-NLL; yacht
+        # 1.00, 2.50 and 1.20; the benchmarks page's "Variance heads" table).
         return uci.variance_loss("nll")
 
     def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
