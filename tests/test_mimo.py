@@ -249,4 +249,7 @@ def test_the_mnist_benchmark_widens_lenet_and_shares_half_of_each_batch():
     indices = network.training_indices(64).numpy()
     assert (indices[:, 32:] == indices[0, 32:]).all()
     assert not (indices[0, :32] == indices[1, :32]).all()
-    assert method.uci_network(4, 8, 100).repetition_probability == 0.0
+    # The UCI protocol's MIMO keeps independent heads: each its own shuffle.
+    assert ("members", "3 heads, no input repetition", "[H 2021]") in method.settings[
+        "uci"
+    ]
