@@ -252,6 +252,8 @@ def test_unknown_data_set_in_a_subprocess_is_fast_and_one_line():
     ]
 
 
+# End to end (a subprocess or a UCI training): the slow tier (CI runs it).
+@pytest.mark.slow
 def test_a_bad_settings_file_exits_2_with_one_line_and_no_startup_logs(yacht_copy):
     (yacht_copy / "n_epochs.txt").write_text("0\n")
     result = subprocess.run(

@@ -284,6 +284,8 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+# End to end (a subprocess or a UCI training): the slow tier (CI runs it).
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143)])
 def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, signum, status):
     output, started = tmp_path / "results.json", tmp_path / "started"

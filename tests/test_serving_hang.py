@@ -84,6 +84,8 @@ def served_path(tmp_path_factory):
     return path
 
 
+# End to end (a subprocess or a UCI training): the slow tier (CI runs it).
+@pytest.mark.slow
 def test_a_malformed_serve_request_fails_cleanly_and_the_next_call_is_served(
     served_path, tmp_path
 ):

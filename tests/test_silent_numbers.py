@@ -73,6 +73,8 @@ def test_uci_mixture_scores_keep_every_digit_of_a_target_far_from_zero():
         assert nll == pytest.approx(-log_density.mean(), 1e-5)
 
 
+# End to end (a subprocess or a UCI training): the slow tier (CI runs it).
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["evidential", "vi"])
 def test_uci_method_scores_do_not_change_when_the_target_is_shifted_by_1e9(
     tmp_path, method
