@@ -458,7 +458,10 @@ def test_regression_head_matches_bayesian_linear_regression(tmp_path):
     np.testing.assert_allclose(pred.mean, mean, atol=1e-5)
     np.testing.assert_allclose(pred.aleatoric_std, 0.5, rtol=1e-5)
     np.testing.assert_allclose(pred.epistemic_std[:, 0], np.sqrt(variance), rtol=1e-3)
-    np.testing.assert_allclose(chunked.epistemic_std, pred.epistemic_std, rtol=1e-6)
+    # Chunks change how the matrix kernels block their sums: the seed promise.
+    np.testing.assert_allclose(
+        chunked.epistemic_std, pred.epistemic_std, **ku.sampling.SEEDED_TOLERANCE
+    )
     np.testing.assert_allclose(pred.std[:, 0], np.sqrt(0.25 + variance), rtol=1e-3)
     assert pred.epistemic_std[5:].min() > pred.epistemic_std[:5].max()
     assert ku.sample(model, x_test, num_samples=10).shape == (2, 10, 2)
