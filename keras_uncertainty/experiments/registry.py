@@ -134,7 +134,12 @@ class Method:
         its last layer with the mean, the faithful loss lets the variance's
         gradient crowd the mean's out of the shared layers (yacht's
         validation rows: RMSE 2.68 for MC dropout's network, 2.60 for
-        SWAG's; the benchmarks page's "Variance heads")."""
+        SWAG's MAP network, whose NLL was also higher on yacht, energy and
+        wine: "SWAG's variance"). Flipout VI keeps it as its ELBO's
+        likelihood: the faithful loss and beta-NLL shrink the data term's
+        gradient against the KL's and the posterior underfits (energy's
+        validation RMSE 1.40 with the NLL, 2.51 faithful, 2.01 beta-NLL; the
+        benchmarks page's "Variance heads")."""
         return uci.variance_loss("nll")
 
     def uci_after_fit(self, model, x, y, protocol, epochs):
@@ -357,14 +362,6 @@ class Flipout(Method):
     }
     mnist_epochs = 30
 
-    def uci_loss(self, protocol):
-        # The ELBO's likelihood, whatever the protocol's variance objective:
-        # the faithful loss and beta-NLL shrink the data term's gradient
-        # against the KL's, and the posterior underfits (validation rows:
-        # energy RMSE 1.40 with the NLL, 2.51 faithful, 2.01 beta-NLL; yacht
-        # 1.00, 2.50 and 1.20; the benchmarks page's "Variance heads" table).
-        return uci.variance_loss("nll")
-
     def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
         flipout = ku.layers.DenseFlipout
         inputs, h = _inputs(num_inputs, normalization)
@@ -484,15 +481,6 @@ class SWAG(Method):
 
     def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
         return _hidden_then(num_inputs, hidden, keras.layers.Dense(2), normalization)
-
-    def uci_loss(self, protocol):
-        # The plain NLL, whatever the protocol's variance objective: on
-        # splits 0-4's validation rows the faithful loss on this Dense head
-        # gives yacht's MAP network an RMSE of 2.60 (the NLL's: 0.94) and
-        # SWAG's NLL is higher on yacht (2.51 against 1.03), energy (2.13
-        # against 1.40) and wine (1.22 against 1.14); see
-        # docs/guide/benchmarks.md, "SWAG's variance".
-        return uci.variance_loss("nll")
 
     def uci_after_fit(self, model, x, y, protocol, epochs):
         collect = max(2, int(round(self.uci_collect_fraction * epochs)))
