@@ -46,7 +46,7 @@ DATASETS = {
     "protein-tertiary-structure": 1,
     "naval-propulsion-plant": 1,
 }
-METHODS = ("hetero-mc-dropout", "ensemble", "vi")
+METHODS = ("hetero-mc-dropout", "ensemble", "vi", "batch-ensemble", "mimo")
 OBJECTIVES = protocols.VARIANCE_OBJECTIVES
 REFERENCE = "laplace"  # homoscedastic: its mean is the squared error's
 

@@ -404,7 +404,9 @@ def _multi_head_splits_trained_together_and_alone(name, heads=None):
         for r in rows
     ]
     initial = [m.get_weights() for m in members]
-    loss = uci.HeadsLoss(method.uci_loss(uci.Protocol(1, 1e-2, "cosine", 1, 0)))
+    loss = uci.heads_loss(
+        method.uci_loss(uci.Protocol(1, 1e-2, "cosine", 1, 0)), members[0]
+    )
     trained = uci.fit_members(
         members,
         x,

@@ -112,10 +112,14 @@ class Method:
         per split (`runner.single_network`), built by `uci_network`."""
         return runner.single_network(self, splits, protocol)
 
-    def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
+    def uci_network(
+        self, num_inputs, hidden, num_rows, normalization=None, variance_objective=None
+    ):
         """The network of one split: `hidden` ReLU units, `num_rows`
         training rows; `normalization`: its first layer (None: the inputs
-        arrive standardized)."""
+        arrive standardized); `variance_objective`: the protocol's (a
+        network whose variance head trains by it builds the head for it,
+        `uci.variance_head`; None: the protocol's default)."""
         raise NotImplementedError
 
     # Builds one model of every split's network with a split axis,
@@ -129,8 +133,9 @@ class Method:
         by default the plain Gaussian NLL (`uci.variance_loss("nll")`).
         The protocol's variance objective (`protocol.variance_loss()`, the
         faithful one by default) trains the networks that end in
-        `ku.layers.GaussianHead` (MC dropout's and the Deep Ensemble's,
-        through `uci.train_members`): on a network whose variance shares
+        `ku.layers.GaussianHead` or its BatchEnsemble twin (MC dropout's and
+        the Deep Ensemble's, through `uci.train_members`; BatchEnsemble's and
+        MIMO's, whose `uci_loss` says so): on a network whose variance shares
         its last layer with the mean, the faithful loss lets the variance's
         gradient crowd the mean's out of the shared layers (yacht's
         validation rows: RMSE 2.68 for MC dropout's network, 2.60 for
@@ -362,7 +367,9 @@ class Flipout(Method):
     }
     mnist_epochs = 30
 
-    def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
+    def uci_network(
+        self, num_inputs, hidden, num_rows, normalization=None, variance_objective=None
+    ):
         flipout = ku.layers.DenseFlipout
         inputs, h = _inputs(num_inputs, normalization)
         h = flipout(hidden, activation="relu", kl_weight=1.0 / num_rows)(h)
@@ -399,7 +406,9 @@ class LastLayerLaplace(Method):
     }
     votes = False
 
-    def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
+    def uci_network(
+        self, num_inputs, hidden, num_rows, normalization=None, variance_objective=None
+    ):
         return _hidden_then(num_inputs, hidden, keras.layers.Dense(1), normalization)
 
     def uci_loss(self, protocol):
@@ -479,7 +488,9 @@ class SWAG(Method):
     # rows (see docs/guide/benchmarks.md, "SWAG's variance").
     uci_floor_offset = -1.0
 
-    def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
+    def uci_network(
+        self, num_inputs, hidden, num_rows, normalization=None, variance_objective=None
+    ):
         return _hidden_then(num_inputs, hidden, keras.layers.Dense(2), normalization)
 
     def uci_after_fit(self, model, x, y, protocol, epochs):
@@ -528,27 +539,37 @@ class BatchEnsemble(Method):
         UCI: (
             ("members", "4, rank-1 factors on every Dense layer", "[W 2020]"),
             ("output", "(mean, log-variance), Gaussian NLL", "[L 2017]"),
+            ("loss", "faithful: BatchEnsembleGaussianHead and loss", "[S 2023]"),
         ),
         MNIST: (("members", "4, rank-1 factors on every layer", "[W 2020]"),),
     }
     members = 4
     one_pass = True
 
-    def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
+    def uci_network(
+        self, num_inputs, hidden, num_rows, normalization=None, variance_objective=None
+    ):
         # A Functional model around the `ku.BatchEnsemble` (inputs (N, d),
         # outputs (N, M, 2)); the runner trains every split's at once
         # (`uci_split_axis`), each with the loss of every member against
         # the same targets (`uci.HeadsLoss`), as `ku.BatchEnsemble` trains.
         dense = ku.layers.BatchEnsembleDense
+        faithful = (variance_objective or uci.VARIANCE_OBJECTIVE) == "faithful"
 
         def network(m):
             inputs, h = _inputs(num_inputs, normalization)
             h = dense(hidden, m, activation="relu")(h)
-            return keras.Model(inputs, dense(2, m)(h))
+            head = ku.layers.BatchEnsembleGaussianHead(
+                1, m, stop_variance_gradient=faithful
+            )
+            return keras.Model(inputs, head(h))
 
         model = ku.BatchEnsemble(network, num_members=self.members)
         inputs = keras.Input((num_inputs,))
         return keras.Model(inputs, model(inputs))
+
+    def uci_loss(self, protocol):
+        return protocol.variance_loss()  # its head is the objective's
 
     @property
     def uci_split_axis(self):
@@ -584,6 +605,7 @@ class MIMO(Method):
         UCI: (
             ("members", "3 heads, no input repetition", "[H 2021]"),
             ("output", "(mean, log-variance) per head, Gaussian NLL", "[L 2017]"),
+            ("loss", "faithful: GaussianHead of the heads and loss", "[S 2023]"),
         ),
         MNIST: (
             ("members", "3 heads", "[H 2021]"),
@@ -608,7 +630,9 @@ class MIMO(Method):
     mnist_repetition_probability = 0.5
     one_pass = True
 
-    def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
+    def uci_network(
+        self, num_inputs, hidden, num_rows, normalization=None, variance_objective=None
+    ):
         # `ku.mimo.build_mimo_network`'s network, (N, M, d) inputs (one per
         # head: the runner draws each head's own shuffle of the batch, as
         # `ku.MIMO.fit` does), as a chain of layers that pack: the heads'
@@ -628,13 +652,18 @@ class MIMO(Method):
             )
         layers += [
             keras.layers.Dense(hidden, activation="relu"),
-            keras.layers.Dense(members * 2, name="mimo_heads"),
+            # The heads' means, then their log-variances.
+            uci.variance_head(variance_objective, targets=members, name="mimo_heads"),
         ]
         return keras.Sequential([keras.Input((members, num_inputs)), *layers])
 
+    def uci_loss(self, protocol):
+        return protocol.variance_loss()  # its head is the objective's
+
     def uci_after_fit(self, model, x, y, protocol, epochs):
         inputs = keras.Input(model.inputs[0].shape[1:])
-        heads = keras.layers.Reshape((self.members, 2))(model(inputs))
+        outputs = keras.layers.Reshape((2, self.members))(model(inputs))
+        heads = keras.layers.Permute((2, 1))(outputs)  # (N, M, 2)
         return ku.MIMO(network=keras.Model(inputs, heads))  # one sample per head
 
     def uci_num_samples(self, protocol):
@@ -714,7 +743,9 @@ class Evidential(Method):
     one_pass = True  # the Dirichlet's closed form, read from its head
     uci_coeff = 1e-2
 
-    def uci_network(self, num_inputs, hidden, num_rows, normalization=None):
+    def uci_network(
+        self, num_inputs, hidden, num_rows, normalization=None, variance_objective=None
+    ):
         head = ku.evidential.NormalInverseGammaHead(1)
         return _hidden_then(num_inputs, hidden, head, normalization)
 

@@ -272,6 +272,10 @@ class HeadsLoss(keras.losses.Loss):
     Args:
         loss: The loss of one head (a `keras.losses.Loss`, such as
             `ku.losses.GaussianNLL`).
+        outputs_major: How `(N, K * outputs)` heads lie side by side: False
+            (the default), head after head; True, output after output (the
+            K heads' first outputs, then their second: a
+            `ku.layers.GaussianHead(K)`'s K means, then K log-variances).
         name: The loss's name.
 
     Example:
@@ -280,18 +284,27 @@ class HeadsLoss(keras.losses.Loss):
     >>> loss(y, outputs)  # y (N, 1), outputs (N, K, 2): mean over N and K
     """
 
-    def __init__(self, loss, name=None):
+    def __init__(self, loss, outputs_major=False, name=None):
         loss = keras.losses.get(loss)
         super().__init__(name=name or f"heads_{loss.name}", reduction=loss.reduction)
         self.loss = loss
+        self.outputs_major = bool(outputs_major)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
         if len(y_true.shape) == len(y_pred.shape) + 1:
-            # Heads side by side, (N, K * outputs): head k's are [k * o, (k + 1) * o).
-            y_pred = ops.reshape(
-                y_pred, (-1, y_true.shape[1], y_pred.shape[-1] // y_true.shape[1])
-            )
+            heads = y_true.shape[1]
+            outputs = y_pred.shape[-1] // heads
+            if self.outputs_major:
+                # Output j of every head, then output j + 1: head k's j-th
+                # is column j * K + k (a GaussianHead(K): K means, then K
+                # log-variances).
+                y_pred = ops.transpose(
+                    ops.reshape(y_pred, (-1, outputs, heads)), (0, 2, 1)
+                )
+            else:
+                # Head k's outputs are columns [k * o, (k + 1) * o).
+                y_pred = ops.reshape(y_pred, (-1, heads, outputs))
         if len(y_true.shape) == len(y_pred.shape) - 1:
             y_true = ops.expand_dims(y_true, 1)  # (N, 1, k): every head's
         y_true = ops.broadcast_to(
@@ -302,6 +315,7 @@ class HeadsLoss(keras.losses.Loss):
     def get_config(self):
         return {
             "loss": keras.saving.serialize_keras_object(self.loss),
+            "outputs_major": self.outputs_major,
             "name": self.name,
         }
 
@@ -310,6 +324,16 @@ class HeadsLoss(keras.losses.Loss):
         config = dict(config)
         loss = keras.saving.deserialize_keras_object(config.pop("loss"))
         return cls(loss, **config)
+
+
+def heads_loss(loss, network):
+    """`HeadsLoss(loss)` for a multi-head `network`, laid out as it lays its
+    heads: one `ku.layers.GaussianHead(K)` on `(N, K, d)` inputs (MIMO's)
+    gives the K means, then the K log-variances (`outputs_major`)."""
+    heads = network.inputs[0].shape[1] if len(network.inputs[0].shape) == 3 else None
+    last = network.layers[-1]
+    side_by_side = isinstance(last, ku.layers.GaussianHead) and last.targets == heads
+    return HeadsLoss(loss, outputs_major=side_by_side)
 
 
 class SplitBatchEnsembles(keras.Model):
@@ -365,6 +389,16 @@ class SplitBatchEnsembles(keras.Model):
             self.mean = tf.constant(mean[None], tf.float32)
             self.std = tf.constant(std[None], tf.float32)
         self.activations = [layer.activation for layer in self.dense_layers.value[0]]
+        # A faithful head's log-variance columns (from column `targets` on)
+        # read the inputs and r with their gradient stopped, as
+        # `ku.layers.BatchEnsembleGaussianHead` computes them; None: plain.
+        self.variance_columns = [
+            layer.targets
+            if isinstance(layer, ku.layers.BatchEnsembleGaussianHead)
+            and layer.stop_variance_gradient
+            else None
+            for layer in self.dense_layers.value[0]
+        ]
         self.stacked = []
         for j in range(len(self.activations)):
             layers = [split[j] for split in self.dense_layers.value]
@@ -388,14 +422,24 @@ class SplitBatchEnsembles(keras.Model):
         if self.mean is not None:
             h = (h - self.mean) / self.std
         h = ops.transpose(h, (1, 0, 2))[:, None]  # (S, 1, B, d)
-        splits, members = self.stacked[0][0].shape[0], self.num_members
-        for activation, weights in zip(self.activations, self.stacked):
+        members = self.num_members
+        layers = zip(self.activations, self.stacked, self.variance_columns)
+        for activation, weights, targets in layers:
             kernel, r, s = weights[:3]
-            h = h * r[:, :, None, :]  # (S, K, B, in): member k's input scales
-            batch = ops.shape(h)[2]
-            flat = ops.reshape(h, (splits, -1, h.shape[-1]))
-            h = ops.reshape(ops.matmul(flat, kernel), (splits, members, batch, -1))
-            h = h * s[:, :, None, :]
+            if targets is None:
+                outputs = _members_matmul(h, r, kernel, members)
+            else:
+                frozen = ops.stop_gradient
+                outputs = ops.concatenate(
+                    [
+                        _members_matmul(h, r, kernel[..., :targets], members),
+                        _members_matmul(
+                            frozen(h), frozen(r), kernel[..., targets:], members
+                        ),
+                    ],
+                    axis=-1,
+                )
+            h = outputs * s[:, :, None, :]
             if len(weights) == 4:
                 h = h + weights[3][:, :, None, :]
             h = activation(h)
@@ -435,6 +479,15 @@ class SplitBatchEnsembles(keras.Model):
     @property
     def packed(self):
         return True
+
+
+def _members_matmul(h, r, kernel, members):
+    """Every split's members' `(h * r_k) @ W`: `h` `(S, 1 or K, B, in)`, `r`
+    `(S, K, in)`, `kernel` `(S, in, out)`; `(S, K, B, out)`."""
+    h = h * r[:, :, None, :]  # (S, K, B, in): member k's input scales
+    splits, batch = kernel.shape[0], ops.shape(h)[2]
+    flat = ops.reshape(h, (splits, -1, h.shape[-1]))
+    return ops.reshape(ops.matmul(flat, kernel), (splits, members, batch, -1))
 
 
 class _Untracked:
@@ -524,14 +577,15 @@ def member_network(
     return keras.Model(inputs, head(h))
 
 
-def variance_head(objective=VARIANCE_OBJECTIVE, **kwargs):
-    """The (mean, log-variance) output layer of a network trained by
-    `variance_loss(objective)`: `ku.layers.GaussianHead(1)`, whose variance
-    reads the features with their gradient stopped under `"faithful"`
-    (Stirn et al.'s head; a plain Dense layer else). `kwargs`: the layer's
-    (a regularizer, ...)."""
+def variance_head(objective=VARIANCE_OBJECTIVE, targets=1, **kwargs):
+    """The (means, log-variances) output layer of a network trained by
+    `variance_loss(objective)` (None: the default objective):
+    `ku.layers.GaussianHead(targets)`, whose variances read the features
+    with their gradient stopped under `"faithful"` (Stirn et al.'s head; a
+    plain Dense layer else). `kwargs`: the layer's (a regularizer, ...)."""
+    objective = objective or VARIANCE_OBJECTIVE
     return ku.layers.GaussianHead(
-        1, stop_variance_gradient=objective == "faithful", **kwargs
+        targets, stop_variance_gradient=objective == "faithful", **kwargs
     )
 
 

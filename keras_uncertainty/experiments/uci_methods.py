@@ -68,6 +68,7 @@ def single_network(method, splits, protocol):
             split.n_hidden,
             len(rows),
             uci.normalization_layer(x[rows]),
+            protocol.variance_objective,
         )
         for split, rows in zip(splits, train_rows)
     ]
@@ -76,7 +77,7 @@ def single_network(method, splits, protocol):
     if len(members[0].inputs[0].shape) == 3:
         heads = int(members[0].inputs[0].shape[1])
     if heads is not None or len(members[0].outputs[0].shape) == 3:
-        loss = uci.HeadsLoss(loss)
+        loss = uci.heads_loss(loss, members[0])
     trained = uci.fit_members(
         members,
         x,

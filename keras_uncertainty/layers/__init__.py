@@ -15,7 +15,11 @@ from keras_uncertainty.layers.batch_ensemble import (
     BatchEnsembleDense,
 )
 from keras_uncertainty.layers.conversion import ConversionReport, to_mc_dropout
-from keras_uncertainty.layers.gaussian_head import GaussianHead, PackedGaussianHead
+from keras_uncertainty.layers.gaussian_head import (
+    BatchEnsembleGaussianHead,
+    GaussianHead,
+    PackedGaussianHead,
+)
 from keras_uncertainty.layers.grouped_conv import (
     grouped_convolution_formulation,
     set_grouped_convolution_formulation,
@@ -65,6 +69,7 @@ from keras_uncertainty.layers.variational import (
 __all__ = [
     "BatchEnsembleConv2D",
     "BatchEnsembleDense",
+    "BatchEnsembleGaussianHead",
     "Conv1DFlipout",
     "Conv2DFlipout",
     "ConversionReport",

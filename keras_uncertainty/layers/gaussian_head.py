@@ -12,9 +12,11 @@ mean's features out.
 """
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from keras_uncertainty._validation import check_positive_int
+from keras_uncertainty.layers.batch_ensemble import BatchEnsembleDense
 from keras_uncertainty.layers.packed import PackedDense, share_across_members
 
 _PACKAGE = "keras_uncertainty"
@@ -39,6 +41,25 @@ def _head_config(layer, config):
         targets=layer.targets, stop_variance_gradient=layer.stop_variance_gradient
     )
     return config
+
+
+def _refuse_units_and_activation(kwargs):
+    """Pops `units` and `activation` from a head's `kwargs`: a ValueError
+    for a value other than unset (the head has 2 * `targets` linear units)."""
+    for name in ("units", "activation"):
+        value = kwargs.pop(name, None)
+        if name == "units" and value is not None:
+            raise ValueError(
+                "Invalid value received for argument `units`. Expected it "
+                "unset: the layer has 2 * `targets` units. Received: "
+                f"units={value!r}"
+            )
+        if name == "activation" and value not in (None, "linear"):
+            raise ValueError(
+                "Invalid value received for argument `activation`. Expected "
+                "None (means and log-variances are linear). Received: "
+                f"activation={value!r}"
+            )
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -79,20 +100,7 @@ class GaussianHead(keras.layers.Dense):
     variance_head = True
 
     def __init__(self, targets=1, stop_variance_gradient=True, **kwargs):
-        for name in ("units", "activation"):
-            value = kwargs.pop(name, None)
-            if name == "units" and value is not None:
-                raise ValueError(
-                    "Invalid value received for argument `units`. Expected it "
-                    "unset: the layer has 2 * `targets` units. Received: "
-                    f"units={value!r}"
-                )
-            if name == "activation" and value not in (None, "linear"):
-                raise ValueError(
-                    "Invalid value received for argument `activation`. Expected "
-                    "None (means and log-variances are linear). Received: "
-                    f"activation={value!r}"
-                )
+        _refuse_units_and_activation(kwargs)
         self.targets = check_positive_int(targets, "targets")
         self.stop_variance_gradient = bool(stop_variance_gradient)
         super().__init__(2 * self.targets, **kwargs)
@@ -144,6 +152,71 @@ class PackedGaussianHead(PackedDense):
         if self.bias is not None:
             outputs = outputs + ops.expand_dims(self.bias, 1)
         return outputs
+
+    def get_config(self):
+        return _head_config(self, super().get_config())
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BatchEnsembleGaussianHead(BatchEnsembleDense):
+    """`GaussianHead` with a member axis: M BatchEnsemble heads of k means
+    then k log-variances.
+
+    The BatchEnsemble twin of `GaussianHead`: member m's outputs are those of
+    a `ku.layers.BatchEnsembleDense` of `2 * targets` linear units,
+    `((x * r_m) @ W) * s_m + b_m`. With `stop_variance_gradient=True` (the
+    default) the log-variance columns read the inputs and the shared input
+    fast weights `r_m` with their gradient stopped: the variance's loss
+    trains only the log-variance columns of `W`, `s` and `b`, and the layers
+    below (and `r`) learn from the means alone (Stirn et al. 2023). Rows are
+    member-major, as for `BatchEnsembleDense`. Train it with
+    `ku.losses.GaussianNLL()` (faithful by default).
+
+    Args:
+        targets: Positive integer k, the number of regression targets.
+        num_members: Positive integer M.
+        stop_variance_gradient: Whether the log-variances read the inputs
+            (and `r`) with their gradient stopped (default True; False: a
+            plain `BatchEnsembleDense`).
+        **kwargs: `BatchEnsembleDense`'s other arguments (initializers,
+            regularizers, `use_bias`, `name`, ...); not `units` or
+            `activation`.
+
+    Call arguments:
+        inputs: `(M * B, ..., in)` tensor, member-major rows.
+
+    Example:
+
+    >>> def network(m):
+    ...     inputs = keras.Input((8,))
+    ...     h = ku.layers.BatchEnsembleDense(50, m, activation="relu")(inputs)
+    ...     return keras.Model(inputs, ku.layers.BatchEnsembleGaussianHead(1, m)(h))
+    >>> model = ku.BatchEnsemble(network, num_members=4)
+    >>> model.compile("adam", loss=ku.losses.GaussianNLL())
+    """
+
+    task = "regression"
+    variance_head = True
+
+    def __init__(self, targets, num_members, stop_variance_gradient=True, **kwargs):
+        _refuse_units_and_activation(kwargs)
+        self.targets = check_positive_int(targets, "targets")
+        self.stop_variance_gradient = bool(stop_variance_gradient)
+        super().__init__(2 * self.targets, num_members, **kwargs)
+
+    def call(self, inputs):
+        if not self.stop_variance_gradient:
+            return super().call(inputs)
+        checks = self._check_batch(inputs)
+        with tf.control_dependencies(checks):
+            scaled = self._scale(inputs, self.r)
+            frozen = self._scale(
+                ops.stop_gradient(inputs), ops.stop_gradient(self.r)
+            )
+        kernel = ops.cast(self.kernel, scaled.dtype)
+        means = ops.matmul(scaled, kernel[:, : self.targets])
+        log_vars = ops.matmul(frozen, kernel[:, self.targets :])
+        return self._finish(ops.concatenate([means, log_vars], axis=-1))
 
     def get_config(self):
         return _head_config(self, super().get_config())
