@@ -19,7 +19,8 @@ Writes `benchmarks/results/variance_objective.json` after every unit
 (atomically; a rerun resumes, skipping the units it has) and prints the
 table of the benchmarks page's "Variance heads" section.
 
-Usage: python benchmarks/variance_objective.py [--quick]
+Usage: python benchmarks/variance_objective.py [--quick] [--datasets D ...]
+[--methods M ...]
 """
 
 import argparse
@@ -46,7 +47,7 @@ DATASETS = {
     "protein-tertiary-structure": 1,
     "naval-propulsion-plant": 1,
 }
-METHODS = ("hetero-mc-dropout", "ensemble", "vi", "batch-ensemble", "mimo")
+METHODS = ("hetero-mc-dropout", "ensemble", "vi", "swag", "batch-ensemble", "mimo")
 OBJECTIVES = protocols.VARIANCE_OBJECTIVES
 REFERENCE = "laplace"  # homoscedastic: its mean is the squared error's
 
@@ -92,15 +93,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="yacht, one split")
     parser.add_argument("--output", default=RESULTS)
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS))
+    parser.add_argument("--methods", nargs="+", choices=[REFERENCE, *METHODS])
     args = parser.parse_args(argv)
     datasets = {"yacht": 1} if args.quick else DATASETS
+    if args.datasets:
+        datasets = {d: datasets[d] for d in args.datasets}
     # Flipout VI under each objective (its entry keeps the NLL: see above).
     vi = registry.METHODS["vi"]
     vi.uci_loss = lambda protocol: protocol.variance_loss()
     record = _load(args.output)
     done = {(u["dataset"], u["method"], u["objective"]) for u in record["units"]}
     for dataset, method, objective in units(datasets):
-        if (dataset, method, objective) in done:
+        if (dataset, method, objective) in done or (
+            args.methods and method not in args.methods
+        ):
             continue
         splits = [
             validation_split(load_uci(dataset, k)) for k in range(datasets[dataset])

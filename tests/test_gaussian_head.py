@@ -1,4 +1,5 @@
-"""`ku.layers.GaussianHead`: the faithful (mean, log-variance) output layer."""
+"""`ku.layers.GaussianHead` and its BatchEnsemble twin: the faithful (mean,
+log-variance) output layers."""
 
 import keras
 import numpy as np
@@ -105,3 +106,77 @@ def test_round_trips_through_a_keras_file(tmp_path):
 def test_bad_arguments_are_refused(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
         ku.layers.GaussianHead(**kwargs)
+
+
+def _batch_ensemble(head, seed=0):
+    keras.utils.set_random_seed(seed)
+
+    def network(m):
+        inputs = keras.Input((3,))
+        hidden = ku.layers.BatchEnsembleDense(8, m, activation="relu")(inputs)
+        return keras.Model(inputs, head(m)(hidden))
+
+    return ku.BatchEnsemble(network, num_members=4)
+
+
+def test_batch_ensemble_head_forward_values_are_a_batch_ensemble_dense_layers():
+    model = _batch_ensemble(lambda m: ku.layers.BatchEnsembleGaussianHead(2, m))
+    plain = _batch_ensemble(lambda m: ku.layers.BatchEnsembleDense(4, m))
+    x = np.random.default_rng(5).normal(size=(6, 3)).astype("float32")
+    model(x), plain(x)
+    plain.set_weights(model.get_weights())
+    assert model(x).shape == (6, 4, 4)
+    np.testing.assert_allclose(model(x), plain(x), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_ensemble_heads_variance_loss_trains_only_its_own_columns():
+    model = _batch_ensemble(lambda m: ku.layers.BatchEnsembleGaussianHead(1, m))
+    x = np.random.default_rng(6).normal(size=(8, 3)).astype("float32")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(model(x)[..., 1]))
+    all_grads = tape.gradient(loss, model.trainable_variables)
+    names = [v.path.split("/")[-1] for v in model.trainable_variables]
+    grads = dict(zip(names[4:], all_grads[4:]))
+    below = all_grads[:4]
+    # Nothing below the head, and not the input fast weights r it shares
+    # with the means; the log-variance columns of W, s and b only.
+    assert all(np.all(g.numpy() == 0) for g in below)
+    assert np.all(grads["r"].numpy() == 0)
+    for name in ("kernel", "s", "bias"):
+        g = grads[name].numpy()
+        assert np.all(g[..., 0] == 0) and np.any(g[..., 1] != 0), name
+    # The means' loss trains the layers below, as a BatchEnsembleDense's.
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(model(x)[..., 0]))
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert all(np.any(g.numpy() != 0) for g in grads[:4])
+
+
+def test_batch_ensemble_head_round_trips_through_a_keras_file(tmp_path):
+    model = _batch_ensemble(
+        lambda m: ku.layers.BatchEnsembleGaussianHead(1, m, name="head")
+    )
+    x = np.ones((2, 3), "float32")
+    expected = model(x)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded(x), expected, rtol=1e-6)
+    head = [
+        layer
+        for layer in loaded.network.layers
+        if isinstance(layer, ku.layers.BatchEnsembleGaussianHead)
+    ][0]
+    assert (head.targets, head.num_members, head.stop_variance_gradient) == (1, 4, True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"targets": 0, "num_members": 2}, "targets"),
+        ({"targets": 1, "num_members": 2, "units": 2}, "units"),
+        ({"targets": 1, "num_members": 2, "activation": "relu"}, "activation"),
+    ],
+)
+def test_batch_ensemble_head_refuses_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        ku.layers.BatchEnsembleGaussianHead(**kwargs)

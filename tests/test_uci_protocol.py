@@ -506,6 +506,21 @@ def test_heads_loss_is_the_mean_of_each_heads_loss():
     assert float(loss(own, y_pred)) == pytest.approx(expected, rel=1e-6)
 
 
+def test_heads_loss_reads_heads_laid_output_after_output():
+    """(N, K * 2) outputs of one GaussianHead(K) (K means, then K
+    log-variances) give the loss of the same heads laid head after head."""
+    y_pred = np.random.default_rng(1).normal(size=(5, 3, 2)).astype("float32")
+    y_true = np.random.default_rng(2).normal(size=(5, 3, 1)).astype("float32")
+    head_major = np.reshape(y_pred, (5, 6))
+    output_major = np.concatenate([y_pred[..., 0], y_pred[..., 1]], axis=1)
+    expected = float(uci.HeadsLoss(ku.losses.GaussianNLL())(y_true, head_major))
+    loss = uci.HeadsLoss(ku.losses.GaussianNLL(), outputs_major=True)
+    assert float(loss(y_true, output_major)) == pytest.approx(expected, rel=1e-6)
+    # The MIMO entry's network ends in one GaussianHead(3): its loss knows.
+    network = uci_methods.METHODS["mimo"].uci_network(4, 8, 10)
+    assert uci.heads_loss(ku.losses.GaussianNLL(), network).outputs_major
+
+
 @pytest.mark.slow
 def test_the_ensembles_best_epoch_choice_keeps_each_split_at_its_best_check(
     monkeypatch,
