@@ -12,15 +12,18 @@ trained by the squared error and, for the networks that end in
 `ku.layers.GaussianHead` (MC dropout's and the Deep Ensemble's), the
 variance head on features with their gradient stopped); last-layer Laplace
 (homoscedastic, MSE) is the reference mean. Flipout VI keeps the ELBO's NLL
-whatever the objective (`registry.Flipout.uci_loss`); it is measured here
-with each objective forced, as the evidence for that choice.
+whatever the objective (`registry.Flipout.uci_loss`) and SWAG beta-NLL
+(`registry.SWAG.uci_objective`); both are measured here with each objective
+forced, as the evidence for those choices. BatchEnsemble's and MIMO's heads
+are the objective's (`ku.layers.BatchEnsembleGaussianHead`, a
+`GaussianHead` of the heads).
 
 Writes `benchmarks/results/variance_objective.json` after every unit
 (atomically; a rerun resumes, skipping the units it has) and prints the
 table of the benchmarks page's "Variance heads" section.
 
 Usage: python benchmarks/variance_objective.py [--quick] [--datasets D ...]
-[--methods M ...]
+[--methods M ...] [--objectives O ...]
 """
 
 import argparse
@@ -95,6 +98,7 @@ def main(argv=None):
     parser.add_argument("--output", default=RESULTS)
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS))
     parser.add_argument("--methods", nargs="+", choices=[REFERENCE, *METHODS])
+    parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES)
     args = parser.parse_args(argv)
     datasets = {"yacht": 1} if args.quick else DATASETS
     if args.datasets:
@@ -105,8 +109,10 @@ def main(argv=None):
     record = _load(args.output)
     done = {(u["dataset"], u["method"], u["objective"]) for u in record["units"]}
     for dataset, method, objective in units(datasets):
-        if (dataset, method, objective) in done or (
-            args.methods and method not in args.methods
+        if (
+            (dataset, method, objective) in done
+            or (args.methods and method not in args.methods)
+            or (args.objectives and objective not in args.objectives + ["mse"])
         ):
             continue
         splits = [
@@ -121,6 +127,9 @@ def main(argv=None):
             # Laplace has no variance head: its objective is moot.
             variance_objective="nll" if objective == "mse" else objective,
         )
+        # SWAG keeps its own objective (`registry.SWAG.uci_objective`):
+        # measured with each one forced, as the evidence for that choice.
+        registry.METHODS["swag"].uci_objective = protocol.variance_objective
         start = time.perf_counter()
         result = uci_methods.run(dataset, method, splits, protocol)
         unit = {
