@@ -152,6 +152,22 @@ def test_batch_ensemble_heads_variance_loss_trains_only_its_own_columns():
     assert all(np.any(g.numpy() != 0) for g in grads[:4])
 
 
+def test_predict_regression_reads_a_batch_ensemble_head_uncompiled():
+    model = _batch_ensemble(lambda m: ku.layers.BatchEnsembleGaussianHead(1, m))
+    x = np.random.default_rng(7).normal(size=(5, 3)).astype("float32")
+    outputs = model(x).numpy()  # (N, M, 2)
+    prediction = ku.predict_regression(model, x, verbose=0)
+    np.testing.assert_allclose(
+        prediction.mean[:, 0], outputs[..., 0].mean(axis=1), rtol=1e-5, atol=1e-6
+    )
+    # The aleatoric variance: the mean of the members' exp(log-variance).
+    np.testing.assert_allclose(
+        prediction.aleatoric_std[:, 0] ** 2,
+        np.exp(outputs[..., 1]).mean(axis=1),
+        rtol=1e-4,
+    )
+
+
 def test_batch_ensemble_head_round_trips_through_a_keras_file(tmp_path):
     model = _batch_ensemble(
         lambda m: ku.layers.BatchEnsembleGaussianHead(1, m, name="head")
