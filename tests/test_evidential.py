@@ -47,6 +47,45 @@ def test_regularizer_and_loss_against_numpy():
     np.testing.assert_allclose(got, (nll + 0.3 * want_reg)[:, 0], rtol=1e-5)
 
 
+def test_faithful_regression_loss_has_the_papers_value_and_split_gradients():
+    rng = np.random.default_rng(11)
+    gamma, nu, alpha, beta = _nig_params(rng, n=16, k=1)
+    y = tf.constant(rng.normal(size=(16, 1)))
+    y_pred = tf.Variable(np.concatenate([gamma, nu, alpha, beta], -1))
+    paper = ev.EvidentialRegressionLoss(coeff=0.3, reduction=None)
+    faithful = ev.EvidentialRegressionLoss(0.3, "faithful", reduction=None)
+    with tf.GradientTape(persistent=True) as tape:
+        value_paper, value_faithful = paper(y, y_pred), faithful(y, y_pred)
+    # (float32: Keras losses compute in the float type of the backend.)
+    np.testing.assert_allclose(value_faithful, value_paper, rtol=1e-6)
+    g_paper = tape.gradient(value_paper, y_pred).numpy()
+    g_faithful = tape.gradient(value_faithful, y_pred).numpy()
+    # gamma: the squared error's gradient, (gamma - y), whatever the evidence.
+    want = gamma[:, 0] - y.numpy()[:, 0]
+    np.testing.assert_allclose(g_faithful[:, 0], want, rtol=1e-5, atol=1e-6)
+    # nu, alpha, beta: the paper's, gamma held constant.
+    np.testing.assert_allclose(g_faithful[:, 1:], g_paper[:, 1:], rtol=1e-5)
+
+
+def test_head_with_stopped_evidence_gradient_trains_the_trunk_by_gamma_only():
+    keras.utils.set_random_seed(12)
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    head = ev.NormalInverseGammaHead(1, stop_evidence_gradient=True)
+    model = keras.Model(inputs, head(hidden))
+    plain = keras.Model(inputs, ev.NormalInverseGammaHead(1)(hidden))
+    plain.set_weights(model.get_weights())
+    x = np.random.default_rng(13).normal(size=(10, 3)).astype("float32")
+    np.testing.assert_allclose(model(x), plain(x), rtol=1e-6)  # same values
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(x)[:, 1:])  # nu, alpha, beta
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert all(np.all(g.numpy() == 0) for g in grads[:2])  # not the trunk
+    assert np.all(grads[2].numpy()[:, 0] == 0) and np.any(grads[2].numpy()[:, 1:])
+    config = head.get_config()
+    assert ev.NormalInverseGammaHead.from_config(config).stop_evidence_gradient
+
+
 def test_nig_split_and_student_t_variance():
     rng = np.random.default_rng(2)
     gamma, nu, alpha, beta = _nig_params(rng, n=8, k=1)
@@ -394,6 +433,8 @@ def test_bad_inputs_raise():
         ev.DirichletHead(3, evidence="sigmoid")
     with pytest.raises(ValueError, match="coeff"):
         ev.EvidentialRegressionLoss(coeff=-1.0)
+    with pytest.raises(ValueError, match="`objective`"):
+        ev.EvidentialRegressionLoss(objective="beta-nll")
     with pytest.raises(ValueError, match="annealing_epochs"):
         ev.EvidentialClassificationLoss(annealing_epochs=0)
     with pytest.raises(ValueError, match="kl_weight"):

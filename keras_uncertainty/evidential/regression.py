@@ -57,6 +57,12 @@ class NormalInverseGammaHead(SuppliesReducer, DenseHead):
     Args:
         units: Positive integer k, the number of targets.
         epsilon: Float > 0 added to `nu`, `alpha - 1` and `beta`.
+        stop_evidence_gradient: Whether `nu`, `alpha` and `beta` read the
+            inputs with their gradient stopped (default False), as
+            `ku.layers.GaussianHead`'s log-variances do: their loss then
+            trains only their own weights, and the layers below learn from
+            `gamma`'s alone. Pair it with
+            `EvidentialRegressionLoss(objective="faithful")`.
         kernel_initializer: As for `keras.layers.Dense`.
         bias_initializer: As for `keras.layers.Dense`.
         kernel_regularizer: As for `keras.layers.Dense`.
@@ -88,6 +94,7 @@ class NormalInverseGammaHead(SuppliesReducer, DenseHead):
         self,
         units,
         epsilon=1e-6,
+        stop_evidence_gradient=False,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -103,6 +110,19 @@ class NormalInverseGammaHead(SuppliesReducer, DenseHead):
             **kwargs,
         )
         self.epsilon = check_positive_finite(epsilon, "epsilon")
+        self.stop_evidence_gradient = bool(stop_evidence_gradient)
+
+    def call(self, inputs):
+        if not self.stop_evidence_gradient:
+            return super().call(inputs)
+        k = self.units
+        kernel, bias = self.dense.kernel, self.dense.bias
+        gamma = ops.matmul(inputs, kernel[:, :k])
+        evidence = ops.matmul(ops.stop_gradient(inputs), kernel[:, k:])
+        raw = ops.concatenate([gamma, evidence], axis=-1)
+        if bias is not None:
+            raw = raw + bias
+        return self._parameters(raw)
 
     def _parameters(self, raw):
         k = self.units
@@ -113,7 +133,11 @@ class NormalInverseGammaHead(SuppliesReducer, DenseHead):
         return ops.concatenate([gamma, nu, alpha, beta], axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
+        return {
+            **super().get_config(),
+            "epsilon": self.epsilon,
+            "stop_evidence_gradient": self.stop_evidence_gradient,
+        }
 
 
 def split_nig(y_pred):
@@ -194,9 +218,17 @@ class EvidentialRegressionLoss(SuppliesReducer, keras.losses.Loss):
     Per target `nig_nll(y, out) + coeff * |y - gamma| (2 nu + alpha)`,
     averaged over the k targets (Amini et al. 2020, eqs. 8-10).
 
+    With `objective="faithful"` the value is the same, but `gamma` is trained
+    by the squared error's gradient, `(gamma - y)`, and `nu`, `alpha`,
+    `beta` by the loss's on a constant `gamma`: Stirn et al.'s (2023)
+    faithful objective (`ku.losses.GaussianNLL`'s default), so the evidence
+    cannot excuse a poor mean (under the NIG NLL each row pulls on `gamma`
+    in proportion to its predicted precision).
+
     Args:
         coeff: Float >= 0, the regularizer's weight (lambda in the paper;
             the paper's experiments use 1e-2 and smaller).
+        objective: `"nll"` (the default, the paper's) or `"faithful"`.
         reduction: Keras loss reduction, default `"sum_over_batch_size"`.
         name: Name of the loss.
 
@@ -224,22 +256,38 @@ class EvidentialRegressionLoss(SuppliesReducer, keras.losses.Loss):
     def __init__(
         self,
         coeff=1e-2,
+        objective="nll",
         reduction="sum_over_batch_size",
         name="evidential_regression",
         **kwargs,
     ):
         super().__init__(reduction=reduction, name=name, **kwargs)
         self.coeff = check_finite(coeff, "coeff", 0)
+        if objective not in ("nll", "faithful"):
+            raise ValueError(
+                "Invalid value received for argument `objective`. Expected "
+                f"'nll' or 'faithful'. Received: objective={objective!r}"
+            )
+        self.objective = objective
 
     def call(self, y_true, y_pred):
-        loss = nig_nll(y_true, y_pred)
+        mean_term = 0.0
+        if self.objective == "faithful":
+            gamma, nu, alpha, beta = split_nig(y_pred)
+            squared = ops.square(align_targets(y_true, gamma, 4, "targets") - gamma)
+            # 0 in value: the loss still reads as the paper's.
+            mean_term = 0.5 * (squared - ops.stop_gradient(squared))
+            y_pred = ops.concatenate(
+                [ops.stop_gradient(gamma), nu, alpha, beta], axis=-1
+            )
+        loss = nig_nll(y_true, y_pred) + mean_term
         if self.coeff:
             loss = loss + self.coeff * nig_regularizer(y_true, y_pred)
         return ops.mean(loss, axis=-1)
 
     def get_config(self):
         config = super().get_config()
-        config.update(coeff=self.coeff)
+        config.update(coeff=self.coeff, objective=self.objective)
         return config
 
 

@@ -768,15 +768,20 @@ class Evidential(Method):
     votes = False
     one_pass = True  # the Dirichlet's closed form, read from its head
     uci_coeff = 1e-2
+    uci_objective = "nll"
 
     def uci_network(
         self, num_inputs, hidden, num_rows, normalization=None, variance_objective=None
     ):
-        head = ku.evidential.NormalInverseGammaHead(1)
+        head = ku.evidential.NormalInverseGammaHead(
+            1, stop_evidence_gradient=self.uci_objective == "faithful"
+        )
         return _hidden_then(num_inputs, hidden, head, normalization)
 
     def uci_loss(self, protocol):
-        return ku.evidential.EvidentialRegressionLoss(self.uci_coeff)
+        return ku.evidential.EvidentialRegressionLoss(
+            self.uci_coeff, objective=self.uci_objective
+        )
 
     def uci_score(self, model, x_test, y_test, y_mean, y_std, protocol):
         # The Student-t marginal's NLL from the head's parameters (one pass;
