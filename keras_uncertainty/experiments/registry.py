@@ -756,8 +756,8 @@ class Evidential(Method):
     name, label, family = "evidential", "Evidential", "One pass"
     settings = {
         UCI: (
-            ("head", "Normal-Inverse-Gamma", "[A 2020]"),
-            ("loss", "NIG NLL + 0.01 x evidence regularizer", "[A 2020]"),
+            ("head", "Normal-Inverse-Gamma, evidence on stopped features", "[A 2020]"),
+            ("loss", "NIG NLL + 1.0 x evidence regularizer, faithful", "[S 2023]"),
             ("NLL", "the Student-t marginal", "[A 2020]"),
         ),
         MNIST: (
@@ -767,8 +767,15 @@ class Evidential(Method):
     }
     votes = False
     one_pass = True  # the Dirichlet's closed form, read from its head
-    uci_coeff = 1e-2
-    uci_objective = "nll"
+    # Chosen on validation rows of the small sets (`benchmarks/
+    # evidential_coeff.py`): trained by the paper's NIG NLL, the mean pays
+    # for the evidence as under the Gaussian NLL (energy's RMSE 1.63, against
+    # Laplace's 0.62); trained faithfully (gamma by the squared error, the
+    # evidence on stopped features) it is 0.52, and the regularizer at 1.0
+    # rather than the paper's 0.01 gives the lowest NLL on every set
+    # (bostonHousing 3.37 against 6.00; wine 1.16 against 1.60).
+    uci_coeff = 1.0
+    uci_objective = "faithful"
 
     def uci_network(
         self, num_inputs, hidden, num_rows, normalization=None, variance_objective=None
