@@ -12,11 +12,10 @@ trained by the squared error and, for the networks that end in
 `ku.layers.GaussianHead` (MC dropout's and the Deep Ensemble's), the
 variance head on features with their gradient stopped); last-layer Laplace
 (homoscedastic, MSE) is the reference mean. Flipout VI keeps the ELBO's NLL
-whatever the objective (`registry.Flipout.uci_loss`) and SWAG beta-NLL
-(`registry.SWAG.uci_objective`); both are measured here with each objective
-forced, as the evidence for those choices. BatchEnsemble's and MIMO's heads
-are the objective's (`ku.layers.BatchEnsembleGaussianHead`, a
-`GaussianHead` of the heads).
+whatever the objective (`registry.Flipout.uci_loss`); it is measured here
+with each objective forced, as the evidence for that choice. SWAG's,
+BatchEnsemble's and MIMO's heads are the objective's (a `GaussianHead`,
+`ku.layers.BatchEnsembleGaussianHead`, a `GaussianHead` of MIMO's heads).
 
 Writes `benchmarks/results/variance_objective.json` after every unit
 (atomically; a rerun resumes, skipping the units it has) and prints the
@@ -127,9 +126,6 @@ def main(argv=None):
             # Laplace has no variance head: its objective is moot.
             variance_objective="nll" if objective == "mse" else objective,
         )
-        # SWAG keeps its own objective (`registry.SWAG.uci_objective`):
-        # measured with each one forced, as the evidence for that choice.
-        registry.METHODS["swag"].uci_objective = protocol.variance_objective
         start = time.perf_counter()
         result = uci_methods.run(dataset, method, splits, protocol)
         unit = {
