@@ -647,7 +647,7 @@ class MIMO(Method):
     # 1.04, 0.87, 0.87); wider, the variance heads fit the training rows
     # and the NLL grows (bostonHousing 2.76, 3.38, 3.70; wine 0.94, 1.13,
     # 1.27). 2x: the mean within 1.1x Laplace's RMSE on every small set
-    # (validation splits of the training rows, `benchmarks/mimo_width.py`).
+    # (validation splits of the training rows, `benchmarks/uci_sweeps.py mimo-width`).
     uci_width = 2
     one_pass = True
 
@@ -762,8 +762,8 @@ class Evidential(Method):
     }
     votes = False
     one_pass = True  # the Dirichlet's closed form, read from its head
-    # Chosen on validation rows of the small sets (`benchmarks/
-    # evidential_coeff.py`): trained by the paper's NIG NLL, the mean pays
+    # Chosen on validation rows of the small sets (`benchmarks/uci_sweeps.py
+    # evidential`): trained by the paper's NIG NLL, the mean pays
     # for the evidence as under the Gaussian NLL (energy's RMSE 1.63, against
     # Laplace's 0.62); trained faithfully (gamma by the squared error, the
     # evidence on stopped features) it is 0.52, and the regularizer at 1.0

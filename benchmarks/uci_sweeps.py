@@ -1,0 +1,109 @@
+"""Settings of one UCI registry entry, chosen on validation splits.
+
+Each sweep trains one entry of the `uci` command under the default protocol
+at each of its settings on two validation splits of each small set: the
+first 80% of each split's training rows train, the last 20% score, as
+`benchmarks/variance_objective.py` cuts them; the test rows are never read.
+
+- `mimo-width`: the width of MIMO's hidden layer, shared by its three heads,
+  times the protocol's `n_hidden` (`registry.MIMO.uci_width`), with the
+  faithful variance objective.
+- `evidential`: evidential regression's objective (the paper's NIG NLL, or
+  the same value trained faithfully: `gamma` by the squared error, the
+  evidence on stopped features) and the weight of Amini et al.'s evidence
+  regularizer `|y - gamma| (2 nu + alpha)` (`registry.Evidential.uci_objective`,
+  `uci_coeff`).
+
+Appends one JSON line per unit to `benchmarks/results/<sweep>.jsonl` as it
+finishes (`mimo_width.jsonl`, `evidential_coeff.jsonl`); a rerun skips the
+units it has.
+
+Usage: python benchmarks/uci_sweeps.py {mimo-width,evidential}
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from variance_objective import validation_split  # noqa: E402
+
+from keras_uncertainty.datasets.uci import load_uci  # noqa: E402
+from keras_uncertainty.experiments import protocols, registry, uci, uci_methods  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+DATASETS = ("energy", "yacht", "bostonHousing", "concrete", "wine-quality-red")
+
+# name: (registry entry, results file, [{attribute: value} per setting]).
+SWEEPS = {
+    "mimo-width": (
+        "mimo",
+        "mimo_width.jsonl",
+        [{"uci_width": w} for w in (1, 2, 3)],
+    ),
+    "evidential": (
+        "evidential",
+        "evidential_coeff.jsonl",
+        [
+            {"uci_objective": objective, "uci_coeff": coeff}
+            for objective, coeff in (
+                ("nll", 0.01),
+                ("nll", 0.1),
+                ("nll", 1.0),
+                ("faithful", 0.01),
+                ("faithful", 1.0),
+            )
+        ],
+    ),
+}
+
+
+def _key(unit, setting):
+    return (unit["dataset"], *(unit[name.removeprefix("uci_")] for name in setting))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("sweep", choices=list(SWEEPS))
+    args = parser.parse_args(argv)
+    name, filename, settings = SWEEPS[args.sweep]
+    path = os.path.join(RESULTS, filename)
+    done = set()
+    if os.path.exists(path):
+        with open(path) as f:
+            done = {_key(u, settings[0]) for u in map(json.loads, f)}
+    method = registry.METHODS[name]
+    protocol = uci.Protocol(
+        protocols.EPOCHS_MULTIPLIER,
+        protocols.LEARNING_RATE,
+        protocols.SCHEDULE,
+        protocols.NUM_SAMPLES,
+        0,
+        variance_objective="faithful",
+    )
+    for dataset in DATASETS:
+        for setting in settings:
+            unit = {"dataset": dataset}
+            unit.update({k.removeprefix("uci_"): v for k, v in setting.items()})
+            if _key(unit, setting) in done:
+                continue
+            for attribute, value in setting.items():
+                setattr(method, attribute, value)
+            splits = [validation_split(load_uci(dataset, k)) for k in range(2)]
+            start = time.perf_counter()
+            result = uci_methods.run(dataset, name, splits, protocol)
+            unit.update(
+                rmse=result.rmse_mean,
+                nll=result.nll_mean,
+                seconds=time.perf_counter() - start,
+            )
+            with open(path, "a") as f:  # one line per unit, as it finishes
+                f.write(json.dumps(unit) + "\n")
+            print(json.dumps(unit), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
