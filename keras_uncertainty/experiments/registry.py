@@ -136,13 +136,12 @@ class Method:
         objective's (`uci.variance_head`, a `ku.layers.GaussianHead` or its
         BatchEnsemble twin): MC dropout's and the Deep Ensemble's, through
         `uci.train_members`; SWAG's, BatchEnsemble's and MIMO's, whose
-        `uci_loss` says so. Flipout VI keeps the NLL, whatever the
-        protocol's (its validation evidence: the benchmarks page's "Variance
-        heads"). The loss alone is not enough where the variance
+        `uci_loss` says so. The loss alone is not enough where the variance
         shares the mean's last layer: the variance's gradient crowds the
         mean's out of the shared layers (yacht's validation rows: RMSE 2.68
         for MC dropout's network with a Dense head, 0.94 with the faithful
-        head). Flipout VI keeps the NLL as its ELBO's likelihood: the
+        head). Flipout VI keeps the NLL as its ELBO's likelihood, whatever
+        the protocol's objective: the
         faithful loss and beta-NLL shrink the data term's gradient against
         the KL's and the posterior underfits (energy's validation RMSE 1.40
         with the NLL, 2.51 faithful, 2.01 beta-NLL; the benchmarks page's
