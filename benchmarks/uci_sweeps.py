@@ -8,6 +8,9 @@ first 80% of each split's training rows train, the last 20% score, as
 - `mimo-width`: the width of MIMO's hidden layer, shared by its three heads,
   times the protocol's `n_hidden` (`registry.MIMO.uci_width`), with the
   faithful variance objective.
+- `ensemble-adversarial`: the Deep Ensemble's fast-gradient-sign step, as a
+  fraction of each feature's range (the protocol's `adversarial`; the paper's
+  0.01, or none), on the small sets and on one validation split of naval.
 - `evidential`: evidential regression's objective (the paper's NIG NLL, or
   the same value trained faithfully: `gamma` by the squared error, the
   evidence on stopped features) and the weight of Amini et al.'s evidence
@@ -15,13 +18,16 @@ first 80% of each split's training rows train, the last 20% score, as
   `uci_coeff`).
 
 Appends one JSON line per unit to `benchmarks/results/<sweep>.jsonl` as it
-finishes (`mimo_width.jsonl`, `evidential_coeff.jsonl`); a rerun skips the
-units it has.
+finishes (`mimo_width.jsonl`, `ensemble_adversarial.jsonl`,
+`evidential_coeff.jsonl`); a rerun skips the units it has. A setting is
+`{attribute: value}`: an attribute of the registry entry (`uci_...`) or a
+field of the protocol (`uci.Protocol`).
 
-Usage: python benchmarks/uci_sweeps.py {mimo-width,evidential}
+Usage: python benchmarks/uci_sweeps.py {mimo-width,ensemble-adversarial,evidential}
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -36,13 +42,23 @@ from keras_uncertainty.experiments import protocols, registry, uci, uci_methods 
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 DATASETS = ("energy", "yacht", "bostonHousing", "concrete", "wine-quality-red")
+# Validation splits per data set (naval's 11,934 rows: one).
+NUM_SPLITS = {**dict.fromkeys(DATASETS, 2), "naval-propulsion-plant": 1}
 
-# name: (registry entry, results file, [{attribute: value} per setting]).
+# name: (registry entry, results file, [{attribute: value} per setting],
+# data sets).
 SWEEPS = {
     "mimo-width": (
         "mimo",
         "mimo_width.jsonl",
         [{"uci_width": w} for w in (1, 2, 3)],
+        DATASETS,
+    ),
+    "ensemble-adversarial": (
+        "ensemble",
+        "ensemble_adversarial.jsonl",
+        [{"adversarial": eps} for eps in (0.0, 0.01)],
+        (*DATASETS, "naval-propulsion-plant"),
     ),
     "evidential": (
         "evidential",
@@ -57,6 +73,7 @@ SWEEPS = {
                 ("faithful", 1.0),
             )
         ],
+        DATASETS,
     ),
 }
 
@@ -69,14 +86,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("sweep", choices=list(SWEEPS))
     args = parser.parse_args(argv)
-    name, filename, settings = SWEEPS[args.sweep]
+    name, filename, settings, datasets = SWEEPS[args.sweep]
     path = os.path.join(RESULTS, filename)
     done = set()
     if os.path.exists(path):
         with open(path) as f:
             done = {_key(u, settings[0]) for u in map(json.loads, f)}
     method = registry.METHODS[name]
-    protocol = uci.Protocol(
+    default = uci.Protocol(
         protocols.EPOCHS_MULTIPLIER,
         protocols.LEARNING_RATE,
         protocols.SCHEDULE,
@@ -84,15 +101,23 @@ def main(argv=None):
         0,
         variance_objective="faithful",
     )
-    for dataset in DATASETS:
+    fields = {f.name for f in dataclasses.fields(uci.Protocol)}
+    for dataset in datasets:
         for setting in settings:
             unit = {"dataset": dataset}
             unit.update({k.removeprefix("uci_"): v for k, v in setting.items()})
             if _key(unit, setting) in done:
                 continue
+            protocol = dataclasses.replace(
+                default, **{k: v for k, v in setting.items() if k in fields}
+            )
             for attribute, value in setting.items():
-                setattr(method, attribute, value)
-            splits = [validation_split(load_uci(dataset, k)) for k in range(2)]
+                if attribute not in fields:
+                    setattr(method, attribute, value)
+            splits = [
+                validation_split(load_uci(dataset, k))
+                for k in range(NUM_SPLITS[dataset])
+            ]
             start = time.perf_counter()
             result = uci_methods.run(dataset, name, splits, protocol)
             unit.update(
