@@ -55,7 +55,9 @@ def main(argv):
     protocol = uci.Protocol(EPOCHS_MULTIPLIER, LEARNING_RATE, SCHEDULE, 1, 0)
     for variant in variants:
         start = time.perf_counter()
-        rmses, nlls = uci.deep_ensemble(splits, protocol, epoch_choice=variant)
+        rmses, nlls = uci.deep_ensemble(
+            splits, protocol, epoch_choice=variant, choose_adversarial=False
+        )
         line = dict(
             dataset=dataset,
             splits=k,

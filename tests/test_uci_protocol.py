@@ -382,9 +382,7 @@ def test_each_variational_split_keeps_its_own_kl_term(yacht_splits):
     # The training loss is each split's own NLL on its own rows plus its KL.
     targets = np.stack([(y[r[:30]] - y[r].mean()) / y[r].std() for r in rows], 1)
     outputs = ens(inputs, training=True)
-    nll = sum(
-        float(loss(targets[:, m, None], outputs[:, m])) for m in range(2)
-    )
+    nll = sum(float(loss(targets[:, m, None], outputs[:, m])) for m in range(2))
     total = ens.compute_loss(x=inputs, y=targets[..., None], y_pred=outputs)
     assert float(total) == pytest.approx(nll + float(sum(ens.losses)), rel=1e-5)
 
@@ -559,7 +557,9 @@ def test_the_ensembles_best_epoch_choice_keeps_each_split_at_its_best_check(
         uci, "fit_members", lambda *a, **k: trainings.append(1) or fit(*a, **k)
     )
     monkeypatch.setattr(uci, "ENSEMBLE_CHECKS", 4)
-    _, nlls = uci.deep_ensemble(held_out, _short(8), members=2, epoch_choice="best")
+    _, nlls = uci.deep_ensemble(
+        held_out, _short(8), members=2, epoch_choice="best", choose_adversarial=False
+    )
     assert len(trainings) == 1  # no second training
     checks = np.stack(scores[:-1])  # (4 checks, 2 splits); the last: the test
     assert len(checks) == 4
@@ -584,9 +584,46 @@ def test_the_ensembles_joint_epoch_choice_chooses_and_keeps_in_one_training(
 
     monkeypatch.setattr(uci, "fit_members", recording)
     assert uci.ENSEMBLE_EPOCH_CHOICE == "joint"
-    rmses, nlls = uci.deep_ensemble(splits, _short(4), members=2)
+    rmses, nlls = uci.deep_ensemble(
+        splits, _short(4), members=2, choose_adversarial=False
+    )
     assert len(trainings) == 1
     fit_rows = len(uci._split_validation(splits[0].train_rows)[0])
     all_rows = len(splits[0].train_rows)
     assert trainings[0] == [fit_rows] * 4 + [all_rows] * 4
     assert rmses.shape == nlls.shape == (2,) and np.all(np.isfinite(nlls))
+
+
+def test_the_deep_ensemble_keeps_each_splits_step_of_lower_validation_nll(
+    monkeypatch,
+):
+    """Each split keeps the training, at the protocol's adversarial step or
+    at none, whose members scored the lower validation NLL (a split whose
+    members diverged at one step keeps the other)."""
+    steps = []
+
+    def training(splits, protocol, members, epoch_choice):  # canned results
+        steps.append(protocol.adversarial)
+        if protocol.adversarial:
+            return np.array([1.0, 2.0]), np.array([10.0, 20.0]), np.array([0.5, np.nan])
+        return np.array([3.0, 4.0]), np.array([30.0, 40.0]), np.array([0.7, 0.1])
+
+    monkeypatch.setattr(uci, "_deep_ensemble", training)
+    protocol = uci.Protocol(1, 1e-3, "constant", 1, 0)
+    rmses, nlls = uci.deep_ensemble([None, None], protocol)
+    assert steps == [protocol.adversarial, 0.0] and protocol.adversarial > 0
+    np.testing.assert_array_equal(rmses, [1.0, 4.0])
+    np.testing.assert_array_equal(nlls, [10.0, 40.0])
+    # One training at the protocol's step: no choice asked, no step to
+    # choose against, or no validation rows.
+    import dataclasses
+
+    for options, adversarial in [
+        ({"choose_adversarial": False}, 0.01),
+        ({}, 0.0),
+        ({"epoch_choice": "none"}, 0.01),
+    ]:
+        steps.clear()
+        short = dataclasses.replace(protocol, adversarial=adversarial)
+        uci.deep_ensemble([None, None], short, **options)
+        assert steps == [adversarial]

@@ -329,7 +329,11 @@ class DeepEnsemble(Method):
         UCI: (
             ("members", "5, (mean, log-variance) output", "[L 2017]"),
             ("loss", "faithful: GaussianHead and loss", "[S 2023]"),
-            ("adversarial step", "1% of each feature's range", "[L 2017]"),
+            (
+                "adversarial step",
+                "1% of each feature's range, or none: chosen per split",
+                "[L 2017]",
+            ),
             ("batch", "32", "ours"),
             (
                 "epochs",
