@@ -21,6 +21,7 @@ FLOORS = (
         "_keras_compat",
         "_precision",
         "_registration",
+        "_split_gradient",
         "_validation",
     },
     # Formulas and data: no model in sight.

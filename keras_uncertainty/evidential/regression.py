@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_uncertainty._split_gradient import stop_gradient_after
 from keras_uncertainty._validation import check_finite, check_positive_finite
 from keras_uncertainty.evidential import _predict
 from keras_uncertainty.evidential._base import DenseHead, SuppliesReducer
@@ -115,11 +116,9 @@ class NormalInverseGammaHead(SuppliesReducer, DenseHead):
     def call(self, inputs):
         if not self.stop_evidence_gradient:
             return super().call(inputs)
-        k = self.units
         kernel, bias = self.dense.kernel, self.dense.bias
-        gamma = ops.matmul(inputs, kernel[:, :k])
-        evidence = ops.matmul(ops.stop_gradient(inputs), kernel[:, k:])
-        raw = ops.concatenate([gamma, evidence], axis=-1)
+        # nu, alpha and beta read the inputs with their gradient stopped.
+        raw = stop_gradient_after(self.units, ops.matmul, kernel, inputs)
         if bias is not None:
             raw = raw + bias
         return self._parameters(raw)

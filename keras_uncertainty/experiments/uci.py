@@ -24,6 +24,7 @@ import tensorflow as tf
 from keras import ops
 
 import keras_uncertainty as ku
+from keras_uncertainty._split_gradient import stop_gradient_after
 from keras_uncertainty.ensemble.training import member_losses
 from keras_uncertainty.experiments.protocols import (  # noqa: F401 (re-exported)
     ADVERSARIAL_EPSILON,
@@ -430,22 +431,15 @@ class SplitBatchEnsembles(keras.Model):
             h = (h - self.mean) / self.std
         h = ops.transpose(h, (1, 0, 2))[:, None]  # (S, 1, B, d)
         members = self.num_members
+
+        def product(h, r, kernel):
+            return _members_matmul(h, r, kernel, members)
+
         layers = zip(self.activations, self.stacked, self.variance_columns)
         for activation, weights, targets in layers:
             kernel, r, s = weights[:3]
-            if targets is None:
-                outputs = _members_matmul(h, r, kernel, members)
-            else:
-                frozen = ops.stop_gradient
-                outputs = ops.concatenate(
-                    [
-                        _members_matmul(h, r, kernel[..., :targets], members),
-                        _members_matmul(
-                            frozen(h), frozen(r), kernel[..., targets:], members
-                        ),
-                    ],
-                    axis=-1,
-                )
+            # A faithful head's log-variance columns read h and r stopped.
+            outputs = stop_gradient_after(targets, product, kernel, h, r)
             h = outputs * s[:, :, None, :]
             if len(weights) == 4:
                 h = h + weights[3][:, :, None, :]

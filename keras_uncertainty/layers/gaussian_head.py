@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_uncertainty._split_gradient import stop_gradient_after
 from keras_uncertainty._validation import check_positive_int
 from keras_uncertainty.layers.batch_ensemble import BatchEnsembleDense
 from keras_uncertainty.layers.packed import PackedDense, share_across_members
@@ -22,14 +23,10 @@ from keras_uncertainty.layers.packed import PackedDense, share_across_members
 _PACKAGE = "keras_uncertainty"
 
 
-def _split_matmul(inputs, kernel, targets, stop_variance_gradient):
-    """`inputs @ kernel`, the last `targets` columns computed from the inputs
-    with their gradient stopped (when `stop_variance_gradient`)."""
-    if not stop_variance_gradient:
-        return ops.matmul(inputs, kernel)
-    means = ops.matmul(inputs, kernel[..., :targets])
-    log_vars = ops.matmul(ops.stop_gradient(inputs), kernel[..., targets:])
-    return ops.concatenate([means, log_vars], axis=-1)
+def _variance_columns(layer):
+    """The first log-variance column, the first whose inputs' gradient
+    `layer` stops (None: it stops none)."""
+    return layer.targets if layer.stop_variance_gradient else None
 
 
 def _head_config(layer, config):
@@ -106,8 +103,8 @@ class GaussianHead(keras.layers.Dense):
         super().__init__(2 * self.targets, **kwargs)
 
     def call(self, inputs, training=None):
-        outputs = _split_matmul(
-            inputs, self.kernel, self.targets, self.stop_variance_gradient
+        outputs = stop_gradient_after(
+            _variance_columns(self), ops.matmul, self.kernel, inputs
         )
         if self.bias is not None:
             outputs = ops.add(outputs, self.bias)
@@ -146,8 +143,8 @@ class PackedGaussianHead(PackedDense):
     def call(self, inputs):
         if len(inputs.shape) == 2:
             inputs = share_across_members(inputs, self.num_members)
-        outputs = _split_matmul(
-            inputs, self.kernel, self.targets, self.stop_variance_gradient
+        outputs = stop_gradient_after(
+            _variance_columns(self), ops.matmul, self.kernel, inputs
         )
         if self.bias is not None:
             outputs = outputs + ops.expand_dims(self.bias, 1)
@@ -209,14 +206,16 @@ class BatchEnsembleGaussianHead(BatchEnsembleDense):
             return super().call(inputs)
         checks = self._check_batch(inputs)
         with tf.control_dependencies(checks):
-            scaled = self._scale(inputs, self.r)
-            frozen = self._scale(
-                ops.stop_gradient(inputs), ops.stop_gradient(self.r)
-            )
-        kernel = ops.cast(self.kernel, scaled.dtype)
-        means = ops.matmul(scaled, kernel[:, : self.targets])
-        log_vars = ops.matmul(frozen, kernel[:, self.targets :])
-        return self._finish(ops.concatenate([means, log_vars], axis=-1))
+            inputs = tf.identity(inputs)
+
+        def product(features, r, kernel):
+            return ops.matmul(self._scale(features, r), kernel)
+
+        # The log-variance columns read the inputs and the shared fast
+        # weights `r` with their gradient stopped.
+        kernel = ops.cast(self.kernel, inputs.dtype)
+        outputs = stop_gradient_after(self.targets, product, kernel, inputs, self.r)
+        return self._finish(outputs)
 
     def get_config(self):
         return _head_config(self, super().get_config())
