@@ -16,14 +16,19 @@ first 80% of each split's training rows train, the last 20% score, as
   evidence on stopped features) and the weight of Amini et al.'s evidence
   regularizer `|y - gamma| (2 nu + alpha)` (`registry.Evidential.uci_objective`,
   `uci_coeff`).
+- `vi-noise`: Flipout VI's noise: a log-variance predicted per input by its
+  last Flipout layer, or one learned log-variance
+  (`registry.Flipout.uci_noise`), on the small sets and one validation split
+  of protein.
 
 Appends one JSON line per unit to `benchmarks/results/<sweep>.jsonl` as it
 finishes (`mimo_width.jsonl`, `ensemble_adversarial.jsonl`,
-`evidential_coeff.jsonl`); a rerun skips the units it has. A setting is
-`{attribute: value}`: an attribute of the registry entry (`uci_...`) or a
-field of the protocol (`uci.Protocol`).
+`evidential_coeff.jsonl`, `vi_noise.jsonl`); a rerun skips the units it
+has. A setting is `{attribute: value}`: an attribute of the registry entry
+(`uci_...`) or a field of the protocol (`uci.Protocol`).
 
-Usage: python benchmarks/uci_sweeps.py {mimo-width,ensemble-adversarial,evidential}
+Usage: python benchmarks/uci_sweeps.py SWEEP (mimo-width, ensemble-adversarial,
+evidential, vi-noise)
 """
 
 import argparse
@@ -43,7 +48,11 @@ from keras_uncertainty.experiments import protocols, registry, uci, uci_methods 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 DATASETS = ("energy", "yacht", "bostonHousing", "concrete", "wine-quality-red")
 # Validation splits per data set (naval's 11,934 rows: one).
-NUM_SPLITS = {**dict.fromkeys(DATASETS, 2), "naval-propulsion-plant": 1}
+NUM_SPLITS = {
+    **dict.fromkeys(DATASETS, 2),
+    "naval-propulsion-plant": 1,
+    "protein-tertiary-structure": 1,
+}
 
 # name: (registry entry, results file, [{attribute: value} per setting],
 # data sets).
@@ -59,6 +68,12 @@ SWEEPS = {
         "ensemble_adversarial.jsonl",
         [{"adversarial": eps} for eps in (0.0, 0.01)],
         (*DATASETS, "naval-propulsion-plant"),
+    ),
+    "vi-noise": (
+        "vi",
+        "vi_noise.jsonl",
+        [{"uci_noise": noise} for noise in ("heteroscedastic", "homoscedastic")],
+        (*DATASETS, "protein-tertiary-structure"),
     ),
     "evidential": (
         "evidential",

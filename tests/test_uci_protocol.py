@@ -3,6 +3,7 @@ import math
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_uncertainty as ku
 from keras_uncertainty.experiments import protocols, registry, uci, uci_methods
@@ -385,6 +386,27 @@ def test_each_variational_split_keeps_its_own_kl_term(yacht_splits):
     nll = sum(float(loss(targets[:, m, None], outputs[:, m])) for m in range(2))
     total = ens.compute_loss(x=inputs, y=targets[..., None], y_pred=outputs)
     assert float(total) == pytest.approx(nll + float(sum(ens.losses)), rel=1e-5)
+
+
+def test_variational_network_predicts_one_noise_level_for_every_input(yacht_splits):
+    x, _ = uci.data_table(yacht_splits)
+    rows = yacht_splits[0].train_rows
+    method = uci_methods.METHODS["vi"]
+    network = method.uci_network(x.shape[1], 4, len(rows), uci.normalization_layer(x))
+    kls = [layer for layer in network.layers if hasattr(layer, "kl_divergence")]
+    assert [layer.units for layer in kls] == [4, 1]  # Bayesian hidden and mean
+    network.get_layer("log_noise").bias.assign([-1.5])
+    outputs = keras.ops.convert_to_numpy(network(x[:50], training=True))
+    assert outputs.shape == (50, 2)
+    assert np.ptp(outputs[:, 0]) > 0  # the mean depends on the input
+    np.testing.assert_allclose(outputs[:, 1], -1.5)  # the noise does not
+    # The noise level trains by the loss: its gradient is that of the NLL.
+    loss = method.uci_loss(uci.Protocol(1, 1e-3, "constant", 1, 0))
+    y = np.zeros((50, 1), "float32")
+    with tf.GradientTape() as tape:
+        value = loss(y, network(x[:50], training=True))
+    bias = network.get_layer("log_noise").bias
+    assert float(tape.gradient(value, bias)[0]) != 0.0
 
 
 def _multi_head_splits_trained_together_and_alone(name, heads=None):
